@@ -1,0 +1,442 @@
+"""The `spatiora` command: headless sub-commands (generate, tasks, doctor, config).
+
+Every failure the user can cause ends in one line on stderr and a non-zero exit: 2 for bad
+configuration or arguments, 1 for a failed run, 130 for a run cancelled with ctrl+c. A traceback
+is shown only with SPATIORA_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import threading
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from spatiora_tui import __version__
+from spatiora_tui.config import (
+    SCHEDULERS,
+    ConfigError,
+    Settings,
+    find_config,
+    load_settings,
+    settings_to_toml,
+    user_cache_dir,
+    user_config_dir,
+    write_settings,
+)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
+DEMO_PROMPT = "a bright open-plan flat with oak floors and large windows"
+DEMO_NOTE = (
+    "note: the demo model has random weights, so the image looks like coloured noise; every "
+    "mechanism (adapters, previews, metadata) is real. Set model.source in config.toml to use a "
+    "real Stable Diffusion model (docs/models.md)."
+)
+
+
+class UsageError(Exception):
+    """Bad arguments; exit code 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
+                        help="config file (default: $SPATIORA_CONFIG, ./config.toml, then the user config dir)")
+    parser = argparse.ArgumentParser(
+        prog="spatiora", parents=[common],
+        description="Stable Diffusion design images from a terminal: task modes as hot-swapped LoRA sets.",
+        epilog="With no sub-command, runs a demo generation on the configured model.",
+    )
+    parser.add_argument("--version", action="version", version=f"spatiora {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    gen = sub.add_parser("generate", parents=[common], help="generate one image and save it with metadata")
+    gen.add_argument("prompt", help="what to draw; the task's prompt template wraps it")
+    gen.add_argument("--task", "-t", help="task mode (default: the first in config.toml)")
+    gen.add_argument("--seed", type=int, help="random seed (default: random; printed)")
+    gen.add_argument("--steps", type=int, help="denoising steps (default: the task's)")
+    gen.add_argument("--guidance", type=float, help="CFG scale (default: the task's)")
+    gen.add_argument("--width", type=int, help="width in pixels, a multiple of 8")
+    gen.add_argument("--height", type=int, help="height in pixels, a multiple of 8")
+    gen.add_argument("--negative", help="negative prompt (default: the task's)")
+    gen.add_argument("--scheduler", choices=list(SCHEDULERS), help="sampler (default: the task's)")
+    gen.add_argument("--out", metavar="PATH", help="output folder, or a .png file name")
+
+    sub.add_parser("tasks", parents=[common], help="list task modes with their adapters and settings")
+    sub.add_parser("doctor", parents=[common], help="check versions, device, NVML, model and adapters")
+
+    cfg = sub.add_parser("config", parents=[common], help="show the configuration in force, or write one")
+    cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION")
+    cfg_sub.add_parser("show", help="print the configuration in force and where it came from")
+    init = cfg_sub.add_parser("init", help="write the default configuration to the user config dir")
+    init.add_argument("path", nargs="?", help=f"where to write (default: {user_config_dir() / 'config.toml'})")
+    init.add_argument("--force", action="store_true", help="replace an existing file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except UsageError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_CANCELLED
+    except Exception as exc:  # the last line of defence: one line, never a traceback
+        from spatiora_tui.engine.api import EngineError
+        from spatiora_tui.outputs import OutputError
+
+        if os.environ.get("SPATIORA_DEBUG"):
+            raise
+        if isinstance(exc, (EngineError, OutputError)):
+            return _fail(str(exc), EXIT_FAILED)
+        return _fail(f"unexpected {type(exc).__name__}: {exc} (set SPATIORA_DEBUG=1 for the traceback)", EXIT_FAILED)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"spatiora: error: {_one_line(message)}", file=sys.stderr)
+    return code
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    config_path = getattr(args, "config", None)
+    if args.command == "config":
+        return _cmd_config(args, config_path)
+    settings = load_settings(config_path)
+    if args.command == "tasks":
+        return _cmd_tasks(settings)
+    if args.command == "doctor":
+        return _cmd_doctor(settings)
+    if args.command == "generate":
+        return _cmd_generate(settings, args)
+    print("spatiora: no sub-command given; running a demo generation (see `spatiora --help`)", file=sys.stderr)
+    demo = argparse.Namespace(
+        prompt=DEMO_PROMPT, task=None, seed=None, steps=None, guidance=None, width=None, height=None,
+        negative=None, scheduler=None, out=None,
+    )
+    return _cmd_generate(settings, demo)
+
+
+# -- generate -----------------------------------------------------------------------------------
+
+
+def _cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
+    from spatiora_tui.engine.api import GenerationRequest
+    from spatiora_tui.engine.local import LocalEngine
+    from spatiora_tui.outputs import save_result
+
+    if not args.prompt.strip():
+        raise UsageError('the prompt is empty; describe what to draw, e.g. spatiora generate "a sunlit loft"')
+    task = settings.task(args.task) if args.task else settings.tasks[0]
+    out_dir, out_name = _output_target(settings, args.out)
+    request = GenerationRequest(
+        prompt=args.prompt, task=task.name, seed=args.seed, steps=args.steps, guidance=args.guidance,
+        width=args.width, height=args.height, negative_prompt=args.negative, scheduler=args.scheduler,
+    )
+    # Check the overrides before paying for the model load.
+    from spatiora_tui.config import task_with_overrides
+
+    task_with_overrides(task, steps=args.steps, guidance=args.guidance, width=args.width, height=args.height)
+
+    status = _status_printer()
+    engine = LocalEngine(settings)
+    model = engine.load(on_progress=lambda msg: status(f"{msg}…"))
+    status(None)
+    print(f"model: {model.name} · {model.family_label} · {model.device} {model.dtype}", file=sys.stderr)
+    if model.random_weights:
+        print(DEMO_NOTE, file=sys.stderr)
+    switch = engine.switch_task(task.name)
+    adapters = ", ".join(f"{n}@{w:g}" for n, w in switch.adapters) or "none (base model)"
+    print(f"task: {task.name} · adapters: {adapters} · switched in {switch.duration_ms:.0f} ms", file=sys.stderr)
+
+    progress = _ProgressLine()
+    result = _run_cancellable(lambda cancel: engine.generate(request, on_step=progress.update, cancel=cancel))
+    progress.done()
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if result.cancelled:
+        print(f"cancelled after {result.steps_done} steps; nothing saved", file=sys.stderr)
+        return EXIT_CANCELLED
+    path = save_result(result, out_dir, out_name)
+    t = result.timings
+    first = f"{t.first_preview_ms / 1000:.2f} s" if t.first_preview_ms is not None else "off"
+    mem = f"peak RSS {result.memory.peak_rss_mb:.0f} MB"
+    if result.memory.cuda_max_allocated_mb is not None:
+        mem += f", CUDA peak {result.memory.cuda_max_allocated_mb:.0f} MB"
+    print(
+        f"seed {result.params.seed} · {result.steps_done} steps · {result.params.width}x{result.params.height} · "
+        f"image in {(t.image_ms or 0) / 1000:.2f} s (first preview {first}) · {mem}",
+        file=sys.stderr,
+    )
+    print(path)
+    return EXIT_OK
+
+
+def _output_target(settings: Settings, out: str | None) -> tuple[Path, str | None]:
+    if not out:
+        return settings.output_dir, None
+    path = Path(out).expanduser()
+    if path.suffix.lower() == ".png":
+        return path.parent, path.stem
+    if path.suffix:
+        raise UsageError(f"--out {out}: give a folder or a .png file name")
+    return path, None
+
+
+def _run_cancellable(job: Callable[[threading.Event], Any]) -> Any:
+    """Run `job` in a thread so ctrl+c can cancel it cleanly (within one step) instead of killing it."""
+    cancel = threading.Event()
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = job(cancel)
+        except BaseException as exc:  # handed to the main thread below
+            box["error"] = exc
+
+    worker = threading.Thread(target=target, name="spatiora-generate", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.1)
+    except KeyboardInterrupt:
+        cancel.set()
+        print("\ncancelling…", file=sys.stderr)
+        worker.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _status_printer() -> Callable[[str | None], None]:
+    tty = sys.stderr.isatty()
+
+    def show(message: str | None) -> None:
+        if tty:
+            sys.stderr.write("\r\x1b[2K" + (message or ""))
+            sys.stderr.flush()
+        elif message:
+            print(message, file=sys.stderr)
+
+    return show
+
+
+class _ProgressLine:
+    """Step progress on stderr: a redrawn bar on a terminal, a few plain lines in a log."""
+
+    def __init__(self) -> None:
+        self._tty = sys.stderr.isatty()
+        self._last_logged = -1
+        self._drawn = False
+
+    def update(self, preview: Any) -> None:
+        step, total, elapsed = preview.step, preview.total, max(preview.elapsed_s, 1e-6)
+        rate = step / elapsed
+        eta = (total - step) / rate if rate > 0 else 0.0
+        if self._tty:
+            width = 24
+            filled = round(width * step / total)
+            bar = "█" * filled + "░" * (width - filled)
+            sys.stderr.write(f"\r\x1b[2K  step {step:>3}/{total} {bar} {rate:5.1f} it/s  ETA {eta:4.1f} s")
+            sys.stderr.flush()
+            self._drawn = True
+        else:
+            decile = step * 10 // total
+            if decile != self._last_logged:
+                self._last_logged = decile
+                print(f"  step {step}/{total} · {rate:.1f} it/s · ETA {eta:.1f} s", file=sys.stderr)
+
+    def done(self) -> None:
+        if self._drawn:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+# -- tasks, config ------------------------------------------------------------------------------
+
+
+def _cmd_tasks(settings: Settings) -> int:
+    origin = settings.source_file or "built-in defaults"
+    print(f"Task modes ({origin}):")
+    for task in settings.tasks:
+        adapters = ", ".join(f"{a.name}@{a.weight:g}" for a in task.adapters) or "none (base model)"
+        print(f"\n  {task.name}  {task.description}")
+        print(f"    adapters   {adapters}")
+        print(
+            f"    settings   {task.steps} steps · CFG {task.guidance:g} · "
+            f"{SCHEDULERS[task.scheduler]} ({task.scheduler}) · {task.width}x{task.height}"
+        )
+        print(f"    template   {task.prompt_template}")
+        if task.negative_prompt:
+            print(f"    negative   {task.negative_prompt}")
+    return EXIT_OK
+
+
+def _cmd_config(args: argparse.Namespace, config_path: str | None) -> int:
+    if args.config_command == "init":
+        target = Path(args.path).expanduser() if args.path else user_config_dir() / "config.toml"
+        if target.exists() and not args.force:
+            raise UsageError(f"{target} exists; pass --force to replace it")
+        write_settings(Settings(), target)
+        print(target)
+        return EXIT_OK
+    path = find_config(config_path)
+    settings = load_settings(config_path)
+    print(f"# in force: {path or 'built-in defaults (no config file found)'}")
+    print(f"# output dir: {settings.output_dir}")
+    print(f"# adapter dir: {settings.adapter_dir}")
+    print(settings_to_toml(settings))
+    return EXIT_OK
+
+
+# -- doctor -------------------------------------------------------------------------------------
+
+
+def _cmd_doctor(settings: Settings) -> int:
+    problems: list[str] = []
+
+    def row(label: str, value: str) -> None:
+        print(f"  {label:<14} {value}")
+
+    print("Spatiora doctor")
+    row("spatiora", __version__)
+    row("python", f"{platform.python_version()} ({sys.executable})")
+    for dist in ("torch", "diffusers", "transformers", "peft", "safetensors", "textual", "textual-image",
+                 "nvidia-ml-py", "psutil"):
+        try:
+            row(dist, metadata.version(dist))
+        except metadata.PackageNotFoundError:
+            row(dist, "MISSING")
+            problems.append(f"{dist} is not installed; run `make setup` or `pip install -e .`")
+    row("config", str(settings.source_file or "built-in defaults (no config file found)"))
+    row("cache", str(user_cache_dir()))
+
+    _doctor_device(settings, row, problems)
+    _doctor_nvml(row)
+    _doctor_model(settings, row, problems)
+    _doctor_adapters(settings, row, problems)
+    _doctor_output(settings, row, problems)
+
+    if problems:
+        print(f"\n{len(problems)} problem(s):")
+        for problem in problems:
+            print(f"  - {_one_line(problem)}")
+        return EXIT_FAILED
+    print("\nno problems found")
+    return EXIT_OK
+
+
+def _doctor_device(settings: Settings, row: Callable[[str, str], None], problems: list[str]) -> None:
+    try:
+        import torch
+    except ImportError:
+        return
+    if torch.cuda.is_available():
+        names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        row("CUDA", f"available, torch CUDA {torch.version.cuda}: {names}")
+    else:
+        build = "CPU-only build of torch" if torch.version.cuda is None else f"torch CUDA {torch.version.cuda}, no GPU seen"
+        row("CUDA", f"not available ({build})")
+    mps = getattr(torch.backends, "mps", None)
+    row("MPS", "available" if mps and mps.is_available() else "not available")
+    from spatiora_tui.engine.api import EngineError
+    from spatiora_tui.engine.pipeline import resolve_device
+
+    try:
+        row("device", f"{resolve_device(settings.model.device)} (model.device = {settings.model.device})")
+    except EngineError as exc:
+        problems.append(str(exc))
+
+
+def _doctor_nvml(row: Callable[[str, str], None]) -> None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            count = pynvml.nvmlDeviceGetCount()
+            driver = pynvml.nvmlSystemGetDriverVersion()
+            row("NVML", f"driver {driver}, {count} GPU(s)")
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception as exc:  # no driver, no library: a normal state on CPU machines
+        row("NVML", f"unavailable ({type(exc).__name__}): no NVIDIA GPU or driver; VRAM readouts off")
+
+
+def _doctor_model(settings: Settings, row: Callable[[str, str], None], problems: list[str]) -> None:
+    from spatiora_tui.engine.api import EngineError
+    from spatiora_tui.engine.pipeline import classify_source
+
+    try:
+        source = classify_source(settings.model.source)
+    except EngineError as exc:
+        row("model", f"{settings.model.source} — PROBLEM")
+        problems.append(str(exc))
+        return
+    if source.kind == "demo":
+        from spatiora_tui.engine.demo import demo_dir, verify_demo
+
+        folder = demo_dir(user_cache_dir())
+        state = verify_demo(folder) if folder.exists() else "not built yet (built on first use, ~1 s)"
+        row("model", f"demo (random weights) at {folder}: {state or 'intact'}")
+    else:
+        row("model", f"{source.value} ({source.kind})")
+
+
+def _doctor_adapters(settings: Settings, row: Callable[[str, str], None], problems: list[str]) -> None:
+    from safetensors import safe_open
+
+    from spatiora_tui.engine.api import EngineError
+    from spatiora_tui.engine.demo import DEMO_ADAPTERS, demo_dir
+    from spatiora_tui.engine.adapters import LoraManager
+
+    dirs = [settings.adapter_dir]
+    if settings.model.source == "demo":
+        dirs.append(demo_dir(user_cache_dir()) / "adapters")
+    manager = LoraManager(pipe=None, family="", search_dirs=dirs)
+    found = manager.available()
+    row("adapters", f"{len(found)} file(s) in {', '.join(str(d) for d in dirs)}")
+    for name, path in sorted(found.items()):
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                count = len(list(fh.keys()))
+            row("", f"{name}: {path.name}, {count} tensors, {path.stat().st_size / 2**20:.1f} MB")
+        except Exception as exc:
+            row("", f"{name}: UNREADABLE")
+            problems.append(f"adapter {name!r} ({path}) is not a valid .safetensors file ({exc}); replace it")
+    demo_pending = settings.model.source == "demo" and not (dirs[-1]).exists()
+    for task in settings.tasks:
+        for ref in task.adapters:
+            if ref.name in found:
+                continue
+            if demo_pending and ref.name in DEMO_ADAPTERS:
+                continue  # made with the demo model on first use
+            try:
+                manager.find(ref.name)
+            except EngineError as exc:
+                problems.append(f"task {task.name!r}: {exc}")
+
+
+def _doctor_output(settings: Settings, row: Callable[[str, str], None], problems: list[str]) -> None:
+    out = settings.output_dir
+    probe = out if out.exists() else next((p for p in out.parents if p.exists()), None)
+    writable = probe is not None and os.access(probe, os.W_OK)
+    row("output dir", f"{out} ({'writable' if writable else 'NOT writable'})")
+    if not writable:
+        problems.append(f"output dir {out} is not writable; set output.dir or {'SPATIORA_OUTPUT_DIR'}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,421 @@
+"""Typed settings read from config.toml.
+
+Everything the user can change lives here as frozen dataclasses whose fields carry their own
+documentation and checks. The TOML is validated strictly: an unknown key, a value of the wrong
+type or out of range is reported with the file, the key path and what is allowed, because a typo
+that silently falls back to a default is the worst kind of configuration bug.
+
+This module imports neither torch nor textual, so the CLI can report a broken config instantly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+import tomli_w
+
+CONFIG_ENV = "SPATIORA_CONFIG"
+OUTPUT_DIR_ENV = "SPATIORA_OUTPUT_DIR"
+CACHE_DIR_ENV = "SPATIORA_CACHE_DIR"
+
+#: Scheduler names accepted in config, with the label AUTOMATIC1111 writes in its metadata.
+SCHEDULERS: dict[str, str] = {
+    "euler": "Euler",
+    "euler_a": "Euler a",
+    "dpmpp_2m": "DPM++ 2M",
+    "dpmpp_2m_karras": "DPM++ 2M Karras",
+    "ddim": "DDIM",
+    "unipc": "UniPC",
+    "heun": "Heun",
+}
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased for the user: where it is and what to do."""
+
+
+def _doc(text: str, check: typing.Callable[[Any], str | None] | None = None) -> dict[str, Any]:
+    return {"doc": text, "check": check}
+
+
+def _between(lo: float, hi: float) -> typing.Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if lo <= value <= hi else f"must be between {lo:g} and {hi:g}, got {value!r}"
+
+    return check
+
+
+def _size(value: int) -> str | None:
+    if value % 8:
+        lower, upper = value - value % 8, value - value % 8 + 8
+        return f"must be a multiple of 8 (the VAE works in 8-pixel cells), got {value}; try {lower} or {upper}"
+    if not 64 <= value <= 4096:
+        return f"must be between 64 and 4096, got {value}"
+    return None
+
+
+def _non_empty(value: str) -> str | None:
+    return None if value.strip() else "must not be empty"
+
+
+def _template(value: str) -> str | None:
+    return None if "{prompt}" in value else "must contain {prompt}, where the user's prompt goes"
+
+
+def _scheduler(value: str) -> str | None:
+    if value in SCHEDULERS:
+        return None
+    return f"unknown scheduler {value!r}; choose one of: {', '.join(SCHEDULERS)}"
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """`[model]`: which base pipeline stays loaded, and where it runs."""
+
+    source: str = field(
+        default="demo",
+        metadata=_doc(
+            '"demo" (built-in tiny model with random weights), a diffusers folder, a single-file '
+            ".safetensors checkpoint, or a Hugging Face hub id such as "
+            '"stable-diffusion-v1-5/stable-diffusion-v1-5" (read from the local cache).',
+            _non_empty,
+        ),
+    )
+    device: Literal["auto", "cuda", "mps", "cpu"] = field(
+        default="auto", metadata=_doc("auto picks CUDA, then Apple MPS, then the CPU.")
+    )
+    dtype: Literal["auto", "fp16", "bf16", "fp32"] = field(
+        default="auto", metadata=_doc("auto is fp16 on a GPU and fp32 on the CPU.")
+    )
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """`[output]`: where images are written."""
+
+    dir: str = field(
+        default="outputs",
+        metadata=_doc(
+            "Output folder. Relative paths are taken from the config file's folder; "
+            f"the {OUTPUT_DIR_ENV} environment variable overrides it.",
+            _non_empty,
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class PreviewSettings:
+    """`[preview]`: the step previews streamed while denoising."""
+
+    method: Literal["latent2rgb", "vae", "none"] = field(
+        default="latent2rgb",
+        metadata=_doc(
+            "latent2rgb: linear projection of the predicted clean latent (about 40 us a frame); "
+            "vae: full VAE decode of it (exact, far slower); none: no previews."
+        ),
+    )
+    every_n_steps: int = field(
+        default=1, metadata=_doc("Emit a preview every N denoising steps.", _between(1, 1000))
+    )
+
+
+@dataclass(frozen=True)
+class AdapterSettings:
+    """`[adapters]`: where LoRA files are found."""
+
+    dir: str = field(
+        default="adapters",
+        metadata=_doc(
+            "Folder holding LoRA .safetensors files (NAME.safetensors, or NAME/ with one "
+            ".safetensors inside). Relative paths are taken from the config file's folder.",
+            _non_empty,
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    """One adapter of a task, with the weight it is applied at."""
+
+    name: str = field(metadata=_doc("Adapter name: the file stem in the adapters folder.", _non_empty))
+    weight: float = field(default=1.0, metadata=_doc("LoRA scale.", _between(-5, 5)))
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """`[[tasks]]`: one task mode = adapter set + prompt template + inference settings."""
+
+    name: str = field(metadata=_doc("Short name used on the command line and in the UI.", _non_empty))
+    description: str = field(default="", metadata=_doc("One line shown beside the name."))
+    adapters: tuple[AdapterRef, ...] = field(
+        default=(), metadata=_doc("Adapters active in this mode, e.g. [{name = \"interior\", weight = 0.8}].")
+    )
+    prompt_template: str = field(
+        default="{prompt}", metadata=_doc("Prompt sent to the model; {prompt} is replaced.", _template)
+    )
+    negative_prompt: str = field(default="", metadata=_doc("Negative prompt for this mode."))
+    steps: int = field(default=25, metadata=_doc("Denoising steps.", _between(1, 500)))
+    guidance: float = field(default=7.0, metadata=_doc("Classifier-free guidance scale.", _between(0, 30)))
+    scheduler: str = field(
+        default="euler_a", metadata=_doc(f"One of: {', '.join(SCHEDULERS)}.", _scheduler)
+    )
+    width: int = field(default=512, metadata=_doc("Image width in pixels (multiple of 8).", _size))
+    height: int = field(default=512, metadata=_doc("Image height in pixels (multiple of 8).", _size))
+
+    def render_prompt(self, prompt: str) -> str:
+        """The prompt sent to the model. Plain replacement, so braces in a prompt are safe."""
+        return self.prompt_template.replace("{prompt}", prompt.strip())
+
+
+DEFAULT_TASKS: tuple[TaskSettings, ...] = (
+    TaskSettings(
+        name="interior",
+        description="Photoreal interior renderings",
+        adapters=(AdapterRef("interior", 0.8),),
+        prompt_template=(
+            "interior design photograph of {prompt}, photorealistic, natural light, "
+            "detailed materials, 35mm, high dynamic range"
+        ),
+        negative_prompt="blurry, distorted perspective, cartoon, lowres, watermark, text",
+        steps=30,
+        guidance=6.5,
+        scheduler="dpmpp_2m",
+        width=768,
+        height=512,
+    ),
+    TaskSettings(
+        name="floorplan",
+        description="2D architectural floor plans",
+        adapters=(AdapterRef("floorplan", 1.0),),
+        prompt_template=(
+            "2D architectural floor plan of {prompt}, top-down orthographic view, "
+            "clean black lines on white, walls, doors, room labels"
+        ),
+        negative_prompt="perspective, 3d render, photo, shading, furniture clutter, blurry",
+        steps=20,
+        guidance=9.0,
+        scheduler="euler",
+        width=512,
+        height=512,
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole configuration. `base_dir` and `source_file` come from where it was read."""
+
+    model: ModelSettings = field(default_factory=ModelSettings, metadata=_doc("[model]"))
+    output: OutputSettings = field(default_factory=OutputSettings, metadata=_doc("[output]"))
+    preview: PreviewSettings = field(default_factory=PreviewSettings, metadata=_doc("[preview]"))
+    adapters: AdapterSettings = field(default_factory=AdapterSettings, metadata=_doc("[adapters]"))
+    tasks: tuple[TaskSettings, ...] = field(default=DEFAULT_TASKS, metadata=_doc("[[tasks]]"))
+    base_dir: Path = field(default_factory=Path.cwd, metadata={"internal": True})
+    source_file: Path | None = field(default=None, metadata={"internal": True})
+
+    def task(self, name: str) -> TaskSettings:
+        """The task called `name`; raises ConfigError listing the known ones."""
+        for task in self.tasks:
+            if task.name == name:
+                return task
+        known = ", ".join(t.name for t in self.tasks)
+        raise ConfigError(f"unknown task {name!r}; known tasks: {known} (see `spatiora tasks`)")
+
+    @property
+    def output_dir(self) -> Path:
+        override = os.environ.get(OUTPUT_DIR_ENV)
+        return self._resolve(override) if override else self._resolve(self.output.dir)
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self._resolve(self.adapters.dir)
+
+    def _resolve(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (self.base_dir / path)
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+def user_config_dir() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(base) / "spatiora"
+
+
+def user_cache_dir() -> Path:
+    if os.environ.get(CACHE_DIR_ENV):
+        return Path(os.environ[CACHE_DIR_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "spatiora"
+
+
+def find_config(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The config file to read: --config, then $SPATIORA_CONFIG, ./config.toml, the user dir.
+
+    Returns None when none exists (built-in defaults apply). A path the user named explicitly
+    must exist.
+    """
+    for given, origin in ((explicit, "--config"), (os.environ.get(CONFIG_ENV), CONFIG_ENV)):
+        if given:
+            path = Path(given).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"{origin} names {path}, which is not a file; fix the path or drop it")
+            return path
+    for candidate in (Path.cwd() / "config.toml", user_config_dir() / "config.toml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_settings(explicit: str | os.PathLike[str] | None = None) -> Settings:
+    """Find and read the configuration (see find_config); defaults when there is none."""
+    path = find_config(explicit)
+    if path is None:
+        return Settings()
+    return read_settings(path)
+
+
+def read_settings(path: Path) -> Settings:
+    """Read and validate one config file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read it: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_settings(data, path)
+
+
+def parse_settings(data: Mapping[str, Any], path: Path | None = None) -> Settings:
+    """Validate a parsed TOML document into Settings; errors name `path` and the key."""
+    where = str(path) if path else "config"
+    settings = _build(Settings, data, "", where)
+    names = [t.name for t in settings.tasks]
+    if not names:
+        raise ConfigError(f"{where}: tasks: at least one [[tasks]] entry is needed")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"{where}: tasks: task names must be unique; repeated: {', '.join(dupes)}")
+    base_dir = path.resolve().parent if path else Path.cwd()
+    return dataclasses.replace(settings, base_dir=base_dir, source_file=path)
+
+
+def _type_name(value: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+             list: "a list", dict: "a table"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _build(cls: type, table: Any, prefix: str, where: str) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: {prefix or 'top level'}: expected a table, got {_type_name(table)}")
+    hints = typing.get_type_hints(cls)
+    public = [f for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
+    allowed = {f.name for f in public}
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(
+                f"{where}: {prefix}{key}: unknown key; allowed here: {', '.join(sorted(allowed))}"
+            )
+    kwargs: dict[str, Any] = {}
+    for f in public:
+        key = f"{prefix}{f.name}"
+        if f.name not in table:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{where}: {key}: missing; {f.metadata.get('doc', '')}".rstrip("; "))
+            continue
+        value = _convert(hints[f.name], table[f.name], key, where)
+        check = f.metadata.get("check")
+        problem = check(value) if check else None
+        if problem:
+            raise ConfigError(f"{where}: {key}: {problem}")
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def _convert(hint: Any, value: Any, key: str, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, f"{key}.", where)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(
+                f"{where}: {key}: {value!r} is not allowed; choose one of: {', '.join(map(str, choices))}"
+            )
+        return value
+    if origin is tuple:
+        item_type = typing.get_args(hint)[0]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: {key}: expected a list, got {_type_name(value)}")
+        return tuple(_convert(item_type, item, f"{key}[{i}]", where) for i, item in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (str, int, float, bool) and (type(value) is not hint):
+        raise ConfigError(
+            f"{where}: {key}: expected {_type_name(hint())}, got {_type_name(value)} ({value!r})"
+        )
+    return value
+
+
+# --- writing -------------------------------------------------------------------------------
+
+
+def settings_to_toml(settings: Settings) -> str:
+    """Serialise settings as TOML (tomli-w) that read_settings accepts unchanged."""
+
+    def plain(obj: Any) -> Any:
+        if dataclasses.is_dataclass(obj):
+            return {
+                f.name: plain(getattr(obj, f.name))
+                for f in dataclasses.fields(obj)
+                if not f.metadata.get("internal")
+            }
+        if isinstance(obj, tuple):
+            return [plain(o) for o in obj]
+        return obj
+
+    header = "# Spatiora TUI configuration. Reference: docs/configuration.md\n\n"
+    return header + tomli_w.dumps(plain(settings))
+
+
+def write_settings(settings: Settings, path: Path) -> None:
+    """Write settings atomically: a crash mid-write never leaves a half-written config."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(settings_to_toml(settings), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def task_with_overrides(task: TaskSettings, **overrides: Any) -> TaskSettings:
+    """`task` with per-run overrides (None = keep), each checked like the config file's values."""
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    by_name = {f.name: f for f in dataclasses.fields(TaskSettings)}
+    hints = typing.get_type_hints(TaskSettings)
+    for key, value in changes.items():
+        if key not in by_name:
+            raise ConfigError(f"{key}: not a task setting")
+        value = _convert(hints[key], value, key, "request")
+        check = by_name[key].metadata.get("check")
+        problem = check(value) if check else None
+        if problem:
+            raise ConfigError(f"{key} {problem}")
+        changes[key] = value
+    return dataclasses.replace(task, **changes)

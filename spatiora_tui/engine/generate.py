@@ -1,0 +1,203 @@
+"""One generation: scheduler choice, step previews, cancel, timings and memory peaks.
+
+The pipeline runs with output_type="latent" and the VAE decode happens here, so that a cancelled
+run never pays for a decode and the decode is timed on its own. Previews use the scheduler's
+prediction of the clean latent (x0) when it gives one: the x0 of an early step already shows the
+composition, while the current latent is still mostly noise.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from spatiora_tui.config import PreviewSettings
+from spatiora_tui.engine.api import (
+    EngineOOM,
+    MemoryPeaks,
+    ModelInfo,
+    ResolvedRequest,
+    StepCallback,
+    StepPreview,
+    Timings,
+)
+from spatiora_tui.engine.preview import decode_latents, latent_to_rgb, vae_preview
+from spatiora_tui.hw import process_peak_rss_mb, process_rss_mb
+
+
+def make_scheduler(name: str, base_config: Any) -> Any:
+    """A fresh scheduler called `name`, built from the model's own scheduler config."""
+    import diffusers
+
+    kinds: dict[str, tuple[str, dict[str, Any]]] = {
+        "euler": ("EulerDiscreteScheduler", {}),
+        "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+        "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+        "dpmpp_2m_karras": (
+            "DPMSolverMultistepScheduler",
+            {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+        ),
+        "ddim": ("DDIMScheduler", {}),
+        "unipc": ("UniPCMultistepScheduler", {}),
+        "heun": ("HeunDiscreteScheduler", {}),
+    }
+    class_name, overrides = kinds[name]
+    return getattr(diffusers, class_name).from_config(base_config, **overrides)
+
+
+class _X0Tap:
+    """Wraps a scheduler's step() to keep its latest prediction of the clean latent."""
+
+    def __init__(self, scheduler: Any) -> None:
+        self.latest: Any = None
+        original = scheduler.step
+
+        def step(*args: Any, **kwargs: Any) -> Any:
+            out = original(*args, **kwargs)
+            x0 = getattr(out, "pred_original_sample", None)
+            if x0 is None and isinstance(out, tuple) and len(out) > 1:
+                x0 = out[1]
+            if x0 is None:
+                # Multistep solvers (DPM++, UniPC) keep their x0 predictions in model_outputs.
+                outputs = getattr(scheduler, "model_outputs", None)
+                if outputs and outputs[-1] is not None and self._outputs_are_x0(scheduler):
+                    x0 = outputs[-1]
+            self.latest = x0
+            return out
+
+        scheduler.step = step
+
+    @staticmethod
+    def _outputs_are_x0(scheduler: Any) -> bool:
+        config = scheduler.config
+        algorithm = getattr(config, "algorithm_type", None) or config.get("algorithm_type")
+        if algorithm is not None:
+            return str(algorithm).startswith(("dpmsolver++", "sde-dpmsolver++"))
+        return bool(config.get("predict_x0", False))
+
+
+@dataclass
+class _RunState:
+    start: float
+    total: int
+    every_n: int
+    step_ends: list[float] = field(default_factory=list)
+    first_preview: float | None = None
+    peak_rss: float = 0.0
+
+    def sample_memory(self) -> None:
+        self.peak_rss = max(self.peak_rss, process_rss_mb())
+
+
+def run_generation(
+    pipe: Any,
+    model: ModelInfo,
+    params: ResolvedRequest,
+    preview: PreviewSettings,
+    on_step: StepCallback | None,
+    cancel: threading.Event,
+    switch_ms: float = 0.0,
+) -> tuple[Any, bool, int, Timings, MemoryPeaks]:
+    """Run the pipeline once. Returns (image or None, cancelled, steps done, timings, memory)."""
+    import torch
+
+    on_cuda = model.device == "cuda"
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats()
+    state = _RunState(start=time.perf_counter(), total=params.steps, every_n=preview.every_n_steps)
+    state.sample_memory()
+
+    pipe.scheduler = make_scheduler(params.scheduler, pipe.scheduler.config)
+    tap = _X0Tap(pipe.scheduler)
+    previewing = preview.method != "none" and on_step is not None
+
+    def on_step_end(pipeline: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        now = time.perf_counter()
+        state.step_ends.append(now)
+        state.sample_memory()
+        step = index + 1
+        if cancel.is_set():
+            pipeline._interrupt = True  # the pipeline skips the remaining steps
+            return {}
+        if previewing and (step % state.every_n == 0 or step == state.total):
+            latent = tap.latest if tap.latest is not None else tensors["latents"]
+            if preview.method == "vae":
+                image = vae_preview(latent, pipeline.vae, pipeline.image_processor)
+            else:
+                image = latent_to_rgb(latent, model.family)
+            if state.first_preview is None:
+                state.first_preview = time.perf_counter()
+            assert on_step is not None
+            on_step(StepPreview(step=step, total=state.total, image=image, elapsed_s=now - state.start))
+        return {}
+
+    generator = torch.Generator(device="cpu").manual_seed(params.seed)
+    stage = "denoising"
+    image = None
+    decode_ms = None
+    try:
+        if not cancel.is_set():
+            out = pipe(
+                prompt=params.full_prompt,
+                negative_prompt=params.negative_prompt or None,
+                num_inference_steps=params.steps,
+                guidance_scale=params.guidance,
+                width=params.width,
+                height=params.height,
+                generator=generator,
+                output_type="latent",
+                callback_on_step_end=on_step_end,
+            )
+        cancelled = cancel.is_set()
+        if not cancelled:
+            stage = "VAE decode"
+            t_decode = time.perf_counter()
+            image = decode_latents(out.images, pipe.vae, pipe.image_processor)
+            decode_ms = (time.perf_counter() - t_decode) * 1000.0
+            state.sample_memory()
+    except torch.cuda.OutOfMemoryError:
+        _release_cuda(on_cuda)
+        raise EngineOOM(_oom_advice(stage, params)) from None
+    except RuntimeError as exc:
+        if "out of memory" not in str(exc).lower():
+            raise
+        _release_cuda(on_cuda)
+        raise EngineOOM(_oom_advice(stage, params)) from None
+
+    ends = state.step_ends
+    steps_ms = tuple((b - a) * 1000.0 for a, b in zip([state.start, *ends[:-1]], ends))
+    timings = Timings(
+        switch_ms=switch_ms,
+        first_preview_ms=None if state.first_preview is None else (state.first_preview - state.start) * 1000.0,
+        image_ms=None if image is None else (time.perf_counter() - state.start) * 1000.0,
+        decode_ms=decode_ms,
+        step_ms=steps_ms,
+    )
+    memory = MemoryPeaks(
+        peak_rss_mb=state.peak_rss,
+        process_peak_rss_mb=process_peak_rss_mb(),
+        cuda_max_allocated_mb=torch.cuda.max_memory_allocated() / 2**20 if on_cuda else None,
+        cuda_max_reserved_mb=torch.cuda.max_memory_reserved() / 2**20 if on_cuda else None,
+    )
+    steps_done = min(len(ends), params.steps)
+    return image, image is None, steps_done, timings, memory
+
+
+def _release_cuda(on_cuda: bool) -> None:
+    if on_cuda:
+        import gc
+
+        import torch
+
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def _oom_advice(stage: str, params: ResolvedRequest) -> str:
+    return (
+        f"out of memory during {stage} at {params.width}x{params.height}; memory was released. "
+        "Lower width/height, use dtype = \"fp16\", or close other GPU programs, then try again"
+    )
+

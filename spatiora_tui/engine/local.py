@@ -1,0 +1,169 @@
+"""LocalEngine: the real engine. One base pipeline, loaded once; task modes switch LoRA sets.
+
+Thread-safe in the simple way a single GPU wants: one operation at a time under a lock. The UI
+runs it from a worker thread; the CLI and benchmarks call it directly.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+from spatiora_tui.config import ConfigError, Settings, TaskSettings, task_with_overrides, user_cache_dir
+from spatiora_tui.engine.api import (
+    AdapterSwitch,
+    EngineError,
+    GenerationRequest,
+    GenerationResult,
+    ModelInfo,
+    ResolvedRequest,
+    StepCallback,
+)
+
+
+class LocalEngine:
+    """Runs Stable Diffusion in this process (see module docstring)."""
+
+    def __init__(self, settings: Settings, cache_dir: Path | None = None) -> None:
+        self._settings = settings
+        self._cache_dir = cache_dir or user_cache_dir()
+        self._lock = threading.RLock()
+        self._pipe: Any = None
+        self._model: ModelInfo | None = None
+        self._loras: Any = None
+        self._active_task: str | None = None
+
+    # -- state --------------------------------------------------------------------------------
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @property
+    def tasks(self) -> tuple[TaskSettings, ...]:
+        return self._settings.tasks
+
+    @property
+    def active_task(self) -> str | None:
+        return self._active_task
+
+    @property
+    def model(self) -> ModelInfo | None:
+        return self._model
+
+    @property
+    def pipeline(self) -> Any:
+        """The loaded diffusers pipeline (for benchmarks and tests)."""
+        return self._pipe
+
+    @property
+    def loras(self) -> Any:
+        return self._loras
+
+    # -- operations ---------------------------------------------------------------------------
+
+    def load(self, on_progress: Callable[[str], None] | None = None) -> ModelInfo:
+        with self._lock:
+            if self._model is not None:
+                return self._model
+            from spatiora_tui.engine.adapters import LoraManager
+            from spatiora_tui.engine.pipeline import load_pipeline
+
+            pipe, model, demo_adapters = load_pipeline(self._settings.model, self._cache_dir, on_progress)
+            dirs = [self._settings.adapter_dir]
+            if demo_adapters is not None:
+                dirs.append(demo_adapters)
+            self._pipe, self._model = pipe, model
+            self._loras = LoraManager(pipe, model.family, dirs)
+            return model
+
+    def switch_task(self, name: str) -> AdapterSwitch:
+        with self._lock:
+            self._require_loaded()
+            task = self._task(name)
+            report = self._loras.activate(task.adapters)
+            self._active_task = task.name
+            return AdapterSwitch(
+                task=task.name,
+                adapters=tuple((a.name, a.weight) for a in report.active),
+                duration_ms=report.duration_ms,
+                loaded_from_disk=report.loaded_from_disk,
+            )
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        on_step: StepCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> GenerationResult:
+        from spatiora_tui.engine.generate import run_generation
+
+        with self._lock:
+            self._require_loaded()
+            assert self._model is not None
+            task = self._resolve_task(request)
+            switch_ms = 0.0
+            if self._active_task != task.name:
+                switch_ms = self.switch_task(task.name).duration_ms
+            params, warnings = self._resolve(request, task)
+            image, cancelled, steps_done, timings, memory = run_generation(
+                self._pipe, self._model, params, self._settings.preview, on_step,
+                cancel or threading.Event(), switch_ms,
+            )
+            return GenerationResult(
+                params=params, model=self._model, image=image, cancelled=cancelled,
+                steps_done=steps_done, timings=timings, memory=memory, warnings=warnings,
+            )
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _require_loaded(self) -> None:
+        if self._model is None:
+            raise EngineError("the model is not loaded yet; call load() first")
+
+    def _task(self, name: str) -> TaskSettings:
+        try:
+            return self._settings.task(name)
+        except ConfigError as exc:
+            raise EngineError(str(exc)) from None
+
+    def _resolve_task(self, request: GenerationRequest) -> TaskSettings:
+        task = self._task(request.task)
+        try:
+            return task_with_overrides(
+                task, steps=request.steps, guidance=request.guidance, width=request.width,
+                height=request.height, negative_prompt=request.negative_prompt, scheduler=request.scheduler,
+            )
+        except ConfigError as exc:
+            raise EngineError(str(exc)) from None
+
+    def _resolve(self, request: GenerationRequest, task: TaskSettings) -> tuple[ResolvedRequest, tuple[str, ...]]:
+        full_prompt = task.render_prompt(request.prompt)
+        seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
+        if not 0 <= seed < 2**32:
+            raise EngineError(f"seed must be between 0 and {2**32 - 1}, got {seed}")
+        params = ResolvedRequest(
+            task=task.name, prompt=request.prompt, full_prompt=full_prompt,
+            negative_prompt=task.negative_prompt, seed=seed, steps=task.steps, guidance=task.guidance,
+            scheduler=task.scheduler, width=task.width, height=task.height,
+            adapters=self._loras.active,
+        )
+        return params, self._prompt_warnings(full_prompt, task.negative_prompt)
+
+    def _prompt_warnings(self, *texts: str) -> tuple[str, ...]:
+        tokenizer = getattr(self._pipe, "tokenizer", None)
+        if tokenizer is None:
+            return ()
+        limit = tokenizer.model_max_length
+        warnings = []
+        for label, text in zip(("prompt", "negative prompt"), texts):
+            ids = tokenizer(text, truncation=False).input_ids
+            if len(ids) > limit:
+                cut = tokenizer.decode(ids[limit - 1 : -1]).strip()
+                warnings.append(
+                    f"{label} is {len(ids)} tokens; the text encoder reads {limit}, so this end was cut: "
+                    f"{cut[:80]!r}{'…' if len(cut) > 80 else ''}"
+                )
+        return tuple(warnings)
