@@ -196,8 +196,13 @@ def _output_target(settings: Settings, out: str | None) -> tuple[Path, str | Non
 
 
 def _run_cancellable(job: Callable[[threading.Event], Any]) -> Any:
-    """Run `job` in a thread so ctrl+c can cancel it cleanly (within one step) instead of killing it."""
-    cancel = threading.Event()
+    """Run `job` in a thread so ctrl+c can cancel it cleanly (within one step) instead of killing it.
+
+    The main thread waits on an Event, not Thread.join: on Python 3.11 a join interrupted by
+    ctrl+c can return while the thread still runs, and the interpreter then aborts at exit.
+    A second ctrl+c while cancelling quits at once.
+    """
+    cancel, finished = threading.Event(), threading.Event()
     box: dict[str, Any] = {}
 
     def target() -> None:
@@ -205,16 +210,22 @@ def _run_cancellable(job: Callable[[threading.Event], Any]) -> Any:
             box["value"] = job(cancel)
         except BaseException as exc:  # handed to the main thread below
             box["error"] = exc
+        finally:
+            finished.set()
 
-    worker = threading.Thread(target=target, name="spatiora-generate", daemon=True)
-    worker.start()
+    threading.Thread(target=target, name="spatiora-generate", daemon=True).start()
     try:
-        while worker.is_alive():
-            worker.join(0.1)
+        while not finished.wait(0.1):
+            pass
     except KeyboardInterrupt:
         cancel.set()
-        print("\ncancelling…", file=sys.stderr)
-        worker.join()
+        print("\ncancelling… (ctrl+c again to quit at once)", file=sys.stderr)
+        try:
+            while not finished.wait(0.1):
+                pass
+        except KeyboardInterrupt:
+            print("quit before the step finished", file=sys.stderr)
+            os._exit(EXIT_CANCELLED)
     if "error" in box:
         raise box["error"]
     return box["value"]

@@ -143,8 +143,9 @@ class LoraManager:
             self._pipe.load_lora_weights(str(path), adapter_name=name)
         except Exception as exc:
             self._forget_partial(name)
-            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            if "size mismatch" in detail or "shape" in detail.lower():
+            text = str(exc)
+            detail = text.splitlines()[0] if text else type(exc).__name__
+            if "size mismatch" in text or "shape" in detail.lower():
                 detail = "its tensor shapes do not fit this model, so it was made for another base model"
             raise EngineError(f"adapter {name!r} ({path}) could not be loaded: {detail}") from None
         self._resident[name] = AdapterUse(name, 1.0, file_sha256(path))

@@ -118,6 +118,8 @@ def run_generation(
         state.step_ends.append(now)
         state.sample_memory()
         step = index + 1
+        # Second-order samplers (Heun) evaluate the model twice per step: count evaluations.
+        state.total = max(len(pipeline.scheduler.timesteps), step)
         if cancel.is_set():
             pipeline._interrupt = True  # the pipeline skips the remaining steps
             return {}
@@ -181,7 +183,7 @@ def run_generation(
         cuda_max_allocated_mb=torch.cuda.max_memory_allocated() / 2**20 if on_cuda else None,
         cuda_max_reserved_mb=torch.cuda.max_memory_reserved() / 2**20 if on_cuda else None,
     )
-    steps_done = min(len(ends), params.steps)
+    steps_done = min(len(ends), state.total)
     return image, image is None, steps_done, timings, memory
 
 

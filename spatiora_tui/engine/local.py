@@ -164,6 +164,14 @@ class LocalEngine:
                 cut = tokenizer.decode(ids[limit - 1 : -1]).strip()
                 warnings.append(
                     f"{label} is {len(ids)} tokens; the text encoder reads {limit}, so this end was cut: "
-                    f"{cut[:80]!r}{'…' if len(cut) > 80 else ''}"
+                    f"{_elide(cut, 80)!r}"
                 )
         return tuple(warnings)
+
+
+def _elide(text: str, width: int) -> str:
+    """`text` cut to `width` characters by dropping its middle, so both ends stay readable."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return f"{text[:head]}…{text[-(width - 1 - head):]}"

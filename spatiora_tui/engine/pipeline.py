@@ -223,7 +223,7 @@ def load_pipeline(
         kind=source.kind,
         family=detect_family(pipe),
         device=device,
-        dtype=str(dtype).replace("torch.", ""),
+        dtype={"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}[str(dtype).replace("torch.", "")],
         random_weights=source.kind == "demo",
     )
     return pipe, info, demo_adapters

@@ -1,0 +1,65 @@
+"""Shared fixtures. Nothing here touches the network or the user's own cache and config.
+
+The demo model is built once per test session into a temporary cache; tests that need a loaded
+engine share one (module-scoped) because loading is the slow part. Tasks in `small_settings` use
+64x64 images and few steps so each generation takes tens of milliseconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+
+# Set before anything imports huggingface_hub: the suite must never reach for the network.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from spatiora_tui.config import AdapterRef, Settings, TaskSettings  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A session-wide cache dir holding the demo build; also exported for subprocesses."""
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["SPATIORA_CACHE_DIR"] = str(path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test reads the user's config or writes into the repository's outputs/."""
+    monkeypatch.delenv("SPATIORA_CONFIG", raising=False)
+    monkeypatch.setenv("SPATIORA_OUTPUT_DIR", str(tmp_path / "outputs"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+
+
+def small_tasks() -> tuple[TaskSettings, ...]:
+    common = dict(steps=4, guidance=7.0, width=64, height=64)
+    return (
+        TaskSettings(name="interior", adapters=(AdapterRef("interior", 0.8),), prompt_template="interior photo of {prompt}",
+                     scheduler="dpmpp_2m", **common),
+        TaskSettings(name="floorplan", adapters=(AdapterRef("floorplan", 1.0),),
+                     prompt_template="floor plan of {prompt}", scheduler="euler", **common),
+        TaskSettings(name="base", adapters=(), prompt_template="{prompt}", scheduler="euler", **common),
+    )
+
+
+def small_settings(base_dir: Path, **changes: object) -> Settings:
+    """Demo-model settings with tiny tasks, rooted at `base_dir` (adapters/ and outputs/ under it)."""
+    settings = Settings(tasks=small_tasks(), base_dir=base_dir)
+    return dataclasses.replace(settings, **changes) if changes else settings
+
+
+@pytest.fixture(scope="module")
+def engine(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A loaded LocalEngine on the demo model, shared by one test module."""
+    from spatiora_tui.engine.local import LocalEngine
+
+    eng = LocalEngine(small_settings(tmp_path_factory.mktemp("engine-root")), cache_dir=cache_dir)
+    eng.load()
+    return eng

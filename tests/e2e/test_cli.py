@@ -1,0 +1,172 @@
+"""The `spatiora` command end to end, in subprocesses, offline (HF_HUB_OFFLINE=1)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from spatiora_tui.outputs import read_metadata
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+SMALL_CONFIG = """
+[[tasks]]
+name = "interior"
+adapters = [{name = "interior", weight = 0.8}]
+prompt_template = "interior photo of {prompt}"
+steps = 3
+width = 64
+height = 64
+
+[[tasks]]
+name = "floorplan"
+adapters = [{name = "floorplan", weight = 1.0}]
+prompt_template = "floor plan of {prompt}"
+steps = 3
+width = 64
+height = 64
+"""
+
+
+def spatiora(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    full_env.pop("SPATIORA_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "spatiora_tui", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_failure(proc: subprocess.CompletedProcess, code: int, *fragments: str) -> str:
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("spatiora: error:")]
+    assert len(errors) == 1, proc.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], f"{fragment!r} not in {errors[0]!r}"
+    return errors[0]
+
+
+@pytest.fixture
+def project(tmp_path: Path, cache_dir: Path) -> Path:
+    """A folder with a small config.toml, used as the working directory."""
+    (tmp_path / "config.toml").write_text(SMALL_CONFIG, encoding="utf-8")
+    return tmp_path
+
+
+def test_generate_floorplan_with_the_shipped_config(tmp_path: Path, cache_dir: Path) -> None:
+    # Exactly the issue's command, run in the repository (./config.toml), output redirected.
+    out = tmp_path / "out"
+    proc = spatiora("generate", "--task", "floorplan", "open-plan flat", cwd=REPO,
+                    env={"SPATIORA_OUTPUT_DIR": str(out)})
+    assert proc.returncode == 0, proc.stderr
+    path = Path(proc.stdout.strip())
+    assert path.parent == out and path.is_file()
+    assert "random weights" in proc.stderr and "step 20/20" in proc.stderr
+    assert "task: floorplan · adapters: floorplan@1" in proc.stderr
+    meta = read_metadata(path)
+    assert meta.a1111["fields"]["Steps"] == "20" and meta.a1111["fields"]["Sampler"] == "Euler"
+    assert meta.a1111["prompt"].startswith("2D architectural floor plan of open-plan flat")
+    assert meta.spatiora["request"]["task"] == "floorplan" and meta.spatiora["model"]["random_weights"] is True
+    assert meta.spatiora["adapters"][0]["name"] == "floorplan"
+
+
+def test_generate_options_and_out_file(project: Path) -> None:
+    target = project / "renders" / "mine.png"
+    proc = spatiora("generate", "-t", "interior", "--seed", "7", "--steps", "2", "--width", "72",
+                    "--scheduler", "ddim", "--out", str(target), "a loft", cwd=project)
+    assert proc.returncode == 0, proc.stderr
+    assert Path(proc.stdout.strip()) == target
+    fields = read_metadata(target).a1111["fields"]
+    assert fields["Seed"] == "7" and fields["Steps"] == "2" and fields["Size"] == "72x64" and fields["Sampler"] == "DDIM"
+
+
+def test_tasks_and_version(project: Path) -> None:
+    proc = spatiora("tasks", cwd=project)
+    assert proc.returncode == 0 and "interior" in proc.stdout and "floorplan@1" in proc.stdout
+    version = spatiora("--version", cwd=project)
+    assert version.returncode == 0 and version.stdout.startswith("spatiora ")
+
+
+def test_doctor_reports_versions_and_no_problem(project: Path) -> None:
+    proc = spatiora("doctor", cwd=project)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for word in ("python", "torch", "diffusers", "peft", "textual", "NVML", "model"):
+        assert word in proc.stdout, word
+
+
+def test_no_subcommand_runs_a_demo_generation(project: Path) -> None:
+    proc = spatiora(cwd=project)
+    assert proc.returncode == 0, proc.stderr
+    assert Path(proc.stdout.strip()).is_file()
+
+
+def test_unknown_task(project: Path) -> None:
+    assert_one_line_failure(spatiora("generate", "--task", "kitchen", "x", cwd=project), 2,
+                            "unknown task 'kitchen'", "interior, floorplan")
+
+
+def test_width_not_a_multiple_of_8(project: Path) -> None:
+    assert_one_line_failure(spatiora("generate", "--width", "500", "x", cwd=project), 2,
+                            "width", "multiple of 8", "496 or 504")
+
+
+def test_empty_prompt(project: Path) -> None:
+    assert_one_line_failure(spatiora("generate", "  ", cwd=project), 2, "prompt is empty")
+
+
+def test_bad_config_names_file_and_key(project: Path) -> None:
+    (project / "config.toml").write_text('[model]\ndevice = "gpu"\n')
+    assert_one_line_failure(spatiora("tasks", cwd=project), 2, str(project / "config.toml"), "model.device",
+                            "auto, cuda, mps, cpu")
+
+
+def test_missing_model_path(project: Path) -> None:
+    (project / "config.toml").write_text('[model]\nsource = "./models/nothing-here"\n' + SMALL_CONFIG)
+    assert_one_line_failure(spatiora("generate", "x", cwd=project), 1, "nothing-here", "model.source")
+
+
+def test_hub_id_offline_names_the_model(project: Path) -> None:
+    (project / "config.toml").write_text('[model]\nsource = "nobody-real/no-such-model"\n' + SMALL_CONFIG)
+    assert_one_line_failure(spatiora("generate", "x", cwd=project), 1, "nobody-real/no-such-model")
+
+
+def test_pickle_checkpoint_is_refused(project: Path) -> None:
+    (project / "model.ckpt").write_bytes(b"\x80\x04junk")
+    (project / "config.toml").write_text('[model]\nsource = "model.ckpt"\n' + SMALL_CONFIG)
+    assert_one_line_failure(spatiora("generate", "x", cwd=project), 1, "model.ckpt", "arbitrary code")
+
+
+def test_corrupt_adapter_file(project: Path) -> None:
+    (project / "adapters").mkdir()
+    (project / "adapters" / "interior.safetensors").write_bytes(b"\x00" * 100)
+    out = project / "out"
+    proc = spatiora("generate", "--task", "interior", "x", cwd=project, env={"SPATIORA_OUTPUT_DIR": str(out)})
+    assert_one_line_failure(proc, 1, "adapter 'interior'", "not a valid .safetensors")
+    assert not out.exists() or not any(out.iterdir()), "nothing saved"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_ctrl_c_cancels_cleanly_and_saves_nothing(project: Path) -> None:
+    out = project / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SPATIORA_OUTPUT_DIR": str(out)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spatiora_tui", "generate", "--steps", "400", "x"],
+        cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 120
+    for line in proc.stderr:
+        if line.strip().startswith("step "):
+            break
+        assert time.monotonic() < deadline, "no progress line"
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130
+    assert "cancelled after" in rest and "nothing saved" in rest and "Traceback" not in rest
+    assert not out.exists() or not any(out.iterdir())

@@ -1,0 +1,115 @@
+"""The LoRA manager on bad input: a clear message naming the adapter, and nothing changes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from spatiora_tui.config import AdapterRef, TaskSettings
+from spatiora_tui.engine.api import EngineError, GenerationRequest
+from tests.conftest import small_settings, small_tasks
+
+
+@pytest.fixture(scope="module")
+def adapter_engine(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    from spatiora_tui.engine.local import LocalEngine
+
+    root = tmp_path_factory.mktemp("adapters-root")
+    (root / "adapters").mkdir()
+    broken = TaskSettings(name="broken", adapters=(AdapterRef("interior", 0.8), AdapterRef("bad", 1.0)),
+                          steps=3, width=64, height=64)
+    eng = LocalEngine(small_settings(root, tasks=(*small_tasks(), broken)), cache_dir=cache_dir)
+    eng.load()
+    return eng
+
+
+def demo_adapter(cache_dir: Path, name: str) -> Path:
+    return cache_dir / "demo-v1" / "adapters" / f"{name}.safetensors"
+
+
+def image_of(engine) -> np.ndarray:
+    return np.asarray(engine.generate(GenerationRequest(prompt="p", task=engine.active_task, seed=9)).image)
+
+
+def write_bad(engine, cache_dir: Path, kind: str) -> None:
+    folder = engine.settings.adapter_dir
+    for old in folder.iterdir():
+        old.unlink() if old.is_file() else shutil.rmtree(old)
+    target = folder / "bad.safetensors"
+    if kind == "truncated":
+        data = demo_adapter(cache_dir, "interior").read_bytes()
+        target.write_bytes(data[: len(data) // 2])
+    elif kind == "garbage":
+        target.write_bytes(b"this is not a safetensors file")
+    elif kind == "empty":
+        save_file({}, str(target))
+    elif kind == "sdxl":
+        save_file({"lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(4, 1280)}, str(target))
+    elif kind == "wrong_shapes":
+        tensors = load_file(str(demo_adapter(cache_dir, "interior")))
+        save_file({k: torch.zeros(v.shape[0] + 3, v.shape[1] + 5) for k, v in tensors.items()}, str(target))
+    elif kind == "pickle":
+        (folder / "bad.ckpt").write_bytes(b"\x80\x04not really")
+    elif kind == "missing":
+        pass
+
+
+@pytest.mark.parametrize(
+    ("kind", "fragments"),
+    [
+        ("truncated", ["'bad'", "not a valid .safetensors", "truncated or corrupt"]),
+        ("garbage", ["'bad'", "not a valid .safetensors"]),
+        ("empty", ["'bad'", "holds no tensors"]),
+        ("sdxl", ["'bad'", "targets SDXL", "SD 1.x"]),
+        ("wrong_shapes", ["'bad'", "could not be loaded", "another base model"]),
+        ("pickle", ["'bad'", "pickle", "arbitrary code", ".safetensors"]),
+        ("missing", ["'bad'", "not found", "bad.safetensors"]),
+    ],
+)
+def test_bad_adapter_is_refused_and_nothing_changes(adapter_engine, cache_dir: Path, kind: str,
+                                                    fragments: list[str]) -> None:
+    engine = adapter_engine
+    engine.switch_task("floorplan")
+    before_image = image_of(engine)
+    before_active, before_resident = engine.loras.active, engine.loras.resident
+    write_bad(engine, cache_dir, kind)
+
+    with pytest.raises(EngineError) as info:
+        engine.switch_task("broken")
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+
+    assert engine.active_task == "floorplan"
+    assert engine.loras.active == before_active
+    assert "bad" not in engine.loras.resident and set(before_resident) <= set(engine.loras.resident)
+    assert np.array_equal(image_of(engine), before_image), "the next image is exactly as before"
+
+
+def test_generate_in_a_broken_task_fails_and_keeps_the_active_one(adapter_engine, cache_dir: Path) -> None:
+    engine = adapter_engine
+    engine.switch_task("interior")
+    write_bad(engine, cache_dir, "garbage")
+    with pytest.raises(EngineError, match="'bad'"):
+        engine.generate(GenerationRequest(prompt="p", task="broken", seed=1))
+    assert engine.active_task == "interior"
+
+
+def test_user_adapter_folder_wins_over_demo_and_loads_once(adapter_engine, cache_dir: Path) -> None:
+    engine = adapter_engine
+    write_bad(engine, cache_dir, "missing")
+    found = engine.loras.available()
+    assert found["interior"] == demo_adapter(cache_dir, "interior")
+    user_copy = engine.settings.adapter_dir / "custom"
+    user_copy.mkdir()
+    shutil.copy(demo_adapter(cache_dir, "floorplan"), user_copy / "pytorch_lora_weights.safetensors")
+    assert engine.loras.available()["custom"] == user_copy / "pytorch_lora_weights.safetensors"
+    report = engine.loras.activate([AdapterRef("custom", 0.5)])
+    assert report.loaded_from_disk == ("custom",) and report.active[0].weight == 0.5
+    again = engine.loras.activate([AdapterRef("custom", 0.7)])
+    assert again.loaded_from_disk == () and again.active[0].weight == 0.7

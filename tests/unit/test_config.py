@@ -1,0 +1,170 @@
+"""config.toml: strict validation with messages that name the file, the key and what is allowed."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from spatiora_tui.config import (
+    ConfigError,
+    Settings,
+    find_config,
+    load_settings,
+    read_settings,
+    settings_to_toml,
+    task_with_overrides,
+    write_settings,
+)
+
+from tests.conftest import REPO
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def error_of(tmp_path: Path, text: str) -> str:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        read_settings(path)
+    message = str(info.value)
+    assert str(path) in message, "the message must name the file"
+    assert "\n" not in message.strip(), "one line"
+    return message
+
+
+def test_shipped_config_equals_the_built_in_defaults() -> None:
+    shipped = read_settings(REPO / "config.toml")
+    defaults = Settings()
+    for f in dataclasses.fields(Settings):
+        if not f.metadata.get("internal"):
+            assert getattr(shipped, f.name) == getattr(defaults, f.name), f.name
+
+
+def test_shipped_tasks_differ_as_the_paper_prescribes() -> None:
+    shipped = read_settings(REPO / "config.toml")
+    interior, floorplan = shipped.task("interior"), shipped.task("floorplan")
+    assert "photo" in interior.prompt_template and "floor plan" in floorplan.prompt_template
+    assert floorplan.steps < interior.steps and floorplan.guidance > interior.guidance
+    assert [a.name for a in interior.adapters] == ["interior"]
+    assert [a.name for a in floorplan.adapters] == ["floorplan"]
+
+
+def test_round_trip_through_tomli_w(tmp_path: Path) -> None:
+    settings = read_settings(REPO / "config.toml")
+    target = tmp_path / "sub" / "written.toml"
+    write_settings(settings, target)
+    again = read_settings(target)
+    assert again.tasks == settings.tasks and again.model == settings.model and again.preview == settings.preview
+    assert not list(target.parent.glob(".*.tmp")), "no temp file left behind"
+
+
+def test_partial_file_keeps_defaults_elsewhere(tmp_path: Path) -> None:
+    settings = read_settings(write(tmp_path, '[model]\ndevice = "cpu"\n'))
+    assert settings.model.device == "cpu" and settings.model.source == "demo"
+    assert settings.tasks == Settings().tasks
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        ('[model]\nsorce = "demo"\n', ["model.sorce", "unknown key", "source"]),
+        ("[bogus]\nx = 1\n", ["bogus", "unknown key", "model"]),
+        ('[model]\ndevice = "gpu"\n', ["model.device", "'gpu'", "auto, cuda, mps, cpu"]),
+        ('[model]\ndtype = 16\n', ["model.dtype", "16", "fp16"]),
+        ("[preview]\nevery_n_steps = \"2\"\n", ["preview.every_n_steps", "expected an integer", "a string"]),
+        ("[preview]\nevery_n_steps = 0\n", ["preview.every_n_steps", "between 1 and 1000"]),
+        ('[preview]\nmethod = "taesd"\n', ["preview.method", "latent2rgb"]),
+        ('[[tasks]]\nname = "a"\nwidth = 500\n', ["tasks[0].width", "multiple of 8", "496 or 504"]),
+        ('[[tasks]]\nname = "a"\nscheduler = "dpm_fast"\n', ["tasks[0].scheduler", "dpm_fast", "euler_a", "ddim"]),
+        ('[[tasks]]\nname = "a"\nprompt_template = "no slot"\n', ["tasks[0].prompt_template", "{prompt}"]),
+        ('[[tasks]]\nname = "a"\nsteps = 1.5\n', ["tasks[0].steps", "expected an integer", "a number"]),
+        ('[[tasks]]\nname = "a"\nguidance = 99\n', ["tasks[0].guidance", "between 0 and 30"]),
+        ('[[tasks]]\ndescription = "x"\n', ["tasks[0].name", "missing"]),
+        ('[[tasks]]\nname = "a"\nadapters = [{name = "x", wieght = 1}]\n', ["tasks[0].adapters[0].wieght", "weight"]),
+        ('[[tasks]]\nname = "a"\nadapters = "x"\n', ["tasks[0].adapters", "expected a list"]),
+        ('[[tasks]]\nname = "a"\n[[tasks]]\nname = "a"\n', ["unique", "a"]),
+        ("tasks = []\n", ["at least one"]),
+        ('model = "demo"\n', ["model", "expected a table"]),
+    ],
+)
+def test_bad_values_name_the_key_and_what_is_allowed(tmp_path: Path, text: str, fragments: list[str]) -> None:
+    message = error_of(tmp_path, text)
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+def test_toml_syntax_error_gives_line_and_column(tmp_path: Path) -> None:
+    message = error_of(tmp_path, '[model]\nsource = "demo\n')
+    assert "not valid TOML" in message and "line 2" in message and "column" in message
+
+
+def test_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cwd, env_dir, user = tmp_path / "cwd", tmp_path / "env", tmp_path / "xdg-config" / "spatiora"
+    for folder in (cwd, env_dir, user):
+        folder.mkdir(parents=True)
+        (folder / "config.toml").write_text("", encoding="utf-8")
+    explicit = tmp_path / "explicit.toml"
+    explicit.write_text("", encoding="utf-8")
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("SPATIORA_CONFIG", str(env_dir / "config.toml"))
+
+    assert find_config(explicit) == explicit
+    assert find_config() == env_dir / "config.toml"
+    monkeypatch.delenv("SPATIORA_CONFIG")
+    assert find_config() == cwd / "config.toml"
+    (cwd / "config.toml").unlink()
+    assert find_config() == user / "config.toml"
+    (user / "config.toml").unlink()
+    assert find_config() is None
+    assert load_settings().tasks == Settings().tasks
+
+
+def test_named_config_must_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="--config names .*missing.toml"):
+        find_config(tmp_path / "missing.toml")
+    monkeypatch.setenv("SPATIORA_CONFIG", str(tmp_path / "gone.toml"))
+    with pytest.raises(ConfigError, match="SPATIORA_CONFIG names"):
+        find_config()
+
+
+def test_paths_are_relative_to_the_config_file_and_env_overrides_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = read_settings(write(tmp_path, '[output]\ndir = "renders"\n[adapters]\ndir = "loras"\n'))
+    monkeypatch.delenv("SPATIORA_OUTPUT_DIR")
+    assert settings.output_dir == tmp_path.resolve() / "renders"
+    assert settings.adapter_dir == tmp_path.resolve() / "loras"
+    monkeypatch.setenv("SPATIORA_OUTPUT_DIR", str(tmp_path / "elsewhere"))
+    assert settings.output_dir == tmp_path / "elsewhere"
+
+
+def test_unknown_task_lists_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match="unknown task 'kitchen'; known tasks: interior, floorplan"):
+        Settings().task("kitchen")
+
+
+def test_overrides_are_checked_like_the_file() -> None:
+    task = Settings().task("floorplan")
+    assert task_with_overrides(task, steps=5, width=None).steps == 5
+    assert task_with_overrides(task, guidance=3).guidance == 3.0
+    with pytest.raises(ConfigError, match="width must be a multiple of 8"):
+        task_with_overrides(task, width=513)
+    with pytest.raises(ConfigError, match="steps must be between 1 and 500"):
+        task_with_overrides(task, steps=0)
+
+
+def test_prompt_template_replacement_is_literal() -> None:
+    task = Settings().task("floorplan")
+    rendered = task.render_prompt("  a {weird} flat  ")
+    assert "a {weird} flat," in rendered and rendered.startswith("2D architectural floor plan of a {weird}")
+
+
+def test_toml_text_is_readable_and_documented() -> None:
+    text = settings_to_toml(Settings())
+    assert text.startswith("# Spatiora TUI configuration")
+    assert "[[tasks]]" in text and 'source = "demo"' in text

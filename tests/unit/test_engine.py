@@ -1,0 +1,188 @@
+"""The engine on the demo model: task modes, adapter switching, previews, cancel, results."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from spatiora_tui.engine.api import EngineError, GenerationRequest, StepPreview
+
+
+def pixels(result) -> np.ndarray:
+    assert result.image is not None
+    return np.asarray(result.image, dtype=np.int16)
+
+
+def test_load_reports_the_demo_model(engine) -> None:
+    model = engine.model
+    assert model.kind == "demo" and model.family == "sd1" and model.random_weights
+    assert model.device == "cpu" and model.dtype == "fp32"
+    assert engine.load() is model, "a second load is a no-op"
+
+
+@pytest.mark.parametrize("task", ["interior", "floorplan", "base"])
+def test_each_task_generates_with_its_settings(engine, task: str) -> None:
+    result = engine.generate(GenerationRequest(prompt="a loft", task=task, seed=1))
+    assert not result.cancelled and result.steps_done == 4
+    assert result.image.size == (64, 64) and result.image.mode == "RGB"
+    p = result.params
+    assert p.task == task and p.seed == 1 and p.steps == 4
+    assert p.full_prompt == engine.settings.task(task).render_prompt("a loft")
+    assert [a.name for a in p.adapters] == [a.name for a in engine.settings.task(task).adapters]
+    assert all(len(a.sha256) == 64 for a in p.adapters)
+    assert engine.active_task == task
+
+
+def test_task_modes_give_different_images(engine) -> None:
+    # Same prompt text and seed; only the task's adapters (and template) differ.
+    images = {
+        task: pixels(engine.generate(GenerationRequest(prompt="x", task=task, seed=7)))
+        for task in ("interior", "floorplan", "base")
+    }
+    assert np.abs(images["interior"] - images["floorplan"]).max() > 0
+    assert np.abs(images["interior"] - images["base"]).max() > 0
+    assert np.abs(images["floorplan"] - images["base"]).max() > 0
+
+
+def test_adapters_change_the_image_not_only_the_template(engine) -> None:
+    # The base task uses the bare prompt; with the same text through interior's adapters it must differ.
+    base = engine.generate(GenerationRequest(prompt="interior photo of x", task="base", seed=3))
+    interior = engine.generate(GenerationRequest(prompt="x", task="interior", seed=3))
+    assert base.params.full_prompt == interior.params.full_prompt
+    assert np.abs(pixels(base) - pixels(interior)).max() > 0
+
+
+def test_switching_away_and_back_is_pixel_identical(engine) -> None:
+    request = GenerationRequest(prompt="a kitchen", task="interior", seed=42)
+    first = pixels(engine.generate(request))
+    engine.switch_task("floorplan")
+    engine.generate(GenerationRequest(prompt="a kitchen", task="floorplan", seed=42))
+    engine.switch_task("base")
+    again = pixels(engine.generate(request))
+    assert np.array_equal(first, again)
+
+
+def test_switch_returns_its_duration_and_never_reloads(engine) -> None:
+    engine.switch_task("interior")
+    pipe = engine.pipeline
+    unet_weight = next(pipe.unet.parameters())
+    switch = engine.switch_task("floorplan")
+    assert switch.task == "floorplan" and switch.adapters == (("floorplan", 1.0),)
+    assert switch.duration_ms > 0 and switch.loaded_from_disk == ()
+    assert engine.pipeline is pipe and next(pipe.unet.parameters()) is unet_weight
+    assert set(engine.loras.resident) == {"interior", "floorplan"}
+
+
+def test_base_task_disables_lora_exactly(engine) -> None:
+    engine.switch_task("base")
+    assert engine.loras.active == ()
+    from spatiora_tui.engine.api import GenerationRequest as R
+
+    with_none = pixels(engine.generate(R(prompt="y", task="base", seed=5)))
+    engine.switch_task("interior")
+    again = pixels(engine.generate(R(prompt="y", task="base", seed=5)))
+    assert np.array_equal(with_none, again)
+
+
+def test_previews_stream_every_n_steps(engine) -> None:
+    seen: list[StepPreview] = []
+    result = engine.generate(GenerationRequest(prompt="p", task="floorplan", seed=2, steps=5), on_step=seen.append)
+    assert [s.step for s in seen] == [1, 2, 3, 4, 5]
+    assert all(s.total == 5 and s.image.size == (8, 8) for s in seen)  # one pixel per latent cell
+    assert all(a.elapsed_s <= b.elapsed_s for a, b in zip(seen, seen[1:]))
+    t = result.timings
+    assert len(t.step_ms) == 5 and t.first_preview_ms is not None and t.first_preview_ms <= t.image_ms
+    assert t.decode_ms is not None and result.memory.peak_rss_mb > 0 and result.memory.cuda_max_allocated_mb is None
+
+
+def test_preview_every_n_includes_the_last_step(cache_dir, tmp_path) -> None:
+    import dataclasses
+
+    from spatiora_tui.config import PreviewSettings
+    from spatiora_tui.engine.local import LocalEngine
+    from tests.conftest import small_settings
+
+    for method, expected in (("latent2rgb", [3, 6, 7]), ("vae", [3, 6, 7]), ("none", [])):
+        settings = small_settings(tmp_path, preview=PreviewSettings(method=method, every_n_steps=3))
+        eng = LocalEngine(settings, cache_dir=cache_dir)
+        eng.load()
+        seen: list[StepPreview] = []
+        result = eng.generate(GenerationRequest(prompt="p", task="base", seed=1, steps=7), on_step=seen.append)
+        assert [s.step for s in seen] == expected, method
+        assert (result.timings.first_preview_ms is None) == (method == "none")
+        if method == "vae":
+            assert seen[0].image.size == (64, 64)
+        dataclasses.replace(settings)  # settings stay frozen and reusable
+
+
+def test_cancel_stops_within_one_step_and_returns_no_image(engine) -> None:
+    cancel = threading.Event()
+
+    def on_step(preview: StepPreview) -> None:
+        if preview.step == 2:
+            cancel.set()
+
+    result = engine.generate(
+        GenerationRequest(prompt="p", task="interior", seed=3, steps=10), on_step=on_step, cancel=cancel
+    )
+    assert result.cancelled and result.image is None
+    assert result.steps_done == 3, "the step running when cancel was set finishes; no further one starts"
+    assert result.timings.image_ms is None and result.timings.decode_ms is None
+
+
+def test_cancel_before_start_runs_nothing(engine) -> None:
+    cancel = threading.Event()
+    cancel.set()
+    result = engine.generate(GenerationRequest(prompt="p", task="interior", seed=3), cancel=cancel)
+    assert result.cancelled and result.steps_done == 0 and result.image is None
+
+
+def test_random_seed_is_recorded_and_reproducible(engine) -> None:
+    first = engine.generate(GenerationRequest(prompt="p", task="floorplan"))
+    assert 0 <= first.params.seed < 2**32
+    again = engine.generate(GenerationRequest(prompt="p", task="floorplan", seed=first.params.seed))
+    assert np.array_equal(pixels(first), pixels(again))
+
+
+@pytest.mark.parametrize("scheduler", ["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "unipc", "heun"])
+def test_every_scheduler_runs_and_previews(engine, scheduler: str) -> None:
+    seen: list[StepPreview] = []
+    result = engine.generate(
+        GenerationRequest(prompt="p", task="base", seed=1, steps=3, scheduler=scheduler), on_step=seen.append
+    )
+    assert result.params.scheduler == scheduler and result.image is not None
+    # Heun is second order: 3 steps are 5 model evaluations, and progress counts evaluations.
+    total = 5 if scheduler == "heun" else 3
+    assert [s.step for s in seen] == list(range(1, total + 1))
+    assert {s.total for s in seen} == {total} and result.steps_done == total
+
+
+def test_overrides_and_bad_requests(engine) -> None:
+    result = engine.generate(
+        GenerationRequest(prompt="p", task="base", seed=1, width=96, height=64, guidance=2, negative_prompt="dark")
+    )
+    assert result.image.size == (96, 64) and result.params.guidance == 2.0
+    assert result.params.negative_prompt == "dark"
+    with pytest.raises(EngineError, match="width must be a multiple of 8"):
+        engine.generate(GenerationRequest(prompt="p", task="base", width=100))
+    with pytest.raises(EngineError, match="unknown task 'nope'"):
+        engine.generate(GenerationRequest(prompt="p", task="nope"))
+    with pytest.raises(EngineError, match="seed must be between"):
+        engine.generate(GenerationRequest(prompt="p", task="base", seed=-1))
+
+
+def test_long_prompt_warns_what_was_cut(engine) -> None:
+    prompt = " ".join(["oak"] * 100) + " ENDWORD"
+    result = engine.generate(GenerationRequest(prompt=prompt, task="base", seed=1, steps=1))
+    assert result.warnings and "77" in result.warnings[0] and "endword" in result.warnings[0].lower()
+
+
+def test_generate_before_load_is_a_clear_error(cache_dir, tmp_path) -> None:
+    from spatiora_tui.engine.local import LocalEngine
+    from tests.conftest import small_settings
+
+    eng = LocalEngine(small_settings(tmp_path), cache_dir=cache_dir)
+    with pytest.raises(EngineError, match="not loaded"):
+        eng.generate(GenerationRequest(prompt="p", task="base"))
