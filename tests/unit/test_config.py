@@ -168,3 +168,18 @@ def test_toml_text_is_readable_and_documented() -> None:
     text = settings_to_toml(Settings())
     assert text.startswith("# Spatiora TUI configuration")
     assert "[[tasks]]" in text and 'source = "demo"' in text
+
+
+def test_configuration_doc_covers_every_key() -> None:
+    import dataclasses as dc
+
+    from spatiora_tui.config import AdapterSettings, ModelSettings, OutputSettings, PreviewSettings, TaskSettings
+
+    doc = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+    for cls in (ModelSettings, OutputSettings, PreviewSettings, AdapterSettings, TaskSettings):
+        for f in dc.fields(cls):
+            assert f"`{f.name}`" in doc, f"{cls.__name__}.{f.name} is not documented"
+    from spatiora_tui.config import SCHEDULERS
+
+    for name in SCHEDULERS:
+        assert f"`{name}`" in doc

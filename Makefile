@@ -1,0 +1,56 @@
+# Two commands set everything up on a fresh machine (see README.md):
+#   make run    create .venv, install Spatiora, start it on the configured model (the demo by default)
+#   make test   the same set-up plus the test tools, then the import contracts and the whole test suite
+#
+# PyTorch: on a machine with an NVIDIA driver the usual CUDA build is installed; elsewhere the CPU
+# build (torch==$(TORCH_CPU_VERSION) from $(TORCH_CPU_INDEX)), so tests never pull a multi-GB CUDA
+# build they cannot use. A torch already importable in the venv is kept as it is.
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_CPU_VERSION ?= 2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+PYTEST_ARGS ?=
+
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: run test setup setup-test clean
+
+run: $(VENV)/.installed
+	$(VENV)/bin/spatiora $(ARGS)
+
+test: $(VENV)/.installed-test
+	$(VENV)/bin/lint-imports
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+setup: $(VENV)/.installed
+setup-test: $(VENV)/.installed-test
+
+$(PY):
+	$(PYTHON) -c 'import sys; sys.exit("Spatiora needs Python >= 3.10; set PYTHON=python3.x" if sys.version_info < (3, 10) else 0)'
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(VENV)/.torch: | $(PY)
+	@if $(PY) -c 'import torch' 2>/dev/null; then \
+		echo "torch already installed: $$($(PY) -c 'import torch; print(torch.__version__)')"; \
+	elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		echo "NVIDIA GPU found: installing the CUDA build of torch"; \
+		$(PIP) install torch; \
+	else \
+		echo "no NVIDIA GPU: installing the CPU build torch==$(TORCH_CPU_VERSION)"; \
+		$(PIP) install "torch==$(TORCH_CPU_VERSION)" --extra-index-url "$(TORCH_CPU_INDEX)"; \
+	fi
+	@touch $@
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.torch
+	$(PIP) install --quiet -e .
+	@touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	$(PIP) install --quiet -e '.[test]'
+	@touch $@
+
+clean:
+	rm -rf $(VENV) build *.egg-info
