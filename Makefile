@@ -38,9 +38,13 @@ $(VENV)/.torch: | $(PY)
 	elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
 		echo "NVIDIA GPU found: installing the CUDA build of torch"; \
 		$(PIP) install torch; \
+	elif $(PY) -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' "$(TORCH_CPU_INDEX)" >/dev/null 2>&1; then \
+		echo "no NVIDIA GPU: installing the CPU build torch==$(TORCH_CPU_VERSION) from $(TORCH_CPU_INDEX)"; \
+		$(PIP) install --no-deps "torch==$(TORCH_CPU_VERSION)" --extra-index-url "$(TORCH_CPU_INDEX)"; \
+		$(PIP) install "torch==$(TORCH_CPU_VERSION)"; \
 	else \
-		echo "no NVIDIA GPU: installing the CPU build torch==$(TORCH_CPU_VERSION)"; \
-		$(PIP) install "torch==$(TORCH_CPU_VERSION)" --extra-index-url "$(TORCH_CPU_INDEX)"; \
+		echo "no NVIDIA GPU, $(TORCH_CPU_INDEX) unreachable: installing torch==$(TORCH_CPU_VERSION) from the configured indexes"; \
+		$(PIP) install "torch==$(TORCH_CPU_VERSION)"; \
 	fi
 	@touch $@
 
