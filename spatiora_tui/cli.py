@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 
 from spatiora_tui import __version__
 from spatiora_tui.config import (
+    RENDERERS,
     SCHEDULERS,
     ConfigError,
     Settings,
@@ -31,7 +32,6 @@ from spatiora_tui.config import (
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
-DEMO_PROMPT = "a bright open-plan flat with oak floors and large windows"
 DEMO_NOTE = (
     "note: the demo model has random weights, so the image looks like coloured noise; every "
     "mechanism (adapters, previews, metadata) is real. Set model.source in config.toml to use a "
@@ -50,9 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spatiora", parents=[common],
         description="Stable Diffusion design images from a terminal: task modes as hot-swapped LoRA sets.",
-        epilog="With no sub-command, runs a demo generation on the configured model.",
+        epilog="With no sub-command, opens the terminal UI on the configured model (the demo by default).",
     )
     parser.add_argument("--version", action="version", version=f"spatiora {__version__}")
+    parser.add_argument("--renderer", choices=RENDERERS, help="how images are drawn (default: ui.renderer, auto)")
+    parser.add_argument("--startup-time", action="store_true",
+                        help="open the UI, report the time from process start to its first frame, and quit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     gen = sub.add_parser("generate", parents=[common], help="generate one image and save it with metadata")
@@ -121,12 +124,29 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _cmd_doctor(settings)
     if args.command == "generate":
         return _cmd_generate(settings, args)
-    print("spatiora: no sub-command given; running a demo generation (see `spatiora --help`)", file=sys.stderr)
-    demo = argparse.Namespace(
-        prompt=DEMO_PROMPT, task=None, seed=None, steps=None, guidance=None, width=None, height=None,
-        negative=None, scheduler=None, out=None,
-    )
-    return _cmd_generate(settings, demo)
+    return _cmd_tui(settings, args)
+
+
+def _cmd_tui(settings: Settings, args: argparse.Namespace) -> int:
+    """The terminal UI. textual-image probes the terminal on import, so import before running."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UsageError(
+            "the terminal UI needs an interactive terminal; for scripts use `spatiora generate PROMPT` "
+            "(see `spatiora --help`)"
+        )
+    import psutil
+
+    from spatiora_tui.engine.local import LocalEngine
+    from spatiora_tui.ui.app import make_app
+
+    app = make_app(settings, LocalEngine(settings), renderer=args.renderer, exit_after_first_frame=args.startup_time)
+    app.run()
+    if args.startup_time:
+        if app.first_frame_at is None:
+            raise UsageError("the UI exited before drawing its first frame")
+        started = psutil.Process().create_time()
+        print(f"first frame {(app.first_frame_at - started) * 1000:.0f} ms after process start")
+    return EXIT_OK
 
 
 # -- generate -----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import types
 import typing
@@ -40,6 +41,9 @@ SCHEDULERS: dict[str, str] = {
     "unipc": "UniPC",
     "heun": "Heun",
 }
+
+#: How images are drawn in the terminal (textual-image renderers; auto = detect).
+RENDERERS = ("auto", "sixel", "kitty", "halfcell", "unicode")
 
 
 class ConfigError(Exception):
@@ -146,6 +150,51 @@ class AdapterSettings:
 
 
 @dataclass(frozen=True)
+class UiSettings:
+    """`[ui]`: the terminal application."""
+
+    renderer: str = field(
+        default="auto",
+        metadata=_doc(
+            "How images are drawn: auto (detect sixel, then kitty graphics, else half-cell blocks), "
+            "sixel, kitty, halfcell or unicode. --renderer overrides it.",
+            lambda v: None if v in RENDERERS else f"unknown renderer {v!r}; choose one of: {', '.join(RENDERERS)}",
+        ),
+    )
+    preview_fps: float = field(
+        default=8.0,
+        metadata=_doc("Most step previews drawn per second; only the newest is drawn.", _between(0.5, 60)),
+    )
+    hardware_hz: float = field(
+        default=4.0, metadata=_doc("Hardware pane samples per second.", _between(0.2, 20))
+    )
+    sparkline_minutes: float = field(
+        default=5.0, metadata=_doc("Minutes of memory history in the hardware pane's sparkline.", _between(0.5, 60))
+    )
+
+
+_KEY = re.compile(r"^([a-z]+\+)*[a-z0-9_]+$|^.$")
+
+
+def _keys(value: str) -> str | None:
+    keys = [k.strip() for k in value.split(",")]
+    if not all(keys) or any(not _KEY.match(k) for k in keys):
+        return f"{value!r} is not a key; write keys as Textual names them, e.g. \"ctrl+g\" or \"f5,ctrl+r\""
+    return None
+
+
+@dataclass(frozen=True)
+class KeySettings:
+    """`[keys]`: remap the application's keys (comma-separated alternatives allowed)."""
+
+    generate: str = field(default="ctrl+g", metadata=_doc("Generate (Enter in the prompt does too).", _keys))
+    cancel: str = field(default="escape", metadata=_doc("Cancel the running generation.", _keys))
+    next_task: str = field(default="ctrl+t", metadata=_doc("Switch to the next task mode.", _keys))
+    history: str = field(default="ctrl+o", metadata=_doc("Open this session's and earlier images.", _keys))
+    quit: str = field(default="ctrl+q", metadata=_doc("Quit.", _keys))
+
+
+@dataclass(frozen=True)
 class AdapterRef:
     """One adapter of a task, with the weight it is applied at."""
 
@@ -221,6 +270,8 @@ class Settings:
     output: OutputSettings = field(default_factory=OutputSettings, metadata=_doc("[output]"))
     preview: PreviewSettings = field(default_factory=PreviewSettings, metadata=_doc("[preview]"))
     adapters: AdapterSettings = field(default_factory=AdapterSettings, metadata=_doc("[adapters]"))
+    ui: UiSettings = field(default_factory=UiSettings, metadata=_doc("[ui]"))
+    keys: KeySettings = field(default_factory=KeySettings, metadata=_doc("[keys]"))
     tasks: tuple[TaskSettings, ...] = field(default=DEFAULT_TASKS, metadata=_doc("[[tasks]]"))
     base_dir: Path = field(default_factory=Path.cwd, metadata={"internal": True})
     source_file: Path | None = field(default=None, metadata={"internal": True})

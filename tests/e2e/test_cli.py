@@ -100,10 +100,9 @@ def test_doctor_reports_versions_and_no_problem(project: Path) -> None:
         assert word in proc.stdout, word
 
 
-def test_no_subcommand_runs_a_demo_generation(project: Path) -> None:
+def test_no_subcommand_without_a_terminal_points_to_generate(project: Path) -> None:
     proc = spatiora(cwd=project)
-    assert proc.returncode == 0, proc.stderr
-    assert Path(proc.stdout.strip()).is_file()
+    assert_one_line_failure(proc, 2, "interactive terminal", "spatiora generate")
 
 
 def test_unknown_task(project: Path) -> None:

@@ -1,0 +1,241 @@
+"""Hardware sampling into immutable snapshots: NVML for the GPU, torch's CUDA counters, psutil.
+
+Backends are a seam: each is an object with `read()` returning a partial reading, so tests feed
+recorded readings instead of patching libraries. A GPU field the device does not support
+(NVMLError_NotSupported) is simply absent (None); no NVML at all is a normal state with its
+reason kept for the UI ("no NVIDIA GPU — NVML unavailable").
+
+This module never imports torch: CUDA counters are read only when the engine has already
+imported torch in this process, so the UI's hardware pane costs nothing on a CPU machine.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import psutil
+
+MB = 2**20
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    """One GPU as NVML sees it. Unsupported fields are None."""
+
+    index: int
+    name: str
+    memory_used_mb: float | None = None
+    memory_total_mb: float | None = None
+    process_memory_mb: float | None = None  # this process's share, from the running-process list
+    utilization_pct: float | None = None
+    temperature_c: float | None = None
+    power_w: float | None = None
+    power_limit_w: float | None = None
+
+
+@dataclass(frozen=True)
+class CudaReading:
+    """torch's view of this process on the current CUDA device."""
+
+    allocated_mb: float
+    reserved_mb: float
+    max_allocated_mb: float
+
+
+@dataclass(frozen=True)
+class HostReading:
+    cpu_percent: float
+    process_rss_mb: float
+    ram_used_mb: float
+    ram_total_mb: float
+
+
+@dataclass(frozen=True)
+class HardwareSnapshot:
+    """Everything sampled at one instant (time.monotonic())."""
+
+    time: float
+    host: HostReading
+    gpus: tuple[GpuReading, ...] = ()
+    nvml_error: str | None = None  # why there are no GPU readings, when there are none
+    cuda: CudaReading | None = None
+
+    @property
+    def gpu(self) -> GpuReading | None:
+        """The GPU the engine uses (the first visible one)."""
+        return self.gpus[0] if self.gpus else None
+
+    @property
+    def vram_mb(self) -> float | None:
+        """This process's GPU memory: NVML's per-process figure, else torch's reserved memory."""
+        gpu = self.gpu
+        if gpu is not None and gpu.process_memory_mb is not None:
+            return gpu.process_memory_mb
+        return self.cuda.reserved_mb if self.cuda is not None else None
+
+
+class GpuBackend(Protocol):
+    def read(self) -> tuple[tuple[GpuReading, ...], str | None]:
+        """GPU readings, and the reason when there are none."""
+        ...
+
+
+class HostBackend(Protocol):
+    def read(self) -> HostReading: ...
+
+
+class CudaBackend(Protocol):
+    def read(self) -> CudaReading | None: ...
+
+
+class NvmlBackend:
+    """GPU readings through pynvml (the nvidia-ml-py distribution). Initialised on first read."""
+
+    def __init__(self) -> None:
+        self._nvml: Any = None
+        self._handles: list[Any] = []
+        self._error: str | None = None
+        self._pid = os.getpid()
+
+    def read(self) -> tuple[tuple[GpuReading, ...], str | None]:
+        if self._nvml is None and self._error is None:
+            self._init()
+        if self._error is not None:
+            return (), self._error
+        readings = []
+        for index, handle in enumerate(self._handles):
+            try:
+                readings.append(self._read_one(index, handle))
+            except Exception as exc:  # a GPU that vanished or a driver hiccup: report, keep going
+                readings.append(GpuReading(index=index, name=f"GPU {index} (read failed: {type(exc).__name__})"))
+        return tuple(readings), None
+
+    def _init(self) -> None:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+            self._nvml = pynvml
+            if not self._handles:
+                self._error = "NVML sees no GPU"
+        except Exception as exc:
+            self._error = f"no NVIDIA GPU — NVML unavailable ({type(exc).__name__})"
+
+    def _read_one(self, index: int, handle: Any) -> GpuReading:
+        nv = self._nvml
+
+        def opt(fn: Any, *args: Any) -> Any:
+            try:
+                return fn(*args)
+            except nv.NVMLError:  # NotSupported and friends: the field is absent
+                return None
+
+        name = opt(nv.nvmlDeviceGetName, handle) or f"GPU {index}"
+        mem = opt(nv.nvmlDeviceGetMemoryInfo, handle)
+        util = opt(nv.nvmlDeviceGetUtilizationRates, handle)
+        temp = opt(nv.nvmlDeviceGetTemperature, handle, nv.NVML_TEMPERATURE_GPU)
+        power = opt(nv.nvmlDeviceGetPowerUsage, handle)
+        limit = opt(nv.nvmlDeviceGetEnforcedPowerLimit, handle)
+        procs = opt(nv.nvmlDeviceGetComputeRunningProcesses, handle)
+        mine = None
+        if procs is not None:
+            used = [p.usedGpuMemory for p in procs if p.pid == self._pid and p.usedGpuMemory is not None]
+            mine = sum(used) / MB if used else 0.0
+        return GpuReading(
+            index=index,
+            name=name.decode() if isinstance(name, bytes) else str(name),
+            memory_used_mb=mem.used / MB if mem is not None else None,
+            memory_total_mb=mem.total / MB if mem is not None else None,
+            process_memory_mb=mine,
+            utilization_pct=float(util.gpu) if util is not None else None,
+            temperature_c=float(temp) if temp is not None else None,
+            power_w=power / 1000.0 if power is not None else None,
+            power_limit_w=limit / 1000.0 if limit is not None else None,
+        )
+
+
+class PsutilBackend:
+    """CPU %, process RSS and system RAM."""
+
+    def __init__(self) -> None:
+        self._process = psutil.Process()
+        self._process.cpu_percent(None)  # the first call only sets the reference point
+
+    def read(self) -> HostReading:
+        vm = psutil.virtual_memory()
+        return HostReading(
+            cpu_percent=psutil.cpu_percent(None),
+            process_rss_mb=self._process.memory_info().rss / MB,
+            ram_used_mb=(vm.total - vm.available) / MB,
+            ram_total_mb=vm.total / MB,
+        )
+
+
+class TorchCudaBackend:
+    """torch.cuda memory counters, read only if torch is already imported and CUDA initialised."""
+
+    def read(self) -> CudaReading | None:
+        torch = sys.modules.get("torch")
+        if torch is None:
+            return None
+        try:
+            if not torch.cuda.is_initialized():
+                return None
+            return CudaReading(
+                allocated_mb=torch.cuda.memory_allocated() / MB,
+                reserved_mb=torch.cuda.memory_reserved() / MB,
+                max_allocated_mb=torch.cuda.max_memory_allocated() / MB,
+            )
+        except Exception:
+            return None
+
+
+@dataclass
+class HardwareSampler:
+    """Takes snapshots from its backends. `sample()` is serialised: calls never overlap."""
+
+    gpu: GpuBackend = field(default_factory=NvmlBackend)
+    host: HostBackend = field(default_factory=PsutilBackend)
+    cuda: CudaBackend = field(default_factory=TorchCudaBackend)
+    clock: Any = time.monotonic
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def sample(self) -> HardwareSnapshot:
+        with self._lock:
+            gpus, error = self.gpu.read()
+            return HardwareSnapshot(
+                time=self.clock(), host=self.host.read(), gpus=gpus, nvml_error=error, cuda=self.cuda.read()
+            )
+
+
+@dataclass(frozen=True)
+class TaskPeak:
+    vram_mb: float | None
+    rss_mb: float
+
+
+class PeakTracker:
+    """Peak memory per task, fed with snapshots taken while that task was active."""
+
+    def __init__(self) -> None:
+        self._peaks: dict[str, TaskPeak] = {}
+
+    def add(self, task: str, snap: HardwareSnapshot) -> TaskPeak:
+        old = self._peaks.get(task)
+        vram = snap.vram_mb
+        if old is not None and old.vram_mb is not None:
+            vram = old.vram_mb if vram is None else max(vram, old.vram_mb)
+        rss = snap.host.process_rss_mb if old is None else max(old.rss_mb, snap.host.process_rss_mb)
+        peak = TaskPeak(vram_mb=vram, rss_mb=rss)
+        self._peaks[task] = peak
+        return peak
+
+    @property
+    def peaks(self) -> dict[str, TaskPeak]:
+        return dict(self._peaks)

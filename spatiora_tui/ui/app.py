@@ -1,0 +1,394 @@
+"""The Spatiora terminal application.
+
+Data flows one way: a key press makes a request, a worker thread calls the engine, the engine
+calls back per step, the worker posts typed messages, the UI draws. Only cancel flows back.
+The first frame is drawn before torch is imported: the model loads in a worker.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Iterable
+
+from textual import on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widget import Widget
+from textual.widgets import Footer, Header, Input, Static
+from textual.worker import Worker, WorkerState, get_current_worker
+
+from spatiora_tui.config import Settings, TaskSettings
+from spatiora_tui.engine.api import Engine, EngineError, EngineOOM, GenerationRequest, StepPreview
+from spatiora_tui.hw import HardwareSampler, PeakTracker
+from spatiora_tui.outputs import OutputError, save_result
+from spatiora_tui.ui.images import image_widget_class
+from spatiora_tui.ui.messages import (
+    AdapterSwitched,
+    AdapterSwitchFailed,
+    GenerationFailed,
+    GenerationFinished,
+    HardwareSampled,
+    ModelLoaded,
+    ModelLoadFailed,
+    ModelLoadProgressed,
+    StepPreviewReady,
+)
+from spatiora_tui.ui.screens.history import HistoryScreen
+from spatiora_tui.ui.text import markup_safe
+from spatiora_tui.ui.widgets.hardware_pane import HardwarePane
+from spatiora_tui.ui.widgets.preview_pane import PreviewPane
+from spatiora_tui.ui.widgets.prompt_pane import FormError, PromptPane
+from spatiora_tui.ui.widgets.task_pane import TaskPane
+
+#: Binding ids, which are also the [keys] names in config.toml.
+KEY_ACTIONS = ("generate", "cancel", "next_task", "history", "quit")
+
+
+class SpatioraApp(App[None], inherit_bindings=False):
+    CSS_PATH = "app.tcss"
+    TITLE = "Spatiora"
+    BINDINGS = [
+        Binding("ctrl+g", "generate", "Generate", id="generate", priority=True,
+                tooltip="Generate with the prompt pane's settings"),
+        Binding("escape", "cancel", "Cancel", id="cancel", tooltip="Cancel the running generation"),
+        Binding("ctrl+t", "next_task", "Next task", id="next_task", priority=True,
+                tooltip="Switch to the next task mode"),
+        Binding("ctrl+o", "history", "History", id="history", priority=True, tooltip="Browse the images"),
+        Binding("ctrl+q", "quit", "Quit", id="quit", priority=True, tooltip="Quit Spatiora"),
+        Binding("ctrl+c", "help_quit", show=False, system=True),
+    ]
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        *,
+        renderer: str | None = None,
+        sampler: HardwareSampler | None = None,
+        exit_after_first_frame: bool = False,
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self.engine = engine
+        self.renderer = renderer or settings.ui.renderer
+        self._image_class: type[Widget] = image_widget_class(self.renderer)
+        self._sampler = sampler or HardwareSampler()
+        self._tasks: dict[str, TaskSettings] = {t.name: t for t in settings.tasks}
+        self._model_ready = False
+        self._generation: Worker | None = None
+        self._generation_task: str | None = None
+        self._pending_task: str | None = None
+        self._switching = False
+        self._peaks = PeakTracker()
+        self._session_images: list[Path] = []
+        self._exit_after_first_frame = exit_after_first_frame
+        self.first_frame_at: float | None = None
+        self.set_keymap({action: getattr(settings.keys, action) for action in KEY_ACTIONS})
+
+    # -- layout -------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        # Kept as attributes: messages may arrive while another screen (history) is on top.
+        samples = max(1, round(self.settings.ui.sparkline_minutes * 60 * self.settings.ui.hardware_hz))
+        self.task_pane = TaskPane(self.settings.tasks, id="tasks")
+        self.prompt_pane = PromptPane(id="prompt-pane")
+        self.preview_pane = PreviewPane(self._image_class, id="preview")
+        self.hardware_pane = HardwarePane(samples, id="hardware")
+        self.status_line = Static("", id="status")
+        yield Header(show_clock=False, icon="◧")
+        with Horizontal(id="main"):
+            with Vertical(id="left"):
+                yield self.task_pane
+                yield self.prompt_pane
+            yield self.preview_pane
+            yield self.hardware_pane
+        yield self.status_line
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = "loading the model…"
+        self.prompt_pane.fill_from_task(self.settings.tasks[0])
+        self.prompt_pane.query_one("#prompt", Input).focus()
+        self.hardware_pane.show_peaks({})
+        self.say("loading the model in the background; generate is available once it is ready")
+        self.call_after_refresh(self._first_frame)
+        if self._exit_after_first_frame:
+            return
+        self._load_model()
+        self._sample_hardware()
+
+    def _first_frame(self) -> None:
+        self.first_frame_at = time.time()
+        if self._exit_after_first_frame:
+            self.exit()
+
+    # -- status line --------------------------------------------------------------------------
+
+    def say(self, text: str, error: bool = False) -> None:
+        status = self.status_line
+        status.set_class(error, "error")
+        status.update(markup_safe(text))
+
+    # -- model loading ------------------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="load")
+    def _load_model(self) -> None:
+        try:
+            model = self.engine.load(on_progress=lambda text: self.post_message(ModelLoadProgressed(text)))
+            switch = self.engine.switch_task(self.settings.tasks[0].name)
+        except EngineError as exc:
+            self.post_message(ModelLoadFailed(str(exc)))
+            return
+        self.post_message(AdapterSwitched(switch))
+        self.post_message(ModelLoaded(model))
+
+    def on_model_load_progressed(self, message: ModelLoadProgressed) -> None:
+        self.preview_pane.loading(f"{message.text}…")
+        self.say(f"{message.text}…")
+
+    def on_model_loaded(self, message: ModelLoaded) -> None:
+        model = message.model
+        self._model_ready = True
+        self.sub_title = f"{model.name} · {model.family_label} · {model.device} {model.dtype}"
+        note = (" — images look like noise, every mechanism is real; set model.source "
+                "for a real model (docs/models.md)") if model.random_weights else ""
+        self.preview_pane.model_ready(f"ready: type a prompt, press Enter or {self._key('generate')}")
+        self.say(f"model ready: {model.name}{note}")
+        self.refresh_bindings()
+
+    def on_model_load_failed(self, message: ModelLoadFailed) -> None:
+        self.sub_title = "model failed to load"
+        self.preview_pane.loading("the model failed to load; see the status line")
+        self.say(f"model failed to load: {message.error}. Fix config.toml and restart.", error=True)
+
+    # -- actions ------------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "generate" and not self._model_ready:
+            return None  # shown dimmed until the model is ready
+        if action == "cancel" and self._generation is None:
+            return None
+        return True
+
+    def _key(self, action: str) -> str:
+        return getattr(self.settings.keys, action).split(",")[0]
+
+    def action_generate(self) -> None:
+        if isinstance(self.screen, HistoryScreen):
+            self.pop_screen()
+        if not self._model_ready:
+            self.say("the model is still loading; generate is available once it is ready")
+            return
+        if self._generation is not None:
+            self.say(f"a generation is already running; {self._key('cancel')} cancels it")
+            return
+        task = self.task_pane.active or self.settings.tasks[0].name
+        try:
+            request = self.prompt_pane.request(task)
+        except FormError as exc:
+            self.say(str(exc), error=True)
+            return
+        self._generation_task = task
+        self.preview_pane.started(request.steps or self._tasks[task].steps)
+        self.say(f"generating ({task})… {self._key('cancel')} cancels")
+        self._generation = self._generate(request)
+        self.refresh_bindings()
+
+    def action_cancel(self) -> None:
+        if self._generation is not None:
+            self._generation.cancel()
+            self.say("cancelling… (stops within one step)")
+
+    def action_next_task(self) -> None:
+        names = list(self._tasks)
+        current = self._pending_task or self.task_pane.active or names[0]
+        self._request_switch(names[(names.index(current) + 1) % len(names)])
+
+    def action_history(self) -> None:
+        if isinstance(self.screen, HistoryScreen):
+            self.pop_screen()
+            return
+        self.push_screen(HistoryScreen(self.settings.output_dir, set(self._session_images), self._image_class))
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Generate", f"Generate an image ({self._key('generate')})", self.action_generate)
+        yield SystemCommand("Cancel generation", f"Stop the running generation ({self._key('cancel')})",
+                            self.action_cancel)
+        yield SystemCommand("Next task mode", f"Switch task ({self._key('next_task')})", self.action_next_task)
+        yield SystemCommand("History", f"Browse images ({self._key('history')})", self.action_history)
+        for name in self._tasks:
+            yield SystemCommand(f"Task: {name}", self._tasks[name].description or "switch task mode",
+                                lambda name=name: self._request_switch(name))
+
+    @on(Input.Submitted, "#prompt")
+    def _prompt_submitted(self) -> None:
+        self.action_generate()
+
+    @on(TaskPane.TaskChosen)
+    def _task_chosen(self, message: TaskPane.TaskChosen) -> None:
+        self._request_switch(message.name)
+
+    # -- task switching -----------------------------------------------------------------------
+
+    def _request_switch(self, name: str) -> None:
+        if not self._model_ready:
+            self.say("the model is still loading; switch tasks once it is ready")
+            return
+        if self._generation is not None or self._switching:
+            self._pending_task = name
+            self.task_pane.set_pending(name)
+            self.say(f"switch to {name} queued: it happens when the running generation ends")
+            return
+        if name == self.task_pane.active:
+            self.say(f"{name} is already the active task")
+            return
+        self._switching = True
+        self._switch(name)
+
+    @work(thread=True, exit_on_error=False, group="switch")
+    def _switch(self, name: str) -> None:
+        try:
+            self.post_message(AdapterSwitched(self.engine.switch_task(name)))
+        except EngineError as exc:
+            self.post_message(AdapterSwitchFailed(name, str(exc)))
+
+    def on_adapter_switched(self, message: AdapterSwitched) -> None:
+        switch = message.switch
+        self._switching = False
+        loaded = f", loaded {', '.join(switch.loaded_from_disk)} from disk" if switch.loaded_from_disk else ""
+        text = f"switched in {switch.duration_ms:.0f} ms{loaded}"
+        self.task_pane.set_active(switch.task, text)
+        self.prompt_pane.fill_from_task(self._tasks[switch.task])
+        if self._model_ready:
+            self.say(f"task {switch.task}: {text}")
+        self._run_pending_switch()
+
+    def on_adapter_switch_failed(self, message: AdapterSwitchFailed) -> None:
+        self._switching = False
+        self.task_pane.set_pending(None)
+        self.say(f"could not switch to {message.task}: {message.error}", error=True)
+        self._run_pending_switch()
+
+    def _run_pending_switch(self) -> None:
+        pending, self._pending_task = self._pending_task, None
+        if pending is not None and pending != self.task_pane.active:
+            self._request_switch(pending)
+        else:
+            self.task_pane.set_pending(None)
+
+    # -- generation ---------------------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="generate")
+    def _generate(self, request: GenerationRequest) -> None:
+        worker = get_current_worker()
+        period = 1.0 / self.settings.ui.preview_fps
+        last_post = [float("-inf")]
+
+        def on_step(preview: StepPreview) -> None:
+            now = time.monotonic()
+            if preview.step >= preview.total or now - last_post[0] >= period:
+                last_post[0] = now
+                rate = preview.step / max(preview.elapsed_s, 1e-6)
+                image = preview.image if preview.image.mode == "RGB" else preview.image.convert("RGB")
+                self.post_message(StepPreviewReady(
+                    StepPreview(preview.step, preview.total, image, preview.elapsed_s), rate))
+
+        try:
+            result = self.engine.generate(request, on_step=on_step, cancel=worker.cancelled_event)
+        except EngineOOM as exc:
+            self.post_message(GenerationFailed(request.task, str(exc), out_of_memory=True))
+            return
+        except EngineError as exc:
+            self.post_message(GenerationFailed(request.task, str(exc), out_of_memory=False))
+            return
+        path = error = None
+        if result.image is not None and not result.cancelled:
+            try:
+                path = save_result(result, self.settings.output_dir)
+            except OutputError as exc:
+                error = str(exc)
+        self.post_message(GenerationFinished(result, path, error))
+
+    def on_step_preview_ready(self, message: StepPreviewReady) -> None:
+        if self._generation is not None:
+            self.preview_pane.show_step(message.preview, message.rate)
+
+    def on_generation_finished(self, message: GenerationFinished) -> None:
+        result = message.result
+        self._generation_ended()
+        self.prompt_pane.show_last_seed(result.params.seed)
+        if result.cancelled:
+            saved = "cancelled: nothing saved"
+            self.say(f"cancelled after {result.steps_done} steps; nothing saved")
+        elif message.path is not None:
+            self._session_images.append(message.path)
+            saved = f"saved {markup_safe(str(message.path))}"
+            self.say(f"saved {message.path}")
+        else:
+            saved = "[b]not saved[/] — the image is shown but was not written"
+            self.say(f"could not save the image: {message.save_error}", error=True)
+        for warning in result.warnings:
+            self.notify(markup_safe(warning), severity="warning", timeout=8)
+        self.preview_pane.finished(result, saved)
+
+    def on_generation_failed(self, message: GenerationFailed) -> None:
+        self._generation_ended()
+        self.preview_pane.failed()
+        prefix = "out of memory" if message.out_of_memory else "generation failed"
+        self.say(f"{prefix}: {message.error}", error=True)
+
+    def _generation_ended(self) -> None:
+        self._generation = None
+        self._generation_task = None
+        self.refresh_bindings()
+        self._run_pending_switch()
+
+    @on(Worker.StateChanged)
+    def _worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """The one place an unexpected worker crash becomes a message; the app keeps running."""
+        if event.state != WorkerState.ERROR:
+            return
+        error = event.worker.error
+        text = f"{type(error).__name__}: {error}" if error is not None else "unknown error"
+        if event.worker.group == "generate":
+            self._generation_ended()
+            self.preview_pane.failed()
+        elif event.worker.group == "switch":
+            self._switching = False
+        self.say(f"unexpected error in {event.worker.group}: {text}", error=True)
+
+    # -- hardware -----------------------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="hardware")
+    def _sample_hardware(self) -> None:
+        """One loop in one thread: a sample never overlaps the previous one."""
+        worker = get_current_worker()
+        period = 1.0 / self.settings.ui.hardware_hz
+        while not worker.is_cancelled:
+            started = time.monotonic()
+            self.post_message(HardwareSampled(self._sampler.sample()))
+            worker.cancelled_event.wait(max(0.0, period - (time.monotonic() - started)))
+
+    def on_hardware_sampled(self, message: HardwareSampled) -> None:
+        pane = self.hardware_pane
+        pane.show(message.snapshot)
+        if self._generation_task is not None:
+            self._peaks.add(self._generation_task, message.snapshot)
+            pane.show_peaks(self._peaks.peaks)
+
+
+def make_app(
+    settings: Settings,
+    engine: Engine,
+    *,
+    renderer: str | None = None,
+    sampler: HardwareSampler | None = None,
+    exit_after_first_frame: bool = False,
+) -> SpatioraApp:
+    """Build the app; the CLI and the tests both come through here."""
+    return SpatioraApp(settings, engine, renderer=renderer, sampler=sampler,
+                       exit_after_first_frame=exit_after_first_frame)

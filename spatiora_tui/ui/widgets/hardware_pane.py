@@ -1,0 +1,108 @@
+"""The hardware pane: VRAM gauge (device used/total, this process, CUDA allocated/reserved), GPU
+load, temperature and power; CPU, process RSS and system RAM; a memory sparkline over the last
+minutes; the peak of each task. Without NVML it says so plainly and shows the host figures."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import Sparkline, Static
+
+from spatiora_tui.hw import HardwareSnapshot, TaskPeak
+from spatiora_tui.ui.text import markup_safe
+
+BAR_WIDTH = 12
+
+
+def _gb(mb: float | None) -> str:
+    return "—" if mb is None else f"{mb / 1024:.1f} GB" if mb >= 1024 else f"{mb:.0f} MB"
+
+
+def _bar(used: float, total: float) -> str:
+    filled = round(BAR_WIDTH * min(max(used / total, 0.0), 1.0)) if total > 0 else 0
+    return f"[$primary]{'█' * filled}[/][$surface-lighten-2]{'░' * (BAR_WIDTH - filled)}[/]"
+
+
+class HardwarePane(Vertical):
+    DEFAULT_CSS = """
+    HardwarePane { height: auto; }
+    HardwarePane Static { height: auto; padding: 0 1; }
+    HardwarePane Sparkline { height: 3; margin: 0 1; }
+    """
+
+    def __init__(self, history_samples: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._history: deque[float] = deque(maxlen=history_samples)
+        self._history_label = "memory"
+
+    def compose(self) -> ComposeResult:
+        yield Static("[dim]sampling…[/]", id="hw-gpu")
+        yield Static("", id="hw-host")
+        yield Static("", id="hw-spark-label")
+        yield Sparkline([], id="hw-spark")
+        yield Static("", id="hw-peaks")
+
+    def on_mount(self) -> None:
+        self.border_title = "Hardware"
+
+    def show(self, snap: HardwareSnapshot) -> None:
+        self.query_one("#hw-gpu", Static).update(self._gpu_text(snap))
+        host = snap.host
+        self.query_one("#hw-host", Static).update(
+            f"CPU  {host.cpu_percent:4.0f} %\n"
+            f"RSS  {_gb(host.process_rss_mb)} (this process)\n"
+            f"RAM  {_bar(host.ram_used_mb, host.ram_total_mb)} {_gb(host.ram_used_mb)} / {_gb(host.ram_total_mb)}"
+        )
+        vram = snap.vram_mb
+        label = "VRAM (this process)" if vram is not None else "RSS (no GPU)"
+        if label != self._history_label:
+            self._history.clear()
+            self._history_label = label
+        self._history.append(vram if vram is not None else host.process_rss_mb)
+        self.query_one("#hw-spark-label", Static).update(
+            f"[dim]{label}, last {len(self._history)} samples · now {_gb(self._history[-1])} · "
+            f"max {_gb(max(self._history))}[/]"
+        )
+        self.query_one("#hw-spark", Sparkline).data = list(self._history)
+
+    @staticmethod
+    def _gpu_text(snap: HardwareSnapshot) -> str:
+        gpu = snap.gpu
+        if gpu is None:
+            return f"[b]{markup_safe(snap.nvml_error or 'no GPU readings')}[/]"
+        lines = [f"[b]{markup_safe(gpu.name)}[/]"]
+        if gpu.memory_used_mb is not None and gpu.memory_total_mb:
+            lines.append(
+                f"VRAM {_bar(gpu.memory_used_mb, gpu.memory_total_mb)} "
+                f"{_gb(gpu.memory_used_mb)} / {_gb(gpu.memory_total_mb)}"
+            )
+        detail = []
+        if gpu.process_memory_mb is not None:
+            detail.append(f"this process {_gb(gpu.process_memory_mb)}")
+        if snap.cuda is not None:
+            detail.append(f"CUDA alloc {_gb(snap.cuda.allocated_mb)} · reserved {_gb(snap.cuda.reserved_mb)}")
+        if detail:
+            lines.append("     " + " · ".join(detail))
+        load = []
+        if gpu.utilization_pct is not None:
+            load.append(f"load {gpu.utilization_pct:.0f} %")
+        if gpu.temperature_c is not None:
+            load.append(f"{gpu.temperature_c:.0f} °C")
+        if gpu.power_w is not None:
+            limit = f" / {gpu.power_limit_w:.0f}" if gpu.power_limit_w else ""
+            load.append(f"{gpu.power_w:.0f}{limit} W")
+        if load:
+            lines.append("GPU  " + " · ".join(load))
+        return "\n".join(lines)
+
+    def show_peaks(self, peaks: dict[str, TaskPeak]) -> None:
+        if not peaks:
+            self.query_one("#hw-peaks", Static).update("[dim]task peaks appear after a generation[/]")
+            return
+        rows = ["[b]peaks by task[/]"]
+        for task, peak in peaks.items():
+            vram = f"VRAM {_gb(peak.vram_mb)} · " if peak.vram_mb is not None else ""
+            rows.append(f"{markup_safe(task):<10} {vram}RSS {_gb(peak.rss_mb)}")
+        self.query_one("#hw-peaks", Static).update("\n".join(rows))

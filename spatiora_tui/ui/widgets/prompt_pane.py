@@ -1,0 +1,95 @@
+"""The prompt pane: prompt, negative prompt, seed, steps, guidance and size, pre-filled from the
+active task and editable per run. Reading it yields a GenerationRequest or says what is wrong."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Input, Label
+
+from spatiora_tui.config import TaskSettings
+from spatiora_tui.engine.api import GenerationRequest
+
+
+class FormError(ValueError):
+    """A field holds something that cannot be used; the message names the field."""
+
+
+class PromptPane(Vertical):
+    DEFAULT_CSS = """
+    PromptPane { height: auto; }
+    PromptPane Horizontal { height: auto; }
+    PromptPane .field { width: 1fr; height: auto; }
+    PromptPane Label { padding: 0 1; color: $text-muted; }
+    PromptPane Input { height: 1; border: none; padding: 0 1; margin: 0 1 0 1; background: $boost; }
+    PromptPane Input:focus { border: none; background: $primary 25%; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Label("Prompt (Enter generates)")
+        yield Input(placeholder="what to draw, e.g. a sunlit loft with oak floors", id="prompt")
+        yield Label("Negative prompt")
+        yield Input(id="negative")
+        with Horizontal():
+            with Vertical(classes="field"):
+                yield Label("Seed", id="seed-label")
+                yield Input(placeholder="random", id="seed", restrict=r"[0-9]*")
+            with Vertical(classes="field"):
+                yield Label("Steps")
+                yield Input(id="steps", restrict=r"[0-9]*")
+        with Horizontal():
+            with Vertical(classes="field"):
+                yield Label("Guidance")
+                yield Input(id="guidance", restrict=r"[0-9.]*")
+            with Vertical(classes="field"):
+                yield Label("Size WxH")
+                yield Input(id="size", restrict=r"[0-9xX]*")
+
+    def on_mount(self) -> None:
+        self.border_title = "Prompt"
+
+    def fill_from_task(self, task: TaskSettings) -> None:
+        """Put the task's settings in the fields; the prompt and seed stay as typed."""
+        self.query_one("#negative", Input).value = task.negative_prompt
+        self.query_one("#steps", Input).value = str(task.steps)
+        self.query_one("#guidance", Input).value = f"{task.guidance:g}"
+        self.query_one("#size", Input).value = f"{task.width}x{task.height}"
+
+    def show_last_seed(self, seed: int) -> None:
+        self.query_one("#seed-label", Label).update(f"Seed (last: {seed})")
+
+    def request(self, task: str) -> GenerationRequest:
+        """The request these fields describe, or FormError naming the field at fault."""
+        prompt = self.query_one("#prompt", Input).value
+        if not prompt.strip():
+            raise FormError("the prompt is empty: type what to draw, then press Enter or ctrl+g")
+        seed_text = self.query_one("#seed", Input).value.strip()
+        steps_text = self.query_one("#steps", Input).value.strip()
+        guidance_text = self.query_one("#guidance", Input).value.strip()
+        size_text = self.query_one("#size", Input).value.strip().lower()
+        seed = _int("seed", seed_text, 0, 2**32 - 1) if seed_text else None
+        steps = _int("steps", steps_text, 1, 500) if steps_text else None
+        try:
+            guidance = float(guidance_text) if guidance_text else None
+        except ValueError:
+            raise FormError(f"guidance {guidance_text!r} is not a number, e.g. 7 or 6.5") from None
+        width = height = None
+        if size_text:
+            parts = size_text.split("x")
+            if len(parts) != 2 or not all(p.isdigit() for p in parts):
+                raise FormError(f"size {size_text!r} should be WIDTHxHEIGHT, e.g. 768x512")
+            width, height = int(parts[0]), int(parts[1])
+        return GenerationRequest(
+            prompt=prompt, task=task, seed=seed, steps=steps, guidance=guidance, width=width, height=height,
+            negative_prompt=self.query_one("#negative", Input).value,
+        )
+
+
+def _int(name: str, text: str, lo: int, hi: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise FormError(f"{name} {text!r} is not a whole number") from None
+    if not lo <= value <= hi:
+        raise FormError(f"{name} must be between {lo} and {hi}, got {value}")
+    return value

@@ -1,0 +1,90 @@
+"""Task modes: the list (arrows + Enter select), the active one marked, its adapters and the
+time the last switch took."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.message import Message
+from textual.widgets import OptionList, Static
+from textual.widgets.option_list import Option
+
+from spatiora_tui.config import TaskSettings
+from spatiora_tui.ui.text import markup_safe
+
+
+class TaskPane(Vertical):
+    """Lists the task modes and describes the active one."""
+
+    DEFAULT_CSS = """
+    TaskPane { height: auto; }
+    TaskPane OptionList { height: auto; max-height: 10; border: none; }
+    TaskPane #task-detail { height: auto; padding: 0 1; }
+    """
+
+    class TaskChosen(Message):
+        """The user picked a task in the list."""
+
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.name = name
+
+    def __init__(self, tasks: tuple[TaskSettings, ...], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._tasks = tasks
+        self._active: str | None = None
+        self._pending: str | None = None
+        self._switch_text = "not switched yet"
+
+    def compose(self) -> ComposeResult:
+        yield OptionList(*[Option(self._label(t), id=t.name) for t in self._tasks], id="task-list")
+        yield Static(id="task-detail")
+
+    def on_mount(self) -> None:
+        self.border_title = "Tasks"
+        self._refresh_detail()
+
+    @property
+    def active(self) -> str | None:
+        return self._active
+
+    def set_active(self, name: str, switch_text: str) -> None:
+        self._active, self._switch_text = name, switch_text
+        if self._pending == name:
+            self._pending = None
+        self._relabel()
+
+    def set_pending(self, name: str | None) -> None:
+        self._pending = name
+        self._relabel()
+
+    def _relabel(self) -> None:
+        options = self.query_one(OptionList)
+        for task in self._tasks:
+            options.replace_option_prompt(task.name, self._label(task))
+        self._refresh_detail()
+
+    def _label(self, task: TaskSettings) -> str:
+        mark = "●" if task.name == self._active else ("…" if task.name == self._pending else " ")
+        return f"{mark} [b]{markup_safe(task.name)}[/]"
+
+    def _refresh_detail(self) -> None:
+        task = next((t for t in self._tasks if t.name == self._active), None)
+        if task is None:
+            self.query_one("#task-detail", Static).update("[dim]loading…[/]")
+            return
+        adapters = ", ".join(f"{markup_safe(a.name)} @ {a.weight:g}" for a in task.adapters) or "none (base model)"
+        lines = [
+            f"[i]{markup_safe(task.description)}[/]" if task.description else "",
+            f"adapters  {adapters}",
+            f"settings  {task.steps} steps · CFG {task.guidance:g} · {task.scheduler} · {task.width}x{task.height}",
+            f"[dim]{self._switch_text}[/]",
+        ]
+        if self._pending:
+            lines.append(f"[b]next: {markup_safe(self._pending)}[/] (after the running generation)")
+        self.query_one("#task-detail", Static).update("\n".join(line for line in lines if line))
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        event.stop()
+        if event.option.id:
+            self.post_message(self.TaskChosen(event.option.id))

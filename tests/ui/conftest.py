@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from spatiora_tui.config import Settings
+from tests.conftest import small_tasks
+from tests.ui.fakes import FakeEngine, fake_sampler
+
+
+async def settle(app, pilot) -> None:
+    """Wait until every worker but the endless hardware sampler is done, then for the UI."""
+    await pilot.pause()
+    while True:
+        busy = [w for w in app.workers if w.group != "hardware" and w.is_running]
+        if not busy:
+            break
+        await app.workers.wait_for_complete(busy)
+        await pilot.pause()
+    await pilot.pause()
+
+
+@pytest.fixture
+def ui_settings(tmp_path: Path) -> Settings:
+    return Settings(tasks=small_tasks(), base_dir=tmp_path)
+
+
+@pytest.fixture
+def make(ui_settings: Settings):
+    """make(**engine_kwargs, settings=None, gpu=False, renderer='unicode') -> (app, engine)."""
+    from spatiora_tui.ui.app import make_app
+
+    def build(settings: Settings | None = None, gpu: bool = False, renderer: str = "unicode", **engine_kwargs):
+        settings = settings or ui_settings
+        engine = FakeEngine(settings, **engine_kwargs)
+        return make_app(settings, engine, renderer=renderer, sampler=fake_sampler(gpu)), engine
+
+    return build
+
+
+def with_ui(settings: Settings, **changes) -> Settings:
+    return dataclasses.replace(settings, ui=dataclasses.replace(settings.ui, **changes))

@@ -1,0 +1,330 @@
+"""The app with a fake engine: every key, previews, cancel, task switching, errors, hardware."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import threading
+from pathlib import Path
+
+from textual.widgets import Input, OptionList, Static
+
+from spatiora_tui.config import KeySettings
+from spatiora_tui.engine.api import EngineError, EngineOOM
+from spatiora_tui.outputs import read_metadata
+from spatiora_tui.ui.messages import StepPreviewReady
+from spatiora_tui.ui.screens.history import HistoryScreen
+from spatiora_tui.ui.widgets.hardware_pane import HardwarePane
+from spatiora_tui.ui.widgets.task_pane import TaskPane
+from tests.ui.conftest import settle, with_ui
+
+SIZE = (160, 48)
+
+
+def status(app) -> str:
+    return str(app.query_one("#status", Static).render())
+
+
+def outputs() -> list[Path]:
+    folder = Path(os.environ["SPATIORA_OUTPUT_DIR"])
+    return sorted(folder.glob("*.png")) if folder.exists() else []
+
+
+async def type_prompt(pilot, text: str) -> None:
+    pilot.app.query_one("#prompt", Input).value = text
+    await pilot.pause()
+
+
+async def test_loads_in_background_and_enables_generate(make) -> None:
+    app, engine = make()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        assert "model ready: fake-model" in status(app)
+        assert app.sub_title.startswith("fake-model · SD 1.x")
+        assert app.query_one(TaskPane).active == "interior" and engine.switches == ["interior"]
+        assert app.check_action("generate", ()) is True
+        assert app.check_action("cancel", ()) is None, "cancel is dimmed when nothing runs"
+
+
+async def test_ctrl_g_generates_streams_previews_and_saves(make) -> None:
+    app, engine = make()
+    seen: list[object] = []
+    async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
+        await settle(app, pilot)
+        await type_prompt(pilot, "a sunlit loft")
+        await pilot.press("ctrl+g")
+        await settle(app, pilot)
+        previews = [m for m in seen if isinstance(m, StepPreviewReady)]
+        assert previews and previews[-1].preview.step == 4, "the last step's preview always arrives"
+        files = outputs()
+        assert len(files) == 1 and f"saved {files[0]}" in status(app)
+        meta = read_metadata(files[0])
+        assert meta.spatiora["request"]["prompt"] == "a sunlit loft"
+        request = engine.requests[0]
+        assert request.task == "interior" and request.steps == 4 and (request.width, request.height) == (64, 64)
+        assert "last: 1234" in str(app.query_one("#seed-label").render())
+
+
+async def test_enter_in_prompt_generates(make) -> None:
+    app, engine = make()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        app.query_one("#prompt", Input).focus()
+        await pilot.press(*"flat", "enter")
+        await settle(app, pilot)
+        assert [r.prompt for r in engine.requests] == ["flat"] and len(outputs()) == 1
+
+
+async def test_form_errors_are_reported_not_run(make) -> None:
+    app, engine = make()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await pilot.press("ctrl+g")
+        assert "prompt is empty" in status(app) and app.query_one("#status").has_class("error")
+        await type_prompt(pilot, "x")
+        app.query_one("#size", Input).value = "500"
+        await pilot.press("ctrl+g")
+        assert "WIDTHxHEIGHT" in status(app)
+        app.query_one("#size", Input).value = "100x64"
+        await pilot.press("ctrl+g")
+        await settle(app, pilot)
+        # The engine validates sizes; its message reaches the status line.
+        assert engine.requests[-1].width == 100
+
+
+async def test_escape_cancels_the_running_generation(make) -> None:
+    gate = threading.Event()
+    app, engine = make(gate=gate)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await type_prompt(pilot, "x")
+        await pilot.press("ctrl+g")
+        assert await asyncio.to_thread(engine.at_gate.wait, 5)
+        assert app.check_action("cancel", ()) is True
+        await pilot.press("escape")
+        assert "cancelling" in status(app)
+        gate.set()
+        await settle(app, pilot)
+        assert "cancelled after 2 steps; nothing saved" in status(app)
+        assert outputs() == []
+
+
+async def test_ctrl_t_switches_task_and_refills_the_form(make) -> None:
+    app, engine = make()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await pilot.press("ctrl+t")
+        await settle(app, pilot)
+        assert engine.switches == ["interior", "floorplan"]
+        assert app.query_one(TaskPane).active == "floorplan"
+        assert "switched in 6 ms" in str(app.query_one("#task-detail").render())
+        await pilot.press("ctrl+t", "ctrl+t")
+        await settle(app, pilot)
+        assert app.query_one(TaskPane).active == "interior", "wraps around: floorplan -> base -> interior"
+
+
+async def test_task_list_selects_with_arrows_and_enter(make) -> None:
+    app, engine = make()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        app.query_one("#task-list", OptionList).focus()
+        await pilot.press("down", "down", "enter")
+        await settle(app, pilot)
+        assert engine.switches[-1] == "base" and app.query_one(TaskPane).active == "base"
+
+
+async def test_task_switch_during_a_run_waits_for_it(make) -> None:
+    gate = threading.Event()
+    app, engine = make(gate=gate)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await type_prompt(pilot, "x")
+        await pilot.press("ctrl+g")
+        assert await asyncio.to_thread(engine.at_gate.wait, 5)
+        await pilot.press("ctrl+t")
+        await pilot.pause()
+        assert "queued" in status(app) and engine.switches == ["interior"], "the running job is not disturbed"
+        gate.set()
+        await settle(app, pilot)
+        assert engine.requests[0].task == "interior"
+        assert engine.switches == ["interior", "floorplan"] and app.query_one(TaskPane).active == "floorplan"
+        assert len(outputs()) == 1
+
+
+async def test_generate_while_running_is_refused_politely(make) -> None:
+    gate = threading.Event()
+    app, engine = make(gate=gate)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await type_prompt(pilot, "x")
+        await pilot.press("ctrl+g")
+        assert await asyncio.to_thread(engine.at_gate.wait, 5)
+        await pilot.press("ctrl+g")
+        assert "already running" in status(app)
+        gate.set()
+        await settle(app, pilot)
+        assert len(engine.requests) == 1
+
+
+async def test_typing_works_while_generating(make) -> None:
+    gate = threading.Event()
+    app, engine = make(gate=gate)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await type_prompt(pilot, "x")
+        await pilot.press("ctrl+g")
+        assert await asyncio.to_thread(engine.at_gate.wait, 5)
+        app.query_one("#prompt", Input).focus()
+        await pilot.press(*"yz")
+        assert app.query_one("#prompt", Input).value == "xyz"
+        gate.set()
+        await settle(app, pilot)
+
+
+async def test_out_of_memory_is_explained_and_the_app_keeps_running(make) -> None:
+    app, engine = make(fail_generate=EngineOOM("out of memory during denoising at 64x64; lower width/height"))
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await type_prompt(pilot, "x")
+        await pilot.press("ctrl+g")
+        await settle(app, pilot)
+        assert "out of memory" in status(app) and "lower width/height" in status(app)
+        engine.fail_generate = None
+        await pilot.press("ctrl+g")
+        await settle(app, pilot)
+        assert len(outputs()) == 1 and "saved" in status(app)
+
+
+async def test_engine_error_and_load_failure_are_shown(make) -> None:
+    app, engine = make(fail_generate=EngineError("adapter 'floorplan' is corrupt; replace it"))
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await type_prompt(pilot, "x")
+        await pilot.press("ctrl+g")
+        await settle(app, pilot)
+        assert "generation failed: adapter 'floorplan' is corrupt" in status(app)
+    app, engine = make(fail_load="model path /nope does not exist; fix model.source")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        assert "model failed to load: model path /nope" in status(app)
+        assert app.check_action("generate", ()) is None
+
+
+async def test_unwritable_output_keeps_the_image_on_screen(make, tmp_path: Path, monkeypatch) -> None:
+    blocker = tmp_path / "file-not-dir"
+    blocker.write_text("x")
+    monkeypatch.setenv("SPATIORA_OUTPUT_DIR", str(blocker))
+    app, engine = make()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await type_prompt(pilot, "x")
+        await pilot.press("ctrl+g")
+        await settle(app, pilot)
+        assert "could not save the image" in status(app)
+        assert app.query_one("#preview-image").display is True
+
+
+async def test_history_lists_images_and_metadata(make) -> None:
+    app, engine = make()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await type_prompt(pilot, "first \x1b[2J room")
+        await pilot.press("ctrl+g")
+        await settle(app, pilot)
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        assert isinstance(app.screen, HistoryScreen)
+        text = str(app.screen.query_one("#history-text", Static).render())
+        assert "first \\x1b[2J room" in text and "\x1b" not in text, "no raw escape reaches the terminal"
+        await pilot.press("f")
+        assert app.screen.has_class("large")
+        await pilot.press("escape")
+        assert not app.screen.has_class("large")
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HistoryScreen)
+        await pilot.press("ctrl+o", "ctrl+o")
+        assert not isinstance(app.screen, HistoryScreen), "ctrl+o toggles"
+
+
+async def test_previews_are_throttled_to_the_frame_rate(make, ui_settings) -> None:
+    settings = with_ui(ui_settings, preview_fps=0.5)
+    app, engine = make(settings=settings)
+    seen: list[object] = []
+    async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
+        await settle(app, pilot)
+        app.query_one("#steps", Input).value = "40"
+        await type_prompt(pilot, "x")
+        await pilot.press("ctrl+g")
+        await settle(app, pilot)
+        steps = [m.preview.step for m in seen if isinstance(m, StepPreviewReady)]
+        assert steps[0] == 1 and steps[-1] == 40 and len(steps) < 40
+
+
+async def test_keys_can_be_remapped_from_config(make, ui_settings) -> None:
+    settings = dataclasses.replace(ui_settings, keys=KeySettings(generate="f5", next_task="f6"))
+    app, engine = make(settings=settings)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await type_prompt(pilot, "x")
+        await pilot.press("ctrl+g")
+        await settle(app, pilot)
+        assert engine.requests == []
+        await pilot.press("f5")
+        await settle(app, pilot)
+        assert len(engine.requests) == 1
+        await pilot.press("f6")
+        await settle(app, pilot)
+        assert engine.switches[-1] == "floorplan"
+        keys = {b.binding.id: b.binding.key for b in app.active_bindings.values() if b.binding.id}
+        assert keys["generate"] == "f5" and keys["next_task"] == "f6"
+
+
+async def test_commands_are_in_the_palette(make) -> None:
+    app, engine = make()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        for title in ("Generate", "Cancel generation", "Next task mode", "History", "Task: floorplan"):
+            assert title in titles
+
+
+async def test_hardware_pane_without_gpu(make) -> None:
+    app, engine = make(gpu=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await pilot.pause(0.3)
+        text = str(app.query_one("#hw-gpu").render())
+        assert "no NVIDIA GPU — NVML unavailable" in text
+        host = str(app.query_one("#hw-host").render())
+        assert "12 %" in host and "512 MB" in host and "8.0 GB / 24.0 GB" in host
+        assert "RSS (no GPU)" in str(app.query_one("#hw-spark-label").render())
+
+
+async def test_hardware_pane_with_gpu_and_task_peaks(make) -> None:
+    gate = threading.Event()
+    app, engine = make(gpu=True, gate=gate)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await pilot.pause(0.3)
+        text = str(app.query_one("#hw-gpu").render())
+        for fragment in ("NVIDIA H100", "20.0 GB / 79.6 GB", "this process 19.5 GB", "load 87 %", "54 °C", "412 / 700 W"):
+            assert fragment in text, fragment
+        await type_prompt(pilot, "x")
+        await pilot.press("ctrl+g")
+        assert await asyncio.to_thread(engine.at_gate.wait, 5)
+        await pilot.pause(0.4)  # the 4 Hz sampler takes readings while the task runs
+        gate.set()
+        await settle(app, pilot)
+        peaks = str(app.query_one("#hw-peaks").render())
+        assert "interior" in peaks and "VRAM 19.5 GB" in peaks
+
+
+def test_ui_never_imports_the_ml_stack() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, spatiora_tui.ui.app, spatiora_tui.ui.screens.history; "
+            "print(' '.join(m for m in ('torch', 'diffusers', 'peft', 'transformers', 'pynvml') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
