@@ -96,7 +96,8 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self.task_pane = TaskPane(self.settings.tasks, id="tasks")
         self.prompt_pane = PromptPane(id="prompt-pane")
         self.preview_pane = PreviewPane(self._image_class, id="preview")
-        self.hardware_pane = HardwarePane(samples, id="hardware")
+        minutes = self.settings.ui.sparkline_minutes
+        self.hardware_pane = HardwarePane(samples, f"{minutes:g} min", id="hardware")
         self.status_line = Static("", id="status")
         yield Header(show_clock=False, icon="◧")
         with Horizontal(id="main"):

@@ -32,8 +32,9 @@ class HardwarePane(Vertical):
     HardwarePane Sparkline { height: 3; margin: 0 1; }
     """
 
-    def __init__(self, history_samples: int, **kwargs) -> None:
+    def __init__(self, history_samples: int, window: str, **kwargs) -> None:
         super().__init__(**kwargs)
+        self._window = window
         self._history: deque[float] = deque(maxlen=history_samples)
         self._history_label = "memory"
 
@@ -62,8 +63,7 @@ class HardwarePane(Vertical):
             self._history_label = label
         self._history.append(vram if vram is not None else host.process_rss_mb)
         self.query_one("#hw-spark-label", Static).update(
-            f"[dim]{label}, last {len(self._history)} samples · now {_gb(self._history[-1])} · "
-            f"max {_gb(max(self._history))}[/]"
+            f"[dim]{label} · last {self._window} · now {_gb(self._history[-1])} · max {_gb(max(self._history))}[/]"
         )
         self.query_one("#hw-spark", Sparkline).data = list(self._history)
 

@@ -16,7 +16,6 @@ from spatiora_tui.ui.text import markup_safe
 class PreviewPane(Vertical):
     DEFAULT_CSS = """
     PreviewPane #image-box { height: 1fr; align: center middle; }
-    PreviewPane #preview-image { width: auto; height: 100%; }
     PreviewPane #placeholder { width: 100%; height: 1fr; content-align: center middle; color: $text-muted; }
     PreviewPane LoadingIndicator { height: 3; }
     PreviewPane #progress-row { height: 1; }
@@ -27,6 +26,7 @@ class PreviewPane(Vertical):
         super().__init__(**kwargs)
         self._image_class = image_class
         self._first_preview_s: float | None = None
+        self._aspect: float | None = None
 
     def compose(self) -> ComposeResult:
         with Vertical(id="image-box"):
@@ -90,3 +90,30 @@ class PreviewPane(Vertical):
         self.query_one("#placeholder").display = False
         widget.display = True
         widget.image = image  # type: ignore[attr-defined]
+        self._aspect = image.width / max(image.height, 1)
+        self._fit()
+
+    def on_resize(self) -> None:
+        self._fit()
+
+    def _fit(self) -> None:
+        """Size the image to the largest box of its aspect ratio that fits the pane."""
+        if self._aspect is None:
+            return
+        box = self.query_one("#image-box").content_size
+        if box.width <= 0 or box.height <= 0:
+            self.call_after_refresh(self._fit)
+            return
+        cell = cell_aspect()
+        width = min(box.width, max(1, round(box.height * self._aspect / cell)))
+        height = min(box.height, max(1, round(width * cell / self._aspect)))
+        widget = self.query_one("#preview-image")
+        widget.styles.width, widget.styles.height = width, height
+
+
+def cell_aspect() -> float:
+    """Width / height of a terminal cell in pixels (usually about 0.5)."""
+    from textual_image._terminal import get_cell_size
+
+    size = get_cell_size()
+    return size.width / size.height if size.height else 0.5

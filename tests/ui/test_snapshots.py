@@ -1,0 +1,70 @@
+"""Snapshots of the main screen and the history screen at a fixed size, renderer pinned to
+half-cell blocks, live figures frozen (fake engine, recorded hardware readings).
+
+Update with `pytest tests/ui/test_snapshots.py --snapshot-update` only after looking at the report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from textual.widgets import Input
+
+from spatiora_tui.config import Settings
+from spatiora_tui.outputs import save_result
+from spatiora_tui.ui.app import make_app
+from tests.conftest import small_tasks
+from tests.ui.conftest import settle
+from tests.ui.fakes import FakeEngine, fake_sampler
+
+SIZE = (150, 42)
+# A fixed folder: the history screen shows paths, which must not change between runs.
+FIXED_OUTPUTS = Path("/tmp/spatiora-snapshot-outputs")
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(tasks=small_tasks(), base_dir=Path("/tmp"))
+
+
+def test_main_screen_during_a_generation(snap_compare, settings: Settings) -> None:
+    gate = threading.Event()
+    engine = FakeEngine(settings, gate=gate)
+    app = make_app(settings, engine, renderer="halfcell", sampler=fake_sampler(True))
+
+    async def run_before(pilot) -> None:
+        await settle(app, pilot)
+        app.query_one("#prompt", Input).value = "a sunlit loft with oak floors"
+        await pilot.press("ctrl+g")
+        assert await asyncio.to_thread(engine.at_gate.wait, 5)
+        await pilot.pause(0.3)
+
+    try:
+        assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+    finally:
+        gate.set()
+
+
+def test_history_screen(snap_compare, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    shutil.rmtree(FIXED_OUTPUTS, ignore_errors=True)
+    monkeypatch.setenv("SPATIORA_OUTPUT_DIR", str(FIXED_OUTPUTS))
+    from spatiora_tui.engine.api import GenerationRequest
+
+    maker = FakeEngine(settings)
+    for i, (task, prompt) in enumerate([("floorplan", "two-bedroom flat"), ("interior", "reading nook")]):
+        result = maker.generate(GenerationRequest(prompt=prompt, task=task, seed=100 + i))
+        path = save_result(result, FIXED_OUTPUTS, name=f"image-{i}-{task}")
+        os.utime(path, (1_700_000_000 + i, 1_700_000_000 + i))
+    app = make_app(settings, FakeEngine(settings), renderer="halfcell", sampler=fake_sampler(False))
+
+    async def run_before(pilot) -> None:
+        await settle(app, pilot)
+        await pilot.press("ctrl+o")
+        await pilot.pause(0.2)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
