@@ -162,7 +162,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
 
     def on_model_load_failed(self, message: ModelLoadFailed) -> None:
         self.sub_title = "model failed to load"
-        self.preview_pane.loading("the model failed to load; see the status line")
+        self.preview_pane.model_ready("the model failed to load; see the status line")
         self.say(f"model failed to load: {message.error}. Fix config.toml and restart.", error=True)
 
     # -- actions ------------------------------------------------------------------------------

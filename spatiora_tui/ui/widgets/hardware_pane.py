@@ -49,6 +49,8 @@ class HardwarePane(Vertical):
         self.border_title = "Hardware"
 
     def show(self, snap: HardwareSnapshot) -> None:
+        if not self.is_attached or not self.children:
+            return  # a sample that arrives while the app starts up or shuts down
         self.query_one("#hw-gpu", Static).update(self._gpu_text(snap))
         host = snap.host
         self.query_one("#hw-host", Static).update(
@@ -98,6 +100,8 @@ class HardwarePane(Vertical):
         return "\n".join(lines)
 
     def show_peaks(self, peaks: dict[str, TaskPeak]) -> None:
+        if not self.is_attached or not self.children:
+            return
         if not peaks:
             self.query_one("#hw-peaks", Static).update("[dim]task peaks appear after a generation[/]")
             return

@@ -27,6 +27,7 @@ class PreviewPane(Vertical):
         self._image_class = image_class
         self._first_preview_s: float | None = None
         self._aspect: float | None = None
+        self._max_cells = (0, 0)
 
     def compose(self) -> ComposeResult:
         with Vertical(id="image-box"):
@@ -34,7 +35,7 @@ class PreviewPane(Vertical):
             yield Static("loading the model…", id="placeholder")
             yield self._image_class(id="preview-image")
         with Center(id="progress-row"):
-            yield ProgressBar(total=None, show_eta=False, id="progress")
+            yield ProgressBar(total=1, show_eta=False, id="progress")
         yield Static("", id="progress-text")
         yield Static("", id="saved")
 
@@ -44,7 +45,9 @@ class PreviewPane(Vertical):
         self.query_one("#progress-row").display = False
 
     def model_ready(self, text: str) -> None:
-        self.query_one(LoadingIndicator).display = False
+        # Removed, not hidden: a hidden indicator still animates at 16 frames a second.
+        for indicator in self.query(LoadingIndicator):
+            indicator.remove()
         self.query_one("#placeholder", Static).update(text)
 
     def loading(self, text: str) -> None:
@@ -82,7 +85,7 @@ class PreviewPane(Vertical):
         self.query_one("#saved", Static).update(saved)
 
     def failed(self) -> None:
-        self.query_one(ProgressBar).update(total=None, progress=0)
+        self.query_one(ProgressBar).update(total=1, progress=0)  # not None: an indeterminate bar animates
         self.query_one("#progress-text", Static).update("failed — see the status line")
 
     def _show_image(self, image: PILImage.Image) -> None:
@@ -91,6 +94,9 @@ class PreviewPane(Vertical):
         widget.display = True
         widget.image = image  # type: ignore[attr-defined]
         self._aspect = image.width / max(image.height, 1)
+        # No more cells than the image has pixels: a 64x64 latent preview drawn over a whole pane
+        # only costs render time (every cell is a styled segment) and shows nothing more.
+        self._max_cells = (max(image.width, 16), max(image.height // 2, 8))
         self._fit()
 
     def on_resize(self) -> None:
@@ -105,8 +111,9 @@ class PreviewPane(Vertical):
             self.call_after_refresh(self._fit)
             return
         cell = cell_aspect()
-        width = min(box.width, max(1, round(box.height * self._aspect / cell)))
-        height = min(box.height, max(1, round(width * cell / self._aspect)))
+        box_w, box_h = min(box.width, self._max_cells[0]), min(box.height, self._max_cells[1])
+        width = min(box_w, max(1, round(box_h * self._aspect / cell)))
+        height = min(box_h, max(1, round(width * cell / self._aspect)))
         widget = self.query_one("#preview-image")
         widget.styles.width, widget.styles.height = width, height
 

@@ -1,0 +1,109 @@
+"""Measure the UI's cost: generation time inside the app vs the bare engine, and key-to-screen
+latency while a generation runs. Run: `python -m spatiora_tui.ui.measure [--runs N] [--task T]`.
+
+Both sides use the same engine, model, request and seed, in one process, alternating so that
+machine noise hits both. The app runs headless (Textual's test driver) with the real hardware
+sampler and real preview rendering; the figures report, they assert nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import threading
+import time
+
+from spatiora_tui.config import load_settings
+from spatiora_tui.engine.api import GenerationRequest
+
+
+async def _in_app(app, engine, request: GenerationRequest, runs: int, keys: int) -> tuple[list[float], list[float]]:
+    from textual.widgets import Input
+
+    from spatiora_tui.ui.messages import GenerationFinished
+
+    finished: list[GenerationFinished] = []
+    done = asyncio.Event()
+
+    def hook(message: object) -> None:
+        if isinstance(message, GenerationFinished):
+            finished.append(message)
+            done.set()
+
+    image_ms: list[float] = []
+    latencies: list[float] = []
+    async with app.run_test(size=(160, 48), message_hook=hook) as pilot:
+        while not app._model_ready:  # noqa: SLF001
+            await asyncio.sleep(0.05)
+        # Same task as the bare run (the form then holds that task's settings).
+        app._request_switch(request.task)  # noqa: SLF001
+        while app.task_pane.active != request.task:
+            await asyncio.sleep(0.02)
+        prompt = app.query_one("#prompt", Input)
+        for run in range(runs):
+            prompt.value = request.prompt
+            app.query_one("#seed", Input).value = str(request.seed)
+            done.clear()
+            await pilot.press("ctrl+g")
+            typed = 0
+            while not done.is_set():
+                if run == runs - 1 and typed < keys:
+                    # Type into the prompt while the generation runs; time until it is processed and drawn.
+                    prompt.focus()
+                    start = time.perf_counter()
+                    await pilot.press("x")
+                    latencies.append((time.perf_counter() - start) * 1000.0)
+                    typed += 1
+                    await asyncio.sleep(0.1)
+                else:
+                    try:
+                        await asyncio.wait_for(done.wait(), timeout=1.0)
+                    except asyncio.TimeoutError:
+                        pass
+            result = finished[-1].result
+            assert result.params.task == request.task and result.params.steps == engine.settings.task(request.task).steps
+            if result.timings.image_ms is not None:
+                image_ms.append(result.timings.image_ms)
+    return image_ms, latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--task", default="floorplan")
+    parser.add_argument("--keys", type=int, default=30, help="keys typed during the last in-app generation")
+    args = parser.parse_args()
+
+    from spatiora_tui.engine.local import LocalEngine
+    from spatiora_tui.ui.app import make_app
+
+    settings = load_settings()
+    engine = LocalEngine(settings)
+    engine.load()
+    request = GenerationRequest(prompt="an open-plan flat", task=args.task, seed=7)
+    engine.generate(request)  # warm-up: first-run allocations and caches
+
+    bare: list[float] = []
+    app_ms: list[float] = []
+    latencies: list[float] = []
+    for _ in range(args.runs):
+        result = engine.generate(request, cancel=threading.Event())
+        bare.append(result.timings.image_ms or 0.0)
+        app = make_app(settings, engine, renderer="halfcell")
+        ms, lat = asyncio.run(_in_app(app, engine, request, 1, args.keys))
+        app_ms += ms
+        latencies += lat
+    task = settings.task(args.task)
+    print(f"model {engine.model.name} · task {task.name} · {task.width}x{task.height} · {task.steps} steps · "
+          f"{args.runs} runs each, alternating")
+    print(f"bare engine  median image time {statistics.median(bare):8.0f} ms  (runs: {', '.join(f'{v:.0f}' for v in bare)})")
+    print(f"in the app   median image time {statistics.median(app_ms):8.0f} ms  (runs: {', '.join(f'{v:.0f}' for v in app_ms)})")
+    print(f"ratio app / bare: {statistics.median(app_ms) / statistics.median(bare):.3f}")
+    if latencies:
+        print(f"key-to-screen while generating: median {statistics.median(latencies):.1f} ms, "
+              f"worst {max(latencies):.1f} ms over {len(latencies)} keys")
+
+
+if __name__ == "__main__":
+    main()
