@@ -10,7 +10,6 @@ the next image is exactly what it would have been without the attempt.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, Sequence
 
 from spatiora_tui.config import AdapterRef
 from spatiora_tui.engine.api import AdapterUse, EngineError
+from spatiora_tui.engine.files import file_sha256
 from spatiora_tui.engine.pipeline import PICKLE_SUFFIXES
 
 
@@ -26,14 +26,6 @@ class ActivationReport:
     duration_ms: float
     loaded_from_disk: tuple[str, ...]
     active: tuple[AdapterUse, ...]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class LoraManager:

@@ -13,13 +13,14 @@ load and rebuilt when missing or corrupt.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
+
+from spatiora_tui.engine.files import file_sha256
 
 DEMO_VERSION = "1"
 DEMO_NAME = "spatiora-demo"
@@ -163,17 +164,9 @@ def build_demo(target: Path) -> None:
     manifest = {
         "version": DEMO_VERSION,
         "random_weights": True,
-        "files": {str(p.relative_to(target)): _sha256(p) for p in files},
+        "files": {str(p.relative_to(target)): file_sha256(p) for p in files},
     }
     (target / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_demo(folder: Path) -> str | None:
@@ -189,7 +182,7 @@ def verify_demo(folder: Path) -> str | None:
         path = folder / rel
         if not path.is_file():
             return f"{rel} is missing"
-        if _sha256(path) != digest:
+        if file_sha256(path) != digest:
             return f"{rel} is corrupt (checksum differs)"
     return None
 

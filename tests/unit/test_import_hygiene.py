@@ -22,6 +22,7 @@ CORE = [
     "spatiora_tui.engine.adapters",
     "spatiora_tui.engine.generate",
     "spatiora_tui.engine.demo",
+    "spatiora_tui.engine.files",
     "spatiora_tui.engine.local",
 ]
 # Imported by the CLI before it knows what to do, and by the UI: they must stay cheap.
