@@ -258,7 +258,9 @@ async def test_previews_are_throttled_to_the_frame_rate(make, ui_settings) -> No
         await pilot.press("ctrl+g")
         await settle(app, pilot)
         steps = [m.preview.step for m in seen if isinstance(m, StepPreviewReady)]
-        assert steps[0] == 1 and steps[-1] == 40 and len(steps) < 40
+        # At 0.5 fps a fast run posts step 1 and the last step only; a newer preview may also
+        # replace step 1 while it waits in the queue (can_replace), so 1 or 2 arrive.
+        assert steps[-1] == 40 and len(steps) <= 2 and set(steps) <= {1, 40}
 
 
 async def test_keys_can_be_remapped_from_config(make, ui_settings) -> None:
