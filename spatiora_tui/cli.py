@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 
 from spatiora_tui import __version__
 from spatiora_tui.config import (
+    OUTPUT_DIR_ENV,
     RENDERERS,
     SCHEDULERS,
     ConfigError,
@@ -466,7 +467,7 @@ def _doctor_output(settings: Settings, row: Callable[[str, str], None], problems
     writable = probe is not None and os.access(probe, os.W_OK)
     row("output dir", f"{out} ({'writable' if writable else 'NOT writable'})")
     if not writable:
-        problems.append(f"output dir {out} is not writable; set output.dir or {'SPATIORA_OUTPUT_DIR'}")
+        problems.append(f"output dir {out} is not writable; set output.dir or {OUTPUT_DIR_ENV}")
 
 
 if __name__ == "__main__":  # pragma: no cover

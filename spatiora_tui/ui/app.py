@@ -126,6 +126,11 @@ class SpatioraApp(App[None], inherit_bindings=False):
         if self._exit_after_first_frame:
             self.exit()
 
+    @property
+    def model_ready(self) -> bool:
+        """True once the base model is loaded and the first task is active."""
+        return self._model_ready
+
     # -- status line --------------------------------------------------------------------------
 
     def say(self, text: str, error: bool = False) -> None:
@@ -206,7 +211,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
     def action_next_task(self) -> None:
         names = list(self._tasks)
         current = self._pending_task or self.task_pane.active or names[0]
-        self._request_switch(names[(names.index(current) + 1) % len(names)])
+        self.request_switch(names[(names.index(current) + 1) % len(names)])
 
     def action_history(self) -> None:
         if isinstance(self.screen, HistoryScreen):
@@ -223,7 +228,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         yield SystemCommand("History", f"Browse images ({self._key('history')})", self.action_history)
         for name in self._tasks:
             yield SystemCommand(f"Task: {name}", self._tasks[name].description or "switch task mode",
-                                lambda name=name: self._request_switch(name))
+                                lambda name=name: self.request_switch(name))
 
     @on(Input.Submitted, "#prompt")
     def _prompt_submitted(self) -> None:
@@ -231,11 +236,12 @@ class SpatioraApp(App[None], inherit_bindings=False):
 
     @on(TaskPane.TaskChosen)
     def _task_chosen(self, message: TaskPane.TaskChosen) -> None:
-        self._request_switch(message.name)
+        self.request_switch(message.name)
 
     # -- task switching -----------------------------------------------------------------------
 
-    def _request_switch(self, name: str) -> None:
+    def request_switch(self, name: str) -> None:
+        """Switch to task `name` now, or queue it until the running generation ends."""
         if not self._model_ready:
             self.say("the model is still loading; switch tasks once it is ready")
             return
@@ -277,7 +283,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
     def _run_pending_switch(self) -> None:
         pending, self._pending_task = self._pending_task, None
         if pending is not None and pending != self.task_pane.active:
-            self._request_switch(pending)
+            self.request_switch(pending)
         else:
             self.task_pane.set_pending(None)
 

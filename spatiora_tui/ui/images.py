@@ -26,14 +26,3 @@ def image_widget_class(renderer: str) -> type[Widget]:
         raise ValueError(f"unknown renderer {renderer!r}; choose one of: {', '.join(RENDERERS)}")
     return classes[renderer]
 
-
-def detected_renderer() -> str:
-    """The name of what `auto` picked, for the status line and docs."""
-    from textual_image import renderable as tir
-
-    return {
-        tir.SixelImage: "sixel",
-        tir.TGPImage: "kitty",
-        tir.HalfcellImage: "halfcell",
-        tir.UnicodeImage: "unicode",
-    }.get(tir.Image, "unknown")

@@ -34,10 +34,10 @@ async def _in_app(app, engine, request: GenerationRequest, runs: int, keys: int)
     image_ms: list[float] = []
     latencies: list[float] = []
     async with app.run_test(size=(160, 48), message_hook=hook) as pilot:
-        while not app._model_ready:  # noqa: SLF001
+        while not app.model_ready:
             await asyncio.sleep(0.05)
         # Same task as the bare run (the form then holds that task's settings).
-        app._request_switch(request.task)  # noqa: SLF001
+        app.request_switch(request.task)
         while app.task_pane.active != request.task:
             await asyncio.sleep(0.02)
         prompt = app.query_one("#prompt", Input)

@@ -25,7 +25,7 @@ from spatiora_tui.engine.api import (
     StepPreview,
     Timings,
 )
-from spatiora_tui.hw import GpuReading, HardwareSampler, HardwareSnapshot, HostReading
+from spatiora_tui.hw import GpuReading, HardwareSampler, HostReading
 
 MODEL = ModelInfo(name="fake-model", source="fake", kind="demo", family="sd1", device="cpu", dtype="fp32")
 
@@ -135,6 +135,3 @@ def fake_sampler(gpu: bool) -> HardwareSampler:
     backend = RecordedGpu([h100()]) if gpu else RecordedGpu(error="no NVIDIA GPU — NVML unavailable (test)")
     return HardwareSampler(gpu=backend, host=FixedHost(), cuda=NoCuda(), clock=lambda: 0.0)
 
-
-def snapshot_with_gpu() -> HardwareSnapshot:
-    return fake_sampler(True).sample()

@@ -36,6 +36,14 @@ async def type_prompt(pilot, text: str) -> None:
     await pilot.pause()
 
 
+async def start_held_generation(pilot, engine) -> None:
+    """Start a generation and return once the fake engine holds it at its gate (step 2)."""
+    await settle(pilot.app, pilot)
+    await type_prompt(pilot, "x")
+    await pilot.press("ctrl+g")
+    assert await asyncio.to_thread(engine.at_gate.wait, 5)
+
+
 async def test_loads_in_background_and_enables_generate(make) -> None:
     app, engine = make()
     async with app.run_test(size=SIZE) as pilot:
@@ -97,10 +105,7 @@ async def test_escape_cancels_the_running_generation(make) -> None:
     gate = threading.Event()
     app, engine = make(gate=gate)
     async with app.run_test(size=SIZE) as pilot:
-        await settle(app, pilot)
-        await type_prompt(pilot, "x")
-        await pilot.press("ctrl+g")
-        assert await asyncio.to_thread(engine.at_gate.wait, 5)
+        await start_held_generation(pilot, engine)
         assert app.check_action("cancel", ()) is True
         await pilot.press("escape")
         assert "cancelling" in status(app)
@@ -138,10 +143,7 @@ async def test_task_switch_during_a_run_waits_for_it(make) -> None:
     gate = threading.Event()
     app, engine = make(gate=gate)
     async with app.run_test(size=SIZE) as pilot:
-        await settle(app, pilot)
-        await type_prompt(pilot, "x")
-        await pilot.press("ctrl+g")
-        assert await asyncio.to_thread(engine.at_gate.wait, 5)
+        await start_held_generation(pilot, engine)
         await pilot.press("ctrl+t")
         await pilot.pause()
         assert "queued" in status(app) and engine.switches == ["interior"], "the running job is not disturbed"
@@ -156,10 +158,7 @@ async def test_generate_while_running_is_refused_politely(make) -> None:
     gate = threading.Event()
     app, engine = make(gate=gate)
     async with app.run_test(size=SIZE) as pilot:
-        await settle(app, pilot)
-        await type_prompt(pilot, "x")
-        await pilot.press("ctrl+g")
-        assert await asyncio.to_thread(engine.at_gate.wait, 5)
+        await start_held_generation(pilot, engine)
         await pilot.press("ctrl+g")
         assert "already running" in status(app)
         gate.set()
@@ -171,10 +170,7 @@ async def test_typing_works_while_generating(make) -> None:
     gate = threading.Event()
     app, engine = make(gate=gate)
     async with app.run_test(size=SIZE) as pilot:
-        await settle(app, pilot)
-        await type_prompt(pilot, "x")
-        await pilot.press("ctrl+g")
-        assert await asyncio.to_thread(engine.at_gate.wait, 5)
+        await start_held_generation(pilot, engine)
         app.query_one("#prompt", Input).focus()
         await pilot.press(*"yz")
         assert app.query_one("#prompt", Input).value == "xyz"
