@@ -1,7 +1,8 @@
 """LocalEngine: the real engine. One base pipeline, loaded once; task modes switch LoRA sets.
 
-Thread-safe in the simple way a single GPU wants: one operation at a time under a lock. The UI
-runs it from a worker thread; the CLI and benchmarks call it directly.
+Thread-safe in the simple way a single GPU wants: one operation at a time. Every operation runs
+on the engine's own long-lived thread (engine/thread.py says why); callers on any thread wait
+for it. The UI calls it from worker threads; the CLI and benchmarks call it directly.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from spatiora_tui.engine.api import (
     ResolvedRequest,
     StepCallback,
 )
+from spatiora_tui.engine.thread import OneThread
 
 
 class LocalEngine:
@@ -29,7 +31,7 @@ class LocalEngine:
     def __init__(self, settings: Settings, cache_dir: Path | None = None) -> None:
         self._settings = settings
         self._cache_dir = cache_dir or user_cache_dir()
-        self._lock = threading.RLock()
+        self._thread = OneThread("spatiora-engine")
         self._pipe: Any = None
         self._model: ModelInfo | None = None
         self._loras: Any = None
@@ -65,32 +67,10 @@ class LocalEngine:
     # -- operations ---------------------------------------------------------------------------
 
     def load(self, on_progress: Callable[[str], None] | None = None) -> ModelInfo:
-        with self._lock:
-            if self._model is not None:
-                return self._model
-            from spatiora_tui.engine.adapters import LoraManager
-            from spatiora_tui.engine.pipeline import load_pipeline
-
-            pipe, model, demo_adapters = load_pipeline(self._settings.model, self._cache_dir, on_progress)
-            dirs = [self._settings.adapter_dir]
-            if demo_adapters is not None:
-                dirs.append(demo_adapters)
-            self._pipe, self._model = pipe, model
-            self._loras = LoraManager(pipe, model.family, dirs)
-            return model
+        return self._thread.call(self._load, on_progress)
 
     def switch_task(self, name: str) -> AdapterSwitch:
-        with self._lock:
-            self._require_loaded()
-            task = self._task(name)
-            report = self._loras.activate(task.adapters)
-            self._active_task = task.name
-            return AdapterSwitch(
-                task=task.name,
-                adapters=tuple((a.name, a.weight) for a in report.active),
-                duration_ms=report.duration_ms,
-                loaded_from_disk=report.loaded_from_disk,
-            )
+        return self._thread.call(self._switch_task, name)
 
     def generate(
         self,
@@ -98,24 +78,59 @@ class LocalEngine:
         on_step: StepCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> GenerationResult:
+        return self._thread.call(self._generate, request, on_step, cancel)
+
+    # -- the operations, on the engine thread -------------------------------------------------
+
+    def _load(self, on_progress: Callable[[str], None] | None) -> ModelInfo:
+        if self._model is not None:
+            return self._model
+        from spatiora_tui.engine.adapters import LoraManager
+        from spatiora_tui.engine.pipeline import load_pipeline
+
+        pipe, model, demo_adapters = load_pipeline(self._settings.model, self._cache_dir, on_progress)
+        dirs = [self._settings.adapter_dir]
+        if demo_adapters is not None:
+            dirs.append(demo_adapters)
+        self._pipe, self._model = pipe, model
+        self._loras = LoraManager(pipe, model.family, dirs)
+        return model
+
+    def _switch_task(self, name: str) -> AdapterSwitch:
+        self._require_loaded()
+        task = self._task(name)
+        report = self._loras.activate(task.adapters)
+        self._active_task = task.name
+        return AdapterSwitch(
+            task=task.name,
+            adapters=tuple((a.name, a.weight) for a in report.active),
+            duration_ms=report.duration_ms,
+            loaded_from_disk=report.loaded_from_disk,
+        )
+
+    def _generate(
+        self,
+        request: GenerationRequest,
+        on_step: StepCallback | None,
+        cancel: threading.Event | None,
+    ) -> GenerationResult:
         from spatiora_tui.engine.generate import run_generation
 
-        with self._lock:
-            self._require_loaded()
-            assert self._model is not None
-            task = self._resolve_task(request)
-            switch_ms = 0.0
-            if self._active_task != task.name:
-                switch_ms = self.switch_task(task.name).duration_ms
-            params, warnings = self._resolve(request, task)
-            image, cancelled, steps_done, timings, memory = run_generation(
-                self._pipe, self._model, params, self._settings.preview, on_step,
-                cancel or threading.Event(), switch_ms,
-            )
-            return GenerationResult(
-                params=params, model=self._model, image=image, cancelled=cancelled,
-                steps_done=steps_done, timings=timings, memory=memory, warnings=warnings,
-            )
+        self._require_loaded()
+        assert self._model is not None
+        task = self._resolve_task(request)
+        switch_ms = 0.0
+        if self._active_task != task.name:
+            switch_ms = self._switch_task(task.name).duration_ms
+        params, warnings = self._resolve(request, task)
+        image, cancelled, steps_done, timings, memory = run_generation(
+            self._pipe, self._model, params, self._settings.preview, on_step,
+            cancel or threading.Event(), switch_ms,
+        )
+        return GenerationResult(
+            params=params, model=self._model, image=image, cancelled=cancelled,
+            steps_done=steps_done, timings=timings, memory=memory, warnings=warnings,
+        )
 
     # -- helpers ------------------------------------------------------------------------------
 

@@ -97,6 +97,24 @@ def test_previews_stream_every_n_steps(engine) -> None:
     assert t.decode_ms is not None and result.memory.peak_rss_mb > 0 and result.memory.cuda_max_allocated_mb is None
 
 
+def test_every_operation_runs_on_the_engine_thread(cache_dir, tmp_path) -> None:
+    # One OpenMP team for all torch work (engine/thread.py): load, switch and the step callback
+    # all run on one thread that is not the caller's.
+    from spatiora_tui.engine.local import LocalEngine
+
+    from tests.conftest import small_settings
+
+    threads: set[int] = set()
+    eng = LocalEngine(small_settings(tmp_path), cache_dir=cache_dir)
+    eng.load(on_progress=lambda _msg: threads.add(threading.get_ident()))
+    eng.switch_task("interior")
+    caller = threading.Thread(target=lambda: eng.generate(
+        GenerationRequest(prompt="p", task="floorplan", seed=1), on_step=lambda _p: threads.add(threading.get_ident())))
+    caller.start()
+    caller.join()
+    assert len(threads) == 1 and threading.get_ident() not in threads and caller.ident not in threads
+
+
 def test_preview_every_n_includes_the_last_step(cache_dir, tmp_path) -> None:
     import dataclasses
 
