@@ -7,6 +7,7 @@ The first frame is drawn before torch is imported: the model loads in a worker.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Iterable
@@ -17,7 +18,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Footer, Header, Input, Static
+from textual.widgets import Footer, Header, Input
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from spatiora_tui.config import Settings, TaskSettings
@@ -36,12 +37,17 @@ from spatiora_tui.ui.messages import (
     ModelLoadProgressed,
     StepPreviewReady,
 )
+from spatiora_tui.ui.pacing import PreviewPacer
 from spatiora_tui.ui.screens.history import HistoryScreen
 from spatiora_tui.ui.text import markup_safe
 from spatiora_tui.ui.widgets.hardware_pane import HardwarePane
 from spatiora_tui.ui.widgets.preview_pane import PreviewPane
 from spatiora_tui.ui.widgets.prompt_pane import FormError, PromptPane
+from spatiora_tui.ui.widgets.readout import Readout
 from spatiora_tui.ui.widgets.task_pane import TaskPane
+
+#: Longest a generation waits for the screen to show that it started.
+PAINT_WAIT_S = 0.5
 
 #: Binding ids, which are also the [keys] names in config.toml.
 KEY_ACTIONS = ("generate", "cancel", "next_task", "history", "quit")
@@ -83,6 +89,10 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self._pending_task: str | None = None
         self._switching = False
         self._peaks = PeakTracker()
+        self.preview_pacer = PreviewPacer(settings.ui.preview_fps, settings.ui.preview_cpu_budget)
+        # While generating, the newest step and hardware sample wait here for the frame clock.
+        self._pending_step: StepPreviewReady | None = None
+        self._pending_sample: HardwareSampled | None = None
         self._session_images: list[Path] = []
         self._exit_after_first_frame = exit_after_first_frame
         self.first_frame_at: float | None = None
@@ -98,7 +108,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self.preview_pane = PreviewPane(self._image_class, id="preview")
         minutes = self.settings.ui.sparkline_minutes
         self.hardware_pane = HardwarePane(samples, f"{minutes:g} min", id="hardware")
-        self.status_line = Static("", id="status")
+        self.status_line = Readout("", id="status")
         yield Header(show_clock=False, icon="◧")
         with Horizontal(id="main"):
             with Vertical(id="left"):
@@ -116,6 +126,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self.hardware_pane.show_peaks({})
         self.say("loading the model in the background; generate is available once it is ready")
         self.call_after_refresh(self._first_frame)
+        self._frame_clock = self.set_interval(1.0 / self.settings.ui.preview_fps, self._draw_frame, pause=True)
         if self._exit_after_first_frame:
             return
         self._load_model()
@@ -136,7 +147,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
     def say(self, text: str, error: bool = False) -> None:
         status = self.status_line
         status.set_class(error, "error")
-        status.update(markup_safe(text))
+        status.show(markup_safe(text))
 
     # -- model loading ------------------------------------------------------------------------
 
@@ -198,10 +209,22 @@ class SpatioraApp(App[None], inherit_bindings=False):
             self.say(str(exc), error=True)
             return
         self._generation_task = task
-        self.preview_pane.started(request.steps or self._tasks[task].steps)
+        settings = self._tasks[task]
+        self.preview_pane.started(request.steps or settings.steps, request.width or settings.width,
+                                  request.height or settings.height)
         self.say(f"generating ({task})… {self._key('cancel')} cancels")
-        self._generation = self._generate(request)
+        # The worker starts denoising once this state is on screen: the footer's rebuild and the
+        # repaint then do not compete with torch for the CPU.
+        painted = threading.Event()
+        self._generation = self._generate(request, painted)
         self.refresh_bindings()
+        self.call_after_refresh(self._begin_generation, painted)
+
+    def _begin_generation(self, painted: threading.Event) -> None:
+        self.prompt_pane.steady_cursor(True)
+        self.preview_pacer.start()
+        self._frame_clock.resume()
+        painted.set()
 
     def action_cancel(self) -> None:
         if self._generation is not None:
@@ -290,8 +313,9 @@ class SpatioraApp(App[None], inherit_bindings=False):
     # -- generation ---------------------------------------------------------------------------
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="generate")
-    def _generate(self, request: GenerationRequest) -> None:
+    def _generate(self, request: GenerationRequest, painted: threading.Event) -> None:
         worker = get_current_worker()
+        painted.wait(PAINT_WAIT_S)
         period = 1.0 / self.settings.ui.preview_fps
         last_post = [float("-inf")]
 
@@ -322,7 +346,19 @@ class SpatioraApp(App[None], inherit_bindings=False):
 
     def on_step_preview_ready(self, message: StepPreviewReady) -> None:
         if self._generation is not None:
-            self.preview_pane.show_step(message.preview, message.rate)
+            self._pending_step = message
+
+    def _draw_frame(self) -> None:
+        """One repaint of everything that changed while generating, `preview_fps` times a second.
+
+        Each repaint has a fixed cost on the UI thread, so progress, the newest preview (when the
+        pacer's CPU budget allows) and the hardware figures share one, instead of one each."""
+        step, self._pending_step = self._pending_step, None
+        sample, self._pending_sample = self._pending_sample, None
+        if step is not None and self._generation is not None:
+            self.preview_pane.show_step(step.preview, step.rate, draw_image=self.preview_pacer.should_draw())
+        if sample is not None:
+            self._show_sample(sample)
 
     def on_generation_finished(self, message: GenerationFinished) -> None:
         result = message.result
@@ -349,6 +385,12 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self.say(f"{prefix}: {message.error}", error=True)
 
     def _generation_ended(self) -> None:
+        self._frame_clock.pause()
+        self._pending_step = None
+        sample, self._pending_sample = self._pending_sample, None
+        if sample is not None:
+            self._show_sample(sample)
+        self.prompt_pane.steady_cursor(False)
         self._generation = None
         self._generation_task = None
         self.refresh_bindings()
@@ -381,11 +423,17 @@ class SpatioraApp(App[None], inherit_bindings=False):
             worker.cancelled_event.wait(max(0.0, period - (time.monotonic() - started)))
 
     def on_hardware_sampled(self, message: HardwareSampled) -> None:
-        pane = self.hardware_pane
-        pane.show(message.snapshot)
         if self._generation_task is not None:
-            self._peaks.add(self._generation_task, message.snapshot)
-            pane.show_peaks(self._peaks.peaks)
+            self._peaks.add(self._generation_task, message.snapshot)  # every sample counts for peaks
+        if self._generation is not None:
+            self._pending_sample = message  # drawn by the frame clock
+        else:
+            self._show_sample(message)
+
+    def _show_sample(self, message: HardwareSampled) -> None:
+        self.hardware_pane.show(message.snapshot)
+        if self._peaks.peaks:
+            self.hardware_pane.show_peaks(self._peaks.peaks)
 
 
 def make_app(

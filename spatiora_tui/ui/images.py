@@ -1,7 +1,9 @@
-"""Which textual-image widget draws images: detected, or pinned by config / --renderer.
+"""Which widget draws images: detected, or pinned by config / --renderer.
 
 textual-image queries the terminal when imported, which is only possible before Textual takes
-the terminal over, so this module is imported before the app runs.
+the terminal over, so this module is imported before the app runs. Sixel, kitty and unicode
+drawing come from textual-image; half-cell drawing (textual-image's choice in tmux and other
+terminals without graphics) is our own HalfcellImage, which is cheap enough for step previews.
 """
 
 from __future__ import annotations
@@ -13,16 +15,27 @@ from spatiora_tui.config import RENDERERS
 
 def image_widget_class(renderer: str) -> type[Widget]:
     """The image widget class for `renderer` (one of RENDERERS)."""
+    from textual_image import renderable as tir
     from textual_image import widget as tiw
 
-    classes = {
-        "auto": tiw.Image,
+    from spatiora_tui.ui.widgets.halfcell import HalfcellImage
+
+    if renderer not in RENDERERS:
+        raise ValueError(f"unknown renderer {renderer!r}; choose one of: {', '.join(RENDERERS)}")
+    if renderer == "auto":
+        return HalfcellImage if tir.Image is tir.HalfcellImage else tiw.Image
+    classes: dict[str, type[Widget]] = {
         "sixel": tiw.SixelImage,
         "kitty": tiw.TGPImage,
-        "halfcell": tiw.HalfcellImage,
+        "halfcell": HalfcellImage,
         "unicode": tiw.UnicodeImage,
     }
-    if renderer not in classes:
-        raise ValueError(f"unknown renderer {renderer!r}; choose one of: {', '.join(RENDERERS)}")
     return classes[renderer]
 
+
+def cell_aspect() -> float:
+    """Width / height of a terminal cell in pixels (usually about 0.5)."""
+    from textual_image._terminal import get_cell_size
+
+    size = get_cell_size()
+    return size.width / size.height if size.height else 0.5

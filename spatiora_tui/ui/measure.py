@@ -18,21 +18,31 @@ from spatiora_tui.config import load_settings
 from spatiora_tui.engine.api import GenerationRequest
 
 
-async def _in_app(app, engine, request: GenerationRequest, runs: int, keys: int) -> tuple[list[float], list[float]]:
+async def _in_app(
+    app, engine, request: GenerationRequest, runs: int, keys: int
+) -> tuple[list[float], list[float], list[float], list[int], list[int]]:
     from textual.widgets import Input
 
-    from spatiora_tui.ui.messages import GenerationFinished
+    from spatiora_tui.ui.messages import GenerationFinished, StepPreviewReady
 
     finished: list[GenerationFinished] = []
     done = asyncio.Event()
+    previews = [0]
+    shares: list[float] = []
 
     def hook(message: object) -> None:
+        if isinstance(message, StepPreviewReady):
+            previews[0] += 1
         if isinstance(message, GenerationFinished):
+            shares.append(app.preview_pacer.cpu_share())
             finished.append(message)
             done.set()
 
     image_ms: list[float] = []
     latencies: list[float] = []
+    ui_cpu_ms: list[float] = []
+    frames: list[int] = []
+    messages: list[int] = []
     async with app.run_test(size=(160, 48), message_hook=hook) as pilot:
         while not app.model_ready:
             await asyncio.sleep(0.05)
@@ -45,6 +55,7 @@ async def _in_app(app, engine, request: GenerationRequest, runs: int, keys: int)
             prompt.value = request.prompt
             app.query_one("#seed", Input).value = str(request.seed)
             done.clear()
+            previews[0] = 0
             await pilot.press("ctrl+g")
             typed = 0
             while not done.is_set():
@@ -61,11 +72,14 @@ async def _in_app(app, engine, request: GenerationRequest, runs: int, keys: int)
                         await asyncio.wait_for(done.wait(), timeout=1.0)
                     except asyncio.TimeoutError:
                         pass
+            ui_cpu_ms.append(shares[-1] * 100.0)
+            frames.append(app.preview_pacer.drawn)
+            messages.append(previews[0])
             result = finished[-1].result
             assert result.params.task == request.task and result.params.steps == engine.settings.task(request.task).steps
             if result.timings.image_ms is not None:
                 image_ms.append(result.timings.image_ms)
-    return image_ms, latencies
+    return image_ms, latencies, ui_cpu_ms, frames, messages
 
 
 def main() -> None:
@@ -87,19 +101,28 @@ def main() -> None:
     bare: list[float] = []
     app_ms: list[float] = []
     latencies: list[float] = []
+    ui_cpu: list[float] = []
+    frames: list[int] = []
+    messages: list[int] = []
     for _ in range(args.runs):
         result = engine.generate(request, cancel=threading.Event())
         bare.append(result.timings.image_ms or 0.0)
         app = make_app(settings, engine, renderer="halfcell")
-        ms, lat = asyncio.run(_in_app(app, engine, request, 1, args.keys))
+        ms, lat, cpu, n, m = asyncio.run(_in_app(app, engine, request, 1, args.keys))
         app_ms += ms
         latencies += lat
+        ui_cpu += cpu
+        frames += n
+        messages += m
     task = settings.task(args.task)
     print(f"model {engine.model.name} · task {task.name} · {task.width}x{task.height} · {task.steps} steps · "
           f"{args.runs} runs each, alternating")
     print(f"bare engine  median image time {statistics.median(bare):8.0f} ms  (runs: {', '.join(f'{v:.0f}' for v in bare)})")
     print(f"in the app   median image time {statistics.median(app_ms):8.0f} ms  (runs: {', '.join(f'{v:.0f}' for v in app_ms)})")
     print(f"ratio app / bare: {statistics.median(app_ms) / statistics.median(bare):.3f}")
+    print(f"UI thread CPU while the engine generates: median {statistics.median(ui_cpu):.1f}% of the wall time, "
+          f"preview images drawn: median {statistics.median(frames):.0f} of {statistics.median(messages):.0f} "
+          f"step updates (budget {settings.ui.preview_cpu_budget:g}, at most {settings.ui.preview_fps:g} fps)")
     if latencies:
         print(f"key-to-screen while generating: median {statistics.median(latencies):.1f} ms, "
               f"worst {max(latencies):.1f} ms over {len(latencies)} keys")

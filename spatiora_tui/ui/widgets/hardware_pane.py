@@ -4,16 +4,19 @@ minutes; the peak of each task. Without NVML it says so plainly and shows the ho
 
 from __future__ import annotations
 
+import time
 from collections import deque
 
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.widgets import Sparkline, Static
+from textual.widgets import Sparkline
 
 from spatiora_tui.hw import HardwareSnapshot, TaskPeak
-from spatiora_tui.ui.text import markup_safe
+from spatiora_tui.ui.text import gauge, markup_safe
+from spatiora_tui.ui.widgets.readout import Readout
 
 BAR_WIDTH = 12
+SPARKLINE_REDRAW_S = 1.0
 
 
 def _gb(mb: float | None) -> str:
@@ -21,14 +24,13 @@ def _gb(mb: float | None) -> str:
 
 
 def _bar(used: float, total: float) -> str:
-    filled = round(BAR_WIDTH * min(max(used / total, 0.0), 1.0)) if total > 0 else 0
-    return f"[$primary]{'█' * filled}[/][$surface-lighten-2]{'░' * (BAR_WIDTH - filled)}[/]"
+    return gauge(used / total if total > 0 else 0.0, BAR_WIDTH)
 
 
 class HardwarePane(Vertical):
     DEFAULT_CSS = """
     HardwarePane { height: auto; }
-    HardwarePane Static { height: auto; padding: 0 1; }
+    HardwarePane Readout { height: auto; padding: 0 1; }
     HardwarePane Sparkline { height: 3; margin: 0 1; }
     """
 
@@ -37,13 +39,14 @@ class HardwarePane(Vertical):
         self._window = window
         self._history: deque[float] = deque(maxlen=history_samples)
         self._history_label = "memory"
+        self._spark_drawn = float("-inf")
 
     def compose(self) -> ComposeResult:
-        yield Static("[dim]sampling…[/]", id="hw-gpu")
-        yield Static("", id="hw-host")
-        yield Static("", id="hw-spark-label")
+        yield Readout("[dim]sampling…[/]", id="hw-gpu")
+        yield Readout("", id="hw-host")
+        yield Readout("", id="hw-spark-label")
         yield Sparkline([], id="hw-spark")
-        yield Static("", id="hw-peaks")
+        yield Readout("", id="hw-peaks")
 
     def on_mount(self) -> None:
         self.border_title = "Hardware"
@@ -51,9 +54,9 @@ class HardwarePane(Vertical):
     def show(self, snap: HardwareSnapshot) -> None:
         if not self.is_attached or not self.children:
             return  # a sample that arrives while the app starts up or shuts down
-        self.query_one("#hw-gpu", Static).update(self._gpu_text(snap))
+        self.query_one("#hw-gpu", Readout).show(self._gpu_text(snap))
         host = snap.host
-        self.query_one("#hw-host", Static).update(
+        self.query_one("#hw-host", Readout).show(
             f"CPU  {host.cpu_percent:4.0f} %\n"
             f"RSS  {_gb(host.process_rss_mb)} (this process)\n"
             f"RAM  {_bar(host.ram_used_mb, host.ram_total_mb)} {_gb(host.ram_used_mb)} / {_gb(host.ram_total_mb)}"
@@ -64,10 +67,15 @@ class HardwarePane(Vertical):
             self._history.clear()
             self._history_label = label
         self._history.append(vram if vram is not None else host.process_rss_mb)
-        self.query_one("#hw-spark-label", Static).update(
-            f"[dim]{label} · last {self._window} · now {_gb(self._history[-1])} · max {_gb(max(self._history))}[/]"
+        self.query_one("#hw-spark-label", Readout).show(
+            f"[dim]{label} · last {self._window}\nnow {_gb(self._history[-1])} · max {_gb(max(self._history))}[/]"
         )
-        self.query_one("#hw-spark", Sparkline).data = list(self._history)
+        # The line spans minutes: redrawing it once a second is plenty, and it is the pane's
+        # most expensive widget to draw.
+        now = time.monotonic()
+        if now - self._spark_drawn >= SPARKLINE_REDRAW_S:
+            self._spark_drawn = now
+            self.query_one("#hw-spark", Sparkline).data = list(self._history)
 
     @staticmethod
     def _gpu_text(snap: HardwareSnapshot) -> str:
@@ -103,10 +111,10 @@ class HardwarePane(Vertical):
         if not self.is_attached or not self.children:
             return
         if not peaks:
-            self.query_one("#hw-peaks", Static).update("[dim]task peaks appear after a generation[/]")
+            self.query_one("#hw-peaks", Readout).show("[dim]task peaks appear after a generation[/]")
             return
         rows = ["[b]peaks by task[/]"]
         for task, peak in peaks.items():
             vram = f"VRAM {_gb(peak.vram_mb)} · " if peak.vram_mb is not None else ""
             rows.append(f"{markup_safe(task):<10} {vram}RSS {_gb(peak.rss_mb)}")
-        self.query_one("#hw-peaks", Static).update("\n".join(rows))
+        self.query_one("#hw-peaks", Readout).show("\n".join(rows))

@@ -1,16 +1,25 @@
 """The preview pane: step previews as images while denoising runs, then the final image; a
-progress bar with step i/N, it/s, ETA and the time to first preview; the saved path."""
+progress bar with step i/N, it/s, ETA and the time to first preview; the saved path.
+
+The progress bar is text in one Readout: one widget to repaint per step, not four (Textual's
+ProgressBar is a bar, a percentage and an ETA widget in a container)."""
 
 from __future__ import annotations
 
 from PIL import Image as PILImage
 from textual.app import ComposeResult
-from textual.containers import Center, Vertical
+from textual.containers import Vertical
+from textual.css.scalar import Scalar
 from textual.widget import Widget
-from textual.widgets import LoadingIndicator, ProgressBar, Static
+from textual.widgets import LoadingIndicator, Static
 
 from spatiora_tui.engine.api import GenerationResult, StepPreview
-from spatiora_tui.ui.text import markup_safe
+from spatiora_tui.ui.images import cell_aspect
+from spatiora_tui.ui.text import gauge, markup_safe
+from spatiora_tui.ui.widgets.readout import Readout
+
+#: Widest the progress bar grows (cells).
+PROGRESS_BAR_MAX = 60
 
 
 class PreviewPane(Vertical):
@@ -18,7 +27,6 @@ class PreviewPane(Vertical):
     PreviewPane #image-box { height: 1fr; align: center middle; }
     PreviewPane #placeholder { width: 100%; height: 1fr; content-align: center middle; color: $text-muted; }
     PreviewPane LoadingIndicator { height: 3; }
-    PreviewPane #progress-row { height: 1; }
     PreviewPane #progress-text, PreviewPane #saved { height: auto; padding: 0 1; }
     """
 
@@ -34,15 +42,12 @@ class PreviewPane(Vertical):
             yield LoadingIndicator()
             yield Static("loading the model…", id="placeholder")
             yield self._image_class(id="preview-image")
-        with Center(id="progress-row"):
-            yield ProgressBar(total=1, show_eta=False, id="progress")
-        yield Static("", id="progress-text")
-        yield Static("", id="saved")
+        yield Readout("", id="progress-text")
+        yield Readout("", id="saved")
 
     def on_mount(self) -> None:
         self.border_title = "Preview"
         self.query_one("#preview-image").display = False
-        self.query_one("#progress-row").display = False
 
     def model_ready(self, text: str) -> None:
         # Removed, not hidden: a hidden indicator still animates at 16 frames a second.
@@ -53,50 +58,63 @@ class PreviewPane(Vertical):
     def loading(self, text: str) -> None:
         self.query_one("#placeholder", Static).update(markup_safe(text))
 
-    def started(self, total: int) -> None:
+    def started(self, total: int, width: int, height: int) -> None:
+        """A generation of a `width` x `height` image starts: the image box takes its final shape
+        now, so previews and the final image draw into it without a layout of the screen."""
         self._first_preview_s = None
-        self.query_one("#progress-row").display = True
-        self.query_one(ProgressBar).update(total=total, progress=0)
-        self.query_one("#progress-text", Static).update(f"step 0/{total} · starting…")
-        self.query_one("#saved", Static).update("")
+        self._set_shape(width, height)
+        self.query_one("#placeholder").display = False
+        image = self.query_one("#preview-image")
+        image.display = True
+        image.image = None  # type: ignore[attr-defined]
+        self._progress(0, total, f"step 0/{total} · starting…")
+        self.query_one("#saved", Readout).show("")
 
-    def show_step(self, preview: StepPreview, rate: float) -> None:
+    def show_step(self, preview: StepPreview, rate: float, draw_image: bool = True) -> None:
+        """Progress for every step that arrives; its image only when `draw_image` (the app paces those)."""
         if self._first_preview_s is None:
             self._first_preview_s = preview.elapsed_s
-        self._show_image(preview.image)
-        self.query_one(ProgressBar).update(total=preview.total, progress=preview.step)
+        if draw_image:
+            self._show_image(preview.image)
         eta = (preview.total - preview.step) / rate if rate > 0 else 0.0
-        self.query_one("#progress-text", Static).update(
+        self._progress(
+            preview.step, preview.total,
             f"step {preview.step}/{preview.total} · {rate:.1f} it/s · ETA {eta:.1f} s · "
-            f"first preview {self._first_preview_s:.2f} s"
+            f"first preview {self._first_preview_s:.2f} s",
         )
 
     def finished(self, result: GenerationResult, saved: str) -> None:
         t = result.timings
         if result.image is not None:
             self._show_image(result.image)
-            self.query_one(ProgressBar).update(progress=result.steps_done, total=result.steps_done)
         first = f"{t.first_preview_ms / 1000:.2f} s" if t.first_preview_ms is not None else "off"
         total = f"{t.image_ms / 1000:.2f} s" if t.image_ms is not None else "—"
         state = "cancelled" if result.cancelled else "done"
-        self.query_one("#progress-text", Static).update(
-            f"{state} · {result.steps_done} steps · image in {total} · first preview {first} · seed {result.params.seed}"
+        self._progress(
+            result.steps_done if result.image is not None else 0, result.steps_done or 1,
+            f"{state} · {result.steps_done} steps · image in {total} · first preview {first} · seed {result.params.seed}",
         )
-        self.query_one("#saved", Static).update(saved)
+        self.query_one("#saved", Readout).show(saved)
 
     def failed(self) -> None:
-        self.query_one(ProgressBar).update(total=1, progress=0)  # not None: an indeterminate bar animates
-        self.query_one("#progress-text", Static).update("failed — see the status line")
+        self._progress(0, 1, "failed — see the status line")
+
+    def _progress(self, done: int, total: int, text: str) -> None:
+        readout = self.query_one("#progress-text", Readout)
+        width = max(10, min(PROGRESS_BAR_MAX, readout.content_size.width - 5))
+        fraction = done / total if total > 0 else 0.0
+        readout.show(f"{gauge(fraction, width)} {fraction * 100:3.0f}%\n{text}")
 
     def _show_image(self, image: PILImage.Image) -> None:
         widget = self.query_one("#preview-image")
-        self.query_one("#placeholder").display = False
-        widget.display = True
         widget.image = image  # type: ignore[attr-defined]
-        self._aspect = image.width / max(image.height, 1)
-        # No more cells than the image has pixels: a 64x64 latent preview drawn over a whole pane
-        # only costs render time (every cell is a styled segment) and shows nothing more.
-        self._max_cells = (max(image.width, 16), max(image.height // 2, 8))
+        if self._aspect is None:  # an image without started(): take its shape
+            self._set_shape(image.width, image.height)
+
+    def _set_shape(self, width: int, height: int) -> None:
+        self._aspect = width / max(height, 1)
+        # No more cells than the final image has pixels (a small image is not blown up).
+        self._max_cells = (max(width, 16), max(height // 2, 8))
         self._fit()
 
     def on_resize(self) -> None:
@@ -115,12 +133,5 @@ class PreviewPane(Vertical):
         width = min(box_w, max(1, round(box_h * self._aspect / cell)))
         height = min(box_h, max(1, round(width * cell / self._aspect)))
         widget = self.query_one("#preview-image")
-        widget.styles.width, widget.styles.height = width, height
-
-
-def cell_aspect() -> float:
-    """Width / height of a terminal cell in pixels (usually about 0.5)."""
-    from textual_image._terminal import get_cell_size
-
-    size = get_cell_size()
-    return size.width / size.height if size.height else 0.5
+        if (widget.styles.width, widget.styles.height) != (Scalar.from_number(width), Scalar.from_number(height)):
+            widget.styles.width, widget.styles.height = width, height

@@ -55,6 +55,12 @@ class PromptPane(Vertical):
         self.query_one("#guidance", Input).value = f"{task.guidance:g}"
         self.query_one("#size", Input).value = f"{task.width}x{task.height}"
 
+    def steady_cursor(self, steady: bool) -> None:
+        """Stop the cursor blinking (while a generation runs, each blink is a repaint that takes
+        CPU from denoising); typing works the same."""
+        for field in self.query(Input):
+            field.cursor_blink = not steady
+
     def show_last_seed(self, seed: int) -> None:
         self.query_one("#seed-label", Label).update(f"Seed (last: {seed})")
 

@@ -1,0 +1,58 @@
+"""When to draw the next step preview: at most `max_fps`, and only while the UI's CPU share of
+the generation so far is within `budget`.
+
+Drawing a preview takes CPU on the UI thread, and on a machine with few cores that time comes
+straight out of denoising (docs/performance.md). The pacer keeps a running account: CPU the UI
+thread has used since the generation started, against `budget` times the wall time. The first
+preview is always drawn (time to first preview is what a user watches for); after that an image
+is drawn when the account allows it, so an expensive frame, a slow terminal or a busy hardware
+pane lowers the frame rate instead of slowing the generation. Progress text is not paced.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+
+class PreviewPacer:
+    def __init__(
+        self,
+        max_fps: float,
+        budget: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        cpu_clock: Callable[[], float] = time.thread_time,
+    ) -> None:
+        if max_fps <= 0 or not 0 < budget <= 1:
+            raise ValueError(f"need max_fps > 0 and 0 < budget <= 1, got {max_fps}, {budget}")
+        self._min_interval = 1.0 / max_fps
+        self._budget = budget
+        self._clock, self._cpu_clock = clock, cpu_clock
+        self._t0 = self._cpu0 = 0.0
+        self._last_draw: float | None = None
+        self.drawn = self.skipped = 0
+
+    def start(self) -> None:
+        """A generation starts (call on the UI thread: the CPU clock is that thread's)."""
+        self._t0, self._cpu0 = self._clock(), self._cpu_clock()
+        self._last_draw = None
+        self.drawn = self.skipped = 0
+
+    def should_draw(self) -> bool:
+        """Whether to draw the preview that just arrived; counts it as drawn if so."""
+        now = self._clock()
+        if self._last_draw is not None:
+            too_soon = now - self._last_draw < self._min_interval
+            over_budget = self._cpu_clock() - self._cpu0 > self._budget * (now - self._t0)
+            if too_soon or over_budget:
+                self.skipped += 1
+                return False
+        self._last_draw = now
+        self.drawn += 1
+        return True
+
+    def cpu_share(self) -> float:
+        """The UI thread's CPU time since start() over the wall time (0 before any time passes)."""
+        elapsed = self._clock() - self._t0
+        return (self._cpu_clock() - self._cpu0) / elapsed if elapsed > 0 else 0.0

@@ -1,0 +1,107 @@
+"""The UI's own drawing widgets: HalfcellImage (pixels to half-cell blocks) and Readout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+from textual.app import App, ComposeResult
+
+from spatiora_tui.ui.widgets.halfcell import HalfcellImage
+from spatiora_tui.ui.widgets.readout import Readout
+
+RED, BLUE, GREEN = (255, 0, 0), (0, 0, 255), (0, 200, 0)
+
+
+def pixels(rows: list[list[tuple[int, int, int]]]) -> Image.Image:
+    image = Image.new("RGB", (len(rows[0]), len(rows)))
+    for y, row in enumerate(rows):
+        for x, rgb in enumerate(row):
+            image.putpixel((x, y), rgb)
+    return image
+
+
+class Holder(App[None]):
+    def __init__(self, widget) -> None:
+        super().__init__()
+        self.widget = widget
+
+    def compose(self) -> ComposeResult:
+        yield self.widget
+
+
+def colours(segment) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    style = segment.style
+    return tuple(style.color.triplet), tuple(style.bgcolor.triplet)
+
+
+async def test_each_cell_shows_the_upper_pixel_over_the_lower_one() -> None:
+    widget = HalfcellImage(pixels([[RED, GREEN], [BLUE, GREEN]]))
+    widget.styles.width, widget.styles.height = 2, 1
+    async with Holder(widget).run_test():
+        strip = widget.render_line(0)
+        segments = list(strip)
+        assert [s.text for s in segments] == ["▀", "▀"]
+        assert colours(segments[0]) == (RED, BLUE)
+        assert colours(segments[1]) == ((0, 200, 0), (0, 200, 0))
+
+
+async def test_runs_of_one_colour_pair_become_one_segment_and_the_image_is_scaled_to_the_box() -> None:
+    widget = HalfcellImage(Image.new("RGB", (4, 4), RED))
+    widget.styles.width, widget.styles.height = 8, 3
+    async with Holder(widget).run_test():
+        lines = [list(widget.render_line(y)) for y in range(3)]
+        assert all([s.text for s in line] == ["▀" * 8] for line in lines)
+        assert widget.render_line(3).cell_length == 8, "below the image: blank, not an error"
+
+
+async def test_a_new_frame_replaces_the_old_and_a_path_works_too(tmp_path: Path) -> None:
+    widget = HalfcellImage(Image.new("RGB", (2, 2), RED))
+    widget.styles.width, widget.styles.height = 2, 1
+    path = tmp_path / "blue.png"
+    Image.new("RGB", (2, 2), BLUE).save(path)
+    async with Holder(widget).run_test() as pilot:
+        assert colours(list(widget.render_line(0))[0]) == (RED, RED)
+        widget.image = path
+        await pilot.pause()
+        assert colours(list(widget.render_line(0))[0]) == (BLUE, BLUE)
+        widget.image = None
+        await pilot.pause()
+        assert widget.render_line(0).text.strip() == ""
+
+
+async def test_auto_size_keeps_the_aspect_ratio() -> None:
+    # A 2:1 image in a 40-row container: half-cells make cells about twice as tall as wide.
+    widget = HalfcellImage(Image.new("RGB", (200, 100), RED))
+    widget.styles.height = 10
+    widget.styles.width = "auto"
+    async with Holder(widget).run_test(size=(80, 40)) as pilot:
+        await pilot.pause()
+        assert widget.size.height == 10
+        assert abs(widget.size.width - 40) <= 1
+
+
+class CountingReadout(Readout):
+    def __init__(self, text: str = "", **kwargs) -> None:
+        super().__init__(text, **kwargs)
+        self.layouts: list[bool] = []
+
+    def update(self, content="", *, layout: bool = True) -> None:
+        self.layouts.append(layout)
+        super().update(content, layout=layout)
+
+
+async def test_readout_skips_repeats_and_lays_out_only_when_its_height_can_change() -> None:
+    readout = CountingReadout("a\nb")
+    readout.styles.width = 20
+    async with Holder(readout).run_test() as pilot:
+        await pilot.pause()
+        readout.show("a\nb")
+        assert readout.layouts == [], "the same text again changes nothing"
+        readout.show("[b]c[/]\nd")
+        assert readout.layouts == [False], "same number of short lines: repaint only"
+        readout.show("one line")
+        assert readout.layouts == [False, True], "fewer lines: the height changes"
+        readout.show("x" * 40)
+        assert readout.layouts == [False, True, True], "a line wider than the widget may wrap"
+        assert readout.shown == "x" * 40

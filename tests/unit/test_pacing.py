@@ -1,0 +1,68 @@
+"""PreviewPacer: the first preview always, then at most max_fps and only within the CPU budget."""
+
+from __future__ import annotations
+
+import pytest
+
+from spatiora_tui.ui.pacing import PreviewPacer
+
+
+class Clocks:
+    def __init__(self) -> None:
+        self.wall = 100.0
+        self.cpu = 5.0
+
+    def advance(self, wall: float, cpu: float = 0.0) -> None:
+        self.wall += wall
+        self.cpu += cpu
+
+
+def pacer(clocks: Clocks, max_fps: float = 10, budget: float = 0.05) -> PreviewPacer:
+    p = PreviewPacer(max_fps, budget, clock=lambda: clocks.wall, cpu_clock=lambda: clocks.cpu)
+    p.start()
+    return p
+
+
+def test_the_first_preview_is_drawn_even_when_it_is_expensive() -> None:
+    clocks = Clocks()
+    p = pacer(clocks)
+    clocks.advance(0.01, cpu=0.5)  # already far over budget
+    assert p.should_draw() and p.drawn == 1
+
+
+def test_cheap_frames_are_capped_by_max_fps() -> None:
+    clocks = Clocks()
+    p = pacer(clocks, max_fps=10)
+    drawn = 0
+    for _ in range(100):  # 100 step messages over 1 s, drawing costs nothing
+        clocks.advance(0.01)
+        drawn += p.should_draw()
+    assert drawn == 10 and p.skipped == 90
+
+
+def test_expensive_frames_are_spaced_to_stay_within_the_budget() -> None:
+    clocks = Clocks()
+    p = pacer(clocks, max_fps=60, budget=0.05)
+    for _ in range(1000):  # 10 s of step messages; each drawn frame costs 50 ms of UI CPU
+        clocks.advance(0.01)
+        if p.should_draw():
+            clocks.advance(0.0, cpu=0.05)
+    assert p.cpu_share() == pytest.approx(0.05, abs=0.006)
+    assert 9 <= p.drawn <= 11, "about one 50 ms frame per second fits a 5% budget"
+
+
+def test_start_resets_the_account() -> None:
+    clocks = Clocks()
+    p = pacer(clocks, budget=0.05)
+    clocks.advance(0.1, cpu=1.0)
+    p.should_draw()
+    assert not p.should_draw()
+    clocks.advance(0.5)
+    p.start()
+    assert p.should_draw() and p.drawn == 1 and p.skipped == 0
+
+
+@pytest.mark.parametrize("fps, budget", [(0, 0.1), (5, 0), (5, 1.5)])
+def test_bad_settings_are_refused(fps: float, budget: float) -> None:
+    with pytest.raises(ValueError):
+        PreviewPacer(fps, budget)
