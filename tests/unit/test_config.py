@@ -173,10 +173,18 @@ def test_toml_text_is_readable_and_documented() -> None:
 def test_configuration_doc_covers_every_key() -> None:
     import dataclasses as dc
 
-    from spatiora_tui.config import AdapterSettings, ModelSettings, OutputSettings, PreviewSettings, TaskSettings
+    from spatiora_tui.config import (
+        AdapterSettings,
+        KeySettings,
+        ModelSettings,
+        OutputSettings,
+        PreviewSettings,
+        TaskSettings,
+        UiSettings,
+    )
 
     doc = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
-    for cls in (ModelSettings, OutputSettings, PreviewSettings, AdapterSettings, TaskSettings):
+    for cls in (ModelSettings, OutputSettings, PreviewSettings, AdapterSettings, TaskSettings, UiSettings, KeySettings):
         for f in dc.fields(cls):
             assert f"`{f.name}`" in doc, f"{cls.__name__}.{f.name} is not documented"
     from spatiora_tui.config import SCHEDULERS
