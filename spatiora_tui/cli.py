@@ -135,18 +135,15 @@ def _cmd_tui(settings: Settings, args: argparse.Namespace) -> int:
             "the terminal UI needs an interactive terminal; for scripts use `spatiora generate PROMPT` "
             "(see `spatiora --help`)"
         )
-    import psutil
-
     from spatiora_tui.engine.local import LocalEngine
     from spatiora_tui.ui.app import make_app
 
     app = make_app(settings, LocalEngine(settings), renderer=args.renderer, exit_after_first_frame=args.startup_time)
     app.run()
     if args.startup_time:
-        if app.first_frame_at is None:
+        if app.first_frame_age_s is None:
             raise UsageError("the UI exited before drawing its first frame")
-        started = psutil.Process().create_time()
-        print(f"first frame {(app.first_frame_at - started) * 1000:.0f} ms after process start")
+        print(f"first frame {app.first_frame_age_s * 1000:.0f} ms after process start")
     return EXIT_OK
 
 

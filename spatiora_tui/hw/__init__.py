@@ -3,7 +3,7 @@
 No textual, and no torch at import.
 """
 
-from spatiora_tui.hw.memory import process_peak_rss_mb, process_rss_mb
+from spatiora_tui.hw.memory import process_age_s, process_peak_rss_mb, process_rss_mb
 from spatiora_tui.hw.sampler import (
     CudaReading,
     GpuReading,
@@ -19,5 +19,6 @@ from spatiora_tui.hw.sampler import (
 
 __all__ = [
     "CudaReading", "GpuReading", "HardwareSampler", "HardwareSnapshot", "HostReading", "NvmlBackend",
-    "PeakTracker", "PsutilBackend", "TaskPeak", "TorchCudaBackend", "process_peak_rss_mb", "process_rss_mb",
+    "PeakTracker", "PsutilBackend", "TaskPeak", "TorchCudaBackend", "process_age_s", "process_peak_rss_mb",
+    "process_rss_mb",
 ]

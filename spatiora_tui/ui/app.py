@@ -23,7 +23,7 @@ from textual.worker import Worker, WorkerState, get_current_worker
 
 from spatiora_tui.config import Settings, TaskSettings
 from spatiora_tui.engine.api import Engine, EngineError, EngineOOM, GenerationRequest, StepPreview
-from spatiora_tui.hw import HardwareSampler, PeakTracker
+from spatiora_tui.hw import HardwareSampler, PeakTracker, process_age_s
 from spatiora_tui.outputs import OutputError, save_result
 from spatiora_tui.ui.images import image_widget_class
 from spatiora_tui.ui.messages import (
@@ -95,7 +95,8 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self._pending_sample: HardwareSampled | None = None
         self._session_images: list[Path] = []
         self._exit_after_first_frame = exit_after_first_frame
-        self.first_frame_at: float | None = None
+        #: Seconds from process start to the first frame (set when it is drawn).
+        self.first_frame_age_s: float | None = None
         self.set_keymap({action: getattr(settings.keys, action) for action in KEY_ACTIONS})
 
     # -- layout -------------------------------------------------------------------------------
@@ -133,7 +134,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self._sample_hardware()
 
     def _first_frame(self) -> None:
-        self.first_frame_at = time.time()
+        self.first_frame_age_s = process_age_s()
         if self._exit_after_first_frame:
             self.exit()
 

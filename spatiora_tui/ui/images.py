@@ -2,11 +2,13 @@
 
 textual-image queries the terminal when imported, which is only possible before Textual takes
 the terminal over, so this module is imported before the app runs. Sixel, kitty and unicode
-drawing come from textual-image; half-cell drawing (textual-image's choice in tmux and other
-terminals without graphics) is our own HalfcellImage, which is cheap enough for step previews.
+drawing come from textual-image; half-cell drawing (textual-image's choice in terminals without
+graphics, and ours inside tmux) is our own HalfcellImage, which is cheap enough for step previews.
 """
 
 from __future__ import annotations
+
+import os
 
 from textual.widget import Widget
 
@@ -15,13 +17,20 @@ from spatiora_tui.config import RENDERERS
 
 def image_widget_class(renderer: str) -> type[Widget]:
     """The image widget class for `renderer` (one of RENDERERS)."""
-    from textual_image import renderable as tir
-    from textual_image import widget as tiw
-
     from spatiora_tui.ui.widgets.halfcell import HalfcellImage
 
     if renderer not in RENDERERS:
         raise ValueError(f"unknown renderer {renderer!r}; choose one of: {', '.join(RENDERERS)}")
+    if renderer == "halfcell" or (renderer == "auto" and os.environ.get("TMUX")):
+        # Without textual-image's detection: its kitty-graphics query (an APC sequence) ends up
+        # as tmux's pane title, and tmux shows neither kitty graphics nor, before 3.4, sixel.
+        from textual_image._terminal import get_cell_size
+
+        get_cell_size()  # asked now: once Textual owns the terminal it cannot be queried
+        return HalfcellImage
+    from textual_image import renderable as tir
+    from textual_image import widget as tiw
+
     if renderer == "auto":
         return HalfcellImage if tir.Image is tir.HalfcellImage else tiw.Image
     classes: dict[str, type[Widget]] = {

@@ -62,7 +62,9 @@ class PromptPane(Vertical):
             field.cursor_blink = not steady
 
     def show_last_seed(self, seed: int) -> None:
-        self.query_one("#seed-label", Label).update(f"Seed (last: {seed})")
+        """The empty (random) seed field says which seed the last image used; typing it in
+        repeats that image."""
+        self.query_one("#seed", Input).placeholder = f"last {seed}"
 
     def request(self, task: str) -> GenerationRequest:
         """The request these fields describe, or FormError naming the field at fault."""
