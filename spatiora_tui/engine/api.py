@@ -88,11 +88,13 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class StepPreview:
-    """One streamed preview: a small RGB image of where denoising is heading."""
+    """One denoising step done. `image` is a small RGB preview of where denoising is heading on
+    the steps that carry one ([preview] every_n_steps, and the last step), None on the others
+    and when previews are off; progress is reported at every step either way."""
 
     step: int
     total: int
-    image: "Image"
+    image: "Image | None"
     elapsed_s: float
 
 

@@ -123,6 +123,9 @@ def run_generation(
         if cancel.is_set():
             pipeline._interrupt = True  # the pipeline skips the remaining steps
             return {}
+        if on_step is None:
+            return {}
+        image = None
         if previewing and (step % state.every_n == 0 or step == state.total):
             latent = tap.latest if tap.latest is not None else tensors["latents"]
             if preview.method == "vae":
@@ -131,8 +134,7 @@ def run_generation(
                 image = latent_to_rgb(latent, model.family)
             if state.first_preview is None:
                 state.first_preview = time.perf_counter()
-            assert on_step is not None
-            on_step(StepPreview(step=step, total=state.total, image=image, elapsed_s=now - state.start))
+        on_step(StepPreview(step=step, total=state.total, image=image, elapsed_s=now - state.start))
         return {}
 
     generator = torch.Generator(device="cpu").manual_seed(params.seed)

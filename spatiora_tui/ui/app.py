@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
@@ -185,10 +185,10 @@ class SpatioraApp(App[None], inherit_bindings=False):
     # -- actions ------------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # Only the model's readiness dims a key. Dimming cancel between generations would rebuild
+        # the footer as each one starts, on the UI thread, while denoising wants the CPU.
         if action == "generate" and not self._model_ready:
             return None  # shown dimmed until the model is ready
-        if action == "cancel" and self._generation is None:
-            return None
         return True
 
     def _key(self, action: str) -> str:
@@ -214,11 +214,10 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self.preview_pane.started(request.steps or settings.steps, request.width or settings.width,
                                   request.height or settings.height)
         self.say(f"generating ({task})… {self._key('cancel')} cancels")
-        # The worker starts denoising once this state is on screen: the footer's rebuild and the
-        # repaint then do not compete with torch for the CPU.
+        # The worker starts denoising once this state is on screen: the repaint then does not
+        # compete with torch for the CPU.
         painted = threading.Event()
         self._generation = self._generate(request, painted)
-        self.refresh_bindings()
         self.call_after_refresh(self._begin_generation, painted)
 
     def _begin_generation(self, painted: threading.Event) -> None:
@@ -231,6 +230,8 @@ class SpatioraApp(App[None], inherit_bindings=False):
         if self._generation is not None:
             self._generation.cancel()
             self.say("cancelling… (stops within one step)")
+        else:
+            self.say("nothing to cancel: no generation is running")
 
     def action_next_task(self) -> None:
         names = list(self._tasks)
@@ -319,13 +320,18 @@ class SpatioraApp(App[None], inherit_bindings=False):
         painted.wait(PAINT_WAIT_S)
         period = 1.0 / self.settings.ui.preview_fps
         last_post = [float("-inf")]
+        newest: list[Any] = [None]  # the newest preview image not yet posted
 
         def on_step(preview: StepPreview) -> None:
+            if preview.image is not None:
+                newest[0] = preview.image
             now = time.monotonic()
             if preview.step >= preview.total or now - last_post[0] >= period:
                 last_post[0] = now
                 rate = preview.step / max(preview.elapsed_s, 1e-6)
-                image = preview.image if preview.image.mode == "RGB" else preview.image.convert("RGB")
+                image, newest[0] = newest[0], None
+                if image is not None and image.mode != "RGB":
+                    image = image.convert("RGB")
                 self.post_message(StepPreviewReady(
                     StepPreview(preview.step, preview.total, image, preview.elapsed_s), rate))
 
@@ -354,6 +360,8 @@ class SpatioraApp(App[None], inherit_bindings=False):
 
         Each repaint has a fixed cost on the UI thread, so progress, the newest preview (when the
         pacer's CPU budget allows) and the hardware figures share one, instead of one each."""
+        if not self.preview_pacer.may_repaint():
+            return  # over the CPU budget: what is pending waits for a later tick
         step, self._pending_step = self._pending_step, None
         sample, self._pending_sample = self._pending_sample, None
         if step is not None and self._generation is not None:
@@ -394,7 +402,6 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self.prompt_pane.steady_cursor(False)
         self._generation = None
         self._generation_task = None
-        self.refresh_bindings()
         self._run_pending_switch()
 
     @on(Worker.StateChanged)

@@ -6,13 +6,17 @@ straight out of denoising (docs/performance.md). The pacer keeps a running accou
 thread has used since the generation started, against `budget` times the wall time. The first
 preview is always drawn (time to first preview is what a user watches for); after that an image
 is drawn when the account allows it, so an expensive frame, a slow terminal or a busy hardware
-pane lowers the frame rate instead of slowing the generation. Progress text is not paced.
+pane lowers the frame rate instead of slowing the generation. Repaints of progress and hardware
+figures are paced the same way, with one a second always allowed.
 """
 
 from __future__ import annotations
 
 import time
 from typing import Callable
+
+#: Longest the screen goes without a repaint while generating, budget or not (seconds).
+MIN_REPAINT_S = 1.0
 
 
 class PreviewPacer:
@@ -31,13 +35,24 @@ class PreviewPacer:
         self._clock, self._cpu_clock = clock, cpu_clock
         self._t0 = self._cpu0 = 0.0
         self._last_draw: float | None = None
+        self._last_repaint: float | None = None
         self.drawn = self.skipped = 0
 
     def start(self) -> None:
         """A generation starts (call on the UI thread: the CPU clock is that thread's)."""
         self._t0, self._cpu0 = self._clock(), self._cpu_clock()
-        self._last_draw = None
+        self._last_draw = self._last_repaint = None
         self.drawn = self.skipped = 0
+
+    def may_repaint(self) -> bool:
+        """Whether a repaint of progress and figures fits the budget now. One a second is always
+        allowed, so the screen never looks frozen however slow the machine."""
+        now = self._clock()
+        if self._last_repaint is not None and now - self._last_repaint < MIN_REPAINT_S:
+            if self._cpu_clock() - self._cpu0 > self._budget * (now - self._t0):
+                return False
+        self._last_repaint = now
+        return True
 
     def should_draw(self) -> bool:
         """Whether to draw the preview that just arrived; counts it as drawn if so."""

@@ -39,6 +39,7 @@ class FakeEngine:
     at_gate: threading.Event = field(default_factory=threading.Event)
     switches: list[str] = field(default_factory=list)
     requests: list[GenerationRequest] = field(default_factory=list)
+    previews: bool = True  # False: steps report progress without images ([preview] method = "none")
     _active: str | None = None
 
     @property
@@ -83,8 +84,8 @@ class FakeEngine:
             done = step
             if on_step:
                 shade = int(255 * step / steps)
-                on_step(StepPreview(step, steps, Image.new("RGB", (width // 8, height // 8), (shade, 80, 255 - shade)),
-                                    0.01 * step))
+                preview = Image.new("RGB", (width // 8, height // 8), (shade, 80, 255 - shade))
+                on_step(StepPreview(step, steps, preview if self.previews else None, 0.01 * step))
         cancelled = done < steps
         params = ResolvedRequest(
             task=task.name, prompt=request.prompt, full_prompt=task.render_prompt(request.prompt),

@@ -52,7 +52,8 @@ async def test_loads_in_background_and_enables_generate(make) -> None:
         assert app.sub_title.startswith("fake-model · SD 1.x")
         assert app.query_one(TaskPane).active == "interior" and engine.switches == ["interior"]
         assert app.check_action("generate", ()) is True
-        assert app.check_action("cancel", ()) is None, "cancel is dimmed when nothing runs"
+        await pilot.press("escape")
+        assert "nothing to cancel" in status(app)
 
 
 async def test_ctrl_g_generates_streams_previews_and_saves(make) -> None:
@@ -72,6 +73,19 @@ async def test_ctrl_g_generates_streams_previews_and_saves(make) -> None:
         request = engine.requests[0]
         assert request.task == "interior" and request.steps == 4 and (request.width, request.height) == (64, 64)
         assert app.query_one("#seed", Input).placeholder == "last 1234"
+
+
+async def test_progress_shows_with_previews_off(make) -> None:
+    gate = threading.Event()
+    app, engine = make(gate=gate, previews=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await start_held_generation(pilot, engine)
+        await pilot.pause(0.3)  # a few frame-clock ticks
+        text = app.query_one("#progress-text", Static).render()
+        assert "step 1/4" in str(text) and "first preview" not in str(text)
+        gate.set()
+        await settle(app, pilot)
+        assert len(outputs()) == 1
 
 
 async def test_enter_in_prompt_generates(make) -> None:

@@ -135,7 +135,7 @@ class HalfcellImage(Widget):
         color = self._colors.get(rgb)
         if color is None:
             triplet = ColorTriplet(rgb >> 16, (rgb >> 8) & 0xFF, rgb & 0xFF)
-            color = Color(triplet.hex, ColorType.TRUECOLOR, triplet=triplet)
+            color = Color(f"#{rgb:06x}", ColorType.TRUECOLOR, None, triplet)
             if len(self._colors) > MAX_CACHED_PAIRS:
                 self._colors.clear()
             self._colors[rgb] = color

@@ -72,15 +72,15 @@ class PreviewPane(Vertical):
 
     def show_step(self, preview: StepPreview, rate: float, draw_image: bool = True) -> None:
         """Progress for every step that arrives; its image only when `draw_image` (the app paces those)."""
-        if self._first_preview_s is None:
+        if preview.image is not None and self._first_preview_s is None:
             self._first_preview_s = preview.elapsed_s
-        if draw_image:
+        if draw_image and preview.image is not None:
             self._show_image(preview.image)
         eta = (preview.total - preview.step) / rate if rate > 0 else 0.0
         self._progress(
             preview.step, preview.total,
-            f"step {preview.step}/{preview.total} · {rate:.1f} it/s · ETA {eta:.1f} s · "
-            f"first preview {self._first_preview_s:.2f} s",
+            f"step {preview.step}/{preview.total} · {rate:.1f} it/s · ETA {eta:.1f} s"
+            + (f" · first preview {self._first_preview_s:.2f} s" if self._first_preview_s is not None else ""),
         )
 
     def finished(self, result: GenerationResult, saved: str) -> None:
