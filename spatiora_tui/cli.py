@@ -74,6 +74,18 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("tasks", parents=[common], help="list task modes with their adapters and settings")
     sub.add_parser("doctor", parents=[common], help="check versions, device, NVML, model and adapters")
 
+    bench = sub.add_parser("bench", parents=[common], help="benchmarks that print measured figures")
+    bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCH")
+    lora = bench_sub.add_parser(
+        "lora", help="adapter switch costs on the real SD 1.5 UNet architecture (random weights): "
+                     "naive load+fuse vs resident, RAM and cold switches; memory growth; per-step cost")
+    lora.add_argument("--arch", default="sd15", choices=["sd15", "demo"],
+                      help="UNet architecture (default sd15; demo: the tiny demo UNet, a quick check)")
+    lora.add_argument("--rank", type=int, default=64, help="LoRA rank of the three adapters (default 64)")
+    lora.add_argument("--switches", type=int, default=30, help="resident switches to time (default 30)")
+    lora.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    lora.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+
     cfg = sub.add_parser("config", parents=[common], help="show the configuration in force, or write one")
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION")
     cfg_sub.add_parser("show", help="print the configuration in force and where it came from")
@@ -125,7 +137,29 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _cmd_doctor(settings)
     if args.command == "generate":
         return _cmd_generate(settings, args)
+    if args.command == "bench":
+        return _cmd_bench(args)
     return _cmd_tui(settings, args)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.bench_command != "lora":
+        raise UsageError("name a benchmark: spatiora bench lora (see spatiora bench --help)")
+    if args.rank < 1 or args.switches < 3:
+        raise UsageError("--rank must be at least 1 and --switches at least 3")
+    from spatiora_tui.bench.lora import print_lora_bench, run_lora_bench, write_json
+
+    device = args.device
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    result = run_lora_bench(args.arch, args.rank, args.switches, device,
+                            say=lambda text: print(text, file=sys.stderr))
+    print_lora_bench(result)
+    if args.json:
+        write_json(result, Path(args.json))
+    return EXIT_OK
 
 
 def _cmd_tui(settings: Settings, args: argparse.Namespace) -> int:

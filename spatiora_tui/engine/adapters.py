@@ -38,6 +38,7 @@ class LoraManager:
         self._resident: dict[str, AdapterUse] = {}
         self._active: tuple[AdapterUse, ...] = ()
         self._lora_enabled = True
+        self._layers: list[Any] | None = None  # the LoRA layers, found again after each load
 
     @property
     def resident(self) -> tuple[str, ...]:
@@ -114,23 +115,58 @@ class LoraManager:
         self._active = active
         return ActivationReport((time.perf_counter() - start) * 1000.0, tuple(loaded), active)
 
+    def evict(self, name: str) -> None:
+        """Take adapter `name` off the device (it is loaded again when next needed)."""
+        if any(use.name == name for use in self._active):
+            raise EngineError(f"adapter {name!r} is active; switch away from it before evicting it")
+        if self._resident.pop(name, None) is not None:
+            self._pipe.delete_adapters(name)
+            self._layers = None
+
     def _apply(self, active: Sequence[AdapterUse]) -> None:
+        """Activate `active` with its weights, through the LoRA layers alone.
+
+        The calls are the ones diffusers' set_adapters / enable_lora / disable_lora make on each
+        layer, but those walk every module of every component to find the layers (about 19 ms on
+        the SD 1.5 UNet on 2 cores); the list of layers is kept instead, so a switch between
+        resident adapters costs a few milliseconds.
+        """
         if not self._resident:
             return
+        layers = self._tuner_layers()
         if not active:
             if self._lora_enabled:
-                self._pipe.disable_lora()
+                for layer in layers:
+                    layer.enable_adapters(False)
                 self._lora_enabled = False
             return
         if not self._lora_enabled:
-            self._pipe.enable_lora()
+            for layer in layers:
+                layer.enable_adapters(True)
             self._lora_enabled = True
-        self._pipe.set_adapters([a.name for a in active], adapter_weights=[a.weight for a in active])
+        names = [a.name for a in active]
+        for layer in layers:
+            layer.set_adapter(names)  # names a layer does not hold are skipped by its forward
+            for use in active:
+                layer.set_scale(use.name, use.weight)  # no-op where the layer lacks the adapter
+
+    def _tuner_layers(self) -> list[Any]:
+        if self._layers is None:
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            layers = []
+            for component in ("unet", "transformer", "text_encoder", "text_encoder_2"):
+                model = getattr(self._pipe, component, None)
+                if model is not None:
+                    layers += [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+            self._layers = layers
+        return self._layers
 
     def _load(self, name: str) -> None:
         path = self.find(name)
         keys = self._check_file(name, path)
         self._check_family(name, path, keys)
+        self._layers = None  # a load may add layers
         try:
             self._pipe.load_lora_weights(str(path), adapter_name=name)
         except Exception as exc:

@@ -113,3 +113,39 @@ def test_user_adapter_folder_wins_over_demo_and_loads_once(adapter_engine, cache
     assert report.loaded_from_disk == ("custom",) and report.active[0].weight == 0.5
     again = engine.loras.activate([AdapterRef("custom", 0.7)])
     assert again.loaded_from_disk == () and again.active[0].weight == 0.7
+
+
+def test_fast_switch_matches_diffusers_set_adapters(adapter_engine) -> None:
+    # Two adapters at two weights through our layer list, then through diffusers' own
+    # set_adapters (which walks every module): the same image, to the last bit.
+    from spatiora_tui.engine.api import AdapterUse
+
+    adapter_engine.switch_task("interior")
+    adapter_engine.switch_task("floorplan")  # both resident now
+    loras = adapter_engine.loras
+    pair = (AdapterUse("interior", 0.7, ""), AdapterUse("floorplan", 0.4, ""))
+
+    def image(seed: int = 3) -> np.ndarray:
+        return np.asarray(adapter_engine.generate(GenerationRequest(prompt="p", task="floorplan", seed=seed)).image)
+
+    loras._apply(pair)
+    ours = image()
+    adapter_engine.pipeline.set_adapters(["interior", "floorplan"], adapter_weights=[0.7, 0.4])
+    theirs = image()
+    loras._apply(loras.active)
+    assert np.array_equal(ours, theirs)
+    assert not np.array_equal(ours, image()), "the pair really differs from floorplan alone"
+
+
+def test_evict_takes_an_adapter_off_the_device_and_refuses_the_active_one(adapter_engine) -> None:
+    adapter_engine.switch_task("interior")
+    adapter_engine.switch_task("floorplan")
+    loras = adapter_engine.loras
+    with pytest.raises(EngineError, match="active"):
+        loras.evict("floorplan")
+    before = image_of(adapter_engine)
+    loras.evict("interior")
+    assert "interior" not in loras.resident
+    assert adapter_engine.switch_task("interior").loaded_from_disk == ("interior",)
+    adapter_engine.switch_task("floorplan")
+    assert np.array_equal(image_of(adapter_engine), before), "evicting another adapter changes nothing"
