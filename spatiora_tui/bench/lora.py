@@ -11,7 +11,8 @@ projections (ff.net.0.proj, ff.net.2) of every transformer block, written as dif
 Measured, as medians over the switches:
 - naive: what many services do per request: load_lora_weights from the file + fuse_lora, and
   later unfuse_lora + unload_lora_weights;
-- resident: Spatiora's switch between adapters already on the device (LoraManager);
+- resident: Spatiora's switch between adapters already on the device (LoraManager), and the
+  same switches through diffusers' set_adapters for comparison;
 - ram_cache: loading an adapter from tensors already parsed in RAM into the pipeline;
 - cold: Spatiora loading an adapter from its file (in the page cache) into the pipeline;
 - RSS growth over the resident switches, and the cost of one denoising step (UNet forward with
@@ -42,6 +43,7 @@ class LoraBenchResult:
     switches: int
     naive_ms: float
     resident_ms: float
+    diffusers_set_adapters_ms: float
     ram_cache_ms: float
     cold_ms: float
     rss_before_mb: float
@@ -134,6 +136,12 @@ def run_lora_bench(
             resident.append(report.duration_ms)
         gc.collect()
         rss_after = process_rss_mb()
+        diffusers_switch = []
+        for i in range(switches):  # the same switches through diffusers' own set_adapters
+            start = time.perf_counter()
+            pipe.set_adapters([ADAPTERS[(i + 1) % len(ADAPTERS)]], adapter_weights=[0.5 + (i % 3) * 0.25])
+            diffusers_switch.append((time.perf_counter() - start) * 1000.0)
+        manager.activate([AdapterRef(ADAPTERS[0], 1.0)])
 
         say("per-step cost at 512x512 (UNet forward, CFG batch 2)…")
         steps = _step_costs(pipe, manager, unet, device)
@@ -141,6 +149,7 @@ def run_lora_bench(
     return LoraBenchResult(
         arch=arch, rank=rank, device=device, adapter_mb=round(adapter_mb, 1), switches=switches,
         naive_ms=statistics.median(naive), resident_ms=statistics.median(resident),
+        diffusers_set_adapters_ms=statistics.median(diffusers_switch),
         ram_cache_ms=statistics.median(ram), cold_ms=statistics.median(cold),
         rss_before_mb=rss_before, rss_after_mb=rss_after,
         rss_growth_pct=(rss_after - rss_before) / rss_before * 100.0,
@@ -222,6 +231,8 @@ def print_lora_bench(result: LoraBenchResult) -> None:
     rows = [
         ("naive: load+fuse / unfuse+unload", r.naive_ms, "1.0x", ""),
         ("resident switch (on the device)", r.resident_ms, f"{r.ratio(r.resident_ms):.0f}x", "target >= 100x"),
+        ("  same, via diffusers set_adapters", r.diffusers_set_adapters_ms,
+         f"{r.ratio(r.diffusers_set_adapters_ms):.0f}x", ""),
         ("load from tensors in RAM", r.ram_cache_ms, f"{r.ratio(r.ram_cache_ms):.1f}x", "target >= 20x"),
         ("cold: load from the file", r.cold_ms, f"{r.ratio(r.cold_ms):.1f}x", ""),
     ]

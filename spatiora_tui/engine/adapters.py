@@ -175,6 +175,12 @@ class LoraManager:
             detail = text.splitlines()[0] if text else type(exc).__name__
             if "size mismatch" in text or "shape" in detail.lower():
                 detail = "its tensor shapes do not fit this model, so it was made for another base model"
+            elif "not found in the base model" in text:
+                missing = text.split("{", 1)[-1].split("}", 1)[0] if "{" in text else ""
+                detail = (f"its layer names match no layer of this model ({_elide(missing, 80)}), so it was "
+                          "made for another model architecture")
+            elif "Invalid LoRA checkpoint" in text:
+                detail = "it holds no LoRA tensors that diffusers recognises (no 'lora' in their names)"
             raise EngineError(f"adapter {name!r} ({path}) could not be loaded: {detail}") from None
         self._resident[name] = AdapterUse(name, 1.0, file_sha256(path))
 
@@ -210,3 +216,7 @@ class LoraManager:
                 f"adapter {name!r} ({path.name}) targets SDXL but the base model is "
                 f"{'SD 1.x' if self._family == 'sd1' else 'SD 2.x'}; use an adapter made for this base model"
             )
+
+
+def _elide(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -28,17 +28,20 @@ SUPPORTED_PIPELINES = {
 def quiet_libraries() -> None:
     """Silence diffusers/transformers/hub progress bars and chatter before they are imported."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "critical")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "critical")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(diffusers|transformers|peft|torch)\.")
     import diffusers.utils.logging as dlog
     import transformers.utils.logging as tlog
 
-    dlog.set_verbosity_error()
+    # Critical only: a failed LoRA load, for one, is logged as an error and raised as well. The
+    # raise reaches the user as an EngineError; the log line would land raw on the terminal the
+    # UI is drawing on.
+    dlog.set_verbosity(dlog.CRITICAL)
     dlog.disable_progress_bar()
-    tlog.set_verbosity_error()
+    tlog.set_verbosity(tlog.CRITICAL)
     tlog.disable_progress_bar()
 
 

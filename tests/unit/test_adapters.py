@@ -53,6 +53,11 @@ def write_bad(engine, cache_dir: Path, kind: str) -> None:
     elif kind == "wrong_shapes":
         tensors = load_file(str(demo_adapter(cache_dir, "interior")))
         save_file({k: torch.zeros(v.shape[0] + 3, v.shape[1] + 5) for k, v in tensors.items()}, str(target))
+    elif kind == "unknown_keys":
+        save_file({"lora_unet_no_such_block_to_q.lora_down.weight": torch.zeros(4, 32),
+                   "lora_unet_no_such_block_to_q.lora_up.weight": torch.zeros(32, 4)}, str(target))
+    elif kind == "not_lora":
+        save_file({"model.some.weight": torch.zeros(4, 32)}, str(target))
     elif kind == "pickle":
         (folder / "bad.ckpt").write_bytes(b"\x80\x04not really")
     elif kind == "missing":
@@ -67,6 +72,8 @@ def write_bad(engine, cache_dir: Path, kind: str) -> None:
         ("empty", ["'bad'", "holds no tensors"]),
         ("sdxl", ["'bad'", "targets SDXL", "SD 1.x"]),
         ("wrong_shapes", ["'bad'", "could not be loaded", "another base model"]),
+        ("unknown_keys", ["'bad'", "match no layer", "no.such.block", "another model architecture"]),
+        ("not_lora", ["'bad'", "no LoRA tensors"]),
         ("pickle", ["'bad'", "pickle", "arbitrary code", ".safetensors"]),
         ("missing", ["'bad'", "not found", "bad.safetensors"]),
     ],
@@ -149,3 +156,39 @@ def test_evict_takes_an_adapter_off_the_device_and_refuses_the_active_one(adapte
     assert adapter_engine.switch_task("interior").loaded_from_disk == ("interior",)
     adapter_engine.switch_task("floorplan")
     assert np.array_equal(image_of(adapter_engine), before), "evicting another adapter changes nothing"
+
+
+def to_kohya(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A diffusers/peft LoRA state dict rewritten the way Kohya's scripts and A1111 share LoRAs:
+    lora_unet_<module path with underscores>.lora_down/lora_up.weight, plus an alpha per module."""
+    kohya: dict[str, torch.Tensor] = {}
+    for key, tensor in tensors.items():
+        module, kind = key.removeprefix("unet.").rsplit(".lora_", 1)
+        base = "lora_unet_" + module.replace(".", "_")
+        kohya[f"{base}.lora_{'down' if kind.startswith('A') else 'up'}.weight"] = tensor
+        if kind.startswith("A"):
+            kohya[f"{base}.alpha"] = torch.tensor(float(tensor.shape[0]))  # alpha = rank: scale 1
+    return kohya
+
+
+def test_a_kohya_file_loads_and_draws_what_its_diffusers_twin_draws(adapter_engine, cache_dir: Path) -> None:
+    from spatiora_tui.config import AdapterRef
+
+    folder = adapter_engine.settings.adapter_dir
+    kohya = to_kohya(load_file(str(demo_adapter(cache_dir, "interior"))))
+    assert any(k.startswith("lora_unet_down_blocks_") and k.endswith(".lora_down.weight") for k in kohya)
+    save_file(kohya, str(folder / "kohya_interior.safetensors"))
+    try:
+        adapter_engine.switch_task("interior")
+        diffusers_image = image_of(adapter_engine)
+        adapter_engine.loras.activate([AdapterRef("kohya_interior", 0.8)])  # interior's weight
+        kohya_image = image_of(adapter_engine)
+        adapter_engine.loras.activate([])
+        base_image = image_of(adapter_engine)
+    finally:
+        adapter_engine.switch_task("interior")
+        adapter_engine.loras.evict("kohya_interior")
+        (folder / "kohya_interior.safetensors").unlink()
+    diff = np.abs(kohya_image.astype(np.int16) - diffusers_image.astype(np.int16))
+    assert diff.max() <= 1, "the same weights in Kohya's layout give the same image"
+    assert np.abs(kohya_image.astype(np.int16) - base_image.astype(np.int16)).max() > 10, "and it changes the output"

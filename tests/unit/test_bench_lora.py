@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-KEYS = ("naive_ms", "resident_ms", "ram_cache_ms", "cold_ms", "rss_growth_pct",
+KEYS = ("naive_ms", "resident_ms", "diffusers_set_adapters_ms", "ram_cache_ms", "cold_ms", "rss_growth_pct",
         "step_ms_no_adapter", "step_ms_unmerged", "step_ms_fused")
 
 
