@@ -211,7 +211,8 @@ def _cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
         print(DEMO_NOTE, file=sys.stderr)
     switch = engine.switch_task(task.name)
     adapters = ", ".join(f"{n}@{w:g}" for n, w in switch.adapters) or "none (base model)"
-    print(f"task: {task.name} · adapters: {adapters} · switched in {switch.duration_ms:.0f} ms", file=sys.stderr)
+    how = "".join(f", {name} {path}" for name, path in switch.paths)
+    print(f"task: {task.name} · adapters: {adapters} · switched in {switch.duration_ms:.0f} ms{how}", file=sys.stderr)
 
     progress = _ProgressLine()
     result = _run_cancellable(lambda cancel: engine.generate(request, on_step=progress.update, cancel=cancel))

@@ -147,6 +147,21 @@ class AdapterSettings:
             _non_empty,
         ),
     )
+    resident_max: int = field(
+        default=4,
+        metadata=_doc(
+            "Most adapters kept on the device at once. Beyond it the least recently used one makes "
+            "room: the next adapter is copied into its layers when they fit.", _between(1, 64),
+        ),
+    )
+    ram_cache_mb: float = field(
+        default=2048.0,
+        metadata=_doc(
+            "Most memory for adapters kept parsed in RAM, so that one leaving the device comes back "
+            "without reading its file (least recently used first out; 0 turns it off).",
+            _between(0, 1 << 20),
+        ),
+    )
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,9 @@ class AdapterSwitch:
     adapters: tuple[tuple[str, float], ...]
     duration_ms: float
     loaded_from_disk: tuple[str, ...] = ()
+    #: (adapter, how it reached the device) for adapters that were not resident, e.g.
+    #: ("floorplan", "in-place from RAM"); see LoraManager.
+    paths: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

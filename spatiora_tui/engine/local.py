@@ -93,7 +93,8 @@ class LocalEngine:
         if demo_adapters is not None:
             dirs.append(demo_adapters)
         self._pipe, self._model = pipe, model
-        self._loras = LoraManager(pipe, model.family, dirs)
+        adapters = self._settings.adapters
+        self._loras = LoraManager(pipe, model.family, dirs, adapters.resident_max, adapters.ram_cache_mb)
         return model
 
     def _switch_task(self, name: str) -> AdapterSwitch:
@@ -106,6 +107,7 @@ class LocalEngine:
             adapters=tuple((a.name, a.weight) for a in report.active),
             duration_ms=report.duration_ms,
             loaded_from_disk=report.loaded_from_disk,
+            paths=report.paths,
         )
 
     def _generate(

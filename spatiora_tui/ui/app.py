@@ -291,7 +291,12 @@ class SpatioraApp(App[None], inherit_bindings=False):
     def on_adapter_switched(self, message: AdapterSwitched) -> None:
         switch = message.switch
         self._switching = False
-        loaded = f", loaded {', '.join(switch.loaded_from_disk)} from disk" if switch.loaded_from_disk else ""
+        if switch.paths:
+            loaded = "".join(f", {name} {how}" for name, how in switch.paths)
+        elif switch.loaded_from_disk:
+            loaded = f", loaded {', '.join(switch.loaded_from_disk)} from disk"
+        else:
+            loaded = ""
         text = f"switched in {switch.duration_ms:.0f} ms{loaded}"
         self.task_pane.set_active(switch.task, text)
         self.prompt_pane.fill_from_task(self._tasks[switch.task])

@@ -153,7 +153,10 @@ def test_evict_takes_an_adapter_off_the_device_and_refuses_the_active_one(adapte
     before = image_of(adapter_engine)
     loras.evict("interior")
     assert "interior" not in loras.resident
-    assert adapter_engine.switch_task("interior").loaded_from_disk == ("interior",)
+    from spatiora_tui.config import AdapterRef
+
+    report = loras.activate([AdapterRef("interior", 0.8)])
+    assert report.paths == (("interior", "loaded from RAM"),) and report.loaded_from_disk == ()
     adapter_engine.switch_task("floorplan")
     assert np.array_equal(image_of(adapter_engine), before), "evicting another adapter changes nothing"
 
