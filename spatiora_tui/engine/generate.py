@@ -8,6 +8,7 @@ composition, while the current latent is still mostly noise.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -67,7 +68,10 @@ class _X0Tap:
             self.latest = x0
             return out
 
-        scheduler.step = step
+        # Keep step()'s signature visible: the pipeline passes `generator` (and `eta`) only to a
+        # step() whose signature names them, and an ancestral sampler without the generator
+        # draws its noise from the global RNG, so a seed would not reproduce its image.
+        scheduler.step = functools.wraps(original)(step)
 
     @staticmethod
     def _outputs_are_x0(scheduler: Any) -> bool:

@@ -177,6 +177,9 @@ def test_every_scheduler_runs_and_previews(engine, scheduler: str) -> None:
     total = 5 if scheduler == "heun" else 3
     assert [s.step for s in seen] == list(range(1, total + 1))
     assert {s.total for s in seen} == {total} and result.steps_done == total
+    # The same seed gives the same image, ancestral samplers (fresh noise every step) included.
+    again = engine.generate(GenerationRequest(prompt="p", task="base", seed=1, steps=3, scheduler=scheduler))
+    assert np.array_equal(pixels(result), pixels(again)), f"{scheduler} does not reproduce its seed"
 
 
 def test_overrides_and_bad_requests(engine) -> None:
