@@ -211,8 +211,9 @@ def _cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
         print(DEMO_NOTE, file=sys.stderr)
     switch = engine.switch_task(task.name)
     adapters = ", ".join(f"{n}@{w:g}" for n, w in switch.adapters) or "none (base model)"
-    how = "".join(f", {name} {path}" for name, path in switch.paths)
-    print(f"task: {task.name} · adapters: {adapters} · switched in {switch.duration_ms:.0f} ms{how}", file=sys.stderr)
+    print(f"task: {task.name} · adapters: {adapters} · {switch.summary()}", file=sys.stderr)
+    if switch.warning:
+        print(f"warning: {switch.warning}", file=sys.stderr)
 
     progress = _ProgressLine()
     result = _run_cancellable(lambda cancel: engine.generate(request, on_step=progress.update, cancel=cancel))
@@ -335,7 +336,7 @@ def _cmd_tasks(settings: Settings) -> int:
     origin = settings.source_file or "built-in defaults"
     print(f"Task modes ({origin}):")
     for task in settings.tasks:
-        adapters = ", ".join(f"{a.name}@{a.weight:g}" for a in task.adapters) or "none (base model)"
+        adapters = ", ".join(f"{a.name}@{_weight(a.weight)}" for a in task.adapters) or "none (base model)"
         print(f"\n  {task.name}  {task.description}")
         print(f"    adapters   {adapters}")
         print(
@@ -504,3 +505,7 @@ def _doctor_output(settings: Settings, row: Callable[[str, str], None], problems
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())
+
+
+def _weight(weight: float | None) -> str:
+    return "default" if weight is None else f"{weight:g}"

@@ -162,6 +162,30 @@ class AdapterSettings:
             _between(0, 1 << 20),
         ),
     )
+    resident_mb: float = field(
+        default=1024.0,
+        metadata=_doc(
+            "Most device memory for resident adapters; beyond it the least recently used ones leave "
+            "the device (the adapters a task needs always stay, even if they alone exceed it).",
+            _between(0, 1 << 20),
+        ),
+    )
+    fuse: bool = field(
+        default=False,
+        metadata=_doc(
+            "Merge the active adapters into the base weights for faster steps. A switch restores the "
+            "touched base weights exactly from a copy kept in RAM (costs that much RAM, and a switch "
+            "takes a merge instead of a few milliseconds).",
+        ),
+    )
+    leak_tolerance_mb: float = field(
+        default=256.0,
+        metadata=_doc(
+            "The leak watchdog warns when memory after a switch exceeds the baseline taken after the "
+            "model loaded, plus what the adapter tiers hold, by more than this.",
+            _between(1, 1 << 20),
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -222,7 +246,11 @@ class AdapterRef:
     """One adapter of a task, with the weight it is applied at."""
 
     name: str = field(metadata=_doc("Adapter name: the file stem in the adapters folder.", _non_empty))
-    weight: float = field(default=1.0, metadata=_doc("LoRA scale.", _between(-5, 5)))
+    weight: float | None = field(
+        default=None,
+        metadata=_doc("LoRA scale; left out: the adapter's default_weight from its adapter.toml, else 1.0.",
+                      _between(-5, 5)),
+    )
 
 
 @dataclass(frozen=True)
@@ -439,7 +467,9 @@ def _convert(hint: Any, value: Any, key: str, where: str) -> Any:
             raise ConfigError(f"{where}: {key}: expected a list, got {_type_name(value)}")
         return tuple(_convert(item_type, item, f"{key}[{i}]", where) for i, item in enumerate(value))
     if origin in (typing.Union, types.UnionType):
-        return value
+        options = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        # TOML has no null, so a value given for `X | None` is an X.
+        return _convert(options[0], value, key, where) if len(options) == 1 else value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint in (str, int, float, bool) and (type(value) is not hint):
@@ -460,7 +490,7 @@ def settings_to_toml(settings: Settings) -> str:
             return {
                 f.name: plain(getattr(obj, f.name))
                 for f in dataclasses.fields(obj)
-                if not f.metadata.get("internal")
+                if not f.metadata.get("internal") and getattr(obj, f.name) is not None  # TOML has no null
             }
         if isinstance(obj, tuple):
             return [plain(o) for o in obj]

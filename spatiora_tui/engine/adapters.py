@@ -14,16 +14,29 @@ the next image is exactly what it would have been without the attempt.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
+import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from spatiora_tui.config import AdapterRef
 from spatiora_tui.engine.api import AdapterUse, EngineError
-from spatiora_tui.engine.files import file_sha256
+from spatiora_tui.engine.manifest import FAMILY_NAMES, AdapterManifest, read_manifest
 from spatiora_tui.engine.pipeline import PICKLE_SUFFIXES
+from spatiora_tui.hw.watchdog import MemoryReading, read_memory
+
+MB = 2**20
+#: A LoRA down-projection's key in the layouts diffusers reads (peft, Kohya, old diffusers).
+_DOWN_KEY = re.compile(r"(lora_A|lora_down|lora[._]down|lora_linear_layer\.down)\.weight$")
+#: The phases of a switch, in the order they happen; a report lists those that took place.
+PHASES = ("unfuse", "read", "parse", "to device", "inject", "copy", "activate", "fuse")
 
 
 @dataclass(frozen=True)
@@ -34,6 +47,13 @@ class ActivationReport:
     #: (adapter, how it reached the device) for each adapter that was not resident:
     #: "in-place from RAM|disk" (copied into an evicted adapter's layers) or "loaded from RAM|disk".
     paths: tuple[tuple[str, str], ...] = ()
+    #: (adapter, the tier it came from): active | resident | RAM | RAM (prefetched) | disk.
+    tiers: tuple[tuple[str, str], ...] = ()
+    #: (phase, ms) for the phases that took place, in PHASES order.
+    phases_ms: tuple[tuple[str, float], ...] = ()
+    before: MemoryReading | None = None
+    after: MemoryReading | None = None
+    fused: bool = False
 
 
 @dataclass
@@ -46,6 +66,10 @@ class _Parsed:
     raw: dict[str, Any]
     has_config: bool  # diffusers LoRA metadata in the file (alphas we do not reproduce in place)
     nbytes: int
+    manifest: AdapterManifest
+    read_ms: float = 0.0
+    parse_ms: float = 0.0
+    prefetched: bool = False  # read ahead by prefetch() and not yet used by a switch
     _unet: dict[str, tuple[Any, Any, float]] | None = field(default=None, repr=False)
 
 
@@ -54,20 +78,33 @@ class LoraManager:
 
     def __init__(
         self, pipe: Any, family: str, search_dirs: Sequence[Path], resident_max: int = 4,
-        ram_cache_mb: float = 2048.0,
+        ram_cache_mb: float = 2048.0, resident_mb: float = 1024.0, fuse: bool = False,
     ) -> None:
         self._pipe = pipe
         self._family = family
         self._dirs = [Path(d) for d in search_dirs]
         self._resident_max = resident_max
-        self._ram_limit = int(ram_cache_mb * 2**20)
-        # Least recently used first: adapter name -> its use; and which peft adapter (slot) holds it.
+        self._resident_limit = int(resident_mb * MB)
+        self._ram_limit = int(ram_cache_mb * MB)
+        self._fuse = fuse
+        # Least recently used first: adapter name -> its use; which peft adapter (slot) holds it,
+        # and that slot's bytes on the device.
         self._resident: OrderedDict[str, AdapterUse] = OrderedDict()
         self._slot: dict[str, str] = {}
+        self._bytes: dict[str, int] = {}
+        # The RAM tier, shared with the prefetch thread (guarded by _lock).
         self._ram: OrderedDict[str, _Parsed] = OrderedDict()
+        self._pending: dict[str, Future[None]] = {}
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
         self._active: tuple[AdapterUse, ...] = ()
+        self._manifests: dict[str, AdapterManifest] = {}
         self._lora_enabled = True
         self._layers: list[Any] | None = None  # the LoRA layers, found again after each load
+        # Fused mode: base modules holding merged deltas, and the original weights (host copies).
+        self._fused: list[Any] = []
+        self._originals: dict[int, tuple[Any, Any]] = {}
+        self._phases: dict[str, float] = {}
 
     @property
     def resident(self) -> tuple[str, ...]:
@@ -125,31 +162,84 @@ class LoraManager:
             "Put the file there, or remove it from the task in config.toml"
         )
 
+    @property
+    def fused(self) -> bool:
+        return bool(self._fused)
+
+    def manifest(self, name: str) -> AdapterManifest:
+        """The adapter's adapter.toml (empty when it has none or has not been read yet)."""
+        return self._manifests.get(name, AdapterManifest())
+
+    def trigger_words(self) -> tuple[str, ...]:
+        """The trigger words of the active adapters, from their manifests."""
+        return tuple(w for use in self._active for w in self.manifest(use.name).trigger_words)
+
+    def held_mb(self) -> tuple[float, float]:
+        """What the tiers hold on purpose, (host MB, device MB): the RAM cache and fused mode's
+        copies of base weights on the host; the resident adapters on the device (which is the
+        host too when the model runs on the CPU)."""
+        with self._lock:
+            ram = sum(p.nbytes for p in self._ram.values())
+        ram += sum(t.numel() * t.element_size() for _, t in self._originals.values())
+        device = sum(self._bytes.get(n, 0) for n in self._resident)
+        if self._device().type == "cpu":
+            return (ram + device) / MB, 0.0
+        return ram / MB, device / MB
+
     def activate(self, refs: Sequence[AdapterRef]) -> ActivationReport:
-        """Make exactly `refs` the active adapters (loading any not yet resident)."""
+        """Make exactly `refs` the active adapters (bringing any not resident through the tiers)."""
+        before = read_memory()
         start = time.perf_counter()
+        self._phases = {}
         from_disk: list[str] = []
         paths: list[tuple[str, str]] = []
+        tiers: list[tuple[str, str]] = []
         keep = {ref.name for ref in refs}
+        active_names = {use.name for use in self._active}
+        self._unfuse()
         try:
             for ref in refs:
                 if ref.name in self._resident:
                     self._resident.move_to_end(ref.name)
+                    tiers.append((ref.name, "active" if ref.name in active_names else "resident"))
                     continue
-                parsed, read = self._parsed(ref.name)
+                parsed, tier = self._parsed(ref.name)
+                tiers.append((ref.name, tier))
                 how = self._bring(ref.name, parsed, keep)
-                paths.append((ref.name, f"{how} from {'disk' if read else 'RAM'}"))
-                if read:
+                paths.append((ref.name, f"{how} from {'disk' if tier == 'disk' else 'RAM'}"))
+                if tier == "disk":
                     from_disk.append(ref.name)
         except EngineError:
             self._restore(self._active)  # keep what was active before the attempt
             raise
         active = tuple(
-            AdapterUse(ref.name, ref.weight, self._resident[ref.name].sha256) for ref in refs
+            AdapterUse(ref.name, self._weight(ref), self._resident[ref.name].sha256) for ref in refs
         )
-        self._apply(active)
-        self._active = active
-        return ActivationReport((time.perf_counter() - start) * 1000.0, tuple(from_disk), active, tuple(paths))
+        self._set_active(active)
+        duration = (time.perf_counter() - start) * 1000.0
+        phases = tuple((p, self._phases[p]) for p in PHASES if p in self._phases)
+        return ActivationReport(duration, tuple(from_disk), active, tuple(paths), tuple(tiers), phases,
+                                before, read_memory(), bool(self._fused))
+
+    def prefetch(self, names: Sequence[str]) -> None:
+        """Read adapters into the RAM cache in the background (returns at once), so that a coming
+        switch does not wait for the disk. Problems are left for the switch to report."""
+        if self._ram_limit <= 0:
+            return
+        with self._lock:
+            for name in dict.fromkeys(names):
+                if name in self._resident or name in self._ram or name in self._pending:
+                    continue
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(1, thread_name_prefix="spatiora-prefetch")
+                self._pending[name] = self._pool.submit(self._prefetch_one, name)
+
+    def wait_prefetch(self) -> None:
+        """Block until the prefetches asked for so far are done (for tests and benchmarks)."""
+        with self._lock:
+            pending = list(self._pending.values())
+        for future in pending:
+            future.result()
 
     def evict(self, name: str) -> None:
         """Take adapter `name` off the device (it comes back from RAM or disk when next needed)."""
@@ -157,9 +247,16 @@ class LoraManager:
             raise EngineError(f"adapter {name!r} is active; switch away from it before evicting it")
         self._drop(name)
 
+    def _weight(self, ref: AdapterRef) -> float:
+        if ref.weight is not None:
+            return ref.weight
+        default = self.manifest(ref.name).default_weight
+        return 1.0 if default is None else default
+
     def _drop(self, name: str) -> None:
         if self._resident.pop(name, None) is not None:
             self._pipe.delete_adapters(self._slot.pop(name))
+            self._bytes.pop(name, None)
             self._layers = None
 
     def _restore(self, previous: Sequence[AdapterUse]) -> None:
@@ -169,70 +266,172 @@ class LoraManager:
         for use in previous:
             if use.name not in self._resident:
                 self._bring(use.name, self._parsed(use.name)[0], keep)
-        self._apply(previous)
+        self._set_active(previous)
+
+    @contextmanager
+    def _phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._phases[name] = self._phases.get(name, 0.0) + (time.perf_counter() - start) * 1000.0
+
+    def _device(self) -> Any:
+        return self._pipe.unet.device
 
     # -- tiers: disk -> RAM -> device ---------------------------------------------------------
 
-    def _parsed(self, name: str) -> tuple[_Parsed, bool]:
+    def _parsed(self, name: str) -> tuple[_Parsed, str]:
         """The adapter's tensors from the RAM cache, or read (and checked) from its file.
-        Returns them and whether the file was read."""
-        cached = self._ram.get(name)
-        if cached is not None:
-            # A file replaced since it was read is read again; one deleted since is still served
-            # from RAM (its content is what was checked and used before).
-            stamp = _stamp(cached.path)
-            if stamp is None or stamp == cached.stamp:
-                self._ram.move_to_end(name)
-                return cached, False
-            del self._ram[name]
-        from safetensors import safe_open
-        from safetensors.torch import load_file
+        Returns them and the tier they came from: RAM, RAM (prefetched) or disk."""
+        with self._lock:
+            pending = self._pending.get(name)
+        if pending is not None:
+            with self._phase("read"):  # a prefetch of it is under way: wait rather than read twice
+                pending.result()
+        with self._lock:
+            cached = self._ram.get(name)
+            if cached is not None:
+                # A file replaced since it was read is read again; one deleted since is still
+                # served from RAM (its content is what was checked and used before).
+                stamp = _stamp(cached.path)
+                if stamp is None or stamp == cached.stamp:
+                    self._ram.move_to_end(name)
+                    tier = "RAM (prefetched)" if cached.prefetched else "RAM"
+                    cached.prefetched = False
+                    return cached, tier
+                del self._ram[name]
+        parsed = self._read(name)
+        self._phases["read"] = self._phases.get("read", 0.0) + parsed.read_ms
+        self._phases["parse"] = self._phases.get("parse", 0.0) + parsed.parse_ms
+        self._cache(name, parsed)
+        return parsed, "disk"
+
+    def _read(self, name: str) -> _Parsed:
+        """Read and check adapter `name`'s file. Touches nothing but its arguments and the
+        manifests, so the prefetch thread may call it."""
+        from safetensors.torch import load as load_tensors
 
         path = self.find(name)
-        keys = self._check_file(name, path)
+        manifest = read_manifest(name, path)
+        self._manifests[name] = manifest
+        if manifest.base is not None and manifest.base != self._family:
+            raise EngineError(
+                f"adapter {name!r} is made for {FAMILY_NAMES[manifest.base]} (its manifest {manifest.path} "
+                f"says base = {manifest.base!r}) but the base model is {FAMILY_NAMES.get(self._family, self._family)}; "
+                "use an adapter made for this base model"
+            )
+        start = time.perf_counter()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise EngineError(f"adapter {name!r} ({path}) could not be read: {exc.strerror or exc}; "
+                              "check that the file is readable") from None
+        sha256 = hashlib.sha256(data).hexdigest()
+        read_done = time.perf_counter()
+        keys, metadata = _header(name, path, data)
         self._check_family(name, path, keys)
-        with safe_open(str(path), framework="pt") as fh:
-            has_config = "lora_adapter_metadata" in (fh.metadata() or {})
-        raw = load_file(str(path))
-        parsed = _Parsed(path, _stamp(path) or (0, 0), file_sha256(path), raw, has_config,
-                         sum(t.numel() * t.element_size() for t in raw.values()))
-        if parsed.nbytes <= self._ram_limit:
+        try:
+            raw = load_tensors(data)
+        except Exception as exc:
+            raise _invalid(name, path, exc) from None
+        del data
+        nbytes = sum(t.numel() * t.element_size() for t in raw.values())
+        return _Parsed(path, _stamp(path) or (0, 0), sha256, raw, "lora_adapter_metadata" in metadata, nbytes,
+                       manifest, (read_done - start) * 1000.0, (time.perf_counter() - read_done) * 1000.0)
+
+    def _cache(self, name: str, parsed: _Parsed) -> None:
+        with self._lock:
+            if parsed.nbytes > self._ram_limit:
+                return
             self._ram[name] = parsed
+            self._ram.move_to_end(name)
             while sum(p.nbytes for p in self._ram.values()) > self._ram_limit:
                 self._ram.popitem(last=False)
-        return parsed, True
+
+    def _prefetch_one(self, name: str) -> None:
+        try:
+            parsed = self._read(name)
+            parsed.prefetched = True
+            self._unet_layers(parsed)  # an in-place swap's parse, done here rather than in the switch
+            self._cache(name, parsed)
+        except Exception:
+            pass  # the switch reads the file itself and reports what is wrong with it
+        finally:
+            with self._lock:
+                self._pending.pop(name, None)
 
     def _bring(self, name: str, parsed: _Parsed, keep: set[str]) -> str:
-        """Put `name` on the device, making room first if the resident limit is reached."""
-        if len(self._resident) >= self._resident_max:
-            victim = next((n for n in self._resident if n not in keep), None)
-            if victim is not None:
-                if self._swap_in_place(name, parsed, victim):
-                    return "in-place"
-                self._drop(victim)
-        self._inject(name, parsed)
+        """Put `name` on the device, making room first if a resident limit (count or MB) is reached:
+        the least recently used adapter not needed now leaves, its layers taking `name` in place
+        when they fit."""
+        need = self._device_bytes(parsed)
+        victims = [n for n in self._resident if n not in keep]
+
+        def over() -> bool:
+            held = sum(self._bytes.get(n, 0) for n in self._resident)
+            return len(self._resident) >= self._resident_max or held + need > self._resident_limit
+
+        if victims and over():
+            victim = victims.pop(0)
+            if self._swap_in_place(name, parsed, victim):
+                return "in-place"
+            self._drop(victim)
+            while victims and over():
+                self._drop(victims.pop(0))
+        self._inject(name, parsed, need)
         return "loaded"
 
-    def _inject(self, name: str, parsed: _Parsed) -> None:
+    def _device_bytes(self, parsed: _Parsed) -> int:
+        import torch
+
+        itemsize = torch.empty((), dtype=self._pipe.unet.dtype).element_size()
+        return sum(t.numel() for t in parsed.raw.values() if t.ndim >= 2) * itemsize
+
+    def _inject(self, name: str, parsed: _Parsed, nbytes: int) -> None:
         self._layers = None  # a load may add layers
         # From RAM, unless the file carries diffusers' LoRA config (alphas), which only a load
         # from the file applies. Copies: the loader may adopt the tensors it is given as the
         # layers' weights, and an in-place swap into those layers would then overwrite the cache.
-        source = str(parsed.path) if parsed.has_config else {k: v.clone() for k, v in parsed.raw.items()}
+        if parsed.has_config:
+            source: Any = str(parsed.path)
+        else:
+            device, dtype = self._device(), self._pipe.unet.dtype
+            with self._phase("to device"):
+                source = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else None, copy=True)
+                          for k, v in parsed.raw.items()}
         try:
-            self._pipe.load_lora_weights(source, adapter_name=name)
+            with self._phase("inject"):
+                self._pipe.load_lora_weights(source, adapter_name=name)
         except Exception as exc:
             self._forget_partial(name)
-            self._ram.pop(name, None)  # a file that does not load is not worth keeping
+            with self._lock:
+                self._ram.pop(name, None)  # a file that does not load is not worth keeping
             raise EngineError(f"adapter {name!r} ({parsed.path}) could not be loaded: {_load_error(exc)}") from None
+        self._layers = None
+        applied = sum(1 for layer in self._tuner_layers() if name in getattr(layer, "lora_A", {}))
+        expected = sum(1 for key in parsed.raw if _DOWN_KEY.search(key))
+        if applied < expected:
+            # diffusers can drop layers without a word (it guesses a Kohya text encoder's layout
+            # from whether out_proj is present); half an adapter draws wrong images silently.
+            self._forget_partial(name)
+            with self._lock:
+                self._ram.pop(name, None)
+            raise EngineError(
+                f"adapter {name!r} ({parsed.path}): only {applied} of its {expected} LoRA layers could be "
+                "applied, so it would not draw what it was trained to; convert it to the diffusers/peft "
+                "format, or report the file's layout"
+            )
         self._resident[name] = AdapterUse(name, 1.0, parsed.sha256)
         self._slot[name] = name
+        self._bytes[name] = nbytes
 
     def _swap_in_place(self, name: str, parsed: _Parsed, victim: str) -> bool:
         """Copy `name`'s weights into the LoRA layers holding `victim`, if they fit: every layer
         it targets holds the victim, with a rank at least its own (the rest is zero-padded).
         The mechanism behind diffusers' and peft's hotswap. False (nothing touched) if not."""
-        unet_layers = self._unet_layers(parsed)
+        with self._phase("parse"):
+            unet_layers = self._unet_layers(parsed)
         slot = self._slot[victim]
         modules = dict(self._pipe.unet.named_modules())
         plan = []
@@ -250,7 +449,10 @@ class LoraManager:
             return False
         import torch
 
-        with torch.no_grad():
+        with self._phase("to device"):
+            plan = [(layer, sd, su, down.to(sd.device, sd.dtype), up.to(su.device, su.dtype), alpha)
+                    for layer, sd, su, down, up, alpha in plan]
+        with self._phase("copy"), torch.no_grad():
             targeted = {id(entry[0]) for entry in plan}
             for layer in self._tuner_layers():
                 if slot in getattr(layer, "lora_B", {}) and id(layer) not in targeted:
@@ -265,6 +467,7 @@ class LoraManager:
                 layer.lora_alpha[slot] = alpha * slot_rank / rank
         del self._resident[victim]
         self._slot[name] = self._slot.pop(victim)
+        self._bytes[name] = self._bytes.pop(victim, 0)
         self._resident[name] = AdapterUse(name, 1.0, parsed.sha256)
         return True
 
@@ -295,6 +498,49 @@ class LoraManager:
                     return parsed._unet
                 parsed._unet[module] = (down, up, uniform_alpha if uniform_alpha is not None else float(down.shape[0]))
         return parsed._unet
+
+    def _set_active(self, active: Sequence[AdapterUse]) -> None:
+        with self._phase("activate"):
+            self._apply(active)
+        self._active = tuple(active)
+        if self._fuse and active:
+            self._fuse_active(active)
+
+    def _fuse_active(self, active: Sequence[AdapterUse]) -> None:
+        """Merge the active adapters (at their weights) into the base weights, and turn the LoRA
+        layers off. The first merge into a base weight keeps a host copy of it, so that unfusing
+        restores it exactly (subtracting the delta again would leave rounding errors that add
+        up over switches)."""
+        import torch
+
+        slots = [self._slot[use.name] for use in active]
+        with self._phase("fuse"), torch.no_grad():
+            layers = self._tuner_layers()
+            for layer in layers:
+                mine = [slot for slot in slots if slot in getattr(layer, "lora_A", {})]
+                if not mine:
+                    continue
+                base = layer.get_base_layer()
+                if id(base) not in self._originals:
+                    self._originals[id(base)] = (base, base.weight.detach().to("cpu", copy=True))
+                delta = layer.get_delta_weight(mine[0])
+                for slot in mine[1:]:
+                    delta = delta + layer.get_delta_weight(slot)
+                base.weight.add_(delta.to(base.weight.dtype))
+                self._fused.append(base)
+            for layer in layers:
+                layer.enable_adapters(False)  # the deltas are in the base weights now
+            self._lora_enabled = False
+
+    def _unfuse(self) -> None:
+        if not self._fused:
+            return
+        import torch
+
+        with self._phase("unfuse"), torch.no_grad():
+            for base in self._fused:
+                base.weight.copy_(self._originals[id(base)][1])
+        self._fused = []
 
     def _apply(self, active: Sequence[AdapterUse]) -> None:
         """Activate `active` with its weights, through the LoRA layers alone.
@@ -341,24 +587,6 @@ class LoraManager:
         except Exception:
             pass  # nothing was injected under that name
 
-    @staticmethod
-    def _check_file(name: str, path: Path) -> list[str]:
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as fh:
-                keys = list(fh.keys())
-                for key in keys:  # touching every tensor finds a truncated file now, not mid-load
-                    fh.get_slice(key)
-        except Exception as exc:
-            raise EngineError(
-                f"adapter {name!r} ({path}) is not a valid .safetensors file ({exc}); "
-                "it may be truncated or corrupt: download it again or replace it"
-            ) from None
-        if not keys:
-            raise EngineError(f"adapter {name!r} ({path}) holds no tensors; replace the file")
-        return keys
-
     def _check_family(self, name: str, path: Path, keys: list[str]) -> None:
         sdxl_markers = ("text_encoder_2.", "lora_te2_", "add_embedding")
         is_sdxl = any(marker in key for key in keys for marker in sdxl_markers)
@@ -367,6 +595,30 @@ class LoraManager:
                 f"adapter {name!r} ({path.name}) targets SDXL but the base model is "
                 f"{'SD 1.x' if self._family == 'sd1' else 'SD 2.x'}; use an adapter made for this base model"
             )
+
+
+def _header(name: str, path: Path, data: bytes) -> tuple[list[str], dict[str, str]]:
+    """The tensor names and metadata of a .safetensors file's bytes, checked before parsing:
+    a truncated or foreign file is reported here, before anything touches the model."""
+    size = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    if size < 2 or 8 + size > len(data):
+        raise _invalid(name, path, "its header is cut short or missing")
+    try:
+        header = json.loads(data[8 : 8 + size])
+        assert isinstance(header, dict)
+    except Exception:
+        raise _invalid(name, path, "its header is not the JSON a .safetensors file starts with") from None
+    metadata = header.pop("__metadata__", None) or {}
+    if not header:
+        raise EngineError(f"adapter {name!r} ({path}) holds no tensors; replace the file")
+    return list(header), metadata if isinstance(metadata, dict) else {}
+
+
+def _invalid(name: str, path: Path, detail: object) -> EngineError:
+    return EngineError(
+        f"adapter {name!r} ({path}) is not a valid .safetensors file ({detail}); "
+        "it may be truncated or corrupt: download it again or replace it"
+    )
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:

@@ -109,6 +109,30 @@ class AdapterSwitch:
     #: (adapter, how it reached the device) for adapters that were not resident, e.g.
     #: ("floorplan", "in-place from RAM"); see LoraManager.
     paths: tuple[tuple[str, str], ...] = ()
+    #: (adapter, the tier it came from): active | resident | RAM | RAM (prefetched) | disk.
+    tiers: tuple[tuple[str, str], ...] = ()
+    #: (phase, ms) in order: unfuse, read, parse, to device, inject, copy, activate, fuse
+    #: (only those that took place).
+    phases_ms: tuple[tuple[str, float], ...] = ()
+    rss_before_mb: float | None = None
+    rss_after_mb: float | None = None
+    vram_before_mb: float | None = None  # CUDA allocated; None off CUDA
+    vram_after_mb: float | None = None
+    fused: bool = False
+    #: The leak watchdog's warning, when memory is above the baseline beyond its tolerance.
+    warning: str | None = None
+
+    def summary(self) -> str:
+        """One line for a person: time, where each adapter came from, the phases that took time."""
+        text = f"switched in {self.duration_ms:.0f} ms"
+        if self.paths:
+            text += "".join(f", {name} {how}" for name, how in self.paths)
+        slow = [(p, ms) for p, ms in self.phases_ms if ms >= 0.5]
+        if slow and (self.paths or self.fused):
+            text += " (" + ", ".join(f"{p} {ms:.0f}" for p, ms in slow) + " ms)"
+        if self.fused:
+            text += ", fused"
+        return text
 
 
 @dataclass(frozen=True)
@@ -164,6 +188,11 @@ class Engine(Protocol):
 
     def switch_task(self, name: str) -> AdapterSwitch:
         """Activate a task's adapters without touching the base weights."""
+        ...
+
+    def prefetch(self, task: str) -> None:
+        """Read a task's adapters into RAM in the background (returns at once; errors wait for
+        the switch). Called when a task is highlighted or a switch is queued."""
         ...
 
     def generate(

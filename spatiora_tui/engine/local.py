@@ -22,7 +22,9 @@ from spatiora_tui.engine.api import (
     ResolvedRequest,
     StepCallback,
 )
+from spatiora_tui.engine.manifest import add_trigger_words
 from spatiora_tui.engine.thread import OneThread
+from spatiora_tui.hw.watchdog import LeakWatchdog
 
 
 class LocalEngine:
@@ -36,6 +38,7 @@ class LocalEngine:
         self._model: ModelInfo | None = None
         self._loras: Any = None
         self._active_task: str | None = None
+        self._watchdog = LeakWatchdog(settings.adapters.leak_tolerance_mb)
 
     # -- state --------------------------------------------------------------------------------
 
@@ -64,6 +67,10 @@ class LocalEngine:
     def loras(self) -> Any:
         return self._loras
 
+    @property
+    def watchdog(self) -> LeakWatchdog:
+        return self._watchdog
+
     # -- operations ---------------------------------------------------------------------------
 
     def load(self, on_progress: Callable[[str], None] | None = None) -> ModelInfo:
@@ -80,6 +87,18 @@ class LocalEngine:
     ) -> GenerationResult:
         return self._thread.call(self._generate, request, on_step, cancel)
 
+    def prefetch(self, task: str) -> None:
+        """Not on the engine thread: the reading happens on the LoRA manager's prefetch thread,
+        so it never waits for (or delays) a running generation's steps."""
+        loras = self._loras
+        if loras is None:
+            return
+        try:
+            refs = self._settings.task(task).adapters
+        except ConfigError:
+            return
+        loras.prefetch([ref.name for ref in refs])
+
     # -- the operations, on the engine thread -------------------------------------------------
 
     def _load(self, on_progress: Callable[[str], None] | None) -> ModelInfo:
@@ -94,7 +113,9 @@ class LocalEngine:
             dirs.append(demo_adapters)
         self._pipe, self._model = pipe, model
         adapters = self._settings.adapters
-        self._loras = LoraManager(pipe, model.family, dirs, adapters.resident_max, adapters.ram_cache_mb)
+        self._loras = LoraManager(pipe, model.family, dirs, adapters.resident_max, adapters.ram_cache_mb,
+                                  adapters.resident_mb, adapters.fuse)
+        self._watchdog.set_baseline()  # memory with the base model loaded and no adapter held
         return model
 
     def _switch_task(self, name: str) -> AdapterSwitch:
@@ -102,12 +123,22 @@ class LocalEngine:
         task = self._task(name)
         report = self._loras.activate(task.adapters)
         self._active_task = task.name
+        held_ram, held_vram = self._loras.held_mb()
+        before, after = report.before, report.after
         return AdapterSwitch(
             task=task.name,
             adapters=tuple((a.name, a.weight) for a in report.active),
             duration_ms=report.duration_ms,
             loaded_from_disk=report.loaded_from_disk,
             paths=report.paths,
+            tiers=report.tiers,
+            phases_ms=report.phases_ms,
+            rss_before_mb=before.rss_mb if before else None,
+            rss_after_mb=after.rss_mb if after else None,
+            vram_before_mb=before.vram_mb if before else None,
+            vram_after_mb=after.vram_mb if after else None,
+            fused=report.fused,
+            warning=self._watchdog.check(after, held_ram, held_vram) if after else None,
         )
 
     def _generate(
@@ -157,7 +188,8 @@ class LocalEngine:
             raise EngineError(str(exc)) from None
 
     def _resolve(self, request: GenerationRequest, task: TaskSettings) -> tuple[ResolvedRequest, tuple[str, ...]]:
-        full_prompt = task.render_prompt(request.prompt)
+        # Trigger words of the active adapters (from their adapter.toml) that the prompt lacks.
+        full_prompt, _ = add_trigger_words(task.render_prompt(request.prompt), self._loras.trigger_words())
         seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
         if not 0 <= seed < 2**32:
             raise EngineError(f"seed must be between 0 and {2**32 - 1}, got {seed}")

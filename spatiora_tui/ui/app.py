@@ -263,6 +263,11 @@ class SpatioraApp(App[None], inherit_bindings=False):
     def _task_chosen(self, message: TaskPane.TaskChosen) -> None:
         self.request_switch(message.name)
 
+    @on(TaskPane.TaskHighlighted)
+    def _task_highlighted(self, message: TaskPane.TaskHighlighted) -> None:
+        if self._model_ready and message.name != self.task_pane.active:
+            self.engine.prefetch(message.name)  # returns at once; the reading runs in the engine
+
     # -- task switching -----------------------------------------------------------------------
 
     def request_switch(self, name: str) -> None:
@@ -273,6 +278,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         if self._generation is not None or self._switching:
             self._pending_task = name
             self.task_pane.set_pending(name)
+            self.engine.prefetch(name)  # its adapters come to RAM while the generation runs
             self.say(f"switch to {name} queued: it happens when the running generation ends")
             return
         if name == self.task_pane.active:
@@ -291,16 +297,12 @@ class SpatioraApp(App[None], inherit_bindings=False):
     def on_adapter_switched(self, message: AdapterSwitched) -> None:
         switch = message.switch
         self._switching = False
-        if switch.paths:
-            loaded = "".join(f", {name} {how}" for name, how in switch.paths)
-        elif switch.loaded_from_disk:
-            loaded = f", loaded {', '.join(switch.loaded_from_disk)} from disk"
-        else:
-            loaded = ""
-        text = f"switched in {switch.duration_ms:.0f} ms{loaded}"
-        self.task_pane.set_active(switch.task, text)
+        text = switch.summary()
+        self.task_pane.set_active(switch.task, text, switch.adapters, switch.warning)
         self.prompt_pane.fill_from_task(self._tasks[switch.task])
-        if self._model_ready:
+        if switch.warning:
+            self.say(f"task {switch.task}: {switch.warning}", error=True)
+        elif self._model_ready:
             self.say(f"task {switch.task}: {text}")
         self._run_pending_switch()
 

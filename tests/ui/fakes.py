@@ -40,6 +40,8 @@ class FakeEngine:
     switches: list[str] = field(default_factory=list)
     requests: list[GenerationRequest] = field(default_factory=list)
     previews: bool = True  # False: steps report progress without images ([preview] method = "none")
+    switch_warning: str | None = None  # a leak watchdog warning every switch reports
+    prefetched: list[str] = field(default_factory=list)
     _active: str | None = None
 
     @property
@@ -61,7 +63,11 @@ class FakeEngine:
         task = self.settings.task(name)
         self.switches.append(name)
         self._active = name
-        return AdapterSwitch(task=name, adapters=tuple((a.name, a.weight) for a in task.adapters), duration_ms=6.0)
+        return AdapterSwitch(task=name, adapters=tuple((a.name, a.weight or 1.0) for a in task.adapters),
+                             duration_ms=6.0, warning=self.switch_warning)
+
+    def prefetch(self, task: str) -> None:
+        self.prefetched.append(task)
 
     def generate(self, request: GenerationRequest, on_step: StepCallback | None = None,
                  cancel: threading.Event | None = None) -> GenerationResult:

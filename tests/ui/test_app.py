@@ -143,6 +143,17 @@ async def test_ctrl_t_switches_task_and_refills_the_form(make) -> None:
         assert app.query_one(TaskPane).active == "interior", "wraps around: floorplan -> base -> interior"
 
 
+async def test_a_leak_warning_shows_in_the_task_pane_and_status_line(make) -> None:
+    app, engine = make()
+    engine.switch_warning = "memory after switching adapters is RAM 300 MB above the baseline"
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await pilot.press("ctrl+t")
+        await settle(app, pilot)
+        assert "RAM 300 MB above the baseline" in str(app.query_one("#task-detail").render())
+        assert "RAM 300 MB above the baseline" in status(app)
+
+
 async def test_task_list_selects_with_arrows_and_enter(make) -> None:
     app, engine = make()
     async with app.run_test(size=SIZE) as pilot:
@@ -151,6 +162,7 @@ async def test_task_list_selects_with_arrows_and_enter(make) -> None:
         await pilot.press("down", "down", "enter")
         await settle(app, pilot)
         assert engine.switches[-1] == "base" and app.query_one(TaskPane).active == "base"
+        assert engine.prefetched[-2:] == ["floorplan", "base"], "each highlighted task is read ahead"
 
 
 async def test_task_switch_during_a_run_waits_for_it(make) -> None:
@@ -161,6 +173,7 @@ async def test_task_switch_during_a_run_waits_for_it(make) -> None:
         await pilot.press("ctrl+t")
         await pilot.pause()
         assert "queued" in status(app) and engine.switches == ["interior"], "the running job is not disturbed"
+        assert engine.prefetched == ["floorplan"], "its adapters are read while the job runs"
         gate.set()
         await settle(app, pilot)
         assert engine.requests[0].task == "interior"

@@ -29,12 +29,21 @@ class TaskPane(Vertical):
             super().__init__()
             self.name = name
 
+    class TaskHighlighted(Message):
+        """The cursor moved onto a task in the list (its adapters can be read ahead)."""
+
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.name = name
+
     def __init__(self, tasks: tuple[TaskSettings, ...], **kwargs) -> None:
         super().__init__(**kwargs)
         self._tasks = tasks
         self._active: str | None = None
         self._pending: str | None = None
         self._switch_text = "not switched yet"
+        self._weights: tuple[tuple[str, float], ...] | None = None  # in force after the last switch
+        self._warning: str | None = None
 
     def compose(self) -> ComposeResult:
         yield OptionList(*[Option(self._label(t), id=t.name) for t in self._tasks], id="task-list")
@@ -48,8 +57,12 @@ class TaskPane(Vertical):
     def active(self) -> str | None:
         return self._active
 
-    def set_active(self, name: str, switch_text: str) -> None:
+    def set_active(self, name: str, switch_text: str, weights: tuple[tuple[str, float], ...] | None = None,
+                   warning: str | None = None) -> None:
+        """Mark `name` active; `weights` are the adapters in force (manifest defaults resolved),
+        `warning` the leak watchdog's, shown until the next switch."""
         self._active, self._switch_text = name, switch_text
+        self._weights, self._warning = weights, warning
         if self._pending == name:
             self._pending = None
         self._relabel()
@@ -73,16 +86,26 @@ class TaskPane(Vertical):
         if task is None:
             self.query_one("#task-detail", Static).update("[dim]loading…[/]")
             return
-        adapters = ", ".join(f"{markup_safe(a.name)} @ {a.weight:g}" for a in task.adapters) or "none (base model)"
+        if self._weights is not None:
+            pairs = [(name, f"{weight:g}") for name, weight in self._weights]
+        else:
+            pairs = [(a.name, "default" if a.weight is None else f"{a.weight:g}") for a in task.adapters]
+        adapters = ", ".join(f"{markup_safe(name)} @ {weight}" for name, weight in pairs) or "none (base model)"
         lines = [
             f"[i]{markup_safe(task.description)}[/]" if task.description else "",
             f"adapters  {adapters}",
             f"settings  {task.steps} steps · CFG {task.guidance:g} · {task.scheduler} · {task.width}x{task.height}",
-            f"[dim]{self._switch_text}[/]",
+            f"[dim]{markup_safe(self._switch_text)}[/]",
+            f"[b $warning]⚠ {markup_safe(self._warning)}[/]" if self._warning else "",
         ]
         if self._pending:
             lines.append(f"[b]next: {markup_safe(self._pending)}[/] (after the running generation)")
         self.query_one("#task-detail", Static).update("\n".join(line for line in lines if line))
+
+    def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        event.stop()
+        if event.option.id:
+            self.post_message(self.TaskHighlighted(event.option.id))
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         event.stop()
