@@ -77,12 +77,17 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", parents=[common], help="benchmarks that print measured figures")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCH")
     lora = bench_sub.add_parser(
-        "lora", help="adapter switch costs on the real SD 1.5 UNet architecture (random weights): "
-                     "naive load+fuse vs resident, RAM and cold switches; memory growth; per-step cost")
-    lora.add_argument("--arch", default="sd15", choices=["sd15", "demo"],
+        "lora", help="adapter switch costs on the real SD 1.5 or SDXL UNet architecture (random weights): "
+                     "naive load+fuse vs resident, RAM-cache, cold and fused switches; memory growth; "
+                     "per-step cost")
+    lora.add_argument("--arch", default="sd15", choices=["sd15", "sdxl", "demo"],
                       help="UNet architecture (default sd15; demo: the tiny demo UNet, a quick check)")
     lora.add_argument("--rank", type=int, default=64, help="LoRA rank of the three adapters (default 64)")
-    lora.add_argument("--switches", type=int, default=30, help="resident switches to time (default 30)")
+    lora.add_argument("--switches", type=int, default=30, help="switches timed per kind (default 30)")
+    lora.add_argument("--leak-switches", type=int, default=200,
+                      help="switches over which memory growth is measured (default 200)")
+    lora.add_argument("--fuse-cycles", type=int, default=100,
+                      help="fuse/unfuse cycles before the base weights are compared (default 100)")
     lora.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     lora.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
 
@@ -147,6 +152,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise UsageError("name a benchmark: spatiora bench lora (see spatiora bench --help)")
     if args.rank < 1 or args.switches < 3:
         raise UsageError("--rank must be at least 1 and --switches at least 3")
+    if args.leak_switches < 1 or args.fuse_cycles < 1:
+        raise UsageError("--leak-switches and --fuse-cycles must be at least 1")
     from spatiora_tui.bench.lora import print_lora_bench, run_lora_bench, write_json
 
     device = args.device
@@ -155,7 +162,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     result = run_lora_bench(args.arch, args.rank, args.switches, device,
-                            say=lambda text: print(text, file=sys.stderr))
+                            say=lambda text: print(text, file=sys.stderr),
+                            leak_switches=args.leak_switches, fuse_cycles=args.fuse_cycles)
     print_lora_bench(result)
     if args.json:
         write_json(result, Path(args.json))

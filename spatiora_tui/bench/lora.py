@@ -1,12 +1,12 @@
 """`spatiora bench lora`: what an adapter switch costs, measured side by side in one run.
 
-The UNet is the real SD 1.5 architecture with random weights (`--arch demo`: the demo model's
-tiny UNet, to check quickly that everything runs): compute and memory match
-the real model, the images mean nothing, and nothing is downloaded. Three adapters of the given
-rank target the attention projections (to_q, to_k, to_v, to_out.0) and the feed-forward
-projections (ff.net.0.proj, ff.net.2) of every transformer block, written as diffusers
-.safetensors files into a temporary folder. The other pipeline parts come from the demo model
-(LoRA loading needs a pipeline; the UNet-only adapters never touch them).
+The UNet is the real SD 1.5 or SDXL architecture with random weights (`--arch demo`: the demo
+model's tiny UNet, to check quickly that everything runs): compute and memory match the real
+model, the images mean nothing, and nothing is downloaded. Three adapters of the given rank
+target the attention projections (to_q, to_k, to_v, to_out.0) and the feed-forward projections
+(ff.net.0.proj, ff.net.2) of every transformer block, written as diffusers .safetensors files
+into a temporary folder. The other pipeline parts come from the demo model (LoRA loading needs a
+pipeline; the UNet-only adapters never touch them).
 
 Measured, as medians over the switches:
 - naive: what many services do per request: load_lora_weights from the file + fuse_lora, and
@@ -16,9 +16,12 @@ Measured, as medians over the switches:
 - ram_cache: one adapter on the device, the others parsed in RAM: each switch copies the next
   adapter into the layers of the one leaving (an in-place swap);
 - cold: one adapter on the device and no RAM cache: each switch reads the file (page cache);
-- RSS growth from before the RAM-cache switches to after the resident ones, and the cost of one
-  denoising step (UNet forward with classifier-free guidance, batch 2) with no adapter, an active
-  unmerged adapter, and it fused.
+- fused (adapters.fuse = true): each switch restores the base weights and merges the next set;
+  after the fuse/unfuse cycles the base weights are compared with a copy taken before;
+- memory: RSS (and CUDA allocated memory on a GPU) after the leak phase's first round and after
+  its 200 switches, with two of the three adapters resident so that every tier is exercised;
+- one denoising step (UNet forward with classifier-free guidance, batch 2, 512x512) with no
+  adapter, an active unmerged adapter, and it fused.
 """
 
 from __future__ import annotations
@@ -48,10 +51,21 @@ class LoraBenchResult:
     diffusers_set_adapters_ms: float
     ram_cache_ms: float
     cold_ms: float
+    fused_switch_ms: float
+    fuse_cycles: int
+    fuse_max_abs_diff: float  # base weights after the cycles vs before; 0.0 = exact
+    leak_switches: int
     rss_before_mb: float
     rss_after_mb: float
     rss_growth_pct: float
+    vram_before_mb: float | None
+    vram_after_mb: float | None
+    vram_growth_pct: float | None
+    watchdog_warnings: int  # switches the leak watchdog warned about in the leak phase
     paths: tuple[str, ...]  # how adapters reached the device in the cold and RAM phases
+    cold_phases_ms: dict[str, float]  # median ms per phase of a cold switch
+    ram_cache_phases_ms: dict[str, float]
+    fused_phases_ms: dict[str, float]
     step_ms_no_adapter: float
     step_ms_unmerged: float
     step_ms_fused: float
@@ -61,10 +75,22 @@ class LoraBenchResult:
 
 
 def unet_config(arch: str) -> dict[str, Any]:
-    """The published UNet configuration of SD 1.5 (diffusers names; the rest are its defaults)."""
+    """The published UNet configurations (diffusers names; the rest are diffusers' defaults)."""
     if arch == "sd15":
         return dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
-    raise ValueError(f"unknown architecture {arch!r}; choose sd15 (SDXL is not wired up yet)")
+    if arch == "sdxl":
+        return dict(
+            sample_size=128, cross_attention_dim=2048, block_out_channels=(320, 640, 1280),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), use_linear_projection=True,
+            addition_embed_type="text_time", addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816,
+        )
+    raise ValueError(f"unknown architecture {arch!r}; choose demo, sd15 or sdxl")
+
+
+FAMILY = {"demo": "sd1", "sd15": "sd1", "sdxl": "sdxl"}
 
 
 def run_lora_bench(
@@ -74,17 +100,19 @@ def run_lora_bench(
     device: str = "cpu",
     cache_dir: Path | None = None,
     say: Callable[[str], None] = print,
+    leak_switches: int = 200,
+    fuse_cycles: int = 100,
 ) -> LoraBenchResult:
+    from spatiora_tui.engine.pipeline import quiet_libraries
+
+    quiet_libraries()  # before diffusers is imported: its import chatter would land on the terminal
     import torch
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
     from spatiora_tui.config import AdapterRef, user_cache_dir
     from spatiora_tui.engine.adapters import LoraManager
     from spatiora_tui.engine.demo import ensure_demo
-    from spatiora_tui.engine.pipeline import quiet_libraries
-    from spatiora_tui.hw import process_rss_mb
-
-    quiet_libraries()
+    from spatiora_tui.hw.watchdog import LeakWatchdog, read_memory
 
     demo = ensure_demo(cache_dir or user_cache_dir())
     extra: dict[str, Any] = {}
@@ -97,12 +125,19 @@ def run_lora_bench(
     ).to(device)
     unet = pipe.unet
     pipe.set_progress_bar_config(disable=True)
+    family = FAMILY[arch]
+    watchdog = LeakWatchdog(tolerance_mb=256)
+    watchdog.set_baseline(read_memory())
+
+    def manager_for(**kwargs: Any) -> Any:
+        return LoraManager(pipe, family, [folder], **kwargs)
 
     with tempfile.TemporaryDirectory(prefix="spatiora-bench-lora-") as tmp:
         folder = Path(tmp)
         say(f"writing {len(ADAPTERS)} rank-{rank} adapters…")
         files = [_write_adapter(pipe, folder, name, rank, seed=i) for i, name in enumerate(ADAPTERS)]
         adapter_mb = files[0].stat().st_size / 2**20
+        big = 4 * adapter_mb * len(ADAPTERS)  # MB limits that never bind
 
         say("naive: load + fuse, unfuse + unload…")
         naive = _naive_ms(pipe, files, max(3, switches // 10))
@@ -111,47 +146,96 @@ def run_lora_bench(
             return manager.activate([AdapterRef(ADAPTERS[i % len(ADAPTERS)], 0.5 + (i % 4) * 0.25)])
 
         say("cold: one adapter on the device, no RAM cache: every switch reads the file…")
-        manager = LoraManager(pipe, "sd1", [folder], resident_max=1, ram_cache_mb=0)
+        manager = manager_for(resident_max=1, ram_cache_mb=0, resident_mb=big)
         cold_reports = [switch(manager, i) for i in range(max(4, switches // 5))][1:]
         _clear(manager)
 
         say("RAM cache: one adapter on the device, the others parsed in RAM: in-place swaps…")
-        manager = LoraManager(pipe, "sd1", [folder], resident_max=1, ram_cache_mb=4 * adapter_mb * len(ADAPTERS))
+        manager = manager_for(resident_max=1, ram_cache_mb=big, resident_mb=big)
         for i in range(len(ADAPTERS) + 1):
             switch(manager, i)  # first round: read from disk
-        gc.collect()
-        rss_before = process_rss_mb()
         ram_reports = [switch(manager, i) for i in range(switches)]
         _clear(manager)
 
         say(f"resident: {switches} switches between adapters on the device…")
-        manager = LoraManager(pipe, "sd1", [folder], resident_max=len(ADAPTERS))
+        manager = manager_for(resident_max=len(ADAPTERS), resident_mb=big)
         for i in range(len(ADAPTERS)):
             switch(manager, i)
         resident = [switch(manager, i).duration_ms for i in range(switches)]
-        gc.collect()
-        rss_after = process_rss_mb()
         diffusers_switch = []
         for i in range(switches):  # the same switches through diffusers' own set_adapters
             start = time.perf_counter()
             pipe.set_adapters([ADAPTERS[i % len(ADAPTERS)]], adapter_weights=[0.5 + (i % 4) * 0.25])
             diffusers_switch.append((time.perf_counter() - start) * 1000.0)
-        manager.activate([AdapterRef(ADAPTERS[0], 1.0)])
+        _clear(manager)
+
+        say(f"memory: {leak_switches} switches, two of three adapters resident (RAM, in place, resident)…")
+        manager = manager_for(resident_max=2, ram_cache_mb=big, resident_mb=big)
+        for i in range(2 * len(ADAPTERS)):
+            switch(manager, i)  # every tier filled once
+        gc.collect()
+        before = read_memory()
+        warnings = 0
+        for i in range(leak_switches):
+            switch(manager, i * 2)  # a stride of 2 over 3 adapters: each switch finds another tier
+            if i % 10 == 0:
+                held_ram, held_vram = manager.held_mb()
+                warnings += watchdog.check(read_memory(), held_ram, held_vram) is not None
+        gc.collect()
+        after = read_memory()
         paths = sorted({how for report in cold_reports + ram_reports for _, how in report.paths})
+        _clear(manager)
+
+        say(f"fused: {fuse_cycles} fuse/unfuse cycles, base weights compared after…")
+        manager = manager_for(resident_max=len(ADAPTERS), resident_mb=big, fuse=True)
+        targeted = _targeted_base_weights(unet)
+        original = {name: weight.detach().to("cpu", copy=True) for name, weight in targeted.items()}
+        switch(manager, 0)
+        # Each switch between adapters is one cycle: unfuse the previous one, fuse the next.
+        fused_reports = [switch(manager, i) for i in range(1, fuse_cycles + 1)]
+        manager.activate([])  # the last one unfused: the base model again
+        fuse_diff = max(float((targeted[n].detach().cpu() - original[n]).abs().max()) for n in targeted)
+        del original
+        _clear(manager)
 
         say("per-step cost at 512x512 (UNet forward, CFG batch 2)…")
-        steps = _step_costs(pipe, manager, unet, device)
+        steps = _step_costs(pipe, manager_for(resident_max=len(ADAPTERS), resident_mb=big),
+                            manager_for(resident_max=len(ADAPTERS), resident_mb=big, fuse=True), unet, device)
+
+    def growth(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None or a <= 0 else (b - a) / a * 100.0
 
     return LoraBenchResult(
         arch=arch, rank=rank, device=device, adapter_mb=round(adapter_mb, 1), switches=switches,
         naive_ms=statistics.median(naive), resident_ms=statistics.median(resident),
         diffusers_set_adapters_ms=statistics.median(diffusers_switch),
         ram_cache_ms=statistics.median(r.duration_ms for r in ram_reports),
-        cold_ms=statistics.median(r.duration_ms for r in cold_reports), paths=tuple(paths),
-        rss_before_mb=rss_before, rss_after_mb=rss_after,
-        rss_growth_pct=(rss_after - rss_before) / rss_before * 100.0,
+        cold_ms=statistics.median(r.duration_ms for r in cold_reports),
+        fused_switch_ms=statistics.median(r.duration_ms for r in fused_reports),
+        fuse_cycles=fuse_cycles, fuse_max_abs_diff=fuse_diff, leak_switches=leak_switches,
+        rss_before_mb=before.rss_mb, rss_after_mb=after.rss_mb,
+        rss_growth_pct=growth(before.rss_mb, after.rss_mb) or 0.0,
+        vram_before_mb=before.vram_mb, vram_after_mb=after.vram_mb,
+        vram_growth_pct=growth(before.vram_mb, after.vram_mb), watchdog_warnings=warnings, paths=tuple(paths),
+        cold_phases_ms=_phase_medians(cold_reports), ram_cache_phases_ms=_phase_medians(ram_reports),
+        fused_phases_ms=_phase_medians(fused_reports),
         step_ms_no_adapter=steps["none"], step_ms_unmerged=steps["unmerged"], step_ms_fused=steps["fused"],
     )
+
+
+def _phase_medians(reports: list[Any]) -> dict[str, float]:
+    """Median ms per phase, in the order phases happen; phases with a zero median are left out."""
+    from spatiora_tui.engine.adapters import PHASES
+
+    medians = {name: round(statistics.median(dict(r.phases_ms).get(name, 0.0) for r in reports), 2)
+               for name in PHASES}
+    return {name: ms for name, ms in medians.items() if ms > 0}
+
+
+def _targeted_base_weights(unet: Any) -> dict[str, Any]:
+    """The base weights the bench adapters touch (what fused mode merges into)."""
+    return {name: module.weight for name, module in unet.named_modules()
+            if name.endswith(TARGET_MODULES) and hasattr(module, "weight") and "lora" not in name}
 
 
 def _write_adapter(pipe: Any, folder: Path, name: str, rank: int, seed: int) -> Path:
@@ -194,7 +278,7 @@ def _naive_ms(pipe: Any, files: list[Path], cycles: int) -> list[float]:
     return times
 
 
-def _step_costs(pipe: Any, manager: Any, unet: Any, device: str, reps: int = 2) -> dict[str, float]:
+def _step_costs(pipe: Any, manager: Any, fused: Any, unet: Any, device: str, reps: int = 2) -> dict[str, float]:
     import torch
 
     from spatiora_tui.config import AdapterRef
@@ -203,28 +287,32 @@ def _step_costs(pipe: Any, manager: Any, unet: Any, device: str, reps: int = 2) 
     latents = torch.randn(2, unet.config.in_channels, 64, 64, device=device)
     text = torch.randn(2, 77, cross, device=device)
     timestep = torch.tensor(500, device=device)
+    extra: dict[str, Any] = {}
+    if unet.config.addition_embed_type == "text_time":  # SDXL: pooled text embeds and size ids
+        extra["added_cond_kwargs"] = {"text_embeds": torch.randn(2, 1280, device=device),
+                                      "time_ids": torch.tensor([[512, 512, 0, 0, 512, 512]] * 2, device=device)}
 
     def step() -> float:
         times = []
         with torch.no_grad():
             for _ in range(reps):
                 start = time.perf_counter()
-                unet(latents, timestep, encoder_hidden_states=text)
+                unet(latents, timestep, encoder_hidden_states=text, **extra)
                 if device == "cuda":
                     torch.cuda.synchronize()
                 times.append((time.perf_counter() - start) * 1000.0)
         return statistics.median(times)
 
     costs = {}
-    manager.activate([])
     with torch.no_grad():
-        unet(latents, timestep, encoder_hidden_states=text)  # warm-up: first-call allocations
+        unet(latents, timestep, encoder_hidden_states=text, **extra)  # warm-up: first-call allocations
     costs["none"] = step()
     manager.activate([AdapterRef(ADAPTERS[0], 1.0)])
     costs["unmerged"] = step()
-    pipe.fuse_lora(adapter_names=[ADAPTERS[0]])
+    _clear(manager)
+    fused.activate([AdapterRef(ADAPTERS[0], 1.0)])
     costs["fused"] = step()
-    pipe.unfuse_lora()
+    _clear(fused)
     return costs
 
 
@@ -239,13 +327,25 @@ def print_lora_bench(result: LoraBenchResult) -> None:
          f"{r.ratio(r.diffusers_set_adapters_ms):.0f}x", ""),
         ("RAM cache switch (in place)", r.ram_cache_ms, f"{r.ratio(r.ram_cache_ms):.0f}x", "target >= 20x"),
         ("cold switch (reads the file)", r.cold_ms, f"{r.ratio(r.cold_ms):.1f}x", ""),
+        ("fused-mode switch (unfuse + fuse)", r.fused_switch_ms, f"{r.ratio(r.fused_switch_ms):.1f}x", ""),
     ]
     print(f"{'switch':36s} {'median ms':>10s} {'vs naive':>9s}")
     for label, ms, ratio, target in rows:
         print(f"{label:36s} {ms:10.1f} {ratio:>9s}  {target}")
+
+    def phases(figures: dict[str, float]) -> str:
+        return " · ".join(f"{name} {ms:.1f}" for name, ms in figures.items())
+
+    print(f"phases (median ms): cold: {phases(r.cold_phases_ms)}")
+    print(f"                    RAM cache: {phases(r.ram_cache_phases_ms)}")
+    print(f"                    fused: {phases(r.fused_phases_ms)}")
     print(f"paths taken in the cold and RAM phases: {', '.join(r.paths)}")
-    print(f"RSS over {2 * r.switches} switches (in place, then resident): {r.rss_before_mb:.0f} -> "
-          f"{r.rss_after_mb:.0f} MB ({r.rss_growth_pct:+.2f}%; target < 1%)")
+    print(f"base weights after {r.fuse_cycles} fuse/unfuse cycles: max abs difference {r.fuse_max_abs_diff:g}")
+    print(f"RSS over {r.leak_switches} switches (all tiers): {r.rss_before_mb:.0f} -> {r.rss_after_mb:.0f} MB "
+          f"({r.rss_growth_pct:+.2f}%; target < 1%); leak watchdog warnings: {r.watchdog_warnings}")
+    if r.vram_growth_pct is not None:
+        print(f"CUDA allocated over the same switches: {r.vram_before_mb:.0f} -> {r.vram_after_mb:.0f} MB "
+              f"({r.vram_growth_pct:+.2f}%)")
     print(f"one step at 512x512 (CFG): no adapter {r.step_ms_no_adapter:.0f} ms · active unmerged "
           f"{r.step_ms_unmerged:.0f} ms · fused {r.step_ms_fused:.0f} ms")
 

@@ -36,7 +36,7 @@ MB = 2**20
 #: A LoRA down-projection's key in the layouts diffusers reads (peft, Kohya, old diffusers).
 _DOWN_KEY = re.compile(r"(lora_A|lora_down|lora[._]down|lora_linear_layer\.down)\.weight$")
 #: The phases of a switch, in the order they happen; a report lists those that took place.
-PHASES = ("unfuse", "read", "parse", "to device", "inject", "copy", "activate", "fuse")
+PHASES = ("unfuse", "read", "parse", "plan", "to device", "inject", "copy", "activate", "fuse")
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,9 @@ class LoraManager:
     ) -> None:
         self._pipe = pipe
         self._family = family
+        # Kept once read: diffusers' `unet.dtype` / `.device` walk every parameter (about 14 ms
+        # on SD 1.5).
+        self._where: tuple[Any, Any] | None = None
         self._dirs = [Path(d) for d in search_dirs]
         self._resident_max = resident_max
         self._resident_limit = int(resident_mb * MB)
@@ -101,6 +104,7 @@ class LoraManager:
         self._manifests: dict[str, AdapterManifest] = {}
         self._lora_enabled = True
         self._layers: list[Any] | None = None  # the LoRA layers, found again after each load
+        self._unet_modules: dict[str, Any] | None = None
         # Fused mode: base modules holding merged deltas, and the original weights (host copies).
         self._fused: list[Any] = []
         self._originals: dict[int, tuple[Any, Any]] = {}
@@ -257,7 +261,7 @@ class LoraManager:
         if self._resident.pop(name, None) is not None:
             self._pipe.delete_adapters(self._slot.pop(name))
             self._bytes.pop(name, None)
-            self._layers = None
+            self._layers = self._unet_modules = None
 
     def _restore(self, previous: Sequence[AdapterUse]) -> None:
         """After a failed activation: the previous active set back on the device, and in force.
@@ -277,7 +281,13 @@ class LoraManager:
             self._phases[name] = self._phases.get(name, 0.0) + (time.perf_counter() - start) * 1000.0
 
     def _device(self) -> Any:
-        return self._pipe.unet.device
+        return self._placement()[0]
+
+    def _placement(self) -> tuple[Any, Any]:
+        """The UNet's (device, dtype)."""
+        if self._where is None:
+            self._where = (self._pipe.unet.device, self._pipe.unet.dtype)
+        return self._where
 
     # -- tiers: disk -> RAM -> device ---------------------------------------------------------
 
@@ -385,18 +395,18 @@ class LoraManager:
     def _device_bytes(self, parsed: _Parsed) -> int:
         import torch
 
-        itemsize = torch.empty((), dtype=self._pipe.unet.dtype).element_size()
+        itemsize = torch.empty((), dtype=self._placement()[1]).element_size()
         return sum(t.numel() for t in parsed.raw.values() if t.ndim >= 2) * itemsize
 
     def _inject(self, name: str, parsed: _Parsed, nbytes: int) -> None:
-        self._layers = None  # a load may add layers
+        self._layers = self._unet_modules = None  # a load may add layers
         # From RAM, unless the file carries diffusers' LoRA config (alphas), which only a load
         # from the file applies. Copies: the loader may adopt the tensors it is given as the
         # layers' weights, and an in-place swap into those layers would then overwrite the cache.
         if parsed.has_config:
             source: Any = str(parsed.path)
         else:
-            device, dtype = self._device(), self._pipe.unet.dtype
+            device, dtype = self._placement()
             with self._phase("to device"):
                 source = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else None, copy=True)
                           for k, v in parsed.raw.items()}
@@ -408,7 +418,7 @@ class LoraManager:
             with self._lock:
                 self._ram.pop(name, None)  # a file that does not load is not worth keeping
             raise EngineError(f"adapter {name!r} ({parsed.path}) could not be loaded: {_load_error(exc)}") from None
-        self._layers = None
+        self._layers = self._unet_modules = None
         applied = sum(1 for layer in self._tuner_layers() if name in getattr(layer, "lora_A", {}))
         expected = sum(1 for key in parsed.raw if _DOWN_KEY.search(key))
         if applied < expected:
@@ -433,20 +443,21 @@ class LoraManager:
         with self._phase("parse"):
             unet_layers = self._unet_layers(parsed)
         slot = self._slot[victim]
-        modules = dict(self._pipe.unet.named_modules())
-        plan = []
-        for module_name, (down, up, alpha) in unet_layers.items():
-            layer = modules.get(module_name)
-            if layer is None or slot not in getattr(layer, "lora_A", {}):
+        with self._phase("plan"):
+            modules = self._unet_lora_modules()
+            plan = []
+            for module_name, (down, up, alpha) in unet_layers.items():
+                layer = modules.get(module_name)
+                if layer is None or slot not in layer.lora_A:
+                    return False
+                slot_down, slot_up = layer.lora_A[slot].weight, layer.lora_B[slot].weight
+                rank = down.shape[0]
+                if (rank > slot_down.shape[0] or down.shape[1:] != slot_down.shape[1:]
+                        or up.shape[0] != slot_up.shape[0] or up.shape[2:] != slot_up.shape[2:]):
+                    return False
+                plan.append((layer, slot_down, slot_up, down, up, alpha))
+            if not plan or getattr(self._pipe.unet, "peft_config", {}).get(slot, None) is None:
                 return False
-            slot_down, slot_up = layer.lora_A[slot].weight, layer.lora_B[slot].weight
-            rank = down.shape[0]
-            if (rank > slot_down.shape[0] or down.shape[1:] != slot_down.shape[1:]
-                    or up.shape[0] != slot_up.shape[0] or up.shape[2:] != slot_up.shape[2:]):
-                return False
-            plan.append((layer, slot_down, slot_up, down, up, alpha))
-        if not plan or getattr(self._pipe.unet, "peft_config", {}).get(slot, None) is None:
-            return False
         import torch
 
         with self._phase("to device"):
@@ -501,7 +512,8 @@ class LoraManager:
 
     def _set_active(self, active: Sequence[AdapterUse]) -> None:
         with self._phase("activate"):
-            self._apply(active)
+            # In fused mode the layers stay off: the merge below puts the deltas in the base weights.
+            self._apply(active, enable=not self._fuse)
         self._active = tuple(active)
         if self._fuse and active:
             self._fuse_active(active)
@@ -523,10 +535,14 @@ class LoraManager:
                 base = layer.get_base_layer()
                 if id(base) not in self._originals:
                     self._originals[id(base)] = (base, base.weight.detach().to("cpu", copy=True))
-                delta = layer.get_delta_weight(mine[0])
-                for slot in mine[1:]:
-                    delta = delta + layer.get_delta_weight(slot)
-                base.weight.add_(delta.to(base.weight.dtype))
+                if isinstance(base, torch.nn.Linear) and not getattr(layer, "fan_in_fan_out", False):
+                    for slot in mine:  # W += scale * B @ A, in place: no delta tensor allocated
+                        up, down = layer.lora_B[slot].weight, layer.lora_A[slot].weight
+                        base.weight.addmm_(up.to(base.weight.dtype), down.to(base.weight.dtype),
+                                           alpha=layer.scaling[slot])
+                else:  # convolutions and the rest: peft's own delta
+                    for slot in mine:
+                        base.weight.add_(layer.get_delta_weight(slot).to(base.weight.dtype))
                 self._fused.append(base)
             for layer in layers:
                 layer.enable_adapters(False)  # the deltas are in the base weights now
@@ -542,7 +558,7 @@ class LoraManager:
                 base.weight.copy_(self._originals[id(base)][1])
         self._fused = []
 
-    def _apply(self, active: Sequence[AdapterUse]) -> None:
+    def _apply(self, active: Sequence[AdapterUse], enable: bool = True) -> None:
         """Activate `active` with its weights, through the LoRA layers alone.
 
         The calls are the ones diffusers' set_adapters / enable_lora / disable_lora make on each
@@ -559,7 +575,7 @@ class LoraManager:
                     layer.enable_adapters(False)
                 self._lora_enabled = False
             return
-        if not self._lora_enabled:
+        if enable and not self._lora_enabled:
             for layer in layers:
                 layer.enable_adapters(True)
             self._lora_enabled = True
@@ -568,6 +584,15 @@ class LoraManager:
             layer.set_adapter(slots)  # names a layer does not hold are skipped by its forward
             for slot, use in zip(slots, active):
                 layer.set_scale(slot, use.weight)  # no-op where the layer lacks the adapter
+
+    def _unet_lora_modules(self) -> dict[str, Any]:
+        """UNet module name -> its LoRA layer (kept, like the layer list, until the next load)."""
+        if self._unet_modules is None:
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            self._unet_modules = {name: module for name, module in self._pipe.unet.named_modules()
+                                  if isinstance(module, BaseTunerLayer)}
+        return self._unet_modules
 
     def _tuner_layers(self) -> list[Any]:
         if self._layers is None:

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-KEYS = ("naive_ms", "resident_ms", "diffusers_set_adapters_ms", "ram_cache_ms", "cold_ms", "rss_growth_pct",
-        "step_ms_no_adapter", "step_ms_unmerged", "step_ms_fused")
+KEYS = ("naive_ms", "resident_ms", "diffusers_set_adapters_ms", "ram_cache_ms", "cold_ms", "fused_switch_ms",
+        "rss_growth_pct", "step_ms_no_adapter", "step_ms_unmerged", "step_ms_fused")
 
 
 def test_bench_lora_on_the_demo_unet_prints_and_writes_every_figure(cache_dir: Path, tmp_path: Path) -> None:
@@ -18,7 +18,7 @@ def test_bench_lora_on_the_demo_unet_prints_and_writes_every_figure(cache_dir: P
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     run = subprocess.run(
         [sys.executable, "-m", "spatiora_tui", "bench", "lora", "--arch", "demo", "--rank", "4",
-         "--switches", "6", "--device", "cpu", "--json", str(out)],
+         "--switches", "6", "--leak-switches", "12", "--fuse-cycles", "5", "--device", "cpu", "--json", str(out)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )
     assert run.returncode == 0, run.stderr
@@ -27,6 +27,12 @@ def test_bench_lora_on_the_demo_unet_prints_and_writes_every_figure(cache_dir: P
     assert all(isinstance(figures[k], (int, float)) for k in KEYS)
     assert all(figures[k] > 0 for k in KEYS if k != "rss_growth_pct")
     assert figures["resident_ms"] < figures["naive_ms"], "a resident switch beats reloading the file"
+    assert figures["fuse_max_abs_diff"] == 0.0, "fused mode restores the base weights exactly"
+    assert figures["leak_switches"] == 12 and figures["fuse_cycles"] == 5
+    assert set(figures["cold_phases_ms"]) >= {"read", "parse", "copy", "activate"}
+    assert "copy" in figures["ram_cache_phases_ms"], "the RAM-cache switches are in-place copies"
+    assert set(figures["fused_phases_ms"]) >= {"fuse", "unfuse"}
+    assert "in-place from RAM" in figures["paths"]
 
 
 def test_bench_lora_refuses_bad_arguments_in_one_line() -> None:
