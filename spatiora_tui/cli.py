@@ -74,7 +74,28 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("tasks", parents=[common], help="list task modes with their adapters and settings")
     sub.add_parser("doctor", parents=[common], help="check versions, device, NVML, model and adapters")
 
-    bench = sub.add_parser("bench", parents=[common], help="benchmarks that print measured figures")
+    bench = sub.add_parser(
+        "bench", parents=[common], help="benchmarks that print measured figures",
+        description="Per task mode, as in the paper's Table 1: N requests with a task switch before each, "
+                    "timed from the request: first preview, final image, total (saved), img/min, peak GPU "
+                    "and CPU MB, adapter switch, preview overhead and per-stage peaks. `spatiora bench lora` "
+                    "measures adapter switching alone.")
+    # Own dests: `bench lora` has options of the same names, and argparse would mix the two.
+    bench.add_argument("--arch", dest="bench_arch", default="demo", choices=["demo", "sd15", "sdxl"],
+                       help="demo: the demo model (fast); sd15/sdxl: the real architectures with random "
+                            "weights (time and memory of the real models)")
+    bench.add_argument("--tasks", dest="bench_tasks", default="interior,floorplan", metavar="A,B",
+                       help="task modes from config.toml, comma-separated (default interior,floorplan)")
+    bench.add_argument("--runs", dest="bench_runs", type=int, default=2, help="requests per task (default 2)")
+    bench.add_argument("--steps", dest="bench_steps", type=int, default=4, help="denoising steps (default 4)")
+    bench.add_argument("--size", dest="bench_size", default="512x512", metavar="WxH", help="default 512x512")
+    bench.add_argument("--rank", dest="bench_rank", type=int, default=None,
+                       help="LoRA rank of each task's adapter (default 64; 4 on demo)")
+    bench.add_argument("--device", dest="bench_device", default=None,
+                       help="cpu, cuda or mps (default: model.device from config.toml)")
+    bench.add_argument("--json", dest="bench_json", metavar="PATH", help="also write the figures as JSON")
+    bench.add_argument("--markdown", dest="bench_markdown", metavar="PATH",
+                       help="also write the table as Markdown (the paper's rows beside ours)")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCH")
     lora = bench_sub.add_parser(
         "lora", help="adapter switch costs on the real SD 1.5 or SDXL UNet architecture (random weights): "
@@ -143,13 +164,40 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "generate":
         return _cmd_generate(settings, args)
     if args.command == "bench":
-        return _cmd_bench(args)
+        return _cmd_bench(args) if args.bench_command == "lora" else _cmd_bench_tasks(settings, args)
     return _cmd_tui(settings, args)
 
 
+def _cmd_bench_tasks(settings: Settings, args: argparse.Namespace) -> int:
+    from spatiora_tui.bench.tasks import markdown_table, parse_size, print_table, run_bench, write_json
+
+    tasks = tuple(name.strip() for name in args.bench_tasks.split(",") if name.strip())
+    if not tasks:
+        raise UsageError("--tasks names no task; give task names from config.toml, e.g. interior,floorplan")
+    if args.bench_runs < 1 or args.bench_steps < 1:
+        raise UsageError("--runs and --steps must be at least 1")
+    if args.bench_rank is not None and args.bench_rank < 1:
+        raise UsageError("--rank must be at least 1")
+    try:
+        size = parse_size(args.bench_size)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        result = run_bench(settings, args.bench_arch, tasks, args.bench_runs, args.bench_steps, size,
+                           device=args.bench_device, rank=args.bench_rank,
+                           say=lambda text: print(text, file=sys.stderr))
+    except RuntimeError as exc:
+        raise UsageError(str(exc)) from None
+    print_table(result)
+    if args.bench_json:
+        write_json(result, Path(args.bench_json))
+    if args.bench_markdown:
+        Path(args.bench_markdown).write_text(markdown_table(result, with_paper=args.bench_arch != "demo"),
+                                             encoding="utf-8")
+    return EXIT_OK
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
-    if args.bench_command != "lora":
-        raise UsageError("name a benchmark: spatiora bench lora (see spatiora bench --help)")
     if args.rank < 1 or args.switches < 3:
         raise UsageError("--rank must be at least 1 and --switches at least 3")
     if args.leak_switches < 1 or args.fuse_cycles < 1:
@@ -178,9 +226,13 @@ def _cmd_tui(settings: Settings, args: argparse.Namespace) -> int:
             "(see `spatiora --help`)"
         )
     from spatiora_tui.engine.local import LocalEngine
+    from spatiora_tui.hw import Telemetry
     from spatiora_tui.ui.app import make_app
 
-    app = make_app(settings, LocalEngine(settings), renderer=args.renderer, exit_after_first_frame=args.startup_time)
+    telemetry = Telemetry(hz=settings.ui.hardware_hz, leak_tolerance_mb=settings.adapters.leak_tolerance_mb)
+    engine = LocalEngine(settings, telemetry=telemetry)
+    app = make_app(settings, engine, renderer=args.renderer, telemetry=telemetry,
+                   exit_after_first_frame=args.startup_time)
     app.run()
     if args.startup_time:
         if app.first_frame_age_s is None:
@@ -210,8 +262,12 @@ def _cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
 
     task_with_overrides(task, steps=args.steps, guidance=args.guidance, width=args.width, height=args.height)
 
+    from spatiora_tui.hw.telemetry import Telemetry, stage_summary
+
     status = _status_printer()
-    engine = LocalEngine(settings)
+    telemetry = Telemetry(hz=settings.ui.hardware_hz, leak_tolerance_mb=settings.adapters.leak_tolerance_mb)
+    telemetry.start()
+    engine = LocalEngine(settings, telemetry=telemetry)
     model = engine.load(on_progress=lambda msg: status(f"{msg}…"))
     status(None)
     print(f"model: {model.name} · {model.family_label} · {model.device} {model.dtype}", file=sys.stderr)
@@ -231,7 +287,9 @@ def _cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
     if result.cancelled:
         print(f"cancelled after {result.steps_done} steps; nothing saved", file=sys.stderr)
         return EXIT_CANCELLED
-    path = save_result(result, out_dir, out_name)
+    with telemetry.stage("save"):
+        path = save_result(result, out_dir, out_name)
+    telemetry.stop()
     t = result.timings
     first = f"{t.first_preview_ms / 1000:.2f} s" if t.first_preview_ms is not None else "off"
     mem = f"peak RSS {result.memory.peak_rss_mb:.0f} MB"
@@ -242,6 +300,7 @@ def _cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
         f"image in {(t.image_ms or 0) / 1000:.2f} s (first preview {first}) · {mem}",
         file=sys.stderr,
     )
+    print("stages: " + stage_summary(telemetry.records_since(0)), file=sys.stderr)
     print(path)
     return EXIT_OK
 

@@ -4,7 +4,8 @@ Two PNG text chunks:
 - `parameters`: the AUTOMATIC1111 text that the wider ecosystem (A1111, Forge, Civitai, image
   browsers) already reads: prompt with <lora:name:weight> tags, negative prompt, then
   "Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 42, Size: 512x512, Model: ..., Lora hashes: ...".
-- `spatiora`: JSON with the full resolved request, model, adapter sha256 sums, timings and memory.
+- `spatiora`: JSON with the full resolved request, model, adapter sha256 sums, timings, memory,
+  and the time and peak memory of each stage (adapter switch, text encode, denoise, VAE decode).
 
 A file appears under its final name only once completely written (temp file + hard link), so a
 crash never leaves a truncated PNG and a name collision never overwrites anything.
@@ -96,6 +97,12 @@ def metadata_record(result: GenerationResult) -> dict[str, Any]:
         "model": dataclasses.asdict(result.model),
         "timings_ms": dataclasses.asdict(result.timings),
         "memory_mb": dataclasses.asdict(result.memory),
+        # Time and peak memory of each stage up to the decoded image (saving is still running
+        # while this is written, so its own figures are in the telemetry, not here).
+        "stages": [
+            {k: round(v, 1) if isinstance(v, float) else v for k, v in dataclasses.asdict(record).items()}
+            for record in result.stages
+        ],
         "warnings": list(result.warnings),
     }
 

@@ -10,6 +10,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Protocol
 
+from spatiora_tui.hw.telemetry import StageRecord
+
 if TYPE_CHECKING:
     from PIL.Image import Image
 
@@ -168,6 +170,9 @@ class GenerationResult:
     timings: Timings
     memory: MemoryPeaks
     warnings: tuple[str, ...] = field(default=())
+    #: Each stage this request went through (adapter switch, text encode, denoise, VAE decode),
+    #: with its time and peak memory; see hw/telemetry.py.
+    stages: tuple[StageRecord, ...] = field(default=())
 
 
 StepCallback = Callable[[StepPreview], None]

@@ -26,6 +26,8 @@ from spatiora_tui.engine.api import (
 )
 from spatiora_tui.engine.preview import decode_latents, latent_to_rgb, vae_preview
 from spatiora_tui.hw import process_peak_rss_mb, process_rss_mb
+from spatiora_tui.hw.memory import release_freed_memory
+from spatiora_tui.hw.telemetry import Telemetry
 
 
 def make_scheduler(name: str, base_config: Any) -> Any:
@@ -103,13 +105,21 @@ def run_generation(
     on_step: StepCallback | None,
     cancel: threading.Event,
     switch_ms: float = 0.0,
+    telemetry: Telemetry | None = None,
 ) -> tuple[Any, bool, int, Timings, MemoryPeaks]:
-    """Run the pipeline once. Returns (image or None, cancelled, steps done, timings, memory)."""
+    """Run the pipeline once. Returns (image or None, cancelled, steps done, timings, memory).
+
+    Marks the stages text encode, denoise and VAE decode on `telemetry`: the pipeline encodes
+    the prompt and then calls the UNet, so the UNet's first call ends text encoding.
+    """
     import torch
 
+    telemetry = telemetry or Telemetry()
     on_cuda = model.device == "cuda"
     if on_cuda:
         torch.cuda.reset_peak_memory_stats()
+    depth = telemetry.depth
+    stage_mark = telemetry.mark()
     state = _RunState(start=time.perf_counter(), total=params.steps, every_n=preview.every_n_steps)
     state.sample_memory()
 
@@ -141,12 +151,19 @@ def run_generation(
         on_step(StepPreview(step=step, total=state.total, image=image, elapsed_s=now - state.start))
         return {}
 
+    def unet_called(_module: Any, _args: Any) -> None:
+        if telemetry.current_stage == "text encode":
+            telemetry.exit()
+            telemetry.enter("denoise")
+
     generator = torch.Generator(device="cpu").manual_seed(params.seed)
-    stage = "denoising"
+    stage = "denoise"
     image = None
     decode_ms = None
+    hook = pipe.unet.register_forward_pre_hook(unet_called)
     try:
         if not cancel.is_set():
+            telemetry.enter("text encode")
             out = pipe(
                 prompt=params.full_prompt,
                 negative_prompt=params.negative_prompt or None,
@@ -158,22 +175,30 @@ def run_generation(
                 output_type="latent",
                 callback_on_step_end=on_step_end,
             )
+            telemetry.close_to(depth)
         cancelled = cancel.is_set()
         if not cancelled:
             stage = "VAE decode"
             t_decode = time.perf_counter()
-            image = decode_latents(out.images, pipe.vae, pipe.image_processor)
+            with telemetry.stage("VAE decode"):
+                image = decode_latents(out.images, pipe.vae, pipe.image_processor)
             decode_ms = (time.perf_counter() - t_decode) * 1000.0
             state.sample_memory()
     except torch.cuda.OutOfMemoryError:
         _release_cuda(on_cuda)
-        raise EngineOOM(_oom_advice(stage, params)) from None
+        raise EngineOOM(_oom_advice(telemetry.current_stage or stage, params)) from None
     except RuntimeError as exc:
         if "out of memory" not in str(exc).lower():
             raise
         _release_cuda(on_cuda)
-        raise EngineOOM(_oom_advice(stage, params)) from None
+        raise EngineOOM(_oom_advice(telemetry.current_stage or stage, params)) from None
+    finally:
+        hook.remove()
+        telemetry.close_to(depth)
 
+    if not on_cuda:
+        release_freed_memory()  # the decode's activations, freed but kept by the allocator
+    stages = telemetry.records_since(stage_mark)
     ends = state.step_ends
     steps_ms = tuple((b - a) * 1000.0 for a, b in zip([state.start, *ends[:-1]], ends))
     timings = Timings(
@@ -183,11 +208,18 @@ def run_generation(
         decode_ms=decode_ms,
         step_ms=steps_ms,
     )
+    # The stages' peaks are exact where the platform keeps high-water marks (hw/telemetry.py);
+    # the per-step samples cover platforms where it does not.
+    allocated = [r.peak_cuda_allocated_mb for r in stages if r.peak_cuda_allocated_mb is not None]
+    reserved = [r.peak_cuda_reserved_mb for r in stages if r.peak_cuda_reserved_mb is not None]
+    if on_cuda:
+        allocated.append(torch.cuda.max_memory_allocated() / 2**20)
+        reserved.append(torch.cuda.max_memory_reserved() / 2**20)
     memory = MemoryPeaks(
-        peak_rss_mb=state.peak_rss,
+        peak_rss_mb=max([state.peak_rss, *(r.peak_rss_mb for r in stages)]),
         process_peak_rss_mb=process_peak_rss_mb(),
-        cuda_max_allocated_mb=torch.cuda.max_memory_allocated() / 2**20 if on_cuda else None,
-        cuda_max_reserved_mb=torch.cuda.max_memory_reserved() / 2**20 if on_cuda else None,
+        cuda_max_allocated_mb=max(allocated) if allocated else None,
+        cuda_max_reserved_mb=max(reserved) if reserved else None,
     )
     steps_done = min(len(ends), state.total)
     return image, image is None, steps_done, timings, memory

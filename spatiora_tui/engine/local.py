@@ -24,21 +24,33 @@ from spatiora_tui.engine.api import (
 )
 from spatiora_tui.engine.manifest import add_trigger_words
 from spatiora_tui.engine.thread import OneThread
-from spatiora_tui.hw.watchdog import LeakWatchdog
+from spatiora_tui.hw.telemetry import Telemetry
+from spatiora_tui.hw.watchdog import LeakWatchdog, read_memory
 
 
 class LocalEngine:
     """Runs Stable Diffusion in this process (see module docstring)."""
 
-    def __init__(self, settings: Settings, cache_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        cache_dir: Path | None = None,
+        telemetry: Telemetry | None = None,
+        loader: Callable[..., tuple[Any, ModelInfo, Path | None]] | None = None,
+    ) -> None:
+        """`telemetry` is shared with whoever shows it (the TUI's hardware pane); `loader` stands
+        in for load_pipeline (benchmarks build the real architectures with random weights)."""
         self._settings = settings
         self._cache_dir = cache_dir or user_cache_dir()
+        self._telemetry = telemetry or Telemetry(
+            hz=settings.ui.hardware_hz, leak_tolerance_mb=settings.adapters.leak_tolerance_mb
+        )
+        self._loader = loader
         self._thread = OneThread("spatiora-engine")
         self._pipe: Any = None
         self._model: ModelInfo | None = None
         self._loras: Any = None
         self._active_task: str | None = None
-        self._watchdog = LeakWatchdog(settings.adapters.leak_tolerance_mb)
 
     # -- state --------------------------------------------------------------------------------
 
@@ -69,7 +81,12 @@ class LocalEngine:
 
     @property
     def watchdog(self) -> LeakWatchdog:
-        return self._watchdog
+        """The leak watchdog (the telemetry's): checked after every switch and generation."""
+        return self._telemetry.watchdog
+
+    @property
+    def telemetry(self) -> Telemetry:
+        return self._telemetry
 
     # -- operations ---------------------------------------------------------------------------
 
@@ -107,7 +124,9 @@ class LocalEngine:
         from spatiora_tui.engine.adapters import LoraManager
         from spatiora_tui.engine.pipeline import load_pipeline
 
-        pipe, model, demo_adapters = load_pipeline(self._settings.model, self._cache_dir, on_progress)
+        with self._telemetry.stage("load base", task=None):
+            load = self._loader or load_pipeline
+            pipe, model, demo_adapters = load(self._settings.model, self._cache_dir, on_progress)
         dirs = [self._settings.adapter_dir]
         if demo_adapters is not None:
             dirs.append(demo_adapters)
@@ -115,13 +134,19 @@ class LocalEngine:
         adapters = self._settings.adapters
         self._loras = LoraManager(pipe, model.family, dirs, adapters.resident_max, adapters.ram_cache_mb,
                                   adapters.resident_mb, adapters.fuse)
-        self._watchdog.set_baseline()  # memory with the base model loaded and no adapter held
+        self.watchdog.set_baseline()  # memory with the base model loaded and no adapter held
         return model
 
     def _switch_task(self, name: str) -> AdapterSwitch:
         self._require_loaded()
         task = self._task(name)
-        report = self._loras.activate(task.adapters)
+        previous = self._telemetry.task
+        try:
+            with self._telemetry.stage("adapter switch", task=task.name):
+                report = self._loras.activate(task.adapters)
+        except BaseException:
+            self._telemetry.set_task(previous)  # nothing changed: the old task is still in force
+            raise
         self._active_task = task.name
         held_ram, held_vram = self._loras.held_mb()
         before, after = report.before, report.after
@@ -138,7 +163,7 @@ class LocalEngine:
             vram_before_mb=before.vram_mb if before else None,
             vram_after_mb=after.vram_mb if after else None,
             fused=report.fused,
-            warning=self._watchdog.check(after, held_ram, held_vram) if after else None,
+            warning=self.watchdog.check(after, held_ram, held_vram) if after else None,
         )
 
     def _generate(
@@ -152,17 +177,24 @@ class LocalEngine:
         self._require_loaded()
         assert self._model is not None
         task = self._resolve_task(request)
+        mark = self._telemetry.mark()
         switch_ms = 0.0
         if self._active_task != task.name:
             switch_ms = self._switch_task(task.name).duration_ms
+        self._telemetry.set_task(task.name)
         params, warnings = self._resolve(request, task)
         image, cancelled, steps_done, timings, memory = run_generation(
             self._pipe, self._model, params, self._settings.preview, on_step,
-            cancel or threading.Event(), switch_ms,
+            cancel or threading.Event(), switch_ms, self._telemetry,
         )
+        held_ram, held_vram = self._loras.held_mb()
+        drift = self.watchdog.check(read_memory(), held_ram, held_vram, after="generating")
+        if drift is not None:
+            warnings = (*warnings, drift)
         return GenerationResult(
             params=params, model=self._model, image=image, cancelled=cancelled,
             steps_done=steps_done, timings=timings, memory=memory, warnings=warnings,
+            stages=self._telemetry.records_since(mark),
         )
 
     # -- helpers ------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Hardware readings: process memory, and sampled snapshots of GPU (NVML), CUDA and host.
+"""Hardware readings: process memory, sampled snapshots of GPU (NVML), CUDA and host, and the
+stage-aware telemetry built on them.
 
 No textual, and no torch at import.
 """
@@ -11,14 +12,13 @@ from spatiora_tui.hw.sampler import (
     HardwareSnapshot,
     HostReading,
     NvmlBackend,
-    PeakTracker,
     PsutilBackend,
-    TaskPeak,
     TorchCudaBackend,
 )
+from spatiora_tui.hw.telemetry import STAGES, Peak, StageRecord, Telemetry
 
 __all__ = [
-    "CudaReading", "GpuReading", "HardwareSampler", "HardwareSnapshot", "HostReading", "NvmlBackend",
-    "PeakTracker", "PsutilBackend", "TaskPeak", "TorchCudaBackend", "process_age_s", "process_peak_rss_mb",
-    "process_rss_mb",
+    "STAGES", "CudaReading", "GpuReading", "HardwareSampler", "HardwareSnapshot", "HostReading", "NvmlBackend",
+    "Peak", "PsutilBackend", "StageRecord", "Telemetry", "TorchCudaBackend", "process_age_s",
+    "process_peak_rss_mb", "process_rss_mb",
 ]

@@ -8,6 +8,8 @@ import sys
 import psutil
 
 _PROCESS: psutil.Process | None = None
+# The highest VmHWM seen before a reset of the kernel's high-water mark (see reset_peak_rss).
+_LIFETIME_PEAK_MB = 0.0
 
 
 def _process() -> psutil.Process:
@@ -23,14 +25,49 @@ def process_rss_mb() -> float:
 
 
 def process_peak_rss_mb() -> float:
-    """Peak resident set size over this process's life (the kernel's high-water mark)."""
+    """Peak resident set size over this process's life (the kernel's high-water mark, and the
+    highest one seen before any reset_peak_rss())."""
     try:
         import resource
     except ImportError:  # Windows has no getrusage
-        return process_rss_mb()
+        return max(_LIFETIME_PEAK_MB, process_rss_mb())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports KiB, macOS bytes.
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+    peak_mb = peak / 2**20 if sys.platform == "darwin" else peak / 1024
+    return max(_LIFETIME_PEAK_MB, peak_mb)
+
+
+def peak_rss_since_reset_mb() -> float | None:
+    """The kernel's RSS high-water mark (VmHWM) since the last reset_peak_rss(); None where the
+    kernel does not keep one (not Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's RSS high-water mark to the current RSS, so that the next
+    peak_rss_since_reset_mb() is the exact peak of what ran in between, however short.
+
+    Linux 4.0+ (writing 5 to /proc/self/clear_refs). The lifetime peak is kept first, so
+    process_peak_rss_mb() stays the peak over the process's life. False where unsupported.
+    """
+    global _LIFETIME_PEAK_MB
+    before = peak_rss_since_reset_mb()
+    if before is None:
+        return False
+    _LIFETIME_PEAK_MB = max(_LIFETIME_PEAK_MB, before)
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as refs:
+            refs.write("5")
+    except OSError:
+        return False
+    return True
 
 
 def process_age_s() -> float:
@@ -48,3 +85,19 @@ def process_age_s() -> float:
             start_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
         return time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf("SC_CLK_TCK")
     return time.time() - _process().create_time()
+
+
+def release_freed_memory() -> None:
+    """Hand memory the process has freed back to the OS (glibc's malloc_trim); elsewhere nothing.
+
+    After a VAE decode on a CPU, glibc keeps hundreds of MB of freed activations in its heap:
+    RSS then says the process holds memory it does not use, and the leak watchdog would count it.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # musl and other libcs have no malloc_trim
+        pass

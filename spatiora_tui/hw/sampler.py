@@ -36,6 +36,8 @@ class GpuReading:
     temperature_c: float | None = None
     power_w: float | None = None
     power_limit_w: float | None = None
+    graphics_clock_mhz: float | None = None
+    memory_clock_mhz: float | None = None
 
 
 @dataclass(frozen=True)
@@ -49,10 +51,11 @@ class CudaReading:
 
 @dataclass(frozen=True)
 class HostReading:
-    cpu_percent: float
+    cpu_percent: float  # the whole machine, all cores
     process_rss_mb: float
     ram_used_mb: float
     ram_total_mb: float
+    process_cpu_percent: float | None = None  # this process; 100 = one core busy
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,9 @@ class HardwareSnapshot:
     gpus: tuple[GpuReading, ...] = ()
     nvml_error: str | None = None  # why there are no GPU readings, when there are none
     cuda: CudaReading | None = None
+    #: What the engine was doing (telemetry stage, e.g. "denoise") and for which task mode.
+    stage: str | None = None
+    task: str | None = None
 
     @property
     def gpu(self) -> GpuReading | None:
@@ -94,9 +100,14 @@ class CudaBackend(Protocol):
 
 
 class NvmlBackend:
-    """GPU readings through pynvml (the nvidia-ml-py distribution). Initialised on first read."""
+    """GPU readings through pynvml (the nvidia-ml-py distribution). Initialised on first read.
 
-    def __init__(self) -> None:
+    `nvml` is the seam for tests: any object with pynvml's functions, constants and NVMLError
+    (a recorded device, one that lacks fields, one that fails mid-run); None imports pynvml.
+    """
+
+    def __init__(self, nvml: Any = None) -> None:
+        self._module = nvml
         self._nvml: Any = None
         self._handles: list[Any] = []
         self._error: str | None = None
@@ -117,7 +128,10 @@ class NvmlBackend:
 
     def _init(self) -> None:
         try:
-            import pynvml
+            if self._module is not None:
+                pynvml = self._module
+            else:
+                import pynvml
 
             pynvml.nvmlInit()
             self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
@@ -142,6 +156,8 @@ class NvmlBackend:
         temp = opt(nv.nvmlDeviceGetTemperature, handle, nv.NVML_TEMPERATURE_GPU)
         power = opt(nv.nvmlDeviceGetPowerUsage, handle)
         limit = opt(nv.nvmlDeviceGetEnforcedPowerLimit, handle)
+        graphics_clock = opt(nv.nvmlDeviceGetClockInfo, handle, nv.NVML_CLOCK_GRAPHICS)
+        memory_clock = opt(nv.nvmlDeviceGetClockInfo, handle, nv.NVML_CLOCK_MEM)
         procs = opt(nv.nvmlDeviceGetComputeRunningProcesses, handle)
         mine = None
         if procs is not None:
@@ -157,6 +173,8 @@ class NvmlBackend:
             temperature_c=float(temp) if temp is not None else None,
             power_w=power / 1000.0 if power is not None else None,
             power_limit_w=limit / 1000.0 if limit is not None else None,
+            graphics_clock_mhz=float(graphics_clock) if graphics_clock is not None else None,
+            memory_clock_mhz=float(memory_clock) if memory_clock is not None else None,
         )
 
 
@@ -174,6 +192,7 @@ class PsutilBackend:
             process_rss_mb=self._process.memory_info().rss / MB,
             ram_used_mb=(vm.total - vm.available) / MB,
             ram_total_mb=vm.total / MB,
+            process_cpu_percent=self._process.cpu_percent(None),
         )
 
 
@@ -212,30 +231,3 @@ class HardwareSampler:
             return HardwareSnapshot(
                 time=self.clock(), host=self.host.read(), gpus=gpus, nvml_error=error, cuda=self.cuda.read()
             )
-
-
-@dataclass(frozen=True)
-class TaskPeak:
-    vram_mb: float | None
-    rss_mb: float
-
-
-class PeakTracker:
-    """Peak memory per task, fed with snapshots taken while that task was active."""
-
-    def __init__(self) -> None:
-        self._peaks: dict[str, TaskPeak] = {}
-
-    def add(self, task: str, snap: HardwareSnapshot) -> TaskPeak:
-        old = self._peaks.get(task)
-        vram = snap.vram_mb
-        if old is not None and old.vram_mb is not None:
-            vram = old.vram_mb if vram is None else max(vram, old.vram_mb)
-        rss = snap.host.process_rss_mb if old is None else max(old.rss_mb, snap.host.process_rss_mb)
-        peak = TaskPeak(vram_mb=vram, rss_mb=rss)
-        self._peaks[task] = peak
-        return peak
-
-    @property
-    def peaks(self) -> dict[str, TaskPeak]:
-        return dict(self._peaks)

@@ -23,7 +23,7 @@ from textual.worker import Worker, WorkerState, get_current_worker
 
 from spatiora_tui.config import Settings, TaskSettings
 from spatiora_tui.engine.api import Engine, EngineError, EngineOOM, GenerationRequest, StepPreview
-from spatiora_tui.hw import HardwareSampler, PeakTracker, process_age_s
+from spatiora_tui.hw import Telemetry, process_age_s
 from spatiora_tui.outputs import OutputError, save_result
 from spatiora_tui.ui.images import image_widget_class
 from spatiora_tui.ui.messages import (
@@ -73,7 +73,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         engine: Engine,
         *,
         renderer: str | None = None,
-        sampler: HardwareSampler | None = None,
+        telemetry: Telemetry | None = None,
         exit_after_first_frame: bool = False,
     ) -> None:
         super().__init__()
@@ -81,14 +81,16 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self.engine = engine
         self.renderer = renderer or settings.ui.renderer
         self._image_class: type[Widget] = image_widget_class(self.renderer)
-        self._sampler = sampler or HardwareSampler()
+        # Shared with the engine, which marks its stages on it; the hardware worker samples it.
+        self.telemetry = telemetry or Telemetry(
+            hz=settings.ui.hardware_hz, leak_tolerance_mb=settings.adapters.leak_tolerance_mb
+        )
         self._tasks: dict[str, TaskSettings] = {t.name: t for t in settings.tasks}
         self._model_ready = False
         self._generation: Worker | None = None
-        self._generation_task: str | None = None
         self._pending_task: str | None = None
         self._switching = False
-        self._peaks = PeakTracker()
+        self._peaks_task: str | None = None  # the task whose stage peaks the pane shows
         self.preview_pacer = PreviewPacer(settings.ui.preview_fps, settings.ui.preview_cpu_budget)
         # While generating, the newest step and hardware sample wait here for the frame clock.
         self._pending_step: StepPreviewReady | None = None
@@ -124,7 +126,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self.sub_title = "loading the model…"
         self.prompt_pane.fill_from_task(self.settings.tasks[0])
         self.prompt_pane.query_one("#prompt", Input).focus()
-        self.hardware_pane.show_peaks({})
+        self.hardware_pane.show_peaks({}, None, {})
         self.say("loading the model in the background; generate is available once it is ready")
         self.call_after_refresh(self._first_frame)
         self._frame_clock = self.set_interval(1.0 / self.settings.ui.preview_fps, self._draw_frame, pause=True)
@@ -209,7 +211,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         except FormError as exc:
             self.say(str(exc), error=True)
             return
-        self._generation_task = task
+        self._peaks_task = task
         settings = self._tasks[task]
         self.preview_pane.started(request.steps or settings.steps, request.width or settings.width,
                                   request.height or settings.height)
@@ -353,7 +355,8 @@ class SpatioraApp(App[None], inherit_bindings=False):
         path = error = None
         if result.image is not None and not result.cancelled:
             try:
-                path = save_result(result, self.settings.output_dir)
+                with self.telemetry.stage("save"):
+                    path = save_result(result, self.settings.output_dir)
             except OutputError as exc:
                 error = str(exc)
         self.post_message(GenerationFinished(result, path, error))
@@ -408,7 +411,6 @@ class SpatioraApp(App[None], inherit_bindings=False):
             self._show_sample(sample)
         self.prompt_pane.steady_cursor(False)
         self._generation = None
-        self._generation_task = None
         self._run_pending_switch()
 
     @on(Worker.StateChanged)
@@ -434,12 +436,11 @@ class SpatioraApp(App[None], inherit_bindings=False):
         period = 1.0 / self.settings.ui.hardware_hz
         while not worker.is_cancelled:
             started = time.monotonic()
-            self.post_message(HardwareSampled(self._sampler.sample()))
+            self.post_message(HardwareSampled(self.telemetry.sample()))
             worker.cancelled_event.wait(max(0.0, period - (time.monotonic() - started)))
 
     def on_hardware_sampled(self, message: HardwareSampled) -> None:
-        if self._generation_task is not None:
-            self._peaks.add(self._generation_task, message.snapshot)  # every sample counts for peaks
+        # Peaks are the telemetry's: it folds in every sample and stage, drawn or not.
         if self._generation is not None:
             self._pending_sample = message  # drawn by the frame clock
         else:
@@ -447,8 +448,10 @@ class SpatioraApp(App[None], inherit_bindings=False):
 
     def _show_sample(self, message: HardwareSampled) -> None:
         self.hardware_pane.show(message.snapshot)
-        if self._peaks.peaks:
-            self.hardware_pane.show_peaks(self._peaks.peaks)
+        task = self._peaks_task
+        by_task = self.telemetry.peaks_by_task()
+        if by_task:
+            self.hardware_pane.show_peaks(by_task, task, self.telemetry.peaks_by_stage(task) if task else {})
 
 
 def make_app(
@@ -456,9 +459,10 @@ def make_app(
     engine: Engine,
     *,
     renderer: str | None = None,
-    sampler: HardwareSampler | None = None,
+    telemetry: Telemetry | None = None,
     exit_after_first_frame: bool = False,
 ) -> SpatioraApp:
-    """Build the app; the CLI and the tests both come through here."""
-    return SpatioraApp(settings, engine, renderer=renderer, sampler=sampler,
+    """Build the app; the CLI and the tests both come through here. Pass the engine's telemetry
+    so that the hardware pane shows the stages the engine marks."""
+    return SpatioraApp(settings, engine, renderer=renderer, telemetry=telemetry,
                        exit_after_first_frame=exit_after_first_frame)

@@ -7,7 +7,7 @@ import pytest
 
 from spatiora_tui.config import Settings
 from tests.conftest import small_tasks
-from tests.ui.fakes import FakeEngine, fake_sampler
+from tests.ui.fakes import FakeEngine, fake_telemetry
 
 
 async def settle(app, pilot) -> None:
@@ -34,8 +34,9 @@ def make(ui_settings: Settings):
 
     def build(settings: Settings | None = None, gpu: bool = False, renderer: str = "unicode", **engine_kwargs):
         settings = settings or ui_settings
-        engine = FakeEngine(settings, **engine_kwargs)
-        return make_app(settings, engine, renderer=renderer, sampler=fake_sampler(gpu)), engine
+        telemetry = fake_telemetry(gpu)
+        engine = FakeEngine(settings, telemetry=telemetry, **engine_kwargs)
+        return make_app(settings, engine, renderer=renderer, telemetry=telemetry), engine
 
     return build
 

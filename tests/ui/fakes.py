@@ -25,7 +25,7 @@ from spatiora_tui.engine.api import (
     StepPreview,
     Timings,
 )
-from spatiora_tui.hw import GpuReading, HardwareSampler, HostReading
+from spatiora_tui.hw import GpuReading, HardwareSampler, HostReading, Telemetry
 
 MODEL = ModelInfo(name="fake-model", source="fake", kind="demo", family="sd1", device="cpu", dtype="fp32")
 
@@ -42,6 +42,7 @@ class FakeEngine:
     previews: bool = True  # False: steps report progress without images ([preview] method = "none")
     switch_warning: str | None = None  # a leak watchdog warning every switch reports
     prefetched: list[str] = field(default_factory=list)
+    telemetry: Telemetry | None = None  # the app's: stages are marked on it as the real engine does
     _active: str | None = None
 
     @property
@@ -77,6 +78,16 @@ class FakeEngine:
         task = self.settings.task(request.task)
         if self._active != task.name:
             self.switch_task(task.name)
+        if self.telemetry is not None:
+            self.telemetry.set_task(task.name)
+            self.telemetry.enter("denoise")
+        try:
+            return self._run(request, task, on_step, cancel)
+        finally:
+            if self.telemetry is not None:
+                self.telemetry.close_to(0)
+
+    def _run(self, request, task, on_step, cancel) -> GenerationResult:
         steps = request.steps or task.steps
         seed = request.seed if request.seed is not None else 1234
         width, height = request.width or task.width, request.height or task.height
@@ -141,4 +152,9 @@ def h100(used_mb: float = 20480.0) -> GpuReading:
 def fake_sampler(gpu: bool) -> HardwareSampler:
     backend = RecordedGpu([h100()]) if gpu else RecordedGpu(error="no NVIDIA GPU — NVML unavailable (test)")
     return HardwareSampler(gpu=backend, host=FixedHost(), cuda=NoCuda(), clock=lambda: 0.0)
+
+
+def fake_telemetry(gpu: bool) -> Telemetry:
+    """Recorded readings only: the kernel's real peak counters would leak into the figures."""
+    return Telemetry(fake_sampler(gpu), exact_peaks=False)
 

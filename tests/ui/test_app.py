@@ -13,7 +13,7 @@ from textual.widgets import Input, OptionList, Static
 from spatiora_tui.config import KeySettings
 from spatiora_tui.engine.api import EngineError, EngineOOM
 from spatiora_tui.outputs import read_metadata
-from spatiora_tui.ui.messages import StepPreviewReady
+from spatiora_tui.ui.messages import HardwareSampled, StepPreviewReady
 from spatiora_tui.ui.screens.history import HistoryScreen
 from spatiora_tui.ui.widgets.hardware_pane import HardwarePane
 from spatiora_tui.ui.widgets.task_pane import TaskPane
@@ -339,10 +339,15 @@ async def test_hardware_pane_with_gpu_and_task_peaks(make) -> None:
         await pilot.press("ctrl+g")
         assert await asyncio.to_thread(engine.at_gate.wait, 5)
         await pilot.pause(0.4)  # the 4 Hz sampler takes readings while the task runs
+        app._show_sample(HardwareSampled(app.telemetry.latest))  # as the frame clock would
+        assert "denoise · interior" in str(app.query_one("#hw-stage").render())
         gate.set()
         await settle(app, pilot)
         peaks = str(app.query_one("#hw-peaks").render())
         assert "interior" in peaks and "VRAM 19.5 GB" in peaks
+        assert "by stage" in peaks and "denoise" in peaks
+        await pilot.pause(0.4)
+        assert "idle" in str(app.query_one("#hw-stage").render())
 
 
 def test_ui_never_imports_the_ml_stack() -> None:

@@ -14,15 +14,16 @@ from spatiora_tui.ui.app import make_app
 from spatiora_tui.ui.messages import StepPreviewReady
 from tests.conftest import small_tasks
 from tests.ui.conftest import settle
-from tests.ui.fakes import fake_sampler
+from tests.ui.fakes import fake_telemetry
 
 
 async def test_generate_switch_generate_on_the_demo_model(cache_dir: Path, tmp_path: Path) -> None:
     from spatiora_tui.engine.local import LocalEngine
 
     settings = Settings(tasks=small_tasks(), base_dir=tmp_path)
-    engine = LocalEngine(settings, cache_dir=cache_dir)
-    app = make_app(settings, engine, renderer="halfcell", sampler=fake_sampler(False))
+    telemetry = fake_telemetry(False)
+    engine = LocalEngine(settings, cache_dir=cache_dir, telemetry=telemetry)
+    app = make_app(settings, engine, renderer="halfcell", telemetry=telemetry)
     seen: list[object] = []
     async with app.run_test(size=(160, 48), message_hook=seen.append) as pilot:
         await settle(app, pilot)

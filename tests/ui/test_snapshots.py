@@ -18,9 +18,10 @@ from textual.widgets import Input
 from spatiora_tui.config import Settings
 from spatiora_tui.outputs import save_result
 from spatiora_tui.ui.app import make_app
+from spatiora_tui.ui.messages import HardwareSampled
 from tests.conftest import small_tasks
 from tests.ui.conftest import settle
-from tests.ui.fakes import FakeEngine, fake_sampler
+from tests.ui.fakes import FakeEngine, fake_telemetry
 
 SIZE = (150, 42)
 # A fixed folder: the history screen shows paths, which must not change between runs.
@@ -34,15 +35,20 @@ def settings(tmp_path: Path) -> Settings:
 
 def test_main_screen_during_a_generation(snap_compare, settings: Settings) -> None:
     gate = threading.Event()
-    engine = FakeEngine(settings, gate=gate)
-    app = make_app(settings, engine, renderer="halfcell", sampler=fake_sampler(True))
+    telemetry = fake_telemetry(True)
+    engine = FakeEngine(settings, gate=gate, telemetry=telemetry)
+    app = make_app(settings, engine, renderer="halfcell", telemetry=telemetry)
 
     async def run_before(pilot) -> None:
         await settle(app, pilot)
         app.query_one("#prompt", Input).value = "a sunlit loft with oak floors"
         await pilot.press("ctrl+g")
         assert await asyncio.to_thread(engine.at_gate.wait, 5)
-        await pilot.pause(0.3)
+        await pilot.pause(0.3)  # samples taken before the stage began are drawn by now
+        # A sample taken now, in the denoise stage, drawn at once: the pane then shows the stage
+        # and the task's peaks whatever the sampler's timing (later samples are identical).
+        app._show_sample(HardwareSampled(app.telemetry.sample()))
+        await pilot.pause()
 
     try:
         assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
@@ -60,7 +66,7 @@ def test_history_screen(snap_compare, settings: Settings, monkeypatch: pytest.Mo
         result = maker.generate(GenerationRequest(prompt=prompt, task=task, seed=100 + i))
         path = save_result(result, FIXED_OUTPUTS, name=f"image-{i}-{task}")
         os.utime(path, (1_700_000_000 + i, 1_700_000_000 + i))
-    app = make_app(settings, FakeEngine(settings), renderer="halfcell", sampler=fake_sampler(False))
+    app = make_app(settings, FakeEngine(settings), renderer="halfcell", telemetry=fake_telemetry(False))
 
     async def run_before(pilot) -> None:
         await settle(app, pilot)

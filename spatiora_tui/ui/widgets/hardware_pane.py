@@ -1,6 +1,7 @@
 """The hardware pane: VRAM gauge (device used/total, this process, CUDA allocated/reserved), GPU
 load, temperature and power; CPU, process RSS and system RAM; a memory sparkline over the last
-minutes; the peak of each task. Without NVML it says so plainly and shows the host figures."""
+minutes; what the engine is doing (its stage); the peak of each task, and of each stage of the
+task last run. Without NVML it says so plainly and shows the host figures."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Sparkline
 
-from spatiora_tui.hw import HardwareSnapshot, TaskPeak
+from spatiora_tui.hw import HardwareSnapshot, Peak
 from spatiora_tui.ui.text import gauge, markup_safe
 from spatiora_tui.ui.widgets.readout import Readout
 
@@ -44,6 +45,7 @@ class HardwarePane(Vertical):
     def compose(self) -> ComposeResult:
         yield Readout("[dim]sampling…[/]", id="hw-gpu")
         yield Readout("", id="hw-host")
+        yield Readout("", id="hw-stage")
         yield Readout("", id="hw-spark-label")
         yield Sparkline([], id="hw-spark")
         yield Readout("", id="hw-peaks")
@@ -56,11 +58,14 @@ class HardwarePane(Vertical):
             return  # a sample that arrives while the app starts up or shuts down
         self.query_one("#hw-gpu", Readout).show(self._gpu_text(snap))
         host = snap.host
+        process_cpu = f" · this process {host.process_cpu_percent:.0f} %" if host.process_cpu_percent is not None else ""
         self.query_one("#hw-host", Readout).show(
-            f"CPU  {host.cpu_percent:4.0f} %\n"
+            f"CPU  {host.cpu_percent:4.0f} %{process_cpu}\n"
             f"RSS  {_gb(host.process_rss_mb)} (this process)\n"
             f"RAM  {_bar(host.ram_used_mb, host.ram_total_mb)} {_gb(host.ram_used_mb)} / {_gb(host.ram_total_mb)}"
         )
+        doing = "idle" if snap.stage is None else snap.stage + (f" · {snap.task}" if snap.task else "")
+        self.query_one("#hw-stage", Readout).show(f"[dim]engine[/] {markup_safe(doing)}")
         vram = snap.vram_mb
         label = "VRAM (this process)" if vram is not None else "RSS (no GPU)"
         if label != self._history_label:
@@ -105,16 +110,30 @@ class HardwarePane(Vertical):
             load.append(f"{gpu.power_w:.0f}{limit} W")
         if load:
             lines.append("GPU  " + " · ".join(load))
+        if gpu.graphics_clock_mhz is not None:
+            memory_clock = f" · mem {gpu.memory_clock_mhz:.0f}" if gpu.memory_clock_mhz is not None else ""
+            lines.append(f"     clock {gpu.graphics_clock_mhz:.0f}{memory_clock} MHz")
         return "\n".join(lines)
 
-    def show_peaks(self, peaks: dict[str, TaskPeak]) -> None:
+    def show_peaks(self, by_task: dict[str, Peak], task: str | None, by_stage: dict[str, Peak]) -> None:
+        """Peaks of every task, then those of each stage of `task` (the one last run)."""
         if not self.is_attached or not self.children:
             return
-        if not peaks:
+        if not by_task:
             self.query_one("#hw-peaks", Readout).show("[dim]task peaks appear after a generation[/]")
             return
         rows = ["[b]peaks by task[/]"]
-        for task, peak in peaks.items():
+        for name, peak in by_task.items():
             vram = f"VRAM {_gb(peak.vram_mb)} · " if peak.vram_mb is not None else ""
-            rows.append(f"{markup_safe(task):<10} {vram}RSS {_gb(peak.rss_mb)}")
+            rows.append(f"{markup_safe(name):<10} {vram}RSS {_gb(peak.rss_mb)}")
+        if task and by_stage:
+            rows.append(f"[b]by stage[/] [dim]({markup_safe(task)}, {by_stage_count(by_stage)})[/]")
+            for stage, peak in by_stage.items():
+                vram = f"VRAM {_gb(peak.vram_mb)} · " if peak.vram_mb is not None else ""
+                rows.append(f"{stage:<14} {vram}RSS {_gb(peak.rss_mb)}")
         self.query_one("#hw-peaks", Readout).show("\n".join(rows))
+
+
+def by_stage_count(by_stage: dict[str, Peak]) -> str:
+    runs = max(peak.passes for peak in by_stage.values())
+    return "1 run" if runs == 1 else f"over {runs} runs"
