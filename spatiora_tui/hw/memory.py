@@ -19,6 +19,18 @@ def _process() -> psutil.Process:
     return _PROCESS
 
 
+def cuda_torch():
+    """The torch module when this process has imported it and initialised CUDA, else None.
+
+    Never imports torch: the hardware readings must cost nothing where the engine has not
+    loaded it (the UI's first frame, a CPU machine)."""
+    torch = sys.modules.get("torch")
+    try:
+        return torch if torch is not None and torch.cuda.is_initialized() else None
+    except Exception:
+        return None
+
+
 def process_rss_mb() -> float:
     """Resident set size of this process now."""
     return _process().memory_info().rss / 2**20

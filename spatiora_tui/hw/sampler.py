@@ -12,13 +12,14 @@ imported torch in this process, so the UI's hardware pane costs nothing on a CPU
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import psutil
+
+from spatiora_tui.hw.memory import cuda_torch
 
 MB = 2**20
 
@@ -200,12 +201,10 @@ class TorchCudaBackend:
     """torch.cuda memory counters, read only if torch is already imported and CUDA initialised."""
 
     def read(self) -> CudaReading | None:
-        torch = sys.modules.get("torch")
+        torch = cuda_torch()
         if torch is None:
             return None
         try:
-            if not torch.cuda.is_initialized():
-                return None
             return CudaReading(
                 allocated_mb=torch.cuda.memory_allocated() / MB,
                 reserved_mb=torch.cuda.memory_reserved() / MB,

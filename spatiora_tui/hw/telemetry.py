@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
-from spatiora_tui.hw.memory import peak_rss_since_reset_mb, reset_peak_rss
+from spatiora_tui.hw.memory import cuda_torch, peak_rss_since_reset_mb, reset_peak_rss
 from spatiora_tui.hw.sampler import HardwareSampler, HardwareSnapshot
 from spatiora_tui.hw.watchdog import LeakWatchdog
 
@@ -100,26 +100,14 @@ class _OpenStage:
 class CudaPeaks:
     """torch's CUDA peak counters, if torch is imported and CUDA initialised (never imports it)."""
 
-    @staticmethod
-    def _torch():
-        import sys
-
-        torch = sys.modules.get("torch")
-        try:
-            if torch is not None and torch.cuda.is_initialized():
-                return torch
-        except Exception:
-            return None
-        return None
-
     def reset(self) -> None:
-        torch = self._torch()
+        torch = cuda_torch()
         if torch is not None:
             torch.cuda.reset_peak_memory_stats()
 
     def read(self) -> tuple[float, float] | None:
         """(max allocated, max reserved) in MB since the last reset."""
-        torch = self._torch()
+        torch = cuda_torch()
         if torch is None:
             return None
         return torch.cuda.max_memory_allocated() / MB, torch.cuda.max_memory_reserved() / MB
@@ -274,12 +262,7 @@ class Telemetry:
             key = (record.task, record.stage)
             self._by_stage[key] = self._by_stage.get(key, Peak()).with_record(record)
             if record.task is not None:
-                old = self._by_task.get(record.task, Peak())
-                self._by_task[record.task] = replace(
-                    old, rss_mb=max(old.rss_mb, record.peak_rss_mb), vram_mb=_max(old.vram_mb, record.peak_vram_mb),
-                    cuda_allocated_mb=_max(old.cuda_allocated_mb, record.peak_cuda_allocated_mb),
-                    cuda_reserved_mb=_max(old.cuda_reserved_mb, record.peak_cuda_reserved_mb),
-                )
+                self._by_task[record.task] = self._by_task.get(record.task, Peak()).with_record(record)
             self._seq += 1
             self._records.append((self._seq, record))
             return record

@@ -9,10 +9,9 @@ loose bound there.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
-from spatiora_tui.hw.memory import process_rss_mb
+from spatiora_tui.hw.memory import cuda_torch, process_rss_mb
 
 MB = 2**20
 
@@ -31,10 +30,10 @@ def read_memory() -> MemoryReading:
 
 def cuda_allocated_mb() -> float | None:
     """torch's allocated CUDA memory, if torch is imported and CUDA initialised (never imports it)."""
-    torch = sys.modules.get("torch")
+    torch = cuda_torch()
+    if torch is None:
+        return None
     try:
-        if torch is None or not torch.cuda.is_initialized():
-            return None
         return torch.cuda.memory_allocated() / MB
     except Exception:
         return None
