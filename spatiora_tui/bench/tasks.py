@@ -131,8 +131,8 @@ def run_bench(
         folder = Path(tmp)
         adapters_dir, out_dir = folder / "adapters", folder / "out"
         adapters_dir.mkdir()
-        bench_settings = _bench_settings(settings, arch, tasks, steps, width, height, adapters_dir, device)
-        loader = _loader(arch, adapters_dir, tasks, rank, say)
+        bench_settings, loader = arch_engine_parts(settings, arch, tasks, steps, size, adapters_dir, rank, device,
+                                                   say)
         telemetry = Telemetry(hz=settings.ui.hardware_hz, leak_tolerance_mb=settings.adapters.leak_tolerance_mb)
         telemetry.start()
         try:
@@ -248,6 +248,18 @@ def _bench_settings(settings: Settings, arch: str, tasks: tuple[str, ...], steps
         settings, model=model, tasks=bench_tasks,
         adapters=dataclasses.replace(settings.adapters, dir=str(adapters_dir)),
     )
+
+
+def arch_engine_parts(settings: Settings, arch: str, tasks: tuple[str, ...], steps: int, size: tuple[int, int],
+                      adapters_dir: Path, rank: int | None = None, device: str | None = None,
+                      say: Callable[[str], None] = print) -> tuple[Settings, Any]:
+    """Settings and a loader for a LocalEngine on `arch` (demo, sd15, sdxl with random weights),
+    each task with its own adapter written into adapters_dir: what the bench runs, for other
+    measurements (the UI's cost on a real-size model) to run the same way."""
+    rank = rank or (4 if arch == "demo" else 64)
+    width, height = size
+    bench_settings = _bench_settings(settings, arch, tasks, steps, width, height, adapters_dir, device)
+    return bench_settings, _loader(arch, adapters_dir, tasks, rank, say)
 
 
 def _adapter_name(task: str) -> str:

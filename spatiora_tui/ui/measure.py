@@ -11,8 +11,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import tempfile
 import threading
 import time
+from pathlib import Path
+from typing import Any
 
 from spatiora_tui.config import load_settings
 from spatiora_tui.engine.api import GenerationRequest
@@ -87,13 +90,28 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--task", default="floorplan")
     parser.add_argument("--keys", type=int, default=30, help="keys typed during the last in-app generation")
+    parser.add_argument("--arch", choices=("config", "demo", "sd15", "sdxl"), default="config",
+                        help="the configured model (default), or an architecture with random weights as "
+                             "`spatiora bench` builds it (real size: real compute per step)")
+    parser.add_argument("--steps", type=int, default=4, help="steps per image with --arch")
+    parser.add_argument("--size", default="512x512", help="WIDTHxHEIGHT with --arch")
     args = parser.parse_args()
 
     from spatiora_tui.engine.local import LocalEngine
     from spatiora_tui.ui.app import make_app
 
     settings = load_settings()
-    engine = LocalEngine(settings)
+    with tempfile.TemporaryDirectory(prefix="spatiora-measure-") as tmp:
+        loader = None
+        if args.arch != "config":
+            from spatiora_tui.bench.tasks import arch_engine_parts, parse_size
+
+            settings, loader = arch_engine_parts(settings, args.arch, (args.task,), args.steps,
+                                                 parse_size(args.size), Path(tmp))
+        _measure(args, settings, LocalEngine(settings, loader=loader), make_app)
+
+
+def _measure(args: argparse.Namespace, settings: Any, engine: Any, make_app: Any) -> None:
     engine.load()
     request = GenerationRequest(prompt="an open-plan flat", task=args.task, seed=7)
     engine.generate(request)  # warm-up: first-run allocations and caches
