@@ -17,7 +17,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from spatiora_tui import __version__
+from spatiora_tui import __version__, failpoints
+from spatiora_tui.atomic import clean_stale_partials
 from spatiora_tui.config import (
     OUTPUT_DIR_ENV,
     RENDERERS,
@@ -124,6 +125,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if os.environ.get(failpoints.ENV):
+            try:
+                failpoints.arm_from_env()
+            except ValueError as exc:
+                raise UsageError(f"{failpoints.ENV}: {exc}") from None
         return _dispatch(args)
     except ConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
@@ -157,6 +163,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "config":
         return _cmd_config(args, config_path)
     settings = load_settings(config_path)
+    if args.command in (None, "generate"):
+        # Temp files of a writer that was killed (atomic writes leave nothing else behind).
+        clean_stale_partials(settings.output_dir)
     if args.command == "tasks":
         return _cmd_tasks(settings)
     if args.command == "doctor":
@@ -247,7 +256,7 @@ def _cmd_tui(settings: Settings, args: argparse.Namespace) -> int:
 def _cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
     from spatiora_tui.engine.api import GenerationRequest
     from spatiora_tui.engine.local import LocalEngine
-    from spatiora_tui.outputs import save_result
+    from spatiora_tui.outputs import OutputError, save_result
 
     if not args.prompt.strip():
         raise UsageError('the prompt is empty; describe what to draw, e.g. spatiora generate "a sunlit loft"')
@@ -287,8 +296,11 @@ def _cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
     if result.cancelled:
         print(f"cancelled after {result.steps_done} steps; nothing saved", file=sys.stderr)
         return EXIT_CANCELLED
-    with telemetry.stage("save"):
-        path = save_result(result, out_dir, out_name)
+    try:
+        with telemetry.stage("save"):
+            path = save_result(result, out_dir, out_name)
+    except OutputError as exc:
+        return _rescue(result, exc, save_result)
     telemetry.stop()
     t = result.timings
     first = f"{t.first_preview_ms / 1000:.2f} s" if t.first_preview_ms is not None else "off"
@@ -303,6 +315,23 @@ def _cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
     print("stages: " + stage_summary(telemetry.records_since(0)), file=sys.stderr)
     print(path)
     return EXIT_OK
+
+
+def _rescue(result: Any, error: Exception, save_result: Callable[..., Path]) -> int:
+    """The image could not be saved where asked: keep it anyway, in the cache folder, and say so."""
+    from spatiora_tui.outputs import OutputError
+
+    print(f"spatiora: error: {_one_line(str(error))}", file=sys.stderr)
+    rescue_dir = user_cache_dir() / "unsaved"
+    try:
+        path = save_result(result, rescue_dir)
+    except OutputError as second:
+        print(f"spatiora: error: the image is lost: it could not be kept in {rescue_dir} either "
+              f"({_one_line(str(second))})", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"the image was kept in {path}; move it where you want it", file=sys.stderr)
+    print(path)
+    return EXIT_FAILED
 
 
 def _output_target(settings: Settings, out: str | None) -> tuple[Path, str | None]:

@@ -238,6 +238,7 @@ class KeySettings:
     cancel: str = field(default="escape", metadata=_doc("Cancel the running generation.", _keys))
     next_task: str = field(default="ctrl+t", metadata=_doc("Switch to the next task mode.", _keys))
     history: str = field(default="ctrl+o", metadata=_doc("Open this session's and earlier images.", _keys))
+    save: str = field(default="ctrl+s", metadata=_doc("Save the last image again after its save failed.", _keys))
     quit: str = field(default="ctrl+q", metadata=_doc("Quit.", _keys))
 
 
@@ -502,10 +503,9 @@ def settings_to_toml(settings: Settings) -> str:
 
 def write_settings(settings: Settings, path: Path) -> None:
     """Write settings atomically: a crash mid-write never leaves a half-written config."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(settings_to_toml(settings), encoding="utf-8")
-    os.replace(tmp, path)
+    from spatiora_tui import atomic
+
+    atomic.write_bytes(path, settings_to_toml(settings).encode("utf-8"))
 
 
 def task_with_overrides(task: TaskSettings, **overrides: Any) -> TaskSettings:

@@ -7,15 +7,18 @@ Two PNG text chunks:
 - `spatiora`: JSON with the full resolved request, model, adapter sha256 sums, timings, memory,
   and the time and peak memory of each stage (adapter switch, text encode, denoise, VAE decode).
 
-A file appears under its final name only once completely written (temp file + hard link), so a
-crash never leaves a truncated PNG and a name collision never overwrites anything.
+A file appears under its final name only once completely written (spatiora_tui.atomic: temp file
++ hard link), so a crash never leaves a truncated PNG and a name collision never overwrites
+anything. Each saved image is also listed in the folder's history index (HistoryIndex), written
+atomically too.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
+import io
 import json
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -24,13 +27,17 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from spatiora_tui import __version__
+from spatiora_tui import __version__, atomic, failpoints
 from spatiora_tui.config import SCHEDULERS
 from spatiora_tui.engine.api import GenerationResult
 
 PARAMETERS_KEY = "parameters"
 SPATIORA_KEY = "spatiora"
 _SAFE = re.compile(r"[^A-Za-z0-9_-]+")
+# A file name given by the user may hold anything but path separators and control characters
+# (an ESC in a file name would reach the terminal raw wherever the name is shown).
+_SAFE_NAME = re.compile(r"[\x00-\x1f\x7f-\x9f/\\]+")
+HISTORY_INDEX = ".spatiora-history.json"
 
 
 class OutputError(Exception):
@@ -111,39 +118,37 @@ def save_result(result: GenerationResult, out_dir: Path, name: str | None = None
     """Write the result's image as PNG with both metadata chunks. Returns the new file's path."""
     if result.image is None:
         raise OutputError("a cancelled generation has no image to save")
+    record = metadata_record(result)
     info = PngImagePlugin.PngInfo()
     info.add_text(PARAMETERS_KEY, a1111_parameters(result))
-    info.add_itxt(SPATIORA_KEY, json.dumps(metadata_record(result), separators=(",", ":")))
+    info.add_itxt(SPATIORA_KEY, json.dumps(record, separators=(",", ":")))
     stem = name or f"{time.strftime('%Y%m%d-%H%M%S')}-{_SAFE.sub('_', result.params.task)}-{result.params.seed}"
-    return _write_png_atomically(result.image, info, out_dir, stem)
+    return _write_png_atomically(result.image, info, out_dir, _SAFE_NAME.sub("_", stem), record)
 
 
-def _write_png_atomically(image: Image.Image, info: PngImagePlugin.PngInfo, out_dir: Path, stem: str) -> Path:
+def _write_png_atomically(image: Image.Image, info: PngImagePlugin.PngInfo, out_dir: Path, stem: str,
+                          record: dict[str, Any]) -> Path:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = out_dir / f".{stem}.{os.getpid()}.partial"
-        with tmp.open("wb") as fh:
-            image.save(fh, format="PNG", pnginfo=info)
-            fh.flush()
-            os.fsync(fh.fileno())
+        failpoints.hit("save")
+        path = atomic.write_new(out_dir, stem, ".png", buffer.getvalue())
     except OSError as exc:
-        raise OutputError(f"could not write to {out_dir}: {exc.strerror or exc}") from None
+        raise OutputError(f"could not write to {out_dir}: {_why(exc)}") from None
     try:
-        for n in range(10_000):
-            final = out_dir / (f"{stem}.png" if n == 0 else f"{stem}-{n}.png")
-            try:
-                os.link(tmp, final)  # fails if the name exists: no overwrite, no race
-                return final
-            except FileExistsError:
-                continue
-            except OSError:
-                # Filesystems without hard links: best effort, still never over an existing file.
-                if not final.exists():
-                    os.replace(tmp, final)
-                    return final
-        raise OutputError(f"no free file name for {stem} in {out_dir}")
-    finally:
-        tmp.unlink(missing_ok=True)
+        HistoryIndex(out_dir).add(path, record)
+    except OSError:
+        pass  # the image is saved; the index is rebuilt from the images when it is behind
+    return path
+
+
+def _why(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "the disk is full; free some space (or set [output] dir to another disk) and save again"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"{exc.strerror or 'permission denied'}; make the folder writable (or set [output] dir) "
+                "and save again")
+    return f"{exc.strerror or exc}; fix the folder and save again"
 
 
 @dataclass(frozen=True)
@@ -170,3 +175,74 @@ def read_metadata(path: Path) -> ImageMetadata:
         a1111=parse_a1111(parameters) if parameters else {},
         spatiora=record,
     )
+
+
+class HistoryIndex:
+    """The output folder's list of saved images with what the history shows for each (task, seed,
+    prompt, size, time), so the history lists thousands of images without opening each PNG.
+
+    Written atomically after each save: a process killed while writing it leaves the previous
+    index. An index that cannot be read (edited by hand, from a newer version) is rebuilt from the
+    images' own metadata, which stays the source of truth; images not in it (copied in, or saved
+    while the index could not be written) are read from their files.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.path = folder / HISTORY_INDEX
+
+    def entries(self) -> dict[str, dict[str, Any]]:
+        """File name -> entry, for the images the index lists that still exist."""
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            listed = data["images"] if data.get("format") == 1 else None
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            listed = None
+        if not isinstance(listed, list):
+            return self.rebuild()
+        return {e["file"]: e for e in listed if isinstance(e, dict) and isinstance(e.get("file"), str)
+                and (self.folder / e["file"]).is_file()}
+
+    def add(self, image: Path, record: dict[str, Any]) -> None:
+        entries = self.entries()
+        entries[image.name] = _index_entry(image.name, record)
+        self._write(entries)
+
+    def rebuild(self) -> dict[str, dict[str, Any]]:
+        """Read every PNG's metadata again and write a fresh index (best effort)."""
+        entries: dict[str, dict[str, Any]] = {}
+        try:
+            files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() == ".png" and not p.name.startswith("."))
+        except OSError:
+            return entries
+        for file in files:
+            try:
+                record = read_metadata(file).spatiora
+            except Exception:  # a damaged or foreign file: listed without details
+                record = None
+            entries[file.name] = _index_entry(file.name, record or {})
+        try:
+            self._write(entries)
+        except OSError:
+            pass
+        return entries
+
+    def _write(self, entries: dict[str, dict[str, Any]]) -> None:
+        data = {"format": 1, "images": list(entries.values())}
+        atomic.write_bytes(self.path, json.dumps(data, indent=0).encode("utf-8"))
+
+
+def _index_entry(name: str, record: dict[str, Any]) -> dict[str, Any]:
+    request = record.get("request", {}) if isinstance(record, dict) else {}
+    timings = record.get("timings_ms", {}) if isinstance(record, dict) else {}
+    return {
+        "file": name,
+        "created": record.get("created") if isinstance(record, dict) else None,
+        "task": request.get("task"),
+        "seed": request.get("seed"),
+        "prompt": request.get("prompt"),
+        "size": f"{request.get('width')}x{request.get('height')}" if request.get("width") else None,
+        "image_ms": timings.get("image_ms"),
+    }

@@ -31,6 +31,16 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _no_failpoints():
+    """A failpoint a test armed and did not reach never fires in the next test."""
+    from spatiora_tui import failpoints
+
+    failpoints.reset()
+    yield
+    failpoints.reset()
+
+
+@pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test reads the user's config or writes into the repository's outputs/."""
     monkeypatch.delenv("SPATIORA_CONFIG", raising=False)

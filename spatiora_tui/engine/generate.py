@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from spatiora_tui import failpoints
 from spatiora_tui.config import PreviewSettings
 from spatiora_tui.engine.api import (
     EngineOOM,
@@ -106,8 +107,9 @@ def run_generation(
     cancel: threading.Event,
     switch_ms: float = 0.0,
     telemetry: Telemetry | None = None,
-) -> tuple[Any, bool, int, Timings, MemoryPeaks]:
-    """Run the pipeline once. Returns (image or None, cancelled, steps done, timings, memory).
+) -> tuple[Any, bool, int, Timings, MemoryPeaks, tuple[str, ...]]:
+    """Run the pipeline once. Returns (image or None, cancelled, steps done, timings, memory,
+    warnings).
 
     Marks the stages text encode, denoise and VAE decode on `telemetry`: the pipeline encodes
     the prompt and then calls the UNet, so the UNet's first call ends text encoding.
@@ -155,11 +157,15 @@ def run_generation(
         if telemetry.current_stage == "text encode":
             telemetry.exit()
             telemetry.enter("denoise")
+        failpoints.hit("denoise")
 
     generator = torch.Generator(device="cpu").manual_seed(params.seed)
     stage = "denoise"
     image = None
     decode_ms = None
+    notes: list[str] = []
+    oom_in: str | None = None
+    out = None
     hook = pipe.unet.register_forward_pre_hook(unet_called)
     try:
         if not cancel.is_set():
@@ -181,20 +187,25 @@ def run_generation(
             stage = "VAE decode"
             t_decode = time.perf_counter()
             with telemetry.stage("VAE decode"):
-                image = decode_latents(out.images, pipe.vae, pipe.image_processor)
+                image, tiled = _decode(out.images, pipe, on_cuda)
+            if tiled:
+                notes.append("the VAE decode ran out of memory, so the image was decoded in tiles "
+                             "(same image, up to faint seams); a smaller size avoids it")
             decode_ms = (time.perf_counter() - t_decode) * 1000.0
             state.sample_memory()
-    except torch.cuda.OutOfMemoryError:
-        _release_cuda(on_cuda)
-        raise EngineOOM(_oom_advice(telemetry.current_stage or stage, params)) from None
-    except RuntimeError as exc:
-        if "out of memory" not in str(exc).lower():
+    except RuntimeError as exc:  # torch.OutOfMemoryError is one
+        if not _is_out_of_memory(exc):
             raise
-        _release_cuda(on_cuda)
-        raise EngineOOM(_oom_advice(telemetry.current_stage or stage, params)) from None
+        oom_in = telemetry.current_stage or stage
     finally:
         hook.remove()
         telemetry.close_to(depth)
+    if oom_in is not None:
+        # Out here, not in the except block: the exception's traceback holds the pipeline's
+        # frames and their tensors until the block ends, so only now can the memory go back.
+        out = None
+        _release_memory(on_cuda)
+        raise EngineOOM(_oom_advice(oom_in, params, on_cuda))
 
     if not on_cuda:
         release_freed_memory()  # the decode's activations, freed but kept by the allocator
@@ -222,22 +233,54 @@ def run_generation(
         cuda_max_reserved_mb=max(reserved) if reserved else None,
     )
     steps_done = min(len(ends), state.total)
-    return image, image is None, steps_done, timings, memory
+    return image, image is None, steps_done, timings, memory, tuple(notes)
 
 
-def _release_cuda(on_cuda: bool) -> None:
+def _decode(latents: Any, pipe: Any, on_cuda: bool) -> tuple[Any, bool]:
+    """The final VAE decode; when it runs out of memory, once more in tiles (as ComfyUI does),
+    which needs a fraction of the memory. Returns (image, decoded in tiles)."""
+    try:
+        failpoints.hit("vae decode")
+        return decode_latents(latents, pipe.vae, pipe.image_processor), False
+    except RuntimeError as exc:
+        if not _is_out_of_memory(exc) or not hasattr(pipe.vae, "enable_tiling"):
+            raise
+    _release_memory(on_cuda)
+    pipe.vae.enable_tiling()
+    try:
+        failpoints.hit("vae decode")
+        return decode_latents(latents, pipe.vae, pipe.image_processor), True
+    finally:
+        pipe.vae.disable_tiling()
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA and MPS say "out of memory"; the CPU allocator says "not enough memory" or
+    "can't allocate memory" (and raises a plain RuntimeError)."""
+    text = str(exc).lower()
+    return any(words in text for words in ("out of memory", "not enough memory", "can't allocate memory"))
+
+
+def _release_memory(on_cuda: bool) -> None:
+    """Give back what a failed run held: Python's garbage, then the CUDA cache (on a GPU) or
+    the C allocator's freed pages (on the CPU)."""
+    import gc
+
+    gc.collect()
     if on_cuda:
-        import gc
-
         import torch
 
-        gc.collect()
         torch.cuda.empty_cache()
+    else:
+        release_freed_memory()
 
 
-def _oom_advice(stage: str, params: ResolvedRequest) -> str:
+def _oom_advice(stage: str, params: ResolvedRequest, on_cuda: bool) -> str:
+    where = "close other GPU programs or use dtype = \"fp16\"" if on_cuda else "close other programs"
+    half = (params.width // 2 // 8 * 8, params.height // 2 // 8 * 8)
+    lower = f"Lower width/height (e.g. {half[0]}x{half[1]})" if min(half) >= 64 else "Lower width/height"
     return (
         f"out of memory during {stage} at {params.width}x{params.height}; memory was released. "
-        "Lower width/height, use dtype = \"fp16\", or close other GPU programs, then try again"
+        f"{lower} or {where}, then generate again"
     )
 

@@ -183,10 +183,11 @@ class LocalEngine:
             switch_ms = self._switch_task(task.name).duration_ms
         self._telemetry.set_task(task.name)
         params, warnings = self._resolve(request, task)
-        image, cancelled, steps_done, timings, memory = run_generation(
+        image, cancelled, steps_done, timings, memory, notes = run_generation(
             self._pipe, self._model, params, self._settings.preview, on_step,
             cancel or threading.Event(), switch_ms, self._telemetry,
         )
+        warnings = (*warnings, *notes)
         held_ram, held_vram = self._loras.held_mb()
         drift = self.watchdog.check(read_memory(), held_ram, held_vram, after="generating")
         if drift is not None:

@@ -22,7 +22,14 @@ from textual.widgets import Footer, Header, Input
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from spatiora_tui.config import Settings, TaskSettings
-from spatiora_tui.engine.api import Engine, EngineError, EngineOOM, GenerationRequest, StepPreview
+from spatiora_tui.engine.api import (
+    Engine,
+    EngineError,
+    EngineOOM,
+    GenerationRequest,
+    GenerationResult,
+    StepPreview,
+)
 from spatiora_tui.hw import Telemetry, process_age_s
 from spatiora_tui.outputs import OutputError, save_result
 from spatiora_tui.ui.images import image_widget_class
@@ -32,6 +39,7 @@ from spatiora_tui.ui.messages import (
     GenerationFailed,
     GenerationFinished,
     HardwareSampled,
+    ImageSaved,
     ModelLoaded,
     ModelLoadFailed,
     ModelLoadProgressed,
@@ -50,7 +58,7 @@ from spatiora_tui.ui.widgets.task_pane import TaskPane
 PAINT_WAIT_S = 0.5
 
 #: Binding ids, which are also the [keys] names in config.toml.
-KEY_ACTIONS = ("generate", "cancel", "next_task", "history", "quit")
+KEY_ACTIONS = ("generate", "cancel", "next_task", "history", "save", "quit")
 
 
 class SpatioraApp(App[None], inherit_bindings=False):
@@ -63,6 +71,8 @@ class SpatioraApp(App[None], inherit_bindings=False):
         Binding("ctrl+t", "next_task", "Next task", id="next_task", priority=True,
                 tooltip="Switch to the next task mode"),
         Binding("ctrl+o", "history", "History", id="history", priority=True, tooltip="Browse the images"),
+        Binding("ctrl+s", "save", "Save again", id="save", priority=True,
+                tooltip="Save the last image again (shown when its save failed)"),
         Binding("ctrl+q", "quit", "Quit", id="quit", priority=True, tooltip="Quit Spatiora"),
         Binding("ctrl+c", "help_quit", show=False, system=True),
     ]
@@ -96,6 +106,8 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self._pending_step: StepPreviewReady | None = None
         self._pending_sample: HardwareSampled | None = None
         self._session_images: list[Path] = []
+        # The last image whose save failed: kept in memory until a "save again" succeeds.
+        self._unsaved: GenerationResult | None = None
         self._exit_after_first_frame = exit_after_first_frame
         #: Seconds from process start to the first frame (set when it is drawn).
         self.first_frame_age_s: float | None = None
@@ -391,11 +403,52 @@ class SpatioraApp(App[None], inherit_bindings=False):
             saved = f"saved {markup_safe(str(message.path))}"
             self.say(f"saved {message.path}")
         else:
-            saved = "[b]not saved[/] — the image is shown but was not written"
+            self._unsaved = result
+            self.refresh_bindings()
+            saved = f"[b]not saved[/] — the image is kept in memory: {self._save_key()} saves it again"
             self.say(f"could not save the image: {message.save_error}", error=True)
         for warning in result.warnings:
             self.notify(markup_safe(warning), severity="warning", timeout=8)
         self.preview_pane.finished(result, saved)
+
+    # -- saving again -------------------------------------------------------------------------
+
+    def _save_key(self) -> str:
+        return self.settings.keys.save.split(",")[0].strip()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "save":
+            return self._unsaved is not None  # in the footer only while an image waits
+        return True
+
+    def action_save(self) -> None:
+        if self._unsaved is None:
+            self.say("nothing waits to be saved: every image of this session is on disk")
+            return
+        self.say(f"saving again to {self.settings.output_dir}…")
+        self._save_again(self._unsaved)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="save")
+    def _save_again(self, result: GenerationResult) -> None:
+        try:
+            with self.telemetry.stage("save"):
+                path = save_result(result, self.settings.output_dir)
+        except OutputError as exc:
+            self.post_message(ImageSaved(result, None, str(exc)))
+            return
+        self.post_message(ImageSaved(result, path, None))
+
+    def on_image_saved(self, message: ImageSaved) -> None:
+        if message.path is None:
+            self.say(f"still not saved: {message.error} (the image stays in memory; "
+                     f"{self._save_key()} tries again)", error=True)
+            return
+        if self._unsaved is message.result:
+            self._unsaved = None
+            self.refresh_bindings()
+        self._session_images.append(message.path)
+        self.preview_pane.show_saved(f"saved {markup_safe(str(message.path))}")
+        self.say(f"saved {message.path}")
 
     def on_generation_failed(self, message: GenerationFailed) -> None:
         self._generation_ended()

@@ -65,6 +65,16 @@ class GenerationFinished(Message):
         self.save_error = save_error
 
 
+class ImageSaved(Message):
+    """A "save again" of an image whose first save failed ended: saved at `path`, or `error`."""
+
+    def __init__(self, result: GenerationResult, path: Path | None, error: str | None) -> None:
+        super().__init__()
+        self.result = result
+        self.path = path
+        self.error = error
+
+
 class GenerationFailed(Message):
     def __init__(self, task: str, error: str, out_of_memory: bool) -> None:
         super().__init__()

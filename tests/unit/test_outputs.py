@@ -73,7 +73,8 @@ def test_never_overwrites_and_leaves_no_temp_files(tmp_path: Path) -> None:
     result = make_result()
     paths = [save_result(result, tmp_path, name="same") for _ in range(3)]
     assert [p.name for p in paths] == ["same.png", "same-1.png", "same-2.png"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["same-1.png", "same-2.png", "same.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".spatiora-history.json", "same-1.png", "same-2.png",
+                                                          "same.png"]
 
 
 def test_cancelled_result_is_not_saved(tmp_path: Path) -> None:

@@ -94,7 +94,10 @@ class PreviewPane(Vertical):
             result.steps_done if result.image is not None else 0, result.steps_done or 1,
             f"{state} · {result.steps_done} steps · image in {total} · first preview {first} · seed {result.params.seed}",
         )
-        self.query_one("#saved", Readout).show(saved)
+        self.show_saved(saved)
+
+    def show_saved(self, text: str) -> None:
+        self.query_one("#saved", Readout).show(text)
 
     def failed(self) -> None:
         self._progress(0, 1, "failed — see the status line")

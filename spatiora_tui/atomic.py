@@ -1,0 +1,125 @@
+"""Crash-safe file writes: a file appears under its name complete, or not at all.
+
+Every file Spatiora writes (images, the history index, config.toml) goes through here. The data
+goes to a hidden temp file in the same folder, is flushed to the disk, and only then takes the
+final name in one rename or hard link, so a process killed at any moment leaves either the old
+file or the new one, never a mix. A killed writer's temp file (`.NAME.PID.partial`) is removed by
+`clean_stale_partials`, which the app and the CLI run on the output folder when they start.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+from spatiora_tui import failpoints
+
+PARTIAL_SUFFIX = ".partial"
+_PARTIAL = re.compile(r"^\..+\.(\d+)\.partial$")
+
+
+def _partial_path(folder: Path, name: str) -> Path:
+    return folder / f".{name}.{os.getpid()}{PARTIAL_SUFFIX}"
+
+
+def _write_partial(folder: Path, name: str, data: bytes) -> Path:
+    """Write data to a temp file beside the target and flush it to the disk."""
+    tmp = _partial_path(folder, name)
+    half = len(data) // 2
+    try:
+        with tmp.open("wb") as fh:
+            fh.write(data[:half])
+            failpoints.hit("atomic write")  # a test's kill here leaves a half-written temp file
+            fh.write(data[half:])
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk: give back what was written
+        raise
+    return tmp
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the new name itself durable (POSIX); best effort where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Replace (or create) `path` with `data` atomically. Raises OSError."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _write_partial(path.parent, path.name, data)
+    try:
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _sync_folder(path.parent)
+
+
+def write_new(folder: Path, stem: str, suffix: str, data: bytes, attempts: int = 10_000) -> Path:
+    """Write `data` as a new file `stem+suffix` in folder (`stem-1`, `stem-2`... when taken),
+    never over an existing file, atomically. Returns its path. Raises OSError or FileExistsError."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = _write_partial(folder, stem + suffix, data)
+    try:
+        for n in range(attempts):
+            final = folder / (f"{stem}{suffix}" if n == 0 else f"{stem}-{n}{suffix}")
+            try:
+                os.link(tmp, final)  # fails if the name exists: no overwrite, no race
+            except FileExistsError:
+                continue
+            except OSError:
+                # Filesystems without hard links: still never over an existing file.
+                if final.exists():
+                    continue
+                os.replace(tmp, final)
+            _sync_folder(folder)
+            return final
+        raise FileExistsError(f"no free file name for {stem}{suffix} in {folder}")
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def clean_stale_partials(folder: Path, max_age_s: float = 24 * 3600.0) -> list[Path]:
+    """Remove temp files that killed writers left in `folder`: those of processes that are gone
+    (or older than max_age_s, in case the pid was reused). Returns what was removed."""
+    removed: list[Path] = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        match = _PARTIAL.match(entry.name)
+        if not match:
+            continue
+        try:
+            stale = not _alive(int(match.group(1))) or now - entry.stat().st_mtime > max_age_s
+            if stale:
+                entry.unlink()
+                removed.append(entry)
+        except OSError:
+            continue
+    return removed

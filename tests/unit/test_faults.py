@@ -1,0 +1,97 @@
+"""Faults inside the engine, made to happen through failpoints (spatiora_tui/failpoints.py):
+out of memory while denoising and while decoding, cancel at every step. After each, the engine
+keeps working and makes the same image it made before."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from spatiora_tui import failpoints
+from spatiora_tui.engine.api import EngineOOM, GenerationRequest, StepPreview
+from spatiora_tui.engine.generate import _is_out_of_memory
+
+REQUEST = GenerationRequest(prompt="a hall", task="floorplan", seed=11)
+
+
+def pixels(result) -> np.ndarray:
+    assert result.image is not None
+    return np.asarray(result.image, dtype=np.int16)
+
+
+@pytest.fixture(scope="module")
+def reference(engine) -> np.ndarray:
+    return pixels(engine.generate(REQUEST))
+
+
+@pytest.mark.parametrize("at", [1, 3])
+def test_oom_while_denoising_is_reported_and_the_next_generation_succeeds(engine, reference, at: int) -> None:
+    failpoints.arm("denoise", "oom", at=at)
+    with pytest.raises(EngineOOM) as caught:
+        engine.generate(REQUEST)
+    message = str(caught.value)
+    assert "out of memory during denoise at 64x64" in message
+    assert "memory was released" in message and "Lower width/height or close other programs" in message
+    assert engine.telemetry.depth == 0, "no stage is left open"
+    assert np.array_equal(pixels(engine.generate(REQUEST)), reference), "same image after the failure"
+
+
+def test_oom_in_vae_decode_retries_in_tiles(engine, reference) -> None:
+    failpoints.arm("vae decode", "oom")
+    result = engine.generate(REQUEST)
+    assert any("decoded in tiles" in w for w in result.warnings)
+    assert np.abs(pixels(result) - reference).max() <= 2, "the tiled decode draws the same image"
+    assert "vae decode" not in failpoints.armed()
+    assert not any("tiles" in w for w in engine.generate(REQUEST).warnings), "tiling is off again"
+
+
+def test_oom_in_vae_decode_twice_is_reported_and_the_next_generation_succeeds(engine, reference) -> None:
+    failpoints.arm("vae decode", "oom", times=2)
+    with pytest.raises(EngineOOM, match="out of memory during VAE decode at 64x64"):
+        engine.generate(REQUEST)
+    assert engine.telemetry.depth == 0
+    assert np.array_equal(pixels(engine.generate(REQUEST)), reference)
+
+
+@pytest.mark.parametrize("message", [
+    "CUDA out of memory. Tried to allocate 2.00 GiB",
+    "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory: you tried to allocate 1 bytes.",
+    "MPS backend out of memory",
+    "can't allocate memory: you tried to allocate 5 bytes",
+])
+def test_every_backends_out_of_memory_error_is_recognised(message: str) -> None:
+    assert _is_out_of_memory(RuntimeError(message))
+    assert not _is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+
+
+@pytest.mark.parametrize("at_step", [1, 2, 3, 4])
+def test_cancel_at_any_step_saves_nothing_and_the_engine_goes_on(engine, reference, at_step: int) -> None:
+    cancel = threading.Event()
+
+    def on_step(preview: StepPreview) -> None:
+        if preview.step == at_step:
+            cancel.set()
+
+    result = engine.generate(REQUEST, on_step=on_step, cancel=cancel)
+    assert result.cancelled and result.image is None
+    assert result.steps_done == min(at_step + 1, 4)
+    assert engine.telemetry.depth == 0
+    assert np.array_equal(pixels(engine.generate(REQUEST)), reference)
+
+
+def test_failpoints_from_the_environment() -> None:
+    failpoints.arm_from_env("denoise=eacces@3; save=enospc*2")
+    assert failpoints.armed() == {"denoise": "eacces", "save": "enospc"}
+    for _ in range(2):
+        with pytest.raises(OSError, match="No space left"):
+            failpoints.hit("save")
+    failpoints.hit("save")  # fired twice, then disarmed
+    failpoints.hit("denoise")
+    failpoints.hit("denoise")
+    with pytest.raises(PermissionError):
+        failpoints.hit("denoise")  # the third hit
+    assert failpoints.armed() == {}
+    with pytest.raises(ValueError, match="unknown failpoint 'sve'"):
+        failpoints.arm_from_env("sve=oom")
