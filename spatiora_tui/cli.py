@@ -541,7 +541,7 @@ def _doctor_model(settings: Settings, row: Callable[[str, str], None], problems:
     from spatiora_tui.engine.pipeline import classify_source
 
     try:
-        source = classify_source(settings.model.source)
+        source = classify_source(settings.model.source, settings.security.allow_pickle)
     except EngineError as exc:
         row("model", f"{settings.model.source} — PROBLEM")
         problems.append(str(exc))

@@ -220,6 +220,20 @@ class UiSettings:
     )
 
 
+@dataclass(frozen=True)
+class SecuritySettings:
+    """`[security]`: what Spatiora refuses to load unless told otherwise."""
+
+    allow_pickle: bool = field(
+        default=False,
+        metadata=_doc(
+            "Load pickle-based checkpoints and adapters (.ckpt, .pt, .pth, .bin). Off by default: "
+            "unpickling a file can run any code its author put in it. Turn it on only for files you "
+            "trust; converting them to .safetensors is the safer fix.",
+        ),
+    )
+
+
 _KEY = re.compile(r"^([a-z]+\+)*[a-z0-9_]+$|^.$")
 
 
@@ -324,6 +338,7 @@ class Settings:
     adapters: AdapterSettings = field(default_factory=AdapterSettings, metadata=_doc("[adapters]"))
     ui: UiSettings = field(default_factory=UiSettings, metadata=_doc("[ui]"))
     keys: KeySettings = field(default_factory=KeySettings, metadata=_doc("[keys]"))
+    security: SecuritySettings = field(default_factory=SecuritySettings, metadata=_doc("[security]"))
     tasks: tuple[TaskSettings, ...] = field(default=DEFAULT_TASKS, metadata=_doc("[[tasks]]"))
     base_dir: Path = field(default_factory=Path.cwd, metadata={"internal": True})
     source_file: Path | None = field(default=None, metadata={"internal": True})

@@ -29,7 +29,7 @@ from typing import Any, Iterator, Sequence
 from spatiora_tui.config import AdapterRef
 from spatiora_tui.engine.api import AdapterUse, EngineError
 from spatiora_tui.engine.manifest import FAMILY_NAMES, AdapterManifest, read_manifest
-from spatiora_tui.engine.pipeline import PICKLE_SUFFIXES
+from spatiora_tui.engine.pipeline import PICKLE_REFUSED, PICKLE_SUFFIXES
 from spatiora_tui.hw.watchdog import MemoryReading, read_memory
 
 MB = 2**20
@@ -79,8 +79,10 @@ class LoraManager:
     def __init__(
         self, pipe: Any, family: str, search_dirs: Sequence[Path], resident_max: int = 4,
         ram_cache_mb: float = 2048.0, resident_mb: float = 1024.0, fuse: bool = False,
+        allow_pickle: bool = False,
     ) -> None:
         self._pipe = pipe
+        self._allow_pickle = allow_pickle
         self._family = family
         # Kept once read: diffusers' `unet.dtype` / `.device` walk every parameter (about 14 ms
         # on SD 1.5).
@@ -155,11 +157,11 @@ class LoraManager:
                 if path is not None:
                     return path
             for suffix in PICKLE_SUFFIXES:
-                if (folder / f"{name}{suffix}").exists():
-                    raise EngineError(
-                        f"adapter {name!r} is a pickle file ({folder / (name + suffix)}); loading one can run "
-                        "arbitrary code, so only .safetensors adapters are loaded. Convert it to .safetensors"
-                    )
+                pickled = folder / f"{name}{suffix}"
+                if pickled.is_file():
+                    if self._allow_pickle:
+                        return pickled
+                    raise EngineError(f"adapter {name!r} is a pickle file ({pickled}); {PICKLE_REFUSED}")
         where = ", ".join(str(d) for d in self._dirs) or "(no adapter folder configured)"
         raise EngineError(
             f"adapter {name!r} not found; looked for {name}.safetensors or {name}/*.safetensors in {where}. "
@@ -339,12 +341,16 @@ class LoraManager:
                               "check that the file is readable") from None
         sha256 = hashlib.sha256(data).hexdigest()
         read_done = time.perf_counter()
-        keys, metadata = _header(name, path, data)
-        self._check_family(name, path, keys)
-        try:
-            raw = load_tensors(data)
-        except Exception as exc:
-            raise _invalid(name, path, exc) from None
+        if path.suffix.lower() in PICKLE_SUFFIXES:  # only found with allow_pickle on
+            raw, metadata = _unpickle(name, path, data), {}
+            self._check_family(name, path, list(raw))
+        else:
+            keys, metadata = _header(name, path, data)
+            self._check_family(name, path, keys)
+            try:
+                raw = load_tensors(data)
+            except Exception as exc:
+                raise _invalid(name, path, exc) from None
         del data
         nbytes = sum(t.numel() * t.element_size() for t in raw.values())
         return _Parsed(path, _stamp(path) or (0, 0), sha256, raw, "lora_adapter_metadata" in metadata, nbytes,
@@ -637,6 +643,29 @@ def _header(name: str, path: Path, data: bytes) -> tuple[list[str], dict[str, st
     if not header:
         raise EngineError(f"adapter {name!r} ({path}) holds no tensors; replace the file")
     return list(header), metadata if isinstance(metadata, dict) else {}
+
+
+def _unpickle(name: str, path: Path, data: bytes) -> dict[str, Any]:
+    """A pickle adapter's tensors (allow_pickle is on), with weights_only=True: tensors and plain
+    containers only, no arbitrary objects."""
+    import io
+
+    import torch
+
+    try:
+        loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise EngineError(f"adapter {name!r} ({path}) is not a readable PyTorch file ({detail}); "
+                          "it may be truncated or corrupt: download it again or replace it") from None
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict) or not loaded:
+        raise EngineError(f"adapter {name!r} ({path}) holds no tensors; replace the file")
+    tensors = {str(k): v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise EngineError(f"adapter {name!r} ({path}) holds no tensors; replace the file")
+    return tensors
 
 
 def _invalid(name: str, path: Path, detail: object) -> EngineError:

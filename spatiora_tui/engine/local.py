@@ -125,15 +125,19 @@ class LocalEngine:
         from spatiora_tui.engine.pipeline import load_pipeline
 
         with self._telemetry.stage("load base", task=None):
-            load = self._loader or load_pipeline
-            pipe, model, demo_adapters = load(self._settings.model, self._cache_dir, on_progress)
+            if self._loader is not None:
+                pipe, model, demo_adapters = self._loader(self._settings.model, self._cache_dir, on_progress)
+            else:
+                pipe, model, demo_adapters = load_pipeline(self._settings.model, self._cache_dir, on_progress,
+                                                           allow_pickle=self._settings.security.allow_pickle)
         dirs = [self._settings.adapter_dir]
         if demo_adapters is not None:
             dirs.append(demo_adapters)
         self._pipe, self._model = pipe, model
         adapters = self._settings.adapters
         self._loras = LoraManager(pipe, model.family, dirs, adapters.resident_max, adapters.ram_cache_mb,
-                                  adapters.resident_mb, adapters.fuse)
+                                  adapters.resident_mb, adapters.fuse,
+                                  allow_pickle=self._settings.security.allow_pickle)
         self.watchdog.set_baseline()  # memory with the base model loaded and no adapter held
         return model
 

@@ -61,7 +61,12 @@ class ModelSource:
         return Path(self.value).stem if self.kind == "single_file" else Path(self.value).name
 
 
-def classify_source(source: str) -> ModelSource:
+PICKLE_REFUSED = ("loading one can run arbitrary code (unpickling executes what the file says), so "
+                  "Spatiora loads only .safetensors unless [security] allow_pickle = true in config.toml. "
+                  "Convert it to .safetensors, or turn allow_pickle on if you trust the file")
+
+
+def classify_source(source: str, allow_pickle: bool = False) -> ModelSource:
     """Decide what `model.source` names, or say clearly why it names nothing loadable."""
     if source == "demo":
         return ModelSource("demo", source)
@@ -84,10 +89,9 @@ def classify_source(source: str) -> ModelSource:
             return ModelSource("folder", str(path))
         suffix = path.suffix.lower()
         if suffix in PICKLE_SUFFIXES:
-            raise EngineError(
-                f"{path.name} is a pickle checkpoint ({suffix}); loading one can run arbitrary code, so "
-                "Spatiora only loads .safetensors. Convert it to .safetensors or use a diffusers folder"
-            )
+            if not allow_pickle:
+                raise EngineError(f"{path.name} is a pickle checkpoint ({suffix}); {PICKLE_REFUSED}")
+            return ModelSource("single_file", str(path))
         if suffix != ".safetensors":
             raise EngineError(f"{path} is not a .safetensors checkpoint or a diffusers folder")
         return ModelSource("single_file", str(path))
@@ -152,13 +156,16 @@ def _folder_kind(folder: Path) -> str:
 
 
 def _single_file_kind(path: Path) -> str:
-    from safetensors import safe_open
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        keys = _pickle_keys(path)
+    else:
+        from safetensors import safe_open
 
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            keys = list(fh.keys())
-    except Exception as exc:  # safetensors raises its own error types for bad headers
-        raise EngineError(f"{path} is not a readable .safetensors checkpoint ({exc}); re-download it") from None
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                keys = list(fh.keys())
+        except Exception as exc:  # safetensors raises its own error types for bad headers
+            raise EngineError(f"{path} is not a readable .safetensors checkpoint ({exc}); re-download it") from None
     if any(k.startswith("conditioner.embedders.1") for k in keys):
         return "sdxl"
     if not any(k.startswith("model.diffusion_model.") for k in keys):
@@ -169,15 +176,34 @@ def _single_file_kind(path: Path) -> str:
     return "sd"
 
 
+def _pickle_keys(path: Path) -> list[str]:
+    """The tensor names of a pickle checkpoint (allow_pickle is on), unpickled with
+    weights_only=True: tensors and plain containers only, no arbitrary objects."""
+    import torch
+
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise EngineError(f"{path} is not a readable checkpoint ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}); re-download it") from None
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict):
+        raise EngineError(f"{path} holds no state dict of tensors; it is not a Stable Diffusion checkpoint")
+    return [str(k) for k in data]
+
+
 def load_pipeline(
-    settings: ModelSettings, cache_dir: Path, on_progress: Callable[[str], None] | None = None
+    settings: ModelSettings, cache_dir: Path, on_progress: Callable[[str], None] | None = None,
+    allow_pickle: bool = False,
 ) -> tuple[Any, ModelInfo, Path | None]:
     """Load the base pipeline on its device.
 
     Returns the pipeline, its ModelInfo, and for the demo the folder holding its adapters.
+    Without allow_pickle only .safetensors weights are read, in folders and hub models too.
     """
     say = on_progress or (lambda _msg: None)
-    source = classify_source(settings.source)
+    source = classify_source(settings.source, allow_pickle)
     say("importing torch and diffusers")
     quiet_libraries()
     import torch
@@ -186,7 +212,9 @@ def load_pipeline(
     dtype = resolve_dtype(settings.dtype, device)
     demo_adapters: Path | None = None
     say(f"loading {source.name} ({source.kind}) on {device}")
-    common = {"torch_dtype": dtype}
+    common: dict[str, Any] = {"torch_dtype": dtype}
+    if not allow_pickle and source.kind in ("folder", "hub"):
+        common["use_safetensors"] = True  # diffusers then refuses .bin weights instead of unpickling them
     try:
         if source.kind == "demo":
             from spatiora_tui.engine.demo import ensure_demo
@@ -256,6 +284,9 @@ def _load_from_hub(repo_id: str, common: dict[str, Any]) -> Any:
 
 def _explain_load_failure(source: ModelSource, exc: Exception) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "safetensors" in text.lower() and source.kind in ("folder", "hub"):
+        return (f"{source.name} has no .safetensors weights for every part (only pickle .bin files); "
+                f"{PICKLE_REFUSED}")
     if source.kind == "single_file" and ("local_files_only" in text or "connect" in text.lower()):
         return (
             f"{source.value}: a single-file checkpoint needs its model's config files, which are not in "

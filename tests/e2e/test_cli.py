@@ -138,7 +138,32 @@ def test_hub_id_offline_names_the_model(project: Path) -> None:
 def test_pickle_checkpoint_is_refused(project: Path) -> None:
     (project / "model.ckpt").write_bytes(b"\x80\x04junk")
     (project / "config.toml").write_text('[model]\nsource = "model.ckpt"\n' + SMALL_CONFIG)
-    assert_one_line_failure(spatiora("generate", "x", cwd=project), 1, "model.ckpt", "arbitrary code")
+    assert_one_line_failure(spatiora("generate", "x", cwd=project), 1, "model.ckpt", "arbitrary code",
+                            "allow_pickle = true")
+
+
+def test_pickle_checkpoint_with_allow_pickle_is_read_and_a_broken_one_named(project: Path) -> None:
+    (project / "model.ckpt").write_bytes(b"\x80\x04junk")
+    (project / "config.toml").write_text('[model]\nsource = "model.ckpt"\n[security]\nallow_pickle = true\n'
+                                         + SMALL_CONFIG)
+    assert_one_line_failure(spatiora("generate", "x", cwd=project), 1, "model.ckpt", "not a readable checkpoint")
+
+
+@pytest.mark.parametrize(("content", "fragments"), [
+    (b"plain text, not a model", ["model.safetensors", "not a readable .safetensors checkpoint"]),
+    (None, ["model.safetensors", "holds no Stable Diffusion UNet", "adapters folder"]),  # a LoRA as the model
+])
+def test_a_file_that_is_not_a_checkpoint(project: Path, cache_dir: Path, content: bytes | None,
+                                         fragments: list[str]) -> None:
+    target = project / "model.safetensors"
+    if content is None:
+        import shutil
+
+        shutil.copy(cache_dir / "demo-v1" / "adapters" / "interior.safetensors", target)
+    else:
+        target.write_bytes(content)
+    (project / "config.toml").write_text('[model]\nsource = "model.safetensors"\n' + SMALL_CONFIG)
+    assert_one_line_failure(spatiora("generate", "x", cwd=project), 1, *fragments)
 
 
 def test_corrupt_adapter_file(project: Path) -> None:

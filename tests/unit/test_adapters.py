@@ -74,7 +74,7 @@ def write_bad(engine, cache_dir: Path, kind: str) -> None:
         ("wrong_shapes", ["'bad'", "could not be loaded", "another base model"]),
         ("unknown_keys", ["'bad'", "match no layer", "no.such.block", "another model architecture"]),
         ("not_lora", ["'bad'", "no LoRA tensors"]),
-        ("pickle", ["'bad'", "pickle", "arbitrary code", ".safetensors"]),
+        ("pickle", ["'bad'", "pickle", "arbitrary code", ".safetensors", "[security] allow_pickle = true"]),
         ("missing", ["'bad'", "not found", "bad.safetensors"]),
     ],
 )
@@ -195,3 +195,38 @@ def test_a_kohya_file_loads_and_draws_what_its_diffusers_twin_draws(adapter_engi
     diff = np.abs(kohya_image.astype(np.int16) - diffusers_image.astype(np.int16))
     assert diff.max() <= 1, "the same weights in Kohya's layout give the same image"
     assert np.abs(kohya_image.astype(np.int16) - base_image.astype(np.int16)).max() > 10, "and it changes the output"
+
+
+def test_pickle_adapters_load_only_when_allowed(cache_dir: Path, tmp_path: Path) -> None:
+    """With [security] allow_pickle = true a .pt adapter loads (weights_only unpickling) and draws
+    what its .safetensors twin draws; a .pt that is not a state dict of tensors is refused."""
+    import dataclasses
+
+    from spatiora_tui.config import SecuritySettings
+    from spatiora_tui.engine.local import LocalEngine
+
+    (tmp_path / "adapters").mkdir()
+    common = dict(steps=3, width=64, height=64, prompt_template="{prompt}", scheduler="euler")
+    tasks = (*small_tasks(), TaskSettings(name="p", adapters=(AdapterRef("pickled", 0.8),), **common),
+             TaskSettings(name="t", adapters=(AdapterRef("twin", 0.8),), **common))
+    settings = small_settings(tmp_path, tasks=tasks)
+    refused = LocalEngine(settings, cache_dir=cache_dir)
+    refused.load()  # builds the demo (and its adapters) when this test runs first
+    tensors = load_file(str(demo_adapter(cache_dir, "interior")))
+    torch.save(tensors, tmp_path / "adapters" / "pickled.pt")
+    save_file(tensors, str(tmp_path / "adapters" / "twin.safetensors"))  # same tensors, no metadata either
+    torch.save([1, 2, 3], tmp_path / "adapters" / "junk.pt")
+    with pytest.raises(EngineError, match="allow_pickle = true"):
+        refused.switch_task("p")
+    del refused
+
+    engine = LocalEngine(dataclasses.replace(settings, security=SecuritySettings(allow_pickle=True)),
+                         cache_dir=cache_dir)
+    engine.load()
+    engine.switch_task("p")
+    request = GenerationRequest(prompt="p", task="p", seed=9)
+    pickled = np.asarray(engine.generate(request).image)
+    twin = np.asarray(engine.generate(dataclasses.replace(request, task="t")).image)
+    assert np.abs(pickled.astype(np.int16) - twin.astype(np.int16)).max() <= 1
+    with pytest.raises(EngineError, match="'junk'.*holds no tensors"):
+        engine.loras.activate([AdapterRef("junk", 1.0)])

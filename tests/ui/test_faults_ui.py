@@ -1,0 +1,148 @@
+"""Faults while the app runs, on the real engine and the demo model, made to happen through
+failpoints: out of memory while denoising and while decoding, a full disk when saving, an
+adapter file deleted under the app, the terminal resized mid-generation. Each time the user is
+told what happened and what to do, nothing they made is lost, and the app goes on working."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from textual.widgets import Input, Static
+
+from spatiora_tui import failpoints
+from spatiora_tui.config import AdapterRef, Settings, TaskSettings
+from spatiora_tui.outputs import read_metadata
+from spatiora_tui.ui.app import make_app
+from tests.conftest import small_tasks
+from tests.ui.conftest import settle
+from tests.ui.fakes import fake_telemetry
+
+SIZE = (160, 48)
+
+
+def status(app) -> str:
+    return str(app.query_one("#status", Static).render())
+
+
+def saved_files() -> list[Path]:
+    folder = Path(os.environ["SPATIORA_OUTPUT_DIR"])
+    return sorted(folder.glob("*.png")) if folder.exists() else []
+
+
+@pytest.fixture(scope="module")
+def loaded(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One loaded engine for the module (the app's load worker then finds it ready)."""
+    from spatiora_tui.engine.local import LocalEngine
+
+    root = tmp_path_factory.mktemp("faults-ui")
+    (root / "adapters").mkdir()
+    extra = TaskSettings(name="plan2", adapters=(AdapterRef("plan2", 1.0),), prompt_template="{prompt}",
+                         steps=3, width=64, height=64, scheduler="euler")
+    settings = Settings(tasks=(*small_tasks(), extra), base_dir=root)
+    telemetry = fake_telemetry(False)
+    engine = LocalEngine(settings, cache_dir=cache_dir, telemetry=telemetry)
+    engine.load()
+    return settings, engine, telemetry
+
+
+async def generate(app, pilot, prompt: str = "a hall") -> None:
+    app.query_one("#prompt", Input).value = prompt
+    await pilot.press("ctrl+g")
+    await settle(app, pilot)
+
+
+@pytest.mark.parametrize(("point", "times", "stage"), [("denoise", 1, "denoise"), ("vae decode", 2, "VAE decode")])
+async def test_out_of_memory_is_reported_and_the_next_generation_succeeds(loaded, point: str, times: int,
+                                                                          stage: str) -> None:
+    settings, engine, telemetry = loaded
+    app = make_app(settings, engine, renderer="halfcell", telemetry=telemetry)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        failpoints.arm(point, "oom", times=times)
+        await generate(app, pilot, "first try")
+        assert f"out of memory: out of memory during {stage} at 64x64; memory was released" in status(app)
+        assert "Lower width/height" in status(app)
+        assert app.query_one("#prompt", Input).value == "first try", "the prompt is kept"
+        assert saved_files() == []
+        await generate(app, pilot, "first try")
+        assert len(saved_files()) == 1 and f"saved {saved_files()[0]}" in status(app)
+
+
+async def test_oom_in_decode_once_is_retried_in_tiles(loaded) -> None:
+    settings, engine, telemetry = loaded
+    app = make_app(settings, engine, renderer="halfcell", telemetry=telemetry)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        failpoints.arm("vae decode", "oom")
+        await generate(app, pilot)
+        [path] = saved_files()
+        assert any("decoded in tiles" in w for w in read_metadata(path).spatiora["warnings"])
+
+
+@pytest.mark.parametrize("action", ["enospc", "eacces"])
+async def test_a_failed_save_keeps_the_image_and_ctrl_s_saves_it_again(loaded, action: str) -> None:
+    settings, engine, telemetry = loaded
+    app = make_app(settings, engine, renderer="halfcell", telemetry=telemetry)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        assert app.check_action("save", ()) is False, "no 'Save again' while nothing waits"
+        failpoints.arm("save", action, times=2)
+        await generate(app, pilot, "keep me")
+        assert saved_files() == []
+        words = "the disk is full" if action == "enospc" else "make the folder writable"
+        assert "could not save the image" in status(app) and words in status(app)
+        assert "ctrl+s saves it again" in str(app.query_one("#saved", Static).render())
+        assert app.query_one("#preview-image").display is True and app.check_action("save", ()) is True
+        await pilot.press("ctrl+s")  # the cause is not fixed yet: still kept
+        await settle(app, pilot)
+        assert "still not saved" in status(app) and app.check_action("save", ()) is True
+        await pilot.press("ctrl+s")  # now it is
+        await settle(app, pilot)
+        [path] = saved_files()
+        assert f"saved {path}" in status(app) and app.check_action("save", ()) is False
+        assert read_metadata(path).spatiora["request"]["prompt"] == "keep me"
+        await pilot.press("ctrl+s")  # nothing waits: the key is off, nothing is written twice
+        await settle(app, pilot)
+        assert saved_files() == [path]
+
+
+async def test_an_adapter_deleted_while_the_app_runs(loaded, tmp_path: Path) -> None:
+    settings, engine, telemetry = loaded
+    plan2 = settings.adapter_dir / "plan2.safetensors"
+    shutil.copy(engine.loras.find("floorplan"), plan2)
+    app = make_app(settings, engine, renderer="halfcell", telemetry=telemetry)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        active = engine.active_task
+        plan2.unlink()
+        app.request_switch("plan2")
+        await settle(app, pilot)
+        assert "could not switch to plan2: adapter 'plan2' not found" in status(app)
+        assert "Put the file there, or remove it from the task" in status(app)
+        assert engine.active_task == active, "the task that was active stays active"
+        await generate(app, pilot)
+        assert len(saved_files()) == 1, "and it still generates"
+
+
+async def test_terminal_resized_mid_generation(make) -> None:
+    gate = threading.Event()
+    app, engine = make(gate=gate)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        app.query_one("#prompt", Input).value = "x"
+        await pilot.press("ctrl+g")
+        assert await asyncio.to_thread(engine.at_gate.wait, 5)
+        for size in ((80, 24), (200, 60), (60, 20), SIZE):
+            await pilot.resize_terminal(*size)
+            await pilot.pause()
+            assert app.size == size
+        gate.set()
+        await settle(app, pilot)
+        assert len(saved_files()) == 1 and "saved" in status(app)
+        assert app.query_one("#preview-image").display is True
