@@ -203,6 +203,8 @@ class SpatioraApp(App[None], inherit_bindings=False):
         # the footer as each one starts, on the UI thread, while denoising wants the CPU.
         if action == "generate" and not self._model_ready:
             return None  # shown dimmed until the model is ready
+        if action == "save":
+            return self._unsaved is not None  # in the footer only while an image waits
         return True
 
     def _key(self, action: str) -> str:
@@ -405,21 +407,18 @@ class SpatioraApp(App[None], inherit_bindings=False):
         else:
             self._unsaved = result
             self.refresh_bindings()
-            saved = f"[b]not saved[/] — the image is kept in memory: {self._save_key()} saves it again"
+            saved = f"[b]not saved[/] — the image is kept in memory: {self._key('save')} saves it again"
             self.say(f"could not save the image: {message.save_error}", error=True)
         for warning in result.warnings:
             self.notify(markup_safe(warning), severity="warning", timeout=8)
         self.preview_pane.finished(result, saved)
 
+    def on_prompt_pane_controls_removed(self, message: PromptPane.ControlsRemoved) -> None:
+        what = "negative prompt" if message.field == "negative" else "prompt"
+        self.say(f"removed {message.count} control character(s) from the {what}: "
+                 "they could drive the terminal and mean nothing to the model")
+
     # -- saving again -------------------------------------------------------------------------
-
-    def _save_key(self) -> str:
-        return self.settings.keys.save.split(",")[0].strip()
-
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "save":
-            return self._unsaved is not None  # in the footer only while an image waits
-        return True
 
     def action_save(self) -> None:
         if self._unsaved is None:
@@ -441,7 +440,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
     def on_image_saved(self, message: ImageSaved) -> None:
         if message.path is None:
             self.say(f"still not saved: {message.error} (the image stays in memory; "
-                     f"{self._save_key()} tries again)", error=True)
+                     f"{self._key('save')} tries again)", error=True)
             return
         if self._unsaved is message.result:
             self._unsaved = None

@@ -8,6 +8,7 @@ import os
 import threading
 from pathlib import Path
 
+from PIL import Image, PngImagePlugin
 from textual.widgets import Input, OptionList, Static
 
 from spatiora_tui.config import KeySettings
@@ -252,14 +253,27 @@ async def test_history_lists_images_and_metadata(make) -> None:
     app, engine = make()
     async with app.run_test(size=SIZE) as pilot:
         await settle(app, pilot)
-        await type_prompt(pilot, "first \x1b[2J room")
+        await type_prompt(pilot, "first room")
         await pilot.press("ctrl+g")
         await settle(app, pilot)
+        # An image another tool wrote, with escape sequences in its name and its metadata.
+        foreign = Path(os.environ["SPATIORA_OUTPUT_DIR"]) / "zz\x1b]0;PWNED\x07.png"
+        info = PngImagePlugin.PngInfo()
+        info.add_text("parameters", "evil \x1b[2J prompt\nSteps: 20, Seed: 1")
+        Image.new("RGB", (8, 8)).save(foreign, pnginfo=info)
+        os.utime(foreign, (1, 1))  # the oldest: listed last
         await pilot.press("ctrl+o")
         await pilot.pause()
         assert isinstance(app.screen, HistoryScreen)
         text = str(app.screen.query_one("#history-text", Static).render())
-        assert "first \\x1b[2J room" in text and "\x1b" not in text, "no raw escape reaches the terminal"
+        assert "first room" in text
+        options = app.screen.query_one(OptionList)
+        labels = [str(options.get_option_at_index(i).prompt) for i in range(options.option_count)]
+        assert any("zz\\x1b]0;PWNED\\x07" in label for label in labels) and "\x1b" not in "".join(labels)
+        options.highlighted = options.option_count - 1
+        await pilot.pause()
+        text = str(app.screen.query_one("#history-text", Static).render())
+        assert "evil \\x1b[2J prompt" in text and "\x1b" not in text, "no raw escape reaches the terminal"
         await pilot.press("f")
         assert app.screen.has_class("large")
         await pilot.press("escape")
@@ -268,6 +282,26 @@ async def test_history_lists_images_and_metadata(make) -> None:
         assert not isinstance(app.screen, HistoryScreen)
         await pilot.press("ctrl+o", "ctrl+o")
         assert not isinstance(app.screen, HistoryScreen), "ctrl+o toggles"
+
+
+async def test_pasted_control_characters_never_stay_in_the_prompt(make) -> None:
+    from textual import events
+
+    app, engine = make()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        prompt = app.query_one("#prompt", Input)
+        prompt.focus()
+        prompt.post_message(events.Paste("a loft\x1b]0;PWNED\x07\tnext\x1b[2J"))
+        await pilot.pause()
+        assert prompt.value == "a loft]0;PWNED next[2J"
+        assert "removed 3 control character(s) from the prompt" in status(app)
+        app.query_one("#negative", Input).value = "dark\x9b31m"
+        await pilot.pause()
+        assert app.query_one("#negative", Input).value == "dark31m"
+        await pilot.press("ctrl+g")
+        await settle(app, pilot)
+        assert engine.requests[-1].prompt == "a loft]0;PWNED next[2J"
 
 
 async def test_previews_are_throttled_to_the_frame_rate(make, ui_settings) -> None:

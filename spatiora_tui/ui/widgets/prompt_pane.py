@@ -3,8 +3,12 @@ active task and editable per run. Reading it yields a GenerationRequest or says 
 
 from __future__ import annotations
 
+import unicodedata
+
+from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
+from textual.message import Message
 from textual.widgets import Input, Label
 
 from spatiora_tui.config import TaskSettings
@@ -15,7 +19,29 @@ class FormError(ValueError):
     """A field holds something that cannot be used; the message names the field."""
 
 
+def without_controls(text: str) -> tuple[str, int]:
+    """`text` with control characters removed (tabs and newlines become spaces), and how many
+    were removed. A pasted ESC sequence would otherwise sit in the field, and be drawn raw."""
+    out, removed = [], 0
+    for ch in text:
+        if ch in "\t\n\r":
+            out.append(" ")
+        elif unicodedata.category(ch) == "Cc":
+            removed += 1
+        else:
+            out.append(ch)
+    return "".join(out), removed
+
+
 class PromptPane(Vertical):
+    class ControlsRemoved(Message):
+        """Control characters were taken out of a text field (pasted, usually)."""
+
+        def __init__(self, field: str, count: int) -> None:
+            super().__init__()
+            self.field = field
+            self.count = count
+
     DEFAULT_CSS = """
     PromptPane { height: auto; }
     PromptPane Horizontal { height: auto; }
@@ -47,6 +73,14 @@ class PromptPane(Vertical):
 
     def on_mount(self) -> None:
         self.border_title = "Prompt"
+
+    @on(Input.Changed, "#prompt, #negative")
+    def _drop_controls(self, event: Input.Changed) -> None:
+        clean, removed = without_controls(event.value)
+        if removed or clean != event.value:
+            event.input.value = clean
+        if removed:
+            self.post_message(self.ControlsRemoved(event.input.id or "prompt", removed))
 
     def fill_from_task(self, task: TaskSettings) -> None:
         """Put the task's settings in the fields; the prompt and seed stay as typed."""
