@@ -98,6 +98,20 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--markdown", dest="bench_markdown", metavar="PATH",
                        help="also write the table as Markdown (the paper's rows beside ours)")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCH")
+    soak = bench_sub.add_parser(
+        "soak", help="many generations with a task switch before each, in one process: RSS growth, "
+                     "slope, leak watchdog, errors (docs/reliability.md)")
+    soak.add_argument("--generations", type=int, default=200, help="default 200")
+    soak.add_argument("--tasks", dest="soak_tasks", default="interior,floorplan", metavar="A,B",
+                      help="task modes from config.toml, taken in turn (default interior,floorplan)")
+    soak.add_argument("--size", dest="soak_size", default="64x64", metavar="WxH",
+                      help="default 64x64 (memory behaviour, not image quality, is what is soaked)")
+    soak.add_argument("--steps", dest="soak_steps", type=int, default=4, help="default 4")
+    soak.add_argument("--cancel-every", type=int, default=20, help="cancel every Nth generation half-way "
+                      "(default 20; 0: never)")
+    soak.add_argument("--warmup", type=int, default=10, help="generations before the baseline (default 10)")
+    soak.add_argument("--json", dest="soak_json", metavar="PATH", help="also write the figures as JSON")
+
     lora = bench_sub.add_parser(
         "lora", help="adapter switch costs on the real SD 1.5 or SDXL UNet architecture (random weights): "
                      "naive load+fuse vs resident, RAM-cache, cold and fused switches; memory growth; "
@@ -173,6 +187,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "generate":
         return _cmd_generate(settings, args)
     if args.command == "bench":
+        if args.bench_command == "soak":
+            return _cmd_bench_soak(settings, args)
         return _cmd_bench(args) if args.bench_command == "lora" else _cmd_bench_tasks(settings, args)
     return _cmd_tui(settings, args)
 
@@ -204,6 +220,25 @@ def _cmd_bench_tasks(settings: Settings, args: argparse.Namespace) -> int:
         Path(args.bench_markdown).write_text(markdown_table(result, with_paper=args.bench_arch != "demo"),
                                              encoding="utf-8")
     return EXIT_OK
+
+
+def _cmd_bench_soak(settings: Settings, args: argparse.Namespace) -> int:
+    from spatiora_tui.bench.soak import print_soak, run_soak, write_json
+    from spatiora_tui.bench.tasks import parse_size
+
+    tasks = tuple(name.strip() for name in args.soak_tasks.split(",") if name.strip())
+    if not tasks:
+        raise UsageError("--tasks names no task; give task names from config.toml, e.g. interior,floorplan")
+    try:
+        size = parse_size(args.soak_size)
+        result = run_soak(settings, args.generations, tasks, size, args.soak_steps, args.cancel_every,
+                          args.warmup, say=lambda text: print(text, file=sys.stderr))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    print_soak(result)
+    if args.soak_json:
+        write_json(result, Path(args.soak_json))
+    return EXIT_OK if result.failed == 0 and not result.errors else EXIT_FAILED
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

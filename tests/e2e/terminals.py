@@ -1,0 +1,142 @@
+"""Helpers for driving the app in real terminals: tmux (keys in, screen text out, raw output
+bytes), xterm under Xvfb (keys through xdotool, screenshots through ImageMagick), sshd on a
+loopback port.
+
+A missing tool skips the test on a developer's machine, and fails it where SPATIORA_E2E_REQUIRE=1
+(.ci/run sets it after installing the tools), so CI never passes by skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+REQUIRE_ENV = "SPATIORA_E2E_REQUIRE"
+
+# Small images and enough steps that previews stream for a while.
+E2E_CONFIG = """
+[ui]
+renderer = "auto"
+
+[[tasks]]
+name = "interior"
+adapters = [{name = "interior", weight = 0.8}]
+prompt_template = "interior photo of {prompt}"
+steps = 16
+width = 128
+height = 128
+
+[[tasks]]
+name = "floorplan"
+adapters = [{name = "floorplan", weight = 1.0}]
+prompt_template = "floor plan of {prompt}"
+steps = 16
+width = 128
+height = 128
+"""
+
+
+def require(*tools: str) -> None:
+    missing = [tool for tool in tools if shutil.which(tool) is None and not Path(tool).exists()]
+    if not missing:
+        return
+    message = f"needs {', '.join(missing)} (apt-get install them; .ci/run does)"
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def app_command(project: Path, cache_dir: Path, *args: str, extra_env: dict[str, str] | None = None) -> str:
+    """The shell command that starts the app in `project` on the demo model."""
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "SPATIORA_CACHE_DIR": str(cache_dir),
+        "SPATIORA_OUTPUT_DIR": str(project / "outputs"),
+        "PYTHONPATH": str(REPO),
+        "COLORTERM": "truecolor",
+        **(extra_env or {}),
+    }
+    assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    return f"cd {shlex.quote(str(project))} && env -u COLUMNS -u LINES {assignments} {shlex.quote(sys.executable)} -m spatiora_tui " + \
+        " ".join(shlex.quote(a) for a in args)
+
+
+def make_project(tmp_path: Path) -> Path:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "config.toml").write_text(E2E_CONFIG, encoding="utf-8")
+    return project
+
+
+def pngs(project: Path) -> list[Path]:
+    folder = project / "outputs"
+    return sorted(folder.glob("*.png")) if folder.exists() else []
+
+
+class Tmux:
+    """One detached tmux session on its own server socket (never the user's)."""
+
+    def __init__(self, tmp_path: Path, width: int = 160, height: int = 48) -> None:
+        require("tmux")
+        self.socket = str(tmp_path / f"tmux-{uuid.uuid4().hex[:8]}")
+        self.session = "e2e"
+        self.width, self.height = width, height
+
+    def run(self, *args: str, check: bool = True) -> str:
+        # Without COLUMNS/LINES: something in a pytest run sets them to 80/24, tmux hands them
+        # to the pane, and programs there then believe the terminal is 80x24.
+        env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+        return subprocess.run(["tmux", "-S", self.socket, *args], check=check, capture_output=True,
+                              text=True, timeout=30, env=env).stdout
+
+    def start(self, command: str) -> None:
+        self.run("new-session", "-d", "-s", self.session, "-x", str(self.width), "-y", str(self.height),
+                 f"{command}; echo __EXITED__ $?; sleep 600")
+
+    def start_recorded(self, command: str, path: Path) -> None:
+        """start(command) under script(1), which writes every byte the program sends to the
+        terminal into `path` (tmux's pipe-pane stalled the pane's output in our runs)."""
+        require("script")
+        self.start(f"script -q -f -e -c {shlex.quote(command)} {shlex.quote(str(path))}")
+
+    def screen(self) -> str:
+        return self.run("capture-pane", "-p", "-t", self.session, check=False)
+
+    def title(self) -> str:
+        return self.run("display-message", "-p", "-t", self.session, "#{pane_title}", check=False).strip()
+
+    def wait_for(self, text: str, timeout: float = 120) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            shown = self.screen()
+            if text in shown:
+                return shown
+            if "__EXITED__" in shown or time.monotonic() > deadline:
+                dump = Path(self.socket).with_suffix(".screen.txt")
+                dump.write_text(shown, encoding="utf-8")
+                raise AssertionError(f"waited for {text!r}; the screen (also in {dump}) was:\n{shown}")
+            time.sleep(0.1)
+
+    def keys(self, *keys: str) -> None:
+        self.run("send-keys", "-t", self.session, *keys)
+
+    def type(self, text: str) -> None:
+        self.run("send-keys", "-t", self.session, "-l", text)
+
+    def paste(self, text: str) -> None:
+        """Paste as a terminal does (bracketed paste, when the app asked for it)."""
+        self.run("set-buffer", "-b", "e2e", text)
+        self.run("paste-buffer", "-p", "-b", "e2e", "-t", self.session)
+
+    def close(self) -> None:
+        self.run("kill-server", check=False)

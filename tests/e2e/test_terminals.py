@@ -1,0 +1,210 @@
+"""The app in real terminals, driven as a person drives it: tmux (half-cell fallback, keys through
+tmux, nothing raw reaches the terminal from a pasted prompt), xterm with sixel under Xvfb (the
+preview area holds an image, read from a screenshot), and over SSH (an sshd started on a loopback
+port with throwaway keys). .ci/run installs tmux, xterm, Xvfb, xdotool, ImageMagick and
+openssh-server."""
+
+from __future__ import annotations
+
+import colorsys
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from spatiora_tui.outputs import read_metadata
+from tests.e2e.terminals import Tmux, app_command, make_project, pngs, require
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform != "linux", reason="Linux terminals")]
+
+
+@pytest.fixture
+def tmux(tmp_path: Path):
+    session = Tmux(tmp_path)
+    yield session
+    session.close()
+
+
+def test_tmux_halfcell_keys_and_no_raw_escape_from_a_paste(tmux: Tmux, tmp_path: Path, cache_dir: Path) -> None:
+    project = make_project(tmp_path)
+    raw = tmp_path / "pane-output.bin"
+    tmux.start_recorded(app_command(project, cache_dir), raw)
+    tmux.wait_for("model ready", timeout=120)
+
+    # A pasted prompt carrying a terminal title sequence and a screen clear. (Textual ends a
+    # bracketed paste at its first ESC and reads the rest as keys, showing ESC as "^["; either
+    # way no ESC may stay in the prompt, reach the image, or reach the terminal.)
+    tmux.paste("a loft\x1b]0;PWNED\x1b\\ with\x1b[2J oak")
+    tmux.wait_for("PWNED")
+    tmux.keys("C-g")
+    shown = tmux.wait_for("saved ", timeout=120)
+    assert shown.count("▀") > 200, "the preview is drawn in half-cell blocks inside tmux"
+    [first] = pngs(project)
+    prompt = read_metadata(first).spatiora["request"]["prompt"]
+    assert "PWNED" in prompt and "a loft" in prompt and "\x1b" not in prompt
+
+    tmux.keys("C-t")
+    tmux.wait_for("task floorplan")
+    tmux.keys("C-g")
+    deadline = time.monotonic() + 120
+    while len(pngs(project)) < 2:
+        assert time.monotonic() < deadline, tmux.screen()
+        time.sleep(0.2)
+    tasks = sorted(read_metadata(p).spatiora["request"]["task"] for p in pngs(project))
+    assert tasks == ["floorplan", "interior"]
+
+    tmux.keys("C-o")
+    tmux.wait_for("View large")
+    tmux.keys("Escape")
+    tmux.keys("C-q")
+    tmux.wait_for("__EXITED__ 0", timeout=30)
+
+    output = raw.read_bytes()
+    assert len(output) > 10_000, "the pane's output was recorded"
+    assert b"\x1b]0;PWNED" not in output and b"\x1b[2J oak" not in output
+    assert "PWNED" not in tmux.title()
+
+
+# -- xterm with sixel ----------------------------------------------------------------------------
+
+
+def image_tiles(shot: Path, tile: int = 16) -> list[tuple[int, int]]:
+    """The tile x tile squares of a screenshot that look like a picture: at least 10 distinct
+    colours over at least 3 hues. Text is one foreground hue on a background (its antialiasing
+    adds shades, not hues); half-cell blocks are a few flat colours per cell; the demo model's
+    noise, drawn as a sixel image, is many colours of many hues in every square."""
+    image = Image.open(shot).convert("RGB")
+    found = []
+    for top in range(0, image.height - tile, tile):
+        for left in range(0, image.width - tile, tile):
+            colours = image.crop((left, top, left + tile, top + tile)).getcolors(tile * tile) or []
+            hues = set()
+            for _, (r, g, b) in colours:
+                h, sat, val = colorsys.rgb_to_hsv(r / 255, g / 255, b / 255)
+                if sat > 0.25 and val > 0.2:
+                    hues.add(int(h * 12) % 12)
+            if len(colours) >= 10 and len(hues) >= 3:
+                found.append((left, top))
+    return found
+
+
+@pytest.fixture
+def xvfb(tmp_path: Path):
+    require("Xvfb", "xterm", "xdotool", "import")
+    read_fd, write_fd = os.pipe()
+    server = subprocess.Popen(["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
+                              pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as fh:
+        display = f":{fh.readline().strip()}"
+    yield display
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def test_xterm_sixel_preview_area_holds_an_image(xvfb: str, tmp_path: Path, cache_dir: Path) -> None:
+    project = make_project(tmp_path)
+    env = {**os.environ, "DISPLAY": xvfb}
+    command = app_command(project, cache_dir)
+    term = subprocess.Popen(
+        ["xterm", "-ti", "vt340", "-xrm", "XTerm*decTerminalID: vt340", "-xrm", "XTerm*numColorRegisters: 256",
+         "-geometry", "150x44", "-fa", "DejaVu Sans Mono", "-fs", "11", "-e", "sh", "-c", command],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        window = subprocess.run(["xdotool", "search", "--sync", "--onlyvisible", "--pid", str(term.pid)],
+                                env=env, capture_output=True, text=True, timeout=30).stdout.split()[0]
+        subprocess.run(["xdotool", "windowfocus", "--sync", window], env=env, timeout=10)
+        shot = tmp_path / "xterm.png"
+        before = tmp_path / "before.png"
+        time.sleep(2.0)
+        subprocess.run(["import", "-window", "root", str(before)], env=env, check=True, timeout=30)
+        assert len(image_tiles(before)) < 8, "no picture on screen before generating"
+        subprocess.run(["xdotool", "type", "--delay", "20", "a sunlit loft"], env=env, timeout=30)
+        # The model loads in the background; ctrl+g says "still loading" until it is ready.
+        deadline = time.monotonic() + 120
+        while not pngs(project):
+            assert time.monotonic() < deadline and term.poll() is None, "no image was saved"
+            subprocess.run(["xdotool", "key", "ctrl+g"], env=env, timeout=10)
+            time.sleep(3.0)
+        time.sleep(1.5)  # the final image is drawn after the save
+        subprocess.run(["import", "-window", "root", str(shot)], env=env, check=True, timeout=30)
+        tiles = image_tiles(shot)
+        # The preview box is about 500 pixels square here: hundreds of 16-pixel squares.
+        assert len(tiles) >= 200, f"the preview area holds no image ({len(tiles)} picture-like squares; {shot})"
+        xs = [x for x, _ in tiles]
+        assert max(xs) - min(xs) >= 200 and min(xs) > 200, "one picture, in the middle (preview) column"
+        subprocess.run(["xdotool", "key", "ctrl+q"], env=env, timeout=10)
+        assert term.wait(timeout=30) == 0
+    finally:
+        if term.poll() is None:
+            term.kill()
+
+
+# -- over SSH ------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def sshd(tmp_path: Path):
+    require("/usr/sbin/sshd", "ssh", "ssh-keygen")
+    keys = tmp_path / "ssh"
+    keys.mkdir(mode=0o700)
+    for name in ("host_key", "user_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], check=True)
+    (keys / "authorized_keys").write_text((keys / "user_key.pub").read_text())
+    os.chmod(keys / "authorized_keys", 0o600)
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation folder
+    port = free_port()
+    config = keys / "sshd_config"
+    config.write_text("\n".join([
+        f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {keys / 'host_key'}",
+        f"AuthorizedKeysFile {keys / 'authorized_keys'}", "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no", "PermitRootLogin prohibit-password", "UsePAM no",
+        "StrictModes no", f"PidFile {keys / 'sshd.pid'}", "PrintMotd no", "AcceptEnv LANG LC_*",
+    ]) + "\n")
+    server = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL,
+                              stderr=open(keys / "sshd.log", "w"))
+    deadline = time.monotonic() + 20
+    while True:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        assert server.poll() is None and time.monotonic() < deadline, (keys / "sshd.log").read_text()
+        time.sleep(0.1)
+    yield port, keys / "user_key"
+    server.send_signal(signal.SIGTERM)
+    server.wait(timeout=10)
+
+
+def test_over_ssh_the_app_runs_in_the_remote_session_and_generates(sshd, tmux: Tmux, tmp_path: Path,
+                                                                   cache_dir: Path) -> None:
+    port, key = sshd
+    project = make_project(tmp_path)
+    remote = app_command(project, cache_dir)
+    user = os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+    ssh = ["ssh", "-tt", "-p", str(port), "-i", str(key), "-o", "StrictHostKeyChecking=no",
+           "-o", "UserKnownHostsFile=/dev/null", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+           "-o", "LogLevel=ERROR", f"{user}@127.0.0.1", remote]
+    tmux.start(shlex.join(ssh))
+    tmux.wait_for("model ready", timeout=120)
+    tmux.type("a house plan over ssh")
+    tmux.keys("C-g")
+    tmux.wait_for("saved ", timeout=120)
+    [image] = pngs(project)
+    assert read_metadata(image).spatiora["request"]["prompt"] == "a house plan over ssh"
+    tmux.keys("C-q")
+    tmux.wait_for("__EXITED__ 0", timeout=30)
