@@ -64,6 +64,8 @@ KEY_ACTIONS = ("generate", "cancel", "next_task", "history", "save", "quit")
 class SpatioraApp(App[None], inherit_bindings=False):
     CSS_PATH = "app.tcss"
     TITLE = "Spatiora"
+    # Narrow terminals get a two-column layout (app.tcss): three columns would squeeze the preview out.
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
     BINDINGS = [
         Binding("ctrl+g", "generate", "Generate", id="generate", priority=True,
                 tooltip="Generate with the prompt pane's settings"),

@@ -194,3 +194,21 @@ def test_ctrl_c_cancels_cleanly_and_saves_nothing(project: Path) -> None:
     assert proc.wait(timeout=60) == 130
     assert "cancelled after" in rest and "nothing saved" in rest and "Traceback" not in rest
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_disk_full_keeps_the_image_in_the_cache_and_says_where(project: Path, cache_dir: Path) -> None:
+    out = project / "out"
+    proc = spatiora("generate", "x", cwd=project,
+                    env={"SPATIORA_OUTPUT_DIR": str(out), "SPATIORA_FAILPOINTS": "save=enospc"})
+    assert_one_line_failure(proc, 1, "could not write to", "the disk is full", "save again")
+    kept = Path(proc.stdout.strip())
+    assert kept.parent == cache_dir / "unsaved" and kept.is_file(), proc.stderr
+    assert f"the image was kept in {kept}" in proc.stderr
+    assert read_metadata(kept).spatiora["request"]["prompt"] == "x"
+    assert not out.exists() or not list(out.glob("*.png"))
+    kept.unlink()
+
+
+def test_a_bad_failpoint_setting_is_a_usage_error(project: Path) -> None:
+    proc = spatiora("tasks", cwd=project, env={"SPATIORA_FAILPOINTS": "nowhere=oom"})
+    assert_one_line_failure(proc, 2, "SPATIORA_FAILPOINTS", "unknown failpoint 'nowhere'")

@@ -146,3 +146,21 @@ async def test_terminal_resized_mid_generation(make) -> None:
         await settle(app, pilot)
         assert len(saved_files()) == 1 and "saved" in status(app)
         assert app.query_one("#preview-image").display is True
+
+
+async def test_an_80x24_terminal_still_shows_the_preview_and_the_hardware(make) -> None:
+    app, engine = make()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        app.query_one("#prompt", Input).value = "x"
+        await pilot.press("ctrl+g")
+        await settle(app, pilot)
+        preview, hardware = app.query_one("#preview"), app.query_one("#hardware")
+        assert app.screen.has_class("-narrow")
+        assert preview.size.width >= 30 and preview.size.height >= 8, preview.size
+        assert hardware.display and hardware.size.width >= 30 and hardware.size.height >= 5, hardware.size
+        image = app.query_one("#preview-image")
+        assert image.display and image.size.width >= 8, image.size
+        await pilot.resize_terminal(160, 48)
+        await pilot.pause()
+        assert app.screen.has_class("-wide") and app.query_one("#hardware").size.height > 20
