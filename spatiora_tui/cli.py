@@ -12,7 +12,6 @@ import os
 import platform
 import sys
 import threading
-import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Sequence

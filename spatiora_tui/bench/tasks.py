@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from spatiora_tui.config import AdapterRef, Settings, TaskSettings, user_cache_dir
+from spatiora_tui.config import AdapterRef, Settings, user_cache_dir
 from spatiora_tui.hw.telemetry import STAGES, StageRecord, Telemetry, format_mb, format_ms
 
 #: The paper's Table 1 (Spatiora pilot; their hardware, SD 1.5-based, 512x512 as we read it).

@@ -3,7 +3,6 @@ terminal as a control sequence (an ESC in a PNG's text chunk must not repaint th
 
 from __future__ import annotations
 
-import re
 import unicodedata
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,19 @@ import pytest
 from spatiora_tui.config import Settings
 from tests.conftest import small_tasks
 from tests.ui.fakes import FakeEngine, fake_telemetry
+
+
+def status(app) -> str:
+    """The status line's text."""
+    from textual.widgets import Static
+
+    return str(app.query_one("#status", Static).render())
+
+
+def outputs() -> list[Path]:
+    """The PNGs in the output folder the test environment points at."""
+    folder = Path(os.environ["SPATIORA_OUTPUT_DIR"])
+    return sorted(folder.glob("*.png")) if folder.exists() else []
 
 
 async def settle(app, pilot) -> None:

@@ -16,20 +16,10 @@ from spatiora_tui.engine.api import EngineError, EngineOOM
 from spatiora_tui.outputs import read_metadata
 from spatiora_tui.ui.messages import HardwareSampled, StepPreviewReady
 from spatiora_tui.ui.screens.history import HistoryScreen
-from spatiora_tui.ui.widgets.hardware_pane import HardwarePane
 from spatiora_tui.ui.widgets.task_pane import TaskPane
-from tests.ui.conftest import settle, with_ui
+from tests.ui.conftest import outputs, settle, status, with_ui
 
 SIZE = (160, 48)
-
-
-def status(app) -> str:
-    return str(app.query_one("#status", Static).render())
-
-
-def outputs() -> list[Path]:
-    folder = Path(os.environ["SPATIORA_OUTPUT_DIR"])
-    return sorted(folder.glob("*.png")) if folder.exists() else []
 
 
 async def type_prompt(pilot, text: str) -> None:

@@ -6,8 +6,6 @@ told what happened and what to do, nothing they made is lost, and the app goes o
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import os
 import shutil
 import threading
 from pathlib import Path
@@ -20,19 +18,11 @@ from spatiora_tui.config import AdapterRef, Settings, TaskSettings
 from spatiora_tui.outputs import read_metadata
 from spatiora_tui.ui.app import make_app
 from tests.conftest import small_tasks
-from tests.ui.conftest import settle
+from tests.ui.conftest import outputs, settle, status
 from tests.ui.fakes import fake_telemetry
 
 SIZE = (160, 48)
-
-
-def status(app) -> str:
-    return str(app.query_one("#status", Static).render())
-
-
-def saved_files() -> list[Path]:
-    folder = Path(os.environ["SPATIORA_OUTPUT_DIR"])
-    return sorted(folder.glob("*.png")) if folder.exists() else []
+saved_files = outputs
 
 
 @pytest.fixture(scope="module")
