@@ -334,6 +334,7 @@ def _cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
         with telemetry.stage("save"):
             path = save_result(result, out_dir, out_name)
     except OutputError as exc:
+        telemetry.stop()
         return _rescue(result, exc, save_result)
     telemetry.stop()
     t = result.timings

@@ -260,6 +260,7 @@ async def test_history_lists_images_and_metadata(make) -> None:
         options = app.screen.query_one(OptionList)
         labels = [str(options.get_option_at_index(i).prompt) for i in range(options.option_count)]
         assert any("zz\\x1b]0;PWNED\\x07" in label for label in labels) and "\x1b" not in "".join(labels)
+        assert "first room" in labels[0], "the history index gives each image its prompt"
         options.highlighted = options.option_count - 1
         await pilot.pause()
         text = str(app.screen.query_one("#history-text", Static).render())

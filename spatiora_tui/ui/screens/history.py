@@ -13,7 +13,7 @@ from textual.widget import Widget
 from textual.widgets import Footer, OptionList, Static
 from textual.widgets.option_list import Option
 
-from spatiora_tui.outputs import read_metadata
+from spatiora_tui.outputs import HistoryIndex, read_metadata
 from spatiora_tui.ui.text import markup_safe
 
 MAX_LISTED = 1000
@@ -68,6 +68,11 @@ def describe(path: Path) -> str:
     return "\n".join(lines)
 
 
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 class HistoryScreen(Screen[None]):
     BINDINGS = [
         Binding("escape", "close", "Back", id="history.close"),
@@ -88,6 +93,7 @@ class HistoryScreen(Screen[None]):
         self._session = session
         self._image_class = image_class
         self._files: list[Path] = []
+        self._index: dict[str, dict] = {}
 
     def compose(self) -> ComposeResult:
         with Horizontal():
@@ -100,6 +106,7 @@ class HistoryScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self._files = list_images(self._folder)
+        self._index = HistoryIndex(self._folder).entries()  # task, seed, prompt per image, unopened
         options = self.query_one(OptionList)
         if not self._files:
             self.query_one("#history-text", Static).update(
@@ -112,7 +119,11 @@ class HistoryScreen(Screen[None]):
 
     def _option(self, index: int, path: Path) -> Option:
         mark = "•" if path in self._session else " "
-        return Option(f"{mark} {markup_safe(path.stem)}", id=str(index))
+        label = f"{mark} {markup_safe(path.stem)}"
+        entry = self._index.get(path.name)
+        if entry and entry.get("prompt"):
+            label += f"\n  [dim]{markup_safe(_clip(str(entry['prompt']), 38))}[/]"
+        return Option(label, id=str(index))
 
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
         path = self._files[int(event.option.id or 0)]
