@@ -108,8 +108,9 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self._pending_step: StepPreviewReady | None = None
         self._pending_sample: HardwareSampled | None = None
         self._session_images: list[Path] = []
-        # The last image whose save failed: kept in memory until a "save again" succeeds.
-        self._unsaved: GenerationResult | None = None
+        # Images whose save failed, oldest first: kept in memory until a "save again" succeeds.
+        self._unsaved: list[GenerationResult] = []
+        self._quit_asked = False  # a first quit with unsaved images only warns
         self._exit_after_first_frame = exit_after_first_frame
         #: Seconds from process start to the first frame (set when it is drawn).
         self.first_frame_age_s: float | None = None
@@ -206,7 +207,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         if action == "generate" and not self._model_ready:
             return None  # shown dimmed until the model is ready
         if action == "save":
-            return self._unsaved is not None  # in the footer only while an image waits
+            return bool(self._unsaved)  # in the footer only while an image waits
         return True
 
     def _key(self, action: str) -> str:
@@ -407,7 +408,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
             saved = f"saved {markup_safe(str(message.path))}"
             self.say(f"saved {message.path}")
         else:
-            self._unsaved = result
+            self._unsaved.append(result)
             self.refresh_bindings()
             saved = f"[b]not saved[/] — the image is kept in memory: {self._key('save')} saves it again"
             self.say(f"could not save the image: {message.save_error}", error=True)
@@ -423,33 +424,43 @@ class SpatioraApp(App[None], inherit_bindings=False):
     # -- saving again -------------------------------------------------------------------------
 
     def action_save(self) -> None:
-        if self._unsaved is None:
+        if not self._unsaved:
             self.say("nothing waits to be saved: every image of this session is on disk")
             return
-        self.say(f"saving again to {self.settings.output_dir}…")
-        self._save_again(self._unsaved)
+        self.say(f"saving {len(self._unsaved)} image(s) again to {self.settings.output_dir}…")
+        self._save_again(list(self._unsaved))
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="save")
-    def _save_again(self, result: GenerationResult) -> None:
-        try:
-            with self.telemetry.stage("save"):
-                path = save_result(result, self.settings.output_dir)
-        except OutputError as exc:
-            self.post_message(ImageSaved(result, None, str(exc)))
-            return
-        self.post_message(ImageSaved(result, path, None))
+    def _save_again(self, results: list[GenerationResult]) -> None:
+        for result in results:
+            try:
+                with self.telemetry.stage("save"):
+                    path = save_result(result, self.settings.output_dir)
+            except OutputError as exc:
+                self.post_message(ImageSaved(result, None, str(exc)))
+                return  # the same cause would fail the rest too
+            self.post_message(ImageSaved(result, path, None))
 
     def on_image_saved(self, message: ImageSaved) -> None:
         if message.path is None:
-            self.say(f"still not saved: {message.error} (the image stays in memory; "
+            self.say(f"still not saved: {message.error} ({len(self._unsaved)} image(s) stay in memory; "
                      f"{self._key('save')} tries again)", error=True)
             return
-        if self._unsaved is message.result:
-            self._unsaved = None
+        if message.result in self._unsaved:
+            self._unsaved.remove(message.result)
             self.refresh_bindings()
         self._session_images.append(message.path)
         self.preview_pane.show_saved(f"saved {markup_safe(str(message.path))}")
-        self.say(f"saved {message.path}")
+        self.say(f"saved {message.path}" + (f" ({len(self._unsaved)} still waiting)" if self._unsaved else ""))
+
+    async def action_quit(self) -> None:
+        """Quit; with images that could not be saved, the first quit only says so."""
+        if self._unsaved and not self._quit_asked:
+            self._quit_asked = True
+            self.say(f"{len(self._unsaved)} image(s) are not saved: {self._key('save')} saves them, "
+                     f"{self._key('quit')} again quits and loses them", error=True)
+            return
+        self.exit()
 
     def on_generation_failed(self, message: GenerationFailed) -> None:
         self._generation_ended()

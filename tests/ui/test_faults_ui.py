@@ -89,17 +89,25 @@ async def test_a_failed_save_keeps_the_image_and_ctrl_s_saves_it_again(loaded, a
         assert "could not save the image" in status(app) and words in status(app)
         assert "ctrl+s saves it again" in str(app.query_one("#saved", Static).render())
         assert app.query_one("#preview-image").display is True and app.check_action("save", ()) is True
+        await generate(app, pilot, "keep me too")  # a second image fails too: both are kept
+        assert saved_files() == [] and len(app._unsaved) == 2
+        await pilot.press("ctrl+q")  # quitting would lose them: the first ctrl+q only warns
+        await pilot.pause()
+        assert app.is_running and "2 image(s) are not saved" in status(app)
+        failpoints.arm("save", action)
         await pilot.press("ctrl+s")  # the cause is not fixed yet: still kept
         await settle(app, pilot)
         assert "still not saved" in status(app) and app.check_action("save", ()) is True
         await pilot.press("ctrl+s")  # now it is
         await settle(app, pilot)
-        [path] = saved_files()
-        assert f"saved {path}" in status(app) and app.check_action("save", ()) is False
-        assert read_metadata(path).spatiora["request"]["prompt"] == "keep me"
+        paths = saved_files()
+        assert len(paths) == 2 and "saved " in status(app) and "still waiting" not in status(app)
+        assert app.check_action("save", ()) is False
+        prompts = sorted(read_metadata(p).spatiora["request"]["prompt"] for p in paths)
+        assert prompts == ["keep me", "keep me too"]
         await pilot.press("ctrl+s")  # nothing waits: the key is off, nothing is written twice
         await settle(app, pilot)
-        assert saved_files() == [path]
+        assert saved_files() == paths
 
 
 async def test_an_adapter_deleted_while_the_app_runs(loaded, tmp_path: Path) -> None:
