@@ -67,7 +67,9 @@ class SpatioraApp(App[None], inherit_bindings=False):
     # Narrow terminals get a two-column layout (app.tcss): three columns would squeeze the preview out.
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
     BINDINGS = [
-        Binding("ctrl+g", "generate", "Generate", id="generate", priority=True,
+        # Not a priority binding: the key then reaches the focused field's queue behind the
+        # characters typed before it, so a fast typist (or an SSH burst) generates with all of them.
+        Binding("ctrl+g", "generate", "Generate", id="generate",
                 tooltip="Generate with the prompt pane's settings"),
         Binding("escape", "cancel", "Cancel", id="cancel", tooltip="Cancel the running generation"),
         Binding("ctrl+t", "next_task", "Next task", id="next_task", priority=True,

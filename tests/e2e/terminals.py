@@ -139,4 +139,22 @@ class Tmux:
         self.run("paste-buffer", "-p", "-b", "e2e", "-t", self.session)
 
     def close(self) -> None:
+        """End the session and everything started in it. (tmux's hangup is not enough for a
+        program under script(1), which outlives the pane and keeps the program's terminal open.)"""
+        import psutil
+
+        pane = self.run("display-message", "-p", "-t", self.session, "#{pane_pid}", check=False).strip()
+        procs = []
+        if pane.isdigit():
+            try:
+                root = psutil.Process(int(pane))
+                procs = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass
         self.run("kill-server", check=False)
+        for proc in procs:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(procs, timeout=10)

@@ -208,3 +208,31 @@ def test_over_ssh_the_app_runs_in_the_remote_session_and_generates(sshd, tmux: T
     assert read_metadata(image).spatiora["request"]["prompt"] == "a house plan over ssh"
     tmux.keys("C-q")
     tmux.wait_for("__EXITED__ 0", timeout=30)
+
+
+def test_a_dropped_ssh_connection_ends_the_remote_app(sshd, tmux: Tmux, tmp_path: Path, cache_dir: Path) -> None:
+    """The connection drops mid-generation: the app on the remote side must not run on (holding
+    the GPU and the model in memory) with nobody to see it."""
+    import psutil
+
+    port, key = sshd
+    project = make_project(tmp_path)
+    user = os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+    ssh = ["ssh", "-tt", "-p", str(port), "-i", str(key), "-o", "StrictHostKeyChecking=no",
+           "-o", "UserKnownHostsFile=/dev/null", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+           "-o", "LogLevel=ERROR", f"{user}@127.0.0.1", app_command(project, cache_dir)]
+    tmux.start(shlex.join(ssh))
+    tmux.wait_for("model ready", timeout=120)
+    marker = str(project / "outputs")
+    remote = [p for p in psutil.process_iter(["cmdline", "environ"])
+              if "spatiora_tui" in " ".join(p.info["cmdline"] or []) and
+              (p.info["environ"] or {}).get("SPATIORA_OUTPUT_DIR") == marker]
+    assert len(remote) == 1, remote
+    client = [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [])[:2] == ["ssh", "-tt"]
+              and app_command(project, cache_dir) in (p.info["cmdline"] or [])]
+    assert len(client) == 1
+    tmux.type("a long one")
+    tmux.keys("C-g")
+    client[0].kill()  # the network goes away
+    gone, alive = psutil.wait_procs(remote, timeout=20)
+    assert not alive, "the remote app still runs after its SSH connection dropped"

@@ -383,3 +383,22 @@ def test_ui_never_imports_the_ml_stack() -> None:
             "print(' '.join(m for m in ('torch', 'diffusers', 'peft', 'transformers', 'pynvml') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+async def test_keys_arriving_in_one_burst_generate_with_everything_typed(make) -> None:
+    """Over SSH, or typing fast, the prompt's characters and ctrl+g arrive together: the request
+    must hold every character typed before ctrl+g (a priority binding read the field before the
+    field had taken the characters)."""
+    from textual import events
+
+    app, engine = make()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        app.query_one("#prompt", Input).focus()
+        await pilot.pause()
+        for ch in "a burst":
+            app.post_message(events.Key("space" if ch == " " else ch, ch))
+        app.post_message(events.Key("ctrl+g", None))
+        await settle(app, pilot)
+        await settle(app, pilot)
+        assert [r.prompt for r in engine.requests] == ["a burst"], status(app)
