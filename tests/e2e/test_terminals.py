@@ -190,16 +190,19 @@ def sshd(tmp_path: Path):
     server.wait(timeout=10)
 
 
+def ssh_command(port: int, key: Path, remote: str) -> list[str]:
+    """ssh with a terminal to this machine's test sshd, as the current user, running `remote`."""
+    user = os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+    return ["ssh", "-tt", "-p", str(port), "-i", str(key), "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+            "-o", "LogLevel=ERROR", f"{user}@127.0.0.1", remote]
+
+
 def test_over_ssh_the_app_runs_in_the_remote_session_and_generates(sshd, tmux: Tmux, tmp_path: Path,
                                                                    cache_dir: Path) -> None:
     port, key = sshd
     project = make_project(tmp_path)
-    remote = app_command(project, cache_dir)
-    user = os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
-    ssh = ["ssh", "-tt", "-p", str(port), "-i", str(key), "-o", "StrictHostKeyChecking=no",
-           "-o", "UserKnownHostsFile=/dev/null", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-           "-o", "LogLevel=ERROR", f"{user}@127.0.0.1", remote]
-    tmux.start(shlex.join(ssh))
+    tmux.start(shlex.join(ssh_command(port, key, app_command(project, cache_dir))))
     tmux.wait_for("model ready", timeout=120)
     tmux.type("a house plan over ssh")
     tmux.keys("C-g")
@@ -217,11 +220,7 @@ def test_a_dropped_ssh_connection_ends_the_remote_app(sshd, tmux: Tmux, tmp_path
 
     port, key = sshd
     project = make_project(tmp_path)
-    user = os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
-    ssh = ["ssh", "-tt", "-p", str(port), "-i", str(key), "-o", "StrictHostKeyChecking=no",
-           "-o", "UserKnownHostsFile=/dev/null", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-           "-o", "LogLevel=ERROR", f"{user}@127.0.0.1", app_command(project, cache_dir)]
-    tmux.start(shlex.join(ssh))
+    tmux.start(shlex.join(ssh_command(port, key, app_command(project, cache_dir))))
     tmux.wait_for("model ready", timeout=120)
     marker = str(project / "outputs")
     remote = [p for p in psutil.process_iter(["cmdline", "environ"])
