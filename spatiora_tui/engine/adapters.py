@@ -29,7 +29,7 @@ from typing import Any, Iterator, Sequence
 from spatiora_tui.config import AdapterRef
 from spatiora_tui.engine.api import AdapterUse, EngineError
 from spatiora_tui.engine.manifest import FAMILY_NAMES, AdapterManifest, read_manifest
-from spatiora_tui.engine.pipeline import PICKLE_REFUSED, PICKLE_SUFFIXES
+from spatiora_tui.engine.pipeline import PICKLE_REFUSED, PICKLE_SUFFIXES, unpickle_state_dict
 from spatiora_tui.hw.watchdog import MemoryReading, read_memory
 
 MB = 2**20
@@ -646,26 +646,12 @@ def _header(name: str, path: Path, data: bytes) -> tuple[list[str], dict[str, st
 
 
 def _unpickle(name: str, path: Path, data: bytes) -> dict[str, Any]:
-    """A pickle adapter's tensors (allow_pickle is on), with weights_only=True: tensors and plain
-    containers only, no arbitrary objects."""
-    import io
-
-    import torch
-
+    """A pickle adapter's tensors (allow_pickle is on); see unpickle_state_dict."""
     try:
-        loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise EngineError(f"adapter {name!r} ({path}) is not a readable PyTorch file ({detail}); "
-                          "it may be truncated or corrupt: download it again or replace it") from None
-    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, dict) or not loaded:
-        raise EngineError(f"adapter {name!r} ({path}) holds no tensors; replace the file")
-    tensors = {str(k): v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise EngineError(f"adapter {name!r} ({path}) holds no tensors; replace the file")
-    return tensors
+        return unpickle_state_dict(data)
+    except ValueError as exc:
+        raise EngineError(f"adapter {name!r} ({path}) {exc}; it may be truncated or corrupt: download it "
+                          "again or replace it") from None
 
 
 def _invalid(name: str, path: Path, detail: object) -> EngineError:

@@ -176,21 +176,36 @@ def _single_file_kind(path: Path) -> str:
     return "sd"
 
 
-def _pickle_keys(path: Path) -> list[str]:
-    """The tensor names of a pickle checkpoint (allow_pickle is on), unpickled with
-    weights_only=True: tensors and plain containers only, no arbitrary objects."""
+def unpickle_state_dict(source: Path | bytes) -> dict[str, Any]:
+    """The tensors of a pickle file (.ckpt/.pt/.pth/.bin; only reached with allow_pickle on),
+    unpickled with weights_only=True: tensors and plain containers only, no arbitrary objects.
+    A {"state_dict": {...}} wrapper is unwrapped. Raises ValueError with what is wrong, phrased
+    to follow the file's name ("is not a readable checkpoint (…)", "holds no tensors")."""
+    import io
+
     import torch
 
     try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        if isinstance(source, bytes):
+            loaded = torch.load(io.BytesIO(source), map_location="cpu", weights_only=True)
+        else:
+            loaded = torch.load(str(source), map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:
-        raise EngineError(f"{path} is not a readable checkpoint ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''}); re-download it") from None
-    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
-        data = data["state_dict"]
-    if not isinstance(data, dict):
-        raise EngineError(f"{path} holds no state dict of tensors; it is not a Stable Diffusion checkpoint")
-    return [str(k) for k in data]
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"is not a readable checkpoint ({detail})") from None
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]
+    tensors = {str(k): v for k, v in loaded.items() if isinstance(v, torch.Tensor)} if isinstance(loaded, dict) else {}
+    if not tensors:
+        raise ValueError("holds no tensors")
+    return tensors
+
+
+def _pickle_keys(path: Path) -> list[str]:
+    try:
+        return list(unpickle_state_dict(path))
+    except ValueError as exc:
+        raise EngineError(f"{path} {exc}; it is not a usable Stable Diffusion checkpoint: re-download it") from None
 
 
 def load_pipeline(
