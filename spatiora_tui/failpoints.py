@@ -7,6 +7,7 @@ and no test patches library internals. Production code calls `hit(name)` at each
 nothing armed that is one dictionary lookup.
 
 Points (see docs/reliability.md):
+    load               after the base model is read, before it moves to its device
     denoise            each UNet call while denoising
     vae decode         before the final VAE decode
     atomic write       half-way through writing any file atomically (image, history index, config)
@@ -32,7 +33,7 @@ import threading
 from dataclasses import dataclass
 
 ENV = "SPATIORA_FAILPOINTS"
-POINTS = ("denoise", "vae decode", "atomic write", "save")
+POINTS = ("load", "denoise", "vae decode", "atomic write", "save")
 ACTIONS = ("oom", "enospc", "eacces", "kill")
 
 

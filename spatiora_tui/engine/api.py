@@ -26,6 +26,16 @@ class EngineOOM(EngineError):
     """The device ran out of memory. Memory has been released; a smaller request can succeed."""
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is a device running out of memory. CUDA and MPS say "out of memory"; the
+    CPU allocator says "not enough memory" or "can't allocate memory" in a plain RuntimeError."""
+    if not isinstance(exc, (RuntimeError, MemoryError)):
+        return False
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or any(
+        words in text for words in ("out of memory", "not enough memory", "can't allocate memory"))
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """What the user asked for. Fields left as None take the task's settings."""

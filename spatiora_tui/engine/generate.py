@@ -18,6 +18,7 @@ from spatiora_tui import failpoints
 from spatiora_tui.config import PreviewSettings
 from spatiora_tui.engine.api import (
     EngineOOM,
+    is_out_of_memory,
     MemoryPeaks,
     ModelInfo,
     ResolvedRequest,
@@ -194,7 +195,7 @@ def run_generation(
             decode_ms = (time.perf_counter() - t_decode) * 1000.0
             state.sample_memory()
     except RuntimeError as exc:  # torch.OutOfMemoryError is one
-        if not _is_out_of_memory(exc):
+        if not is_out_of_memory(exc):
             raise
         oom_in = telemetry.current_stage or stage
     finally:
@@ -204,7 +205,7 @@ def run_generation(
         # Out here, not in the except block: the exception's traceback holds the pipeline's
         # frames and their tensors until the block ends, so only now can the memory go back.
         out = None
-        _release_memory(on_cuda)
+        release_memory(on_cuda)
         raise EngineOOM(_oom_advice(oom_in, params, on_cuda))
 
     if not on_cuda:
@@ -243,9 +244,9 @@ def _decode(latents: Any, pipe: Any, on_cuda: bool) -> tuple[Any, bool]:
         failpoints.hit("vae decode")
         return decode_latents(latents, pipe.vae, pipe.image_processor), False
     except RuntimeError as exc:
-        if not _is_out_of_memory(exc) or not hasattr(pipe.vae, "enable_tiling"):
+        if not is_out_of_memory(exc) or not hasattr(pipe.vae, "enable_tiling"):
             raise
-    _release_memory(on_cuda)
+    release_memory(on_cuda)
     pipe.vae.enable_tiling()
     try:
         failpoints.hit("vae decode")
@@ -254,14 +255,7 @@ def _decode(latents: Any, pipe: Any, on_cuda: bool) -> tuple[Any, bool]:
         pipe.vae.disable_tiling()
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
-    """CUDA and MPS say "out of memory"; the CPU allocator says "not enough memory" or
-    "can't allocate memory" (and raises a plain RuntimeError)."""
-    text = str(exc).lower()
-    return any(words in text for words in ("out of memory", "not enough memory", "can't allocate memory"))
-
-
-def _release_memory(on_cuda: bool) -> None:
+def release_memory(on_cuda: bool) -> None:
     """Give back what a failed run held: Python's garbage, then the CUDA cache (on a GPU) or
     the C allocator's freed pages (on the CPU)."""
     import gc

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from spatiora_tui import failpoints
 from spatiora_tui.config import ModelSettings
-from spatiora_tui.engine.api import EngineError, ModelInfo
+from spatiora_tui.engine.api import EngineError, EngineOOM, ModelInfo, is_out_of_memory
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -221,13 +222,12 @@ def load_pipeline(
     source = classify_source(settings.source, allow_pickle)
     say("importing torch and diffusers")
     quiet_libraries()
-    import torch
-
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     demo_adapters: Path | None = None
     say(f"loading {source.name} ({source.kind}) on {device}")
     common: dict[str, Any] = {"torch_dtype": dtype}
+    out_of_memory = False
     if not allow_pickle and source.kind in ("folder", "hub"):
         common["use_safetensors"] = True  # diffusers then refuses .bin weights instead of unpickling them
     try:
@@ -248,21 +248,28 @@ def load_pipeline(
             pipe = _pipeline_class(kind).from_single_file(source.value, local_files_only=True, **common)
         else:
             pipe = _load_from_hub(source.value, common)
+        if getattr(pipe, "safety_checker", None) is not None:
+            # Local, private design work: the NSFW filter blacks out architecture renders at random.
+            pipe.safety_checker = None
+        failpoints.hit("load")
+        pipe.to(device)  # where a model too big for the GPU runs out of memory
     except EngineError:
         raise
-    except torch.cuda.OutOfMemoryError:
-        torch.cuda.empty_cache()
-        from spatiora_tui.engine.api import EngineOOM
-
-        raise EngineOOM(f"out of GPU memory while loading {source.name}; try dtype = \"fp16\" or a smaller model") from None
     except Exception as exc:
-        raise EngineError(_explain_load_failure(source, exc)) from None
+        if not is_out_of_memory(exc):
+            raise EngineError(_explain_load_failure(source, exc)) from None
+        out_of_memory = True
+    if out_of_memory:
+        # After the except block, whose traceback held the half-loaded weights.
+        from spatiora_tui.engine.generate import release_memory
+
+        pipe = None
+        release_memory(device == "cuda")
+        where = "GPU memory" if device == "cuda" else "memory"
+        raise EngineOOM(f"out of {where} while loading {source.name}; try dtype = \"fp16\", a smaller model, "
+                        "or close other programs")
 
     pipe.set_progress_bar_config(disable=True)
-    if getattr(pipe, "safety_checker", None) is not None:
-        # Local, private design work: the NSFW filter blacks out architecture renders at random.
-        pipe.safety_checker = None
-    pipe.to(device)
     info = ModelInfo(
         name=f"{source.name} (random weights)" if source.kind == "demo" else source.name,
         source=settings.source,

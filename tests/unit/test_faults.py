@@ -11,7 +11,7 @@ import pytest
 
 from spatiora_tui import failpoints
 from spatiora_tui.engine.api import EngineOOM, GenerationRequest, StepPreview
-from spatiora_tui.engine.generate import _is_out_of_memory
+from spatiora_tui.engine.api import is_out_of_memory as _is_out_of_memory
 
 REQUEST = GenerationRequest(prompt="a hall", task="floorplan", seed=11)
 
@@ -95,3 +95,15 @@ def test_failpoints_from_the_environment() -> None:
     assert failpoints.armed() == {}
     with pytest.raises(ValueError, match="unknown failpoint 'sve'"):
         failpoints.arm_from_env("sve=oom")
+
+
+def test_oom_while_loading_the_model_is_reported_and_loading_again_works(cache_dir, tmp_path) -> None:
+    from spatiora_tui.engine.local import LocalEngine
+    from tests.conftest import small_settings
+
+    engine = LocalEngine(small_settings(tmp_path), cache_dir=cache_dir)
+    failpoints.arm("load", "oom")
+    with pytest.raises(EngineOOM, match="out of memory while loading spatiora-demo; try dtype"):
+        engine.load()
+    assert engine.model is None
+    assert engine.load().kind == "demo", "loading again works"
