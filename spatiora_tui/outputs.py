@@ -138,7 +138,7 @@ def _write_png_atomically(image: Image.Image, info: PngImagePlugin.PngInfo, out_
     try:
         HistoryIndex(out_dir).add(path, record)
     except OSError:
-        pass  # the image is saved; the index is rebuilt from the images when it is behind
+        pass  # the image is saved, and the history lists it from the folder all the same
     return path
 
 
@@ -182,9 +182,10 @@ class HistoryIndex:
     prompt, size, time), so the history lists thousands of images without opening each PNG.
 
     Written atomically after each save: a process killed while writing it leaves the previous
-    index. An index that cannot be read (edited by hand, from a newer version) is rebuilt from the
-    images' own metadata, which stays the source of truth; images not in it (copied in, or saved
-    while the index could not be written) are read from their files.
+    index. The images' own metadata stays the source of truth: an index that cannot be read
+    (edited by hand, from a newer version) is rebuilt from it, and the history lists the folder's
+    images (image_files), so one the index misses (copied in, or saved while the index could not
+    be written) is still listed and described from its file, only without its prompt in the list.
     """
 
     def __init__(self, folder: Path) -> None:
@@ -202,8 +203,8 @@ class HistoryIndex:
             listed = None
         if not isinstance(listed, list):
             return self.rebuild()
-        return {e["file"]: e for e in listed if isinstance(e, dict) and isinstance(e.get("file"), str)
-                and (self.folder / e["file"]).is_file()}
+        present = {p.name for p in image_files(self.folder)}  # one listing, not a stat per entry
+        return {e["file"]: e for e in listed if isinstance(e, dict) and e.get("file") in present}
 
     def add(self, image: Path, record: dict[str, Any]) -> None:
         entries = self.entries()
@@ -213,16 +214,12 @@ class HistoryIndex:
     def rebuild(self) -> dict[str, dict[str, Any]]:
         """Read every PNG's metadata again and write a fresh index (best effort)."""
         entries: dict[str, dict[str, Any]] = {}
-        try:
-            files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() == ".png" and not p.name.startswith("."))
-        except OSError:
-            return entries
-        for file in files:
+        for file in sorted(image_files(self.folder)):
             try:
                 record = read_metadata(file).spatiora
             except Exception:  # a damaged or foreign file: listed without details
                 record = None
-            entries[file.name] = _index_entry(file.name, record or {})
+            entries[file.name] = _index_entry(file.name, record if isinstance(record, dict) else {})
         try:
             self._write(entries)
         except OSError:
@@ -234,12 +231,20 @@ class HistoryIndex:
         atomic.write_bytes(self.path, json.dumps(data, indent=0).encode("utf-8"))
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The PNG images in `folder` (hidden temp files excluded), in no order; [] when unreadable."""
+    try:
+        return [p for p in folder.iterdir() if p.suffix.lower() == ".png" and not p.name.startswith(".")]
+    except OSError:
+        return []
+
+
 def _index_entry(name: str, record: dict[str, Any]) -> dict[str, Any]:
-    request = record.get("request", {}) if isinstance(record, dict) else {}
-    timings = record.get("timings_ms", {}) if isinstance(record, dict) else {}
+    request = record.get("request") or {}
+    timings = record.get("timings_ms") or {}
     return {
         "file": name,
-        "created": record.get("created") if isinstance(record, dict) else None,
+        "created": record.get("created"),
         "task": request.get("task"),
         "seed": request.get("seed"),
         "prompt": request.get("prompt"),

@@ -13,7 +13,7 @@ from textual.widget import Widget
 from textual.widgets import Footer, OptionList, Static
 from textual.widgets.option_list import Option
 
-from spatiora_tui.outputs import HistoryIndex, read_metadata
+from spatiora_tui.outputs import HistoryIndex, image_files, read_metadata
 from spatiora_tui.ui.text import markup_safe
 
 MAX_LISTED = 1000
@@ -21,10 +21,7 @@ MAX_LISTED = 1000
 
 def list_images(folder: Path, limit: int = MAX_LISTED) -> list[Path]:
     """PNG files in `folder`, newest first (hidden temp files excluded)."""
-    try:
-        files = [p for p in folder.iterdir() if p.suffix.lower() == ".png" and not p.name.startswith(".")]
-    except OSError:
-        return []
+    files = image_files(folder)
     files.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     return files[:limit]
 
