@@ -192,12 +192,18 @@ def _dispatch(args: argparse.Namespace) -> int:
     return _cmd_tui(settings, args)
 
 
+def _task_list(text: str) -> tuple[str, ...]:
+    """--tasks A,B as task names (each checked against the config by the command)."""
+    tasks = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not tasks:
+        raise UsageError("--tasks names no task; give task names from config.toml, e.g. interior,floorplan")
+    return tasks
+
+
 def _cmd_bench_tasks(settings: Settings, args: argparse.Namespace) -> int:
     from spatiora_tui.bench.tasks import markdown_table, parse_size, print_table, run_bench, write_json
 
-    tasks = tuple(name.strip() for name in args.bench_tasks.split(",") if name.strip())
-    if not tasks:
-        raise UsageError("--tasks names no task; give task names from config.toml, e.g. interior,floorplan")
+    tasks = _task_list(args.bench_tasks)
     if args.bench_runs < 1 or args.bench_steps < 1:
         raise UsageError("--runs and --steps must be at least 1")
     if args.bench_rank is not None and args.bench_rank < 1:
@@ -225,9 +231,7 @@ def _cmd_bench_soak(settings: Settings, args: argparse.Namespace) -> int:
     from spatiora_tui.bench.soak import print_soak, run_soak, write_json
     from spatiora_tui.bench.tasks import parse_size
 
-    tasks = tuple(name.strip() for name in args.soak_tasks.split(",") if name.strip())
-    if not tasks:
-        raise UsageError("--tasks names no task; give task names from config.toml, e.g. interior,floorplan")
+    tasks = _task_list(args.soak_tasks)
     try:
         size = parse_size(args.soak_size)
         result = run_soak(settings, args.generations, tasks, size, args.soak_steps, args.cancel_every,
@@ -335,7 +339,7 @@ def _cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
             path = save_result(result, out_dir, out_name)
     except OutputError as exc:
         telemetry.stop()
-        return _rescue(result, exc, save_result)
+        return _rescue(result, exc)
     telemetry.stop()
     t = result.timings
     first = f"{t.first_preview_ms / 1000:.2f} s" if t.first_preview_ms is not None else "off"
@@ -352,9 +356,9 @@ def _cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _rescue(result: Any, error: Exception, save_result: Callable[..., Path]) -> int:
+def _rescue(result: Any, error: Exception) -> int:
     """The image could not be saved where asked: keep it anyway, in the cache folder, and say so."""
-    from spatiora_tui.outputs import OutputError
+    from spatiora_tui.outputs import OutputError, save_result
 
     print(f"spatiora: error: {_one_line(str(error))}", file=sys.stderr)
     rescue_dir = user_cache_dir() / "unsaved"

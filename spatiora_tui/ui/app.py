@@ -373,12 +373,16 @@ class SpatioraApp(App[None], inherit_bindings=False):
             return
         path = error = None
         if result.image is not None and not result.cancelled:
-            try:
-                with self.telemetry.stage("save"):
-                    path = save_result(result, self.settings.output_dir)
-            except OutputError as exc:
-                error = str(exc)
+            path, error = self._save(result)
         self.post_message(GenerationFinished(result, path, error))
+
+    def _save(self, result: GenerationResult) -> tuple[Path | None, str | None]:
+        """Save one image (on a worker thread): (its path, None) or (None, what went wrong)."""
+        try:
+            with self.telemetry.stage("save"):
+                return save_result(result, self.settings.output_dir), None
+        except OutputError as exc:
+            return None, str(exc)
 
     def on_step_preview_ready(self, message: StepPreviewReady) -> None:
         if self._generation is not None:
@@ -435,13 +439,10 @@ class SpatioraApp(App[None], inherit_bindings=False):
     @work(thread=True, exclusive=True, exit_on_error=False, group="save")
     def _save_again(self, results: list[GenerationResult]) -> None:
         for result in results:
-            try:
-                with self.telemetry.stage("save"):
-                    path = save_result(result, self.settings.output_dir)
-            except OutputError as exc:
-                self.post_message(ImageSaved(result, None, str(exc)))
+            path, error = self._save(result)
+            self.post_message(ImageSaved(result, path, error))
+            if error is not None:
                 return  # the same cause would fail the rest too
-            self.post_message(ImageSaved(result, path, None))
 
     def on_image_saved(self, message: ImageSaved) -> None:
         if message.path is None:
