@@ -23,27 +23,19 @@ from tests.conftest import REPO
 
 REQUIRE_ENV = "SPATIORA_E2E_REQUIRE"
 
+
+def tasks_config(steps: int, size: int) -> str:
+    """config.toml text with the two demo task modes at `steps` steps and size x size pixels."""
+    blocks = []
+    for name, weight, template in (("interior", 0.8, "interior photo of {prompt}"),
+                                   ("floorplan", 1.0, "floor plan of {prompt}")):
+        blocks.append(f'[[tasks]]\nname = "{name}"\nadapters = [{{name = "{name}", weight = {weight}}}]\n'
+                      f'prompt_template = "{template}"\nsteps = {steps}\nwidth = {size}\nheight = {size}\n')
+    return "\n".join(blocks)
+
+
 # Small images and enough steps that previews stream for a while.
-E2E_CONFIG = """
-[ui]
-renderer = "auto"
-
-[[tasks]]
-name = "interior"
-adapters = [{name = "interior", weight = 0.8}]
-prompt_template = "interior photo of {prompt}"
-steps = 16
-width = 128
-height = 128
-
-[[tasks]]
-name = "floorplan"
-adapters = [{name = "floorplan", weight = 1.0}]
-prompt_template = "floor plan of {prompt}"
-steps = 16
-width = 128
-height = 128
-"""
+E2E_CONFIG = '[ui]\nrenderer = "auto"\n\n' + tasks_config(steps=16, size=128)
 
 
 def require(*tools: str) -> None:

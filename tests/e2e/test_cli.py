@@ -13,26 +13,11 @@ import pytest
 
 from spatiora_tui.outputs import read_metadata
 from tests.conftest import REPO
+from tests.e2e.terminals import tasks_config
 
 pytestmark = pytest.mark.slow
 
-SMALL_CONFIG = """
-[[tasks]]
-name = "interior"
-adapters = [{name = "interior", weight = 0.8}]
-prompt_template = "interior photo of {prompt}"
-steps = 3
-width = 64
-height = 64
-
-[[tasks]]
-name = "floorplan"
-adapters = [{name = "floorplan", weight = 1.0}]
-prompt_template = "floor plan of {prompt}"
-steps = 3
-width = 64
-height = 64
-"""
+SMALL_CONFIG = tasks_config(steps=3, size=64)
 
 
 def spatiora(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
