@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from spatiora_tui import __version__, failpoints
-from spatiora_tui.atomic import clean_stale_partials
 from spatiora_tui.config import (
     OUTPUT_DIR_ENV,
     RENDERERS,
@@ -176,9 +175,6 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "config":
         return _cmd_config(args, config_path)
     settings = load_settings(config_path)
-    if args.command in (None, "generate"):
-        # Temp files of a writer that was killed (atomic writes leave nothing else behind).
-        clean_stale_partials(settings.output_dir)
     if args.command == "tasks":
         return _cmd_tasks(settings)
     if args.command == "doctor":
@@ -292,6 +288,7 @@ def _cmd_tui(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
+    from spatiora_tui.atomic import clean_stale_partials
     from spatiora_tui.engine.api import GenerationRequest
     from spatiora_tui.engine.local import LocalEngine
     from spatiora_tui.outputs import OutputError, save_result
@@ -300,6 +297,7 @@ def _cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
         raise UsageError('the prompt is empty; describe what to draw, e.g. spatiora generate "a sunlit loft"')
     task = settings.task(args.task) if args.task else settings.tasks[0]
     out_dir, out_name = _output_target(settings, args.out)
+    clean_stale_partials(out_dir)  # temp files a killed writer left (atomic writes leave nothing else)
     request = GenerationRequest(
         prompt=args.prompt, task=task.name, seed=args.seed, steps=args.steps, guidance=args.guidance,
         width=args.width, height=args.height, negative_prompt=args.negative, scheduler=args.scheduler,

@@ -21,6 +21,7 @@ from textual.widget import Widget
 from textual.widgets import Footer, Header, Input
 from textual.worker import Worker, WorkerState, get_current_worker
 
+from spatiora_tui.atomic import clean_stale_partials
 from spatiora_tui.config import Settings, TaskSettings
 from spatiora_tui.engine.api import (
     Engine,
@@ -173,6 +174,9 @@ class SpatioraApp(App[None], inherit_bindings=False):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="load")
     def _load_model(self) -> None:
+        # Temp files a killed writer left (atomic writes leave nothing else); off the UI thread,
+        # after the first frame, as a big output folder takes a while to list.
+        clean_stale_partials(self.settings.output_dir)
         try:
             model = self.engine.load(on_progress=lambda text: self.post_message(ModelLoadProgressed(text)))
             switch = self.engine.switch_task(self.settings.tasks[0].name)

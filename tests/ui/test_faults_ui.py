@@ -6,6 +6,7 @@ told what happened and what to do, nothing they made is lost, and the app goes o
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -162,3 +163,14 @@ async def test_an_80x24_terminal_still_shows_the_preview_and_the_hardware(make) 
         await pilot.resize_terminal(160, 48)
         await pilot.pause()
         assert app.screen.has_class("-wide") and app.query_one("#hardware").size.height > 20
+
+
+async def test_the_app_removes_temp_files_a_killed_writer_left(make) -> None:
+    folder = Path(os.environ["SPATIORA_OUTPUT_DIR"])
+    folder.mkdir(parents=True, exist_ok=True)
+    stale = folder / ".20261124-loft.png.999999999.partial"  # a pid no process has
+    stale.write_bytes(b"half a png")
+    app, engine = make()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        assert not stale.exists()
