@@ -77,10 +77,13 @@ class HardwarePane(Vertical):
         )
         # The line spans minutes: redrawing it once a second is plenty, and it is the pane's
         # most expensive widget to draw.
-        now = time.monotonic()
-        if now - self._spark_drawn >= SPARKLINE_REDRAW_S:
-            self._spark_drawn = now
-            self.query_one("#hw-spark", Sparkline).data = list(self._history)
+        if time.monotonic() - self._spark_drawn >= SPARKLINE_REDRAW_S:
+            self.redraw_sparkline()
+
+    def redraw_sparkline(self) -> None:
+        """Draw the sparkline from the history now (show() does so at most once a second)."""
+        self._spark_drawn = time.monotonic()
+        self.query_one("#hw-spark", Sparkline).data = list(self._history)
 
     @staticmethod
     def _gpu_text(snap: HardwareSnapshot) -> str:
