@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import statistics
 import tempfile
 import threading
@@ -21,8 +22,51 @@ from spatiora_tui.config import load_settings
 from spatiora_tui.engine.api import GenerationRequest
 
 
+def thread_cpu_s() -> dict[str, float]:
+    """CPU seconds so far of each thread of this process, by role: the UI (main thread), each
+    other Python thread by name, and "torch (native)" for threads Python did not start (PyTorch's
+    OpenMP team)."""
+    import psutil
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    main = threading.main_thread().native_id
+    by_role: dict[str, float] = {}
+    for t in psutil.Process().threads():
+        if t.id == main:
+            role = "UI (main thread)"
+        elif t.id in names:
+            role = names[t.id]
+        else:
+            role = "torch (native)"
+        role = re.sub(r"_\d+$", "", role)  # asyncio_0, asyncio_1: Textual's thread workers
+        by_role[role] = by_role.get(role, 0.0) + t.user_time + t.system_time
+    return by_role
+
+
+class _Accounted:
+    """The engine, with the CPU each thread used during its last generate() kept as shares of
+    that call's wall time (percent; 100 = one core busy)."""
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+        self.last_cpu_shares: dict[str, float] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        before, start = thread_cpu_s(), time.monotonic()
+        try:
+            return self._engine.generate(*args, **kwargs)
+        finally:
+            wall = time.monotonic() - start
+            self.last_cpu_shares = {
+                name: (seconds - before.get(name, 0.0)) / wall * 100.0 for name, seconds in thread_cpu_s().items()
+            }
+
+
 async def _in_app(
-    app, engine, request: GenerationRequest, runs: int, keys: int
+    app, engine, request: GenerationRequest, runs: int, keys: int, by_thread: dict[str, list[float]]
 ) -> tuple[list[float], list[float], list[float], list[int], list[int]]:
     from textual.widgets import Input
 
@@ -75,6 +119,8 @@ async def _in_app(
                         await asyncio.wait_for(done.wait(), timeout=1.0)
                     except asyncio.TimeoutError:
                         pass
+            for name, share in engine.last_cpu_shares.items():
+                by_thread.setdefault(name, []).append(share)
             ui_cpu_ms.append(shares[-1] * 100.0)
             frames.append(app.preview_pacer.drawn)
             messages.append(previews[0])
@@ -112,6 +158,7 @@ def main() -> None:
 
 
 def _measure(args: argparse.Namespace, settings: Any, engine: Any, make_app: Any) -> None:
+    engine = _Accounted(engine)
     engine.load()
     request = GenerationRequest(prompt="an open-plan flat", task=args.task, seed=7)
     engine.generate(request)  # warm-up: first-run allocations and caches
@@ -122,11 +169,15 @@ def _measure(args: argparse.Namespace, settings: Any, engine: Any, make_app: Any
     ui_cpu: list[float] = []
     frames: list[int] = []
     messages: list[int] = []
+    by_thread: dict[str, list[float]] = {}
+    bare_by_thread: dict[str, list[float]] = {}
     for _ in range(args.runs):
         result = engine.generate(request, cancel=threading.Event())
         bare.append(result.timings.image_ms or 0.0)
+        for name, share in engine.last_cpu_shares.items():
+            bare_by_thread.setdefault(name, []).append(share)
         app = make_app(settings, engine, renderer="halfcell")
-        ms, lat, cpu, n, m = asyncio.run(_in_app(app, engine, request, 1, args.keys))
+        ms, lat, cpu, n, m = asyncio.run(_in_app(app, engine, request, 1, args.keys, by_thread))
         app_ms += ms
         latencies += lat
         ui_cpu += cpu
@@ -141,6 +192,10 @@ def _measure(args: argparse.Namespace, settings: Any, engine: Any, make_app: Any
     print(f"UI thread CPU while the engine generates: median {statistics.median(ui_cpu):.1f}% of the wall time, "
           f"preview images drawn: median {statistics.median(frames):.0f} of {statistics.median(messages):.0f} "
           f"step updates (budget {settings.ui.preview_cpu_budget:g}, at most {settings.ui.preview_fps:g} fps)")
+    for side, shares in (("bare", bare_by_thread), ("in the app", by_thread)):
+        print(f"CPU by thread, {side} (median % of the generation's wall time; 100% = one core): " + ", ".join(
+            f"{name} {statistics.median(v):.1f}%" for name, v in sorted(shares.items(), key=lambda kv: -max(kv[1]))
+            if max(v) >= 0.05))
     if latencies:
         print(f"key-to-screen while generating: median {statistics.median(latencies):.1f} ms, "
               f"worst {max(latencies):.1f} ms over {len(latencies)} keys")
