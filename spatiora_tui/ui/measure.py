@@ -51,6 +51,11 @@ class _Accounted:
         self._engine = engine
         self.last_cpu_shares: dict[str, float] = {}
 
+    def add_last_shares_to(self, by_thread: dict[str, list[float]]) -> None:
+        """Append the last generation's share of each thread to that thread's list."""
+        for name, share in self.last_cpu_shares.items():
+            by_thread.setdefault(name, []).append(share)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
 
@@ -119,8 +124,7 @@ async def _in_app(
                         await asyncio.wait_for(done.wait(), timeout=1.0)
                     except asyncio.TimeoutError:
                         pass
-            for name, share in engine.last_cpu_shares.items():
-                by_thread.setdefault(name, []).append(share)
+            engine.add_last_shares_to(by_thread)
             ui_cpu_ms.append(shares[-1] * 100.0)
             frames.append(app.preview_pacer.drawn)
             messages.append(previews[0])
@@ -174,8 +178,7 @@ def _measure(args: argparse.Namespace, settings: Any, engine: Any, make_app: Any
     for _ in range(args.runs):
         result = engine.generate(request, cancel=threading.Event())
         bare.append(result.timings.image_ms or 0.0)
-        for name, share in engine.last_cpu_shares.items():
-            bare_by_thread.setdefault(name, []).append(share)
+        engine.add_last_shares_to(bare_by_thread)
         app = make_app(settings, engine, renderer="halfcell")
         ms, lat, cpu, n, m = asyncio.run(_in_app(app, engine, request, 1, args.keys, by_thread))
         app_ms += ms
@@ -189,7 +192,7 @@ def _measure(args: argparse.Namespace, settings: Any, engine: Any, make_app: Any
     print(f"bare engine  median image time {statistics.median(bare):8.0f} ms  (runs: {', '.join(f'{v:.0f}' for v in bare)})")
     print(f"in the app   median image time {statistics.median(app_ms):8.0f} ms  (runs: {', '.join(f'{v:.0f}' for v in app_ms)})")
     print(f"ratio app / bare: {statistics.median(app_ms) / statistics.median(bare):.3f}")
-    print(f"UI thread CPU while the engine generates: median {statistics.median(ui_cpu):.1f}% of the wall time, "
+    print(f"UI thread CPU as the preview pacer counts it (from the start of a generation to its end): median {statistics.median(ui_cpu):.1f}% of the wall time, "
           f"preview images drawn: median {statistics.median(frames):.0f} of {statistics.median(messages):.0f} "
           f"step updates (budget {settings.ui.preview_cpu_budget:g}, at most {settings.ui.preview_fps:g} fps)")
     for side, shares in (("bare", bare_by_thread), ("in the app", by_thread)):
