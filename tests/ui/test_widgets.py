@@ -7,7 +7,7 @@ from pathlib import Path
 from PIL import Image
 from textual.app import App, ComposeResult
 
-from spatiora_tui.ui.widgets.halfcell import HalfcellImage
+from spatiora_tui.ui.widgets.halfcell import HalfcellImage, truecolor
 from spatiora_tui.ui.widgets.readout import Readout
 
 RED, BLUE, GREEN = (255, 0, 0), (0, 0, 255), (0, 200, 0)
@@ -79,6 +79,30 @@ async def test_auto_size_keeps_the_aspect_ratio() -> None:
         await pilot.pause()
         assert widget.size.height == 10
         assert abs(widget.size.width - 40) <= 1
+
+
+def test_truecolor_is_the_colour_rich_would_build() -> None:
+    from rich.color import Color, ColorType
+    from rich.color_triplet import ColorTriplet
+    from rich.style import Style
+
+    for rgb in (0x000000, 0xFFFFFF, 0x0883A5, 0x123456):
+        r, g, b = rgb >> 16, (rgb >> 8) & 0xFF, rgb & 0xFF
+        expected = Color(f"#{rgb:06x}", ColorType.TRUECOLOR, None, ColorTriplet(r, g, b))
+        ours = truecolor(rgb)
+        assert ours == expected and type(ours) is Color and type(ours.triplet) is ColorTriplet
+        assert ours.triplet.red == r and ours.name == f"#{rgb:06x}"
+        assert Style(color=ours).render("x") == Style(color=expected).render("x")
+
+
+async def test_the_image_skips_only_the_ansi_to_truecolor_filter() -> None:
+    from textual.filter import ANSIToTruecolor
+
+    widget = HalfcellImage(Image.new("RGB", (2, 2), RED))
+    async with Holder(widget).run_test() as pilot:
+        app_filters = pilot.app.get_line_filters()
+        assert any(isinstance(f, ANSIToTruecolor) for f in app_filters), "the filter this test is about"
+        assert widget.get_line_filters() == [f for f in app_filters if not isinstance(f, ANSIToTruecolor)]
 
 
 class CountingReadout(Readout):
