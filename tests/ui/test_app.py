@@ -172,6 +172,23 @@ async def test_task_switch_during_a_run_waits_for_it(make) -> None:
         assert len(outputs()) == 1
 
 
+async def test_a_generation_with_no_switch_queued_leaves_the_task_pane_alone(make, monkeypatch) -> None:
+    # Each generation's end clears the queued switch; with none queued, relabelling the task list
+    # and detail for nothing cost a layout of the screen.
+    relabels: list[str | None] = []
+    relabel = TaskPane._relabel
+    monkeypatch.setattr(TaskPane, "_relabel", lambda self: (relabels.append(self.active), relabel(self))[1])
+    app, _engine = make()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        before = len(relabels)
+        await type_prompt(pilot, "x")
+        await pilot.press("ctrl+g")
+        await settle(app, pilot)
+        assert len(outputs()) == 1
+        assert len(relabels) == before
+
+
 async def test_generate_while_running_is_refused_politely(make) -> None:
     gate = threading.Event()
     app, engine = make(gate=gate)

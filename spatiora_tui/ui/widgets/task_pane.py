@@ -68,6 +68,8 @@ class TaskPane(Vertical):
         self._relabel()
 
     def set_pending(self, name: str | None) -> None:
+        if name == self._pending:
+            return  # every generation's end clears it: relabelling for nothing cost a layout
         self._pending = name
         self._relabel()
 
