@@ -205,9 +205,9 @@ class UiSettings:
         metadata=_doc("Most step previews drawn per second; only the newest is drawn.", _between(0.5, 60)),
     )
     preview_cpu_budget: float = field(
-        default=0.03,
+        default=0.01,
         metadata=_doc(
-            "Most of a generation's time the UI may spend drawing (0.03 = 3%); a preview that would go "
+            "Most of a generation's time the UI may spend drawing (0.01 = 1%); a preview that would go "
             "over it is skipped, so slow drawing lowers the preview rate, not the generation speed.",
             _between(0.005, 1.0),
         ),
