@@ -110,6 +110,9 @@ class SpatioraApp(App[None], inherit_bindings=False):
         # While generating, the newest step and hardware sample wait here for the frame clock.
         self._pending_step: StepPreviewReady | None = None
         self._pending_sample: HardwareSampled | None = None
+        # The newest step image the budget has not let through yet: drawn on a later frame unless
+        # a newer one replaces it (with slow steps every image gets drawn, however tight the budget).
+        self._pending_image: StepPreview | None = None
         self._session_images: list[Path] = []
         # Images whose save failed, oldest first: kept in memory until a "save again" succeeds.
         self._unsaved: list[GenerationResult] = []
@@ -402,7 +405,12 @@ class SpatioraApp(App[None], inherit_bindings=False):
         step, self._pending_step = self._pending_step, None
         sample, self._pending_sample = self._pending_sample, None
         if step is not None and self._generation is not None:
-            self.preview_pane.show_step(step.preview, step.rate, draw_image=self.preview_pacer.should_draw())
+            if step.preview.image is not None:
+                self._pending_image = step.preview
+            self.preview_pane.show_step(step.preview, step.rate, draw_image=False)
+        if self._pending_image is not None and self._generation is not None and self.preview_pacer.should_draw():
+            self.preview_pane.show_image(self._pending_image.image)
+            self._pending_image = None
         if sample is not None:
             self._show_sample(sample)
 
@@ -477,7 +485,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
 
     def _generation_ended(self) -> None:
         self._frame_clock.pause()
-        self._pending_step = None
+        self._pending_step = self._pending_image = None
         sample, self._pending_sample = self._pending_sample, None
         if sample is not None:
             self._show_sample(sample)

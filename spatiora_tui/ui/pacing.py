@@ -55,7 +55,8 @@ class PreviewPacer:
         return True
 
     def should_draw(self) -> bool:
-        """Whether to draw the preview that just arrived; counts it as drawn if so."""
+        """Whether to draw the waiting preview now; counts it as drawn if so, as skipped if not
+        (the app asks again on later frames until a newer preview replaces it)."""
         now = self._clock()
         if self._last_draw is not None:
             too_soon = now - self._last_draw < self._min_interval

@@ -328,6 +328,37 @@ async def test_previews_are_throttled_to_the_frame_rate(make, ui_settings) -> No
         assert steps[-1] == 40 and len(steps) <= 2 and set(steps) <= {1, 40}
 
 
+async def test_a_preview_over_the_budget_waits_for_a_later_frame(make) -> None:
+    # With slow steps (tens of seconds on a CPU) each preview is affordable, just not the moment
+    # it arrives: one repaint a second may have used the budget. It is drawn once the budget has
+    # room, not dropped until the next step.
+    from spatiora_tui.engine.api import StepPreview
+    from spatiora_tui.ui.pacing import PreviewPacer
+
+    clock = {"wall": 100.0, "cpu": 5.0}
+    gate = threading.Event()
+    app, engine = make(gate=gate, renderer="halfcell")
+    async with app.run_test(size=SIZE) as pilot:
+        await start_held_generation(pilot, engine)
+        pacer = PreviewPacer(8, 0.01, clock=lambda: clock["wall"], cpu_clock=lambda: clock["cpu"])
+        pacer.start()
+        assert pacer.should_draw(), "the first preview was drawn"
+        app.preview_pacer = pacer
+        clock["wall"] += 1.0
+        clock["cpu"] += 0.1  # 10% of the wall time used: far over a 1% budget
+        image = Image.new("RGB", (64, 64), (200, 30, 30))
+        app.on_step_preview_ready(StepPreviewReady(StepPreview(2, 4, image, 1.0), 2.0))
+        app._draw_frame()
+        widget = app.query_one("#preview-image")
+        assert widget.image is not image, "over the budget: not drawn yet"
+        assert "step 2/4" in str(app.query_one("#progress-text").render()), "progress is shown at once"
+        clock["wall"] += 20.0  # 1% of 21 s is 0.21 s: room again
+        app._draw_frame()
+        assert widget.image is image, "drawn on a later frame"
+        gate.set()
+        await settle(app, pilot)
+
+
 async def test_keys_can_be_remapped_from_config(make, ui_settings) -> None:
     settings = dataclasses.replace(ui_settings, keys=KeySettings(generate="f5", next_task="f6"))
     app, engine = make(settings=settings)

@@ -71,11 +71,12 @@ class PreviewPane(Vertical):
         self.query_one("#saved", Readout).show("")
 
     def show_step(self, preview: StepPreview, rate: float, draw_image: bool = True) -> None:
-        """Progress for every step that arrives; its image only when `draw_image` (the app paces those)."""
+        """Progress for every step that arrives; its image only when `draw_image` (the app paces
+        those, and may draw one later with show_image)."""
         if preview.image is not None and self._first_preview_s is None:
             self._first_preview_s = preview.elapsed_s
         if draw_image and preview.image is not None:
-            self._show_image(preview.image)
+            self.show_image(preview.image)
         eta = (preview.total - preview.step) / rate if rate > 0 else 0.0
         self._progress(
             preview.step, preview.total,
@@ -86,7 +87,7 @@ class PreviewPane(Vertical):
     def finished(self, result: GenerationResult, saved: str) -> None:
         t = result.timings
         if result.image is not None:
-            self._show_image(result.image)
+            self.show_image(result.image)
         first = f"{t.first_preview_ms / 1000:.2f} s" if t.first_preview_ms is not None else "off"
         total = f"{t.image_ms / 1000:.2f} s" if t.image_ms is not None else "—"
         state = "cancelled" if result.cancelled else "done"
@@ -108,7 +109,7 @@ class PreviewPane(Vertical):
         fraction = done / total if total > 0 else 0.0
         readout.show(f"{gauge(fraction, width)} {fraction * 100:3.0f}%\n{text}")
 
-    def _show_image(self, image: PILImage.Image) -> None:
+    def show_image(self, image: PILImage.Image) -> None:
         widget = self.query_one("#preview-image")
         widget.image = image  # type: ignore[attr-defined]
         if self._aspect is None:  # an image without started(): take its shape
