@@ -6,8 +6,9 @@ straight out of denoising (docs/performance.md). The pacer keeps a running accou
 thread has used since the generation started, against `budget` times the wall time. The first
 preview is always drawn (time to first preview is what a user watches for); after that an image
 is drawn when the account allows it, so an expensive frame, a slow terminal or a busy hardware
-pane lowers the frame rate instead of slowing the generation. Repaints of progress and hardware
-figures are paced the same way, with one a second always allowed.
+pane lowers the frame rate instead of slowing the generation; a preview that has waited
+MIN_PREVIEW_S is drawn anyway. Repaints of progress and hardware figures are paced the same way,
+with one a second always allowed.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from typing import Callable
 
 #: Longest the screen goes without a repaint while generating, budget or not (seconds).
 MIN_REPAINT_S = 1.0
+#: Longest a waiting step preview waits, budget or not (seconds). With steps seconds apart (a
+#: real model on a CPU) the once-a-second repaints alone can use a 1% budget, and every preview
+#: after the first would wait for ever; one every few seconds costs little beside such steps.
+MIN_PREVIEW_S = 5.0
 
 
 class PreviewPacer:
@@ -58,7 +63,7 @@ class PreviewPacer:
         """Whether to draw the waiting preview now; counts it as drawn if so, as skipped if not
         (the app asks again on later frames until a newer preview replaces it)."""
         now = self._clock()
-        if self._last_draw is not None:
+        if self._last_draw is not None and now - self._last_draw < MIN_PREVIEW_S:
             too_soon = now - self._last_draw < self._min_interval
             over_budget = self._cpu_clock() - self._cpu0 > self._budget * (now - self._t0)
             if too_soon or over_budget:

@@ -51,6 +51,21 @@ def test_expensive_frames_are_spaced_to_stay_within_the_budget() -> None:
     assert 9 <= p.drawn <= 11, "about one 50 ms frame per second fits a 5% budget"
 
 
+def test_a_preview_that_waited_long_enough_is_drawn_over_the_budget() -> None:
+    # Steps seconds apart: the once-a-second repaints keep the UI over a 1% budget, so without
+    # this every preview after the first would wait until the image is done.
+    from spatiora_tui.ui.pacing import MIN_PREVIEW_S
+
+    clocks = Clocks()
+    p = pacer(clocks, budget=0.01)
+    assert p.should_draw()
+    clocks.advance(MIN_PREVIEW_S - 0.1, cpu=0.5)  # 10% of the time: far over the budget
+    assert not p.should_draw()
+    clocks.advance(0.2, cpu=0.02)
+    assert p.should_draw() and p.drawn == 2
+    assert not p.should_draw(), "and then it waits again"
+
+
 def test_start_resets_the_account() -> None:
     clocks = Clocks()
     p = pacer(clocks, budget=0.05)
