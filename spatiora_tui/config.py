@@ -208,7 +208,8 @@ class UiSettings:
         default=0.01,
         metadata=_doc(
             "Most of a generation's time the UI may spend drawing (0.01 = 1%); a preview that would go "
-            "over it is skipped, so slow drawing lowers the preview rate, not the generation speed.",
+            "over it waits (a newer one replaces it), so slow drawing lowers the preview rate, not the "
+            "generation speed.",
             _between(0.005, 1.0),
         ),
     )

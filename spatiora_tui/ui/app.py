@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from PIL import Image
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
@@ -112,7 +113,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self._pending_sample: HardwareSampled | None = None
         # The newest step image the budget has not let through yet: drawn on a later frame unless
         # a newer one replaces it (with slow steps every image gets drawn, however tight the budget).
-        self._pending_image: StepPreview | None = None
+        self._pending_image: Image.Image | None = None
         self._session_images: list[Path] = []
         # Images whose save failed, oldest first: kept in memory until a "save again" succeeds.
         self._unsaved: list[GenerationResult] = []
@@ -406,10 +407,10 @@ class SpatioraApp(App[None], inherit_bindings=False):
         sample, self._pending_sample = self._pending_sample, None
         if step is not None and self._generation is not None:
             if step.preview.image is not None:
-                self._pending_image = step.preview
-            self.preview_pane.show_step(step.preview, step.rate, draw_image=False)
+                self._pending_image = step.preview.image
+            self.preview_pane.show_step(step.preview, step.rate)
         if self._pending_image is not None and self._generation is not None and self.preview_pacer.should_draw():
-            self.preview_pane.show_image(self._pending_image.image)
+            self.preview_pane.show_image(self._pending_image)
             self._pending_image = None
         if sample is not None:
             self._show_sample(sample)

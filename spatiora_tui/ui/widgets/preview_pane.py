@@ -70,13 +70,11 @@ class PreviewPane(Vertical):
         self._progress(0, total, f"step 0/{total} · starting…")
         self.query_one("#saved", Readout).show("")
 
-    def show_step(self, preview: StepPreview, rate: float, draw_image: bool = True) -> None:
-        """Progress for every step that arrives; its image only when `draw_image` (the app paces
-        those, and may draw one later with show_image)."""
+    def show_step(self, preview: StepPreview, rate: float) -> None:
+        """Progress for a step that arrives; its image is the app's to draw (show_image), as the
+        CPU budget allows."""
         if preview.image is not None and self._first_preview_s is None:
             self._first_preview_s = preview.elapsed_s
-        if draw_image and preview.image is not None:
-            self.show_image(preview.image)
         eta = (preview.total - preview.step) / rate if rate > 0 else 0.0
         self._progress(
             preview.step, preview.total,
