@@ -10,9 +10,8 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-from PIL import Image
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
@@ -55,6 +54,9 @@ from spatiora_tui.ui.widgets.preview_pane import PreviewPane
 from spatiora_tui.ui.widgets.prompt_pane import FormError, PromptPane
 from spatiora_tui.ui.widgets.readout import Readout
 from spatiora_tui.ui.widgets.task_pane import TaskPane
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 #: Longest a generation waits for the screen to show that it started.
 PAINT_WAIT_S = 0.5
@@ -405,13 +407,14 @@ class SpatioraApp(App[None], inherit_bindings=False):
             return  # over the CPU budget: what is pending waits for a later tick
         step, self._pending_step = self._pending_step, None
         sample, self._pending_sample = self._pending_sample, None
-        if step is not None and self._generation is not None:
-            if step.preview.image is not None:
-                self._pending_image = step.preview.image
-            self.preview_pane.show_step(step.preview, step.rate)
-        if self._pending_image is not None and self._generation is not None and self.preview_pacer.should_draw():
-            self.preview_pane.show_image(self._pending_image)
-            self._pending_image = None
+        if self._generation is not None:
+            if step is not None:
+                if step.preview.image is not None:
+                    self._pending_image = step.preview.image
+                self.preview_pane.show_step(step.preview, step.rate)
+            if self._pending_image is not None and self.preview_pacer.should_draw():
+                self.preview_pane.show_image(self._pending_image)
+                self._pending_image = None
         if sample is not None:
             self._show_sample(sample)
 
