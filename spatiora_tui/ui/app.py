@@ -403,9 +403,10 @@ class SpatioraApp(App[None], inherit_bindings=False):
 
         Each repaint has a fixed cost on the UI thread, so progress, the newest preview (when the
         pacer's CPU budget allows) and the hardware figures share one, instead of one each."""
-        if not self.preview_pacer.may_repaint():
+        step = self._pending_step
+        if not self.preview_pacer.may_repaint(image_waiting=step is not None and step.preview.image is not None):
             return  # over the CPU budget: what is pending waits for a later tick
-        step, self._pending_step = self._pending_step, None
+        self._pending_step = None
         sample, self._pending_sample = self._pending_sample, None
         if self._generation is not None:
             if step is not None:

@@ -49,11 +49,13 @@ class PreviewPacer:
         self._last_draw = self._last_repaint = None
         self.drawn = self.skipped = 0
 
-    def may_repaint(self) -> bool:
+    def may_repaint(self, image_waiting: bool = False) -> bool:
         """Whether a repaint of progress and figures fits the budget now. One a second is always
-        allowed, so the screen never looks frozen however slow the machine."""
+        allowed, so the screen never looks frozen however slow the machine; so is the one that
+        would draw the first preview (`image_waiting` and none drawn yet)."""
         now = self._clock()
-        if self._last_repaint is not None and now - self._last_repaint < MIN_REPAINT_S:
+        first_image = image_waiting and self._last_draw is None
+        if not first_image and self._last_repaint is not None and now - self._last_repaint < MIN_REPAINT_S:
             if self._cpu_clock() - self._cpu0 > self._budget * (now - self._t0):
                 return False
         self._last_repaint = now
