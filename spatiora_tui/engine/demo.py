@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from spatiora_tui.engine.clip_tokenizer import bytes_to_unicode
 from spatiora_tui.engine.files import file_sha256
 
 DEMO_VERSION = "1"
@@ -31,18 +32,6 @@ _SEED = 1234
 
 def demo_dir(cache_dir: Path) -> Path:
     return cache_dir / f"demo-v{DEMO_VERSION}"
-
-
-def _bytes_to_unicode() -> list[str]:
-    """The byte-level alphabet of GPT-2/CLIP BPE: 256 printable stand-ins for the 256 bytes."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars = list(printable)
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            chars.append(256 + extra)
-            extra += 1
-    return [chr(c) for c in chars]
 
 
 # Whole-word tokens for the words design prompts use most, so the built-in task templates fit the
@@ -81,7 +70,7 @@ def _word_merges(words: list[str]) -> list[tuple[str, str]]:
 
 def _write_tokenizer_files(folder: Path) -> None:
     """A byte-level CLIP vocabulary with whole-word merges for common design words."""
-    alphabet = _bytes_to_unicode()
+    alphabet = bytes_to_unicode()
     vocab = alphabet + [c + "</w>" for c in alphabet]
     merges = _word_merges(list(dict.fromkeys(_WORDS)))
     for left, right in merges:
