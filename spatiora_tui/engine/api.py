@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from spatiora_tui.config import TaskSettings
 
 
+#: The model families Spatiora runs, as people name them.
+FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+
+
 class EngineError(Exception):
     """A failure the user can act on; the message says what went wrong and what to do."""
 
@@ -58,6 +62,24 @@ class AdapterUse:
     name: str
     weight: float
     sha256: str
+    #: AUTOMATIC1111's hash of a LoRA (Kohya's "addnet" hash: sha256 of the tensor data after
+    #: the .safetensors header, or the file's own sshs_model_hash); "" when unknown.
+    a1111_hash: str = ""
+
+    @property
+    def short_hash(self) -> str:
+        """What AUTOMATIC1111 writes in `Lora hashes`: 12 digits of its hash (the file's sha256
+        where the A1111 hash is unknown)."""
+        return (self.a1111_hash or self.sha256)[:12]
+
+
+@dataclass(frozen=True)
+class EmbeddingUse:
+    """A textual-inversion embedding a prompt used, with its file's sha256 (AUTOMATIC1111's
+    `TI hashes` take its first 12 digits)."""
+
+    name: str
+    sha256: str
 
     @property
     def short_hash(self) -> str:
@@ -78,7 +100,12 @@ class ResolvedRequest:
     scheduler: str
     width: int
     height: int
+    #: Every adapter applied: the task's, then those of the prompt's <lora:...> tags.
     adapters: tuple[AdapterUse, ...] = ()
+    #: The embeddings the prompt and negative prompt named.
+    embeddings: tuple[EmbeddingUse, ...] = ()
+    #: The names of the adapters that came from <lora:...> tags in the prompt.
+    prompt_loras: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -92,10 +119,51 @@ class ModelInfo:
     device: str
     dtype: str
     random_weights: bool = False
+    #: What a single-file checkpoint was loaded as, e.g. "SD 2.x 768 v-prediction"; "" otherwise.
+    variant: str = ""
+    #: sha256 of a single-file checkpoint (AUTOMATIC1111's "Model hash" is its first 10 digits).
+    sha256: str | None = None
+
+    @property
+    def short_hash(self) -> str | None:
+        return self.sha256[:10] if self.sha256 else None
 
     @property
     def family_label(self) -> str:
-        return {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}.get(self.family, self.family)
+        return FAMILY_LABELS.get(self.family, self.family)
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """A checkpoint found in the model folders, as the model picker lists it."""
+
+    name: str
+    path: str
+    size_mb: float
+    #: What it is ("SD 1.x", "SDXL inpainting"), or why it cannot be loaded.
+    kind: str
+    loadable: bool = True
+
+
+@dataclass(frozen=True)
+class ModelSwitch:
+    """The result of replacing the base model."""
+
+    model: ModelInfo
+    previous: str | None
+    duration_ms: float
+    rss_before_mb: float | None = None
+    rss_after_mb: float | None = None
+    vram_before_mb: float | None = None
+    vram_after_mb: float | None = None
+    #: One line per task adapter that does not fit the new model, and other things to know.
+    notes: tuple[str, ...] = ()
+
+    def summary(self) -> str:
+        text = f"loaded {self.model.name} ({self.model.variant or self.model.family_label}) in {self.duration_ms / 1000:.1f} s"
+        if self.rss_before_mb is not None and self.rss_after_mb is not None:
+            text += f", RSS {self.rss_before_mb:.0f} -> {self.rss_after_mb:.0f} MB"
+        return text
 
 
 @dataclass(frozen=True)
@@ -133,6 +201,8 @@ class AdapterSwitch:
     fused: bool = False
     #: The leak watchdog's warning, when memory is above the baseline beyond its tolerance.
     warning: str | None = None
+    #: Set when the task runs on another base model, which was loaded first.
+    model_switch: "ModelSwitch | None" = None
 
     def summary(self) -> str:
         """One line for a person: time, where each adapter came from, the phases that took time."""
@@ -201,8 +271,23 @@ class Engine(Protocol):
         """Load the base pipeline (once). Heavy imports happen here, not at import time."""
         ...
 
-    def switch_task(self, name: str) -> AdapterSwitch:
-        """Activate a task's adapters without touching the base weights."""
+    def switch_task(self, name: str, on_progress: Callable[[str], None] | None = None) -> AdapterSwitch:
+        """Activate a task's adapters without touching the base weights; a task that names
+        another base model (`model` in its settings) loads that first, reporting on_progress."""
+        ...
+
+    @property
+    def model(self) -> ModelInfo | None:
+        """The base model loaded now."""
+        ...
+
+    def models(self) -> tuple[ModelChoice, ...]:
+        """The checkpoints in the model folders (read from their headers, nothing loaded)."""
+        ...
+
+    def switch_model(self, source: str, on_progress: Callable[[str], None] | None = None) -> ModelSwitch:
+        """Replace the base model (a checkpoint name, path or hub id), freeing the previous one
+        completely; the adapter RAM cache is kept when the family stays the same."""
         ...
 
     def prefetch(self, task: str) -> None:

@@ -21,11 +21,10 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from spatiora_tui.engine.api import EngineError
+from spatiora_tui.engine.api import FAMILY_LABELS, EngineError
 
 FAMILIES = {"sd1": "sd1", "sd15": "sd1", "sd1.5": "sd1", "sd2": "sd2", "sd21": "sd2", "sd2.1": "sd2",
             "sdxl": "sdxl"}
-FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
 _KEYS = ("base", "trigger_words", "default_weight", "description")
 
 
