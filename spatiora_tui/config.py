@@ -78,6 +78,15 @@ def _template(value: str) -> str | None:
     return None if "{prompt}" in value else "must contain {prompt}, where the user's prompt goes"
 
 
+#: What `[model] variant` accepts: auto, or a checkpoint variant (spatiora_tui/library/identify.py).
+MODEL_VARIANTS = ("auto", "sd15", "sd15-v", "sd15-inpaint", "sd2", "sd2-v", "sd2-inpaint", "sdxl", "sdxl-v",
+                  "sdxl-inpaint")
+
+
+def _model_variant(value: str) -> str | None:
+    return None if value in MODEL_VARIANTS else f"unknown variant {value!r}; choose one of: {', '.join(MODEL_VARIANTS)}"
+
+
 def _scheduler(value: str) -> str | None:
     if value in SCHEDULERS:
         return None
@@ -102,6 +111,52 @@ class ModelSettings:
     )
     dtype: Literal["auto", "fp16", "bf16", "fp32"] = field(
         default="auto", metadata=_doc("auto is fp16 on a GPU and fp32 on the CPU.")
+    )
+    variant: str = field(
+        default="auto",
+        metadata=_doc(
+            "What a single-file checkpoint is. auto: read from its tensors, a NAME.yaml beside it, or a "
+            "v_pred marker (docs/models.md); pin it when the guess is wrong, e.g. \"sd2-v\" for a 768 px "
+            "v-prediction SD 2.x model or \"sd2\" for a 512 px one. One of: " + ", ".join(MODEL_VARIANTS) + ".",
+            _model_variant,
+        ),
+    )
+    config: str = field(
+        default="",
+        metadata=_doc(
+            "A diffusers config folder (model_index.json, unet/, vae/, ...) to build a single-file "
+            "checkpoint with, instead of the one Spatiora ships for its variant; for models of an unusual "
+            "architecture. Empty: the shipped one."
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class PathSettings:
+    """`[paths]`: the folders your model files are already in."""
+
+    installs: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc(
+            "AUTOMATIC1111, Forge, SD.Next or ComfyUI folders; their checkpoint, LoRA and embedding "
+            "folders are used as they are (found by layout: models/Stable-diffusion, models/Lora, "
+            "embeddings; or models/checkpoints, models/loras, models/embeddings)."
+        ),
+    )
+    models: tuple[str, ...] = field(
+        default=("models",),
+        metadata=_doc("Folders of single-file checkpoints (.safetensors), searched with their sub-folders; "
+                      "model.source and the model picker name a checkpoint by its file name."),
+    )
+    loras: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc("More LoRA folders, searched with their sub-folders after [adapters] dir; a LoRA is "
+                      "named by its file name, as in <lora:NAME:0.8>."),
+    )
+    embeddings: tuple[str, ...] = field(
+        default=("embeddings",),
+        metadata=_doc("Folders of textual-inversion embeddings (.safetensors); an embedding's file name "
+                      "written in a prompt or negative prompt uses it."),
     )
 
 
@@ -289,6 +344,12 @@ class TaskSettings:
     )
     width: int = field(default=512, metadata=_doc("Image width in pixels (multiple of 8).", _size))
     height: int = field(default=512, metadata=_doc("Image height in pixels (multiple of 8).", _size))
+    model: str | None = field(
+        default=None,
+        metadata=_doc("The base model this mode runs on (a checkpoint name, path or hub id, like "
+                      "model.source); left out: the model loaded. Switching to the mode then loads it.",
+                      _non_empty),
+    )
 
     def render_prompt(self, prompt: str) -> str:
         """The prompt sent to the model. Plain replacement, so braces in a prompt are safe."""
@@ -334,6 +395,7 @@ class Settings:
     """The whole configuration. `base_dir` and `source_file` come from where it was read."""
 
     model: ModelSettings = field(default_factory=ModelSettings, metadata=_doc("[model]"))
+    paths: PathSettings = field(default_factory=PathSettings, metadata=_doc("[paths]"))
     output: OutputSettings = field(default_factory=OutputSettings, metadata=_doc("[output]"))
     preview: PreviewSettings = field(default_factory=PreviewSettings, metadata=_doc("[preview]"))
     adapters: AdapterSettings = field(default_factory=AdapterSettings, metadata=_doc("[adapters]"))
@@ -360,6 +422,10 @@ class Settings:
     @property
     def adapter_dir(self) -> Path:
         return self._resolve(self.adapters.dir)
+
+    def resolve_path(self, value: str) -> Path:
+        """A path from the config: `~` expanded, relative ones taken from the config file's folder."""
+        return self._resolve(value)
 
     def _resolve(self, value: str) -> Path:
         path = Path(value).expanduser()

@@ -156,25 +156,72 @@ def _folder_kind(folder: Path) -> str:
     return SUPPORTED_PIPELINES[class_name]
 
 
-def _single_file_kind(path: Path) -> str:
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        keys = _pickle_keys(path)
-    else:
-        from safetensors import safe_open
+def _pickle_header(path: Path) -> Any:
+    """A header-like view of a pickle checkpoint's tensors (names and shapes), for identify."""
+    from spatiora_tui.library.safetensors_file import Header, TensorInfo
 
-        try:
-            with safe_open(str(path), framework="pt") as fh:
-                keys = list(fh.keys())
-        except Exception as exc:  # safetensors raises its own error types for bad headers
-            raise EngineError(f"{path} is not a readable .safetensors checkpoint ({exc}); re-download it") from None
-    if any(k.startswith("conditioner.embedders.1") for k in keys):
-        return "sdxl"
-    if not any(k.startswith("model.diffusion_model.") for k in keys):
-        raise EngineError(
-            f"{path.name} holds no Stable Diffusion UNet (no model.diffusion_model.* tensors); "
-            "is it a LoRA or a VAE? Put LoRAs in the adapters folder"
-        )
-    return "sd"
+    try:
+        tensors = unpickle_state_dict(path)
+    except ValueError as exc:
+        raise EngineError(f"{path} {exc}; it is not a usable Stable Diffusion checkpoint: re-download it") from None
+    infos = {k: TensorInfo("F32", tuple(v.shape), 0, 0) for k, v in tensors.items()}
+    return Header(path, path.stat().st_size, 0, infos, {})
+
+
+def single_file_plan(path: Path, settings: ModelSettings) -> tuple[Any, Path]:
+    """What a single-file checkpoint is, and the diffusers config folder to build it with."""
+    from spatiora_tui.engine.clip_tokenizer import CONFIGS
+    from spatiora_tui.library.identify import identify_checkpoint
+
+    header = _pickle_header(path) if path.suffix.lower() in PICKLE_SUFFIXES else None
+    info = identify_checkpoint(path, settings.variant, header)
+    if settings.config:
+        folder = Path(settings.config).expanduser()
+        if not (folder / "model_index.json").is_file():
+            raise EngineError(f"[model] config = {settings.config!r} is not a diffusers config folder (no "
+                              "model_index.json in it); fix the path or leave config empty")
+    else:
+        folder = CONFIGS / info.variant.config
+    return info, folder
+
+
+#: The noise schedule every SD 1.x, 2.x and SDXL model was trained with. Some diffusers code
+#: paths silently load others (0.02/0.085 with the legacy prediction_type keyword), which draws
+#: only noise; loading checks for it.
+TRAINED_BETAS = (0.00085, 0.012, "scaled_linear")
+
+
+def _load_single_file(path: Path, settings: ModelSettings, common: dict[str, Any],
+                      say: Callable[[str], None]) -> tuple[Any, Any]:
+    """Load a single-file checkpoint with no network: the variant's config folder shipped with
+    Spatiora (or [model] config), the CLIP tokenizer built from the shipped merges, and a
+    scheduler carrying the variant's prediction type."""
+    import diffusers
+
+    from spatiora_tui.engine.clip_tokenizer import PAD_CLIP_L, PAD_OPEN_CLIP, clip_tokenizer
+
+    info, folder = single_file_plan(path, settings)
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    pipeline_class = getattr(diffusers, index["_class_name"])
+    scheduler_class = getattr(diffusers, index["scheduler"][1])
+    overrides: dict[str, Any] = {"prediction_type": info.variant.prediction}
+    if info.zero_snr:
+        overrides.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    scheduler = scheduler_class.from_config(scheduler_class.load_config(str(folder), subfolder="scheduler"),
+                                            **overrides)
+    components: dict[str, Any] = {"scheduler": scheduler}
+    for name, pad in (("tokenizer", PAD_OPEN_CLIP if info.variant.family == "sd2" else PAD_CLIP_L),
+                      ("tokenizer_2", PAD_OPEN_CLIP)):
+        if name in index and not (folder / name).is_dir():
+            components[name] = clip_tokenizer(pad)
+    say(f"loading {path.name} ({info.variant.label}, {info.how})")
+    pipe = pipeline_class.from_single_file(str(path), config=str(folder), local_files_only=True,
+                                           **components, **common)
+    config = pipe.scheduler.config
+    if (config.beta_start, config.beta_end, config.beta_schedule) != TRAINED_BETAS:
+        raise EngineError(f"{path.name} loaded with the noise schedule {config.beta_start}/{config.beta_end} "
+                          f"{config.beta_schedule}, not the trained {TRAINED_BETAS}; this is a bug: report it")
+    return pipe, info
 
 
 def unpickle_state_dict(source: Path | bytes) -> dict[str, Any]:
@@ -209,6 +256,40 @@ def _pickle_keys(path: Path) -> list[str]:
         raise EngineError(f"{path} {exc}; it is not a usable Stable Diffusion checkpoint: re-download it") from None
 
 
+def _hash_in_background(path: Path, cache_dir: Path, say: Callable[[str], None]) -> Any:
+    """The checkpoint's sha256 (AUTOMATIC1111's "Model hash"), computed on a thread while the
+    model loads (both read the same file; hashlib releases the GIL), or taken from the cache."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from spatiora_tui.library.hashing import HashCache
+
+    cache = HashCache(cache_dir / "hashes.json")
+
+    def progress(done: int, total: int) -> None:
+        say(f"loading {path.name}, hashing it for the image metadata: {100 * done // max(total, 1)}%")
+
+    def run() -> str | None:
+        try:
+            return cache.get(path, "sha256", progress)
+        except OSError:
+            return None  # the hash is for metadata; a load can go on without it
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="spatiora-hash")
+    future = pool.submit(run)
+    pool.shutdown(wait=False)
+    return future
+
+
+def _check_complete(pipe: Any, name: str) -> None:
+    """diffusers fills a component from a single file without checking that every weight was
+    there (missing ones stay unallocated): a file missing tensors is refused here, by name."""
+    for component, model in pipe.components.items():
+        missing = [n for n, p in getattr(model, "named_parameters", lambda: [])() if p.is_meta]
+        if missing:
+            raise EngineError(f"{name} lacks {len(missing)} weights of its {component} (e.g. {missing[0]}); "
+                              "the file is incomplete or of another architecture: download it again")
+
+
 def load_pipeline(
     settings: ModelSettings, cache_dir: Path, on_progress: Callable[[str], None] | None = None,
     allow_pickle: bool = False,
@@ -228,6 +309,10 @@ def load_pipeline(
     say(f"loading {source.name} ({source.kind}) on {device}")
     common: dict[str, Any] = {"torch_dtype": dtype}
     out_of_memory = False
+    failure: str | None = None
+    checkpoint: Any = None
+    pipe: Any = None
+    sha256: str | None = None
     if not allow_pickle and source.kind in ("folder", "hub"):
         common["use_safetensors"] = True  # diffusers then refuses .bin weights instead of unpickling them
     try:
@@ -244,8 +329,10 @@ def load_pipeline(
             extra = {"safety_checker": None} if kind == "sd" else {}
             pipe = _pipeline_class(kind).from_pretrained(source.value, local_files_only=True, **extra, **common)
         elif source.kind == "single_file":
-            kind = _single_file_kind(Path(source.value))
-            pipe = _pipeline_class(kind).from_single_file(source.value, local_files_only=True, **common)
+            hashing = _hash_in_background(Path(source.value), cache_dir, say)
+            pipe, checkpoint = _load_single_file(Path(source.value), settings, common, say)
+            _check_complete(pipe, source.name)
+            sha256 = hashing.result()
         else:
             pipe = _load_from_hub(source.value, common)
         if getattr(pipe, "safety_checker", None) is not None:
@@ -253,18 +340,22 @@ def load_pipeline(
             pipe.safety_checker = None
         failpoints.hit("load")
         pipe.to(device)  # where a model too big for the GPU runs out of memory
-    except EngineError:
-        raise
+    except EngineError as exc:
+        failure = str(exc)
     except Exception as exc:
-        if not is_out_of_memory(exc):
-            raise EngineError(_explain_load_failure(source, exc)) from None
-        out_of_memory = True
-    if out_of_memory:
-        # After the except block, whose traceback held the half-loaded weights.
+        if is_out_of_memory(exc):
+            out_of_memory = True
+        else:
+            failure = _explain_load_failure(source, exc)
+    if out_of_memory or failure is not None:
+        # After the except block, whose traceback held the half-loaded weights: nothing of a
+        # failed load stays in memory.
         from spatiora_tui.engine.generate import release_memory
 
         pipe = None
         release_memory(device == "cuda")
+        if failure is not None:
+            raise EngineError(failure)
         where = "GPU memory" if device == "cuda" else "memory"
         raise EngineOOM(f"out of {where} while loading {source.name}; try dtype = \"fp16\", a smaller model, "
                         "or close other programs")
@@ -274,7 +365,9 @@ def load_pipeline(
         name=f"{source.name} (random weights)" if source.kind == "demo" else source.name,
         source=settings.source,
         kind=source.kind,
-        family=detect_family(pipe),
+        family=checkpoint.variant.family if checkpoint is not None else detect_family(pipe),
+        variant=checkpoint.variant.label if checkpoint is not None else "",
+        sha256=sha256,
         device=device,
         dtype={"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}[str(dtype).replace("torch.", "")],
         random_weights=source.kind == "demo",
