@@ -14,6 +14,7 @@ the next image is exactly what it would have been without the attempt.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -22,19 +23,33 @@ import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from spatiora_tui.config import AdapterRef
-from spatiora_tui.engine.api import AdapterUse, EngineError
-from spatiora_tui.engine.manifest import FAMILY_NAMES, AdapterManifest, read_manifest
+from spatiora_tui.engine.api import FAMILY_LABELS, AdapterUse, EngineError
+from spatiora_tui.engine.manifest import AdapterManifest, read_manifest
 from spatiora_tui.engine.pipeline import PICKLE_REFUSED, PICKLE_SUFFIXES, unpickle_state_dict
 from spatiora_tui.hw.watchdog import MemoryReading, read_memory
+from spatiora_tui.library.catalog import Listing, scan
+from spatiora_tui.library.hashing import addnet_hash_of_bytes
+from spatiora_tui.library.identify import lora_base, lora_format
+from spatiora_tui.library.safetensors_file import FileProblem, parse_header
 
 MB = 2**20
 #: A LoRA down-projection's key in the layouts diffusers reads (peft, Kohya, old diffusers).
 _DOWN_KEY = re.compile(r"(lora_A|lora_down|lora[._]down|lora_linear_layer\.down)\.weight$")
+#: LoRA layouts Spatiora cannot apply exactly, by lora_format's name, as people call them.
+UNSUPPORTED_FORMATS = {
+    "lycoris-loha": "LyCORIS LoHa adapter (hada_w1/hada_w2 tensors)",
+    "lycoris-lokr": "LyCORIS LoKr adapter (lokr_w1/lokr_w2 tensors)",
+    "lycoris-oft": "LyCORIS OFT/BOFT adapter (oft_blocks tensors)",
+    "dora-kohya": "Kohya/LyCORIS DoRA adapter (dora_scale tensors)",
+}
+UNSUPPORTED_HOW = ("Spatiora applies LoRA and LoCon files (Kohya, diffusers and peft layouts, peft DoRA) exactly, "
+                   "and this format it cannot yet; convert it to a LoRA (kohya's sd-scripts can extract one) or use "
+                   "another adapter")
 #: The phases of a switch, in the order they happen; a report lists those that took place.
 PHASES = ("unfuse", "read", "parse", "plan", "to device", "inject", "copy", "activate", "fuse")
 
@@ -63,8 +78,10 @@ class _Parsed:
     path: Path
     stamp: tuple[int, int]  # the file's (mtime_ns, size) when read
     sha256: str
+    a1111_hash: str  # AUTOMATIC1111's LoRA hash (see AdapterUse)
     raw: dict[str, Any]
     has_config: bool  # diffusers LoRA metadata in the file (alphas we do not reproduce in place)
+    layers: int  # LoRA layers the file holds (down projections), before any conversion
     nbytes: int
     manifest: AdapterManifest
     read_ms: float = 0.0
@@ -79,9 +96,13 @@ class LoraManager:
     def __init__(
         self, pipe: Any, family: str, search_dirs: Sequence[Path], resident_max: int = 4,
         ram_cache_mb: float = 2048.0, resident_mb: float = 1024.0, fuse: bool = False,
-        allow_pickle: bool = False,
+        allow_pickle: bool = False, library_dirs: Sequence[Path] = (),
     ) -> None:
+        """`search_dirs` hold adapters as NAME.safetensors or NAME/ folders; `library_dirs` are
+        the user's LoRA folders ([paths] loras, installs), searched with their sub-folders."""
         self._pipe = pipe
+        self._library_dirs = tuple(Path(d) for d in library_dirs)
+        self._library: Listing | None = None
         self._allow_pickle = allow_pickle
         self._family = family
         # Kept once read: diffusers' `unet.dtype` / `.device` walk every parameter (about 14 ms
@@ -125,7 +146,8 @@ class LoraManager:
         return tuple(self._dirs)
 
     def available(self) -> dict[str, Path]:
-        """Adapter name -> file, over the search folders (an earlier folder wins)."""
+        """Adapter name -> file, over the search folders, then the library folders (an earlier
+        folder wins)."""
         found: dict[str, Path] = {}
         for folder in self._dirs:
             if not folder.is_dir():
@@ -134,7 +156,15 @@ class LoraManager:
                 path = self._file_of(entry)
                 if path is not None:
                     found.setdefault(entry.stem if entry.is_file() else entry.name, path)
+        for name, library_entry in self._library_listing(refresh=True).entries.items():
+            if not library_entry.pickle or self._allow_pickle:
+                found.setdefault(name, library_entry.path)
         return found
+
+    def _library_listing(self, refresh: bool = False) -> Listing:
+        if self._library is None or refresh:
+            self._library = scan(self._library_dirs)
+        return self._library
 
     @staticmethod
     def _file_of(entry: Path) -> Path | None:
@@ -159,14 +189,23 @@ class LoraManager:
             for suffix in PICKLE_SUFFIXES:
                 pickled = folder / f"{name}{suffix}"
                 if pickled.is_file():
-                    if self._allow_pickle:
-                        return pickled
-                    raise EngineError(f"adapter {name!r} is a pickle file ({pickled}); {PICKLE_REFUSED}")
-        where = ", ".join(str(d) for d in self._dirs) or "(no adapter folder configured)"
+                    return self._pickle_allowed(name, pickled)
+        # The user's LoRA folders: a file added since the last look is found by looking again.
+        entry = self._library_listing().find(name) or self._library_listing(refresh=True).find(name)
+        if entry is not None:
+            return self._pickle_allowed(name, entry.path) if entry.pickle else entry.path
+        where = ", ".join(str(d) for d in (*self._dirs, *self._library_dirs)) or "(no adapter folder configured)"
+        close = difflib.get_close_matches(name, list(self.available()), n=3, cutoff=0.6)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         raise EngineError(
-            f"adapter {name!r} not found; looked for {name}.safetensors or {name}/*.safetensors in {where}. "
-            "Put the file there, or remove it from the task in config.toml"
+            f"adapter {name!r} not found; looked for {name}.safetensors or {name}/*.safetensors in {where}.{hint} "
+            "Put the file there, or remove it from the task in config.toml (or the <lora:...> tag from the prompt)"
         )
+
+    def _pickle_allowed(self, name: str, path: Path) -> Path:
+        if self._allow_pickle:
+            return path
+        raise EngineError(f"adapter {name!r} is a pickle file ({path}); {PICKLE_REFUSED}")
 
     @property
     def fused(self) -> bool:
@@ -219,7 +258,7 @@ class LoraManager:
             self._restore(self._active)  # keep what was active before the attempt
             raise
         active = tuple(
-            AdapterUse(ref.name, self._weight(ref), self._resident[ref.name].sha256) for ref in refs
+            replace(self._resident[ref.name], weight=self._weight(ref)) for ref in refs
         )
         self._set_active(active)
         duration = (time.perf_counter() - start) * 1000.0
@@ -252,6 +291,36 @@ class LoraManager:
         if any(use.name == name for use in self._active):
             raise EngineError(f"adapter {name!r} is active; switch away from it before evicting it")
         self._drop(name)
+
+    def weight_of(self, ref: AdapterRef) -> float:
+        """The weight `ref` is applied at (its own, else its manifest's default, else 1)."""
+        return self._weight(ref)
+
+    def release(self) -> OrderedDict[str, Any]:
+        """Before the pipeline goes away: stop prefetching and hand over the RAM tier (parsed
+        files, which a manager on a model of the same family can use as they are)."""
+        self.wait_prefetch()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        with self._lock:
+            ram, self._ram = self._ram, OrderedDict()
+        self._resident.clear()
+        self._slot.clear()
+        self._bytes.clear()
+        self._layers = self._unet_modules = None
+        self._fused, self._originals = [], {}
+        self._pipe = None
+        return ram
+
+    def adopt_ram_cache(self, ram: OrderedDict[str, Any]) -> None:
+        """Take over another manager's RAM tier (see release); its entries count as RAM, and are
+        read again from disk if their file changed since."""
+        with self._lock:
+            for name, parsed in ram.items():
+                parsed.prefetched = False
+                self._ram[name] = parsed
+        self._cache_trim()
 
     def _weight(self, ref: AdapterRef) -> float:
         if ref.weight is not None:
@@ -329,8 +398,8 @@ class LoraManager:
         self._manifests[name] = manifest
         if manifest.base is not None and manifest.base != self._family:
             raise EngineError(
-                f"adapter {name!r} is made for {FAMILY_NAMES[manifest.base]} (its manifest {manifest.path} "
-                f"says base = {manifest.base!r}) but the base model is {FAMILY_NAMES.get(self._family, self._family)}; "
+                f"adapter {name!r} is made for {FAMILY_LABELS[manifest.base]} (its manifest {manifest.path} "
+                f"says base = {manifest.base!r}) but the base model is {FAMILY_LABELS.get(self._family, self._family)}; "
                 "use an adapter made for this base model"
             )
         start = time.perf_counter()
@@ -343,18 +412,58 @@ class LoraManager:
         read_done = time.perf_counter()
         if path.suffix.lower() in PICKLE_SUFFIXES:  # only found with allow_pickle on
             raw, metadata = _unpickle(name, path, data), {}
-            self._check_family(name, path, list(raw))
+            self._check_family(name, path, {k: tuple(v.shape) for k, v in raw.items()}, {})
+            a1111_hash = sha256
         else:
-            keys, metadata = _header(name, path, data)
-            self._check_family(name, path, keys)
+            shapes, metadata = _header(name, path, data)
+            self._check_family(name, path, shapes, metadata)
+            a1111_hash = str(metadata.get("sshs_model_hash") or addnet_hash_of_bytes(data))
             try:
                 raw = load_tensors(data)
             except Exception as exc:
                 raise _invalid(name, path, exc) from None
         del data
+        has_config = "lora_adapter_metadata" in metadata
+        # Counted in the file as it is: a conversion that drops layers must not hide them.
+        layers = sum(1 for key in raw if _DOWN_KEY.search(key))
+        if not has_config and self._pipe is not None:
+            raw = self._normalize(name, path, raw)
         nbytes = sum(t.numel() * t.element_size() for t in raw.values())
-        return _Parsed(path, _stamp(path) or (0, 0), sha256, raw, "lora_adapter_metadata" in metadata, nbytes,
-                       manifest, (read_done - start) * 1000.0, (time.perf_counter() - read_done) * 1000.0)
+        return _Parsed(path, _stamp(path) or (0, 0), sha256, a1111_hash, raw, has_config, layers, nbytes, manifest, (read_done - start) * 1000.0, (time.perf_counter() - read_done) * 1000.0)
+
+    def _normalize(self, name: str, path: Path, raw: dict[str, Any]) -> dict[str, Any]:
+        """The adapter in the one layout diffusers loads without guessing: its own conversion of
+        whatever layout the file is in (Kohya, LoCon, old diffusers, peft), with each module's
+        alpha multiplied into its up weight. diffusers 0.42 turns per-module alphas into a
+        pattern that matches no module and drops them (peft warns "alpha_pattern keys did not
+        match any targeted module"), so a Kohya file whose alphas differ between layers drew at
+        the wrong strength; baked in, every layer has scale 1 and nothing depends on alphas."""
+        import torch
+
+        try:
+            # The UNet's config lets diffusers map SDXL's original block names (input_blocks_4_1)
+            # to its own (down_blocks.1.attentions.0); load_lora_weights passes it the same way.
+            state, alphas = self._pipe.lora_state_dict(dict(raw), unet_config=self._pipe.unet.config)[:2]
+        except Exception as exc:
+            raise EngineError(f"adapter {name!r} ({path}) could not be read: {_load_error(exc)}") from None
+        if not alphas:
+            return state
+        baked = dict(state)
+        for key, alpha in alphas.items():
+            base = key[: -len(".alpha")] if key.endswith(".alpha") else key
+            pairs = ((base, base[: -len("down.weight")] + "up.weight") if base.endswith(".down.weight") else
+                     (base + ".lora.down.weight", base + ".lora.up.weight"),
+                     (base + ".lora_A.weight", base + ".lora_B.weight"))
+            for down_key, up_key in pairs:
+                if down_key in baked and up_key in baked:
+                    up = baked[up_key]
+                    scale = float(alpha) / baked[down_key].shape[0]
+                    baked[up_key] = (up.to(torch.float32) * scale).to(up.dtype)
+                    break
+            else:
+                raise EngineError(f"adapter {name!r} ({path}) has an alpha for {base}, a layer it holds no weights "
+                                  "for; the file is damaged or in a layout Spatiora does not know: replace it")
+        return baked
 
     def _cache(self, name: str, parsed: _Parsed) -> None:
         with self._lock:
@@ -362,7 +471,11 @@ class LoraManager:
                 return
             self._ram[name] = parsed
             self._ram.move_to_end(name)
-            while sum(p.nbytes for p in self._ram.values()) > self._ram_limit:
+        self._cache_trim()
+
+    def _cache_trim(self) -> None:
+        with self._lock:
+            while self._ram and sum(p.nbytes for p in self._ram.values()) > self._ram_limit:
                 self._ram.popitem(last=False)
 
     def _prefetch_one(self, name: str) -> None:
@@ -426,7 +539,7 @@ class LoraManager:
             raise EngineError(f"adapter {name!r} ({parsed.path}) could not be loaded: {_load_error(exc)}") from None
         self._layers = self._unet_modules = None
         applied = sum(1 for layer in self._tuner_layers() if name in getattr(layer, "lora_A", {}))
-        expected = sum(1 for key in parsed.raw if _DOWN_KEY.search(key))
+        expected = parsed.layers
         if applied < expected:
             # diffusers can drop layers without a word (it guesses a Kohya text encoder's layout
             # from whether out_proj is present); half an adapter draws wrong images silently.
@@ -438,7 +551,7 @@ class LoraManager:
                 "applied, so it would not draw what it was trained to; convert it to the diffusers/peft "
                 "format, or report the file's layout"
             )
-        self._resident[name] = AdapterUse(name, 1.0, parsed.sha256)
+        self._resident[name] = AdapterUse(name, 1.0, parsed.sha256, parsed.a1111_hash)
         self._slot[name] = name
         self._bytes[name] = nbytes
 
@@ -485,7 +598,7 @@ class LoraManager:
         del self._resident[victim]
         self._slot[name] = self._slot.pop(victim)
         self._bytes[name] = self._bytes.pop(victim, 0)
-        self._resident[name] = AdapterUse(name, 1.0, parsed.sha256)
+        self._resident[name] = AdapterUse(name, 1.0, parsed.sha256, parsed.a1111_hash)
         return True
 
     def _unet_layers(self, parsed: _Parsed) -> dict[str, tuple[Any, Any, float]]:
@@ -618,31 +731,37 @@ class LoraManager:
         except Exception:
             pass  # nothing was injected under that name
 
-    def _check_family(self, name: str, path: Path, keys: list[str]) -> None:
-        sdxl_markers = ("text_encoder_2.", "lora_te2_", "add_embedding")
-        is_sdxl = any(marker in key for key in keys for marker in sdxl_markers)
-        if is_sdxl and self._family != "sdxl":
+    def _check_family(self, name: str, path: Path, shapes: dict[str, tuple[int, ...]],
+                      metadata: dict[str, str]) -> None:
+        """Refuse, before it touches the model, an adapter made for another model family or
+        architecture, or in a format that cannot be applied exactly."""
+        family, foreign, recorded = lora_base(shapes, metadata)
+        said = f" (its training metadata says {recorded})" if recorded else ""
+        if foreign is not None:
+            raise EngineError(f"adapter {name!r} ({path.name}) is a LoRA for {foreign}{said}; Spatiora runs "
+                              "Stable Diffusion 1.x, 2.x and SDXL: use a LoRA made for this base model")
+        if family is not None and self._family in FAMILY_LABELS and family != self._family:
             raise EngineError(
-                f"adapter {name!r} ({path.name}) targets SDXL but the base model is "
-                f"{'SD 1.x' if self._family == 'sd1' else 'SD 2.x'}; use an adapter made for this base model"
+                f"adapter {name!r} ({path.name}) targets {FAMILY_LABELS[family]}{said} but the base model is "
+                f"{FAMILY_LABELS[self._family]}; use an adapter made for this base model"
             )
+        form = lora_format(shapes)
+        if form in UNSUPPORTED_FORMATS:
+            raise EngineError(f"adapter {name!r} ({path.name}) is a {UNSUPPORTED_FORMATS[form]}; "
+                              f"{UNSUPPORTED_HOW}")
 
 
-def _header(name: str, path: Path, data: bytes) -> tuple[list[str], dict[str, str]]:
-    """The tensor names and metadata of a .safetensors file's bytes, checked before parsing:
+def _header(name: str, path: Path, data: bytes) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """The tensor shapes and metadata of a .safetensors file's bytes, checked before parsing:
     a truncated or foreign file is reported here, before anything touches the model."""
-    size = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
-    if size < 2 or 8 + size > len(data):
-        raise _invalid(name, path, "its header is cut short or missing")
     try:
-        header = json.loads(data[8 : 8 + size])
-        assert isinstance(header, dict)
-    except Exception:
-        raise _invalid(name, path, "its header is not the JSON a .safetensors file starts with") from None
-    metadata = header.pop("__metadata__", None) or {}
-    if not header:
-        raise EngineError(f"adapter {name!r} ({path}) holds no tensors; replace the file")
-    return list(header), metadata if isinstance(metadata, dict) else {}
+        header = parse_header(data, path)
+    except FileProblem as exc:
+        if "holds no tensors" in str(exc):
+            raise EngineError(f"adapter {name!r} ({path}) holds no tensors; replace the file") from None
+        detail = str(exc).split(" (", 1)[-1].split("); ", 1)[0]
+        raise _invalid(name, path, detail) from None
+    return {key: info.shape for key, info in header.tensors.items()}, header.metadata
 
 
 def _unpickle(name: str, path: Path, data: bytes) -> dict[str, Any]:
