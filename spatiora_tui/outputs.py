@@ -54,17 +54,35 @@ def a1111_parameters(result: GenerationResult) -> str:
         ("CFG scale", f"{p.guidance:g}"),
         ("Seed", str(p.seed)),
         ("Size", f"{p.width}x{p.height}"),
-        ("Model", result.model.name),
-        ("Task", p.task),
     ]
+    if result.model.short_hash:
+        fields.append(("Model hash", result.model.short_hash))
+    fields += [("Model", result.model.name), ("Task", p.task)]
     if p.adapters:
-        fields.append(("Lora hashes", ", ".join(f"{a.name}: {a.short_hash}" for a in p.adapters)))
+        fields.append(("Lora hashes", ", ".join(f"{_hash_name(a.name)}: {a.short_hash}" for a in p.adapters)))
+    if p.embeddings:
+        fields.append(("TI hashes", ", ".join(f"{_hash_name(e.name)}: {e.short_hash}" for e in p.embeddings)))
     fields.append(("Version", f"spatiora {__version__}"))
     line = ", ".join(f"{k}: {_quote(v)}" for k, v in fields)
     text = p.full_prompt + lora_tags
     if p.negative_prompt:
         text += f"\nNegative prompt: {p.negative_prompt}"
     return f"{text}\n{line}"
+
+
+def _hash_name(name: str) -> str:
+    """A resource name as AUTOMATIC1111 writes it in a hash list (no ':' or ',')."""
+    return name.replace(":", "").replace(",", "")
+
+
+def parse_hashes(value: str) -> dict[str, str]:
+    """`Lora hashes` / `TI hashes` ("name: abc123, other: def456") as {name: hash}."""
+    pairs = {}
+    for item in value.split(","):
+        name, sep, digest = item.rpartition(":")
+        if sep and name.strip():
+            pairs[name.strip()] = digest.strip()
+    return pairs
 
 
 def _quote(value: str) -> str:
@@ -88,7 +106,12 @@ def parse_a1111(text: str) -> dict[str, Any]:
     for key, value in _FIELD.findall(settings_line):
         value = value.strip()
         fields[key.strip()] = json.loads(value) if value.startswith('"') else value
-    return {"prompt": "\n".join(prompt_lines), "negative_prompt": "\n".join(negative_lines), "fields": fields}
+    parsed: dict[str, Any] = {"prompt": "\n".join(prompt_lines), "negative_prompt": "\n".join(negative_lines),
+                              "fields": fields}
+    for field_name, key in (("Lora hashes", "lora_hashes"), ("TI hashes", "ti_hashes")):
+        if field_name in fields:
+            parsed[key] = parse_hashes(fields[field_name])
+    return parsed
 
 
 def metadata_record(result: GenerationResult) -> dict[str, Any]:
@@ -97,10 +120,10 @@ def metadata_record(result: GenerationResult) -> dict[str, Any]:
         "format": 1,
         "generator": f"spatiora {__version__}",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "request": {k: v for k, v in dataclasses.asdict(result.params).items() if k != "adapters"},
-        "adapters": [
-            {"name": a.name, "weight": a.weight, "sha256": a.sha256} for a in result.params.adapters
-        ],
+        "request": {k: v for k, v in dataclasses.asdict(result.params).items()
+                    if k not in ("adapters", "embeddings", "prompt_loras")},
+        "adapters": [_adapter_record(a, result.params.prompt_loras) for a in result.params.adapters],
+        "embeddings": [{"name": e.name, "sha256": e.sha256} for e in result.params.embeddings],
         "model": dataclasses.asdict(result.model),
         "timings_ms": dataclasses.asdict(result.timings),
         "memory_mb": dataclasses.asdict(result.memory),
@@ -112,6 +135,15 @@ def metadata_record(result: GenerationResult) -> dict[str, Any]:
         ],
         "warnings": list(result.warnings),
     }
+
+
+def _adapter_record(adapter: Any, prompt_loras: tuple[str, ...]) -> dict[str, Any]:
+    record: dict[str, Any] = {"name": adapter.name, "weight": adapter.weight, "sha256": adapter.sha256}
+    if adapter.a1111_hash:
+        record["a1111_hash"] = adapter.a1111_hash  # Kohya's addnet hash, as in `Lora hashes`
+    if adapter.name in prompt_loras:
+        record["from_prompt"] = True  # a <lora:...> tag of the prompt, not the task
+    return record
 
 
 def save_result(result: GenerationResult, out_dir: Path, name: str | None = None) -> Path:

@@ -26,6 +26,7 @@ from spatiora_tui.engine.api import (
     StepPreview,
     Timings,
 )
+from spatiora_tui.engine.conditioning import encode_prompts
 from spatiora_tui.engine.preview import decode_latents, latent_to_rgb, vae_preview
 from spatiora_tui.hw import process_peak_rss_mb, process_rss_mb
 from spatiora_tui.hw.memory import release_freed_memory
@@ -171,9 +172,10 @@ def run_generation(
     try:
         if not cancel.is_set():
             telemetry.enter("text encode")
+            conditioning = encode_prompts(pipe, params.full_prompt, params.negative_prompt, params.guidance)
             out = pipe(
-                prompt=params.full_prompt,
-                negative_prompt=params.negative_prompt or None,
+                **conditioning,
+                **_whole_image_inpaint(pipe, params),
                 num_inference_steps=params.steps,
                 guidance_scale=params.guidance,
                 width=params.width,
@@ -182,6 +184,7 @@ def run_generation(
                 output_type="latent",
                 callback_on_step_end=on_step_end,
             )
+            del conditioning
             telemetry.close_to(depth)
         cancelled = cancel.is_set()
         if not cancelled:
@@ -194,7 +197,7 @@ def run_generation(
                              "(same image, up to faint seams); a smaller size avoids it")
             decode_ms = (time.perf_counter() - t_decode) * 1000.0
             state.sample_memory()
-    except RuntimeError as exc:  # torch.OutOfMemoryError is one
+    except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
         if not is_out_of_memory(exc):
             raise
         oom_in = telemetry.current_stage or stage
@@ -235,6 +238,19 @@ def run_generation(
     )
     steps_done = min(len(ends), state.total)
     return image, image is None, steps_done, timings, memory, tuple(notes)
+
+
+def _whole_image_inpaint(pipe: Any, params: ResolvedRequest) -> dict[str, Any]:
+    """For an inpainting model, the inputs that make it draw from text alone: a blank image
+    masked everywhere, at full strength (AUTOMATIC1111 feeds such a model the same in txt2img).
+    Nothing for other models."""
+    if not hasattr(pipe, "mask_processor"):
+        return {}
+    from PIL import Image
+
+    size = (params.width, params.height)
+    return {"image": Image.new("RGB", size, (127, 127, 127)), "mask_image": Image.new("L", size, 255),
+            "strength": 1.0}
 
 
 def _decode(latents: Any, pipe: Any, on_cuda: bool) -> tuple[Any, bool]:

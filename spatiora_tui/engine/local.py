@@ -7,19 +7,24 @@ for it. The UI calls it from worker threads; the CLI and benchmarks call it dire
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import secrets
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
-from spatiora_tui.config import ConfigError, Settings, TaskSettings, task_with_overrides, user_cache_dir
+from spatiora_tui.config import AdapterRef, ConfigError, Settings, TaskSettings, task_with_overrides, user_cache_dir
 from spatiora_tui.engine.api import (
+    FAMILY_LABELS,
     AdapterSwitch,
     EngineError,
     GenerationRequest,
     GenerationResult,
+    ModelChoice,
     ModelInfo,
+    ModelSwitch,
     ResolvedRequest,
     StepCallback,
 )
@@ -27,6 +32,9 @@ from spatiora_tui.engine.manifest import add_trigger_words
 from spatiora_tui.engine.thread import OneThread
 from spatiora_tui.hw.telemetry import Telemetry
 from spatiora_tui.hw.watchdog import LeakWatchdog, read_memory
+from spatiora_tui.library.catalog import library_folders, resolve_source, scan
+from spatiora_tui.library.hashing import HashCache
+from spatiora_tui.prompts import PromptError, extract_lora_tags
 
 
 def freeze_long_lived() -> None:
@@ -64,7 +72,9 @@ class LocalEngine:
         self._pipe: Any = None
         self._model: ModelInfo | None = None
         self._loras: Any = None
+        self._embeddings: Any = None
         self._active_task: str | None = None
+        self._hashes = HashCache(self._cache_dir / "hashes.json")
 
     # -- state --------------------------------------------------------------------------------
 
@@ -107,8 +117,33 @@ class LocalEngine:
     def load(self, on_progress: Callable[[str], None] | None = None) -> ModelInfo:
         return self._thread.call(self._load, on_progress)
 
-    def switch_task(self, name: str) -> AdapterSwitch:
-        return self._thread.call(self._switch_task, name)
+    def switch_task(self, name: str, on_progress: Callable[[str], None] | None = None) -> AdapterSwitch:
+        return self._thread.call(self._switch_task, name, on_progress)
+
+    def switch_model(self, source: str, on_progress: Callable[[str], None] | None = None) -> ModelSwitch:
+        return self._thread.call(self._switch_model, source, on_progress)
+
+    def models(self) -> tuple[ModelChoice, ...]:
+        """Not on the engine thread: it reads file headers only, and may run beside a generation."""
+        from spatiora_tui.engine.api import EngineError as _Problem
+        from spatiora_tui.library.identify import identify_checkpoint
+        from spatiora_tui.library.safetensors_file import FileProblem
+
+        current = self._model.source if self._model is not None else None
+        choices = []
+        for entry in scan(library_folders(self._settings).checkpoints).entries.values():
+            if entry.pickle and not self._settings.security.allow_pickle:
+                kind, loadable = "pickle file: refused ([security] allow_pickle)", False
+            elif entry.pickle:
+                kind, loadable = "pickle checkpoint", True
+            else:
+                try:
+                    kind, loadable = identify_checkpoint(entry.path).variant.label, True
+                except (FileProblem, _Problem) as exc:
+                    kind, loadable = str(exc).split("; ", 1)[0].replace(entry.path.name + " ", "", 1), False
+            choices.append(ModelChoice(entry.name, str(entry.path), entry.size / 2**20, kind, loadable))
+        del current
+        return tuple(choices)
 
     def generate(
         self,
@@ -135,30 +170,108 @@ class LocalEngine:
     def _load(self, on_progress: Callable[[str], None] | None) -> ModelInfo:
         if self._model is not None:
             return self._model
+        return self._load_model(self._settings.model.source, on_progress)
+
+    def _load_model(self, source: str, on_progress: Callable[[str], None] | None,
+                    keep_ram: Any = None) -> ModelInfo:
+        """Load `source` as the base model and build its adapter and embedding managers."""
         from spatiora_tui.engine.adapters import LoraManager
+        from spatiora_tui.engine.embeddings import EmbeddingManager
         from spatiora_tui.engine.pipeline import load_pipeline
 
+        folders = library_folders(self._settings)
+        model_settings = dataclasses.replace(self._settings.model, source=resolve_source(self._settings, source))
         with self._telemetry.stage("load base", task=None):
             if self._loader is not None:
-                pipe, model, demo_adapters = self._loader(self._settings.model, self._cache_dir, on_progress)
+                pipe, model, demo_adapters = self._loader(model_settings, self._cache_dir, on_progress)
             else:
-                pipe, model, demo_adapters = load_pipeline(self._settings.model, self._cache_dir, on_progress,
+                pipe, model, demo_adapters = load_pipeline(model_settings, self._cache_dir, on_progress,
                                                            allow_pickle=self._settings.security.allow_pickle)
         dirs = [self._settings.adapter_dir]
         if demo_adapters is not None:
             dirs.append(demo_adapters)
+        model = dataclasses.replace(model, source=source)
         self._pipe, self._model = pipe, model
         adapters = self._settings.adapters
         self._loras = LoraManager(pipe, model.family, dirs, adapters.resident_max, adapters.ram_cache_mb,
                                   adapters.resident_mb, adapters.fuse,
-                                  allow_pickle=self._settings.security.allow_pickle)
+                                  allow_pickle=self._settings.security.allow_pickle,
+                                  library_dirs=folders.loras)
+        if keep_ram is not None:
+            self._loras.adopt_ram_cache(keep_ram)
+        self._embeddings = EmbeddingManager(pipe, model.family, folders.embeddings, self._hashes)
+        self._active_task = None
         freeze_long_lived()
         self.watchdog.set_baseline()  # memory with the base model loaded and no adapter held
         return model
 
-    def _switch_task(self, name: str) -> AdapterSwitch:
-        self._require_loaded()
+    def _switch_model(self, source: str, on_progress: Callable[[str], None] | None) -> ModelSwitch:
+        """Free the base model completely, then load `source`. A file that cannot be a
+        checkpoint is refused before anything is freed; if the load fails after that, the
+        previous model is loaded again, so the app is never left without one."""
+        from spatiora_tui.engine.generate import release_memory
+        from spatiora_tui.engine.pipeline import classify_source, single_file_plan
+
+        previous = self._model
+        resolved = resolve_source(self._settings, source)
+        candidate = classify_source(resolved, self._settings.security.allow_pickle)
+        if candidate.kind == "single_file":  # identify it first: a LoRA or a Flux file changes nothing
+            single_file_plan(Path(candidate.value), self._settings.model)
+        if previous is not None and resolve_source(self._settings, previous.source) == resolved:
+            return ModelSwitch(previous, previous.source, 0.0, notes=("already loaded",))
+        start = time.perf_counter()
+        before = read_memory()
+        same_family_ram = None
+        if self._loras is not None:
+            same_family_ram = self._loras.release()  # the RAM tier; the device tiers go with the model
+        on_cuda = previous is not None and previous.device == "cuda"
+        self._pipe = self._model = self._loras = self._embeddings = None
+        self._active_task = None
+        # The old model's objects were frozen out of the collector's view after it loaded;
+        # they must be visible again for its reference cycles to be freed.
+        gc.unfreeze()
+        release_memory(on_cuda)
+        try:
+            model = self._load_model(source, on_progress, keep_ram=None)
+        except EngineError as exc:
+            if previous is None:
+                raise
+            if on_progress is not None:
+                on_progress(f"could not load {source}; loading {previous.name} again")
+            self._load_model(previous.source, on_progress, keep_ram=same_family_ram)
+            raise EngineError(f"{exc} ({previous.name} was loaded again)") from None
+        if same_family_ram is not None and previous is not None and previous.family == model.family:
+            self._loras.adopt_ram_cache(same_family_ram)
+        after = read_memory()
+        notes = self._incompatible_adapters(model)
+        return ModelSwitch(model, previous.source if previous else None, (time.perf_counter() - start) * 1000.0,
+                           before.rss_mb, after.rss_mb, before.vram_mb, after.vram_mb, notes)
+
+    def _incompatible_adapters(self, model: ModelInfo) -> tuple[str, ...]:
+        """One line per task adapter made for another family than `model` (from the files'
+        headers; nothing is loaded)."""
+        from spatiora_tui.library.identify import identify_lora
+        from spatiora_tui.library.safetensors_file import FileProblem
+
+        notes = []
+        for task in self._settings.tasks:
+            if task.model is not None:
+                continue  # it brings its own base model
+            for ref in task.adapters:
+                try:
+                    path = self._loras.find(ref.name)
+                    info = identify_lora(path) if path.suffix == ".safetensors" else None
+                except (EngineError, FileProblem):
+                    continue  # reported when the task is used
+                if info is not None and info.family is not None and info.family != model.family:
+                    notes.append(f"task {task.name!r}: adapter {ref.name!r} is for {FAMILY_LABELS[info.family]}, "
+                                 f"the base model is now {FAMILY_LABELS.get(model.family, model.family)}")
+        return tuple(notes)
+
+    def _switch_task(self, name: str, on_progress: Callable[[str], None] | None = None) -> AdapterSwitch:
         task = self._task(name)
+        model_switch = self._ensure_model(task, on_progress)
+        self._require_loaded()
         previous = self._telemetry.task
         try:
             with self._telemetry.stage("adapter switch", task=task.name):
@@ -183,7 +296,16 @@ class LocalEngine:
             vram_after_mb=after.vram_mb if after else None,
             fused=report.fused,
             warning=self.watchdog.check(after, held_ram, held_vram) if after else None,
+            model_switch=model_switch,
         )
+
+    def _ensure_model(self, task: TaskSettings, on_progress: Callable[[str], None] | None) -> ModelSwitch | None:
+        """Load the base model `task` runs on, if it names one that is not loaded."""
+        if task.model is None or self._model is None:
+            return None
+        if resolve_source(self._settings, task.model) == resolve_source(self._settings, self._model.source):
+            return None
+        return self._switch_model(task.model, on_progress)
 
     def _generate(
         self,
@@ -194,14 +316,24 @@ class LocalEngine:
         from spatiora_tui.engine.generate import run_generation
 
         self._require_loaded()
-        assert self._model is not None
         task = self._resolve_task(request)
+        prompt, tags = extract_lora_tags(request.prompt)
+        if extract_lora_tags(task.negative_prompt)[1]:
+            raise PromptError("the negative prompt has a <lora:...> tag, which only works in the prompt; move it there")
         mark = self._telemetry.mark()
         switch_ms = 0.0
         if self._active_task != task.name:
             switch_ms = self._switch_task(task.name).duration_ms
+        assert self._model is not None
+        if tags:
+            # The task's set plus the tags' adapters, for this request; the next request of the
+            # task switches back to its own set (the task is no longer marked active).
+            wanted = _with_tags(task.adapters, tags)
+            with self._telemetry.stage("adapter switch", task=task.name):
+                switch_ms += self._loras.activate(wanted).duration_ms
+            self._active_task = None
         self._telemetry.set_task(task.name)
-        params, warnings = self._resolve(request, task)
+        params, warnings = self._resolve(request, task, prompt, tuple(t.name for t in tags))
         image, cancelled, steps_done, timings, memory, notes = run_generation(
             self._pipe, self._model, params, self._settings.preview, on_step,
             cancel or threading.Event(), switch_ms, self._telemetry,
@@ -239,40 +371,26 @@ class LocalEngine:
         except ConfigError as exc:
             raise EngineError(str(exc)) from None
 
-    def _resolve(self, request: GenerationRequest, task: TaskSettings) -> tuple[ResolvedRequest, tuple[str, ...]]:
+    def _resolve(self, request: GenerationRequest, task: TaskSettings, prompt: str,
+                 prompt_loras: tuple[str, ...]) -> tuple[ResolvedRequest, tuple[str, ...]]:
         # Trigger words of the active adapters (from their adapter.toml) that the prompt lacks.
-        full_prompt, _ = add_trigger_words(task.render_prompt(request.prompt), self._loras.trigger_words())
+        full_prompt, _ = add_trigger_words(task.render_prompt(prompt), self._loras.trigger_words())
         seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
         if not 0 <= seed < 2**32:
             raise EngineError(f"seed must be between 0 and {2**32 - 1}, got {seed}")
+        embeddings = self._embeddings.use(full_prompt, task.negative_prompt)
         params = ResolvedRequest(
             task=task.name, prompt=request.prompt, full_prompt=full_prompt,
             negative_prompt=task.negative_prompt, seed=seed, steps=task.steps, guidance=task.guidance,
             scheduler=task.scheduler, width=task.width, height=task.height,
-            adapters=self._loras.active,
+            adapters=self._loras.active, embeddings=embeddings, prompt_loras=prompt_loras,
         )
-        return params, self._prompt_warnings(full_prompt, task.negative_prompt)
-
-    def _prompt_warnings(self, *texts: str) -> tuple[str, ...]:
-        tokenizer = getattr(self._pipe, "tokenizer", None)
-        if tokenizer is None:
-            return ()
-        limit = tokenizer.model_max_length
-        warnings = []
-        for label, text in zip(("prompt", "negative prompt"), texts):
-            ids = tokenizer(text, truncation=False).input_ids
-            if len(ids) > limit:
-                cut = tokenizer.decode(ids[limit - 1 : -1]).strip()
-                warnings.append(
-                    f"{label} is {len(ids)} tokens; the text encoder reads {limit}, so this end was cut: "
-                    f"{_elide(cut, 80)!r}"
-                )
-        return tuple(warnings)
+        return params, ()
 
 
-def _elide(text: str, width: int) -> str:
-    """`text` cut to `width` characters by dropping its middle, so both ends stay readable."""
-    if len(text) <= width:
-        return text
-    head = (width - 1) // 2
-    return f"{text[:head]}…{text[-(width - 1 - head):]}"
+def _with_tags(adapters: tuple[AdapterRef, ...], tags: tuple[Any, ...]) -> tuple[AdapterRef, ...]:
+    """The task's adapters plus the prompt's <lora:...> tags; a tag naming one of the task's
+    adapters sets its weight for this request."""
+    weights = {tag.name: tag.weight for tag in tags}
+    refs = [AdapterRef(ref.name, weights.pop(ref.name)) if ref.name in weights else ref for ref in adapters]
+    return tuple(refs) + tuple(AdapterRef(name, weight) for name, weight in weights.items())
