@@ -23,7 +23,6 @@ from spatiora_tui.engine.api import EngineError
 EMPHASIS = 1.1
 #: A LoRA weight outside this range is refused (the same bound as a task's adapter weights).
 MAX_WEIGHT = 5.0
-BREAK = "BREAK"
 
 _TAG = re.compile(r"<([A-Za-z_]+):([^<>]*)>")
 _BREAK = re.compile(r"\s*\bBREAK\b\s*")
@@ -52,7 +51,7 @@ def extract_lora_tags(prompt: str) -> tuple[str, tuple[LoraTag, ...]]:
 
     def take(match: re.Match[str]) -> str:
         kind, body = match.group(1).lower(), match.group(2)
-        raw = match.group(0)
+        raw = _shown(match.group(0))
         if kind not in ("lora", "lyco"):
             raise PromptError(f"{raw}: <{kind}:...> networks are not supported; Spatiora applies LoRAs "
                               "(<lora:NAME:WEIGHT>)")
@@ -68,12 +67,12 @@ def extract_lora_tags(prompt: str) -> tuple[str, tuple[LoraTag, ...]]:
             try:
                 weight = float(parts[1])
             except ValueError:
-                raise PromptError(f"{raw}: the weight {parts[1]!r} is not a number; write <lora:{name}:0.8>") from None
+                raise PromptError(f"{raw}: the weight {parts[1]!r} is not a number; write <lora:{_shown(name, 40)}:0.8>") from None
             if not -MAX_WEIGHT <= weight <= MAX_WEIGHT or weight != weight:
                 raise PromptError(f"{raw}: the weight must be between {-MAX_WEIGHT:g} and {MAX_WEIGHT:g}")
         if any(tag.name == name for tag in tags):
-            raise PromptError(f"{raw}: <lora:{name}> appears twice in the prompt; write it once")
-        tags.append(LoraTag(name, weight, raw))
+            raise PromptError(f"{raw}: <lora:{_shown(name, 40)}> appears twice in the prompt; write it once")
+        tags.append(LoraTag(name, weight, match.group(0)))
         return " "
 
     text = _TAG.sub(take, prompt)
@@ -84,16 +83,22 @@ def extract_lora_tags(prompt: str) -> tuple[str, tuple[LoraTag, ...]]:
     return text, tuple(tags)
 
 
-def parse_emphasis(text: str) -> list[tuple[str, float]]:
-    """The text as (fragment, weight) runs with AUTOMATIC1111's emphasis applied; a BREAK is the
-    run (BREAK, -1). Consecutive runs of equal weight are merged. Never raises."""
-    runs: list[list[object]] = []
+def _shown(text: str, width: int = 80) -> str:
+    """`text` fit for a one-line message: control characters escaped, the middle elided."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= width else text[: width // 2 - 1] + "…" + text[-(width // 2):]
+
+
+def parse_emphasis(text: str) -> list[tuple[str, float] | None]:
+    """The text as (fragment, weight) runs with AUTOMATIC1111's emphasis applied; None where a
+    BREAK starts a new chunk. Consecutive runs of equal weight are merged. Never raises."""
+    runs: list[list[object] | None] = []
     round_open: list[int] = []
     square_open: list[int] = []
 
     def scale(start: int, factor: float) -> None:
         for run in runs[start:]:
-            if run[1] != -1:
+            if run is not None:
                 run[1] = float(run[1]) * factor  # type: ignore[arg-type]
 
     for match in _TOKEN.finditer(text):
@@ -118,25 +123,26 @@ def parse_emphasis(text: str) -> list[tuple[str, float]]:
         else:
             for i, part in enumerate(_BREAK.split(token)):
                 if i:
-                    runs.append([BREAK, -1.0])
+                    runs.append(None)
                 if part:
                     runs.append([part, 1.0])
     for start in round_open:
         scale(start, EMPHASIS)
     for start in square_open:
         scale(start, 1 / EMPHASIS)
-    merged: list[tuple[str, float]] = []
-    for fragment, weight in runs:
-        if merged and merged[-1][1] == weight and weight != -1:
-            merged[-1] = (merged[-1][0] + str(fragment), float(weight))  # type: ignore[arg-type]
+    merged: list[tuple[str, float] | None] = []
+    for run in runs:
+        last = merged[-1] if merged else None
+        if run is not None and last is not None and last[1] == run[1]:
+            merged[-1] = (last[0] + str(run[0]), last[1])
         else:
-            merged.append((str(fragment), float(weight)))  # type: ignore[arg-type]
+            merged.append(None if run is None else (str(run[0]), float(run[1])))  # type: ignore[arg-type]
     return merged or [("", 1.0)]
 
 
 def plain_text(text: str) -> str:
     """What the model reads of `text`, without the emphasis syntax (for messages and search)."""
-    return "".join(fragment for fragment, weight in parse_emphasis(text) if weight != -1)
+    return "".join(run[0] for run in parse_emphasis(text) if run is not None)
 
 
 def mentions(text: str, names: list[str] | tuple[str, ...]) -> list[str]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from spatiora_tui.prompts import BREAK, parse_emphasis
+from spatiora_tui.prompts import parse_emphasis
 
 CHUNK = 75
 COMMA_BACKTRACK = 20
@@ -49,16 +49,15 @@ def _chunks(tokenizer: Any, text: str, convert: Any = None) -> list[Chunk]:
         chunks.append(Chunk(ids, weights))
         ids, weights, last_comma = [], [], -1
 
-    for fragment, weight in parse_emphasis(text):
-        if weight == -1 and fragment == BREAK:
+    for run in parse_emphasis(text):
+        if run is None:  # BREAK
             close()
             continue
+        fragment, weight = run
         if convert is not None:
             fragment = convert(fragment)
         for token in tokenizer(fragment, add_special_tokens=False, truncation=False).input_ids:
-            if token == comma:
-                last_comma = len(ids)
-            elif len(ids) == CHUNK:
+            if len(ids) == CHUNK:
                 if 0 <= last_comma and CHUNK - last_comma <= COMMA_BACKTRACK:
                     # Move the words after the last comma to the next chunk.
                     keep = last_comma + 1
@@ -68,6 +67,8 @@ def _chunks(tokenizer: Any, text: str, convert: Any = None) -> list[Chunk]:
                     ids, weights = rest_ids, rest_weights
                 else:
                     close()
+            if token == comma:
+                last_comma = len(ids)
             ids.append(token)
             weights.append(weight)
     if ids or not chunks:

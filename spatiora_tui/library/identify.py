@@ -114,7 +114,7 @@ class EmbeddingInfo:
 
 # -- what a file is ---------------------------------------------------------------------------
 
-_LORA_MARKERS = (".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", ".lora.down.", ".lora.up.",
+_LORA_MARKERS = (".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", "lora.down.", "lora.up.",
                  "lora_linear_layer", ".hada_w1_", ".hada_w2_", ".lokr_w1", ".lokr_w2", ".oft_",
                  "lora_magnitude_vector", ".dora_scale")
 _FOREIGN = (  # marker key fragment -> what the file is
@@ -317,7 +317,7 @@ def lora_format(keys: list[str] | dict[str, Any]) -> str:
         return "lycoris-locon" if conv else "kohya"
     if any(".lora_A." in k or ".lora_B." in k for k in names):
         return "peft"
-    if any(".lora.down." in k or "lora_linear_layer" in k for k in names):
+    if any("lora.down." in k or "lora_linear_layer" in k for k in names):
         return "diffusers"
     return "unknown"
 
