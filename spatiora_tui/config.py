@@ -309,6 +309,7 @@ class KeySettings:
     next_task: str = field(default="ctrl+t", metadata=_doc("Switch to the next task mode.", _keys))
     history: str = field(default="ctrl+o", metadata=_doc("Open this session's and earlier images.", _keys))
     save: str = field(default="ctrl+s", metadata=_doc("Save the last image again after its save failed.", _keys))
+    models: str = field(default="ctrl+l", metadata=_doc("Pick the base model from the checkpoints found.", _keys))
     quit: str = field(default="ctrl+q", metadata=_doc("Quit.", _keys))
 
 

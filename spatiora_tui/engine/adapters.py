@@ -34,22 +34,12 @@ from spatiora_tui.engine.pipeline import PICKLE_REFUSED, PICKLE_SUFFIXES, unpick
 from spatiora_tui.hw.watchdog import MemoryReading, read_memory
 from spatiora_tui.library.catalog import Listing, scan
 from spatiora_tui.library.hashing import addnet_hash_of_bytes
-from spatiora_tui.library.identify import lora_base, lora_format
+from spatiora_tui.library.identify import UNSUPPORTED_FORMATS, UNSUPPORTED_HOW, lora_base, lora_format
 from spatiora_tui.library.safetensors_file import FileProblem, parse_header
 
 MB = 2**20
 #: A LoRA down-projection's key in the layouts diffusers reads (peft, Kohya, old diffusers).
 _DOWN_KEY = re.compile(r"(lora_A|lora_down|lora[._]down|lora_linear_layer\.down)\.weight$")
-#: LoRA layouts Spatiora cannot apply exactly, by lora_format's name, as people call them.
-UNSUPPORTED_FORMATS = {
-    "lycoris-loha": "LyCORIS LoHa adapter (hada_w1/hada_w2 tensors)",
-    "lycoris-lokr": "LyCORIS LoKr adapter (lokr_w1/lokr_w2 tensors)",
-    "lycoris-oft": "LyCORIS OFT/BOFT adapter (oft_blocks tensors)",
-    "dora-kohya": "Kohya/LyCORIS DoRA adapter (dora_scale tensors)",
-}
-UNSUPPORTED_HOW = ("Spatiora applies LoRA and LoCon files (Kohya, diffusers and peft layouts, peft DoRA) exactly, "
-                   "and this format it cannot yet; convert it to a LoRA (kohya's sd-scripts can extract one) or use "
-                   "another adapter")
 #: The phases of a switch, in the order they happen; a report lists those that took place.
 PHASES = ("unfuse", "read", "parse", "plan", "to device", "inject", "copy", "activate", "fuse")
 

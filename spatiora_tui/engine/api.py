@@ -143,6 +143,7 @@ class ModelChoice:
     #: What it is ("SD 1.x", "SDXL inpainting"), or why it cannot be loaded.
     kind: str
     loadable: bool = True
+    current: bool = False  # the base model loaded now
 
 
 @dataclass(frozen=True)

@@ -129,7 +129,7 @@ class LocalEngine:
         from spatiora_tui.library.identify import identify_checkpoint
         from spatiora_tui.library.safetensors_file import FileProblem
 
-        current = self._model.source if self._model is not None else None
+        current = resolve_source(self._settings, self._model.source) if self._model is not None else None
         choices = []
         for entry in scan(library_folders(self._settings).checkpoints).entries.values():
             if entry.pickle and not self._settings.security.allow_pickle:
@@ -141,8 +141,8 @@ class LocalEngine:
                     kind, loadable = identify_checkpoint(entry.path).variant.label, True
                 except (FileProblem, _Problem) as exc:
                     kind, loadable = str(exc).split("; ", 1)[0].replace(entry.path.name + " ", "", 1), False
-            choices.append(ModelChoice(entry.name, str(entry.path), entry.size / 2**20, kind, loadable))
-        del current
+            choices.append(ModelChoice(entry.name, str(entry.path), entry.size / 2**20, kind, loadable,
+                                       current=str(entry.path) == current))
         return tuple(choices)
 
     def generate(

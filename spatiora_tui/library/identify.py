@@ -299,6 +299,17 @@ def _check_yaml_agrees(path: Path, hints: dict[str, Any], family: str, inpaint: 
 
 # -- LoRAs and embeddings ----------------------------------------------------------------------
 
+#: LoRA layouts Spatiora cannot apply exactly, by lora_format's name, as people call them.
+UNSUPPORTED_FORMATS = {
+    "lycoris-loha": "LyCORIS LoHa adapter (hada_w1/hada_w2 tensors)",
+    "lycoris-lokr": "LyCORIS LoKr adapter (lokr_w1/lokr_w2 tensors)",
+    "lycoris-oft": "LyCORIS OFT/BOFT adapter (oft_blocks tensors)",
+    "dora-kohya": "Kohya/LyCORIS DoRA adapter (dora_scale tensors)",
+}
+UNSUPPORTED_HOW = ("Spatiora applies LoRA and LoCon files (Kohya, diffusers and peft layouts, peft DoRA) exactly, "
+                   "and this format it cannot yet; convert it to a LoRA (kohya's sd-scripts can extract one) or use "
+                   "another adapter")
+
 def lora_format(keys: list[str] | dict[str, Any]) -> str:
     """The layout a LoRA file's tensors are in."""
     names = list(keys)

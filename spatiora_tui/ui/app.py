@@ -7,6 +7,7 @@ The first frame is drawn before torch is imported: the model loads in a worker.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -44,10 +45,13 @@ from spatiora_tui.ui.messages import (
     ModelLoaded,
     ModelLoadFailed,
     ModelLoadProgressed,
+    ModelSwitched,
+    ModelSwitchFailed,
     StepPreviewReady,
 )
 from spatiora_tui.ui.pacing import PreviewPacer
 from spatiora_tui.ui.screens.history import HistoryScreen
+from spatiora_tui.ui.screens.models import ModelPicker
 from spatiora_tui.ui.text import markup_safe
 from spatiora_tui.ui.widgets.hardware_pane import HardwarePane
 from spatiora_tui.ui.widgets.preview_pane import PreviewPane
@@ -62,7 +66,7 @@ if TYPE_CHECKING:
 PAINT_WAIT_S = 0.5
 
 #: Binding ids, which are also the [keys] names in config.toml.
-KEY_ACTIONS = ("generate", "cancel", "next_task", "history", "save", "quit")
+KEY_ACTIONS = ("generate", "cancel", "next_task", "history", "save", "models", "quit")
 
 
 class SpatioraApp(App[None], inherit_bindings=False):
@@ -81,6 +85,8 @@ class SpatioraApp(App[None], inherit_bindings=False):
         Binding("ctrl+o", "history", "History", id="history", priority=True, tooltip="Browse the images"),
         Binding("ctrl+s", "save", "Save again", id="save", priority=True,
                 tooltip="Save the last image again (shown when its save failed)"),
+        Binding("ctrl+l", "models", "Model", id="models", priority=True,
+                tooltip="Pick the base model from the checkpoints in your folders"),
         Binding("ctrl+q", "quit", "Quit", id="quit", priority=True, tooltip="Quit Spatiora"),
         Binding("ctrl+c", "help_quit", show=False, system=True),
     ]
@@ -108,6 +114,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self._generation: Worker | None = None
         self._pending_task: str | None = None
         self._switching = False
+        self._model_switching = False
         self._peaks_task: str | None = None  # the task whose stage peaks the pane shows
         self.preview_pacer = PreviewPacer(settings.ui.preview_fps, settings.ui.preview_cpu_budget)
         # While generating, the newest step and hardware sample wait here for the frame clock.
@@ -199,12 +206,71 @@ class SpatioraApp(App[None], inherit_bindings=False):
     def on_model_loaded(self, message: ModelLoaded) -> None:
         model = message.model
         self._model_ready = True
-        self.sub_title = f"{model.name} · {model.family_label} · {model.device} {model.dtype}"
+        self._show_model(model)
         note = (" — images look like noise, every mechanism is real; set model.source "
                 "for a real model (docs/models.md)") if model.random_weights else ""
         self.preview_pane.model_ready(f"ready: type a prompt, press Enter or {self._key('generate')}")
         self.say(f"model ready: {model.name}{note}")
         self.refresh_bindings()
+
+    def _show_model(self, model: Any) -> None:
+        self.sub_title = f"{model.name} · {model.variant or model.family_label} · {model.device} {model.dtype}"
+        self.task_pane.set_model(model.name)
+
+    # -- the base model -----------------------------------------------------------------------
+
+    def action_models(self) -> None:
+        if not self._model_ready:
+            self.say("the model is still loading; pick another one once it is ready")
+            return
+        if self._generation is not None or self._switching:
+            self.say("a generation or task switch is running; pick a model when it ends")
+            return
+        self.push_screen(ModelPicker(self.engine), self._model_chosen)
+
+    def _model_chosen(self, source: str | None) -> None:
+        if source is None:
+            return
+        self._model_ready = False
+        self._model_switching = True
+        self.refresh_bindings()
+        self.preview_pane.loading(f"loading {Path(source).name}…")
+        self.say(f"loading {Path(source).name} in the background (the current model is freed first)…")
+        self._switch_model(source, self.task_pane.active)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="load")
+    def _switch_model(self, source: str, task: str | None) -> None:
+        progress = lambda text: self.post_message(ModelLoadProgressed(text))  # noqa: E731
+        try:
+            switch = self.engine.switch_model(source, on_progress=progress)
+        except EngineError as exc:
+            self.post_message(ModelSwitchFailed(str(exc), self.engine.model))
+            return
+        self.post_message(ModelSwitched(switch))
+        if task is not None:
+            try:  # the task's adapters again, on the new model; reported with the model's load
+                task_switch = self.engine.switch_task(task)
+            except EngineError as exc:
+                self.post_message(AdapterSwitchFailed(task, str(exc)))
+                return
+            self.post_message(AdapterSwitched(dataclasses.replace(task_switch, model_switch=switch)))
+
+    def on_model_switched(self, message: ModelSwitched) -> None:
+        switch = message.switch
+        self._model_ready = True
+        self._model_switching = False
+        self.refresh_bindings()
+        self._show_model(switch.model)
+        self.say(switch.summary())  # the task switch that follows adds its own part
+
+    def on_model_switch_failed(self, message: ModelSwitchFailed) -> None:
+        self._model_switching = False
+        self._model_ready = message.model is not None
+        self.refresh_bindings()
+        if message.model is not None:
+            self._show_model(message.model)
+            self.preview_pane.model_ready(f"{message.model.name} is still loaded")
+        self.say(f"could not load the model: {message.error}", error=True)
 
     def on_model_load_failed(self, message: ModelLoadFailed) -> None:
         self.sub_title = "model failed to load"
@@ -282,6 +348,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
                             self.action_cancel)
         yield SystemCommand("Next task mode", f"Switch task ({self._key('next_task')})", self.action_next_task)
         yield SystemCommand("History", f"Browse images ({self._key('history')})", self.action_history)
+        yield SystemCommand("Model", f"Pick the base model ({self._key('models')})", self.action_models)
         for name in self._tasks:
             yield SystemCommand(f"Task: {name}", self._tasks[name].description or "switch task mode",
                                 lambda name=name: self.request_switch(name))
@@ -320,8 +387,9 @@ class SpatioraApp(App[None], inherit_bindings=False):
 
     @work(thread=True, exit_on_error=False, group="switch")
     def _switch(self, name: str) -> None:
+        progress = lambda text: self.post_message(ModelLoadProgressed(text))  # noqa: E731 - a task's own model
         try:
-            self.post_message(AdapterSwitched(self.engine.switch_task(name)))
+            self.post_message(AdapterSwitched(self.engine.switch_task(name, on_progress=progress)))
         except EngineError as exc:
             self.post_message(AdapterSwitchFailed(name, str(exc)))
 
@@ -329,6 +397,15 @@ class SpatioraApp(App[None], inherit_bindings=False):
         switch = message.switch
         self._switching = False
         text = switch.summary()
+        if switch.model_switch is not None:
+            self._show_model(switch.model_switch.model)
+            if self._tasks[switch.task].model is not None:
+                self.task_pane.record_load(switch.task, switch.model_switch.duration_ms)
+            self.preview_pane.model_ready(f"{switch.model_switch.model.name} ready: type a prompt, press Enter "
+                                          f"or {self._key('generate')}")
+            text = f"{switch.model_switch.summary()}; {text}"
+            for note in switch.model_switch.notes:
+                self.notify(markup_safe(note), severity="warning", timeout=10)
         self.task_pane.set_active(switch.task, text, switch.adapters, switch.warning)
         self.prompt_pane.fill_from_task(self._tasks[switch.task])
         if switch.warning:
@@ -510,6 +587,9 @@ class SpatioraApp(App[None], inherit_bindings=False):
             self.preview_pane.failed()
         elif event.worker.group == "switch":
             self._switching = False
+        elif event.worker.group == "load" and self._model_switching:
+            self._model_switching = False
+            self._model_ready = self.engine.model is not None
         self.say(f"unexpected error in {event.worker.group}: {text}", error=True)
 
     # -- hardware -----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from textual.message import Message
 
-from spatiora_tui.engine.api import AdapterSwitch, GenerationResult, ModelInfo, StepPreview
+from spatiora_tui.engine.api import AdapterSwitch, GenerationResult, ModelInfo, ModelSwitch, StepPreview
 from spatiora_tui.hw import HardwareSnapshot
 
 
@@ -30,6 +30,23 @@ class ModelLoadFailed(Message):
     def __init__(self, error: str) -> None:
         super().__init__()
         self.error = error
+
+
+class ModelSwitched(Message):
+    """The base model was replaced (from the model picker)."""
+
+    def __init__(self, switch: ModelSwitch) -> None:
+        super().__init__()
+        self.switch = switch
+
+
+class ModelSwitchFailed(Message):
+    """Replacing the base model failed; `model` is what is loaded now (None: nothing)."""
+
+    def __init__(self, error: str, model: ModelInfo | None) -> None:
+        super().__init__()
+        self.error = error
+        self.model = model
 
 
 class AdapterSwitched(Message):

@@ -19,7 +19,9 @@ from spatiora_tui.engine.api import (
     GenerationRequest,
     GenerationResult,
     MemoryPeaks,
+    ModelChoice,
     ModelInfo,
+    ModelSwitch,
     ResolvedRequest,
     StepCallback,
     StepPreview,
@@ -43,7 +45,11 @@ class FakeEngine:
     switch_warning: str | None = None  # a leak watchdog warning every switch reports
     prefetched: list[str] = field(default_factory=list)
     telemetry: Telemetry | None = None  # the app's: stages are marked on it as the real engine does
+    choices: tuple[ModelChoice, ...] = ()  # what the model picker lists
+    fail_model_switch: str | None = None
+    model_switches: list[str] = field(default_factory=list)
     _active: str | None = None
+    _model: ModelInfo | None = None
 
     @property
     def tasks(self) -> tuple[TaskSettings, ...]:
@@ -58,14 +64,39 @@ class FakeEngine:
             on_progress("loading fake-model")
         if self.fail_load:
             raise EngineError(self.fail_load)
+        self._model = MODEL
         return MODEL
 
-    def switch_task(self, name: str) -> AdapterSwitch:
+    @property
+    def model(self) -> ModelInfo | None:
+        return self._model
+
+    def models(self) -> tuple[ModelChoice, ...]:
+        return self.choices
+
+    def switch_model(self, source: str, on_progress=None) -> ModelSwitch:
+        if on_progress:
+            on_progress(f"loading {source}")
+        if self.fail_model_switch:
+            raise EngineError(self.fail_model_switch)
+        self.model_switches.append(source)
+        previous = self._model
+        name = source.rsplit("/", 1)[-1].removesuffix(".safetensors")
+        self._model = ModelInfo(name=name, source=source, kind="single_file", family="sd1", device="cpu",
+                                dtype="fp32", variant="SD 1.x")
+        self._active = None
+        return ModelSwitch(self._model, previous.source if previous else None, 1500.0,
+                           notes=(f"task 'interior': adapter 'interior' is for SDXL, the base model is now SD 1.x",))
+
+    def switch_task(self, name: str, on_progress=None) -> AdapterSwitch:
         task = self.settings.task(name)
+        model_switch = None
+        if task.model is not None and self._model is not None and task.model != self._model.name:
+            model_switch = self.switch_model(task.model, on_progress)
         self.switches.append(name)
         self._active = name
         return AdapterSwitch(task=name, adapters=tuple((a.name, a.weight or 1.0) for a in task.adapters),
-                             duration_ms=6.0, warning=self.switch_warning)
+                             duration_ms=6.0, warning=self.switch_warning, model_switch=model_switch)
 
     def prefetch(self, task: str) -> None:
         self.prefetched.append(task)

@@ -3,6 +3,8 @@ time the last switch took."""
 
 from __future__ import annotations
 
+from pathlib import PurePath
+
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.message import Message
@@ -44,6 +46,8 @@ class TaskPane(Vertical):
         self._switch_text = "not switched yet"
         self._weights: tuple[tuple[str, float], ...] | None = None  # in force after the last switch
         self._warning: str | None = None
+        self._model: str | None = None  # the name of the base model loaded now
+        self._load_ms: dict[str, float] = {}  # task -> how long loading its own base model took last
 
     def compose(self) -> ComposeResult:
         yield OptionList(*[Option(self._label(t), id=t.name) for t in self._tasks], id="task-list")
@@ -67,6 +71,23 @@ class TaskPane(Vertical):
             self._pending = None
         self._relabel()
 
+    def set_model(self, name: str) -> None:
+        """The base model loaded now (tasks that name another one are marked: switching reloads)."""
+        if name != self._model:
+            self._model = name
+            self._relabel()
+
+    def record_load(self, task: str, duration_ms: float) -> None:
+        """How long loading `task`'s own base model took."""
+        self._load_ms[task] = duration_ms
+        self._refresh_detail()
+
+    def reloads(self, task: TaskSettings) -> bool:
+        """Whether switching to `task` loads another base model."""
+        if task.model is None or self._model is None:
+            return False
+        return task.model not in (self._model, ) and PurePath(task.model).stem != PurePath(self._model).stem
+
     def set_pending(self, name: str | None) -> None:
         if name == self._pending:
             return  # every generation's end clears it: relabelling for nothing cost a layout
@@ -81,7 +102,8 @@ class TaskPane(Vertical):
 
     def _label(self, task: TaskSettings) -> str:
         mark = "●" if task.name == self._active else ("…" if task.name == self._pending else " ")
-        return f"{mark} [b]{markup_safe(task.name)}[/]"
+        reload = "  [dim]⟳ own model[/]" if self.reloads(task) else ""
+        return f"{mark} [b]{markup_safe(task.name)}[/]{reload}"
 
     def _refresh_detail(self) -> None:
         task = next((t for t in self._tasks if t.name == self._active), None)
@@ -95,6 +117,7 @@ class TaskPane(Vertical):
         adapters = ", ".join(f"{markup_safe(name)} @ {weight}" for name, weight in pairs) or "none (base model)"
         lines = [
             f"[i]{markup_safe(task.description)}[/]" if task.description else "",
+            f"model     {markup_safe(task.model)}{self._load_note(task)}" if task.model else "",
             f"adapters  {adapters}",
             f"settings  {task.steps} steps · CFG {task.guidance:g} · {task.scheduler} · {task.width}x{task.height}",
             f"[dim]{markup_safe(self._switch_text)}[/]",
@@ -102,7 +125,15 @@ class TaskPane(Vertical):
         ]
         if self._pending:
             lines.append(f"[b]next: {markup_safe(self._pending)}[/] (after the running generation)")
+        others = [t for t in self._tasks if t.name != task.name and self.reloads(t)]
+        if others:
+            lines.append("[dim]⟳ " + ", ".join(f"{markup_safe(t.name)}{self._load_note(t)}" for t in others)
+                         + ": switching loads its own base model[/]")
         self.query_one("#task-detail", Static).update("\n".join(line for line in lines if line))
+
+    def _load_note(self, task: TaskSettings) -> str:
+        last = self._load_ms.get(task.name)
+        return f" (last load {last / 1000:.1f} s)" if last is not None else ""
 
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
         event.stop()
