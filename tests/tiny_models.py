@@ -3,7 +3,8 @@
 Each is the real diffusers architecture at toy width (a few hundred KB), with the real CLIP
 tokenizer Spatiora ships, so a test can write it as an AUTOMATIC1111-layout single file
 (tests/layouts.py) and load it as a user's checkpoint. Their config folder is written beside,
-since the shipped ones describe the full-size models ([model] config points at it).
+since the shipped ones describe the full-size models: NAME.config/ beside NAME.safetensors is
+used for that file (as a user keeps one for a model of an unusual architecture).
 """
 
 from __future__ import annotations
@@ -94,5 +95,5 @@ def write_checkpoint(folder: Path, family: str = "sd1", inpaint: bool = False, n
     pipe = tiny_pipeline(family, inpaint, seed)
     stem = name or f"tiny-{family}{'-inpaint' if inpaint else ''}"
     path = layouts.save_single_file(pipe, folder / f"{stem}.safetensors", extra, metadata)
-    config = write_config_folder(pipe, folder / f"{stem}-config")
+    config = write_config_folder(pipe, folder / f"{stem}.config")  # found beside it, as a user keeps one
     return path, config, pipe

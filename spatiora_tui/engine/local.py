@@ -180,7 +180,13 @@ class LocalEngine:
         from spatiora_tui.engine.pipeline import load_pipeline
 
         folders = library_folders(self._settings)
-        model_settings = dataclasses.replace(self._settings.model, source=resolve_source(self._settings, source))
+        resolved = resolve_source(self._settings, source)
+        configured = self._settings.model
+        # [model] variant and config describe model.source; another checkpoint (the picker's, a
+        # task's own) is identified from its own file.
+        own = resolved == resolve_source(self._settings, configured.source)
+        model_settings = dataclasses.replace(configured, source=resolved, variant=configured.variant if own else "auto",
+                                             config=configured.config if own else "")
         with self._telemetry.stage("load base", task=None):
             if self._loader is not None:
                 pipe, model, demo_adapters = self._loader(model_settings, self._cache_dir, on_progress)
@@ -216,7 +222,9 @@ class LocalEngine:
         resolved = resolve_source(self._settings, source)
         candidate = classify_source(resolved, self._settings.security.allow_pickle)
         if candidate.kind == "single_file":  # identify it first: a LoRA or a Flux file changes nothing
-            single_file_plan(Path(candidate.value), self._settings.model)
+            own = resolved == resolve_source(self._settings, self._settings.model.source)
+            single_file_plan(Path(candidate.value), self._settings.model if own else
+                             dataclasses.replace(self._settings.model, variant="auto", config=""))
         if previous is not None and resolve_source(self._settings, previous.source) == resolved:
             return ModelSwitch(previous, previous.source, 0.0, notes=("already loaded",))
         start = time.perf_counter()

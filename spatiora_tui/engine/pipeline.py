@@ -175,11 +175,14 @@ def single_file_plan(path: Path, settings: ModelSettings) -> tuple[Any, Path]:
 
     header = _pickle_header(path) if path.suffix.lower() in PICKLE_SUFFIXES else None
     info = identify_checkpoint(path, settings.variant, header)
+    beside = path.with_name(f"{path.stem}.config")
     if settings.config:
         folder = Path(settings.config).expanduser()
         if not (folder / "model_index.json").is_file():
             raise EngineError(f"[model] config = {settings.config!r} is not a diffusers config folder (no "
                               "model_index.json in it); fix the path or leave config empty")
+    elif (beside / "model_index.json").is_file():
+        folder = beside  # NAME.config/ beside NAME.safetensors: this file's own architecture
     else:
         folder = CONFIGS / info.variant.config
     return info, folder
@@ -286,8 +289,8 @@ def _check_complete(pipe: Any, name: str) -> None:
     for component, model in pipe.components.items():
         missing = [n for n, p in getattr(model, "named_parameters", lambda: [])() if p.is_meta]
         if missing:
-            raise EngineError(f"{name} lacks {len(missing)} weights of its {component} (e.g. {missing[0]}); "
-                              "the file is incomplete or of another architecture: download it again")
+            raise EngineError(f"{name} lacks weights the architecture needs ({len(missing)} of its {component}, e.g. "
+                              f"{missing[0]}); the file is incomplete or of another architecture: download it again")
 
 
 def load_pipeline(
@@ -402,10 +405,14 @@ def _explain_load_failure(source: ModelSource, exc: Exception) -> str:
     if "safetensors" in text.lower() and source.kind in ("folder", "hub"):
         return (f"{source.name} has no .safetensors weights for every part (only pickle .bin files); "
                 f"{PICKLE_REFUSED}")
-    if source.kind == "single_file" and ("local_files_only" in text or "connect" in text.lower()):
-        return (
-            f"{source.value}: a single-file checkpoint needs its model's config files, which are not in "
-            "the local Hugging Face cache; convert it to a diffusers folder once on a machine with "
-            "network, or use a diffusers folder"
-        )
+    mismatch = re.search(r"because (\S+) expected shape torch.Size\((\[[^\]]*\])\), but got torch.Size\((\[[^\]]*\])\)",
+                         text)
+    if source.kind == "single_file" and mismatch:
+        name, expected, got = mismatch.groups()
+        return (f"{source.name}: its tensors do not fit the architecture it was loaded as ({name} is {got}, "
+                f"the architecture has {expected}), so it is a model of another size; put its diffusers config "
+                f"folder beside it as {source.name}.config/ (or set [model] config), or pin [model] variant")
+    if source.kind == "single_file" and "meta tensor" in text:
+        return (f"{source.name} lacks weights the architecture needs (diffusers found no data for some of them); "
+                "the file is incomplete or of another architecture: download it again")
     return f"could not load model {source.name!r} ({source.kind}): {text}"
