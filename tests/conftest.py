@@ -73,3 +73,32 @@ def engine(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     eng = LocalEngine(small_settings(tmp_path_factory.mktemp("engine-root")), cache_dir=cache_dir)
     eng.load()
     return eng
+
+
+# -- tiny single-file checkpoints of every family ------------------------------------------------
+
+FAMILIES = (("sd1", False), ("sd2", False), ("sdxl", False), ("sd1", True), ("sdxl", True))
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiny:
+    family: str
+    inpaint: bool
+    path: Path
+    config: Path
+    pipe: object  # the pipeline the file was written from (do not load adapters into it)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Tiny]:
+    from tests.tiny_models import write_checkpoint
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    made = {}
+    for family, inpaint in FAMILIES:
+        key = f"{family}{'-inpaint' if inpaint else ''}"
+        path, config, pipe = write_checkpoint(root / key, family, inpaint)
+        made[key] = Tiny(family, inpaint, path, config, pipe)
+    return made
+
+

@@ -1,37 +1,11 @@
-"""Tiny checkpoints of every family, written once per session in the AUTOMATIC1111 layout."""
+"""Settings for engines on the tiny single-file checkpoints (the `tiny` fixture: tests/conftest.py)."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
-import pytest
-
 from spatiora_tui.config import ModelSettings, PathSettings, Settings, TaskSettings
-
-FAMILIES = (("sd1", False), ("sd2", False), ("sdxl", False), ("sd1", True), ("sdxl", True))
-
-
-@dataclasses.dataclass(frozen=True)
-class Tiny:
-    family: str
-    inpaint: bool
-    path: Path
-    config: Path
-    pipe: object  # the pipeline the file was written from (do not load adapters into it)
-
-
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Tiny]:
-    from tests.tiny_models import write_checkpoint
-
-    root = tmp_path_factory.mktemp("checkpoints")
-    made = {}
-    for family, inpaint in FAMILIES:
-        key = f"{family}{'-inpaint' if inpaint else ''}"
-        path, config, pipe = write_checkpoint(root / key, family, inpaint)
-        made[key] = Tiny(family, inpaint, path, config, pipe)
-    return made
+from tests.conftest import FAMILIES, Tiny  # noqa: F401 - engine tests import them from here
 
 
 def tiny_settings(model: Tiny, root: Path, **paths: tuple[str, ...]) -> Settings:
