@@ -582,6 +582,7 @@ def _cmd_doctor(settings: Settings) -> int:
 
     _doctor_device(settings, row, problems)
     _doctor_nvml(row)
+    _doctor_paths(settings, row, problems)
     _doctor_model(settings, row, problems)
     _doctor_adapters(settings, row, problems)
     _doctor_output(settings, row, problems)
@@ -636,8 +637,10 @@ def _doctor_model(settings: Settings, row: Callable[[str, str], None], problems:
     from spatiora_tui.engine.api import EngineError
     from spatiora_tui.engine.pipeline import classify_source
 
+    from spatiora_tui.library.catalog import resolve_source
+
     try:
-        source = classify_source(settings.model.source, settings.security.allow_pickle)
+        source = classify_source(resolve_source(settings), settings.security.allow_pickle)
     except EngineError as exc:
         row("model", f"{settings.model.source} — PROBLEM")
         problems.append(str(exc))
@@ -648,8 +651,38 @@ def _doctor_model(settings: Settings, row: Callable[[str, str], None], problems:
         folder = demo_dir(user_cache_dir())
         state = verify_demo(folder) if folder.exists() else "not built yet (built on first use, ~1 s)"
         row("model", f"demo (random weights) at {folder}: {state or 'intact'}")
+    elif source.kind == "single_file":
+        from spatiora_tui.engine.pipeline import single_file_plan
+
+        try:
+            info, config = single_file_plan(Path(source.value), settings.model)
+        except EngineError as exc:
+            row("model", f"{source.value} — PROBLEM")
+            problems.append(str(exc))
+            return
+        row("model", f"{source.value}: {info.variant.label} ({info.how}); builds with {config}")
     else:
         row("model", f"{source.value} ({source.kind})")
+
+
+def _doctor_paths(settings: Settings, row: Callable[[str, str], None], problems: list[str]) -> None:
+    from spatiora_tui.library.catalog import library_folders, scan
+
+    try:
+        folders = library_folders(settings)
+    except ConfigError as exc:
+        row("paths", "PROBLEM")
+        problems.append(str(exc))
+        return
+    for install in folders.installs:
+        row("install", f"{install.kind}: {install.root}")
+    for label, where in (("checkpoints", folders.checkpoints), ("loras", folders.loras),
+                         ("embeddings", folders.embeddings)):
+        present = [p for p in where if p.is_dir()]
+        count = len(scan(tuple(present)).entries) if present else 0
+        row(label, f"{count} file(s) in {', '.join(map(str, present)) or 'no folder'}")
+    for missing in folders.missing:
+        problems.append(f"{missing} is named in [paths] but does not exist; fix the path in config.toml")
 
 
 def _doctor_adapters(settings: Settings, row: Callable[[str, str], None], problems: list[str]) -> None:
@@ -662,9 +695,11 @@ def _doctor_adapters(settings: Settings, row: Callable[[str, str], None], proble
     dirs = [settings.adapter_dir]
     if settings.model.source == "demo":
         dirs.append(demo_dir(user_cache_dir()) / "adapters")
-    manager = LoraManager(pipe=None, family="", search_dirs=dirs)
+    from spatiora_tui.library.catalog import library_folders
+
+    manager = LoraManager(pipe=None, family="", search_dirs=dirs, library_dirs=library_folders(settings).loras)
     found = manager.available()
-    row("adapters", f"{len(found)} file(s) in {', '.join(str(d) for d in dirs)}")
+    row("adapters", f"{len(found)} file(s) in {', '.join(str(d) for d in dirs)} and the [paths] LoRA folders")
     for name, path in sorted(found.items()):
         try:
             with safe_open(str(path), framework="pt") as fh:
