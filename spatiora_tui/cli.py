@@ -324,7 +324,7 @@ def _cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
     engine = LocalEngine(settings, telemetry=telemetry)
     model = engine.load(on_progress=lambda msg: status(f"{msg}…"))
     status(None)
-    print(f"model: {model.name} · {model.family_label} · {model.device} {model.dtype}", file=sys.stderr)
+    print(f"model: {model.name} · {model.variant or model.family_label} · {model.device} {model.dtype}", file=sys.stderr)
     if model.random_weights:
         print(DEMO_NOTE, file=sys.stderr)
     switch = engine.switch_task(task.name)

@@ -127,6 +127,7 @@ class LocalEngine:
         """Not on the engine thread: it reads file headers only, and may run beside a generation."""
         from spatiora_tui.engine.api import EngineError as _Problem
         from spatiora_tui.library.identify import identify_checkpoint
+        from spatiora_tui.library.listing import short_problem
         from spatiora_tui.library.safetensors_file import FileProblem
 
         current = resolve_source(self._settings, self._model.source) if self._model is not None else None
@@ -140,7 +141,7 @@ class LocalEngine:
                 try:
                     kind, loadable = identify_checkpoint(entry.path).variant.label, True
                 except (FileProblem, _Problem) as exc:
-                    kind, loadable = str(exc).split("; ", 1)[0].replace(entry.path.name + " ", "", 1), False
+                    kind, loadable = short_problem(exc, entry.path), False
             choices.append(ModelChoice(entry.name, str(entry.path), entry.size / 2**20, kind, loadable,
                                        current=str(entry.path) == current))
         return tuple(choices)

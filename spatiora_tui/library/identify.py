@@ -154,11 +154,12 @@ def looks_like(header: Header) -> str:
 def identify_checkpoint(path: Path, pinned: str = "auto", header: Header | None = None) -> CheckpointInfo:
     """The variant of the single-file checkpoint at `path`, or FileProblem saying why it cannot
     be loaded (what it looks like and what to do)."""
-    header = header or read_header(path)
+    header = header or read_header(path, "checkpoint")
     keys = header.tensors
     what = looks_like(header)
     if what != "a Stable Diffusion checkpoint":
-        raise FileProblem(f"{path.name} is {what}, not a Stable Diffusion checkpoint; {_where_it_goes(what)}")
+        raise FileProblem(f"{path.name} is {what}, not a Stable Diffusion checkpoint (it holds no Stable Diffusion "
+                          f"UNet); {_where_it_goes(what)}")
     in_channels = (header.shape(UNET + "input_blocks.0.0.weight") or (0, 0))[1:2]
     channels = in_channels[0] if in_channels else 0
     if header.has_prefix(SDXL_TE2) and header.has_prefix(SDXL_TE1):
@@ -231,7 +232,8 @@ def _std(values: list[float] | None) -> float | None:
 
 def _where_it_goes(what: str) -> str:
     if what == "a LoRA":
-        return "put it in a LoRA folder ([adapters] dir or [paths] loras) and use it in a task or as <lora:NAME:1>"
+        return ("put it in the adapters folder ([adapters] dir) or a [paths] loras folder and use it in a task or "
+                "as <lora:NAME:1>")
     if what == "a textual-inversion embedding":
         return "put it in an embeddings folder ([paths] embeddings) and write its name in a prompt"
     if what == "a VAE":

@@ -42,6 +42,12 @@ class Report:
     rows: list[Row] = field(default_factory=list)
 
 
+def short_problem(exc: Exception, path: Path) -> str:
+    """A refusal's first clause without the file name: "a Flux model, not a Stable Diffusion
+    checkpoint", for a list that names the file already."""
+    return str(exc).removeprefix(f"{path.name} ").split("; ")[0].split(" (")[0].removeprefix("is ")
+
+
 def describe(entry: Entry, kind: str, hashes: HashCache | None, progress: Callable[[Entry], Progress] | None,
              allow_pickle: bool) -> Row:
     """One file as a Row: identified, and hashed when `hashes` is given."""
@@ -70,8 +76,7 @@ def describe(entry: Entry, kind: str, hashes: HashCache | None, progress: Callab
             what = FAMILY_LABELS.get(emb.family or "", f"width {emb.widths}")
             details, hash_kind, digits = f"{emb.vectors} vector{'s' if emb.vectors != 1 else ''}", "sha256", 12
     except EngineError as exc:
-        problem = str(exc).removeprefix(f"{entry.path.name} ").split("; ")[0].removeprefix("is ")
-        return Row(kind, entry.name, entry.path, entry.size, problem, ok=False)
+        return Row(kind, entry.name, entry.path, entry.size, short_problem(exc, entry.path), ok=False)
     short = ""
     if hashes is not None:
         try:

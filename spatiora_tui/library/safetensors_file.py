@@ -55,13 +55,14 @@ class Header:
         return any(key.startswith(prefix) for key in self.tensors)
 
 
-def _damaged(path: Path, detail: str) -> FileProblem:
-    return FileProblem(f"{path.name} is not a readable .safetensors file ({detail}); it is damaged or was cut "
+def _damaged(path: Path, detail: str, kind: str = "file") -> FileProblem:
+    return FileProblem(f"{path.name} is not a readable .safetensors {kind} ({detail}); it is damaged or was cut "
                        "short while downloading: download it again")
 
 
-def read_header(path: Path) -> Header:
-    """Read and check the header of `path`. Raises FileProblem with what is wrong."""
+def read_header(path: Path, kind: str = "file") -> Header:
+    """Read and check the header of `path` (a `kind`: "file", "checkpoint", ... as messages
+    name it). Raises FileProblem with what is wrong."""
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as fh:
@@ -70,59 +71,59 @@ def read_header(path: Path) -> Header:
             raw = prefix + fh.read(length) if 2 <= length <= MAX_HEADER else prefix
     except OSError as exc:
         raise FileProblem(f"{path}: cannot read it ({exc.strerror or exc}); check the path and its permissions") from None
-    return parse_header(raw, path, size)
+    return parse_header(raw, path, size, kind)
 
 
-def parse_header(data: bytes, path: Path, size: int | None = None) -> Header:
+def parse_header(data: bytes, path: Path, size: int | None = None, kind: str = "file") -> Header:
     """Check the header at the start of `data` (a whole file, or its first 8 + N bytes) of a
     file of `size` bytes (default: len(data)). Raises FileProblem with what is wrong."""
     size = len(data) if size is None else size
     if len(data) < 8:
-        raise _damaged(path, f"{size} bytes, shorter than a header")
+        raise _damaged(path, f"{size} bytes, shorter than a header", kind)
     length = int.from_bytes(data[:8], "little")
     if length < 2 or length > MAX_HEADER:
-        raise _damaged(path, "its header length is impossible")
+        raise _damaged(path, "its header length is impossible", kind)
     if 8 + length > size or 8 + length > len(data):
-        raise _damaged(path, f"the header needs {8 + length:,} bytes, the file has {size:,}")
+        raise _damaged(path, f"the header needs {8 + length:,} bytes, the file has {size:,}", kind)
     try:
         parsed = json.loads(bytes(data[8 : 8 + length]).decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise _damaged(path, "its header is not the JSON a .safetensors file starts with") from None
+        raise _damaged(path, "its header is not the JSON a .safetensors file starts with", kind) from None
     if not isinstance(parsed, dict):
-        raise _damaged(path, "its header is not a table of tensors")
+        raise _damaged(path, "its header is not a table of tensors", kind)
     metadata = parsed.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict):
-        raise _damaged(path, "its metadata is not a table")
+        raise _damaged(path, "its metadata is not a table", kind)
     metadata = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
     data_size = size - 8 - length
     tensors: dict[str, TensorInfo] = {}
     for name, entry in parsed.items():
-        tensors[name] = _tensor(path, name, entry, data_size)
+        tensors[name] = _tensor(path, name, entry, data_size, kind)
     if not tensors:
         raise FileProblem(f"{path.name} holds no tensors; it is not a model file: replace it")
     return Header(path, size, 8 + length, tensors, metadata)
 
 
-def _tensor(path: Path, name: str, entry: object, data_size: int) -> TensorInfo:
+def _tensor(path: Path, name: str, entry: object, data_size: int, kind: str = "file") -> TensorInfo:
     if not isinstance(entry, dict):
-        raise _damaged(path, f"the entry of {name!r} is not a table")
+        raise _damaged(path, f"the entry of {name!r} is not a table", kind)
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
     if dtype not in DTYPE_SIZES:
-        raise _damaged(path, f"tensor {name!r} has an unknown dtype {dtype!r}")
+        raise _damaged(path, f"tensor {name!r} has an unknown dtype {dtype!r}", kind)
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                               for d in shape):
-        raise _damaged(path, f"tensor {name!r} has a malformed shape")
+        raise _damaged(path, f"tensor {name!r} has a malformed shape", kind)
     if (not isinstance(offsets, list) or len(offsets) != 2
             or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
-        raise _damaged(path, f"tensor {name!r} has malformed byte offsets")
+        raise _damaged(path, f"tensor {name!r} has malformed byte offsets", kind)
     begin, end = offsets
     if not 0 <= begin <= end:
-        raise _damaged(path, f"tensor {name!r} has impossible byte offsets")
+        raise _damaged(path, f"tensor {name!r} has impossible byte offsets", kind)
     if end > data_size:
         raise _damaged(path, f"tensor {name!r} ends at byte {end:,} of the data, which has {data_size:,}: "
-                             "the file is cut short")
+                             "the file is cut short", kind)
     if (end - begin) != math.prod(shape) * DTYPE_SIZES[dtype]:
-        raise _damaged(path, f"tensor {name!r} has {end - begin:,} bytes for a {dtype} tensor of shape {shape}")
+        raise _damaged(path, f"tensor {name!r} has {end - begin:,} bytes for a {dtype} tensor of shape {shape}", kind)
     return TensorInfo(dtype, tuple(shape), begin, end)
 
 

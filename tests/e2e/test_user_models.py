@@ -92,4 +92,4 @@ def test_models_lists_the_install_with_hashes_and_problems(webui, tmp_path: Path
 def test_a_lora_as_model_source_is_refused_in_one_line(webui, tmp_path: Path) -> None:
     folder = project(tmp_path, webui, str(webui / "models" / "Lora" / "oak_sd1.safetensors"), "")
     assert_one_line_failure(spatiora("generate", "x", cwd=folder), 1, "oak_sd1.safetensors is a LoRA",
-                            "LoRA folder")
+                            "adapters folder")
