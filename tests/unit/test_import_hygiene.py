@@ -24,9 +24,19 @@ CORE = [
     "spatiora_tui.engine.demo",
     "spatiora_tui.engine.files",
     "spatiora_tui.engine.local",
+    "spatiora_tui.engine.conditioning",
+    "spatiora_tui.engine.embeddings",
+    "spatiora_tui.engine.clip_tokenizer",
+    "spatiora_tui.prompts",
+    "spatiora_tui.library.catalog",
+    "spatiora_tui.library.identify",
+    "spatiora_tui.library.listing",
 ]
 # Imported by the CLI before it knows what to do, and by the UI: they must stay cheap.
-LIGHT = ["spatiora_tui.config", "spatiora_tui.engine.api", "spatiora_tui.cli", "spatiora_tui.outputs"]
+# The model library answers `spatiora models` and the model picker's list from file headers alone.
+LIGHT = ["spatiora_tui.config", "spatiora_tui.engine.api", "spatiora_tui.cli", "spatiora_tui.outputs",
+         "spatiora_tui.prompts", "spatiora_tui.library.identify", "spatiora_tui.library.listing",
+         "spatiora_tui.library.catalog", "spatiora_tui.library.hashing"]
 
 
 def modules_after_import(module: str) -> set[str]:
