@@ -125,10 +125,8 @@ class LocalEngine:
 
     def models(self) -> tuple[ModelChoice, ...]:
         """Not on the engine thread: it reads file headers only, and may run beside a generation."""
-        from spatiora_tui.engine.api import EngineError as _Problem
         from spatiora_tui.library.identify import identify_checkpoint
         from spatiora_tui.library.listing import short_problem
-        from spatiora_tui.library.safetensors_file import FileProblem
 
         current = resolve_source(self._settings, self._model.source) if self._model is not None else None
         choices = []
@@ -140,7 +138,7 @@ class LocalEngine:
             else:
                 try:
                     kind, loadable = identify_checkpoint(entry.path).variant.label, True
-                except (FileProblem, _Problem) as exc:
+                except EngineError as exc:  # FileProblem is one
                     kind, loadable = short_problem(exc, entry.path), False
             choices.append(ModelChoice(entry.name, str(entry.path), entry.size / 2**20, kind, loadable,
                                        current=str(entry.path) == current))
@@ -173,21 +171,22 @@ class LocalEngine:
             return self._model
         return self._load_model(self._settings.model.source, on_progress)
 
-    def _load_model(self, source: str, on_progress: Callable[[str], None] | None,
-                    keep_ram: Any = None) -> ModelInfo:
+    def _model_settings(self, resolved: str) -> Any:
+        """[model] settings for loading `resolved`: variant and config describe model.source
+        only; another checkpoint (the picker's, a task's own) is identified from its own file."""
+        configured = self._settings.model
+        if resolved == resolve_source(self._settings, configured.source):
+            return dataclasses.replace(configured, source=resolved)
+        return dataclasses.replace(configured, source=resolved, variant="auto", config="")
+
+    def _load_model(self, source: str, on_progress: Callable[[str], None] | None) -> ModelInfo:
         """Load `source` as the base model and build its adapter and embedding managers."""
         from spatiora_tui.engine.adapters import LoraManager
         from spatiora_tui.engine.embeddings import EmbeddingManager
         from spatiora_tui.engine.pipeline import load_pipeline
 
         folders = library_folders(self._settings)
-        resolved = resolve_source(self._settings, source)
-        configured = self._settings.model
-        # [model] variant and config describe model.source; another checkpoint (the picker's, a
-        # task's own) is identified from its own file.
-        own = resolved == resolve_source(self._settings, configured.source)
-        model_settings = dataclasses.replace(configured, source=resolved, variant=configured.variant if own else "auto",
-                                             config=configured.config if own else "")
+        model_settings = self._model_settings(resolve_source(self._settings, source))
         with self._telemetry.stage("load base", task=None):
             if self._loader is not None:
                 pipe, model, demo_adapters = self._loader(model_settings, self._cache_dir, on_progress)
@@ -204,8 +203,6 @@ class LocalEngine:
                                   adapters.resident_mb, adapters.fuse,
                                   allow_pickle=self._settings.security.allow_pickle,
                                   library_dirs=folders.loras)
-        if keep_ram is not None:
-            self._loras.adopt_ram_cache(keep_ram)
         self._embeddings = EmbeddingManager(pipe, model.family, folders.embeddings, self._hashes)
         self._active_task = None
         freeze_long_lived()
@@ -223,16 +220,12 @@ class LocalEngine:
         resolved = resolve_source(self._settings, source)
         candidate = classify_source(resolved, self._settings.security.allow_pickle)
         if candidate.kind == "single_file":  # identify it first: a LoRA or a Flux file changes nothing
-            own = resolved == resolve_source(self._settings, self._settings.model.source)
-            single_file_plan(Path(candidate.value), self._settings.model if own else
-                             dataclasses.replace(self._settings.model, variant="auto", config=""))
+            single_file_plan(Path(candidate.value), self._model_settings(resolved))
         if previous is not None and resolve_source(self._settings, previous.source) == resolved:
             return ModelSwitch(previous, previous.source, 0.0, notes=("already loaded",))
         start = time.perf_counter()
         before = read_memory()
-        same_family_ram = None
-        if self._loras is not None:
-            same_family_ram = self._loras.release()  # the RAM tier; the device tiers go with the model
+        ram = self._loras.release() if self._loras is not None else None  # the device tiers go with the model
         on_cuda = previous is not None and previous.device == "cuda"
         self._pipe = self._model = self._loras = self._embeddings = None
         self._active_task = None
@@ -241,16 +234,18 @@ class LocalEngine:
         gc.unfreeze()
         release_memory(on_cuda)
         try:
-            model = self._load_model(source, on_progress, keep_ram=None)
+            model = self._load_model(source, on_progress)
         except EngineError as exc:
             if previous is None:
                 raise
             if on_progress is not None:
                 on_progress(f"could not load {source}; loading {previous.name} again")
-            self._load_model(previous.source, on_progress, keep_ram=same_family_ram)
+            self._load_model(previous.source, on_progress)
+            if ram:
+                self._loras.adopt_ram_cache(ram)
             raise EngineError(f"{exc} ({previous.name} was loaded again)") from None
-        if same_family_ram is not None and previous is not None and previous.family == model.family:
-            self._loras.adopt_ram_cache(same_family_ram)
+        if ram and previous is not None and previous.family == model.family:
+            self._loras.adopt_ram_cache(ram)  # parsed for the same layer names: no new read
         after = read_memory()
         notes = self._incompatible_adapters(model)
         return ModelSwitch(model, previous.source if previous else None, (time.perf_counter() - start) * 1000.0,
@@ -342,12 +337,12 @@ class LocalEngine:
                 switch_ms += self._loras.activate(wanted).duration_ms
             self._active_task = None
         self._telemetry.set_task(task.name)
-        params, warnings = self._resolve(request, task, prompt, tuple(t.name for t in tags))
+        params = self._resolve(request, task, prompt, tuple(t.name for t in tags))
         image, cancelled, steps_done, timings, memory, notes = run_generation(
             self._pipe, self._model, params, self._settings.preview, on_step,
             cancel or threading.Event(), switch_ms, self._telemetry,
         )
-        warnings = (*warnings, *notes)
+        warnings = tuple(notes)
         held_ram, held_vram = self._loras.held_mb()
         drift = self.watchdog.check(read_memory(), held_ram, held_vram, after="generating")
         if drift is not None:
@@ -381,20 +376,19 @@ class LocalEngine:
             raise EngineError(str(exc)) from None
 
     def _resolve(self, request: GenerationRequest, task: TaskSettings, prompt: str,
-                 prompt_loras: tuple[str, ...]) -> tuple[ResolvedRequest, tuple[str, ...]]:
+                 prompt_loras: tuple[str, ...]) -> ResolvedRequest:
         # Trigger words of the active adapters (from their adapter.toml) that the prompt lacks.
         full_prompt, _ = add_trigger_words(task.render_prompt(prompt), self._loras.trigger_words())
         seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
         if not 0 <= seed < 2**32:
             raise EngineError(f"seed must be between 0 and {2**32 - 1}, got {seed}")
         embeddings = self._embeddings.use(full_prompt, task.negative_prompt)
-        params = ResolvedRequest(
+        return ResolvedRequest(
             task=task.name, prompt=request.prompt, full_prompt=full_prompt,
             negative_prompt=task.negative_prompt, seed=seed, steps=task.steps, guidance=task.guidance,
             scheduler=task.scheduler, width=task.width, height=task.height,
             adapters=self._loras.active, embeddings=embeddings, prompt_loras=prompt_loras,
         )
-        return params, ()
 
 
 def _with_tags(adapters: tuple[AdapterRef, ...], tags: tuple[Any, ...]) -> tuple[AdapterRef, ...]:
