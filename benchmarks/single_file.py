@@ -22,7 +22,6 @@ and for SDXL about 16 GB of RAM. Nothing is downloaded.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import json
 import os

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import json
 import re
 import threading
 import time

@@ -21,7 +21,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from spatiora_tui.engine.api import FAMILY_LABELS, EngineError
+from spatiora_tui.engine.api import EngineError
 
 FAMILIES = {"sd1": "sd1", "sd15": "sd1", "sd1.5": "sd1", "sd2": "sd2", "sd21": "sd2", "sd2.1": "sd2",
             "sdxl": "sdxl"}

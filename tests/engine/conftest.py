@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from spatiora_tui.config import ModelSettings, PathSettings, Settings, TaskSettings
-from tests.conftest import FAMILIES, Tiny  # noqa: F401 - engine tests import them from here
+from tests.conftest import Tiny
 
 
 def tiny_settings(model: Tiny, root: Path, **paths: tuple[str, ...]) -> Settings:

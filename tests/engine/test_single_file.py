@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -13,7 +12,8 @@ from spatiora_tui.config import ModelSettings
 from spatiora_tui.engine.api import EngineError, GenerationRequest
 from spatiora_tui.engine.clip_tokenizer import CONFIGS
 from spatiora_tui.engine.pipeline import TRAINED_BETAS, load_pipeline
-from tests.engine.conftest import FAMILIES, tiny_settings
+from tests.conftest import FAMILIES
+from tests.engine.conftest import tiny_settings
 from tests.layouts import pipeline_to_ldm
 
 

@@ -86,7 +86,7 @@ class FakeEngine:
                                 dtype="fp32", variant="SD 1.x")
         self._active = None
         return ModelSwitch(self._model, previous.source if previous else None, 1500.0,
-                           notes=(f"task 'interior': adapter 'interior' is for SDXL, the base model is now SD 1.x",))
+                           notes=("task 'interior': adapter 'interior' is for SDXL, the base model is now SD 1.x",))
 
     def switch_task(self, name: str, on_progress=None) -> AdapterSwitch:
         task = self.settings.task(name)
