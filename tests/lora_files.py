@@ -114,6 +114,40 @@ def write_peft(pipe: Any, path: Path, rank: int = 4, seed: int = 0) -> Reference
     return reference
 
 
+def write_dora(pipe: Any, path: Path, rank: int = 4, seed: int = 0) -> dict[str, tuple[Any, Any, Any]]:
+    """A peft-format DoRA file (lora_A, lora_B, lora_magnitude_vector) on the attention
+    projections; returns module -> (down, up, magnitude) for the reference."""
+    import torch
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(seed)
+    tensors, reference = {}, {}
+    for name, module in target_modules(pipe, "unet"):
+        if not name.split(".")[-1] in ("to_q", "to_k", "to_v") and not name.endswith("to_out.0"):
+            continue
+        down = torch.randn(rank, module.in_features, generator=gen) * 0.3
+        up = torch.randn(module.out_features, rank, generator=gen) * 0.3
+        magnitude = module.weight.detach().norm(dim=1) * (1 + 0.2 * torch.rand(module.out_features, generator=gen))
+        tensors.update({f"unet.{name}.lora_A.weight": down, f"unet.{name}.lora_B.weight": up,
+                        f"unet.{name}.lora_magnitude_vector": magnitude})
+        reference[name] = (down, up, magnitude)
+    save_file(tensors, str(path))
+    return reference
+
+
+def merged_dora(pipe: Any, reference: dict[str, tuple[Any, Any, Any]], weight: float) -> Any:
+    """A copy of `pipe` with DoRA merged by hand: W' = m * (W + s B A) / ||W + s B A|| per row."""
+    import torch
+
+    merged = copy.deepcopy(pipe)
+    with torch.no_grad():
+        for name, (down, up, magnitude) in reference.items():
+            module = merged.unet.get_submodule(name)
+            combined = module.weight + weight * (up @ down)
+            module.weight.copy_(combined * (magnitude / combined.norm(dim=1)).unsqueeze(1))
+    return merged
+
+
 def write_lycoris(pipe: Any, path: Path, kind: str, rank: int = 4, seed: int = 0) -> None:
     """A LyCORIS LoHa or LoKr file on the UNet's attention projections."""
     import torch

@@ -564,8 +564,9 @@ class LoraManager:
                         or up.shape[0] != slot_up.shape[0] or up.shape[2:] != slot_up.shape[2:]):
                     return False
                 plan.append((layer, slot_down, slot_up, down, up, alpha))
-            if not plan or getattr(self._pipe.unet, "peft_config", {}).get(slot, None) is None:
-                return False
+            config = getattr(self._pipe.unet, "peft_config", {}).get(slot, None)
+            if not plan or config is None or getattr(config, "use_dora", False):
+                return False  # a DoRA slot keeps magnitudes an A/B copy would not replace
         import torch
 
         with self._phase("to device"):
@@ -600,8 +601,8 @@ class LoraManager:
             from diffusers.utils import convert_unet_state_dict_to_peft
 
             state, alphas = self._pipe.lora_state_dict(dict(parsed.raw))[:2]
-            if any(not key.startswith("unet.") for key in state):
-                return parsed._unet
+            if any(not key.startswith("unet.") or "lora_magnitude_vector" in key for key in state):
+                return parsed._unet  # text-encoder parts, or DoRA (its magnitudes are no A/B copy)
             values = set((alphas or {}).values())
             if len(values) > 1:
                 return parsed._unet
@@ -619,12 +620,23 @@ class LoraManager:
         return parsed._unet
 
     def _set_active(self, active: Sequence[AdapterUse]) -> None:
+        # DoRA rescales each output row by a norm of the sum: not a delta added to the weight,
+        # so a set with a DoRA adapter runs unfused (its layers on), exactly.
+        fuse = self._fuse and bool(active) and not self._any_dora(active)
         with self._phase("activate"):
             # In fused mode the layers stay off: the merge below puts the deltas in the base weights.
-            self._apply(active, enable=not self._fuse)
+            self._apply(active, enable=not fuse)
         self._active = tuple(active)
-        if self._fuse and active:
+        if fuse:
             self._fuse_active(active)
+
+    def _any_dora(self, active: Sequence[AdapterUse]) -> bool:
+        slots = {self._slot[use.name] for use in active}
+        for component in ("unet", "text_encoder", "text_encoder_2"):
+            configs = getattr(getattr(self._pipe, component, None), "peft_config", None) or {}
+            if any(getattr(configs.get(slot), "use_dora", False) for slot in slots):
+                return True
+        return False
 
     def _fuse_active(self, active: Sequence[AdapterUse]) -> None:
         """Merge the active adapters (at their weights) into the base weights, and turn the LoRA

@@ -70,6 +70,25 @@ def test_a_peft_file_draws_exactly_its_merged_deltas(model) -> None:
     assert (got - want).abs().max() < 1e-4
 
 
+def test_a_peft_dora_file_draws_its_rescaled_weights_and_is_never_swapped_or_fused(model) -> None:
+    family, pipe, pristine, manager, folder = model
+    reference = lora_files.write_dora(pristine, folder / "dora.safetensors")
+    try:
+        manager.activate([AdapterRef("dora", 0.6)])
+        got = lora_files.conditioned_output(pipe)
+        want = lora_files.conditioned_output(lora_files.merged_dora(pristine, reference, 0.6))
+        assert (got - want).abs().max() < 1e-4
+        manager._fuse = True  # fused mode leaves a DoRA set unfused: the same output
+        manager.activate([AdapterRef("dora", 0.6)])
+        assert not manager.fused
+        assert (lora_files.conditioned_output(pipe) - want).abs().max() < 1e-4
+    finally:
+        manager._fuse = False
+        manager.activate([])
+        manager.evict("dora")
+    assert manager._unet_layers(manager._parsed("dora")[0]) == {}, "never copied into another adapter's layers"
+
+
 def test_a_sdxl_file_mixing_two_block_namings_is_refused_not_half_applied(model) -> None:
     # diffusers drops the original-named (sgm) layers of a file that also has diffusers-named
     # ones, silently; the layer count taken from the file catches it.
