@@ -74,6 +74,8 @@ async def test_an_a1111_install_single_files_a_lora_tag_and_ctrl_l(tiny, tmp_pat
     lora_files.write_kohya(tiny["sd1"].pipe, webui / "models" / "Lora" / "oak.safetensors", seed=4)
     (webui / "embeddings").mkdir()
     save_file({"emb_params": torch.randn(2, 32)}, str(webui / "embeddings" / "easyneg.safetensors"))
+    save_file({"clip_l": torch.randn(2, 32), "clip_g": torch.randn(2, 40)}, str(webui / "embeddings" / "negxl.safetensors"))
+    lora_files.write_kohya(tiny["sdxl"].pipe, webui / "models" / "Lora" / "oakxl.safetensors", seed=5)
     tasks = tuple(dataclasses.replace(t, negative_prompt="easyneg, blurry", adapters=()) for t in small_tasks())
     settings = Settings(model=ModelSettings(source="tiny-sd1"), paths=PathSettings(installs=(str(webui),)),
                         tasks=tasks, base_dir=tmp_path)
@@ -99,9 +101,14 @@ async def test_an_a1111_install_single_files_a_lora_tag_and_ctrl_l(tiny, tmp_pat
         await pilot.press("ctrl+g")  # easyneg is an SD 1.x embedding: refused by name on SDXL
         await settle(app, pilot)
         assert "embedding 'easyneg'" in str(app.query_one("#status").render())
+        app.query_one("#negative", Input).value = "negxl, blurry"
+        app.query_one("#prompt", Input).value = "a loft <lora:oakxl:0.6>"
+        await pilot.press("ctrl+g")
+        await settle(app, pilot)
 
     files = sorted(Path(os.environ["SPATIORA_OUTPUT_DIR"]).glob("*.png"))
-    assert len(files) == 1
-    meta = read_metadata(files[0])
-    assert meta.a1111["fields"]["Model"] == "tiny-sd1" and len(meta.a1111["fields"]["Model hash"]) == 10
-    assert list(meta.a1111["lora_hashes"]) == ["oak"] and list(meta.a1111["ti_hashes"]) == ["easyneg"]
+    assert len(files) == 2
+    metas = sorted((read_metadata(f) for f in files), key=lambda m: m.a1111["fields"]["Model"])
+    for meta, model, lora, embedding in zip(metas, ("tiny-sd1", "tiny-sdxl"), ("oak", "oakxl"), ("easyneg", "negxl")):
+        assert meta.a1111["fields"]["Model"] == model and len(meta.a1111["fields"]["Model hash"]) == 10
+        assert list(meta.a1111["lora_hashes"]) == [lora] and list(meta.a1111["ti_hashes"]) == [embedding]
