@@ -38,8 +38,11 @@ async def test_ctrl_l_lists_the_checkpoints_and_loads_the_chosen_one(make) -> No
         assert texts[0].startswith("● fake-model") and "SDXL" in texts[1] and "Flux" in texts[2]
         assert options.get_option_at_index(2).disabled, "a file that cannot load is listed, not offered"
         assert "2 of 3 loadable" in str(picker.query_one("#models-note").render())
-        options.highlighted = 1
-        await pilot.press("enter")
+        assert options.highlighted == 0, "the cursor starts on the model loaded now"
+        await pilot.press("enter")  # the current one: nothing to load
+        await settle(app, pilot)
+        assert isinstance(app.screen, ModelPicker) and engine.model_switches == []
+        await pilot.press("down", "enter")
         await settle(app, pilot)
         assert not isinstance(app.screen, ModelPicker)
         assert engine.model_switches == ["/models/xl/juggernaut.safetensors"]

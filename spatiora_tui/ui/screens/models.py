@@ -42,6 +42,7 @@ class ModelPicker(ModalScreen[str | None]):
     def __init__(self, engine: Engine) -> None:
         super().__init__()
         self._engine = engine
+        self._current: str | None = None  # the path of the model loaded now
 
     def compose(self) -> ComposeResult:
         with Vertical():
@@ -77,12 +78,19 @@ class ModelPicker(ModalScreen[str | None]):
             text = f"{mark} {markup_safe(choice.name.ljust(width))}  {size:>7}  {markup_safe(choice.kind)}"
             options.add_option(Option(text if choice.loadable else f"[dim]{text}[/]", id=choice.path,
                                       disabled=not choice.loadable))
+        # The cursor starts on the model loaded now, so that one key press moves to another.
+        self._current = next((c.path for c in message.choices if c.current), None)
+        options.highlighted = next((i for i, c in enumerate(message.choices) if c.current),
+                                   next((i for i, c in enumerate(message.choices) if c.loadable), None))
         loadable = sum(c.loadable for c in message.choices)
         note.update(f"{loadable} of {len(message.choices)} loadable · Enter loads the highlighted one in the "
                     "background (the current model is freed first) · escape closes")
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         event.stop()
+        if event.option.id == self._current:
+            self.notify("that is the base model already", timeout=3)
+            return
         self.dismiss(event.option.id)
 
     def action_dismiss_picker(self) -> None:
