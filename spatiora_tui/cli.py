@@ -322,7 +322,7 @@ def _cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
     telemetry = Telemetry(hz=settings.ui.hardware_hz, leak_tolerance_mb=settings.adapters.leak_tolerance_mb)
     telemetry.start()
     engine = LocalEngine(settings, telemetry=telemetry)
-    model = engine.load(on_progress=lambda msg: status(f"{msg}…"))
+    model = engine.load(on_progress=lambda msg: status(f"{msg}…"), source=task.model)
     status(None)
     print(f"model: {model.name} · {model.variant or model.family_label} · {model.device} {model.dtype}", file=sys.stderr)
     if model.random_weights:

@@ -268,8 +268,9 @@ class Engine(Protocol):
     @property
     def active_task(self) -> str | None: ...
 
-    def load(self, on_progress: Callable[[str], None] | None = None) -> ModelInfo:
-        """Load the base pipeline (once). Heavy imports happen here, not at import time."""
+    def load(self, on_progress: Callable[[str], None] | None = None, source: str | None = None) -> ModelInfo:
+        """Load the base pipeline (once): `source`, else model.source (a first task that names
+        its own model loads that one directly). Heavy imports happen here, not at import time."""
         ...
 
     def switch_task(self, name: str, on_progress: Callable[[str], None] | None = None) -> AdapterSwitch:

@@ -114,8 +114,8 @@ class LocalEngine:
 
     # -- operations ---------------------------------------------------------------------------
 
-    def load(self, on_progress: Callable[[str], None] | None = None) -> ModelInfo:
-        return self._thread.call(self._load, on_progress)
+    def load(self, on_progress: Callable[[str], None] | None = None, source: str | None = None) -> ModelInfo:
+        return self._thread.call(self._load, on_progress, source)
 
     def switch_task(self, name: str, on_progress: Callable[[str], None] | None = None) -> AdapterSwitch:
         return self._thread.call(self._switch_task, name, on_progress)
@@ -166,10 +166,10 @@ class LocalEngine:
 
     # -- the operations, on the engine thread -------------------------------------------------
 
-    def _load(self, on_progress: Callable[[str], None] | None) -> ModelInfo:
+    def _load(self, on_progress: Callable[[str], None] | None, source: str | None) -> ModelInfo:
         if self._model is not None:
             return self._model
-        return self._load_model(self._settings.model.source, on_progress)
+        return self._load_model(source or self._settings.model.source, on_progress)
 
     def _model_settings(self, resolved: str) -> Any:
         """[model] settings for loading `resolved`: variant and config describe model.source

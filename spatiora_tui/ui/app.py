@@ -191,7 +191,8 @@ class SpatioraApp(App[None], inherit_bindings=False):
         # after the first frame, as a big output folder takes a while to list.
         clean_stale_partials(self.settings.output_dir)
         try:
-            model = self.engine.load(on_progress=lambda text: self.post_message(ModelLoadProgressed(text)))
+            model = self.engine.load(on_progress=lambda text: self.post_message(ModelLoadProgressed(text)),
+                                     source=self.settings.tasks[0].model)
             switch = self.engine.switch_task(self.settings.tasks[0].name)
         except EngineError as exc:
             self.post_message(ModelLoadFailed(str(exc)))

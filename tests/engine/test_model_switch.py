@@ -107,3 +107,15 @@ def test_a_checkpoint_of_another_size_says_how_to_describe_it(engine, tiny, tmp_
     with pytest.raises(EngineError, match=r"odd: its tensors do not fit the architecture .* odd.config/"):
         engine.switch_model(str(tmp_path / "odd.safetensors"))
     assert engine.model.name == "tiny-sd1"
+
+
+def test_a_first_task_with_its_own_model_is_loaded_directly(tiny, tmp_path: Path) -> None:
+    from spatiora_tui.engine.local import LocalEngine
+
+    settings = tiny_settings(tiny["sd1"], tmp_path)
+    xl = TaskSettings(name="xl", steps=2, width=64, height=64, scheduler="euler", model=str(tiny["sdxl"].path))
+    engine = LocalEngine(dataclasses.replace(settings, tasks=(xl, *settings.tasks)), cache_dir=tmp_path / "cache")
+    loaded: list[str] = []
+    engine.load(on_progress=loaded.append, source=xl.model)
+    assert engine.model.family == "sdxl" and not any("tiny-sd1" in text for text in loaded)
+    assert engine.switch_task("xl").model_switch is None

@@ -59,7 +59,7 @@ class FakeEngine:
     def active_task(self) -> str | None:
         return self._active
 
-    def load(self, on_progress=None) -> ModelInfo:
+    def load(self, on_progress=None, source=None) -> ModelInfo:
         if on_progress:
             on_progress("loading fake-model")
         if self.fail_load:
