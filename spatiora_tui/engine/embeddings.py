@@ -55,6 +55,15 @@ class EmbeddingManager:
             used.append(self._loaded[name])
         return tuple(used)
 
+    def pickled(self, *texts: str) -> tuple[str, ...]:
+        """One warning per pickle embedding (.pt/.bin) the texts name: it is not used, and a
+        word that does nothing should not pass in silence (A1111 users have many .pt files)."""
+        listing = self._names()
+        names = [n for n, entry in listing.entries.items() if entry.pickle]
+        return tuple(f"{name} in the prompt is a pickle embedding ({listing.entries[name].path.name}), which "
+                     "Spatiora does not load (unpickling can run code); it was read as a plain word. Convert "
+                     "it to .safetensors to use it" for name in mentions("\n".join(texts), names))
+
     def refresh(self) -> None:
         """Look in the folders again (files added while running)."""
         self._names(refresh=True)

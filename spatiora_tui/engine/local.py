@@ -342,7 +342,7 @@ class LocalEngine:
             self._pipe, self._model, params, self._settings.preview, on_step,
             cancel or threading.Event(), switch_ms, self._telemetry,
         )
-        warnings = tuple(notes)
+        warnings = (*self._embeddings.pickled(params.full_prompt, params.negative_prompt), *notes)
         held_ram, held_vram = self._loras.held_mb()
         drift = self.watchdog.check(read_memory(), held_ram, held_vram, after="generating")
         if drift is not None:
