@@ -30,6 +30,7 @@ class EmbeddingManager:
         self._folders = tuple(folders)
         self._hashes = hashes
         self._listing: Listing | None = None
+        self._stamp: tuple[int, ...] = ()
         self._loaded: dict[str, EmbeddingUse] = {}
 
     @property
@@ -37,8 +38,11 @@ class EmbeddingManager:
         return tuple(self._loaded)
 
     def _names(self, refresh: bool = False) -> Listing:
-        if self._listing is None or refresh:
-            self._listing = scan(self._folders)
+        # Looked at again when a folder changes (a file added while the app runs is found by
+        # the next prompt that names it); a stat per folder per request otherwise.
+        stamp = tuple(folder.stat().st_mtime_ns if folder.is_dir() else 0 for folder in self._folders)
+        if self._listing is None or refresh or stamp != self._stamp:
+            self._listing, self._stamp = scan(self._folders), stamp
         return self._listing
 
     def use(self, *texts: str) -> tuple[EmbeddingUse, ...]:

@@ -99,8 +99,8 @@ def classify_source(source: str, allow_pickle: bool = False) -> ModelSource:
     if _HUB_ID.match(source):
         return ModelSource("hub", source)
     raise EngineError(
-        f"model.source {source!r} is neither an existing path nor a hub id like 'owner/name'; "
-        'fix it in config.toml or use "demo"'
+        f"model.source {source!r} is neither an existing path, a checkpoint in the [paths] model folders "
+        "(`spatiora models` lists them), nor a hub id like 'owner/name'; fix it in config.toml or use \"demo\""
     )
 
 
