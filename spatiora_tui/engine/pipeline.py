@@ -194,8 +194,8 @@ def single_file_plan(path: Path, settings: ModelSettings) -> tuple[Any, Path]:
 TRAINED_BETAS = (0.00085, 0.012, "scaled_linear")
 
 
-def _load_single_file(path: Path, settings: ModelSettings, common: dict[str, Any],
-                      say: Callable[[str], None]) -> tuple[Any, Any]:
+def _load_single_file(path: Path, settings: ModelSettings, common: dict[str, Any], cache_dir: Path,
+                      say: Callable[[str], None]) -> tuple[Any, Any, Any]:
     """Load a single-file checkpoint with no network: the variant's config folder shipped with
     Spatiora (or [model] config), the CLIP tokenizer built from the shipped merges, and a
     scheduler carrying the variant's prediction type."""
@@ -204,6 +204,7 @@ def _load_single_file(path: Path, settings: ModelSettings, common: dict[str, Any
     from spatiora_tui.engine.clip_tokenizer import PAD_CLIP_L, PAD_OPEN_CLIP, clip_tokenizer
 
     info, folder = single_file_plan(path, settings)
+    hashing = _hash_in_background(path, cache_dir, say)  # once the file is known to be a checkpoint
     index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
     pipeline_class = getattr(diffusers, index["_class_name"])
     scheduler_class = getattr(diffusers, index["scheduler"][1])
@@ -224,7 +225,7 @@ def _load_single_file(path: Path, settings: ModelSettings, common: dict[str, Any
     if (config.beta_start, config.beta_end, config.beta_schedule) != TRAINED_BETAS:
         raise EngineError(f"{path.name} loaded with the noise schedule {config.beta_start}/{config.beta_end} "
                           f"{config.beta_schedule}, not the trained {TRAINED_BETAS}; this is a bug: report it")
-    return pipe, info
+    return pipe, info, hashing
 
 
 def unpickle_state_dict(source: Path | bytes) -> dict[str, Any]:
@@ -332,8 +333,7 @@ def load_pipeline(
             extra = {"safety_checker": None} if kind == "sd" else {}
             pipe = _pipeline_class(kind).from_pretrained(source.value, local_files_only=True, **extra, **common)
         elif source.kind == "single_file":
-            hashing = _hash_in_background(Path(source.value), cache_dir, say)
-            pipe, checkpoint = _load_single_file(Path(source.value), settings, common, say)
+            pipe, checkpoint, hashing = _load_single_file(Path(source.value), settings, common, cache_dir, say)
             _check_complete(pipe, source.name)
             sha256 = hashing.result()
         else:
