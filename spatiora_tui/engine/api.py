@@ -113,7 +113,7 @@ class ModelInfo:
     """The loaded base model."""
 
     name: str
-    source: str
+    source: str  # as loaded: an absolute path, a hub id or "demo"
     kind: str  # demo | folder | single_file | hub
     family: str  # sd1 | sd2 | sdxl
     device: str

@@ -74,6 +74,7 @@ class LocalEngine:
         self._loras: Any = None
         self._embeddings: Any = None
         self._active_task: str | None = None
+        self._configured: str | None = None  # model.source, resolved once (see _locate)
         self._hashes = HashCache(self._cache_dir / "hashes.json")
 
     # -- state --------------------------------------------------------------------------------
@@ -128,7 +129,7 @@ class LocalEngine:
         from spatiora_tui.library.identify import identify_checkpoint
         from spatiora_tui.library.listing import short_problem
 
-        current = resolve_source(self._settings, self._model.source) if self._model is not None else None
+        current = self._model.source if self._model is not None else None  # resolved at load
         choices = []
         for entry in scan(library_folders(self._settings).checkpoints).entries.values():
             if entry.pickle and not self._settings.security.allow_pickle:
@@ -169,24 +170,34 @@ class LocalEngine:
     def _load(self, on_progress: Callable[[str], None] | None, source: str | None) -> ModelInfo:
         if self._model is not None:
             return self._model
-        return self._load_model(source or self._settings.model.source, on_progress)
+        return self._load_model(self._locate(source or self._settings.model.source), on_progress)
+
+    def _locate(self, source: str) -> str:
+        """A model source as loaded (an absolute path, a hub id, "demo"). A bare checkpoint name
+        walks the model folders, so model.source's own answer is kept."""
+        if source == self._settings.model.source:
+            if self._configured is None:
+                self._configured = resolve_source(self._settings, source)
+            return self._configured
+        return resolve_source(self._settings, source)
 
     def _model_settings(self, resolved: str) -> Any:
         """[model] settings for loading `resolved`: variant and config describe model.source
         only; another checkpoint (the picker's, a task's own) is identified from its own file."""
         configured = self._settings.model
-        if resolved == resolve_source(self._settings, configured.source):
+        if resolved == self._locate(configured.source):
             return dataclasses.replace(configured, source=resolved)
         return dataclasses.replace(configured, source=resolved, variant="auto", config="")
 
-    def _load_model(self, source: str, on_progress: Callable[[str], None] | None) -> ModelInfo:
-        """Load `source` as the base model and build its adapter and embedding managers."""
+    def _load_model(self, resolved: str, on_progress: Callable[[str], None] | None) -> ModelInfo:
+        """Load `resolved` (see _locate) as the base model and build its adapter and embedding
+        managers. Its ModelInfo.source is `resolved`, so comparing sources later walks nothing."""
         from spatiora_tui.engine.adapters import LoraManager
         from spatiora_tui.engine.embeddings import EmbeddingManager
         from spatiora_tui.engine.pipeline import load_pipeline
 
         folders = library_folders(self._settings)
-        model_settings = self._model_settings(resolve_source(self._settings, source))
+        model_settings = self._model_settings(resolved)
         with self._telemetry.stage("load base", task=None):
             if self._loader is not None:
                 pipe, model, demo_adapters = self._loader(model_settings, self._cache_dir, on_progress)
@@ -196,7 +207,6 @@ class LocalEngine:
         dirs = [self._settings.adapter_dir]
         if demo_adapters is not None:
             dirs.append(demo_adapters)
-        model = dataclasses.replace(model, source=source)
         self._pipe, self._model = pipe, model
         adapters = self._settings.adapters
         self._loras = LoraManager(pipe, model.family, dirs, adapters.resident_max, adapters.ram_cache_mb,
@@ -217,11 +227,11 @@ class LocalEngine:
         from spatiora_tui.engine.pipeline import classify_source, single_file_plan
 
         previous = self._model
-        resolved = resolve_source(self._settings, source)
+        resolved = self._locate(source)
         candidate = classify_source(resolved, self._settings.security.allow_pickle)
         if candidate.kind == "single_file":  # identify it first: a LoRA or a Flux file changes nothing
             single_file_plan(Path(candidate.value), self._model_settings(resolved))
-        if previous is not None and resolve_source(self._settings, previous.source) == resolved:
+        if previous is not None and previous.source == resolved:
             return ModelSwitch(previous, previous.source, 0.0, notes=("already loaded",))
         start = time.perf_counter()
         before = read_memory()
@@ -234,7 +244,7 @@ class LocalEngine:
         gc.unfreeze()
         release_memory(on_cuda)
         try:
-            model = self._load_model(source, on_progress)
+            model = self._load_model(resolved, on_progress)
         except EngineError as exc:
             if previous is None:
                 raise
@@ -307,7 +317,7 @@ class LocalEngine:
         """Load the base model `task` runs on, if it names one that is not loaded."""
         if task.model is None or self._model is None:
             return None
-        if resolve_source(self._settings, task.model) == resolve_source(self._settings, self._model.source):
+        if self._locate(task.model) == self._model.source:
             return None
         return self._switch_model(task.model, on_progress)
 
