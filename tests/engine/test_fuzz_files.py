@@ -44,6 +44,14 @@ def damage(draw, data: bytes) -> bytes:
     return bytes(damaged)
 
 
+def write_case(folder: Path, prefix: str, counter: dict[str, int], data: bytes) -> str:
+    """Write one damaged file under a name no earlier case used; returns the name."""
+    counter["case"] += 1
+    name = f"{prefix}{counter['case']}x"
+    (folder / f"{name}.safetensors").write_bytes(data)
+    return name
+
+
 # -- checkpoints ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -111,9 +119,7 @@ def test_damaged_loras_apply_whole_or_not_at_all(lora_rig) -> None:
     @settings(FUZZ, max_examples=1000)
     @given(damage(source))
     def check(data: bytes) -> None:
-        counter["case"] += 1
-        name = f"case{counter['case']}"
-        (folder / f"{name}.safetensors").write_bytes(data)
+        name = write_case(folder, "case", counter, data)
         try:
             manager.activate([AdapterRef("good", 0.5), AdapterRef(name, 0.8)])
         except EngineError as exc:
@@ -156,9 +162,7 @@ def test_damaged_embeddings_load_whole_or_not_at_all(tiny, tmp_path: Path) -> No
     @settings(FUZZ, max_examples=1000)
     @given(damage(source))
     def check(data: bytes) -> None:
-        counter["case"] += 1
-        name = f"emb{counter['case']}x"
-        (folder / f"{name}.safetensors").write_bytes(data)
+        name = write_case(folder, "emb", counter, data)
         manager.refresh()
         try:
             used = manager.use(f"a room, {name}")
