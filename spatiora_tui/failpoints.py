@@ -15,6 +15,7 @@ Points (see docs/reliability.md):
 
 Actions:
     oom     the device's out-of-memory error (torch.OutOfMemoryError)
+    memory  MemoryError, as the CPU allocator raises it when the host runs out of memory
     enospc  OSError "No space left on device"
     eacces  PermissionError "Permission denied"
     kill    SIGKILL to this process: nothing after this point runs, no cleanup, no atexit
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 
 ENV = "SPATIORA_FAILPOINTS"
 POINTS = ("load", "denoise", "vae decode", "atomic write", "save")
-ACTIONS = ("oom", "enospc", "eacces", "kill")
+ACTIONS = ("oom", "memory", "enospc", "eacces", "kill")
 
 
 @dataclass
@@ -96,6 +97,8 @@ def _fire(point: str, action: str) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     if action == "eacces":
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    if action == "memory":
+        raise MemoryError(f"failpoint {point!r}: cannot allocate memory")
     import torch  # only the engine's points use "oom", and the engine has torch loaded
 
     raise torch.OutOfMemoryError(f"failpoint {point!r}: CUDA out of memory. Tried to allocate 2.00 GiB")

@@ -259,7 +259,7 @@ def _decode(latents: Any, pipe: Any, on_cuda: bool) -> tuple[Any, bool]:
     try:
         failpoints.hit("vae decode")
         return decode_latents(latents, pipe.vae, pipe.image_processor), False
-    except RuntimeError as exc:
+    except (RuntimeError, MemoryError) as exc:  # MemoryError: the CPU allocator's
         if not is_out_of_memory(exc) or not hasattr(pipe.vae, "enable_tiling"):
             raise
     release_memory(on_cuda)

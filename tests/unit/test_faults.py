@@ -107,3 +107,19 @@ def test_oom_while_loading_the_model_is_reported_and_loading_again_works(cache_d
         engine.load()
     assert engine.model is None
     assert engine.load().kind == "demo", "loading again works"
+
+
+def test_the_cpu_allocators_memory_error_in_vae_decode_retries_in_tiles(engine, reference) -> None:
+    # A MemoryError (the CPU allocator's) is out of memory as much as torch.OutOfMemoryError.
+    failpoints.arm("vae decode", "memory")
+    result = engine.generate(REQUEST)
+    assert any("decoded in tiles" in str(w) for w in result.warnings)
+    assert np.abs(pixels(result) - reference).max() <= 2
+
+
+def test_a_memory_error_while_denoising_becomes_engine_oom(engine, reference) -> None:
+    failpoints.arm("denoise", "memory", at=2)
+    with pytest.raises(EngineOOM, match="out of memory during denoise"):
+        engine.generate(REQUEST)
+    assert engine.telemetry.depth == 0
+    assert np.array_equal(pixels(engine.generate(REQUEST)), reference)
