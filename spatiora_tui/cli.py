@@ -217,12 +217,8 @@ def _cmd_bench_tasks(settings: Settings, args: argparse.Namespace) -> int:
         size = parse_size(args.bench_size)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    try:
-        result = run_bench(settings, args.bench_arch, tasks, args.bench_runs, args.bench_steps, size,
-                           device=args.bench_device, rank=args.bench_rank,
-                           say=lambda text: print(text, file=sys.stderr))
-    except RuntimeError as exc:
-        raise UsageError(str(exc)) from None
+    result = run_bench(settings, args.bench_arch, tasks, args.bench_runs, args.bench_steps, size,
+                       device=args.bench_device, rank=args.bench_rank, say=lambda text: print(text, file=sys.stderr))
     print_table(result)
     if args.bench_json:
         write_json(result, Path(args.bench_json))

@@ -116,7 +116,7 @@ def run_bench(
     say: Callable[[str], None] = print,
 ) -> BenchResult:
     """Run the requests and return the table's figures (see the module docstring)."""
-    from spatiora_tui.engine.api import EngineError, GenerationRequest
+    from spatiora_tui.engine.api import GenerationRequest
     from spatiora_tui.engine.local import LocalEngine
     from spatiora_tui.outputs import save_result
 
@@ -152,8 +152,6 @@ def run_bench(
                         say(f"request {len(requests) + 1}/{total}: {name}, previews {'on' if previews else 'off'}…")
                         requests.append(_one_request(engine, telemetry, name, previews, run, out_dir, save_result,
                                                      GenerationRequest))
-        except EngineError as exc:
-            raise RuntimeError(str(exc)) from None
         finally:
             telemetry.stop()
         warnings = tuple(sorted({w for w in _drift_warnings(engine)}))
