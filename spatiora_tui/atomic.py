@@ -3,14 +3,25 @@
 Every file Spatiora writes (images, the history index, config.toml) goes through here. The data
 goes to a hidden temp file in the same folder, is flushed to the disk, and only then takes the
 final name in one rename or hard link, so a process killed at any moment leaves either the old
-file or the new one, never a mix. A killed writer's temp file (`.NAME.PID.partial`) is removed by
-`clean_stale_partials`, which the app and the CLI run on the output folder when they start.
+file or the new one, never a mix. A killed writer's temp file (`.NAME.TOKEN.PID.partial`) is
+removed by `clean_stale_partials`, which the app and the CLI run on the output folder when they
+start.
+
+New files (`write_new`) never replace an existing one, even when several writers race for a
+name: a hard link fails when the name is taken; where the filesystem has no hard links, Linux's
+renameat2(RENAME_NOREPLACE) does the same, and where neither exists the name is claimed with an
+exclusive create of a lock file beside it, which every Spatiora writer respects.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import errno
 import os
 import re
+import secrets
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +32,8 @@ _PARTIAL = re.compile(r"^\..+\.(\d+)\.partial$")
 
 
 def _partial_path(folder: Path, name: str) -> Path:
-    return folder / f".{name}.{os.getpid()}{PARTIAL_SUFFIX}"
+    # Unique per call: two threads of one process may write the same name at once.
+    return folder / f".{name}.{secrets.token_hex(4)}.{os.getpid()}{PARTIAL_SUFFIX}"
 
 
 def _write_partial(folder: Path, name: str, data: bytes) -> Path:
@@ -80,14 +92,56 @@ def write_new(folder: Path, stem: str, suffix: str, data: bytes, attempts: int =
                 continue
             except OSError:
                 # Filesystems without hard links: still never over an existing file.
-                if final.exists():
+                if not _rename_new(tmp, final):
                     continue
-                os.replace(tmp, final)
             _sync_folder(folder)
             return final
         raise FileExistsError(f"no free file name for {stem}{suffix} in {folder}")
     finally:
         tmp.unlink(missing_ok=True)
+
+
+_RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+
+
+def _renameat2() -> object | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return libc.renameat2
+    except (OSError, AttributeError):  # not glibc >= 2.28
+        return None
+
+
+def _rename_new(tmp: Path, final: Path) -> bool:
+    """Rename `tmp` to `final` unless `final` exists, atomically. False when the name is taken."""
+    renameat2 = _renameat2()
+    if renameat2 is not None:
+        result = renameat2(_AT_FDCWD, os.fsencode(tmp), _AT_FDCWD, os.fsencode(final),  # type: ignore[operator]
+                           _RENAME_NOREPLACE)
+        if result == 0:
+            return True
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            return False
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(err, os.strerror(err), str(final))
+    # No atomic no-replace rename here: claim the name with an exclusive lock file first.
+    lock = final.with_name(f".{final.name}.lock")
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return False  # another writer is claiming this very name
+    try:
+        os.close(fd)
+        if os.path.lexists(final):
+            return False
+        os.replace(tmp, final)
+        return True
+    finally:
+        os.unlink(lock)
 
 
 def _alive(pid: int) -> bool:

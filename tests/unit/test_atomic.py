@@ -145,3 +145,63 @@ def test_config_text_round_trips(tmp_path: Path) -> None:
     target = tmp_path / "c.toml"
     write_settings(Settings(), target)
     assert target.read_text() == settings_to_toml(Settings())
+
+
+def _no_hard_links(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A filesystem without hard links (FAT, some network mounts)."""
+    import errno
+
+    def refuse(*_args, **_kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(atomic.os, "link", refuse)
+
+
+def test_write_new_without_hard_links_never_replaces_a_file_that_appears_meanwhile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Another program takes the name just after any look at it: its file must survive.
+    _no_hard_links(monkeypatch)
+    target = tmp_path / "img.png"
+    real_exists, real_lexists = Path.exists, os.path.lexists
+    raced: list[bool] = []
+
+    def race(seen: bool, path: object) -> bool:
+        if Path(str(path)) == target and not seen:
+            target.write_bytes(b"the other writer's image")
+            raced.append(True)
+        return seen
+
+    monkeypatch.setattr(Path, "exists", lambda self, **kw: race(real_exists(self, **kw), self))
+    monkeypatch.setattr(atomic.os.path, "lexists", lambda path: race(real_lexists(path), path))
+    path = atomic.write_new(tmp_path, "img", ".png", b"ours")
+    assert path.read_bytes() == b"ours"
+    if raced or path != target:
+        assert target.read_bytes() == b"the other writer's image"
+    assert not list(tmp_path.glob(".*partial")) and not list(tmp_path.glob(".*lock"))
+
+
+@pytest.mark.parametrize("renameat2", [True, False], ids=["renameat2", "lock-file"])
+def test_write_new_without_hard_links_from_many_threads_loses_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, renameat2: bool) -> None:
+    import threading
+
+    _no_hard_links(monkeypatch)
+    if not renameat2:
+        monkeypatch.setattr(atomic, "_renameat2", lambda: None)
+    paths: list[Path] = []
+    lock = threading.Lock()
+
+    def writer(k: int) -> None:
+        for i in range(20):
+            path = atomic.write_new(tmp_path, "img", ".png", f"{k}-{i}".encode())
+            with lock:
+                paths.append(path)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(paths)) == 80
+    assert sorted(p.read_bytes() for p in paths) == sorted(f"{k}-{i}".encode() for k in range(4) for i in range(20))
+    assert not list(tmp_path.glob(".*partial")) and not list(tmp_path.glob(".*lock"))
