@@ -8,6 +8,7 @@ import os
 import threading
 from pathlib import Path
 
+import pytest
 from PIL import Image, PngImagePlugin
 from textual.widgets import Input, OptionList, Static
 
@@ -270,7 +271,7 @@ async def test_history_lists_images_and_metadata(make) -> None:
         Image.new("RGB", (8, 8)).save(foreign, pnginfo=info)
         os.utime(foreign, (1, 1))  # the oldest: listed last
         await pilot.press("ctrl+o")
-        await pilot.pause()
+        await settle(app, pilot)
         assert isinstance(app.screen, HistoryScreen)
         text = str(app.screen.query_one("#history-text", Static).render())
         assert "first room" in text
@@ -450,3 +451,25 @@ async def test_keys_arriving_in_one_burst_generate_with_everything_typed(make) -
         await settle(app, pilot)
         await settle(app, pilot)
         assert [r.prompt for r in engine.requests] == ["a burst"], status(app)
+
+
+async def test_history_lists_its_folder_off_the_ui_thread(make, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A folder of thousands of images on a slow disk must not freeze the screen while it is read.
+    from spatiora_tui.ui.screens import history
+
+    threads: list[bool] = []
+    real = history.list_images
+
+    def recording(folder: Path, *args, **kwargs):
+        threads.append(threading.current_thread() is threading.main_thread())
+        return real(folder, *args, **kwargs)
+
+    monkeypatch.setattr(history, "list_images", recording)
+    app, engine = make()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await pilot.press("ctrl+o")
+        await settle(app, pilot)
+        assert isinstance(app.screen, HistoryScreen)
+        assert threads == [False], "the listing ran on the UI thread"
+        assert "no images yet" in str(app.screen.query_one("#history-text", Static).render())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -20,10 +21,16 @@ MAX_LISTED = 1000
 
 
 def list_images(folder: Path, limit: int = MAX_LISTED) -> list[Path]:
-    """PNG files in `folder`, newest first (hidden temp files excluded)."""
-    files = image_files(folder)
-    files.sort(key=lambda p: p.stat().st_mtime, reverse=True)
-    return files[:limit]
+    """PNG files in `folder`, newest first (hidden temp files excluded). Reads the disk: call it
+    off the UI thread."""
+    dated: list[tuple[float, Path]] = []
+    for path in image_files(folder):
+        try:
+            dated.append((path.stat().st_mtime, path))
+        except OSError:
+            continue  # removed while we looked
+    dated.sort(key=lambda item: item[0], reverse=True)
+    return [path for _, path in dated[:limit]]
 
 
 def describe(path: Path) -> str:
@@ -102,8 +109,23 @@ class HistoryScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self._files = list_images(self._folder)
-        self._index = HistoryIndex(self._folder).entries()  # task, seed, prompt per image, unopened
+        self.query_one("#history-text", Static).update(f"reading {markup_safe(str(self._folder))}…")
+        self._load()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="history")
+    def _load(self) -> None:
+        """Stat every image and read the index off the UI thread: a big folder on a slow disk."""
+        try:
+            files = list_images(self._folder)
+            index = HistoryIndex(self._folder).entries()  # task, seed, prompt per image, unopened
+        except OSError as exc:
+            text = f"cannot read {markup_safe(str(self._folder))}: {markup_safe(str(exc))}"
+            self.app.call_from_thread(self.query_one("#history-text", Static).update, text)
+            return
+        self.app.call_from_thread(self._show, files, index)
+
+    def _show(self, files: list[Path], index: dict[str, dict]) -> None:
+        self._files, self._index = files, index
         options = self.query_one(OptionList)
         if not self._files:
             self.query_one("#history-text", Static).update(
