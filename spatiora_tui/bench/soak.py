@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from spatiora_tui.config import Settings
 from spatiora_tui.hw.telemetry import Telemetry
+from spatiora_tui.notices import NoticeKind, of_kind
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def run_soak(
                 failed += 1
                 errors.append(f"generation {i + 1}: {exc}")
             else:
-                warnings.update(w for w in result.warnings if w.startswith("memory after"))
+                warnings.update(of_kind(result.warnings, NoticeKind.MEMORY_LEAK))
                 if result.cancelled:
                     cancelled += 1
                 else:

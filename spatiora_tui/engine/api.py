@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Protocol
 
 from spatiora_tui.hw.telemetry import StageRecord
+from spatiora_tui.notices import Notice
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -201,7 +202,7 @@ class AdapterSwitch:
     vram_after_mb: float | None = None
     fused: bool = False
     #: The leak watchdog's warning, when memory is above the baseline beyond its tolerance.
-    warning: str | None = None
+    warning: Notice | None = None
     #: Set when the task runs on another base model, which was loaded first.
     model_switch: "ModelSwitch | None" = None
 
@@ -250,7 +251,7 @@ class GenerationResult:
     steps_done: int
     timings: Timings
     memory: MemoryPeaks
-    warnings: tuple[str, ...] = field(default=())
+    warnings: tuple[str, ...] = field(default=())  # Notices, each with its kind
     #: Each stage this request went through (adapter switch, text encode, denoise, VAE decode),
     #: with its time and peak memory; see hw/telemetry.py.
     stages: tuple[StageRecord, ...] = field(default=())

@@ -18,6 +18,7 @@ from spatiora_tui.library.catalog import Listing, scan
 from spatiora_tui.library.hashing import HashCache
 from spatiora_tui.library.identify import identify_embedding
 from spatiora_tui.library.safetensors_file import FileProblem
+from spatiora_tui.notices import Notice, NoticeKind
 from spatiora_tui.prompts import mentions
 
 
@@ -59,14 +60,14 @@ class EmbeddingManager:
             used.append(self._loaded[name])
         return tuple(used)
 
-    def pickled(self, *texts: str) -> tuple[str, ...]:
+    def pickled(self, *texts: str) -> tuple[Notice, ...]:
         """One warning per pickle embedding (.pt/.bin) the texts name: it is not used, and a
         word that does nothing should not pass in silence (A1111 users have many .pt files)."""
         listing = self._names()
         names = [n for n, entry in listing.entries.items() if entry.pickle]
-        return tuple(f"{name} in the prompt is a pickle embedding ({listing.entries[name].path.name}), which "
+        return tuple(Notice(NoticeKind.PICKLED_EMBEDDING, f"{name} in the prompt is a pickle embedding ({listing.entries[name].path.name}), which "
                      "Spatiora does not load (unpickling can run code); it was read as a plain word. Convert "
-                     "it to .safetensors to use it" for name in mentions("\n".join(texts), names))
+                     "it to .safetensors to use it") for name in mentions("\n".join(texts), names))
 
     def refresh(self) -> None:
         """Look in the folders again (files added while running)."""

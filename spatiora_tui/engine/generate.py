@@ -31,6 +31,7 @@ from spatiora_tui.engine.preview import decode_latents, latent_to_rgb, vae_previ
 from spatiora_tui.hw import process_peak_rss_mb, process_rss_mb
 from spatiora_tui.hw.memory import release_freed_memory
 from spatiora_tui.hw.telemetry import Telemetry
+from spatiora_tui.notices import Notice, NoticeKind
 
 
 def make_scheduler(name: str, base_config: Any) -> Any:
@@ -165,7 +166,7 @@ def run_generation(
     stage = "denoise"
     image = None
     decode_ms = None
-    notes: list[str] = []
+    notes: list[Notice] = []
     oom_in: str | None = None
     out = None
     hook = pipe.unet.register_forward_pre_hook(unet_called)
@@ -193,8 +194,9 @@ def run_generation(
             with telemetry.stage("VAE decode"):
                 image, tiled = _decode(out.images, pipe, on_cuda)
             if tiled:
-                notes.append("the VAE decode ran out of memory, so the image was decoded in tiles "
-                             "(same image, up to faint seams); a smaller size avoids it")
+                notes.append(Notice(NoticeKind.TILED_DECODE,
+                                    "the VAE decode ran out of memory, so the image was decoded in tiles "
+                                    "(same image, up to faint seams); a smaller size avoids it"))
             decode_ms = (time.perf_counter() - t_decode) * 1000.0
             state.sample_memory()
     except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError

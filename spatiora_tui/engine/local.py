@@ -34,6 +34,7 @@ from spatiora_tui.hw.telemetry import Telemetry
 from spatiora_tui.hw.watchdog import LeakWatchdog, read_memory
 from spatiora_tui.library.catalog import library_folders, resolve_source, scan
 from spatiora_tui.library.hashing import HashCache
+from spatiora_tui.notices import Notice, NoticeKind
 from spatiora_tui.prompts import PromptError, extract_lora_tags
 
 
@@ -278,8 +279,10 @@ class LocalEngine:
                 except (EngineError, FileProblem):
                     continue  # reported when the task is used
                 if info is not None and info.family is not None and info.family != model.family:
-                    notes.append(f"task {task.name!r}: adapter {ref.name!r} is for {FAMILY_LABELS[info.family]}, "
-                                 f"the base model is now {FAMILY_LABELS.get(model.family, model.family)}")
+                    notes.append(Notice(NoticeKind.ADAPTER_FAMILY,
+                                        f"task {task.name!r}: adapter {ref.name!r} is for "
+                                        f"{FAMILY_LABELS[info.family]}, the base model is now "
+                                        f"{FAMILY_LABELS.get(model.family, model.family)}"))
         return tuple(notes)
 
     def _switch_task(self, name: str, on_progress: Callable[[str], None] | None = None) -> AdapterSwitch:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from spatiora_tui.hw.memory import cuda_torch, process_rss_mb
+from spatiora_tui.notices import Notice, NoticeKind
 
 MB = 2**20
 
@@ -62,7 +63,7 @@ class LeakWatchdog:
         return rss, vram
 
     def check(self, now: MemoryReading, held_ram_mb: float = 0.0, held_vram_mb: float = 0.0,
-              after: str = "switching adapters") -> str | None:
+              after: str = "switching adapters") -> Notice | None:
         """A warning for a person, or None when memory is within the tolerance."""
         rss, vram = self.excess(now, held_ram_mb, held_vram_mb)
         parts = []
@@ -72,8 +73,9 @@ class LeakWatchdog:
             parts.append(f"VRAM {vram:.0f} MB")
         if not parts:
             return None
-        return (
+        return Notice(
+            NoticeKind.MEMORY_LEAK,
             f"memory after {after} is {' and '.join(parts)} above the baseline taken when the model "
             f"loaded, beyond what the adapters held explain (tolerance {self.tolerance_mb:.0f} MB). "
-            "If it keeps growing, lower adapters.resident_max / ram_cache_mb or restart, and report it"
+            "If it keeps growing, lower adapters.resident_max / ram_cache_mb or restart, and report it",
         )
