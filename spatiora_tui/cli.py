@@ -330,11 +330,13 @@ def _cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
         print(f"warning: {switch.warning}", file=sys.stderr)
 
     progress = _ProgressLine()
-    result = _run_cancellable(lambda cancel: engine.generate(request, on_step=progress.update, cancel=cancel))
+    result, interrupted = _run_cancellable(
+        lambda cancel: engine.generate(request, on_step=progress.update, cancel=cancel))
     progress.done()
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    if result.cancelled:
+    if result.cancelled or interrupted:
+        # ctrl+c after the last step's check still means "stop, keep nothing".
         print(f"cancelled after {result.steps_done} steps; nothing saved", file=sys.stderr)
         return EXIT_CANCELLED
     try:
@@ -387,8 +389,11 @@ def _output_target(settings: Settings, out: str | None) -> tuple[Path, str | Non
     return path, None
 
 
-def _run_cancellable(job: Callable[[threading.Event], Any]) -> Any:
+def _run_cancellable(job: Callable[[threading.Event], Any]) -> tuple[Any, bool]:
     """Run `job` in a thread so ctrl+c can cancel it cleanly (within one step) instead of killing it.
+    Returns (its value, whether ctrl+c was pressed): a ctrl+c that lands after the job's last look
+    at `cancel` (as the last step ends, or while the image decodes) still counts, so the caller
+    keeps nothing either way.
 
     The main thread waits on an Event, not Thread.join: on Python 3.11 a join interrupted by
     ctrl+c can return while the thread still runs, and the interpreter then aborts at exit.
@@ -420,7 +425,7 @@ def _run_cancellable(job: Callable[[threading.Event], Any]) -> Any:
             os._exit(EXIT_CANCELLED)
     if "error" in box:
         raise box["error"]
-    return box["value"]
+    return box["value"], cancel.is_set()
 
 
 def _status_printer() -> Callable[[str | None], None]:

@@ -165,7 +165,9 @@ def test_ctrl_c_cancels_cleanly_and_saves_nothing(project: Path) -> None:
     out = project / "out"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "SPATIORA_OUTPUT_DIR": str(out)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "spatiora_tui", "generate", "--steps", "400", "x"],
+        # Long enough (1000 UNet calls) that the image cannot be finished before the signal lands,
+        # even when a busy machine delays this test between reading the line and sending it.
+        [sys.executable, "-m", "spatiora_tui", "generate", "--steps", "500", "--scheduler", "heun", "x"],
         cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     assert proc.stderr is not None
@@ -197,3 +199,11 @@ def test_disk_full_keeps_the_image_in_the_cache_and_says_where(project: Path, ca
 def test_a_bad_failpoint_setting_is_a_usage_error(project: Path) -> None:
     proc = spatiora("tasks", cwd=project, env={"SPATIORA_FAILPOINTS": "nowhere=oom"})
     assert_one_line_failure(proc, 2, "SPATIORA_FAILPOINTS", "unknown failpoint 'nowhere'")
+
+
+def test_the_cli_module_runs_as_a_script(project: Path) -> None:
+    # `python -m spatiora_tui.cli` as well as `python -m spatiora_tui` and the `spatiora` script.
+    proc = subprocess.run([sys.executable, "-m", "spatiora_tui.cli", "tasks"], cwd=project, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert "floorplan@1" in proc.stdout

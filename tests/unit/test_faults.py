@@ -123,3 +123,29 @@ def test_a_memory_error_while_denoising_becomes_engine_oom(engine, reference) ->
         engine.generate(REQUEST)
     assert engine.telemetry.depth == 0
     assert np.array_equal(pixels(engine.generate(REQUEST)), reference)
+
+
+def test_ctrl_c_as_the_last_step_ends_still_cancels(cache_dir, tmp_path, monkeypatch, capsys) -> None:
+    # The unlucky moment: SIGINT lands after the engine's last look at the cancel flag, so the
+    # image completes. ctrl+c still means "stop and keep nothing", exit 130.
+    import _thread
+
+    from spatiora_tui import cli
+
+    real_update = cli._ProgressLine.update
+
+    def update(self, preview) -> None:
+        real_update(self, preview)
+        if preview.step == preview.total:
+            _thread.interrupt_main()
+
+    monkeypatch.setattr(cli._ProgressLine, "update", update)
+    (tmp_path / "config.toml").write_text(
+        '[[tasks]]\nname = "base"\nprompt_template = "{prompt}"\nsteps = 2\nwidth = 64\nheight = 64\n',
+        encoding="utf-8")
+    out = tmp_path / "out"
+    code = cli.main(["generate", "--config", str(tmp_path / "config.toml"), "--out", str(out), "x"])
+    err = capsys.readouterr().err
+    assert code == 130, err
+    assert "nothing saved" in err
+    assert not out.exists() or not list(out.glob("*.png"))
