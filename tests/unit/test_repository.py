@@ -1,0 +1,45 @@
+"""What the repository tracks: source and small data, never build outputs, wheels or weights."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tests.conftest import REPO
+
+#: Files that are data on purpose, each with why it is as big as it is.
+LARGE_ALLOWED = {
+    "spatiora_tui/engine/configs/clip/merges.txt.gz": "CLIP's BPE merges, for offline single-file loading",
+}
+MAX_BYTES = 300_000
+BINARY_SUFFIXES = (".whl", ".egg", ".tar.gz", ".zip", ".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".so",
+                   ".pyc", ".onnx", ".gguf")
+
+
+def tracked() -> list[str]:
+    try:
+        out = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    return [name for name in out.decode().split("\0") if name]
+
+
+def test_no_large_file_is_tracked_outside_the_data_paths() -> None:
+    too_big = []
+    for name in tracked():
+        path = REPO / name
+        if path.is_file() and path.stat().st_size > MAX_BYTES and name not in LARGE_ALLOWED:
+            too_big.append(f"{name} ({path.stat().st_size // 1024} KB)")
+    assert not too_big, f"large files tracked (add to LARGE_ALLOWED with a reason, or untrack): {too_big}"
+
+
+def test_no_build_output_or_weights_are_tracked() -> None:
+    found = [name for name in tracked() if name.endswith(BINARY_SUFFIXES)]
+    assert not found, f"build outputs, wheels or weights are tracked: {found}"
+
+
+def test_wheels_and_build_outputs_are_ignored() -> None:
+    probe = ["pyflakes-4.1.0-py2.py3-none-any.whl", ".whl/torch.whl", "build/lib/x.py", "x.egg-info/PKG-INFO"]
+    out = subprocess.run(["git", "check-ignore", "--no-index", *probe], cwd=REPO, capture_output=True, text=True)
+    assert sorted(out.stdout.split()) == sorted(probe)
