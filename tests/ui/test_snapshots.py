@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import threading
 from pathlib import Path
 
@@ -24,8 +23,6 @@ from tests.ui.conftest import settle
 from tests.ui.fakes import FakeEngine, fake_telemetry
 
 SIZE = (150, 42)
-# A fixed folder: the history screen shows paths, which must not change between runs.
-FIXED_OUTPUTS = Path("/tmp/spatiora-snapshot-outputs")
 
 
 @pytest.fixture
@@ -60,21 +57,24 @@ def test_main_screen_during_a_generation(snap_compare, settings: Settings) -> No
         gate.set()
 
 
-def test_history_screen(snap_compare, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    shutil.rmtree(FIXED_OUTPUTS, ignore_errors=True)
-    monkeypatch.setenv("SPATIORA_OUTPUT_DIR", str(FIXED_OUTPUTS))
+def test_history_screen(snap_compare, settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # The screen shows paths relative to the working folder: the same text on every run.
+    monkeypatch.chdir(tmp_path)
+    outputs = tmp_path / "outputs"
+    monkeypatch.setenv("SPATIORA_OUTPUT_DIR", str(outputs))
     from spatiora_tui.engine.api import GenerationRequest
 
     maker = FakeEngine(settings)
     for i, (task, prompt) in enumerate([("floorplan", "two-bedroom flat"), ("interior", "reading nook")]):
         result = maker.generate(GenerationRequest(prompt=prompt, task=task, seed=100 + i))
-        path = save_result(result, FIXED_OUTPUTS, name=f"image-{i}-{task}")
+        path = save_result(result, outputs, name=f"image-{i}-{task}")
         os.utime(path, (1_700_000_000 + i, 1_700_000_000 + i))
     app = make_app(settings, FakeEngine(settings), renderer="halfcell", telemetry=fake_telemetry(False))
 
     async def run_before(pilot) -> None:
         await settle(app, pilot)
         await pilot.press("ctrl+o")
+        await settle(app, pilot)
         await pilot.pause(0.2)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)

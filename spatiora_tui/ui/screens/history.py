@@ -33,13 +33,26 @@ def list_images(folder: Path, limit: int = MAX_LISTED) -> list[Path]:
     return [path for _, path in dated[:limit]]
 
 
+def short_path(path: Path) -> str:
+    """`path` as a person would type it here: relative to the working folder when inside it,
+    else with ~ for the home folder."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        pass
+    try:
+        return "~/" + str(path.relative_to(Path.home()))
+    except ValueError:
+        return str(path)
+
+
 def describe(path: Path) -> str:
     """The metadata of one image as markup-safe text."""
     try:
         meta = read_metadata(path)
     except Exception as exc:  # a damaged or foreign file: say so, do not crash the browser
         return f"[b]cannot read {markup_safe(path.name)}[/]: {markup_safe(str(exc))}"
-    lines = [f"[b]{markup_safe(path.name)}[/]", f"[dim]{markup_safe(str(path))}[/]", ""]
+    lines = [f"[b]{markup_safe(path.name)}[/]", f"[dim]{markup_safe(short_path(path))}[/]", ""]
     record = meta.spatiora
     if record:
         req = record.get("request", {})
