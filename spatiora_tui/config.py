@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import types
+import textwrap
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -308,7 +309,7 @@ class KeySettings:
     cancel: str = field(default="escape", metadata=_doc("Cancel the running generation.", _keys))
     next_task: str = field(default="ctrl+t", metadata=_doc("Switch to the next task mode.", _keys))
     history: str = field(default="ctrl+o", metadata=_doc("Open this session's and earlier images.", _keys))
-    save: str = field(default="ctrl+s", metadata=_doc("Save the last image again after its save failed.", _keys))
+    save: str = field(default="ctrl+s", metadata=_doc("Save again every image whose save failed.", _keys))
     models: str = field(default="ctrl+l", metadata=_doc("Pick the base model from the checkpoints found.", _keys))
     quit: str = field(default="ctrl+q", metadata=_doc("Quit.", _keys))
 
@@ -581,7 +582,43 @@ def settings_to_toml(settings: Settings) -> str:
         return obj
 
     header = "# Spatiora TUI configuration. Reference: docs/configuration.md\n\n"
-    return header + tomli_w.dumps(plain(settings))
+    return header + _annotate(tomli_w.dumps(plain(settings)))
+
+
+_TABLE = re.compile(r"^\[\[?([a-z_]+)\]\]?$")
+_KEY_LINE = re.compile(r"^([a-z_]+) = ")
+
+
+def _annotate(text: str) -> str:
+    """Each table and key of `text` (written by tomli-w) preceded by its documentation as a
+    comment, once per table or key (the second [[tasks]] is not annotated again)."""
+    sections = {f.name: f.type for f in dataclasses.fields(Settings) if not f.metadata.get("internal")}
+    hints = {name: typing.get_type_hints(Settings)[name] for name in sections}
+    classes = {name: typing.get_args(hint)[0] if typing.get_origin(hint) is tuple else hint
+               for name, hint in hints.items()}
+    out: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    table: str | None = None
+    for line in text.splitlines():
+        match = _TABLE.match(line)
+        if match:
+            table = match.group(1)
+            if (table, "") not in seen and table in classes:
+                seen.add((table, ""))
+                doc = (classes[table].__doc__ or "").split(":", 1)[-1].strip()
+                out += _comment(doc[:1].upper() + doc[1:])
+        else:
+            match = _KEY_LINE.match(line)
+            if match and table in classes and (table, match.group(1)) not in seen:
+                seen.add((table, match.group(1)))
+                docs = {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(classes[table])}
+                out += _comment(docs.get(match.group(1), ""))
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def _comment(text: str, width: int = 98) -> list[str]:
+    return [f"# {line}" for line in textwrap.wrap(" ".join(text.split()), width - 2)]
 
 
 def write_settings(settings: Settings, path: Path) -> None:

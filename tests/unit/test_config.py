@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
@@ -164,27 +165,44 @@ def test_prompt_template_replacement_is_literal() -> None:
     assert "a {weird} flat," in rendered and rendered.startswith("2D architectural floor plan of a {weird}")
 
 
-def test_toml_text_is_readable_and_documented() -> None:
+def test_toml_text_is_readable_and_documented(tmp_path: Path) -> None:
+    # `spatiora config init` writes this: every key comes with its documentation, and the file
+    # reads back as the same settings.
     text = settings_to_toml(Settings())
     assert text.startswith("# Spatiora TUI configuration")
-    assert "[[tasks]]" in text and 'source = "demo"' in text
+    lines = text.splitlines()
+    sections = {f.name: f for f in dataclasses.fields(Settings) if not f.metadata.get("internal")}
+    documented_keys = 0
+    for section, f in sections.items():
+        cls = typing.get_args(typing.get_type_hints(Settings)[section])[0] if section == "tasks" else f.default_factory
+        header = f"[[{section}]]" if section == "tasks" else f"[{section}]"
+        at = lines.index(header)
+        assert lines[at - 1].startswith("# "), f"{header} has no comment above it"
+        for key in dataclasses.fields(cls):
+            key_line = next((i for i in range(at + 1, len(lines)) if lines[i].startswith(f"{key.name} = ")), None)
+            if key_line is None:
+                continue  # None-valued keys are left out (TOML has no null)
+            first_words = " ".join(key.metadata["doc"].split()[:4])
+            above = " ".join(line[2:] for line in lines[at:key_line] if line.startswith("# "))
+            assert first_words in above, f"{section}.{key.name} is not documented above its line"
+            documented_keys += 1
+    assert documented_keys >= 30
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    assert read_settings(path) == dataclasses.replace(Settings(), base_dir=tmp_path, source_file=path)
 
 
 def test_configuration_doc_covers_every_key() -> None:
     import dataclasses as dc
 
-    from spatiora_tui.config import (
-        AdapterSettings,
-        KeySettings,
-        ModelSettings,
-        OutputSettings,
-        PreviewSettings,
-        TaskSettings,
-        UiSettings,
-    )
+    from spatiora_tui.config import AdapterRef
 
     doc = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
-    for cls in (ModelSettings, OutputSettings, PreviewSettings, AdapterSettings, TaskSettings, UiSettings, KeySettings):
+    hints = typing.get_type_hints(Settings)
+    sections = [hints[f.name] for f in dc.fields(Settings) if not f.metadata.get("internal")]
+    classes = [typing.get_args(c)[0] if typing.get_origin(c) is tuple else c for c in sections] + [AdapterRef]
+    assert len(classes) == 10, "every section of Settings, [security] and [paths] included"
+    for cls in classes:
         for f in dc.fields(cls):
             assert f"`{f.name}`" in doc, f"{cls.__name__}.{f.name} is not documented"
     from spatiora_tui.config import SCHEDULERS
