@@ -88,6 +88,14 @@ def _model_variant(value: str) -> str | None:
     return None if value in MODEL_VARIANTS else f"unknown variant {value!r}; choose one of: {', '.join(MODEL_VARIANTS)}"
 
 
+def _preview_method(value: str) -> str | None:
+    # The registry of preview methods is the engine's; its module imports nothing heavy.
+    from spatiora_tui.engine.previews import method_names
+
+    names = method_names()
+    return None if value in names else f"unknown preview method {value!r}; choose one of: {', '.join(names)}"
+
+
 def _scheduler(value: str) -> str | None:
     if value in SCHEDULERS:
         return None
@@ -179,11 +187,22 @@ class OutputSettings:
 class PreviewSettings:
     """`[preview]`: the step previews streamed while denoising."""
 
-    method: Literal["latent2rgb", "vae", "none"] = field(
+    method: str = field(
         default="latent2rgb",
         metadata=_doc(
             "latent2rgb: linear projection of the predicted clean latent (about 40 us a frame); "
-            "vae: full VAE decode of it (exact, far slower); none: no previews."
+            "taesd: the tiny TAESD decoder (near-final colours; its weights must be on disk, see taesd); "
+            "vae: full VAE decode of it (exact, far slower); none: no previews.",
+            _preview_method,
+        ),
+    )
+    taesd: str = field(
+        default="",
+        metadata=_doc(
+            "Where the TAESD weights are, for method = \"taesd\": a diffusers folder (madebyollin/taesd, "
+            "or madebyollin/taesdxl for SDXL) or a taesd_decoder.safetensors / taesdxl_decoder.safetensors "
+            "file, or a folder holding them. Empty: looked for in the [paths] installs' vae_approx or "
+            "VAE-approx folders, the cache folder's taesd/, then the Hugging Face cache."
         ),
     )
     every_n_steps: int = field(

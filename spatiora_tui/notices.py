@@ -16,6 +16,7 @@ class NoticeKind(str, Enum):
     TILED_DECODE = "tiled decode"  # the VAE decode ran out of memory and was done in tiles
     PICKLED_EMBEDDING = "pickled embedding"  # a prompt names a .pt/.bin embedding, not loaded
     ADAPTER_FAMILY = "adapter family"  # a task's adapter is for another model family
+    PREVIEW_FALLBACK = "preview fallback"  # the configured preview method cannot run; latent2rgb does
 
 
 class Notice(str):

@@ -124,6 +124,8 @@ class ModelInfo:
     variant: str = ""
     #: sha256 of a single-file checkpoint (AUTOMATIC1111's "Model hash" is its first 10 digits).
     sha256: str | None = None
+    #: The step-preview method in use ("latent2rgb", "TAESD", "VAE"; "" when previews are off).
+    preview: str = ""
 
     @property
     def short_hash(self) -> str | None:

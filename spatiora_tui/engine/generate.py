@@ -27,7 +27,8 @@ from spatiora_tui.engine.api import (
     Timings,
 )
 from spatiora_tui.engine.conditioning import encode_prompts
-from spatiora_tui.engine.preview import decode_latents, latent_to_rgb, vae_preview
+from spatiora_tui.engine.previews import Previewer
+from spatiora_tui.engine.previews.vae import decode_latents
 from spatiora_tui.hw import process_peak_rss_mb, process_rss_mb
 from spatiora_tui.hw.memory import release_freed_memory
 from spatiora_tui.hw.telemetry import Telemetry
@@ -106,6 +107,7 @@ def run_generation(
     model: ModelInfo,
     params: ResolvedRequest,
     preview: PreviewSettings,
+    previewer: Previewer | None,
     on_step: StepCallback | None,
     cancel: threading.Event,
     switch_ms: float = 0.0,
@@ -130,7 +132,7 @@ def run_generation(
 
     pipe.scheduler = make_scheduler(params.scheduler, pipe.scheduler.config)
     tap = _X0Tap(pipe.scheduler)
-    previewing = preview.method != "none" and on_step is not None
+    previewing = previewer is not None and on_step is not None
 
     def on_step_end(pipeline: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
         now = time.perf_counter()
@@ -147,10 +149,7 @@ def run_generation(
         image = None
         if previewing and (step % state.every_n == 0 or step == state.total):
             latent = tap.latest if tap.latest is not None else tensors["latents"]
-            if preview.method == "vae":
-                image = vae_preview(latent, pipeline.vae, pipeline.image_processor)
-            else:
-                image = latent_to_rgb(latent, model.family)
+            image = previewer(latent)  # type: ignore[misc]  # previewing implies a previewer
             if state.first_preview is None:
                 state.first_preview = time.perf_counter()
         on_step(StepPreview(step=step, total=state.total, image=image, elapsed_s=now - state.start))

@@ -28,6 +28,7 @@ from spatiora_tui.engine.api import (
     ResolvedRequest,
     StepCallback,
 )
+from spatiora_tui.engine import previews
 from spatiora_tui.engine.manifest import add_trigger_words
 from spatiora_tui.engine.thread import OneThread
 from spatiora_tui.hw.telemetry import Telemetry
@@ -74,6 +75,8 @@ class LocalEngine:
         self._model: ModelInfo | None = None
         self._loras: Any = None
         self._embeddings: Any = None
+        self._previewer: previews.Previewer | None = None
+        self._notices: list[Notice] = []  # for the user, given with the next generation's result
         self._active_task: str | None = None
         self._configured: str | None = None  # model.source, resolved once (see _locate)
         self._hashes = HashCache(self._cache_dir / "hashes.json")
@@ -215,6 +218,11 @@ class LocalEngine:
                                   allow_pickle=self._settings.security.allow_pickle,
                                   library_dirs=folders.loras)
         self._embeddings = EmbeddingManager(pipe, model.family, folders.embeddings, self._hashes)
+        self._previewer, notice = previews.build(self._settings.preview.method, self._preview_context(pipe, model))
+        if notice is not None:
+            self._notices.append(notice)  # told with the next image
+        model = dataclasses.replace(model, preview=self._previewer.label if self._previewer else "")
+        self._model = model
         self._active_task = None
         freeze_long_lived()
         self.watchdog.set_baseline()  # memory with the base model loaded and no adapter held
@@ -352,10 +360,11 @@ class LocalEngine:
         self._telemetry.set_task(task.name)
         params = self._resolve(request, task, prompt, tuple(t.name for t in tags))
         image, cancelled, steps_done, timings, memory, notes = run_generation(
-            self._pipe, self._model, params, self._settings.preview, on_step,
+            self._pipe, self._model, params, self._settings.preview, self._previewer, on_step,
             cancel or threading.Event(), switch_ms, self._telemetry,
         )
-        warnings = (*self._embeddings.pickled(params.full_prompt, params.negative_prompt), *notes)
+        warnings = (*self._notices, *self._embeddings.pickled(params.full_prompt, params.negative_prompt), *notes)
+        self._notices.clear()
         held_ram, held_vram = self._loras.held_mb()
         drift = self.watchdog.check(read_memory(), held_ram, held_vram, after="generating")
         if drift is not None:
@@ -367,6 +376,18 @@ class LocalEngine:
         )
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def _preview_context(self, pipe: Any, model: ModelInfo) -> previews.PreviewContext:
+        """Where TAESD weights may be: [preview] taesd, the installs' approx-decoder folders, the
+        cache folder's taesd/."""
+        places: list[Path] = []
+        if self._settings.preview.taesd:
+            places.append(self._settings.resolve_path(self._settings.preview.taesd))
+        else:
+            for install in library_folders(self._settings).installs:
+                places += [install.root / "models" / "vae_approx", install.root / "models" / "VAE-approx"]
+            places.append(self._cache_dir / "taesd")
+        return previews.PreviewContext(pipe, model.family, tuple(places), self._settings.security.allow_pickle)
 
     def _require_loaded(self) -> None:
         if self._model is None:

@@ -217,6 +217,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
     def _show_model(self, model: Any) -> None:
         self.sub_title = f"{model.name} · {model.variant or model.family_label} · {model.device} {model.dtype}"
         self.task_pane.set_model(model.name)
+        self.preview_pane.set_method(model.preview)
 
     # -- the base model -----------------------------------------------------------------------
 

@@ -29,7 +29,8 @@ from spatiora_tui.engine.api import (
 )
 from spatiora_tui.hw import GpuReading, HardwareSampler, HostReading, Telemetry
 
-MODEL = ModelInfo(name="fake-model", source="fake", kind="demo", family="sd1", device="cpu", dtype="fp32")
+MODEL = ModelInfo(name="fake-model", source="fake", kind="demo", family="sd1", device="cpu", dtype="fp32",
+                  preview="latent2rgb")
 
 
 @dataclass

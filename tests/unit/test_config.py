@@ -79,7 +79,7 @@ def test_partial_file_keeps_defaults_elsewhere(tmp_path: Path) -> None:
         ('[model]\ndtype = 16\n', ["model.dtype", "16", "fp16"]),
         ("[preview]\nevery_n_steps = \"2\"\n", ["preview.every_n_steps", "expected an integer", "a string"]),
         ("[preview]\nevery_n_steps = 0\n", ["preview.every_n_steps", "between 1 and 1000"]),
-        ('[preview]\nmethod = "taesd"\n', ["preview.method", "latent2rgb"]),
+        ('[preview]\nmethod = "taesd-xl-turbo"\n', ["preview.method", "latent2rgb"]),
         ('[[tasks]]\nname = "a"\nwidth = 500\n', ["tasks[0].width", "multiple of 8", "496 or 504"]),
         ('[[tasks]]\nname = "a"\nscheduler = "dpm_fast"\n', ["tasks[0].scheduler", "dpm_fast", "euler_a", "ddim"]),
         ('[[tasks]]\nname = "a"\nprompt_template = "no slot"\n', ["tasks[0].prompt_template", "{prompt}"]),

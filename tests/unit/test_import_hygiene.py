@@ -18,7 +18,10 @@ CORE = [
     "spatiora_tui.engine",
     "spatiora_tui.engine.api",
     "spatiora_tui.engine.pipeline",
-    "spatiora_tui.engine.preview",
+    "spatiora_tui.engine.previews",
+    "spatiora_tui.engine.previews.latent2rgb",
+    "spatiora_tui.engine.previews.taesd",
+    "spatiora_tui.engine.previews.vae",
     "spatiora_tui.engine.adapters",
     "spatiora_tui.engine.generate",
     "spatiora_tui.engine.demo",
@@ -34,7 +37,7 @@ CORE = [
 ]
 # Imported by the CLI before it knows what to do, and by the UI: they must stay cheap.
 # The model library answers `spatiora models` and the model picker's list from file headers alone.
-LIGHT = ["spatiora_tui.config", "spatiora_tui.engine.api", "spatiora_tui.cli", "spatiora_tui.outputs",
+LIGHT = ["spatiora_tui.config", "spatiora_tui.engine.previews", "spatiora_tui.notices", "spatiora_tui.engine.api", "spatiora_tui.cli", "spatiora_tui.outputs",
          "spatiora_tui.prompts", "spatiora_tui.library.identify", "spatiora_tui.library.listing",
          "spatiora_tui.library.catalog", "spatiora_tui.library.hashing"]
 

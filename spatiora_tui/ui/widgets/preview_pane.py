@@ -49,6 +49,10 @@ class PreviewPane(Vertical):
         self.border_title = "Preview"
         self.query_one("#preview-image").display = False
 
+    def set_method(self, label: str) -> None:
+        """Show the preview method in use (latent2rgb, TAESD, VAE) in the title."""
+        self.border_title = f"Preview · {markup_safe(label)}" if label else "Preview"
+
     def model_ready(self, text: str) -> None:
         # Removed, not hidden: a hidden indicator still animates at 16 frames a second.
         for indicator in self.query(LoadingIndicator):
