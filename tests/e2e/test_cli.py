@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -83,6 +84,15 @@ def test_doctor_reports_versions_and_no_problem(project: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for word in ("python", "torch", "diffusers", "peft", "textual", "NVML", "model"):
         assert word in proc.stdout, word
+    # The NVML row tells the truth about this machine: the driver's version where an NVIDIA driver
+    # is installed (its /proc entry, read here without NVML), "unavailable" where none is.
+    nvml = next(line for line in proc.stdout.splitlines() if line.strip().startswith("NVML"))
+    driver = Path("/proc/driver/nvidia/version")
+    if driver.exists():
+        version = re.search(r"\s(\d+\.\d+(?:\.\d+)?)\s", driver.read_text().splitlines()[0]).group(1)
+        assert f"driver {version}" in nvml and "GPU(s)" in nvml, nvml
+    else:
+        assert "unavailable" in nvml and "no NVIDIA GPU or driver" in nvml, nvml
 
 
 def test_no_subcommand_without_a_terminal_points_to_generate(project: Path) -> None:
