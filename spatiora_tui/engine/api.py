@@ -115,7 +115,7 @@ class ModelInfo:
 
     name: str
     source: str  # as loaded: an absolute path, a hub id or "demo"
-    kind: str  # demo | folder | single_file | hub
+    kind: str  # demo | folder | single_file | hub; "random" for the benchmarks' random-weight architectures
     family: str  # sd1 | sd2 | sdxl
     device: str
     dtype: str

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from spatiora_tui.engine.clip_tokenizer import bytes_to_unicode
-from spatiora_tui.engine.files import file_sha256
+from spatiora_tui.library.hashing import file_sha256
 
 DEMO_VERSION = "1"
 DEMO_NAME = "spatiora-demo"

@@ -50,7 +50,7 @@ def quiet_libraries() -> None:
 class ModelSource:
     """A classified `model.source`: what kind it is and the value to load."""
 
-    kind: str  # demo | folder | single_file | hub
+    kind: str  # demo | folder | single_file | hub (ModelInfo.kind; benchmarks' loader adds "random")
     value: str
 
     @property

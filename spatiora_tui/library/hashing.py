@@ -45,6 +45,11 @@ def _hash_file(path: Path, skip_header: bool, progress: Progress | None) -> str:
     return digest.hexdigest()
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of a whole file (uncached: for small files, such as the demo build's)."""
+    return _hash_file(path, skip_header=False, progress=None)
+
+
 def addnet_hash_of_bytes(data: bytes) -> str:
     """Kohya's hash of a .safetensors file already in memory: sha256 of what follows the header."""
     length = int.from_bytes(data[:8], "little")

@@ -25,7 +25,6 @@ CORE = [
     "spatiora_tui.engine.adapters",
     "spatiora_tui.engine.generate",
     "spatiora_tui.engine.demo",
-    "spatiora_tui.engine.files",
     "spatiora_tui.engine.local",
     "spatiora_tui.engine.conditioning",
     "spatiora_tui.engine.embeddings",
