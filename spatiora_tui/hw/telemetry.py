@@ -30,6 +30,8 @@ from spatiora_tui.hw.watchdog import LeakWatchdog
 #: The stages the engine marks, in the order a request goes through them.
 STAGES = ("load base", "adapter switch", "text encode", "denoise", "VAE decode", "save")
 MB = 2**20
+#: Samples a second while no stage is open (the app at rest); `hz` applies while one is.
+IDLE_HZ = 1.0
 
 
 def _max(a: float | None, b: float | None) -> float | None:
@@ -136,6 +138,7 @@ class Telemetry:
     ) -> None:
         self.sampler = sampler or HardwareSampler()
         self.hz = hz
+        self.idle_hz = min(hz, IDLE_HZ)
         self.watchdog = LeakWatchdog(leak_tolerance_mb)
         self._exact = exact_peaks
         self._cuda = CudaPeaks()
@@ -150,6 +153,7 @@ class Telemetry:
         self._latest: HardwareSnapshot | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._wake = threading.Event()  # a stage began: sample at full rate from now
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -206,7 +210,9 @@ class Telemetry:
         return unsubscribe
 
     def start(self) -> None:
-        """Sample at `hz` in a daemon thread until stop(); one loop, so samples never overlap."""
+        """Sample in a daemon thread until stop(); one loop, so samples never overlap. The rate
+        is `hz` while a stage is open (the engine works) and `idle_hz` while none is: at rest the
+        figures hardly move, and every sample costs the listeners a redraw."""
         if self._thread is not None and self._thread.is_alive():
             return
         self._stop.clear()
@@ -215,19 +221,26 @@ class Telemetry:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
 
     def _run(self) -> None:
-        period = 1.0 / self.hz
         while not self._stop.is_set():
             started = time.monotonic()
             try:
                 self.sample()
             except Exception:  # a backend that fails is reported in its reading; never stop sampling
                 pass
-            self._stop.wait(max(0.0, period - (time.monotonic() - started)))
+            self._wake.wait(max(0.0, self.period() - (time.monotonic() - started)))
+            self._wake.clear()
+
+    def period(self) -> float:
+        """Seconds to the next sample: 1/hz while the engine works, 1/IDLE_HZ at rest."""
+        with self._lock:
+            busy = bool(self._stack)
+        return 1.0 / (self.hz if busy else min(self.hz, self.idle_hz))
 
     # -- stages --------------------------------------------------------------------------------
 
@@ -243,6 +256,7 @@ class Telemetry:
                 self._cuda.reset()
             self._stack.append(_OpenStage(name=name, task=self._task, start=time.perf_counter(), exact_rss=exact))
         self._sample_quietly()
+        self._wake.set()  # the sampling thread, if idle-slow, takes up the full rate now
 
     def exit(self) -> StageRecord | None:
         """End the innermost stage and record it."""

@@ -11,7 +11,7 @@ import dataclasses
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
@@ -105,7 +105,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self.engine = engine
         self.renderer = renderer or settings.ui.renderer
         self._image_class: type[Widget] = image_widget_class(self.renderer)
-        # Shared with the engine, which marks its stages on it; the hardware worker samples it.
+        # Shared with the engine, which marks its stages on it; its thread samples the hardware.
         self.telemetry = telemetry or Telemetry(
             hz=settings.ui.hardware_hz, leak_tolerance_mb=settings.adapters.leak_tolerance_mb
         )
@@ -128,6 +128,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self._unsaved: list[GenerationResult] = []
         self._quit_asked = False  # a first quit with unsaved images only warns
         self._exit_after_first_frame = exit_after_first_frame
+        self._unsubscribe: Callable[[], None] | None = None
         #: Seconds from process start to the first frame (set when it is drawn).
         self.first_frame_age_s: float | None = None
         self.set_keymap({action: getattr(settings.keys, action) for action in KEY_ACTIONS})
@@ -141,7 +142,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self.prompt_pane = PromptPane(id="prompt-pane")
         self.preview_pane = PreviewPane(self._image_class, id="preview")
         minutes = self.settings.ui.sparkline_minutes
-        self.hardware_pane = HardwarePane(samples, f"{minutes:g} min", id="hardware")
+        self.hardware_pane = HardwarePane(samples, f"{minutes:g} min", hz=self.settings.ui.hardware_hz, id="hardware")
         self.status_line = Readout("", id="status")
         yield Header(show_clock=False, icon="◧")
         with Horizontal(id="main"):
@@ -596,15 +597,16 @@ class SpatioraApp(App[None], inherit_bindings=False):
 
     # -- hardware -----------------------------------------------------------------------------
 
-    @work(thread=True, exclusive=True, exit_on_error=False, group="hardware")
     def _sample_hardware(self) -> None:
-        """One loop in one thread: a sample never overlaps the previous one."""
-        worker = get_current_worker()
-        period = 1.0 / self.settings.ui.hardware_hz
-        while not worker.is_cancelled:
-            started = time.monotonic()
-            self.post_message(HardwareSampled(self.telemetry.sample()))
-            worker.cancelled_event.wait(max(0.0, period - (time.monotonic() - started)))
+        """The telemetry's own thread samples (fast while the engine works, slowly at rest);
+        each snapshot comes here as a message."""
+        self._unsubscribe = self.telemetry.subscribe(lambda snap: self.post_message(HardwareSampled(snap)))
+        self.telemetry.start()
+
+    def on_unmount(self) -> None:  # the app is closing
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        self.telemetry.stop()
 
     def on_hardware_sampled(self, message: HardwareSampled) -> None:
         # Peaks are the telemetry's: it folds in every sample and stage, drawn or not.

@@ -9,6 +9,7 @@ import mmap
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -166,7 +167,7 @@ def test_a_call_failing_mid_run_is_reported_and_sampling_goes_on() -> None:
 def test_the_sampler_thread_survives_a_failing_backend_and_never_overlaps() -> None:
     host = ScriptedHost()
     telemetry = recorded(FakeNvml(), host)
-    telemetry.hz = 200.0
+    telemetry.hz = telemetry.idle_hz = 200.0
     active, overlaps, seen = [0], [0], []
     lock = threading.Lock()
     original = telemetry.sampler.host.read
@@ -395,3 +396,33 @@ def test_cuda_stage_peak_is_exact_for_a_short_spike() -> None:
         spike = torch.empty(256 * MB, dtype=torch.uint8, device="cuda")
         del spike
     assert telemetry.records_since(0)[-1].peak_cuda_allocated_mb >= 256
+
+
+def test_the_sampler_slows_down_at_rest_and_takes_up_the_full_rate_when_a_stage_begins() -> None:
+    telemetry = recorded(FakeNvml())
+    telemetry.hz, telemetry.idle_hz = 50.0, 2.0
+    times: list[float] = []
+    ten_busy = threading.Event()
+    began = [float("inf")]
+
+    def listener(_snap) -> None:
+        times.append(time.monotonic())
+        if sum(t > began[0] for t in times) >= 10:
+            ten_busy.set()
+
+    telemetry.subscribe(listener)
+    assert telemetry.period() == 0.5
+    telemetry.start()
+    try:
+        time.sleep(1.2)
+        at_rest = len(times)
+        with telemetry.stage("denoise", task="t"):
+            assert telemetry.period() == 0.02
+            began[0] = time.monotonic()
+            assert ten_busy.wait(10)
+            took = time.monotonic() - began[0]
+    finally:
+        telemetry.stop()
+    assert at_rest <= 4, f"{at_rest} samples in 1.2 s at rest (2 Hz)"
+    # At the rest rate, ten samples would take 4.5 s or more.
+    assert took < 4.0, f"ten samples took {took:.1f} s once a stage began"

@@ -35,12 +35,16 @@ class HardwarePane(Vertical):
     HardwarePane Sparkline { height: 3; margin: 0 1; }
     """
 
-    def __init__(self, history_samples: int, window: str, **kwargs) -> None:
+    def __init__(self, history_samples: int, window: str, hz: float = 4.0, **kwargs) -> None:
+        """`history_samples` points of the sparkline at `hz` span `window`."""
         super().__init__(**kwargs)
         self._window = window
+        self._hz = hz
         self._history: deque[float] = deque(maxlen=history_samples)
         self._history_label = "memory"
         self._spark_drawn = float("-inf")
+        self._spark_data: tuple[float, ...] = ()
+        self._last_time: float | None = None
 
     def compose(self) -> ComposeResult:
         yield Readout("[dim]sampling…[/]", id="hw-gpu")
@@ -71,7 +75,13 @@ class HardwarePane(Vertical):
         if label != self._history_label:
             self._history.clear()
             self._history_label = label
-        self._history.append(vram if vram is not None else host.process_rss_mb)
+        # A point per 1/hz seconds, however often samples come (slowly while the engine rests),
+        # so that the line spans the minutes its label says.
+        points = 1
+        if self._last_time is not None and snap.time > self._last_time:
+            points = min(max(1, round((snap.time - self._last_time) * self._hz)), 60)
+        self._last_time = snap.time
+        self._history.extend([vram if vram is not None else host.process_rss_mb] * points)
         self.query_one("#hw-spark-label", Readout).show(
             f"[dim]{label} · last {self._window}\nnow {_gb(self._history[-1])} · max {_gb(max(self._history))}[/]"
         )
@@ -81,9 +91,14 @@ class HardwarePane(Vertical):
             self.redraw_sparkline()
 
     def redraw_sparkline(self) -> None:
-        """Draw the sparkline from the history now (show() does so at most once a second)."""
+        """Draw the sparkline from the history now (show() does so at most once a second), unless
+        it would draw what is already there (a flat line at rest)."""
         self._spark_drawn = time.monotonic()
-        self.query_one("#hw-spark", Sparkline).data = list(self._history)
+        data = tuple(self._history)
+        if data == self._spark_data:
+            return
+        self._spark_data = data
+        self.query_one("#hw-spark", Sparkline).data = list(data)
 
     @staticmethod
     def _gpu_text(snap: HardwareSnapshot) -> str:
