@@ -275,11 +275,11 @@ def _cmd_tui(settings: Settings, args: argparse.Namespace) -> int:
         )
     from spatiora_tui.engine.local import LocalEngine
     from spatiora_tui.hw import Telemetry
-    from spatiora_tui.ui.app import make_app
+    from spatiora_tui.ui.app import SpatioraApp
 
     telemetry = Telemetry(hz=settings.ui.hardware_hz, leak_tolerance_mb=settings.adapters.leak_tolerance_mb)
     engine = LocalEngine(settings, telemetry=telemetry)
-    app = make_app(settings, engine, renderer=args.renderer, telemetry=telemetry,
+    app = SpatioraApp(settings, engine, renderer=args.renderer, telemetry=telemetry,
                    exit_after_first_frame=args.startup_time)
     app.run()
     if args.startup_time:

@@ -622,16 +622,3 @@ class SpatioraApp(App[None], inherit_bindings=False):
         if by_task:
             self.hardware_pane.show_peaks(by_task, task, self.telemetry.peaks_by_stage(task) if task else {})
 
-
-def make_app(
-    settings: Settings,
-    engine: Engine,
-    *,
-    renderer: str | None = None,
-    telemetry: Telemetry | None = None,
-    exit_after_first_frame: bool = False,
-) -> SpatioraApp:
-    """Build the app; the CLI and the tests both come through here. Pass the engine's telemetry
-    so that the hardware pane shows the stages the engine marks."""
-    return SpatioraApp(settings, engine, renderer=renderer, telemetry=telemetry,
-                       exit_after_first_frame=exit_after_first_frame)

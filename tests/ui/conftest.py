@@ -44,13 +44,13 @@ def ui_settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 def make(ui_settings: Settings):
     """make(**engine_kwargs, settings=None, gpu=False, renderer='unicode') -> (app, engine)."""
-    from spatiora_tui.ui.app import make_app
+    from spatiora_tui.ui.app import SpatioraApp
 
     def build(settings: Settings | None = None, gpu: bool = False, renderer: str = "unicode", **engine_kwargs):
         settings = settings or ui_settings
         telemetry = fake_telemetry(gpu)
         engine = FakeEngine(settings, telemetry=telemetry, **engine_kwargs)
-        return make_app(settings, engine, renderer=renderer, telemetry=telemetry), engine
+        return SpatioraApp(settings, engine, renderer=renderer, telemetry=telemetry), engine
 
     return build
 

@@ -10,7 +10,7 @@ from textual.widgets import Input
 
 from spatiora_tui.config import Settings
 from spatiora_tui.outputs import read_metadata
-from spatiora_tui.ui.app import make_app
+from spatiora_tui.ui.app import SpatioraApp
 from spatiora_tui.ui.messages import StepPreviewReady
 from tests.conftest import small_tasks
 from tests.ui.conftest import settle
@@ -23,7 +23,7 @@ async def test_generate_switch_generate_on_the_demo_model(cache_dir: Path, tmp_p
     settings = Settings(tasks=small_tasks(), base_dir=tmp_path)
     telemetry = fake_telemetry(False)
     engine = LocalEngine(settings, cache_dir=cache_dir, telemetry=telemetry)
-    app = make_app(settings, engine, renderer="halfcell", telemetry=telemetry)
+    app = SpatioraApp(settings, engine, renderer="halfcell", telemetry=telemetry)
     seen: list[object] = []
     async with app.run_test(size=(160, 48), message_hook=seen.append) as pilot:
         await settle(app, pilot)
@@ -81,7 +81,7 @@ async def test_an_a1111_install_single_files_a_lora_tag_and_ctrl_l(tiny, tmp_pat
                         tasks=tasks, base_dir=tmp_path)
     telemetry = fake_telemetry(False)
     engine = LocalEngine(settings, cache_dir=tmp_path / "cache", telemetry=telemetry)
-    app = make_app(settings, engine, renderer="halfcell", telemetry=telemetry)
+    app = SpatioraApp(settings, engine, renderer="halfcell", telemetry=telemetry)
     async with app.run_test(size=(160, 48)) as pilot:
         await settle(app, pilot)
         assert app.sub_title.startswith("tiny-sd1 · SD 1.x")

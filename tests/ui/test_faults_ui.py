@@ -17,7 +17,7 @@ from textual.widgets import Input, Static
 from spatiora_tui import failpoints
 from spatiora_tui.config import AdapterRef, Settings, TaskSettings
 from spatiora_tui.outputs import read_metadata
-from spatiora_tui.ui.app import make_app
+from spatiora_tui.ui.app import SpatioraApp
 from tests.conftest import small_tasks
 from tests.ui.conftest import outputs, settle, status
 from tests.ui.fakes import fake_telemetry
@@ -52,7 +52,7 @@ async def generate(app, pilot, prompt: str = "a hall") -> None:
 async def test_out_of_memory_is_reported_and_the_next_generation_succeeds(loaded, point: str, times: int,
                                                                           stage: str) -> None:
     settings, engine, telemetry = loaded
-    app = make_app(settings, engine, renderer="halfcell", telemetry=telemetry)
+    app = SpatioraApp(settings, engine, renderer="halfcell", telemetry=telemetry)
     async with app.run_test(size=SIZE) as pilot:
         await settle(app, pilot)
         failpoints.arm(point, "oom", times=times)
@@ -67,7 +67,7 @@ async def test_out_of_memory_is_reported_and_the_next_generation_succeeds(loaded
 
 async def test_oom_in_decode_once_is_retried_in_tiles(loaded) -> None:
     settings, engine, telemetry = loaded
-    app = make_app(settings, engine, renderer="halfcell", telemetry=telemetry)
+    app = SpatioraApp(settings, engine, renderer="halfcell", telemetry=telemetry)
     async with app.run_test(size=SIZE) as pilot:
         await settle(app, pilot)
         failpoints.arm("vae decode", "oom")
@@ -79,7 +79,7 @@ async def test_oom_in_decode_once_is_retried_in_tiles(loaded) -> None:
 @pytest.mark.parametrize("action", ["enospc", "eacces"])
 async def test_a_failed_save_keeps_the_image_and_ctrl_s_saves_it_again(loaded, action: str) -> None:
     settings, engine, telemetry = loaded
-    app = make_app(settings, engine, renderer="halfcell", telemetry=telemetry)
+    app = SpatioraApp(settings, engine, renderer="halfcell", telemetry=telemetry)
     async with app.run_test(size=SIZE) as pilot:
         await settle(app, pilot)
         assert app.check_action("save", ()) is False, "no 'Save again' while nothing waits"
@@ -115,7 +115,7 @@ async def test_an_adapter_deleted_while_the_app_runs(loaded, tmp_path: Path) -> 
     settings, engine, telemetry = loaded
     plan2 = settings.adapter_dir / "plan2.safetensors"
     shutil.copy(engine.loras.find("floorplan"), plan2)
-    app = make_app(settings, engine, renderer="halfcell", telemetry=telemetry)
+    app = SpatioraApp(settings, engine, renderer="halfcell", telemetry=telemetry)
     async with app.run_test(size=SIZE) as pilot:
         await settle(app, pilot)
         active = engine.active_task

@@ -16,7 +16,7 @@ from textual.widgets import Input
 
 from spatiora_tui.config import Settings
 from spatiora_tui.outputs import save_result
-from spatiora_tui.ui.app import make_app
+from spatiora_tui.ui.app import SpatioraApp
 from spatiora_tui.ui.messages import HardwareSampled
 from tests.conftest import small_tasks
 from tests.ui.conftest import settle
@@ -34,7 +34,7 @@ def test_main_screen_during_a_generation(snap_compare, settings: Settings) -> No
     gate = threading.Event()
     telemetry = fake_telemetry(True)
     engine = FakeEngine(settings, gate=gate, telemetry=telemetry)
-    app = make_app(settings, engine, renderer="halfcell", telemetry=telemetry)
+    app = SpatioraApp(settings, engine, renderer="halfcell", telemetry=telemetry)
 
     async def run_before(pilot) -> None:
         await settle(app, pilot)
@@ -69,7 +69,7 @@ def test_history_screen(snap_compare, settings: Settings, monkeypatch: pytest.Mo
         result = maker.generate(GenerationRequest(prompt=prompt, task=task, seed=100 + i))
         path = save_result(result, outputs, name=f"image-{i}-{task}")
         os.utime(path, (1_700_000_000 + i, 1_700_000_000 + i))
-    app = make_app(settings, FakeEngine(settings), renderer="halfcell", telemetry=fake_telemetry(False))
+    app = SpatioraApp(settings, FakeEngine(settings), renderer="halfcell", telemetry=fake_telemetry(False))
 
     async def run_before(pilot) -> None:
         await settle(app, pilot)

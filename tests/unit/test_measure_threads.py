@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from spatiora_tui.ui.measure import thread_cpu_s
+from benchmarks.ui_cost import thread_cpu_s
 
 
 def test_a_busy_thread_is_counted_under_its_name_and_the_main_thread_as_the_ui() -> None:

@@ -1,5 +1,5 @@
 """Measure the UI's cost: generation time inside the app vs the bare engine, and key-to-screen
-latency while a generation runs. Run: `python -m spatiora_tui.ui.measure [--runs N] [--task T]`.
+latency while a generation runs. Run: `python -m benchmarks.ui_cost [--runs N] [--task T]`.
 
 Both sides use the same engine, model, request and seed, in one process, alternating so that
 machine noise hits both. The app runs headless (Textual's test driver) with the real hardware
@@ -148,7 +148,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from spatiora_tui.engine.local import LocalEngine
-    from spatiora_tui.ui.app import make_app
+    from spatiora_tui.ui.app import SpatioraApp
 
     settings = load_settings()
     with tempfile.TemporaryDirectory(prefix="spatiora-measure-") as tmp:
@@ -158,10 +158,10 @@ def main() -> None:
 
             settings, loader = arch_engine_parts(settings, args.arch, (args.task,), args.steps,
                                                  parse_size(args.size), Path(tmp))
-        _measure(args, settings, LocalEngine(settings, loader=loader), make_app)
+        _measure(args, settings, LocalEngine(settings, loader=loader))
 
 
-def _measure(args: argparse.Namespace, settings: Any, engine: Any, make_app: Any) -> None:
+def _measure(args: argparse.Namespace, settings: Any, engine: Any) -> None:
     engine = _Accounted(engine)
     engine.load()
     request = GenerationRequest(prompt="an open-plan flat", task=args.task, seed=7)
@@ -179,7 +179,7 @@ def _measure(args: argparse.Namespace, settings: Any, engine: Any, make_app: Any
         result = engine.generate(request, cancel=threading.Event())
         bare.append(result.timings.image_ms or 0.0)
         engine.add_last_shares_to(bare_by_thread)
-        app = make_app(settings, engine, renderer="halfcell")
+        app = SpatioraApp(settings, engine, renderer="halfcell")
         ms, lat, cpu, n, m = asyncio.run(_in_app(app, engine, request, 1, args.keys, by_thread))
         app_ms += ms
         latencies += lat

@@ -1,7 +1,7 @@
 """Key-to-screen latency as a person sees it: the app runs in tmux, keys go in with
 `tmux send-keys`, and the time runs until `tmux capture-pane` shows the typed character.
 
-Run from the repository root: `python -m tests.perf.terminal_latency [--keys 20]`. It prints the
+Run from the repository root: `python -m benchmarks.terminal_latency [--keys 20]`. It prints the
 median and worst latency while the app is idle and while a generation runs (the shipped
 config's first task on the demo model). Polling capture-pane has a resolution of a few ms and
 itself takes some CPU; the figures are upper bounds. Not part of the test suite: it reports,

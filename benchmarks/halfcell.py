@@ -1,6 +1,6 @@
 """Half-cell drawing cost per frame: textual-image's renderable vs Spatiora's HalfcellImage.
 
-Run: `python -m tests.perf.halfcell_bench`. Frames: a photo (textual-image's bundled sample)
+Run: `python -m benchmarks.halfcell`. Frames: a photo (textual-image's bundled sample)
 blurred and noised the way x0 previews sharpen over 20 steps, and pure noise (the demo model's
 previews; every cell a new colour pair). 64x32 cells, the size of a 512x512 image's preview.
 Both sides stop at Strips/segments for Textual; writing to a terminal comes on top of either.
