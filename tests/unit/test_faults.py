@@ -131,15 +131,16 @@ def test_ctrl_c_as_the_last_step_ends_still_cancels(cache_dir, tmp_path, monkeyp
     import _thread
 
     from spatiora_tui import cli
+    from spatiora_tui.cli import generate
 
-    real_update = cli._ProgressLine.update
+    real_update = generate.ProgressLine.update
 
     def update(self, preview) -> None:
         real_update(self, preview)
         if preview.step == preview.total:
             _thread.interrupt_main()
 
-    monkeypatch.setattr(cli._ProgressLine, "update", update)
+    monkeypatch.setattr(generate.ProgressLine, "update", update)
     (tmp_path / "config.toml").write_text(
         '[[tasks]]\nname = "base"\nprompt_template = "{prompt}"\nsteps = 2\nwidth = 64\nheight = 64\n',
         encoding="utf-8")

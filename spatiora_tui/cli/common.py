@@ -1,0 +1,64 @@
+"""What every sub-command shares: exit codes, usage errors, one-line messages, status lines."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
+DEMO_NOTE = (
+    "note: the demo model has random weights, so the image looks like coloured noise; every "
+    "mechanism (adapters, previews, metadata) is real. Set model.source in config.toml to use a "
+    "real Stable Diffusion model (docs/models.md)."
+)
+
+#: The sub-parsers action and the parent parser holding --config, as each command registers.
+SubParsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+class UsageError(Exception):
+    """Bad arguments; exit code 2."""
+
+
+def config_parent() -> argparse.ArgumentParser:
+    """--config, accepted before and after the sub-command."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
+                        help="config file (default: $SPATIORA_CONFIG, ./config.toml, then the user config dir)")
+    return common
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def fail(message: str, code: int) -> int:
+    print(f"spatiora: error: {one_line(message)}", file=sys.stderr)
+    return code
+
+
+def task_list(text: str) -> tuple[str, ...]:
+    """--tasks A,B as task names (each checked against the config by the command)."""
+    tasks = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not tasks:
+        raise UsageError("--tasks names no task; give task names from config.toml, e.g. interior,floorplan")
+    return tasks
+
+
+def status_printer() -> Callable[[str | None], None]:
+    """A status line on stderr: redrawn in place on a terminal, plain lines in a log."""
+    tty = sys.stderr.isatty()
+
+    def show(message: str | None) -> None:
+        if tty:
+            sys.stderr.write("\r\x1b[2K" + (message or ""))
+            sys.stderr.flush()
+        elif message:
+            print(message, file=sys.stderr)
+
+    return show
+
+
+def weight(value: float | None) -> str:
+    return "default" if value is None else f"{value:g}"

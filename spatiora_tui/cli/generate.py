@@ -1,0 +1,203 @@
+"""`spatiora generate`: one image, saved with its metadata; ctrl+c cancels within a step."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+from spatiora_tui.cli.common import (
+    DEMO_NOTE,
+    EXIT_CANCELLED,
+    EXIT_FAILED,
+    EXIT_OK,
+    UsageError,
+    one_line,
+    status_printer,
+)
+from spatiora_tui.config import SCHEDULERS, Settings, user_cache_dir
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    gen = sub.add_parser("generate", parents=[common], help="generate one image and save it with metadata")
+    gen.add_argument("prompt", help="what to draw; the task's prompt template wraps it")
+    gen.add_argument("--task", "-t", help="task mode (default: the first in config.toml)")
+    gen.add_argument("--seed", type=int, help="random seed (default: random; printed)")
+    gen.add_argument("--steps", type=int, help="denoising steps (default: the task's)")
+    gen.add_argument("--guidance", type=float, help="CFG scale (default: the task's)")
+    gen.add_argument("--width", type=int, help="width in pixels, a multiple of 8")
+    gen.add_argument("--height", type=int, help="height in pixels, a multiple of 8")
+    gen.add_argument("--negative", help="negative prompt (default: the task's)")
+    gen.add_argument("--scheduler", choices=list(SCHEDULERS), help="sampler (default: the task's)")
+    gen.add_argument("--out", metavar="PATH", help="output folder, or a .png file name")
+    gen.set_defaults(run=run)
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    from spatiora_tui.atomic import clean_stale_partials
+    from spatiora_tui.engine.api import GenerationRequest
+    from spatiora_tui.engine.local import LocalEngine
+    from spatiora_tui.outputs import OutputError, save_result
+
+    if not args.prompt.strip():
+        raise UsageError('the prompt is empty; describe what to draw, e.g. spatiora generate "a sunlit loft"')
+    task = settings.task(args.task) if args.task else settings.tasks[0]
+    out_dir, out_name = _output_target(settings, args.out)
+    clean_stale_partials(out_dir)  # temp files a killed writer left (atomic writes leave nothing else)
+    request = GenerationRequest(
+        prompt=args.prompt, task=task.name, seed=args.seed, steps=args.steps, guidance=args.guidance,
+        width=args.width, height=args.height, negative_prompt=args.negative, scheduler=args.scheduler,
+    )
+    # Check the overrides before paying for the model load.
+    from spatiora_tui.config import task_with_overrides
+
+    task_with_overrides(task, steps=args.steps, guidance=args.guidance, width=args.width, height=args.height)
+
+    from spatiora_tui.hw.telemetry import Telemetry, stage_summary
+
+    status = status_printer()
+    telemetry = Telemetry(hz=settings.ui.hardware_hz, leak_tolerance_mb=settings.adapters.leak_tolerance_mb)
+    telemetry.start()
+    engine = LocalEngine(settings, telemetry=telemetry)
+    model = engine.load(on_progress=lambda msg: status(f"{msg}…"), source=task.model)
+    status(None)
+    print(f"model: {model.name} · {model.variant or model.family_label} · {model.device} {model.dtype}", file=sys.stderr)
+    if model.random_weights:
+        print(DEMO_NOTE, file=sys.stderr)
+    switch = engine.switch_task(task.name)
+    adapters = ", ".join(f"{n}@{w:g}" for n, w in switch.adapters) or "none (base model)"
+    print(f"task: {task.name} · adapters: {adapters} · {switch.summary()}", file=sys.stderr)
+    if switch.warning:
+        print(f"warning: {switch.warning}", file=sys.stderr)
+
+    progress = ProgressLine()
+    result, interrupted = run_cancellable(
+        lambda cancel: engine.generate(request, on_step=progress.update, cancel=cancel))
+    progress.done()
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if result.cancelled or interrupted:
+        # ctrl+c after the last step's check still means "stop, keep nothing".
+        print(f"cancelled after {result.steps_done} steps; nothing saved", file=sys.stderr)
+        return EXIT_CANCELLED
+    try:
+        with telemetry.stage("save"):
+            path = save_result(result, out_dir, out_name)
+    except OutputError as exc:
+        telemetry.stop()
+        return _rescue(result, exc)
+    telemetry.stop()
+    t = result.timings
+    first = f"{t.first_preview_ms / 1000:.2f} s" if t.first_preview_ms is not None else "off"
+    mem = f"peak RSS {result.memory.peak_rss_mb:.0f} MB"
+    if result.memory.cuda_max_allocated_mb is not None:
+        mem += f", CUDA peak {result.memory.cuda_max_allocated_mb:.0f} MB"
+    print(
+        f"seed {result.params.seed} · {result.steps_done} steps · {result.params.width}x{result.params.height} · "
+        f"image in {(t.image_ms or 0) / 1000:.2f} s (first preview {first}) · {mem}",
+        file=sys.stderr,
+    )
+    print("stages: " + stage_summary(telemetry.records_since(0)), file=sys.stderr)
+    print(path)
+    return EXIT_OK
+
+
+def _rescue(result: Any, error: Exception) -> int:
+    """The image could not be saved where asked: keep it anyway, in the cache folder, and say so."""
+    from spatiora_tui.outputs import OutputError, save_result
+
+    print(f"spatiora: error: {one_line(str(error))}", file=sys.stderr)
+    rescue_dir = user_cache_dir() / "unsaved"
+    try:
+        path = save_result(result, rescue_dir)
+    except OutputError as second:
+        print(f"spatiora: error: the image is lost: it could not be kept in {rescue_dir} either "
+              f"({one_line(str(second))})", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"the image was kept in {path}; move it where you want it", file=sys.stderr)
+    print(path)
+    return EXIT_FAILED
+
+
+def _output_target(settings: Settings, out: str | None) -> tuple[Path, str | None]:
+    if not out:
+        return settings.output_dir, None
+    path = Path(out).expanduser()
+    if path.suffix.lower() == ".png":
+        return path.parent, path.stem
+    if path.suffix:
+        raise UsageError(f"--out {out}: give a folder or a .png file name")
+    return path, None
+
+
+def run_cancellable(job: Callable[[threading.Event], Any]) -> tuple[Any, bool]:
+    """Run `job` in a thread so ctrl+c can cancel it cleanly (within one step) instead of killing it.
+    Returns (its value, whether ctrl+c was pressed): a ctrl+c that lands after the job's last look
+    at `cancel` (as the last step ends, or while the image decodes) still counts, so the caller
+    keeps nothing either way.
+
+    The main thread waits on an Event, not Thread.join: on Python 3.11 a join interrupted by
+    ctrl+c can return while the thread still runs, and the interpreter then aborts at exit.
+    A second ctrl+c while cancelling quits at once.
+    """
+    cancel, finished = threading.Event(), threading.Event()
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = job(cancel)
+        except BaseException as exc:  # handed to the main thread below
+            box["error"] = exc
+        finally:
+            finished.set()
+
+    threading.Thread(target=target, name="spatiora-generate", daemon=True).start()
+    try:
+        while not finished.wait(0.1):
+            pass
+    except KeyboardInterrupt:
+        cancel.set()
+        print("\ncancelling… (ctrl+c again to quit at once)", file=sys.stderr)
+        try:
+            while not finished.wait(0.1):
+                pass
+        except KeyboardInterrupt:
+            print("quit before the step finished", file=sys.stderr)
+            os._exit(EXIT_CANCELLED)
+    if "error" in box:
+        raise box["error"]
+    return box["value"], cancel.is_set()
+
+
+class ProgressLine:
+    """Step progress on stderr: a redrawn bar on a terminal, a few plain lines in a log."""
+
+    def __init__(self) -> None:
+        self._tty = sys.stderr.isatty()
+        self._last_logged = -1
+        self._drawn = False
+
+    def update(self, preview: Any) -> None:
+        step, total, elapsed = preview.step, preview.total, max(preview.elapsed_s, 1e-6)
+        rate = step / elapsed
+        eta = (total - step) / rate if rate > 0 else 0.0
+        if self._tty:
+            width = 24
+            filled = round(width * step / total)
+            bar = "█" * filled + "░" * (width - filled)
+            sys.stderr.write(f"\r\x1b[2K  step {step:>3}/{total} {bar} {rate:5.1f} it/s  ETA {eta:4.1f} s")
+            sys.stderr.flush()
+            self._drawn = True
+        else:
+            decile = step * 10 // total
+            if decile != self._last_logged:
+                self._last_logged = decile
+                print(f"  step {step}/{total} · {rate:.1f} it/s · ETA {eta:.1f} s", file=sys.stderr)
+
+    def done(self) -> None:
+        if self._drawn:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
