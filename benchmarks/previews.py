@@ -52,8 +52,14 @@ def main() -> None:
     latent = torch.randn(1, 4, side, side, device=args.device, dtype=dtype)
     methods = {
         "latent2rgb": (LatentToRGB(family), 0),
-        "taesd": (TaesdPreview(tiny, "taesdxl" if family == "sdxl" else "taesd"), sum(p.numel() for p in tiny.parameters())),
-        "vae": (VaePreview(vae, VaeImageProcessor(vae_scale_factor=8)), sum(p.numel() for p in vae.decoder.parameters())),
+        "taesd": (
+            TaesdPreview(tiny, "taesdxl" if family == "sdxl" else "taesd"),
+            sum(p.numel() for p in tiny.parameters()),
+        ),
+        "vae": (
+            VaePreview(vae, VaeImageProcessor(vae_scale_factor=8)),
+            sum(p.numel() for p in vae.decoder.parameters()),
+        ),
     }
     rows = []
     for name, (previewer, params) in methods.items():
@@ -67,19 +73,33 @@ def main() -> None:
             if args.device == "cuda":
                 torch.cuda.synchronize()
             times.append((time.perf_counter() - t0) * 1000)
-        rows.append({"method": name, "median_ms": statistics.median(times), "min_ms": min(times),
-                     "image": f"{image.size[0]}x{image.size[1]}",
-                     "params_mb": params * torch.tensor([], dtype=dtype).element_size() / 2**20})
+        rows.append(
+            {
+                "method": name,
+                "median_ms": statistics.median(times),
+                "min_ms": min(times),
+                "image": f"{image.size[0]}x{image.size[1]}",
+                "params_mb": params * torch.tensor([], dtype=dtype).element_size() / 2**20,
+            }
+        )
     base = rows[0]["median_ms"]
-    print(f"previews of one {side * 8}x{side * 8} latent, {args.arch}, {args.device} {args.dtype}, "
-          f"{args.runs} runs (median)")
+    print(
+        f"previews of one {side * 8}x{side * 8} latent, {args.arch}, {args.device} {args.dtype}, "
+        f"{args.runs} runs (median)"
+    )
     print(f"{'method':<12}{'ms / preview':>14}{'min ms':>10}{'x latent2rgb':>14}{'preview':>10}{'weights MB':>12}")
     for row in rows:
-        print(f"{row['method']:<12}{row['median_ms']:>14.2f}{row['min_ms']:>10.2f}"
-              f"{row['median_ms'] / base:>14.0f}{row['image']:>10}{row['params_mb']:>12.1f}")
+        print(
+            f"{row['method']:<12}{row['median_ms']:>14.2f}{row['min_ms']:>10.2f}"
+            f"{row['median_ms'] / base:>14.0f}{row['image']:>10}{row['params_mb']:>12.1f}"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"arch": args.arch, "device": args.device, "dtype": args.dtype,
-                                               "runs": args.runs, "rows": rows}, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {"arch": args.arch, "device": args.device, "dtype": args.dtype, "runs": args.runs, "rows": rows},
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

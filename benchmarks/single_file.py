@@ -55,16 +55,29 @@ def build(arch: str, seed: int):
         vae = diffusers.AutoencoderKL.from_config(diffusers.AutoencoderKL.load_config(folder / "vae"))
         te = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
         scheduler = diffusers.EulerDiscreteScheduler.from_config(
-            diffusers.EulerDiscreteScheduler.load_config(folder / "scheduler"))
+            diffusers.EulerDiscreteScheduler.load_config(folder / "scheduler")
+        )
         if arch == "sdxl":
             te2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(folder / "text_encoder_2"))
-            return diffusers.StableDiffusionXLPipeline(vae=vae, text_encoder=te, text_encoder_2=te2,
-                                                       tokenizer=clip_tokenizer(PAD_CLIP_L),
-                                                       tokenizer_2=clip_tokenizer(PAD_OPEN_CLIP), unet=unet,
-                                                       scheduler=scheduler)
-        return diffusers.StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=clip_tokenizer(PAD_CLIP_L),
-                                                 unet=unet, scheduler=scheduler, safety_checker=None,
-                                                 feature_extractor=None, requires_safety_checker=False)
+            return diffusers.StableDiffusionXLPipeline(
+                vae=vae,
+                text_encoder=te,
+                text_encoder_2=te2,
+                tokenizer=clip_tokenizer(PAD_CLIP_L),
+                tokenizer_2=clip_tokenizer(PAD_OPEN_CLIP),
+                unet=unet,
+                scheduler=scheduler,
+            )
+        return diffusers.StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=te,
+            tokenizer=clip_tokenizer(PAD_CLIP_L),
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
     finally:
         torch.set_default_dtype(torch.float32)
 
@@ -86,7 +99,7 @@ def write(arch: str, work: Path, seed: int) -> tuple[Path, Path]:
 
 def page_in(*paths: Path) -> None:
     for path in paths:
-        for file in ([path] if path.is_file() else sorted(path.rglob("*.safetensors"))):
+        for file in [path] if path.is_file() else sorted(path.rglob("*.safetensors")):
             with open(file, "rb") as fh:
                 while fh.read(1 << 24):
                     pass
@@ -154,13 +167,24 @@ def bench_load(arch: str, work: Path, runs: int) -> dict:
             checked = compare(a, b)
         del a, b
         gc.collect()
-        print(f"  {arch} run {run + 1}: single file {single_s[-1]:.2f} s, diffusers folder {folder_s[-1]:.2f} s",
-              file=sys.stderr)
-    return {"arch": arch, "runs": runs, "dtype": DTYPE, "file_gib": single.stat().st_size / 2**30,
-            "first_load_with_hash_s": first, "single_file_s": single_s, "folder_s": folder_s,
-            "single_file_median_s": statistics.median(single_s), "folder_median_s": statistics.median(folder_s),
-            "ratio_single_over_folder": statistics.median(single_s) / statistics.median(folder_s),
-            "tensors_compared": checked[0], "tensors_different": checked[1]}
+        print(
+            f"  {arch} run {run + 1}: single file {single_s[-1]:.2f} s, diffusers folder {folder_s[-1]:.2f} s",
+            file=sys.stderr,
+        )
+    return {
+        "arch": arch,
+        "runs": runs,
+        "dtype": DTYPE,
+        "file_gib": single.stat().st_size / 2**30,
+        "first_load_with_hash_s": first,
+        "single_file_s": single_s,
+        "folder_s": folder_s,
+        "single_file_median_s": statistics.median(single_s),
+        "folder_median_s": statistics.median(folder_s),
+        "ratio_single_over_folder": statistics.median(single_s) / statistics.median(folder_s),
+        "tensors_compared": checked[0],
+        "tensors_different": checked[1],
+    }
 
 
 FRESH = """
@@ -184,8 +208,9 @@ def engine_settings(path: Path):
     from spatiora_tui.config import ModelSettings, Settings, TaskSettings
 
     task = TaskSettings(name="t", steps=1, width=64, height=64, scheduler="euler", guidance=7.0)
-    return Settings(model=ModelSettings(source=str(path), device="cpu", dtype="fp32"), tasks=(task,),
-                    base_dir=path.parent)
+    return Settings(
+        model=ModelSettings(source=str(path), device="cpu", dtype="fp32"), tasks=(task,), base_dir=path.parent
+    )
 
 
 def bench_switch(work: Path) -> dict:
@@ -200,8 +225,13 @@ def bench_switch(work: Path) -> dict:
     page_in(a, b)
     fresh_runs = []
     for _ in range(2):
-        out = subprocess.run([sys.executable, "-c", FRESH.format(repo=str(REPO), path=str(b), cache=str(cache))],
-                             capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        out = subprocess.run(
+            [sys.executable, "-c", FRESH.format(repo=str(REPO), path=str(b), cache=str(cache))],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
         fresh_runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     engine = LocalEngine(engine_settings(a), cache_dir=cache)
     engine.load()
@@ -215,10 +245,17 @@ def bench_switch(work: Path) -> dict:
     after_generate = read_memory().rss_mb
     fresh_load = statistics.median(r["after_load_mb"] for r in fresh_runs)
     fresh_generate = statistics.median(r["after_generate_mb"] for r in fresh_runs)
-    return {"switch_ms": switch.duration_ms, "rss_before_switch_mb": before, "rss_after_switch_mb": after_switch,
-            "rss_after_switch_and_generate_mb": after_generate, "fresh_after_load_mb": fresh_load,
-            "fresh_after_generate_mb": fresh_generate, "fresh_runs": fresh_runs,
-            "after_switch_vs_fresh": after_switch / fresh_load, "after_generate_vs_fresh": after_generate / fresh_generate}
+    return {
+        "switch_ms": switch.duration_ms,
+        "rss_before_switch_mb": before,
+        "rss_after_switch_mb": after_switch,
+        "rss_after_switch_and_generate_mb": after_generate,
+        "fresh_after_load_mb": fresh_load,
+        "fresh_after_generate_mb": fresh_generate,
+        "fresh_runs": fresh_runs,
+        "after_switch_vs_fresh": after_switch / fresh_load,
+        "after_generate_vs_fresh": after_generate / fresh_generate,
+    }
 
 
 def main() -> int:
@@ -228,8 +265,12 @@ def main() -> int:
     parser.add_argument("--work", type=Path, help="where the files go (default: a temp dir, removed)")
     parser.add_argument("--no-switch", action="store_true", help="skip the base-model switch measurement")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
-    parser.add_argument("--dtype", choices=["fp16", "fp32"], default="fp16",
-                        help="load as: fp16 (the files' own dtype: mapped, read as used) or fp32 (converted: read whole)")
+    parser.add_argument(
+        "--dtype",
+        choices=["fp16", "fp32"],
+        default="fp16",
+        help="load as: fp16 (the files' own dtype: mapped, read as used) or fp32 (converted: read whole)",
+    )
     args = parser.parse_args()
     global DTYPE
     DTYPE = args.dtype
@@ -240,18 +281,22 @@ def main() -> int:
     for arch in args.arch.split(","):
         row = bench_load(arch.strip(), work, args.runs)
         results["load"].append(row)
-        print(f"{row['arch']} ({row['dtype']}): single file {row['single_file_median_s']:.2f} s vs diffusers folder "
-              f"{row['folder_median_s']:.2f} s (ratio {row['ratio_single_over_folder']:.2f}; median of {row['runs']}); "
-              f"first load with hashing {row['first_load_with_hash_s']:.2f} s; {row['tensors_compared']} tensors "
-              f"compared, {row['tensors_different']} different")
+        print(
+            f"{row['arch']} ({row['dtype']}): single file {row['single_file_median_s']:.2f} s vs diffusers folder "
+            f"{row['folder_median_s']:.2f} s (ratio {row['ratio_single_over_folder']:.2f}; median of {row['runs']}); "
+            f"first load with hashing {row['first_load_with_hash_s']:.2f} s; {row['tensors_compared']} tensors "
+            f"compared, {row['tensors_different']} different"
+        )
     if not args.no_switch:
         s = bench_switch(work)
         results["switch"] = s
-        print(f"switch SD 1.5 A -> B: {s['switch_ms'] / 1000:.2f} s; RSS {s['rss_before_switch_mb']:.0f} -> "
-              f"{s['rss_after_switch_mb']:.0f} MB after the switch, a fresh process on B {s['fresh_after_load_mb']:.0f} MB "
-              f"({(s['after_switch_vs_fresh'] - 1) * 100:+.1f}%); after one image each "
-              f"{s['rss_after_switch_and_generate_mb']:.0f} vs {s['fresh_after_generate_mb']:.0f} MB "
-              f"({(s['after_generate_vs_fresh'] - 1) * 100:+.1f}%)")
+        print(
+            f"switch SD 1.5 A -> B: {s['switch_ms'] / 1000:.2f} s; RSS {s['rss_before_switch_mb']:.0f} -> "
+            f"{s['rss_after_switch_mb']:.0f} MB after the switch, a fresh process on B {s['fresh_after_load_mb']:.0f} MB "
+            f"({(s['after_switch_vs_fresh'] - 1) * 100:+.1f}%); after one image each "
+            f"{s['rss_after_switch_and_generate_mb']:.0f} vs {s['fresh_after_generate_mb']:.0f} MB "
+            f"({(s['after_generate_vs_fresh'] - 1) * 100:+.1f}%)"
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     if tmp is not None:

@@ -129,7 +129,9 @@ async def _in_app(
             frames.append(app.preview_pacer.drawn)
             messages.append(previews[0])
             result = finished[-1].result
-            assert result.params.task == request.task and result.params.steps == engine.settings.task(request.task).steps
+            assert (
+                result.params.task == request.task and result.params.steps == engine.settings.task(request.task).steps
+            )
             if result.timings.image_ms is not None:
                 image_ms.append(result.timings.image_ms)
     return image_ms, latencies, ui_cpu_ms, frames, messages
@@ -140,15 +142,18 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--task", default="floorplan")
     parser.add_argument("--keys", type=int, default=30, help="keys typed during the last in-app generation")
-    parser.add_argument("--arch", choices=("config", "demo", "sd15", "sdxl"), default="config",
-                        help="the configured model (default), or an architecture with random weights as "
-                             "`spatiora bench` builds it (real size: real compute per step)")
+    parser.add_argument(
+        "--arch",
+        choices=("config", "demo", "sd15", "sdxl"),
+        default="config",
+        help="the configured model (default), or an architecture with random weights as "
+        "`spatiora bench` builds it (real size: real compute per step)",
+    )
     parser.add_argument("--steps", type=int, default=4, help="steps per image with --arch")
     parser.add_argument("--size", default="512x512", help="WIDTHxHEIGHT with --arch")
     args = parser.parse_args()
 
     from spatiora_tui.engine.local import LocalEngine
-    from spatiora_tui.ui.app import SpatioraApp
 
     settings = load_settings()
     with tempfile.TemporaryDirectory(prefix="spatiora-measure-") as tmp:
@@ -156,12 +161,15 @@ def main() -> None:
         if args.arch != "config":
             from spatiora_tui.bench.tasks import arch_engine_parts, parse_size
 
-            settings, loader = arch_engine_parts(settings, args.arch, (args.task,), args.steps,
-                                                 parse_size(args.size), Path(tmp))
+            settings, loader = arch_engine_parts(
+                settings, args.arch, (args.task,), args.steps, parse_size(args.size), Path(tmp)
+            )
         _measure(args, settings, LocalEngine(settings, loader=loader))
 
 
 def _measure(args: argparse.Namespace, settings: Any, engine: Any) -> None:
+    from spatiora_tui.ui.app import SpatioraApp
+
     engine = _Accounted(engine)
     engine.load()
     request = GenerationRequest(prompt="an open-plan flat", task=args.task, seed=7)
@@ -187,21 +195,36 @@ def _measure(args: argparse.Namespace, settings: Any, engine: Any) -> None:
         frames += n
         messages += m
     task = settings.task(args.task)
-    print(f"model {engine.model.name} · task {task.name} · {task.width}x{task.height} · {task.steps} steps · "
-          f"{args.runs} runs each, alternating")
-    print(f"bare engine  median image time {statistics.median(bare):8.0f} ms  (runs: {', '.join(f'{v:.0f}' for v in bare)})")
-    print(f"in the app   median image time {statistics.median(app_ms):8.0f} ms  (runs: {', '.join(f'{v:.0f}' for v in app_ms)})")
+    print(
+        f"model {engine.model.name} · task {task.name} · {task.width}x{task.height} · {task.steps} steps · "
+        f"{args.runs} runs each, alternating"
+    )
+    print(
+        f"bare engine  median image time {statistics.median(bare):8.0f} ms  (runs: {', '.join(f'{v:.0f}' for v in bare)})"
+    )
+    print(
+        f"in the app   median image time {statistics.median(app_ms):8.0f} ms  (runs: {', '.join(f'{v:.0f}' for v in app_ms)})"
+    )
     print(f"ratio app / bare: {statistics.median(app_ms) / statistics.median(bare):.3f}")
-    print(f"UI thread CPU as the preview pacer counts it (from the start of a generation to its end): median {statistics.median(ui_cpu):.1f}% of the wall time, "
-          f"preview images drawn: median {statistics.median(frames):.0f} of {statistics.median(messages):.0f} "
-          f"step updates (budget {settings.ui.preview_cpu_budget:g}, at most {settings.ui.preview_fps:g} fps)")
+    print(
+        f"UI thread CPU as the preview pacer counts it (from the start of a generation to its end): median {statistics.median(ui_cpu):.1f}% of the wall time, "
+        f"preview images drawn: median {statistics.median(frames):.0f} of {statistics.median(messages):.0f} "
+        f"step updates (budget {settings.ui.preview_cpu_budget:g}, at most {settings.ui.preview_fps:g} fps)"
+    )
     for side, shares in (("bare", bare_by_thread), ("in the app", by_thread)):
-        print(f"CPU by thread, {side} (median % of the generation's wall time; 100% = one core): " + ", ".join(
-            f"{name} {statistics.median(v):.1f}%" for name, v in sorted(shares.items(), key=lambda kv: -max(kv[1]))
-            if max(v) >= 0.05))
+        print(
+            f"CPU by thread, {side} (median % of the generation's wall time; 100% = one core): "
+            + ", ".join(
+                f"{name} {statistics.median(v):.1f}%"
+                for name, v in sorted(shares.items(), key=lambda kv: -max(kv[1]))
+                if max(v) >= 0.05
+            )
+        )
     if latencies:
-        print(f"key-to-screen while generating: median {statistics.median(latencies):.1f} ms, "
-              f"worst {max(latencies):.1f} ms over {len(latencies)} keys")
+        print(
+            f"key-to-screen while generating: median {statistics.median(latencies):.1f} ms, "
+            f"worst {max(latencies):.1f} ms over {len(latencies)} keys"
+        )
 
 
 if __name__ == "__main__":

@@ -119,8 +119,13 @@ def _rename_new(tmp: Path, final: Path) -> bool:
     """Rename `tmp` to `final` unless `final` exists, atomically. False when the name is taken."""
     renameat2 = _renameat2()
     if renameat2 is not None:
-        result = renameat2(_AT_FDCWD, os.fsencode(tmp), _AT_FDCWD, os.fsencode(final),  # type: ignore[operator]
-                           _RENAME_NOREPLACE)
+        result = renameat2(
+            _AT_FDCWD,
+            os.fsencode(tmp),
+            _AT_FDCWD,
+            os.fsencode(final),  # type: ignore[operator]
+            _RENAME_NOREPLACE,
+        )
         if result == 0:
             return True
         err = ctypes.get_errno()

@@ -14,12 +14,13 @@ import dataclasses
 import os
 import re
 import sys
-import types
 import textwrap
+import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -80,8 +81,18 @@ def _template(value: str) -> str | None:
 
 
 #: What `[model] variant` accepts: auto, or a checkpoint variant (spatiora_tui/library/identify.py).
-MODEL_VARIANTS = ("auto", "sd15", "sd15-v", "sd15-inpaint", "sd2", "sd2-v", "sd2-inpaint", "sdxl", "sdxl-v",
-                  "sdxl-inpaint")
+MODEL_VARIANTS = (
+    "auto",
+    "sd15",
+    "sd15-v",
+    "sd15-inpaint",
+    "sd2",
+    "sd2-v",
+    "sd2-inpaint",
+    "sdxl",
+    "sdxl-v",
+    "sdxl-inpaint",
+)
 
 
 def _model_variant(value: str) -> str | None:
@@ -125,8 +136,8 @@ class ModelSettings:
         default="auto",
         metadata=_doc(
             "What a single-file checkpoint is. auto: read from its tensors, a NAME.yaml beside it, or a "
-            "v_pred marker (docs/models.md); pin it when the guess is wrong, e.g. \"sd2-v\" for a 768 px "
-            "v-prediction SD 2.x model or \"sd2\" for a 512 px one. One of: " + ", ".join(MODEL_VARIANTS) + ".",
+            'v_pred marker (docs/models.md); pin it when the guess is wrong, e.g. "sd2-v" for a 768 px '
+            'v-prediction SD 2.x model or "sd2" for a 512 px one. One of: ' + ", ".join(MODEL_VARIANTS) + ".",
             _model_variant,
         ),
     )
@@ -154,18 +165,24 @@ class PathSettings:
     )
     models: tuple[str, ...] = field(
         default=("models",),
-        metadata=_doc("Folders of single-file checkpoints (.safetensors), searched with their sub-folders; "
-                      "model.source and the model picker name a checkpoint by its file name."),
+        metadata=_doc(
+            "Folders of single-file checkpoints (.safetensors), searched with their sub-folders; "
+            "model.source and the model picker name a checkpoint by its file name."
+        ),
     )
     loras: tuple[str, ...] = field(
         default=(),
-        metadata=_doc("More LoRA folders, searched with their sub-folders after [adapters] dir; a LoRA is "
-                      "named by its file name, as in <lora:NAME:0.8>."),
+        metadata=_doc(
+            "More LoRA folders, searched with their sub-folders after [adapters] dir; a LoRA is "
+            "named by its file name, as in <lora:NAME:0.8>."
+        ),
     )
     embeddings: tuple[str, ...] = field(
         default=("embeddings",),
-        metadata=_doc("Folders of textual-inversion embeddings (.safetensors); an embedding's file name "
-                      "written in a prompt or negative prompt uses it."),
+        metadata=_doc(
+            "Folders of textual-inversion embeddings (.safetensors); an embedding's file name "
+            "written in a prompt or negative prompt uses it."
+        ),
     )
 
 
@@ -199,15 +216,13 @@ class PreviewSettings:
     taesd: str = field(
         default="",
         metadata=_doc(
-            "Where the TAESD weights are, for method = \"taesd\": a diffusers folder (madebyollin/taesd, "
+            'Where the TAESD weights are, for method = "taesd": a diffusers folder (madebyollin/taesd, '
             "or madebyollin/taesdxl for SDXL) or a taesd_decoder.safetensors / taesdxl_decoder.safetensors "
             "file, or a folder holding them. Empty: looked for in the [paths] installs' vae_approx or "
             "VAE-approx folders, the cache folder's taesd/, then the Hugging Face cache."
         ),
     )
-    every_n_steps: int = field(
-        default=1, metadata=_doc("Emit a preview every N denoising steps.", _between(1, 1000))
-    )
+    every_n_steps: int = field(default=1, metadata=_doc("Emit a preview every N denoising steps.", _between(1, 1000)))
 
 
 @dataclass(frozen=True)
@@ -226,7 +241,8 @@ class AdapterSettings:
         default=4,
         metadata=_doc(
             "Most adapters kept on the device at once. Beyond it the least recently used one makes "
-            "room: the next adapter is copied into its layers when they fit.", _between(1, 64),
+            "room: the next adapter is copied into its layers when they fit.",
+            _between(1, 64),
         ),
     )
     ram_cache_mb: float = field(
@@ -288,9 +304,7 @@ class UiSettings:
             _between(0.005, 1.0),
         ),
     )
-    hardware_hz: float = field(
-        default=4.0, metadata=_doc("Hardware pane samples per second.", _between(0.2, 20))
-    )
+    hardware_hz: float = field(default=4.0, metadata=_doc("Hardware pane samples per second.", _between(0.2, 20)))
     sparkline_minutes: float = field(
         default=5.0, metadata=_doc("Minutes of memory history in the hardware pane's sparkline.", _between(0.5, 60))
     )
@@ -316,7 +330,7 @@ _KEY = re.compile(r"^([a-z]+\+)*[a-z0-9_]+$|^.$")
 def _keys(value: str) -> str | None:
     keys = [k.strip() for k in value.split(",")]
     if not all(keys) or any(not _KEY.match(k) for k in keys):
-        return f"{value!r} is not a key; write keys as Textual names them, e.g. \"ctrl+g\" or \"f5,ctrl+r\""
+        return f'{value!r} is not a key; write keys as Textual names them, e.g. "ctrl+g" or "f5,ctrl+r"'
     return None
 
 
@@ -340,8 +354,9 @@ class AdapterRef:
     name: str = field(metadata=_doc("Adapter name: the file stem in the adapters folder.", _non_empty))
     weight: float | None = field(
         default=None,
-        metadata=_doc("LoRA scale; left out: the adapter's default_weight from its adapter.toml, else 1.0.",
-                      _between(-5, 5)),
+        metadata=_doc(
+            "LoRA scale; left out: the adapter's default_weight from its adapter.toml, else 1.0.", _between(-5, 5)
+        ),
     )
 
 
@@ -352,7 +367,7 @@ class TaskSettings:
     name: str = field(metadata=_doc("Short name used on the command line and in the UI.", _non_empty))
     description: str = field(default="", metadata=_doc("One line shown beside the name."))
     adapters: tuple[AdapterRef, ...] = field(
-        default=(), metadata=_doc("Adapters active in this mode, e.g. [{name = \"interior\", weight = 0.8}].")
+        default=(), metadata=_doc('Adapters active in this mode, e.g. [{name = "interior", weight = 0.8}].')
     )
     prompt_template: str = field(
         default="{prompt}", metadata=_doc("Prompt sent to the model; {prompt} is replaced.", _template)
@@ -360,16 +375,16 @@ class TaskSettings:
     negative_prompt: str = field(default="", metadata=_doc("Negative prompt for this mode."))
     steps: int = field(default=25, metadata=_doc("Denoising steps.", _between(1, 500)))
     guidance: float = field(default=7.0, metadata=_doc("Classifier-free guidance scale.", _between(0, 30)))
-    scheduler: str = field(
-        default="euler_a", metadata=_doc(f"One of: {', '.join(SCHEDULERS)}.", _scheduler)
-    )
+    scheduler: str = field(default="euler_a", metadata=_doc(f"One of: {', '.join(SCHEDULERS)}.", _scheduler))
     width: int = field(default=512, metadata=_doc("Image width in pixels (multiple of 8).", _size))
     height: int = field(default=512, metadata=_doc("Image height in pixels (multiple of 8).", _size))
     model: str | None = field(
         default=None,
-        metadata=_doc("The base model this mode runs on (a checkpoint name, path or hub id, like "
-                      "model.source); left out: the model loaded. Switching to the mode then loads it.",
-                      _non_empty),
+        metadata=_doc(
+            "The base model this mode runs on (a checkpoint name, path or hub id, like "
+            "model.source); left out: the model loaded. Switching to the mode then loads it.",
+            _non_empty,
+        ),
     )
 
     def render_prompt(self, prompt: str) -> str:
@@ -522,8 +537,7 @@ def parse_settings(data: Mapping[str, Any], path: Path | None = None) -> Setting
 
 
 def _type_name(value: Any) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-             list: "a list", dict: "a table"}
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a table"}
     return names.get(type(value), type(value).__name__)
 
 
@@ -535,9 +549,7 @@ def _build(cls: type, table: Any, prefix: str, where: str) -> Any:
     allowed = {f.name for f in public}
     for key in table:
         if key not in allowed:
-            raise ConfigError(
-                f"{where}: {prefix}{key}: unknown key; allowed here: {', '.join(sorted(allowed))}"
-            )
+            raise ConfigError(f"{where}: {prefix}{key}: unknown key; allowed here: {', '.join(sorted(allowed))}")
     kwargs: dict[str, Any] = {}
     for f in public:
         key = f"{prefix}{f.name}"
@@ -577,9 +589,7 @@ def _convert(hint: Any, value: Any, key: str, where: str) -> Any:
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint in (str, int, float, bool) and (type(value) is not hint):
-        raise ConfigError(
-            f"{where}: {key}: expected {_type_name(hint())}, got {_type_name(value)} ({value!r})"
-        )
+        raise ConfigError(f"{where}: {key}: expected {_type_name(hint())}, got {_type_name(value)} ({value!r})")
     return value
 
 
@@ -613,8 +623,9 @@ def _annotate(text: str) -> str:
     comment, once per table or key (the second [[tasks]] is not annotated again)."""
     sections = {f.name: f.type for f in dataclasses.fields(Settings) if not f.metadata.get("internal")}
     hints = {name: typing.get_type_hints(Settings)[name] for name in sections}
-    classes = {name: typing.get_args(hint)[0] if typing.get_origin(hint) is tuple else hint
-               for name, hint in hints.items()}
+    classes = {
+        name: typing.get_args(hint)[0] if typing.get_origin(hint) is tuple else hint for name, hint in hints.items()
+    }
     out: list[str] = []
     seen: set[tuple[str, str]] = set()
     table: str | None = None

@@ -100,14 +100,17 @@ def parse_a1111(text: str) -> dict[str, Any]:
     for line in lines:
         if line.startswith("Negative prompt:"):
             in_negative = True
-            line = line[len("Negative prompt:"):].lstrip()
+            line = line[len("Negative prompt:") :].lstrip()
         (negative_lines if in_negative else prompt_lines).append(line)
     fields: dict[str, str] = {}
     for key, value in _FIELD.findall(settings_line):
         value = value.strip()
         fields[key.strip()] = json.loads(value) if value.startswith('"') else value
-    parsed: dict[str, Any] = {"prompt": "\n".join(prompt_lines), "negative_prompt": "\n".join(negative_lines),
-                              "fields": fields}
+    parsed: dict[str, Any] = {
+        "prompt": "\n".join(prompt_lines),
+        "negative_prompt": "\n".join(negative_lines),
+        "fields": fields,
+    }
     for field_name, key in (("Lora hashes", "lora_hashes"), ("TI hashes", "ti_hashes")):
         if field_name in fields:
             parsed[key] = parse_hashes(fields[field_name])
@@ -120,8 +123,11 @@ def metadata_record(result: GenerationResult) -> dict[str, Any]:
         "format": 1,
         "generator": f"spatiora {__version__}",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "request": {k: v for k, v in dataclasses.asdict(result.params).items()
-                    if k not in ("adapters", "embeddings", "prompt_loras")},
+        "request": {
+            k: v
+            for k, v in dataclasses.asdict(result.params).items()
+            if k not in ("adapters", "embeddings", "prompt_loras")
+        },
         "adapters": [_adapter_record(a, result.params.prompt_loras) for a in result.params.adapters],
         "embeddings": [{"name": e.name, "sha256": e.sha256} for e in result.params.embeddings],
         "model": dataclasses.asdict(result.model),
@@ -158,8 +164,9 @@ def save_result(result: GenerationResult, out_dir: Path, name: str | None = None
     return _write_png_atomically(result.image, info, out_dir, _SAFE_NAME.sub("_", stem), record)
 
 
-def _write_png_atomically(image: Image.Image, info: PngImagePlugin.PngInfo, out_dir: Path, stem: str,
-                          record: dict[str, Any]) -> Path:
+def _write_png_atomically(
+    image: Image.Image, info: PngImagePlugin.PngInfo, out_dir: Path, stem: str, record: dict[str, Any]
+) -> Path:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
     try:
@@ -178,8 +185,7 @@ def _why(exc: OSError) -> str:
     if exc.errno == errno.ENOSPC:
         return "the disk is full; free some space (or set [output] dir to another disk) and save again"
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return (f"{exc.strerror or 'permission denied'}; make the folder writable (or set [output] dir) "
-                "and save again")
+        return f"{exc.strerror or 'permission denied'}; make the folder writable (or set [output] dir) and save again"
     return f"{exc.strerror or exc}; fix the folder and save again"
 
 

@@ -53,21 +53,26 @@ def extract_lora_tags(prompt: str) -> tuple[str, tuple[LoraTag, ...]]:
         kind, body = match.group(1).lower(), match.group(2)
         raw = _shown(match.group(0))
         if kind not in ("lora", "lyco"):
-            raise PromptError(f"{raw}: <{kind}:...> networks are not supported; Spatiora applies LoRAs "
-                              "(<lora:NAME:WEIGHT>)")
+            raise PromptError(
+                f"{raw}: <{kind}:...> networks are not supported; Spatiora applies LoRAs (<lora:NAME:WEIGHT>)"
+            )
         parts = [p.strip() for p in body.split(":")]
         name = parts[0]
         if not name:
             raise PromptError(f"{raw}: the tag names no LoRA; write <lora:NAME:0.8>")
         if len(parts) > 2 or any("=" in p for p in parts[1:]):
-            raise PromptError(f"{raw}: separate text-encoder and UNet weights (or te=/unet=/dyn=) are not "
-                              "supported; give one weight, as in <lora:NAME:0.8>")
+            raise PromptError(
+                f"{raw}: separate text-encoder and UNet weights (or te=/unet=/dyn=) are not "
+                "supported; give one weight, as in <lora:NAME:0.8>"
+            )
         weight = 1.0
         if len(parts) == 2:
             try:
                 weight = float(parts[1])
             except ValueError:
-                raise PromptError(f"{raw}: the weight {parts[1]!r} is not a number; write <lora:{_shown(name, 40)}:0.8>") from None
+                raise PromptError(
+                    f"{raw}: the weight {parts[1]!r} is not a number; write <lora:{_shown(name, 40)}:0.8>"
+                ) from None
             if not -MAX_WEIGHT <= weight <= MAX_WEIGHT or weight != weight:
                 raise PromptError(f"{raw}: the weight must be between {-MAX_WEIGHT:g} and {MAX_WEIGHT:g}")
         if any(tag.name == name for tag in tags):
@@ -86,7 +91,7 @@ def extract_lora_tags(prompt: str) -> tuple[str, tuple[LoraTag, ...]]:
 def _shown(text: str, width: int = 80) -> str:
     """`text` fit for a one-line message: control characters escaped, the middle elided."""
     text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    return text if len(text) <= width else text[: width // 2 - 1] + "…" + text[-(width // 2):]
+    return text if len(text) <= width else text[: width // 2 - 1] + "…" + text[-(width // 2) :]
 
 
 def parse_emphasis(text: str) -> list[tuple[str, float] | None]:

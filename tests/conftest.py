@@ -17,7 +17,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from spatiora_tui.config import AdapterRef, Settings, TaskSettings  # noqa: E402
+from spatiora_tui.config import AdapterRef, Settings, TaskSettings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,10 +51,20 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def small_tasks() -> tuple[TaskSettings, ...]:
     common = dict(steps=4, guidance=7.0, width=64, height=64)
     return (
-        TaskSettings(name="interior", adapters=(AdapterRef("interior", 0.8),), prompt_template="interior photo of {prompt}",
-                     scheduler="dpmpp_2m", **common),
-        TaskSettings(name="floorplan", adapters=(AdapterRef("floorplan", 1.0),),
-                     prompt_template="floor plan of {prompt}", scheduler="euler", **common),
+        TaskSettings(
+            name="interior",
+            adapters=(AdapterRef("interior", 0.8),),
+            prompt_template="interior photo of {prompt}",
+            scheduler="dpmpp_2m",
+            **common,
+        ),
+        TaskSettings(
+            name="floorplan",
+            adapters=(AdapterRef("floorplan", 1.0),),
+            prompt_template="floor plan of {prompt}",
+            scheduler="euler",
+            **common,
+        ),
         TaskSettings(name="base", adapters=(), prompt_template="{prompt}", scheduler="euler", **common),
     )
 
@@ -100,5 +110,3 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Tiny]:
         path, config, pipe = write_checkpoint(root / key, family, inpaint)
         made[key] = Tiny(family, inpaint, path, config, pipe)
     return made
-
-

@@ -14,8 +14,13 @@ from pathlib import Path
 from spatiora_tui.library.safetensors_file import DTYPE_SIZES
 
 
-def write(path: Path, tensors: dict[str, tuple[int, ...]], metadata: dict[str, str] | None = None,
-          dtype: str = "F16", values: dict[str, list[float]] | None = None) -> Path:
+def write(
+    path: Path,
+    tensors: dict[str, tuple[int, ...]],
+    metadata: dict[str, str] | None = None,
+    dtype: str = "F16",
+    values: dict[str, list[float]] | None = None,
+) -> Path:
     """A .safetensors file with `tensors` (name -> shape), zeros except the `values` given (F32)."""
     header: dict[str, object] = {}
     blobs: list[bytes] = []
@@ -39,8 +44,13 @@ def write(path: Path, tensors: dict[str, tuple[int, ...]], metadata: dict[str, s
 UNET = "model.diffusion_model."
 
 
-def checkpoint(family: str = "sd1", in_channels: int = 4, vae: bool = True, te: bool = True,
-               extra: dict[str, tuple[int, ...]] | None = None) -> dict[str, tuple[int, ...]]:
+def checkpoint(
+    family: str = "sd1",
+    in_channels: int = 4,
+    vae: bool = True,
+    te: bool = True,
+    extra: dict[str, tuple[int, ...]] | None = None,
+) -> dict[str, tuple[int, ...]]:
     """The keys identification looks at, in the layout of a real checkpoint of `family`."""
     width = {"sd1": 768, "sd2": 1024, "sdxl": 2048}[family]
     keys: dict[str, tuple[int, ...]] = {

@@ -27,8 +27,14 @@ SD2_TE = "cond_stage_model.model."
 SDXL_TE1 = "conditioner.embedders.0.transformer.text_model."
 SDXL_TE2 = "conditioner.embedders.1.model."
 
-_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
-           "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+_RESNET = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+}
 _VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 
 
@@ -38,11 +44,11 @@ def _rename(state: dict[str, Any], src: str, dst: str, table: dict[str, str] | N
     for key, value in state.items():
         if not key.startswith(src):
             continue
-        rest = key[len(src):]
+        rest = key[len(src) :]
         if table:
             for old, new in table.items():
                 if rest.startswith(old + "."):
-                    rest = new + rest[len(old):]
+                    rest = new + rest[len(old) :]
                     break
         out[dst + rest] = value
     return out
@@ -51,9 +57,15 @@ def _rename(state: dict[str, Any], src: str, dst: str, table: dict[str, str] | N
 def unet_to_ldm(state: dict[str, Any], config: Any) -> dict[str, Any]:
     """A diffusers UNet2DConditionModel state dict in the LDM layout (without the prefix)."""
     out: dict[str, Any] = {}
-    fixed = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
-             "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}
+    fixed = {
+        "time_embedding.linear_1": "time_embed.0",
+        "time_embedding.linear_2": "time_embed.2",
+        "conv_in": "input_blocks.0.0",
+        "conv_norm_out": "out.0",
+        "conv_out": "out.2",
+        "add_embedding.linear_1": "label_emb.0.0",
+        "add_embedding.linear_2": "label_emb.0.2",
+    }
     for old, new in fixed.items():
         out.update(_rename(state, old + ".", new + "."))
     layers = config["layers_per_block"]
@@ -99,7 +111,9 @@ def vae_to_ldm(state: dict[str, Any], config: Any) -> dict[str, Any]:
     blocks = len(config["block_out_channels"])
     for i in range(blocks):
         out.update(_rename(state, f"encoder.down_blocks.{i}.resnets.", f"encoder.down.{i}.block.", None))
-        out.update(_rename(state, f"encoder.down_blocks.{i}.downsamplers.0.conv.", f"encoder.down.{i}.downsample.conv."))
+        out.update(
+            _rename(state, f"encoder.down_blocks.{i}.downsamplers.0.conv.", f"encoder.down.{i}.downsample.conv.")
+        )
         up = blocks - 1 - i
         out.update(_rename(state, f"decoder.up_blocks.{i}.resnets.", f"decoder.up.{up}.block.", None))
         out.update(_rename(state, f"decoder.up_blocks.{i}.upsamplers.0.conv.", f"decoder.up.{up}.upsample.conv."))
@@ -140,7 +154,8 @@ def openclip_to_ldm(state: dict[str, Any]) -> dict[str, Any]:
         src, dst = f"encoder.layers.{layer}.", f"transformer.resblocks.{layer}."
         for kind in ("weight", "bias"):
             out[f"{dst}attn.in_proj_{kind}"] = torch.cat(
-                [hf[f"{src}self_attn.{p}_proj.{kind}"] for p in ("q", "k", "v")])
+                [hf[f"{src}self_attn.{p}_proj.{kind}"] for p in ("q", "k", "v")]
+            )
             out[f"{dst}attn.out_proj.{kind}"] = hf[f"{src}self_attn.out_proj.{kind}"]
             out[f"{dst}ln_1.{kind}"] = hf[f"{src}layer_norm1.{kind}"]
             out[f"{dst}ln_2.{kind}"] = hf[f"{src}layer_norm2.{kind}"]
@@ -157,8 +172,10 @@ def _prefixed(prefix: str, state: dict[str, Any]) -> dict[str, Any]:
 def pipeline_to_ldm(pipe: Any) -> dict[str, Any]:
     """The whole pipeline as one LDM/sgm state dict, in the layout of its family."""
     unet = pipe.unet
-    tensors = {**_prefixed(UNET, unet_to_ldm(unet.state_dict(), unet.config)),
-               **_prefixed(VAE, vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config))}
+    tensors = {
+        **_prefixed(UNET, unet_to_ldm(unet.state_dict(), unet.config)),
+        **_prefixed(VAE, vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config)),
+    }
     te = pipe.text_encoder.state_dict()
     if getattr(pipe, "text_encoder_2", None) is not None:
         tensors.update(_prefixed(SDXL_TE1, clip_to_ldm(te)))
@@ -170,14 +187,21 @@ def pipeline_to_ldm(pipe: Any) -> dict[str, Any]:
     return tensors
 
 
-def save_single_file(pipe: Any, path: Path, extra: dict[str, Any] | None = None,
-                     metadata: dict[str, str] | None = None, dtype: Any = None) -> Path:
+def save_single_file(
+    pipe: Any,
+    path: Path,
+    extra: dict[str, Any] | None = None,
+    metadata: dict[str, str] | None = None,
+    dtype: Any = None,
+) -> Path:
     """Write `pipe` as a single-file .safetensors checkpoint (plus any `extra` tensors, such as
     the `v_pred` marker some SDXL v-prediction models carry)."""
     from safetensors.torch import save_file
 
-    tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
-               for k, v in pipeline_to_ldm(pipe).items()}
+    tensors = {
+        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+        for k, v in pipeline_to_ldm(pipe).items()
+    }
     tensors.update(extra or {})
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=metadata)

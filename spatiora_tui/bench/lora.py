@@ -31,9 +31,10 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
 ADAPTERS = ("bench_a", "bench_b", "bench_c")
@@ -80,11 +81,16 @@ def unet_config(arch: str) -> dict[str, Any]:
         return dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
     if arch == "sdxl":
         return dict(
-            sample_size=128, cross_attention_dim=2048, block_out_channels=(320, 640, 1280),
+            sample_size=128,
+            cross_attention_dim=2048,
+            block_out_channels=(320, 640, 1280),
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), use_linear_projection=True,
-            addition_embed_type="text_time", addition_time_embed_dim=256,
+            transformer_layers_per_block=(1, 2, 10),
+            attention_head_dim=(5, 10, 20),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=256,
             projection_class_embeddings_input_dim=2816,
         )
     raise ValueError(f"unknown architecture {arch!r}; choose demo, sd15 or sdxl")
@@ -201,27 +207,46 @@ def run_lora_bench(
         _clear(manager)
 
         say("per-step cost at 512x512 (UNet forward, CFG batch 2)…")
-        steps = _step_costs(pipe, manager_for(resident_max=len(ADAPTERS), resident_mb=big),
-                            manager_for(resident_max=len(ADAPTERS), resident_mb=big, fuse=True), unet, device)
+        steps = _step_costs(
+            pipe,
+            manager_for(resident_max=len(ADAPTERS), resident_mb=big),
+            manager_for(resident_max=len(ADAPTERS), resident_mb=big, fuse=True),
+            unet,
+            device,
+        )
 
     def growth(a: float | None, b: float | None) -> float | None:
         return None if a is None or b is None or a <= 0 else (b - a) / a * 100.0
 
     return LoraBenchResult(
-        arch=arch, rank=rank, device=device, adapter_mb=round(adapter_mb, 1), switches=switches,
-        naive_ms=statistics.median(naive), resident_ms=statistics.median(resident),
+        arch=arch,
+        rank=rank,
+        device=device,
+        adapter_mb=round(adapter_mb, 1),
+        switches=switches,
+        naive_ms=statistics.median(naive),
+        resident_ms=statistics.median(resident),
         diffusers_set_adapters_ms=statistics.median(diffusers_switch),
         ram_cache_ms=statistics.median(r.duration_ms for r in ram_reports),
         cold_ms=statistics.median(r.duration_ms for r in cold_reports),
         fused_switch_ms=statistics.median(r.duration_ms for r in fused_reports),
-        fuse_cycles=fuse_cycles, fuse_max_abs_diff=fuse_diff, leak_switches=leak_switches,
-        rss_before_mb=before.rss_mb, rss_after_mb=after.rss_mb,
+        fuse_cycles=fuse_cycles,
+        fuse_max_abs_diff=fuse_diff,
+        leak_switches=leak_switches,
+        rss_before_mb=before.rss_mb,
+        rss_after_mb=after.rss_mb,
         rss_growth_pct=growth(before.rss_mb, after.rss_mb) or 0.0,
-        vram_before_mb=before.vram_mb, vram_after_mb=after.vram_mb,
-        vram_growth_pct=growth(before.vram_mb, after.vram_mb), watchdog_warnings=warnings, paths=tuple(paths),
-        cold_phases_ms=_phase_medians(cold_reports), ram_cache_phases_ms=_phase_medians(ram_reports),
+        vram_before_mb=before.vram_mb,
+        vram_after_mb=after.vram_mb,
+        vram_growth_pct=growth(before.vram_mb, after.vram_mb),
+        watchdog_warnings=warnings,
+        paths=tuple(paths),
+        cold_phases_ms=_phase_medians(cold_reports),
+        ram_cache_phases_ms=_phase_medians(ram_reports),
         fused_phases_ms=_phase_medians(fused_reports),
-        step_ms_no_adapter=steps["none"], step_ms_unmerged=steps["unmerged"], step_ms_fused=steps["fused"],
+        step_ms_no_adapter=steps["none"],
+        step_ms_unmerged=steps["unmerged"],
+        step_ms_fused=steps["fused"],
     )
 
 
@@ -229,8 +254,7 @@ def _phase_medians(reports: list[Any]) -> dict[str, float]:
     """Median ms per phase, in the order phases happen; phases with a zero median are left out."""
     from spatiora_tui.engine.adapters import PHASES
 
-    medians = {name: round(statistics.median(dict(r.phases_ms).get(name, 0.0) for r in reports), 2)
-               for name in PHASES}
+    medians = {name: round(statistics.median(dict(r.phases_ms).get(name, 0.0) for r in reports), 2) for name in PHASES}
     return {name: ms for name, ms in medians.items() if ms > 0}
 
 
@@ -257,15 +281,18 @@ class _DiskCopy:
         worst = 0.0
         for name, tensor in tensors.items():
             offset, shape, dtype = self.layout[name]
-            saved = self.map[offset: offset + tensor.numel() * dtype.itemsize].view(dtype).reshape(shape)
+            saved = self.map[offset : offset + tensor.numel() * dtype.itemsize].view(dtype).reshape(shape)
             worst = max(worst, float((tensor.detach().cpu() - torch.from_numpy(saved.copy())).abs().max()))
         return worst
 
 
 def _targeted_base_weights(unet: Any) -> dict[str, Any]:
     """The base weights the bench adapters touch (what fused mode merges into)."""
-    return {name: module.weight for name, module in unet.named_modules()
-            if name.endswith(TARGET_MODULES) and hasattr(module, "weight") and "lora" not in name}
+    return {
+        name: module.weight
+        for name, module in unet.named_modules()
+        if name.endswith(TARGET_MODULES) and hasattr(module, "weight") and "lora" not in name
+    }
 
 
 def _write_adapter(pipe: Any, folder: Path, name: str, rank: int, seed: int) -> Path:
@@ -275,12 +302,17 @@ def _write_adapter(pipe: Any, folder: Path, name: str, rank: int, seed: int) -> 
 
     torch.manual_seed(1000 + seed)
     unet = pipe.unet
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=list(TARGET_MODULES),
-                                init_lora_weights=False), adapter_name=name)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(unet, adapter_name=name).items()}
+    unet.add_adapter(
+        LoraConfig(r=rank, lora_alpha=rank, target_modules=list(TARGET_MODULES), init_lora_weights=False),
+        adapter_name=name,
+    )
+    state = {
+        k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(unet, adapter_name=name).items()
+    }
     unet.delete_adapters(name)
-    StableDiffusionPipeline.save_lora_weights(str(folder), unet_lora_layers=state,
-                                              weight_name=f"{name}.safetensors", safe_serialization=True)
+    StableDiffusionPipeline.save_lora_weights(
+        str(folder), unet_lora_layers=state, weight_name=f"{name}.safetensors", safe_serialization=True
+    )
     return folder / f"{name}.safetensors"
 
 
@@ -319,8 +351,10 @@ def _step_costs(pipe: Any, manager: Any, fused: Any, unet: Any, device: str, rep
     timestep = torch.tensor(500, device=device)
     extra: dict[str, Any] = {}
     if unet.config.addition_embed_type == "text_time":  # SDXL: pooled text embeds and size ids
-        extra["added_cond_kwargs"] = {"text_embeds": torch.randn(2, 1280, device=device),
-                                      "time_ids": torch.tensor([[512, 512, 0, 0, 512, 512]] * 2, device=device)}
+        extra["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(2, 1280, device=device),
+            "time_ids": torch.tensor([[512, 512, 0, 0, 512, 512]] * 2, device=device),
+        }
 
     def step() -> float:
         times = []
@@ -348,13 +382,19 @@ def _step_costs(pipe: Any, manager: Any, fused: Any, unet: Any, device: str, rep
 
 def print_lora_bench(result: LoraBenchResult) -> None:
     r = result
-    print(f"spatiora bench lora · {r.arch} UNet (random weights) · rank {r.rank} · adapter {r.adapter_mb:.1f} MB · "
-          f"{r.device} · {r.switches} switches")
+    print(
+        f"spatiora bench lora · {r.arch} UNet (random weights) · rank {r.rank} · adapter {r.adapter_mb:.1f} MB · "
+        f"{r.device} · {r.switches} switches"
+    )
     rows = [
         ("naive: load+fuse / unfuse+unload", r.naive_ms, "1.0x", ""),
         ("resident switch (on the device)", r.resident_ms, f"{r.ratio(r.resident_ms):.0f}x", "target >= 100x"),
-        ("  same, via diffusers set_adapters", r.diffusers_set_adapters_ms,
-         f"{r.ratio(r.diffusers_set_adapters_ms):.0f}x", ""),
+        (
+            "  same, via diffusers set_adapters",
+            r.diffusers_set_adapters_ms,
+            f"{r.ratio(r.diffusers_set_adapters_ms):.0f}x",
+            "",
+        ),
         ("RAM cache switch (in place)", r.ram_cache_ms, f"{r.ratio(r.ram_cache_ms):.0f}x", "target >= 20x"),
         ("cold switch (reads the file)", r.cold_ms, f"{r.ratio(r.cold_ms):.1f}x", ""),
         ("fused-mode switch (unfuse + fuse)", r.fused_switch_ms, f"{r.ratio(r.fused_switch_ms):.1f}x", ""),
@@ -371,13 +411,19 @@ def print_lora_bench(result: LoraBenchResult) -> None:
     print(f"                    fused: {phases(r.fused_phases_ms)}")
     print(f"paths taken in the cold and RAM phases: {', '.join(r.paths)}")
     print(f"base weights after {r.fuse_cycles} fuse/unfuse cycles: max abs difference {r.fuse_max_abs_diff:g}")
-    print(f"RSS over {r.leak_switches} switches (all tiers): {r.rss_before_mb:.0f} -> {r.rss_after_mb:.0f} MB "
-          f"({r.rss_growth_pct:+.2f}%; target < 1%); leak watchdog warnings: {r.watchdog_warnings}")
+    print(
+        f"RSS over {r.leak_switches} switches (all tiers): {r.rss_before_mb:.0f} -> {r.rss_after_mb:.0f} MB "
+        f"({r.rss_growth_pct:+.2f}%; target < 1%); leak watchdog warnings: {r.watchdog_warnings}"
+    )
     if r.vram_growth_pct is not None:
-        print(f"CUDA allocated over the same switches: {r.vram_before_mb:.0f} -> {r.vram_after_mb:.0f} MB "
-              f"({r.vram_growth_pct:+.2f}%)")
-    print(f"one step at 512x512 (CFG): no adapter {r.step_ms_no_adapter:.0f} ms · active unmerged "
-          f"{r.step_ms_unmerged:.0f} ms · fused {r.step_ms_fused:.0f} ms")
+        print(
+            f"CUDA allocated over the same switches: {r.vram_before_mb:.0f} -> {r.vram_after_mb:.0f} MB "
+            f"({r.vram_growth_pct:+.2f}%)"
+        )
+    print(
+        f"one step at 512x512 (CFG): no adapter {r.step_ms_no_adapter:.0f} ms · active unmerged "
+        f"{r.step_ms_unmerged:.0f} ms · fused {r.step_ms_fused:.0f} ms"
+    )
 
 
 def write_json(result: LoraBenchResult, path: Path) -> None:

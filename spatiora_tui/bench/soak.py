@@ -16,9 +16,10 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from spatiora_tui.config import Settings
 from spatiora_tui.hw.telemetry import Telemetry
@@ -79,8 +80,10 @@ def run_soak(
     telemetry = Telemetry(hz=settings.ui.hardware_hz, leak_tolerance_mb=settings.adapters.leak_tolerance_mb)
     engine = LocalEngine(settings, cache_dir=cache_dir, telemetry=telemetry)
     model = engine.load(on_progress=lambda msg: say(f"{msg}…"))
-    say(f"soak: {generations} generations on {model.name}, tasks {', '.join(tasks)} in turn, "
-        f"{width}x{height}, {steps} steps, every {cancel_every or 'no'}th cancelled")
+    say(
+        f"soak: {generations} generations on {model.name}, tasks {', '.join(tasks)} in turn, "
+        f"{width}x{height}, {steps} steps, every {cancel_every or 'no'}th cancelled"
+    )
     rss: list[float] = []
     cuda: list[float] = []
     durations: list[float] = []
@@ -101,8 +104,7 @@ def run_soak(
                 if cancelling and preview.step >= steps // 2:
                     cancel.set()
 
-            request = GenerationRequest(prompt=f"soak {i}", task=task, seed=i, steps=steps, width=width,
-                                        height=height)
+            request = GenerationRequest(prompt=f"soak {i}", task=task, seed=i, steps=steps, width=width, height=height)
             t0 = time.perf_counter()
             try:
                 result = engine.generate(request, on_step=on_step, cancel=cancel)
@@ -133,12 +135,30 @@ def run_soak(
     baseline = settled[0]
     growth = rss[-1] - baseline
     return SoakResult(
-        generations=generations, completed=completed, cancelled=cancelled, failed=failed, errors=tuple(errors),
-        switches=switches, tasks=tasks, width=width, height=height, steps=steps, warmup=warmup,
-        seconds=seconds, median_generation_ms=statistics.median(durations), rss_mb=tuple(rss),
-        cuda_allocated_mb=tuple(cuda), baseline_rss_mb=baseline, final_rss_mb=rss[-1], max_rss_mb=max(settled),
-        growth_mb=growth, growth_pct=100.0 * growth / baseline, slope_mb_per_100=100.0 * _slope(settled),
-        watchdog_warnings=tuple(sorted(warnings)), saved=saved, history_entries=history_entries,
+        generations=generations,
+        completed=completed,
+        cancelled=cancelled,
+        failed=failed,
+        errors=tuple(errors),
+        switches=switches,
+        tasks=tasks,
+        width=width,
+        height=height,
+        steps=steps,
+        warmup=warmup,
+        seconds=seconds,
+        median_generation_ms=statistics.median(durations),
+        rss_mb=tuple(rss),
+        cuda_allocated_mb=tuple(cuda),
+        baseline_rss_mb=baseline,
+        final_rss_mb=rss[-1],
+        max_rss_mb=max(settled),
+        growth_mb=growth,
+        growth_pct=100.0 * growth / baseline,
+        slope_mb_per_100=100.0 * _slope(settled),
+        watchdog_warnings=tuple(sorted(warnings)),
+        saved=saved,
+        history_entries=history_entries,
     )
 
 
@@ -155,18 +175,26 @@ def _slope(values: list[float]) -> float:
 
 def print_soak(result: SoakResult, out: Callable[[str], None] = print) -> None:
     r = result
-    out(f"generations      {r.generations} ({r.completed} completed, {r.cancelled} cancelled, {r.failed} failed), "
-        f"{r.switches} task switches, {r.saved} saved, {r.history_entries} in the history index")
+    out(
+        f"generations      {r.generations} ({r.completed} completed, {r.cancelled} cancelled, {r.failed} failed), "
+        f"{r.switches} task switches, {r.saved} saved, {r.history_entries} in the history index"
+    )
     out(f"request          {', '.join(r.tasks)} in turn · {r.width}x{r.height} · {r.steps} steps")
     out(f"time             {r.seconds:.1f} s in all, median {r.median_generation_ms:.0f} ms per generation")
-    out(f"RSS              {r.rss_mb[0]:.0f} MB after the first generation, {r.baseline_rss_mb:.0f} MB after "
-        f"{r.warmup} warm-up, {r.final_rss_mb:.0f} MB at the end (max {r.max_rss_mb:.0f} MB)")
-    out(f"RSS growth       {r.growth_mb:+.1f} MB ({r.growth_pct:+.2f}%) after the warm-up; "
-        f"slope {r.slope_mb_per_100:+.2f} MB per 100 generations")
+    out(
+        f"RSS              {r.rss_mb[0]:.0f} MB after the first generation, {r.baseline_rss_mb:.0f} MB after "
+        f"{r.warmup} warm-up, {r.final_rss_mb:.0f} MB at the end (max {r.max_rss_mb:.0f} MB)"
+    )
+    out(
+        f"RSS growth       {r.growth_mb:+.1f} MB ({r.growth_pct:+.2f}%) after the warm-up; "
+        f"slope {r.slope_mb_per_100:+.2f} MB per 100 generations"
+    )
     if r.cuda_allocated_mb:
         out(f"CUDA allocated   {r.cuda_allocated_mb[r.warmup]:.0f} -> {r.cuda_allocated_mb[-1]:.0f} MB")
-    out(f"leak watchdog    {len(r.watchdog_warnings)} warning(s)" +
-        "".join(f"\n                 {w}" for w in r.watchdog_warnings))
+    out(
+        f"leak watchdog    {len(r.watchdog_warnings)} warning(s)"
+        + "".join(f"\n                 {w}" for w in r.watchdog_warnings)
+    )
     for error in r.errors:
         out(f"error            {error}")
 

@@ -20,19 +20,32 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from spatiora_tui.config import AdapterRef, Settings, user_cache_dir
 from spatiora_tui.hw.telemetry import STAGES, StageRecord, Telemetry, format_mb, format_ms
 
 #: The paper's Table 1 (Spatiora pilot; their hardware, SD 1.5-based, 512x512 as we read it).
 PAPER_ROWS = (
-    {"task": "interior", "ttfi_ms": 657_766, "total_ms": 658_719, "throughput_img_min": 0.09,
-     "peak_gpu_mb": 5_430, "peak_cpu_mb": 4_293},
-    {"task": "floorplan", "ttfi_ms": 511_296, "total_ms": 511_296, "throughput_img_min": 0.12,
-     "peak_gpu_mb": 5_430, "peak_cpu_mb": 4_296},
+    {
+        "task": "interior",
+        "ttfi_ms": 657_766,
+        "total_ms": 658_719,
+        "throughput_img_min": 0.09,
+        "peak_gpu_mb": 5_430,
+        "peak_cpu_mb": 4_293,
+    },
+    {
+        "task": "floorplan",
+        "ttfi_ms": 511_296,
+        "total_ms": 511_296,
+        "throughput_img_min": 0.12,
+        "peak_gpu_mb": 5_430,
+        "peak_cpu_mb": 4_296,
+    },
 )
 
 
@@ -131,8 +144,7 @@ def run_bench(
         folder = Path(tmp)
         adapters_dir, out_dir = folder / "adapters", folder / "out"
         adapters_dir.mkdir()
-        bench_settings, loader = arch_engine_parts(settings, arch, tasks, steps, size, adapters_dir, rank, device,
-                                                   say)
+        bench_settings, loader = arch_engine_parts(settings, arch, tasks, steps, size, adapters_dir, rank, device, say)
         telemetry = Telemetry(hz=settings.ui.hardware_hz, leak_tolerance_mb=settings.adapters.leak_tolerance_mb)
         telemetry.start()
         try:
@@ -150,17 +162,30 @@ def run_bench(
                 for previews in (True, False):
                     for name in tasks:
                         say(f"request {len(requests) + 1}/{total}: {name}, previews {'on' if previews else 'off'}…")
-                        requests.append(_one_request(engine, telemetry, name, previews, run, out_dir, save_result,
-                                                     GenerationRequest))
+                        requests.append(
+                            _one_request(
+                                engine, telemetry, name, previews, run, out_dir, save_result, GenerationRequest
+                            )
+                        )
         finally:
             telemetry.stop()
-        warnings = tuple(sorted({w for w in _drift_warnings(engine)}))
+        warnings = tuple(sorted(set(_drift_warnings(engine))))
         rows = tuple(_row(name, [r for r in requests if r.task == name]) for name in tasks)
         return BenchResult(
-            arch=arch, device=model.device, dtype=model.dtype, model=model.name, steps=steps, width=width,
-            height=height, runs=runs, rank=rank,
+            arch=arch,
+            device=model.device,
+            dtype=model.dtype,
+            model=model.name,
+            steps=steps,
+            width=width,
+            height=height,
+            runs=runs,
+            rank=rank,
             preview=f"{bench_settings.preview.method}, every {bench_settings.preview.every_n_steps} step(s)",
-            load_ms=load.ms, load_peak_rss_mb=load.peak_rss_mb, rows=rows, warnings=warnings,
+            load_ms=load.ms,
+            load_peak_rss_mb=load.peak_rss_mb,
+            rows=rows,
+            warnings=warnings,
         )
 
 
@@ -172,8 +197,16 @@ def _drift_warnings(engine: Any) -> list[str]:
     return [warning] if warning else []
 
 
-def _one_request(engine: Any, telemetry: Telemetry, task: str, previews: bool, run: int, out_dir: Path,
-                 save_result: Any, request_class: Any) -> _Request:
+def _one_request(
+    engine: Any,
+    telemetry: Telemetry,
+    task: str,
+    previews: bool,
+    run: int,
+    out_dir: Path,
+    save_result: Any,
+    request_class: Any,
+) -> _Request:
     first: list[float] = []
     start = time.perf_counter()
 
@@ -183,15 +216,22 @@ def _one_request(engine: Any, telemetry: Telemetry, task: str, previews: bool, r
 
     mark = telemetry.mark()
     # No step callback, no previews: the engine then skips preview work entirely.
-    result = engine.generate(request_class(prompt=f"a {task} design study", task=task, seed=run),
-                             on_step=on_step if previews else None)
+    result = engine.generate(
+        request_class(prompt=f"a {task} design study", task=task, seed=run), on_step=on_step if previews else None
+    )
     image_ms = (time.perf_counter() - start) * 1000.0
     with telemetry.stage("save"):
         save_result(result, out_dir)
     total_ms = (time.perf_counter() - start) * 1000.0
-    return _Request(task=task, previews=previews, first_preview_ms=first[0] if first else None,
-                    image_ms=image_ms, total_ms=total_ms, switch_ms=result.timings.switch_ms,
-                    stages=telemetry.records_since(mark))
+    return _Request(
+        task=task,
+        previews=previews,
+        first_preview_ms=first[0] if first else None,
+        image_ms=image_ms,
+        total_ms=total_ms,
+        switch_ms=result.timings.switch_ms,
+        stages=telemetry.records_since(mark),
+    )
 
 
 def _row(task: str, requests: list[_Request]) -> TaskRow:
@@ -208,12 +248,17 @@ def _row(task: str, requests: list[_Request]) -> TaskRow:
         if not passes:
             continue
         stage_gpu = [s.peak_vram_mb for s in passes if s.peak_vram_mb is not None]
-        stages.append(StagePeakRow(
-            stage=stage, median_ms=statistics.median(s.ms for s in passes),
-            peak_rss_mb=max(s.peak_rss_mb for s in passes), peak_gpu_mb=max(stage_gpu) if stage_gpu else None,
-        ))
+        stages.append(
+            StagePeakRow(
+                stage=stage,
+                median_ms=statistics.median(s.ms for s in passes),
+                peak_rss_mb=max(s.peak_rss_mb for s in passes),
+                peak_gpu_mb=max(stage_gpu) if stage_gpu else None,
+            )
+        )
     return TaskRow(
-        task=task, runs=len(on),
+        task=task,
+        runs=len(on),
         ttfp_ms=statistics.median(firsts) if firsts else None,
         ttfi_ms=statistics.median(r.image_ms for r in on),
         total_ms=total_on,
@@ -230,27 +275,50 @@ def _row(task: str, requests: list[_Request]) -> TaskRow:
 # -- the model and the tasks ------------------------------------------------------------------
 
 
-def _bench_settings(settings: Settings, arch: str, tasks: tuple[str, ...], steps: int, width: int, height: int,
-                    adapters_dir: Path, device: str | None) -> Settings:
+def _bench_settings(
+    settings: Settings,
+    arch: str,
+    tasks: tuple[str, ...],
+    steps: int,
+    width: int,
+    height: int,
+    adapters_dir: Path,
+    device: str | None,
+) -> Settings:
     """The config's tasks (prompt template, guidance, scheduler), each with its own bench adapter,
     at the bench's steps and size; everything else as configured."""
     bench_tasks = tuple(
-        dataclasses.replace(settings.task(name), steps=steps, width=width, height=height,
-                            adapters=(AdapterRef(_adapter_name(name), 1.0),))
+        dataclasses.replace(
+            settings.task(name),
+            steps=steps,
+            width=width,
+            height=height,
+            adapters=(AdapterRef(_adapter_name(name), 1.0),),
+        )
         for name in tasks
     )
     model = dataclasses.replace(settings.model, source="demo" if arch == "demo" else settings.model.source)
     if device:
         model = dataclasses.replace(model, device=device)
     return dataclasses.replace(
-        settings, model=model, tasks=bench_tasks,
+        settings,
+        model=model,
+        tasks=bench_tasks,
         adapters=dataclasses.replace(settings.adapters, dir=str(adapters_dir)),
     )
 
 
-def arch_engine_parts(settings: Settings, arch: str, tasks: tuple[str, ...], steps: int, size: tuple[int, int],
-                      adapters_dir: Path, rank: int | None = None, device: str | None = None,
-                      say: Callable[[str], None] = print) -> tuple[Settings, Any]:
+def arch_engine_parts(
+    settings: Settings,
+    arch: str,
+    tasks: tuple[str, ...],
+    steps: int,
+    size: tuple[int, int],
+    adapters_dir: Path,
+    rank: int | None = None,
+    device: str | None = None,
+    say: Callable[[str], None] = print,
+) -> tuple[Settings, Any]:
     """Settings and a loader for a LocalEngine on `arch` (demo, sd15, sdxl with random weights),
     each task with its own adapter written into adapters_dir: what the bench runs, for other
     measurements (the UI's cost on a real-size model) to run the same way."""
@@ -284,8 +352,9 @@ def _loader(arch: str, adapters_dir: Path, tasks: tuple[str, ...], rank: int, sa
     return load
 
 
-def build_random_pipeline(arch: str, model_settings: Any, cache_dir: Path,
-                          say: Callable[[str], None]) -> tuple[Any, Any]:
+def build_random_pipeline(
+    arch: str, model_settings: Any, cache_dir: Path, say: Callable[[str], None]
+) -> tuple[Any, Any]:
     """SD 1.5 or SDXL at full size with random weights (UNet, VAE, text encoders); the demo's
     tokenizer and scheduler config."""
     from spatiora_tui.engine.pipeline import quiet_libraries, resolve_device, resolve_dtype
@@ -313,33 +382,66 @@ def build_random_pipeline(arch: str, model_settings: Any, cache_dir: Path,
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**unet_config(arch))
     vae = AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-        sample_size=1024 if arch == "sdxl" else 512, scaling_factor=0.13025 if arch == "sdxl" else 0.18215,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=1024 if arch == "sdxl" else 512,
+        scaling_factor=0.13025 if arch == "sdxl" else 0.18215,
     )
-    clip_l = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                            num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
-                            projection_dim=768)
-    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                       num_train_timesteps=1000, steps_offset=1)
+    clip_l = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        projection_dim=768,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1
+    )
     if arch == "sdxl":
-        clip_g = CLIPTextConfig(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
-                                num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu",
-                                projection_dim=1280)
+        clip_g = CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=1280,
+            intermediate_size=5120,
+            num_hidden_layers=32,
+            num_attention_heads=20,
+            max_position_embeddings=77,
+            hidden_act="gelu",
+            projection_dim=1280,
+        )
         pipe = StableDiffusionXLPipeline(
-            vae=vae, text_encoder=CLIPTextModel(clip_l), text_encoder_2=CLIPTextModelWithProjection(clip_g),
-            tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler,
+            vae=vae,
+            text_encoder=CLIPTextModel(clip_l),
+            text_encoder_2=CLIPTextModelWithProjection(clip_g),
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
         )
     else:
         pipe = StableDiffusionPipeline(
-            vae=vae, text_encoder=CLIPTextModel(clip_l), tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            vae=vae,
+            text_encoder=CLIPTextModel(clip_l),
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
         )
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device, dtype)
     info = ModelInfo(
-        name=f"{arch} architecture (random weights)", source=f"random:{arch}", kind="random",
-        family="sdxl" if arch == "sdxl" else "sd1", device=device,
+        name=f"{arch} architecture (random weights)",
+        source=f"random:{arch}",
+        kind="random",
+        family="sdxl" if arch == "sdxl" else "sd1",
+        device=device,
         dtype={"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}[str(dtype).replace("torch.", "")],
         random_weights=True,
     )
@@ -380,33 +482,46 @@ def markdown_table(result: BenchResult, with_paper: bool = True) -> str:
     lines.append(f"| — | load base | {r.load_ms:,.0f} | {r.load_peak_rss_mb:,.0f} | — |")
     for row in r.rows:
         for s in row.stages:
-            lines.append(f"| {row.task} | {s.stage} | {s.median_ms:,.1f} | {s.peak_rss_mb:,.0f} | {_cell(s.peak_gpu_mb)} |")
+            lines.append(
+                f"| {row.task} | {s.stage} | {s.median_ms:,.1f} | {s.peak_rss_mb:,.0f} | {_cell(s.peak_gpu_mb)} |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def print_table(result: BenchResult) -> None:
     r = result
-    print(f"spatiora bench · {r.model} · {r.device} {r.dtype} · {r.width}x{r.height} · {r.steps} steps · "
-          f"{r.runs} run(s) per task · previews {r.preview}")
+    print(
+        f"spatiora bench · {r.model} · {r.device} {r.dtype} · {r.width}x{r.height} · {r.steps} steps · "
+        f"{r.runs} run(s) per task · previews {r.preview}"
+    )
     print(f"load base {format_ms(r.load_ms)} (peak RSS {format_mb(r.load_peak_rss_mb)})")
-    header = (f"{'':10s} {'task':10s} {'1st preview':>12s} {'final image':>12s} {'total':>12s} {'img/min':>8s} "
-              f"{'peak GPU MB':>12s} {'peak CPU MB':>12s} {'switch ms':>10s} {'preview ovh':>12s}")
+    header = (
+        f"{'':10s} {'task':10s} {'1st preview':>12s} {'final image':>12s} {'total':>12s} {'img/min':>8s} "
+        f"{'peak GPU MB':>12s} {'peak CPU MB':>12s} {'switch ms':>10s} {'preview ovh':>12s}"
+    )
     print(header)
     if r.arch != "demo":
         for p in PAPER_ROWS:
-            print(f"{'paper':10s} {p['task']:10s} {'—':>12s} {p['ttfi_ms']:>12,} {p['total_ms']:>12,} "
-                  f"{p['throughput_img_min']:>8} {'~' + format(p['peak_gpu_mb'], ','):>12s} "
-                  f"{'~' + format(p['peak_cpu_mb'], ','):>12s} {'—':>10s} {'—':>12s}")
+            print(
+                f"{'paper':10s} {p['task']:10s} {'—':>12s} {p['ttfi_ms']:>12,} {p['total_ms']:>12,} "
+                f"{p['throughput_img_min']:>8} {'~' + format(p['peak_gpu_mb'], ','):>12s} "
+                f"{'~' + format(p['peak_cpu_mb'], ','):>12s} {'—':>10s} {'—':>12s}"
+            )
     for row in r.rows:
-        print(f"{'spatiora':10s} {row.task:10s} {_cell(row.ttfp_ms):>12s} {row.ttfi_ms:>12,.0f} {row.total_ms:>12,.0f} "
-              f"{row.throughput_img_min:>8.2f} {_cell(row.peak_gpu_mb):>12s} {row.peak_cpu_mb:>12,.0f} "
-              f"{row.switch_ms:>10.1f} {row.preview_overhead_ratio:>11.3f}x")
-    print("(times in ms, medians over the runs; total = request made -> image saved with metadata; "
-          "preview overhead = total with previews every step / without)")
+        print(
+            f"{'spatiora':10s} {row.task:10s} {_cell(row.ttfp_ms):>12s} {row.ttfi_ms:>12,.0f} {row.total_ms:>12,.0f} "
+            f"{row.throughput_img_min:>8.2f} {_cell(row.peak_gpu_mb):>12s} {row.peak_cpu_mb:>12,.0f} "
+            f"{row.switch_ms:>10.1f} {row.preview_overhead_ratio:>11.3f}x"
+        )
+    print(
+        "(times in ms, medians over the runs; total = request made -> image saved with metadata; "
+        "preview overhead = total with previews every step / without)"
+    )
     print("per-stage peaks (median ms · peak CPU MB · peak GPU MB):")
     for row in r.rows:
-        cells = [f"{s.stage} {format_ms(s.median_ms)} · {s.peak_rss_mb:,.0f} · {_cell(s.peak_gpu_mb)}"
-                 for s in row.stages]
+        cells = [
+            f"{s.stage} {format_ms(s.median_ms)} · {s.peak_rss_mb:,.0f} · {_cell(s.peak_gpu_mb)}" for s in row.stages
+        ]
         print(f"  {row.task:10s} " + " | ".join(cells))
     for warning in r.warnings:
         print(f"warning: {warning}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from spatiora_tui import __version__, failpoints
 from spatiora_tui.cli import bench, config, doctor, generate, models, tasks, tui
@@ -24,7 +24,8 @@ COMMANDS = (generate, tasks, models, doctor, bench, config)
 def build_parser() -> argparse.ArgumentParser:
     common = config_parent()
     parser = argparse.ArgumentParser(
-        prog="spatiora", parents=[common],
+        prog="spatiora",
+        parents=[common],
         description="Stable Diffusion design images from a terminal: task modes as hot-swapped LoRA sets.",
         epilog="With no sub-command, opens the terminal UI on the configured model (the demo by default).",
     )

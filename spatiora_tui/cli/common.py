@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 DEMO_NOTE = (
@@ -24,8 +24,12 @@ class UsageError(Exception):
 def config_parent() -> argparse.ArgumentParser:
     """--config, accepted before and after the sub-command."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
-                        help="config file (default: $SPATIORA_CONFIG, ./config.toml, then the user config dir)")
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="config file (default: $SPATIORA_CONFIG, ./config.toml, then the user config dir)",
+    )
     return common
 
 

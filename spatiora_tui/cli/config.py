@@ -13,8 +13,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     parser = sub.add_parser("config", parents=[common], help="show the configuration in force, or write one")
     actions = parser.add_subparsers(dest="config_command", metavar="ACTION")
     actions.add_parser("show", help="print the configuration in force and where it came from")
-    init = actions.add_parser("init", help="write the default configuration, each key documented, to the "
-                                           "user config dir")
+    init = actions.add_parser(
+        "init", help="write the default configuration, each key documented, to the user config dir"
+    )
     init.add_argument("path", nargs="?", help=f"where to write (default: {user_config_dir() / 'config.toml'})")
     init.add_argument("--force", action="store_true", help="replace an existing file")
     # `init` must work when the configuration in force is broken: it reads none.

@@ -6,9 +6,9 @@ import argparse
 import os
 import platform
 import sys
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
 
 from spatiora_tui import __version__
 from spatiora_tui.cli.common import EXIT_FAILED, EXIT_OK, one_line
@@ -29,8 +29,17 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     print("Spatiora doctor")
     row("spatiora", __version__)
     row("python", f"{platform.python_version()} ({sys.executable})")
-    for dist in ("torch", "diffusers", "transformers", "peft", "safetensors", "textual", "textual-image",
-                 "nvidia-ml-py", "psutil"):
+    for dist in (
+        "torch",
+        "diffusers",
+        "transformers",
+        "peft",
+        "safetensors",
+        "textual",
+        "textual-image",
+        "nvidia-ml-py",
+        "psutil",
+    ):
         try:
             row(dist, metadata.version(dist))
         except metadata.PackageNotFoundError:
@@ -64,7 +73,9 @@ def _doctor_device(settings: Settings, row: Callable[[str, str], None], problems
         names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
         row("CUDA", f"available, torch CUDA {torch.version.cuda}: {names}")
     else:
-        build = "CPU-only build of torch" if torch.version.cuda is None else f"torch CUDA {torch.version.cuda}, no GPU seen"
+        build = (
+            "CPU-only build of torch" if torch.version.cuda is None else f"torch CUDA {torch.version.cuda}, no GPU seen"
+        )
         row("CUDA", f"not available ({build})")
     mps = getattr(torch.backends, "mps", None)
     row("MPS", "available" if mps and mps.is_available() else "not available")
@@ -95,7 +106,6 @@ def _doctor_nvml(row: Callable[[str, str], None]) -> None:
 def _doctor_model(settings: Settings, row: Callable[[str, str], None], problems: list[str]) -> None:
     from spatiora_tui.engine.api import EngineError
     from spatiora_tui.engine.pipeline import classify_source
-
     from spatiora_tui.library.catalog import resolve_source
 
     try:
@@ -135,8 +145,11 @@ def _doctor_paths(settings: Settings, row: Callable[[str, str], None], problems:
         return
     for install in folders.installs:
         row("install", f"{install.kind}: {install.root}")
-    for label, where in (("checkpoints", folders.checkpoints), ("loras", folders.loras),
-                         ("embeddings", folders.embeddings)):
+    for label, where in (
+        ("checkpoints", folders.checkpoints),
+        ("loras", folders.loras),
+        ("embeddings", folders.embeddings),
+    ):
         present = [p for p in where if p.is_dir()]
         count = len(scan(tuple(present)).entries) if present else 0
         row(label, f"{count} file(s) in {', '.join(map(str, present)) or 'no folder'}")
@@ -147,9 +160,9 @@ def _doctor_paths(settings: Settings, row: Callable[[str, str], None], problems:
 def _doctor_adapters(settings: Settings, row: Callable[[str, str], None], problems: list[str]) -> None:
     from safetensors import safe_open
 
+    from spatiora_tui.engine.adapters import LoraManager
     from spatiora_tui.engine.api import EngineError
     from spatiora_tui.engine.demo import DEMO_ADAPTERS, demo_dir
-    from spatiora_tui.engine.adapters import LoraManager
 
     dirs = [settings.adapter_dir]
     if settings.model.source == "demo":

@@ -6,8 +6,9 @@ import argparse
 import os
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from spatiora_tui.cli.common import (
     DEMO_NOTE,
@@ -48,8 +49,15 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     out_dir, out_name = _output_target(settings, args.out)
     clean_stale_partials(out_dir)  # temp files a killed writer left (atomic writes leave nothing else)
     request = GenerationRequest(
-        prompt=args.prompt, task=task.name, seed=args.seed, steps=args.steps, guidance=args.guidance,
-        width=args.width, height=args.height, negative_prompt=args.negative, scheduler=args.scheduler,
+        prompt=args.prompt,
+        task=task.name,
+        seed=args.seed,
+        steps=args.steps,
+        guidance=args.guidance,
+        width=args.width,
+        height=args.height,
+        negative_prompt=args.negative,
+        scheduler=args.scheduler,
     )
     # Check the overrides before paying for the model load.
     from spatiora_tui.config import task_with_overrides
@@ -64,7 +72,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     engine = LocalEngine(settings, telemetry=telemetry)
     model = engine.load(on_progress=lambda msg: status(f"{msg}…"), source=task.model)
     status(None)
-    print(f"model: {model.name} · {model.variant or model.family_label} · {model.device} {model.dtype}", file=sys.stderr)
+    print(
+        f"model: {model.name} · {model.variant or model.family_label} · {model.device} {model.dtype}", file=sys.stderr
+    )
     if model.random_weights:
         print(DEMO_NOTE, file=sys.stderr)
     switch = engine.switch_task(task.name)
@@ -75,7 +85,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
     progress = ProgressLine()
     result, interrupted = run_cancellable(
-        lambda cancel: engine.generate(request, on_step=progress.update, cancel=cancel))
+        lambda cancel: engine.generate(request, on_step=progress.update, cancel=cancel)
+    )
     progress.done()
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -114,8 +125,11 @@ def _rescue(result: Any, error: Exception) -> int:
     try:
         path = save_result(result, rescue_dir)
     except OutputError as second:
-        print(f"spatiora: error: the image is lost: it could not be kept in {rescue_dir} either "
-              f"({one_line(str(second))})", file=sys.stderr)
+        print(
+            f"spatiora: error: the image is lost: it could not be kept in {rescue_dir} either "
+            f"({one_line(str(second))})",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     print(f"the image was kept in {path}; move it where you want it", file=sys.stderr)
     print(path)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from spatiora_tui.cli.common import EXIT_OK, status_printer
 from spatiora_tui.config import Settings, user_cache_dir
@@ -12,10 +13,13 @@ from spatiora_tui.config import Settings, user_cache_dir
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     models = sub.add_parser(
-        "models", parents=[common], help="list the checkpoints, LoRAs and embeddings in your folders",
+        "models",
+        parents=[common],
+        help="list the checkpoints, LoRAs and embeddings in your folders",
         description="Every checkpoint, LoRA and embedding in the folders of [paths] (an AUTOMATIC1111 or ComfyUI "
-                    "install included) and [adapters] dir: what each is, its size and its AUTOMATIC1111 hash. "
-                    "Hashes are computed once per file and cached.")
+        "install included) and [adapters] dir: what each is, its size and its AUTOMATIC1111 hash. "
+        "Hashes are computed once per file and cached.",
+    )
     models.add_argument("--no-hash", action="store_true", help="skip hashing (files not hashed before show no hash)")
     models.add_argument("--json", dest="as_json", action="store_true", help="print JSON instead of a table")
     models.set_defaults(run=run)
@@ -37,6 +41,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                 status(f"hashing {entry.name} ({total / 2**30:.1f} GB): {100 * done // total}%")
             else:
                 status(None)
+
         return show
 
     adapter_dirs = [settings.adapter_dir]
@@ -54,18 +59,28 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{install.kind} install: {install.root}")
     for missing in folders.missing:
         print(f"warning: {missing} (named in [paths]) does not exist")
-    headings = {"checkpoint": ("Checkpoints", folders.checkpoints), "lora": ("LoRAs", (*adapter_dirs, *folders.loras)),
-                "embedding": ("Embeddings", folders.embeddings)}
+    headings = {
+        "checkpoint": ("Checkpoints", folders.checkpoints),
+        "lora": ("LoRAs", (*adapter_dirs, *folders.loras)),
+        "embedding": ("Embeddings", folders.embeddings),
+    }
     for kind, (title, where) in headings.items():
         rows = [r for r in report.rows if r.kind == kind]
         shown = ", ".join(str(p) for p in where if p.is_dir()) or "no folder found"
         print(f"\n{title} ({len(rows)}) in {shown}")
         width = max([len(r.name) for r in rows] + [4])
         for row in rows:
-            size = f"{row.size / 2**30:.1f} GB" if row.size >= 2**30 else f"{row.size / 2**20:.0f} MB" \
-                if row.size >= 2**20 else f"{row.size / 2**10:.0f} KB"
+            size = (
+                f"{row.size / 2**30:.1f} GB"
+                if row.size >= 2**30
+                else f"{row.size / 2**20:.0f} MB"
+                if row.size >= 2**20
+                else f"{row.size / 2**10:.0f} KB"
+            )
             mark = "  " if row.ok else "✗ "
             extra = row.details or (f"shadowed by {row.shadowed_by}" if row.shadowed_by else "")
-            print(f"  {mark}{row.name:<{width}}  {size:>7}  {row.short_hash or '-':<12}  {row.what}"
-                  + (f" · {extra}" if extra else ""))
+            print(
+                f"  {mark}{row.name:<{width}}  {size:>7}  {row.short_hash or '-':<12}  {row.what}"
+                + (f" · {extra}" if extra else "")
+            )
     return EXIT_OK

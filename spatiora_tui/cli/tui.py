@@ -11,8 +11,11 @@ from spatiora_tui.config import RENDERERS, Settings
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--renderer", choices=RENDERERS, help="how images are drawn (default: ui.renderer, auto)")
-    parser.add_argument("--startup-time", action="store_true",
-                        help="open the UI, report the time from process start to its first frame, and quit")
+    parser.add_argument(
+        "--startup-time",
+        action="store_true",
+        help="open the UI, report the time from process start to its first frame, and quit",
+    )
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -28,8 +31,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
     telemetry = Telemetry(hz=settings.ui.hardware_hz, leak_tolerance_mb=settings.adapters.leak_tolerance_mb)
     engine = LocalEngine(settings, telemetry=telemetry)
-    app = SpatioraApp(settings, engine, renderer=args.renderer, telemetry=telemetry,
-                      exit_after_first_frame=args.startup_time)
+    app = SpatioraApp(
+        settings, engine, renderer=args.renderer, telemetry=telemetry, exit_after_first_frame=args.startup_time
+    )
     app.run()
     if args.startup_time:
         if app.first_frame_age_s is None:

@@ -20,11 +20,12 @@ import re
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from spatiora_tui.config import AdapterRef
 from spatiora_tui.engine.api import FAMILY_LABELS, AdapterUse, EngineError
@@ -83,9 +84,16 @@ class LoraManager:
     """Resident LoRA adapters on one pipeline, and which of them are active."""
 
     def __init__(
-        self, pipe: Any, family: str, search_dirs: Sequence[Path], resident_max: int = 4,
-        ram_cache_mb: float = 2048.0, resident_mb: float = 1024.0, fuse: bool = False,
-        allow_pickle: bool = False, library_dirs: Sequence[Path] = (),
+        self,
+        pipe: Any,
+        family: str,
+        search_dirs: Sequence[Path],
+        resident_max: int = 4,
+        ram_cache_mb: float = 2048.0,
+        resident_mb: float = 1024.0,
+        fuse: bool = False,
+        allow_pickle: bool = False,
+        library_dirs: Sequence[Path] = (),
     ) -> None:
         """`search_dirs` hold adapters as NAME.safetensors or NAME/ folders; `library_dirs` are
         the user's LoRA folders ([paths] loras, installs), searched with their sub-folders."""
@@ -246,14 +254,21 @@ class LoraManager:
         except EngineError:
             self._restore(self._active)  # keep what was active before the attempt
             raise
-        active = tuple(
-            replace(self._resident[ref.name], weight=self._weight(ref)) for ref in refs
-        )
+        active = tuple(replace(self._resident[ref.name], weight=self._weight(ref)) for ref in refs)
         self._set_active(active)
         duration = (time.perf_counter() - start) * 1000.0
         phases = tuple((p, self._phases[p]) for p in PHASES if p in self._phases)
-        return ActivationReport(duration, tuple(from_disk), active, tuple(paths), tuple(tiers), phases,
-                                before, read_memory(), bool(self._fused))
+        return ActivationReport(
+            duration,
+            tuple(from_disk),
+            active,
+            tuple(paths),
+            tuple(tiers),
+            phases,
+            before,
+            read_memory(),
+            bool(self._fused),
+        )
 
     def prefetch(self, names: Sequence[str]) -> None:
         """Read adapters into the RAM cache in the background (returns at once), so that a coming
@@ -395,8 +410,9 @@ class LoraManager:
         try:
             data = path.read_bytes()
         except OSError as exc:
-            raise EngineError(f"adapter {name!r} ({path}) could not be read: {exc.strerror or exc}; "
-                              "check that the file is readable") from None
+            raise EngineError(
+                f"adapter {name!r} ({path}) could not be read: {exc.strerror or exc}; check that the file is readable"
+            ) from None
         sha256 = hashlib.sha256(data).hexdigest()
         read_done = time.perf_counter()
         if path.suffix.lower() in PICKLE_SUFFIXES:  # only found with allow_pickle on
@@ -418,7 +434,19 @@ class LoraManager:
         if not has_config and self._pipe is not None:
             raw = self._normalize(name, path, raw)
         nbytes = sum(t.numel() * t.element_size() for t in raw.values())
-        return _Parsed(path, _stamp(path) or (0, 0), sha256, a1111_hash, raw, has_config, layers, nbytes, manifest, (read_done - start) * 1000.0, (time.perf_counter() - read_done) * 1000.0)
+        return _Parsed(
+            path,
+            _stamp(path) or (0, 0),
+            sha256,
+            a1111_hash,
+            raw,
+            has_config,
+            layers,
+            nbytes,
+            manifest,
+            (read_done - start) * 1000.0,
+            (time.perf_counter() - read_done) * 1000.0,
+        )
 
     def _normalize(self, name: str, path: Path, raw: dict[str, Any]) -> dict[str, Any]:
         """The adapter in the one layout diffusers loads without guessing: its own conversion of
@@ -440,9 +468,12 @@ class LoraManager:
         baked = dict(state)
         for key, alpha in alphas.items():
             base = key[: -len(".alpha")] if key.endswith(".alpha") else key
-            pairs = ((base, base[: -len("down.weight")] + "up.weight") if base.endswith(".down.weight") else
-                     (base + ".lora.down.weight", base + ".lora.up.weight"),
-                     (base + ".lora_A.weight", base + ".lora_B.weight"))
+            pairs = (
+                (base, base[: -len("down.weight")] + "up.weight")
+                if base.endswith(".down.weight")
+                else (base + ".lora.down.weight", base + ".lora.up.weight"),
+                (base + ".lora_A.weight", base + ".lora_B.weight"),
+            )
             for down_key, up_key in pairs:
                 if down_key in baked and up_key in baked:
                     up = baked[up_key]
@@ -450,8 +481,10 @@ class LoraManager:
                     baked[up_key] = (up.to(torch.float32) * scale).to(up.dtype)
                     break
             else:
-                raise EngineError(f"adapter {name!r} ({path}) has an alpha for {base}, a layer it holds no weights "
-                                  "for; the file is damaged or in a layout Spatiora does not know: replace it")
+                raise EngineError(
+                    f"adapter {name!r} ({path}) has an alpha for {base}, a layer it holds no weights "
+                    "for; the file is damaged or in a layout Spatiora does not know: replace it"
+                )
         return baked
 
     def _cache(self, name: str, parsed: _Parsed) -> None:
@@ -516,8 +549,10 @@ class LoraManager:
         else:
             device, dtype = self._placement()
             with self._phase("to device"):
-                source = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else None, copy=True)
-                          for k, v in parsed.raw.items()}
+                source = {
+                    k: v.to(device=device, dtype=dtype if v.is_floating_point() else None, copy=True)
+                    for k, v in parsed.raw.items()
+                }
         try:
             with self._phase("inject"):
                 self._pipe.load_lora_weights(source, adapter_name=name)
@@ -560,8 +595,12 @@ class LoraManager:
                     return False
                 slot_down, slot_up = layer.lora_A[slot].weight, layer.lora_B[slot].weight
                 rank = down.shape[0]
-                if (rank > slot_down.shape[0] or down.shape[1:] != slot_down.shape[1:]
-                        or up.shape[0] != slot_up.shape[0] or up.shape[2:] != slot_up.shape[2:]):
+                if (
+                    rank > slot_down.shape[0]
+                    or down.shape[1:] != slot_down.shape[1:]
+                    or up.shape[0] != slot_up.shape[0]
+                    or up.shape[2:] != slot_up.shape[2:]
+                ):
                     return False
                 plan.append((layer, slot_down, slot_up, down, up, alpha))
             config = getattr(self._pipe.unet, "peft_config", {}).get(slot, None)
@@ -570,8 +609,10 @@ class LoraManager:
         import torch
 
         with self._phase("to device"):
-            plan = [(layer, sd, su, down.to(sd.device, sd.dtype), up.to(su.device, su.dtype), alpha)
-                    for layer, sd, su, down, up, alpha in plan]
+            plan = [
+                (layer, sd, su, down.to(sd.device, sd.dtype), up.to(su.device, su.dtype), alpha)
+                for layer, sd, su, down, up, alpha in plan
+            ]
         with self._phase("copy"), torch.no_grad():
             targeted = {id(entry[0]) for entry in plan}
             for layer in self._tuner_layers():
@@ -607,7 +648,7 @@ class LoraManager:
             if len(values) > 1:
                 return parsed._unet
             uniform_alpha = float(next(iter(values))) if values else None  # None: alpha = rank
-            peft = convert_unet_state_dict_to_peft({k[len("unet."):]: v for k, v in state.items()})
+            peft = convert_unet_state_dict_to_peft({k[len("unet.") :]: v for k, v in state.items()})
             for key, down in peft.items():
                 if not key.endswith(".lora_A.weight"):
                     continue
@@ -658,8 +699,9 @@ class LoraManager:
                 if isinstance(base, torch.nn.Linear) and not getattr(layer, "fan_in_fan_out", False):
                     for slot in mine:  # W += scale * B @ A, in place: no delta tensor allocated
                         up, down = layer.lora_B[slot].weight, layer.lora_A[slot].weight
-                        base.weight.addmm_(up.to(base.weight.dtype), down.to(base.weight.dtype),
-                                           alpha=layer.scaling[slot])
+                        base.weight.addmm_(
+                            up.to(base.weight.dtype), down.to(base.weight.dtype), alpha=layer.scaling[slot]
+                        )
                 else:  # convolutions and the rest: peft's own delta
                     for slot in mine:
                         base.weight.add_(layer.get_delta_weight(slot).to(base.weight.dtype))
@@ -710,8 +752,9 @@ class LoraManager:
         if self._unet_modules is None:
             from peft.tuners.tuners_utils import BaseTunerLayer
 
-            self._unet_modules = {name: module for name, module in self._pipe.unet.named_modules()
-                                  if isinstance(module, BaseTunerLayer)}
+            self._unet_modules = {
+                name: module for name, module in self._pipe.unet.named_modules() if isinstance(module, BaseTunerLayer)
+            }
         return self._unet_modules
 
     def _tuner_layers(self) -> list[Any]:
@@ -732,15 +775,18 @@ class LoraManager:
         except Exception:
             pass  # nothing was injected under that name
 
-    def _check_family(self, name: str, path: Path, shapes: dict[str, tuple[int, ...]],
-                      metadata: dict[str, str]) -> None:
+    def _check_family(
+        self, name: str, path: Path, shapes: dict[str, tuple[int, ...]], metadata: dict[str, str]
+    ) -> None:
         """Refuse, before it touches the model, an adapter made for another model family or
         architecture, or in a format that cannot be applied exactly."""
         family, foreign, recorded = lora_base(shapes, metadata)
         said = f" (its training metadata says {recorded})" if recorded else ""
         if foreign is not None:
-            raise EngineError(f"adapter {name!r} ({path.name}) is a LoRA for {foreign}{said}; Spatiora runs "
-                              "Stable Diffusion 1.x, 2.x and SDXL: use a LoRA made for this base model")
+            raise EngineError(
+                f"adapter {name!r} ({path.name}) is a LoRA for {foreign}{said}; Spatiora runs "
+                "Stable Diffusion 1.x, 2.x and SDXL: use a LoRA made for this base model"
+            )
         if family is not None and self._family in FAMILY_LABELS and family != self._family:
             raise EngineError(
                 f"adapter {name!r} ({path.name}) targets {FAMILY_LABELS[family]}{said} but the base model is "
@@ -748,8 +794,7 @@ class LoraManager:
             )
         form = lora_format(shapes)
         if form in UNSUPPORTED_FORMATS:
-            raise EngineError(f"adapter {name!r} ({path.name}) is a {UNSUPPORTED_FORMATS[form]}; "
-                              f"{UNSUPPORTED_HOW}")
+            raise EngineError(f"adapter {name!r} ({path.name}) is a {UNSUPPORTED_FORMATS[form]}; {UNSUPPORTED_HOW}")
 
 
 def _header(name: str, path: Path, data: bytes) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
@@ -770,8 +815,9 @@ def _unpickle(name: str, path: Path, data: bytes) -> dict[str, Any]:
     try:
         return unpickle_state_dict(data)
     except ValueError as exc:
-        raise EngineError(f"adapter {name!r} ({path}) {exc}; it may be truncated or corrupt: download it "
-                          "again or replace it") from None
+        raise EngineError(
+            f"adapter {name!r} ({path}) {exc}; it may be truncated or corrupt: download it again or replace it"
+        ) from None
 
 
 def _invalid(name: str, path: Path, detail: object) -> EngineError:
@@ -797,8 +843,10 @@ def _load_error(exc: Exception) -> str:
         return "its tensor shapes do not fit this model, so it was made for another base model"
     if "not found in the base model" in text:
         missing = text.split("{", 1)[-1].split("}", 1)[0] if "{" in text else ""
-        return (f"its layer names match no layer of this model ({_elide(missing, 80)}), so it was "
-                "made for another model architecture")
+        return (
+            f"its layer names match no layer of this model ({_elide(missing, 80)}), so it was "
+            "made for another model architecture"
+        )
     if "Invalid LoRA checkpoint" in text:
         return "it holds no LoRA tensors that diffusers recognises (no 'lora' in their names)"
     return detail

@@ -7,8 +7,9 @@ and nothing else from the engine package, so a fake engine can stand in for test
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from spatiora_tui.hw.telemetry import StageRecord
 from spatiora_tui.notices import Notice
@@ -38,7 +39,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
         return False
     text = str(exc).lower()
     return isinstance(exc, MemoryError) or any(
-        words in text for words in ("out of memory", "not enough memory", "can't allocate memory"))
+        words in text for words in ("out of memory", "not enough memory", "can't allocate memory")
+    )
 
 
 @dataclass(frozen=True)
@@ -178,7 +180,7 @@ class StepPreview:
 
     step: int
     total: int
-    image: "Image | None"
+    image: Image | None
     elapsed_s: float
 
 
@@ -206,7 +208,7 @@ class AdapterSwitch:
     #: The leak watchdog's warning, when memory is above the baseline beyond its tolerance.
     warning: Notice | None = None
     #: Set when the task runs on another base model, which was loaded first.
-    model_switch: "ModelSwitch | None" = None
+    model_switch: ModelSwitch | None = None
 
     def summary(self) -> str:
         """One line for a person: time, where each adapter came from, the phases that took time."""
@@ -248,7 +250,7 @@ class GenerationResult:
 
     params: ResolvedRequest
     model: ModelInfo
-    image: "Image | None"
+    image: Image | None
     cancelled: bool
     steps_done: int
     timings: Timings
@@ -266,7 +268,7 @@ class Engine(Protocol):
     """What the CLI and the UI need from an engine."""
 
     @property
-    def tasks(self) -> "tuple[TaskSettings, ...]": ...
+    def tasks(self) -> tuple[TaskSettings, ...]: ...
 
     @property
     def active_task(self) -> str | None: ...

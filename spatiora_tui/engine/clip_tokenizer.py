@@ -16,8 +16,9 @@ import functools
 import gzip
 import json
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 MERGES_FILE = CONFIGS / "clip" / "merges.txt.gz"
@@ -78,6 +79,12 @@ def clip_tokenizer(pad_token: str = PAD_CLIP_L) -> Any:
         (folder / "vocab.json").write_text(vocab_text(merges), encoding="utf-8")
         (folder / "merges.txt").write_text(merges_text(merges), encoding="utf-8")
         # transformers reads the files while constructing; nothing refers to them afterwards.
-        return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
-                             model_max_length=MAX_LENGTH, pad_token=pad_token,
-                             bos_token=BOS, eos_token=EOS, unk_token=EOS)
+        return CLIPTokenizer(
+            str(folder / "vocab.json"),
+            str(folder / "merges.txt"),
+            model_max_length=MAX_LENGTH,
+            pad_token=pad_token,
+            bos_token=BOS,
+            eos_token=EOS,
+            unk_token=EOS,
+        )

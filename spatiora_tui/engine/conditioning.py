@@ -58,7 +58,7 @@ def _chunks(tokenizer: Any, text: str, convert: Any = None) -> list[Chunk]:
             fragment = convert(fragment)
         for token in tokenizer(fragment, add_special_tokens=False, truncation=False).input_ids:
             if len(ids) == CHUNK:
-                if 0 <= last_comma and CHUNK - last_comma <= COMMA_BACKTRACK:
+                if last_comma >= 0 and CHUNK - last_comma <= COMMA_BACKTRACK:
                     # Move the words after the last comma to the next chunk.
                     keep = last_comma + 1
                     rest_ids, rest_weights = ids[keep:], weights[keep:]
@@ -112,7 +112,11 @@ def _encode(pipe: Any, text: str, sdxl: bool) -> Encoded:
     per_encoder: list[list[Any]] = []
     pooled = None
     for tokenizer, encoder in encoders:
-        convert = (lambda t, tok=tokenizer: pipe.maybe_convert_prompt(t, tok)) if hasattr(pipe, "maybe_convert_prompt") else None
+        convert = (
+            (lambda t, tok=tokenizer: pipe.maybe_convert_prompt(t, tok))
+            if hasattr(pipe, "maybe_convert_prompt")
+            else None
+        )
         outputs = []
         for index, chunk in enumerate(_chunks(tokenizer, text, convert)):
             ids, weights = _padded(tokenizer, chunk)
@@ -154,8 +158,11 @@ def encode_prompts(pipe: Any, prompt: str, negative: str, guidance: float) -> di
         embeds = torch.cat(positive.chunks, dim=1).to(dtype)
         kwargs: dict[str, Any] = {"prompt_embeds": embeds}
         if use_negative:
-            negative_embeds = (torch.zeros_like(embeds) if negative_encoded is None
-                               else torch.cat(negative_encoded.chunks, dim=1).to(dtype))
+            negative_embeds = (
+                torch.zeros_like(embeds)
+                if negative_encoded is None
+                else torch.cat(negative_encoded.chunks, dim=1).to(dtype)
+            )
             kwargs["negative_prompt_embeds"] = negative_embeds
         if sdxl:
             kwargs["pooled_prompt_embeds"] = positive.pooled.to(dtype)

@@ -17,8 +17,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from spatiora_tui.engine.clip_tokenizer import bytes_to_unicode
 from spatiora_tui.library.hashing import file_sha256
@@ -37,27 +37,179 @@ def demo_dir(cache_dir: Path) -> Path:
 # Whole-word tokens for the words design prompts use most, so the built-in task templates fit the
 # 77-token window as they would with the real CLIP vocabulary; any other text still tokenizes,
 # letter by letter, through the byte-level alphabet.
-_WORDS = """
-a an and the of with in on for to at by from into under over near light natural warm cool soft
-interior design photograph photorealistic photo detailed materials high dynamic range 35mm
-render rendering room living bedroom kitchen bathroom dining office studio loft flat apartment
-house home villa cabin open plan open-plan wood wooden oak walnut marble concrete stone brick
-glass steel linen velvet leather wall walls floor floors ceiling window windows door doors stair
-stairs sofa chair table bed lamp rug plant plants shelf shelves modern minimal minimalist
-scandinavian industrial japanese mid-century contemporary classic cozy bright dark white black
-grey gray beige green blue red view sunlight morning evening night architectural 2d top-down
-orthographic clean lines label labels labels plan floorplan blueprint layout scale section
-elevation perspective 3d shading furniture clutter blurry distorted cartoon lowres watermark
-text deformed ugly noise bad quality best masterpiece large small wide tall corner balcony
-terrace garden pool courtyard hallway entrance lobby library gallery cafe restaurant shop
-""".split()
+_WORDS = [
+    "a",
+    "an",
+    "and",
+    "the",
+    "of",
+    "with",
+    "in",
+    "on",
+    "for",
+    "to",
+    "at",
+    "by",
+    "from",
+    "into",
+    "under",
+    "over",
+    "near",
+    "light",
+    "natural",
+    "warm",
+    "cool",
+    "soft",
+    "interior",
+    "design",
+    "photograph",
+    "photorealistic",
+    "photo",
+    "detailed",
+    "materials",
+    "high",
+    "dynamic",
+    "range",
+    "35mm",
+    "render",
+    "rendering",
+    "room",
+    "living",
+    "bedroom",
+    "kitchen",
+    "bathroom",
+    "dining",
+    "office",
+    "studio",
+    "loft",
+    "flat",
+    "apartment",
+    "house",
+    "home",
+    "villa",
+    "cabin",
+    "open",
+    "plan",
+    "open-plan",
+    "wood",
+    "wooden",
+    "oak",
+    "walnut",
+    "marble",
+    "concrete",
+    "stone",
+    "brick",
+    "glass",
+    "steel",
+    "linen",
+    "velvet",
+    "leather",
+    "wall",
+    "walls",
+    "floor",
+    "floors",
+    "ceiling",
+    "window",
+    "windows",
+    "door",
+    "doors",
+    "stair",
+    "stairs",
+    "sofa",
+    "chair",
+    "table",
+    "bed",
+    "lamp",
+    "rug",
+    "plant",
+    "plants",
+    "shelf",
+    "shelves",
+    "modern",
+    "minimal",
+    "minimalist",
+    "scandinavian",
+    "industrial",
+    "japanese",
+    "mid-century",
+    "contemporary",
+    "classic",
+    "cozy",
+    "bright",
+    "dark",
+    "white",
+    "black",
+    "grey",
+    "gray",
+    "beige",
+    "green",
+    "blue",
+    "red",
+    "view",
+    "sunlight",
+    "morning",
+    "evening",
+    "night",
+    "architectural",
+    "2d",
+    "top-down",
+    "orthographic",
+    "clean",
+    "lines",
+    "label",
+    "labels",
+    "labels",
+    "plan",
+    "floorplan",
+    "blueprint",
+    "layout",
+    "scale",
+    "section",
+    "elevation",
+    "perspective",
+    "3d",
+    "shading",
+    "furniture",
+    "clutter",
+    "blurry",
+    "distorted",
+    "cartoon",
+    "lowres",
+    "watermark",
+    "text",
+    "deformed",
+    "ugly",
+    "noise",
+    "bad",
+    "quality",
+    "best",
+    "masterpiece",
+    "large",
+    "small",
+    "wide",
+    "tall",
+    "corner",
+    "balcony",
+    "terrace",
+    "garden",
+    "pool",
+    "courtyard",
+    "hallway",
+    "entrance",
+    "lobby",
+    "library",
+    "gallery",
+    "cafe",
+    "restaurant",
+    "shop",
+]
 
 
 def _word_merges(words: list[str]) -> list[tuple[str, str]]:
     merges: list[tuple[str, str]] = []
     seen: set[tuple[str, str]] = set()
     for word in words:
-        symbols = list(word[:-1]) + [word[-1] + "</w>"]
+        symbols = [*word[:-1], word[-1] + "</w>"]
         left = symbols[0]
         for right in symbols[1:]:
             pair = (left, right)
@@ -94,37 +246,69 @@ def build_demo(target: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         _write_tokenizer_files(Path(tmp))
         tokenizer = CLIPTokenizer(
-            str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"),
-            model_max_length=77, pad_token="<|endoftext|>",
+            str(Path(tmp) / "vocab.json"),
+            str(Path(tmp) / "merges.txt"),
+            model_max_length=77,
+            pad_token="<|endoftext|>",
         )
     bos, eos = tokenizer.convert_tokens_to_ids(["<|startoftext|>", "<|endoftext|>"])
 
     torch.manual_seed(_SEED)
     unet = UNet2DConditionModel(
-        sample_size=64, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(16, 32, 64), norm_num_groups=8, cross_attention_dim=32, attention_head_dim=8,
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(16, 32, 64),
+        norm_num_groups=8,
+        cross_attention_dim=32,
+        attention_head_dim=8,
         down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
     )
     torch.manual_seed(_SEED + 1)
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
-        block_out_channels=(8, 16, 16, 16), sample_size=512,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        block_out_channels=(8, 16, 16, 16),
+        sample_size=512,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
     )
     torch.manual_seed(_SEED + 2)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
-        bos_token_id=bos, eos_token_id=eos, pad_token_id=eos,
-    ))
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            projection_dim=32,
+            bos_token_id=bos,
+            eos_token_id=eos,
+            pad_token_id=eos,
+        )
+    )
     scheduler = EulerDiscreteScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-        beta_schedule="scaled_linear", steps_offset=1,
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
     )
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
     pipe.save_pretrained(str(target / "pipeline"), safe_serialization=True)

@@ -10,8 +10,9 @@ SDXL files one per encoder (`clip_l`, `clip_g`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from spatiora_tui.engine.api import FAMILY_LABELS, EmbeddingUse, EngineError
 from spatiora_tui.library.catalog import Listing, scan
@@ -65,9 +66,15 @@ class EmbeddingManager:
         word that does nothing should not pass in silence (A1111 users have many .pt files)."""
         listing = self._names()
         names = [n for n, entry in listing.entries.items() if entry.pickle]
-        return tuple(Notice(NoticeKind.PICKLED_EMBEDDING, f"{name} in the prompt is a pickle embedding ({listing.entries[name].path.name}), which "
-                     "Spatiora does not load (unpickling can run code); it was read as a plain word. Convert "
-                     "it to .safetensors to use it") for name in mentions("\n".join(texts), names))
+        return tuple(
+            Notice(
+                NoticeKind.PICKLED_EMBEDDING,
+                f"{name} in the prompt is a pickle embedding ({listing.entries[name].path.name}), which "
+                "Spatiora does not load (unpickling can run code); it was read as a plain word. Convert "
+                "it to .safetensors to use it",
+            )
+            for name in mentions("\n".join(texts), names)
+        )
 
     def refresh(self) -> None:
         """Look in the folders again (files added while running)."""
@@ -85,22 +92,28 @@ class EmbeddingManager:
         widths = tuple(encoder.config.hidden_size for encoder in encoders)
         if info.widths != widths:
             made_for = FAMILY_LABELS.get(info.family or "", f"text encoders of width {info.widths}")
-            raise EngineError(f"embedding {name!r} ({path.name}) is for {made_for} but the base model is "
-                              f"{FAMILY_LABELS.get(self._family, self._family)}; remove {name} from the prompt "
-                              "or use an embedding made for this model")
+            raise EngineError(
+                f"embedding {name!r} ({path.name}) is for {made_for} but the base model is "
+                f"{FAMILY_LABELS.get(self._family, self._family)}; remove {name} from the prompt "
+                "or use an embedding made for this model"
+            )
         try:
             tensors = load_file(str(path))
         except Exception as exc:
             raise EngineError(f"embedding {name!r} ({path}) could not be read ({exc}); download it again") from None
-        targets = ([("clip_l", pipe.text_encoder, pipe.tokenizer), ("clip_g", pipe.text_encoder_2, pipe.tokenizer_2)]
-                   if len(widths) == 2 else [(next(iter(tensors)), pipe.text_encoder, pipe.tokenizer)])
+        targets = (
+            [("clip_l", pipe.text_encoder, pipe.tokenizer), ("clip_g", pipe.text_encoder_2, pipe.tokenizer_2)]
+            if len(widths) == 2
+            else [(next(iter(tensors)), pipe.text_encoder, pipe.tokenizer)]
+        )
         done: list[tuple[Any, Any]] = []
         try:
             for key, encoder, tokenizer in targets:
                 vectors = tensors[key]
                 vectors = vectors if vectors.ndim == 2 else vectors[None]
-                pipe.load_textual_inversion(vectors.to(encoder.dtype), token=name, text_encoder=encoder,
-                                            tokenizer=tokenizer)
+                pipe.load_textual_inversion(
+                    vectors.to(encoder.dtype), token=name, text_encoder=encoder, tokenizer=tokenizer
+                )
                 done.append((encoder, tokenizer))
         except Exception as exc:
             for encoder, tokenizer in done:  # not half-loaded: the first encoder's part goes too

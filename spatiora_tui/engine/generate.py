@@ -18,13 +18,13 @@ from spatiora_tui import failpoints
 from spatiora_tui.config import PreviewSettings
 from spatiora_tui.engine.api import (
     EngineOOM,
-    is_out_of_memory,
     MemoryPeaks,
     ModelInfo,
     ResolvedRequest,
     StepCallback,
     StepPreview,
     Timings,
+    is_out_of_memory,
 )
 from spatiora_tui.engine.conditioning import encode_prompts
 from spatiora_tui.engine.previews import Previewer
@@ -193,9 +193,13 @@ def run_generation(
             with telemetry.stage("VAE decode"):
                 image, tiled = _decode(out.images, pipe, on_cuda)
             if tiled:
-                notes.append(Notice(NoticeKind.TILED_DECODE,
-                                    "the VAE decode ran out of memory, so the image was decoded in tiles "
-                                    "(same image, up to faint seams); a smaller size avoids it"))
+                notes.append(
+                    Notice(
+                        NoticeKind.TILED_DECODE,
+                        "the VAE decode ran out of memory, so the image was decoded in tiles "
+                        "(same image, up to faint seams); a smaller size avoids it",
+                    )
+                )
             decode_ms = (time.perf_counter() - t_decode) * 1000.0
             state.sample_memory()
     except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
@@ -250,8 +254,7 @@ def _whole_image_inpaint(pipe: Any, params: ResolvedRequest) -> dict[str, Any]:
     from PIL import Image
 
     size = (params.width, params.height)
-    return {"image": Image.new("RGB", size, (127, 127, 127)), "mask_image": Image.new("L", size, 255),
-            "strength": 1.0}
+    return {"image": Image.new("RGB", size, (127, 127, 127)), "mask_image": Image.new("L", size, 255), "strength": 1.0}
 
 
 def _decode(latents: Any, pipe: Any, on_cuda: bool) -> tuple[Any, bool]:
@@ -287,11 +290,10 @@ def release_memory(on_cuda: bool) -> None:
 
 
 def _oom_advice(stage: str, params: ResolvedRequest, on_cuda: bool) -> str:
-    where = "close other GPU programs or use dtype = \"fp16\"" if on_cuda else "close other programs"
+    where = 'close other GPU programs or use dtype = "fp16"' if on_cuda else "close other programs"
     half = (params.width // 2 // 8 * 8, params.height // 2 // 8 * 8)
     lower = f"Lower width/height (e.g. {half[0]}x{half[1]})" if min(half) >= 64 else "Lower width/height"
     return (
         f"out of memory during {stage} at {params.width}x{params.height}; memory was released. "
         f"{lower} or {where}, then generate again"
     )
-

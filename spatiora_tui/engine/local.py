@@ -12,10 +12,12 @@ import gc
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from spatiora_tui.config import AdapterRef, ConfigError, Settings, TaskSettings, task_with_overrides, user_cache_dir
+from spatiora_tui.engine import previews
 from spatiora_tui.engine.api import (
     FAMILY_LABELS,
     AdapterSwitch,
@@ -28,7 +30,6 @@ from spatiora_tui.engine.api import (
     ResolvedRequest,
     StepCallback,
 )
-from spatiora_tui.engine import previews
 from spatiora_tui.engine.manifest import add_trigger_words
 from spatiora_tui.engine.thread import OneThread
 from spatiora_tui.hw.telemetry import Telemetry
@@ -145,8 +146,11 @@ class LocalEngine:
                     kind, loadable = identify_checkpoint(entry.path).variant.label, True
                 except EngineError as exc:  # FileProblem is one
                     kind, loadable = short_problem(exc, entry.path), False
-            choices.append(ModelChoice(entry.name, str(entry.path), entry.size / 2**20, kind, loadable,
-                                       current=str(entry.path) == current))
+            choices.append(
+                ModelChoice(
+                    entry.name, str(entry.path), entry.size / 2**20, kind, loadable, current=str(entry.path) == current
+                )
+            )
         return tuple(choices)
 
     def generate(
@@ -206,17 +210,25 @@ class LocalEngine:
             if self._loader is not None:
                 pipe, model, demo_adapters = self._loader(model_settings, self._cache_dir, on_progress)
             else:
-                pipe, model, demo_adapters = load_pipeline(model_settings, self._cache_dir, on_progress,
-                                                           allow_pickle=self._settings.security.allow_pickle)
+                pipe, model, demo_adapters = load_pipeline(
+                    model_settings, self._cache_dir, on_progress, allow_pickle=self._settings.security.allow_pickle
+                )
         dirs = [self._settings.adapter_dir]
         if demo_adapters is not None:
             dirs.append(demo_adapters)
         self._pipe, self._model = pipe, model
         adapters = self._settings.adapters
-        self._loras = LoraManager(pipe, model.family, dirs, adapters.resident_max, adapters.ram_cache_mb,
-                                  adapters.resident_mb, adapters.fuse,
-                                  allow_pickle=self._settings.security.allow_pickle,
-                                  library_dirs=folders.loras)
+        self._loras = LoraManager(
+            pipe,
+            model.family,
+            dirs,
+            adapters.resident_max,
+            adapters.ram_cache_mb,
+            adapters.resident_mb,
+            adapters.fuse,
+            allow_pickle=self._settings.security.allow_pickle,
+            library_dirs=folders.loras,
+        )
         self._embeddings = EmbeddingManager(pipe, model.family, folders.embeddings, self._hashes)
         self._previewer, notice = previews.build(self._settings.preview.method, self._preview_context(pipe, model))
         if notice is not None:
@@ -267,8 +279,16 @@ class LocalEngine:
             self._loras.adopt_ram_cache(ram)  # parsed for the same layer names: no new read
         after = read_memory()
         notes = self._incompatible_adapters(model)
-        return ModelSwitch(model, previous.source if previous else None, (time.perf_counter() - start) * 1000.0,
-                           before.rss_mb, after.rss_mb, before.vram_mb, after.vram_mb, notes)
+        return ModelSwitch(
+            model,
+            previous.source if previous else None,
+            (time.perf_counter() - start) * 1000.0,
+            before.rss_mb,
+            after.rss_mb,
+            before.vram_mb,
+            after.vram_mb,
+            notes,
+        )
 
     def _incompatible_adapters(self, model: ModelInfo) -> tuple[str, ...]:
         """One line per task adapter made for another family than `model` (from the files'
@@ -287,10 +307,14 @@ class LocalEngine:
                 except (EngineError, FileProblem):
                     continue  # reported when the task is used
                 if info is not None and info.family is not None and info.family != model.family:
-                    notes.append(Notice(NoticeKind.ADAPTER_FAMILY,
-                                        f"task {task.name!r}: adapter {ref.name!r} is for "
-                                        f"{FAMILY_LABELS[info.family]}, the base model is now "
-                                        f"{FAMILY_LABELS.get(model.family, model.family)}"))
+                    notes.append(
+                        Notice(
+                            NoticeKind.ADAPTER_FAMILY,
+                            f"task {task.name!r}: adapter {ref.name!r} is for "
+                            f"{FAMILY_LABELS[info.family]}, the base model is now "
+                            f"{FAMILY_LABELS.get(model.family, model.family)}",
+                        )
+                    )
         return tuple(notes)
 
     def _switch_task(self, name: str, on_progress: Callable[[str], None] | None = None) -> AdapterSwitch:
@@ -360,8 +384,15 @@ class LocalEngine:
         self._telemetry.set_task(task.name)
         params = self._resolve(request, task, prompt, tuple(t.name for t in tags))
         image, cancelled, steps_done, timings, memory, notes = run_generation(
-            self._pipe, self._model, params, self._settings.preview, self._previewer, on_step,
-            cancel or threading.Event(), switch_ms, self._telemetry,
+            self._pipe,
+            self._model,
+            params,
+            self._settings.preview,
+            self._previewer,
+            on_step,
+            cancel or threading.Event(),
+            switch_ms,
+            self._telemetry,
         )
         warnings = (*self._notices, *self._embeddings.pickled(params.full_prompt, params.negative_prompt), *notes)
         self._notices.clear()
@@ -370,8 +401,14 @@ class LocalEngine:
         if drift is not None:
             warnings = (*warnings, drift)
         return GenerationResult(
-            params=params, model=self._model, image=image, cancelled=cancelled,
-            steps_done=steps_done, timings=timings, memory=memory, warnings=warnings,
+            params=params,
+            model=self._model,
+            image=image,
+            cancelled=cancelled,
+            steps_done=steps_done,
+            timings=timings,
+            memory=memory,
+            warnings=warnings,
             stages=self._telemetry.records_since(mark),
         )
 
@@ -403,14 +440,20 @@ class LocalEngine:
         task = self._task(request.task)
         try:
             return task_with_overrides(
-                task, steps=request.steps, guidance=request.guidance, width=request.width,
-                height=request.height, negative_prompt=request.negative_prompt, scheduler=request.scheduler,
+                task,
+                steps=request.steps,
+                guidance=request.guidance,
+                width=request.width,
+                height=request.height,
+                negative_prompt=request.negative_prompt,
+                scheduler=request.scheduler,
             )
         except ConfigError as exc:
             raise EngineError(str(exc)) from None
 
-    def _resolve(self, request: GenerationRequest, task: TaskSettings, prompt: str,
-                 prompt_loras: tuple[str, ...]) -> ResolvedRequest:
+    def _resolve(
+        self, request: GenerationRequest, task: TaskSettings, prompt: str, prompt_loras: tuple[str, ...]
+    ) -> ResolvedRequest:
         # Trigger words of the active adapters (from their adapter.toml) that the prompt lacks.
         full_prompt, _ = add_trigger_words(task.render_prompt(prompt), self._loras.trigger_words())
         seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
@@ -418,10 +461,19 @@ class LocalEngine:
             raise EngineError(f"seed must be between 0 and {2**32 - 1}, got {seed}")
         embeddings = self._embeddings.use(full_prompt, task.negative_prompt)
         return ResolvedRequest(
-            task=task.name, prompt=request.prompt, full_prompt=full_prompt,
-            negative_prompt=task.negative_prompt, seed=seed, steps=task.steps, guidance=task.guidance,
-            scheduler=task.scheduler, width=task.width, height=task.height,
-            adapters=self._loras.active, embeddings=embeddings, prompt_loras=prompt_loras,
+            task=task.name,
+            prompt=request.prompt,
+            full_prompt=full_prompt,
+            negative_prompt=task.negative_prompt,
+            seed=seed,
+            steps=task.steps,
+            guidance=task.guidance,
+            scheduler=task.scheduler,
+            width=task.width,
+            height=task.height,
+            adapters=self._loras.active,
+            embeddings=embeddings,
+            prompt_loras=prompt_loras,
         )
 
 

@@ -23,8 +23,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from spatiora_tui.engine.api import EngineError
 
-FAMILIES = {"sd1": "sd1", "sd15": "sd1", "sd1.5": "sd1", "sd2": "sd2", "sd21": "sd2", "sd2.1": "sd2",
-            "sdxl": "sdxl"}
+FAMILIES = {"sd1": "sd1", "sd15": "sd1", "sd1.5": "sd1", "sd2": "sd2", "sd21": "sd2", "sd2.1": "sd2", "sdxl": "sdxl"}
 _KEYS = ("base", "trigger_words", "default_weight", "description")
 
 

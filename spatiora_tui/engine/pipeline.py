@@ -10,9 +10,10 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from spatiora_tui import failpoints
 from spatiora_tui.config import ModelSettings
@@ -62,9 +63,11 @@ class ModelSource:
         return Path(self.value).stem if self.kind == "single_file" else Path(self.value).name
 
 
-PICKLE_REFUSED = ("loading one can run arbitrary code (unpickling executes what the file says), so "
-                  "Spatiora loads only .safetensors unless [security] allow_pickle = true in config.toml. "
-                  "Convert it to .safetensors, or turn allow_pickle on if you trust the file")
+PICKLE_REFUSED = (
+    "loading one can run arbitrary code (unpickling executes what the file says), so "
+    "Spatiora loads only .safetensors unless [security] allow_pickle = true in config.toml. "
+    "Convert it to .safetensors, or turn allow_pickle on if you trust the file"
+)
 
 
 def classify_source(source: str, allow_pickle: bool = False) -> ModelSource:
@@ -73,7 +76,8 @@ def classify_source(source: str, allow_pickle: bool = False) -> ModelSource:
         return ModelSource("demo", source)
     path = Path(source).expanduser()
     looks_like_path = source.startswith(("/", "./", "../", "~")) or path.suffix.lower() in (
-        ".safetensors", *PICKLE_SUFFIXES
+        ".safetensors",
+        *PICKLE_SUFFIXES,
     )
     if path.exists() or looks_like_path:
         if not path.exists():
@@ -114,8 +118,9 @@ def resolve_device(preference: str) -> str:
             return "mps"
         return "cpu"
     if preference == "cuda" and not torch.cuda.is_available():
-        raise EngineError("model.device is 'cuda' but torch sees no CUDA GPU; use 'auto' or 'cpu', "
-                          "or install a CUDA build of PyTorch")
+        raise EngineError(
+            "model.device is 'cuda' but torch sees no CUDA GPU; use 'auto' or 'cpu', or install a CUDA build of PyTorch"
+        )
     if preference == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise EngineError("model.device is 'mps' but Apple MPS is not available; use 'auto' or 'cpu'")
     return preference
@@ -179,8 +184,10 @@ def single_file_plan(path: Path, settings: ModelSettings) -> tuple[Any, Path]:
     if settings.config:
         folder = Path(settings.config).expanduser()
         if not (folder / "model_index.json").is_file():
-            raise EngineError(f"[model] config = {settings.config!r} is not a diffusers config folder (no "
-                              "model_index.json in it); fix the path or leave config empty")
+            raise EngineError(
+                f"[model] config = {settings.config!r} is not a diffusers config folder (no "
+                "model_index.json in it); fix the path or leave config empty"
+            )
     elif (beside / "model_index.json").is_file():
         folder = beside  # NAME.config/ beside NAME.safetensors: this file's own architecture
     else:
@@ -194,8 +201,9 @@ def single_file_plan(path: Path, settings: ModelSettings) -> tuple[Any, Path]:
 TRAINED_BETAS = (0.00085, 0.012, "scaled_linear")
 
 
-def _load_single_file(path: Path, settings: ModelSettings, common: dict[str, Any], cache_dir: Path,
-                      say: Callable[[str], None]) -> tuple[Any, Any, Any]:
+def _load_single_file(
+    path: Path, settings: ModelSettings, common: dict[str, Any], cache_dir: Path, say: Callable[[str], None]
+) -> tuple[Any, Any, Any]:
     """Load a single-file checkpoint with no network: the variant's config folder shipped with
     Spatiora (or [model] config), the CLIP tokenizer built from the shipped merges, and a
     scheduler carrying the variant's prediction type."""
@@ -211,20 +219,24 @@ def _load_single_file(path: Path, settings: ModelSettings, common: dict[str, Any
     overrides: dict[str, Any] = {"prediction_type": info.variant.prediction}
     if info.zero_snr:
         overrides.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
-    scheduler = scheduler_class.from_config(scheduler_class.load_config(str(folder), subfolder="scheduler"),
-                                            **overrides)
+    scheduler = scheduler_class.from_config(
+        scheduler_class.load_config(str(folder), subfolder="scheduler"), **overrides
+    )
     components: dict[str, Any] = {"scheduler": scheduler}
-    for name, pad in (("tokenizer", PAD_OPEN_CLIP if info.variant.family == "sd2" else PAD_CLIP_L),
-                      ("tokenizer_2", PAD_OPEN_CLIP)):
+    for name, pad in (
+        ("tokenizer", PAD_OPEN_CLIP if info.variant.family == "sd2" else PAD_CLIP_L),
+        ("tokenizer_2", PAD_OPEN_CLIP),
+    ):
         if name in index and not (folder / name).is_dir():
             components[name] = clip_tokenizer(pad)
     say(f"loading {path.name} ({info.variant.label}, {info.how})")
-    pipe = pipeline_class.from_single_file(str(path), config=str(folder), local_files_only=True,
-                                           **components, **common)
+    pipe = pipeline_class.from_single_file(str(path), config=str(folder), local_files_only=True, **components, **common)
     config = pipe.scheduler.config
     if (config.beta_start, config.beta_end, config.beta_schedule) != TRAINED_BETAS:
-        raise EngineError(f"{path.name} loaded with the noise schedule {config.beta_start}/{config.beta_end} "
-                          f"{config.beta_schedule}, not the trained {TRAINED_BETAS}; this is a bug: report it")
+        raise EngineError(
+            f"{path.name} loaded with the noise schedule {config.beta_start}/{config.beta_end} "
+            f"{config.beta_schedule}, not the trained {TRAINED_BETAS}; this is a bug: report it"
+        )
     return pipe, info, hashing
 
 
@@ -288,14 +300,18 @@ def _check_complete(pipe: Any, name: str) -> None:
     """diffusers fills a component from a single file without checking that every weight was
     there (missing ones stay unallocated): a file missing tensors is refused here, by name."""
     for component, model in pipe.components.items():
-        missing = [n for n, p in getattr(model, "named_parameters", lambda: [])() if p.is_meta]
+        missing = [n for n, p in getattr(model, "named_parameters", list)() if p.is_meta]
         if missing:
-            raise EngineError(f"{name} lacks weights the architecture needs ({len(missing)} of its {component}, e.g. "
-                              f"{missing[0]}); the file is incomplete or of another architecture: download it again")
+            raise EngineError(
+                f"{name} lacks weights the architecture needs ({len(missing)} of its {component}, e.g. "
+                f"{missing[0]}); the file is incomplete or of another architecture: download it again"
+            )
 
 
 def load_pipeline(
-    settings: ModelSettings, cache_dir: Path, on_progress: Callable[[str], None] | None = None,
+    settings: ModelSettings,
+    cache_dir: Path,
+    on_progress: Callable[[str], None] | None = None,
     allow_pickle: bool = False,
 ) -> tuple[Any, ModelInfo, Path | None]:
     """Load the base pipeline on its device.
@@ -360,8 +376,9 @@ def load_pipeline(
         if failure is not None:
             raise EngineError(failure)
         where = "GPU memory" if device == "cuda" else "memory"
-        raise EngineOOM(f"out of {where} while loading {source.name}; try dtype = \"fp16\", a smaller model, "
-                        "or close other programs")
+        raise EngineOOM(
+            f'out of {where} while loading {source.name}; try dtype = "fp16", a smaller model, or close other programs'
+        )
 
     pipe.set_progress_bar_config(disable=True)
     info = ModelInfo(
@@ -403,16 +420,20 @@ def _load_from_hub(repo_id: str, common: dict[str, Any]) -> Any:
 def _explain_load_failure(source: ModelSource, exc: Exception) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if "safetensors" in text.lower() and source.kind in ("folder", "hub"):
-        return (f"{source.name} has no .safetensors weights for every part (only pickle .bin files); "
-                f"{PICKLE_REFUSED}")
-    mismatch = re.search(r"because (\S+) expected shape torch.Size\((\[[^\]]*\])\), but got torch.Size\((\[[^\]]*\])\)",
-                         text)
+        return f"{source.name} has no .safetensors weights for every part (only pickle .bin files); {PICKLE_REFUSED}"
+    mismatch = re.search(
+        r"because (\S+) expected shape torch.Size\((\[[^\]]*\])\), but got torch.Size\((\[[^\]]*\])\)", text
+    )
     if source.kind == "single_file" and mismatch:
         name, expected, got = mismatch.groups()
-        return (f"{source.name}: its tensors do not fit the architecture it was loaded as ({name} is {got}, "
-                f"the architecture has {expected}), so it is a model of another size; put its diffusers config "
-                f"folder beside it as {source.name}.config/ (or set [model] config), or pin [model] variant")
+        return (
+            f"{source.name}: its tensors do not fit the architecture it was loaded as ({name} is {got}, "
+            f"the architecture has {expected}), so it is a model of another size; put its diffusers config "
+            f"folder beside it as {source.name}.config/ (or set [model] config), or pin [model] variant"
+        )
     if source.kind == "single_file" and "meta tensor" in text:
-        return (f"{source.name} lacks weights the architecture needs (diffusers found no data for some of them); "
-                "the file is incomplete or of another architecture: download it again")
+        return (
+            f"{source.name} lacks weights the architecture needs (diffusers found no data for some of them); "
+            "the file is incomplete or of another architecture: download it again"
+        )
     return f"could not load model {source.name!r} ({source.kind}): {text}"

@@ -18,7 +18,19 @@ from spatiora_tui.hw.sampler import (
 from spatiora_tui.hw.telemetry import STAGES, Peak, StageRecord, Telemetry
 
 __all__ = [
-    "STAGES", "CudaReading", "GpuReading", "HardwareSampler", "HardwareSnapshot", "HostReading", "NvmlBackend",
-    "Peak", "PsutilBackend", "StageRecord", "Telemetry", "TorchCudaBackend", "process_age_s",
-    "process_peak_rss_mb", "process_rss_mb",
+    "STAGES",
+    "CudaReading",
+    "GpuReading",
+    "HardwareSampler",
+    "HardwareSnapshot",
+    "HostReading",
+    "NvmlBackend",
+    "Peak",
+    "PsutilBackend",
+    "StageRecord",
+    "Telemetry",
+    "TorchCudaBackend",
+    "process_age_s",
+    "process_peak_rss_mb",
+    "process_rss_mb",
 ]

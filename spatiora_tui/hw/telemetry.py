@@ -19,9 +19,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator
 
 from spatiora_tui.hw.memory import cuda_torch, peak_rss_since_reset_mb, reset_peak_rss
 from spatiora_tui.hw.sampler import HardwareSampler, HardwareSnapshot
@@ -55,7 +55,7 @@ class Peak:
     ms: float = 0.0  # time spent in the passes (not in samples alone)
     passes: int = 0
 
-    def with_snapshot(self, snap: HardwareSnapshot) -> "Peak":
+    def with_snapshot(self, snap: HardwareSnapshot) -> Peak:
         return replace(
             self,
             rss_mb=max(self.rss_mb, snap.host.process_rss_mb),
@@ -64,7 +64,7 @@ class Peak:
             cuda_reserved_mb=_max(self.cuda_reserved_mb, snap.cuda.reserved_mb if snap.cuda else None),
         )
 
-    def with_record(self, record: "StageRecord") -> "Peak":
+    def with_record(self, record: StageRecord) -> Peak:
         return Peak(
             rss_mb=max(self.rss_mb, record.peak_rss_mb),
             vram_mb=_max(self.vram_mb, record.peak_vram_mb),
@@ -268,10 +268,14 @@ class Telemetry:
                 self._fold_exact_peaks()
             done = self._stack.pop()
             record = StageRecord(
-                stage=done.name, task=done.task, ms=(time.perf_counter() - done.start) * 1000.0,
-                peak_rss_mb=done.peak.rss_mb, peak_vram_mb=done.peak.vram_mb,
+                stage=done.name,
+                task=done.task,
+                ms=(time.perf_counter() - done.start) * 1000.0,
+                peak_rss_mb=done.peak.rss_mb,
+                peak_vram_mb=done.peak.vram_mb,
                 peak_cuda_allocated_mb=done.peak.cuda_allocated_mb,
-                peak_cuda_reserved_mb=done.peak.cuda_reserved_mb, exact_rss=done.exact_rss,
+                peak_cuda_reserved_mb=done.peak.cuda_reserved_mb,
+                exact_rss=done.exact_rss,
             )
             key = (record.task, record.stage)
             self._by_stage[key] = self._by_stage.get(key, Peak()).with_record(record)
@@ -314,8 +318,10 @@ class Telemetry:
         for open_stage in self._stack:
             p = open_stage.peak
             open_stage.peak = replace(
-                p, cuda_allocated_mb=_max(p.cuda_allocated_mb, allocated),
-                cuda_reserved_mb=_max(p.cuda_reserved_mb, reserved), vram_mb=_max(p.vram_mb, reserved),
+                p,
+                cuda_allocated_mb=_max(p.cuda_allocated_mb, allocated),
+                cuda_reserved_mb=_max(p.cuda_reserved_mb, reserved),
+                vram_mb=_max(p.vram_mb, reserved),
             )
 
     def _sample_quietly(self) -> None:

@@ -51,8 +51,9 @@ class LeakWatchdog:
         self.baseline = reading or read_memory()
         return self.baseline
 
-    def excess(self, now: MemoryReading, held_ram_mb: float = 0.0,
-               held_vram_mb: float = 0.0) -> tuple[float, float | None]:
+    def excess(
+        self, now: MemoryReading, held_ram_mb: float = 0.0, held_vram_mb: float = 0.0
+    ) -> tuple[float, float | None]:
         """MB above baseline + holdings: (RSS, VRAM or None)."""
         if self.baseline is None:
             return 0.0, None
@@ -62,8 +63,9 @@ class LeakWatchdog:
             vram = now.vram_mb - self.baseline.vram_mb - held_vram_mb
         return rss, vram
 
-    def check(self, now: MemoryReading, held_ram_mb: float = 0.0, held_vram_mb: float = 0.0,
-              after: str = "switching adapters") -> Notice | None:
+    def check(
+        self, now: MemoryReading, held_ram_mb: float = 0.0, held_vram_mb: float = 0.0, after: str = "switching adapters"
+    ) -> Notice | None:
         """A warning for a person, or None when memory is within the tolerance."""
         rss, vram = self.excess(now, held_ram_mb, held_vram_mb)
         parts = []

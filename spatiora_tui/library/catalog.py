@@ -22,11 +22,21 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 #: Install layouts: (what it is, the folder that identifies it, checkpoint, LoRA, embedding folders).
 LAYOUTS = (
-    ("AUTOMATIC1111/Forge/SD.Next", "models/Stable-diffusion", ("models/Stable-diffusion",),
-     ("models/Lora", "models/LyCORIS"), ("embeddings", "models/embeddings")),
+    (
+        "AUTOMATIC1111/Forge/SD.Next",
+        "models/Stable-diffusion",
+        ("models/Stable-diffusion",),
+        ("models/Lora", "models/LyCORIS"),
+        ("embeddings", "models/embeddings"),
+    ),
     ("ComfyUI", "models/checkpoints", ("models/checkpoints",), ("models/loras",), ("models/embeddings",)),
-    ("ComfyUI (portable)", "ComfyUI/models/checkpoints", ("ComfyUI/models/checkpoints",),
-     ("ComfyUI/models/loras",), ("ComfyUI/models/embeddings",)),
+    (
+        "ComfyUI (portable)",
+        "ComfyUI/models/checkpoints",
+        ("ComfyUI/models/checkpoints",),
+        ("ComfyUI/models/loras",),
+        ("ComfyUI/models/embeddings",),
+    ),
 )
 
 
@@ -43,15 +53,18 @@ def detect_install(root: Path) -> Install:
     """The model folders of the install at `root`, by its layout; ConfigError if it has none."""
     for kind, marker, checkpoints, loras, embeddings in LAYOUTS:
         if (root / marker).is_dir():
+
             def existing(names: tuple[str, ...]) -> tuple[Path, ...]:
                 return tuple(root / n for n in names if (root / n).is_dir())
+
             return Install(root, kind, existing(checkpoints), existing(loras), existing(embeddings))
     if not root.is_dir():
         raise ConfigError(f"[paths] installs: {root} does not exist; fix the path in config.toml")
     raise ConfigError(
         f"[paths] installs: {root} is not an AUTOMATIC1111, Forge, SD.Next or ComfyUI folder (it has no "
         "models/Stable-diffusion or models/checkpoints); name the install's top folder, or list its folders "
-        "in [paths] models / loras / embeddings")
+        "in [paths] models / loras / embeddings"
+    )
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ import hashlib
 import json
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from spatiora_tui import atomic
 
@@ -53,7 +53,7 @@ def file_sha256(path: Path) -> str:
 def addnet_hash_of_bytes(data: bytes) -> str:
     """Kohya's hash of a .safetensors file already in memory: sha256 of what follows the header."""
     length = int.from_bytes(data[:8], "little")
-    return hashlib.sha256(memoryview(data)[8 + length:]).hexdigest()
+    return hashlib.sha256(memoryview(data)[8 + length :]).hexdigest()
 
 
 class HashCache:

@@ -66,17 +66,20 @@ class Variant:
         return " ".join(parts)
 
 
-VARIANTS: dict[str, Variant] = {v.name: v for v in (
-    Variant("sd15", "sd1", "sd15"),
-    Variant("sd15-v", "sd1", "sd15", "v_prediction"),
-    Variant("sd15-inpaint", "sd1", "sd15-inpaint", inpaint=True),
-    Variant("sd2", "sd2", "sd2"),
-    Variant("sd2-v", "sd2", "sd2-v", "v_prediction"),
-    Variant("sd2-inpaint", "sd2", "sd2-inpaint", inpaint=True),
-    Variant("sdxl", "sdxl", "sdxl"),
-    Variant("sdxl-v", "sdxl", "sdxl", "v_prediction"),
-    Variant("sdxl-inpaint", "sdxl", "sdxl-inpaint", inpaint=True),
-)}
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("sd15", "sd1", "sd15"),
+        Variant("sd15-v", "sd1", "sd15", "v_prediction"),
+        Variant("sd15-inpaint", "sd1", "sd15-inpaint", inpaint=True),
+        Variant("sd2", "sd2", "sd2"),
+        Variant("sd2-v", "sd2", "sd2-v", "v_prediction"),
+        Variant("sd2-inpaint", "sd2", "sd2-inpaint", inpaint=True),
+        Variant("sdxl", "sdxl", "sdxl"),
+        Variant("sdxl-v", "sdxl", "sdxl", "v_prediction"),
+        Variant("sdxl-inpaint", "sdxl", "sdxl-inpaint", inpaint=True),
+    )
+}
 #: What `[model] variant` accepts (config.MODEL_VARIANTS names the same, without importing this).
 VARIANT_CHOICES = ("auto", *VARIANTS)
 
@@ -114,16 +117,35 @@ class EmbeddingInfo:
 
 # -- what a file is ---------------------------------------------------------------------------
 
-_LORA_MARKERS = (".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", "lora.down.", "lora.up.",
-                 "lora_linear_layer", ".hada_w1_", ".hada_w2_", ".lokr_w1", ".lokr_w2", ".oft_",
-                 "lora_magnitude_vector", ".dora_scale")
+_LORA_MARKERS = (
+    ".lora_down.",
+    ".lora_up.",
+    ".lora_A.",
+    ".lora_B.",
+    "lora.down.",
+    "lora.up.",
+    "lora_linear_layer",
+    ".hada_w1_",
+    ".hada_w2_",
+    ".lokr_w1",
+    ".lokr_w2",
+    ".oft_",
+    "lora_magnitude_vector",
+    ".dora_scale",
+)
 _FOREIGN = (  # marker key fragment -> what the file is
-    ("double_blocks.", "a Flux model"), ("single_transformer_blocks.", "a Flux model"),
-    ("joint_blocks.", "a Stable Diffusion 3 model"), ("transformer_blocks.0.attn.add_q_proj", "a Stable Diffusion 3 model"),
-    ("x_embedder.", "a DiT/PixArt-style transformer model"), ("control_model.", "a ControlNet"),
-    ("input_hint_block.", "a ControlNet"), ("controlnet_cond_embedding.", "a ControlNet"),
-    ("time_stack.", "a Stable Video Diffusion model"), ("noise_augmentor.", "a Stable unCLIP model"),
-    ("embedder.model.visual", "a Stable unCLIP model"), ("edm_mean", "a Playground v2.5 model"),
+    ("double_blocks.", "a Flux model"),
+    ("single_transformer_blocks.", "a Flux model"),
+    ("joint_blocks.", "a Stable Diffusion 3 model"),
+    ("transformer_blocks.0.attn.add_q_proj", "a Stable Diffusion 3 model"),
+    ("x_embedder.", "a DiT/PixArt-style transformer model"),
+    ("control_model.", "a ControlNet"),
+    ("input_hint_block.", "a ControlNet"),
+    ("controlnet_cond_embedding.", "a ControlNet"),
+    ("time_stack.", "a Stable Video Diffusion model"),
+    ("noise_augmentor.", "a Stable unCLIP model"),
+    ("embedder.model.visual", "a Stable unCLIP model"),
+    ("edm_mean", "a Playground v2.5 model"),
 )
 
 
@@ -139,8 +161,11 @@ def looks_like(header: Header) -> str:
             return what
     if header.has_prefix(UNET):
         return "a Stable Diffusion checkpoint"
-    if header.has_prefix(VAE) or "encoder.down.0.block.0.conv1.weight" in keys or (
-            "encoder.down_blocks.0.resnets.0.conv1.weight" in keys and "decoder.conv_in.weight" in keys):
+    if (
+        header.has_prefix(VAE)
+        or "encoder.down.0.block.0.conv1.weight" in keys
+        or ("encoder.down_blocks.0.resnets.0.conv1.weight" in keys and "decoder.conv_in.weight" in keys)
+    ):
         return "a VAE"
     if "conv_in.weight" in keys and any(k.startswith("down_blocks.") for k in keys):
         return "a diffusers UNet weight file"
@@ -158,35 +183,48 @@ def identify_checkpoint(path: Path, pinned: str = "auto", header: Header | None 
     keys = header.tensors
     what = looks_like(header)
     if what != "a Stable Diffusion checkpoint":
-        raise FileProblem(f"{path.name} is {what}, not a Stable Diffusion checkpoint (it holds no Stable Diffusion "
-                          f"UNet); {_where_it_goes(what)}")
+        raise FileProblem(
+            f"{path.name} is {what}, not a Stable Diffusion checkpoint (it holds no Stable Diffusion "
+            f"UNet); {_where_it_goes(what)}"
+        )
     in_channels = (header.shape(UNET + "input_blocks.0.0.weight") or (0, 0))[1:2]
     channels = in_channels[0] if in_channels else 0
     if header.has_prefix(SDXL_TE2) and header.has_prefix(SDXL_TE1):
         family = "sdxl"
     elif header.has_prefix(SDXL_REFINER_TE):
-        raise FileProblem(f"{path.name} is an SDXL refiner, which only finishes images an SDXL base started "
-                          "(image to image); load an SDXL base checkpoint")
+        raise FileProblem(
+            f"{path.name} is an SDXL refiner, which only finishes images an SDXL base started "
+            "(image to image); load an SDXL base checkpoint"
+        )
     elif header.has_prefix(SD2_TE):
         family = "sd2"
     elif header.has_prefix(SD1_TE):
         family = "sd1"
     else:
-        raise FileProblem(f"{path.name} holds a UNet but no text encoder (no cond_stage_model.* or "
-                          "conditioner.* tensors), so it is a partial export; use the full checkpoint")
+        raise FileProblem(
+            f"{path.name} holds a UNet but no text encoder (no cond_stage_model.* or "
+            "conditioner.* tensors), so it is a partial export; use the full checkpoint"
+        )
     if not header.has_prefix(VAE):
-        raise FileProblem(f"{path.name} has no VAE baked in (no first_stage_model.* tensors); use a checkpoint "
-                          "with its VAE, as most releases ship")
+        raise FileProblem(
+            f"{path.name} has no VAE baked in (no first_stage_model.* tensors); use a checkpoint "
+            "with its VAE, as most releases ship"
+        )
     if channels == 8:
-        raise FileProblem(f"{path.name} is an InstructPix2Pix model (8 input channels), which edits an image "
-                          "by instruction; Spatiora makes images from text: use a text-to-image checkpoint")
+        raise FileProblem(
+            f"{path.name} is an InstructPix2Pix model (8 input channels), which edits an image "
+            "by instruction; Spatiora makes images from text: use a text-to-image checkpoint"
+        )
     if channels not in (4, 9):
-        raise FileProblem(f"{path.name} is a {FAMILY_LABELS[family]} model with {channels} input channels "
-                          "(a depth, upscaler or other special model); use a text-to-image or inpainting checkpoint")
+        raise FileProblem(
+            f"{path.name} is a {FAMILY_LABELS[family]} model with {channels} input channels "
+            "(a depth, upscaler or other special model); use a text-to-image or inpainting checkpoint"
+        )
     inpaint = channels == 9
     if pinned != "auto":
-        return CheckpointInfo(path, _pinned(path, pinned, family, inpaint), "pinned in config.toml",
-                              "ztsnr" in keys, header)
+        return CheckpointInfo(
+            path, _pinned(path, pinned, family, inpaint), "pinned in config.toml", "ztsnr" in keys, header
+        )
     yaml_says = original_config_hints(path)
     v_prediction, how = False, "from its tensors"
     if yaml_says is not None:
@@ -199,11 +237,15 @@ def identify_checkpoint(path: Path, pinned: str = "auto", header: Header | None 
         std = _std(read_floats(header, V_PROBE))
         if std is not None:
             v_prediction = std > V_PROBE_STD
-            how = (f"guessed from its weights (norm std {std:.3f} {'>' if v_prediction else '<='} {V_PROBE_STD}); "
-                   "pin [model] variant if images look wrong")
+            how = (
+                f"guessed from its weights (norm std {std:.3f} {'>' if v_prediction else '<='} {V_PROBE_STD}); "
+                "pin [model] variant if images look wrong"
+            )
     if inpaint and v_prediction:
-        raise FileProblem(f"{path.name} is a v-prediction inpainting model, which Spatiora has no settings for; "
-                          "pin [model] variant if you know it is an epsilon model")
+        raise FileProblem(
+            f"{path.name} is a v-prediction inpainting model, which Spatiora has no settings for; "
+            "pin [model] variant if you know it is an epsilon model"
+        )
     return CheckpointInfo(path, _variant(family, inpaint, v_prediction), how, "ztsnr" in keys, header)
 
 
@@ -218,8 +260,10 @@ def _pinned(path: Path, pinned: str, family: str, inpaint: bool) -> Variant:
         raise FileProblem(f"[model] variant {pinned!r} is unknown; use one of {', '.join(VARIANT_CHOICES)}")
     if variant.family != family or variant.inpaint != inpaint:
         actual = _variant(family, inpaint, False).label
-        raise FileProblem(f"[model] variant = {pinned!r} ({variant.label}) but {path.name} is a {actual} "
-                          'checkpoint; set variant = "auto" or pin a variant of its family')
+        raise FileProblem(
+            f"[model] variant = {pinned!r} ({variant.label}) but {path.name} is a {actual} "
+            'checkpoint; set variant = "auto" or pin a variant of its family'
+        )
     return variant
 
 
@@ -232,21 +276,25 @@ def _std(values: list[float] | None) -> float | None:
 
 def _where_it_goes(what: str) -> str:
     if what == "a LoRA":
-        return ("put it in the adapters folder ([adapters] dir) or a [paths] loras folder and use it in a task or "
-                "as <lora:NAME:1>")
+        return (
+            "put it in the adapters folder ([adapters] dir) or a [paths] loras folder and use it in a task or "
+            "as <lora:NAME:1>"
+        )
     if what == "a textual-inversion embedding":
         return "put it in an embeddings folder ([paths] embeddings) and write its name in a prompt"
     if what == "a VAE":
         return "Spatiora uses the VAE baked into the checkpoint; point model.source at a full checkpoint"
     if what == "a diffusers UNet weight file":
         return "point model.source at the diffusers folder that holds model_index.json"
-    if what.startswith(("a Flux", "a Stable Diffusion 3", "a DiT", "a Stable Video", "a Stable unCLIP",
-                        "a Playground")):
+    if what.startswith(
+        ("a Flux", "a Stable Diffusion 3", "a DiT", "a Stable Video", "a Stable unCLIP", "a Playground")
+    ):
         return "Spatiora runs Stable Diffusion 1.x, 2.x and SDXL checkpoints"
     return "point model.source at a Stable Diffusion 1.x, 2.x or SDXL checkpoint"
 
 
 # -- the original config (NAME.yaml) -----------------------------------------------------------
+
 
 def original_config_hints(checkpoint: Path) -> dict[str, Any] | None:
     """What NAME.yaml beside the checkpoint says (v-prediction, inpainting, context width), or
@@ -262,16 +310,22 @@ def original_config_hints(checkpoint: Path) -> dict[str, Any] | None:
         data = yaml.safe_load(candidate.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise FileProblem(f"{candidate.name} beside the checkpoint cannot be read ({detail}); fix or remove it") from None
+        raise FileProblem(
+            f"{candidate.name} beside the checkpoint cannot be read ({detail}); fix or remove it"
+        ) from None
     params = _dig(data, "model", "params")
     if not isinstance(params, dict):
-        raise FileProblem(f"{candidate.name} beside the checkpoint is not a Stable Diffusion original config "
-                          "(no model.params); remove it or replace it with the model's own yaml")
+        raise FileProblem(
+            f"{candidate.name} beside the checkpoint is not a Stable Diffusion original config "
+            "(no model.params); remove it or replace it with the model's own yaml"
+        )
     network = params.get("unet_config") or params.get("network_config") or {}
     network_params = network.get("params", {}) if isinstance(network, dict) else {}
     scaling = str(_dig(params, "denoiser_config", "params", "scaling_config", "target") or "")
-    hints: dict[str, Any] = {"file": candidate.name,
-                             "v": params.get("parameterization") == "v" or scaling.endswith("VScaling")}
+    hints: dict[str, Any] = {
+        "file": candidate.name,
+        "v": params.get("parameterization") == "v" or scaling.endswith("VScaling"),
+    }
     if isinstance(network_params, dict):
         if isinstance(network_params.get("in_channels"), int):
             hints["in_channels"] = network_params["in_channels"]
@@ -295,8 +349,10 @@ def _check_yaml_agrees(path: Path, hints: dict[str, Any], family: str, inpaint: 
     context = hints.get("context_dim")
     channels = hints.get("in_channels")
     if (context is not None and context != _CONTEXT[family]) or (channels is not None and (channels == 9) != inpaint):
-        raise FileProblem(f"{hints['file']} describes another model than {path.name} holds (a "
-                          f"{_variant(family, inpaint, False).label} checkpoint); remove or replace the yaml")
+        raise FileProblem(
+            f"{hints['file']} describes another model than {path.name} holds (a "
+            f"{_variant(family, inpaint, False).label} checkpoint); remove or replace the yaml"
+        )
 
 
 # -- LoRAs and embeddings ----------------------------------------------------------------------
@@ -308,9 +364,12 @@ UNSUPPORTED_FORMATS = {
     "lycoris-oft": "LyCORIS OFT/BOFT adapter (oft_blocks tensors)",
     "dora-kohya": "Kohya/LyCORIS DoRA adapter (dora_scale tensors)",
 }
-UNSUPPORTED_HOW = ("Spatiora applies LoRA and LoCon files (Kohya, diffusers and peft layouts, peft DoRA) exactly, "
-                   "and this format it cannot yet; convert it to a LoRA (kohya's sd-scripts can extract one) or use "
-                   "another adapter")
+UNSUPPORTED_HOW = (
+    "Spatiora applies LoRA and LoCon files (Kohya, diffusers and peft layouts, peft DoRA) exactly, "
+    "and this format it cannot yet; convert it to a LoRA (kohya's sd-scripts can extract one) or use "
+    "another adapter"
+)
+
 
 def lora_format(keys: list[str] | dict[str, Any]) -> str:
     """The layout a LoRA file's tensors are in."""
@@ -326,7 +385,9 @@ def lora_format(keys: list[str] | dict[str, Any]) -> str:
     if any("lora_magnitude_vector" in k for k in names):
         return "dora-peft"
     if any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in names):
-        conv = any(re.search(r"lora_unet_.*(resnets|_in_layers_|_out_layers_|_skip_connection|_conv)", k) for k in names)
+        conv = any(
+            re.search(r"lora_unet_.*(resnets|_in_layers_|_out_layers_|_skip_connection|_conv)", k) for k in names
+        )
         return "lycoris-locon" if conv else "kohya"
     if any(".lora_A." in k or ".lora_B." in k for k in names):
         return "peft"
@@ -335,9 +396,17 @@ def lora_format(keys: list[str] | dict[str, Any]) -> str:
     return "unknown"
 
 
-_BASE_VERSIONS = (("sdxl", "sdxl"), ("stable-diffusion-xl", "sdxl"), ("sd_v2", "sd2"), ("stable-diffusion-v2", "sd2"),
-                  ("sd_v1", "sd1"), ("stable-diffusion-v1", "sd1"), ("flux", "Flux"), ("sd3", "SD3"),
-                  ("stable-diffusion-v3", "SD3"))
+_BASE_VERSIONS = (
+    ("sdxl", "sdxl"),
+    ("stable-diffusion-xl", "sdxl"),
+    ("sd_v2", "sd2"),
+    ("stable-diffusion-v2", "sd2"),
+    ("sd_v1", "sd1"),
+    ("stable-diffusion-v1", "sd1"),
+    ("flux", "Flux"),
+    ("sd3", "SD3"),
+    ("stable-diffusion-v3", "SD3"),
+)
 
 
 def identify_lora(path: Path, header: Header | None = None) -> LoraInfo:
@@ -352,12 +421,16 @@ def identify_lora(path: Path, header: Header | None = None) -> LoraInfo:
     return LoraInfo(path, lora_format(shapes), family, recorded, trigger_words(header.metadata), te, foreign)
 
 
-def lora_base(shapes: dict[str, tuple[int, ...]], metadata: dict[str, str]) -> tuple[str | None, str | None, str | None]:
+def lora_base(
+    shapes: dict[str, tuple[int, ...]], metadata: dict[str, str]
+) -> tuple[str | None, str | None, str | None]:
     """(family, foreign architecture, what the trainer recorded) of a LoRA's tensors: the family
     from Kohya's `ss_base_model_version` or modelspec metadata, else from its layers' widths;
     `foreign` names Flux or SD3 for LoRAs of those."""
     recorded = metadata.get("ss_base_model_version") or metadata.get("modelspec.architecture")
-    if any(marker in key for key in shapes for marker in ("double_blocks", "single_blocks", "single_transformer_blocks")):
+    if any(
+        marker in key for key in shapes for marker in ("double_blocks", "single_blocks", "single_transformer_blocks")
+    ):
         return None, "Flux", recorded
     if any("joint_blocks" in key or "context_block" in key for key in shapes):
         return None, "SD3", recorded
@@ -413,12 +486,12 @@ def _embedding_shape(header: Header) -> tuple[tuple[int, ...], int] | None:
     name as diffusers saves it) or, for SDXL, `clip_l` + `clip_g` with as many rows."""
     tensors = header.tensors
     if set(tensors) == {"clip_l", "clip_g"}:
-        l, g = tensors["clip_l"].shape, tensors["clip_g"].shape
-        if len(l) == 2 and len(g) == 2 and l[0] == g[0] and 0 < l[0] <= 75:
-            return (l[1], g[1]), l[0]
+        small, big = tensors["clip_l"].shape, tensors["clip_g"].shape
+        if len(small) == 2 and len(big) == 2 and small[0] == big[0] and 0 < small[0] <= 75:
+            return (small[1], big[1]), small[0]
         return None
     if len(tensors) == 1:
-        (name, info), = tensors.items()
+        ((name, info),) = tensors.items()
         if name == "emb_params" or (name.startswith("<") and name.endswith(">")) or len(info.shape) in (1, 2):
             rows = info.shape[0] if len(info.shape) == 2 else 1
             if info.shape and 0 < rows <= 75 and info.shape[-1] >= 8:

@@ -7,9 +7,9 @@ and modification time, so the second listing reads no file beyond its header.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from spatiora_tui.config import Settings
 from spatiora_tui.engine.api import FAMILY_LABELS, EngineError
@@ -48,8 +48,9 @@ def short_problem(exc: Exception, path: Path) -> str:
     return str(exc).removeprefix(f"{path.name} ").split("; ")[0].split(" (")[0].removeprefix("is ")
 
 
-def describe(entry: Entry, kind: str, hashes: HashCache | None, progress: Callable[[Entry], Progress] | None,
-             allow_pickle: bool) -> Row:
+def describe(
+    entry: Entry, kind: str, hashes: HashCache | None, progress: Callable[[Entry], Progress] | None, allow_pickle: bool
+) -> Row:
     """One file as a Row: identified, and hashed when `hashes` is given."""
     if entry.pickle:
         what = "pickle file" + ("" if allow_pickle else ": refused unless [security] allow_pickle = true")
@@ -63,8 +64,14 @@ def describe(entry: Entry, kind: str, hashes: HashCache | None, progress: Callab
             if lora.foreign:
                 return Row(kind, entry.name, entry.path, entry.size, f"a LoRA for {lora.foreign}", ok=False)
             if lora.format in UNSUPPORTED_FORMATS:
-                return Row(kind, entry.name, entry.path, entry.size,
-                           f"{UNSUPPORTED_FORMATS[lora.format].split(' (')[0]}: not supported", ok=False)
+                return Row(
+                    kind,
+                    entry.name,
+                    entry.path,
+                    entry.size,
+                    f"{UNSUPPORTED_FORMATS[lora.format].split(' (')[0]}: not supported",
+                    ok=False,
+                )
             base = FAMILY_LABELS.get(lora.family or "", "base unknown")
             what = f"{base} · {lora.format}" + (" + text encoder" if lora.has_text_encoder else "")
             details = ("triggers: " + ", ".join(lora.trigger_words)) if lora.trigger_words else ""
@@ -86,9 +93,12 @@ def describe(entry: Entry, kind: str, hashes: HashCache | None, progress: Callab
     return Row(kind, entry.name, entry.path, entry.size, what, short, details)
 
 
-def build_report(settings: Settings, hashes: HashCache | None,
-                 progress: Callable[[Entry], Progress] | None = None,
-                 adapter_files: dict[str, Path] | None = None) -> Report:
+def build_report(
+    settings: Settings,
+    hashes: HashCache | None,
+    progress: Callable[[Entry], Progress] | None = None,
+    adapter_files: dict[str, Path] | None = None,
+) -> Report:
     """Every model file the settings' folders hold. `adapter_files` are the [adapters] dir's
     (named as LoraManager names them: NAME.safetensors or NAME/ folders)."""
     folders = library_folders(settings)
@@ -108,6 +118,15 @@ def build_report(settings: Settings, hashes: HashCache | None,
             report.rows.append(describe(entry, kind, hashes, progress, allow))
         for entry in listing.shadowed:
             winner = listing.entries[entry.name].path
-            report.rows.append(Row(kind, entry.name, entry.path, entry.size, "same name as another file",
-                                   ok=False, shadowed_by=str(winner)))
+            report.rows.append(
+                Row(
+                    kind,
+                    entry.name,
+                    entry.path,
+                    entry.size,
+                    "same name as another file",
+                    ok=False,
+                    shadowed_by=str(winner),
+                )
+            )
     return report

@@ -18,8 +18,23 @@ from pathlib import Path
 from spatiora_tui.engine.api import EngineError
 
 #: Bytes per element of each dtype safetensors writes.
-DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-               "U16": 2, "U32": 4, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+DTYPE_SIZES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "U16": 2,
+    "U32": 4,
+    "U64": 8,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+}
 #: The largest header we accept (safetensors itself caps it at 100 MB).
 MAX_HEADER = 100_000_000
 
@@ -56,8 +71,10 @@ class Header:
 
 
 def _damaged(path: Path, detail: str, kind: str = "file") -> FileProblem:
-    return FileProblem(f"{path.name} is not a readable .safetensors {kind} ({detail}); it is damaged or was cut "
-                       "short while downloading: download it again")
+    return FileProblem(
+        f"{path.name} is not a readable .safetensors {kind} ({detail}); it is damaged or was cut "
+        "short while downloading: download it again"
+    )
 
 
 def read_header(path: Path, kind: str = "file") -> Header:
@@ -70,7 +87,9 @@ def read_header(path: Path, kind: str = "file") -> Header:
             length = int.from_bytes(prefix, "little") if len(prefix) == 8 else 0
             raw = prefix + fh.read(length) if 2 <= length <= MAX_HEADER else prefix
     except OSError as exc:
-        raise FileProblem(f"{path}: cannot read it ({exc.strerror or exc}); check the path and its permissions") from None
+        raise FileProblem(
+            f"{path}: cannot read it ({exc.strerror or exc}); check the path and its permissions"
+        ) from None
     return parse_header(raw, path, size, kind)
 
 
@@ -110,18 +129,23 @@ def _tensor(path: Path, name: str, entry: object, data_size: int, kind: str = "f
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
     if dtype not in DTYPE_SIZES:
         raise _damaged(path, f"tensor {name!r} has an unknown dtype {dtype!r}", kind)
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                              for d in shape):
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise _damaged(path, f"tensor {name!r} has a malformed shape", kind)
-    if (not isinstance(offsets, list) or len(offsets) != 2
-            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+    ):
         raise _damaged(path, f"tensor {name!r} has malformed byte offsets", kind)
     begin, end = offsets
     if not 0 <= begin <= end:
         raise _damaged(path, f"tensor {name!r} has impossible byte offsets", kind)
     if end > data_size:
-        raise _damaged(path, f"tensor {name!r} ends at byte {end:,} of the data, which has {data_size:,}: "
-                             "the file is cut short", kind)
+        raise _damaged(
+            path,
+            f"tensor {name!r} ends at byte {end:,} of the data, which has {data_size:,}: the file is cut short",
+            kind,
+        )
     if (end - begin) != math.prod(shape) * DTYPE_SIZES[dtype]:
         raise _damaged(path, f"tensor {name!r} has {end - begin:,} bytes for a {dtype} tensor of shape {shape}", kind)
     return TensorInfo(dtype, tuple(shape), begin, end)

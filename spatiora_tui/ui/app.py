@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
@@ -77,16 +78,28 @@ class SpatioraApp(App[None], inherit_bindings=False):
     BINDINGS = [
         # Not a priority binding: the key then reaches the focused field's queue behind the
         # characters typed before it, so a fast typist (or an SSH burst) generates with all of them.
-        Binding("ctrl+g", "generate", "Generate", id="generate",
-                tooltip="Generate with the prompt pane's settings"),
+        Binding("ctrl+g", "generate", "Generate", id="generate", tooltip="Generate with the prompt pane's settings"),
         Binding("escape", "cancel", "Cancel", id="cancel", tooltip="Cancel the running generation"),
-        Binding("ctrl+t", "next_task", "Next task", id="next_task", priority=True,
-                tooltip="Switch to the next task mode"),
+        Binding(
+            "ctrl+t", "next_task", "Next task", id="next_task", priority=True, tooltip="Switch to the next task mode"
+        ),
         Binding("ctrl+o", "history", "History", id="history", priority=True, tooltip="Browse the images"),
-        Binding("ctrl+s", "save", "Save again", id="save", priority=True,
-                tooltip="Save the last image again (shown when its save failed)"),
-        Binding("ctrl+l", "models", "Model", id="models", priority=True,
-                tooltip="Pick the base model from the checkpoints in your folders"),
+        Binding(
+            "ctrl+s",
+            "save",
+            "Save again",
+            id="save",
+            priority=True,
+            tooltip="Save the last image again (shown when its save failed)",
+        ),
+        Binding(
+            "ctrl+l",
+            "models",
+            "Model",
+            id="models",
+            priority=True,
+            tooltip="Pick the base model from the checkpoints in your folders",
+        ),
         Binding("ctrl+q", "quit", "Quit", id="quit", priority=True, tooltip="Quit Spatiora"),
         Binding("ctrl+c", "help_quit", show=False, system=True),
     ]
@@ -192,8 +205,10 @@ class SpatioraApp(App[None], inherit_bindings=False):
         # after the first frame, as a big output folder takes a while to list.
         clean_stale_partials(self.settings.output_dir)
         try:
-            model = self.engine.load(on_progress=lambda text: self.post_message(ModelLoadProgressed(text)),
-                                     source=self.settings.tasks[0].model)
+            model = self.engine.load(
+                on_progress=lambda text: self.post_message(ModelLoadProgressed(text)),
+                source=self.settings.tasks[0].model,
+            )
             switch = self.engine.switch_task(self.settings.tasks[0].name)
         except EngineError as exc:
             self.post_message(ModelLoadFailed(str(exc)))
@@ -209,8 +224,11 @@ class SpatioraApp(App[None], inherit_bindings=False):
         model = message.model
         self._model_ready = True
         self._show_model(model)
-        note = (" — images look like noise, every mechanism is real; set model.source "
-                "for a real model (docs/models.md)") if model.random_weights else ""
+        note = (
+            (" — images look like noise, every mechanism is real; set model.source for a real model (docs/models.md)")
+            if model.random_weights
+            else ""
+        )
         self.preview_pane.model_ready(f"ready: type a prompt, press Enter or {self._key('generate')}")
         self.say(f"model ready: {model.name}{note}")
         self.refresh_bindings()
@@ -311,8 +329,9 @@ class SpatioraApp(App[None], inherit_bindings=False):
             return
         self._peaks_task = task
         settings = self._tasks[task]
-        self.preview_pane.started(request.steps or settings.steps, request.width or settings.width,
-                                  request.height or settings.height)
+        self.preview_pane.started(
+            request.steps or settings.steps, request.width or settings.width, request.height or settings.height
+        )
         self.say(f"generating ({task})… {self._key('cancel')} cancels")
         # The worker starts denoising once this state is on screen: the repaint then does not
         # compete with torch for the CPU.
@@ -347,14 +366,18 @@ class SpatioraApp(App[None], inherit_bindings=False):
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         yield SystemCommand("Generate", f"Generate an image ({self._key('generate')})", self.action_generate)
-        yield SystemCommand("Cancel generation", f"Stop the running generation ({self._key('cancel')})",
-                            self.action_cancel)
+        yield SystemCommand(
+            "Cancel generation", f"Stop the running generation ({self._key('cancel')})", self.action_cancel
+        )
         yield SystemCommand("Next task mode", f"Switch task ({self._key('next_task')})", self.action_next_task)
         yield SystemCommand("History", f"Browse images ({self._key('history')})", self.action_history)
         yield SystemCommand("Model", f"Pick the base model ({self._key('models')})", self.action_models)
         for name in self._tasks:
-            yield SystemCommand(f"Task: {name}", self._tasks[name].description or "switch task mode",
-                                lambda name=name: self.request_switch(name))
+            yield SystemCommand(
+                f"Task: {name}",
+                self._tasks[name].description or "switch task mode",
+                lambda name=name: self.request_switch(name),
+            )
 
     @on(Input.Submitted, "#prompt")
     def _prompt_submitted(self) -> None:
@@ -404,8 +427,9 @@ class SpatioraApp(App[None], inherit_bindings=False):
             self._show_model(switch.model_switch.model)
             if self._tasks[switch.task].model is not None:
                 self.task_pane.record_load(switch.task, switch.model_switch.duration_ms)
-            self.preview_pane.model_ready(f"{switch.model_switch.model.name} ready: type a prompt, press Enter "
-                                          f"or {self._key('generate')}")
+            self.preview_pane.model_ready(
+                f"{switch.model_switch.model.name} ready: type a prompt, press Enter or {self._key('generate')}"
+            )
             text = f"{switch.model_switch.summary()}; {text}"
             for note in switch.model_switch.notes:
                 self.notify(markup_safe(note), severity="warning", timeout=10)
@@ -450,8 +474,9 @@ class SpatioraApp(App[None], inherit_bindings=False):
                 image, newest[0] = newest[0], None
                 if image is not None and image.mode != "RGB":
                     image = image.convert("RGB")
-                self.post_message(StepPreviewReady(
-                    StepPreview(preview.step, preview.total, image, preview.elapsed_s), rate))
+                self.post_message(
+                    StepPreviewReady(StepPreview(preview.step, preview.total, image, preview.elapsed_s), rate)
+                )
 
         try:
             result = self.engine.generate(request, on_step=on_step, cancel=worker.cancelled_event)
@@ -521,8 +546,10 @@ class SpatioraApp(App[None], inherit_bindings=False):
 
     def on_prompt_pane_controls_removed(self, message: PromptPane.ControlsRemoved) -> None:
         what = "negative prompt" if message.field == "negative" else "prompt"
-        self.say(f"removed {message.count} control character(s) from the {what}: "
-                 "they could drive the terminal and mean nothing to the model")
+        self.say(
+            f"removed {message.count} control character(s) from the {what}: "
+            "they could drive the terminal and mean nothing to the model"
+        )
 
     # -- saving again -------------------------------------------------------------------------
 
@@ -543,8 +570,11 @@ class SpatioraApp(App[None], inherit_bindings=False):
 
     def on_image_saved(self, message: ImageSaved) -> None:
         if message.path is None:
-            self.say(f"still not saved: {message.error} ({len(self._unsaved)} image(s) stay in memory; "
-                     f"{self._key('save')} tries again)", error=True)
+            self.say(
+                f"still not saved: {message.error} ({len(self._unsaved)} image(s) stay in memory; "
+                f"{self._key('save')} tries again)",
+                error=True,
+            )
             return
         if message.result in self._unsaved:
             self._unsaved.remove(message.result)
@@ -557,8 +587,11 @@ class SpatioraApp(App[None], inherit_bindings=False):
         """Quit; with images that could not be saved, the first quit only says so."""
         if self._unsaved and not self._quit_asked:
             self._quit_asked = True
-            self.say(f"{len(self._unsaved)} image(s) are not saved: {self._key('save')} saves them, "
-                     f"{self._key('quit')} again quits and loses them", error=True)
+            self.say(
+                f"{len(self._unsaved)} image(s) are not saved: {self._key('save')} saves them, "
+                f"{self._key('quit')} again quits and loses them",
+                error=True,
+            )
             return
         self.exit()
 
@@ -621,4 +654,3 @@ class SpatioraApp(App[None], inherit_bindings=False):
         by_task = self.telemetry.peaks_by_task()
         if by_task:
             self.hardware_pane.show_peaks(by_task, task, self.telemetry.peaks_by_stage(task) if task else {})
-

@@ -14,7 +14,7 @@ with one a second always allowed.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 #: Longest the screen goes without a repaint while generating, budget or not (seconds).
 MIN_REPAINT_S = 1.0
@@ -55,9 +55,9 @@ class PreviewPacer:
         would draw the first preview (`image_waiting` and none drawn yet)."""
         now = self._clock()
         first_image = image_waiting and self._last_draw is None
-        if not first_image and self._last_repaint is not None and now - self._last_repaint < MIN_REPAINT_S:
-            if self._cpu_clock() - self._cpu0 > self._budget * (now - self._t0):
-                return False
+        recent = self._last_repaint is not None and now - self._last_repaint < MIN_REPAINT_S
+        if not first_image and recent and self._cpu_clock() - self._cpu0 > self._budget * (now - self._t0):
+            return False
         self._last_repaint = now
         return True
 

@@ -30,8 +30,6 @@ def markup_safe(text: str, keep_newlines: bool = False) -> str:
     return safe + " " if safe.endswith("\\") else safe
 
 
-
-
 def gauge(fraction: float, width: int) -> str:
     """A `width`-cell bar, filled to `fraction` (clamped to 0..1), as Textual markup."""
     filled = round(width * min(max(fraction, 0.0), 1.0))

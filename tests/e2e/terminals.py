@@ -27,10 +27,14 @@ REQUIRE_ENV = "SPATIORA_E2E_REQUIRE"
 def tasks_config(steps: int, size: int) -> str:
     """config.toml text with the two demo task modes at `steps` steps and size x size pixels."""
     blocks = []
-    for name, weight, template in (("interior", 0.8, "interior photo of {prompt}"),
-                                   ("floorplan", 1.0, "floor plan of {prompt}")):
-        blocks.append(f'[[tasks]]\nname = "{name}"\nadapters = [{{name = "{name}", weight = {weight}}}]\n'
-                      f'prompt_template = "{template}"\nsteps = {steps}\nwidth = {size}\nheight = {size}\n')
+    for name, weight, template in (
+        ("interior", 0.8, "interior photo of {prompt}"),
+        ("floorplan", 1.0, "floor plan of {prompt}"),
+    ):
+        blocks.append(
+            f'[[tasks]]\nname = "{name}"\nadapters = [{{name = "{name}", weight = {weight}}}]\n'
+            f'prompt_template = "{template}"\nsteps = {steps}\nwidth = {size}\nheight = {size}\n'
+        )
     return "\n".join(blocks)
 
 
@@ -59,8 +63,10 @@ def app_command(project: Path, cache_dir: Path, *args: str, extra_env: dict[str,
         **(extra_env or {}),
     }
     assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-    return f"cd {shlex.quote(str(project))} && env -u COLUMNS -u LINES {assignments} {shlex.quote(sys.executable)} -m spatiora_tui " + \
-        " ".join(shlex.quote(a) for a in args)
+    return (
+        f"cd {shlex.quote(str(project))} && env -u COLUMNS -u LINES {assignments} {shlex.quote(sys.executable)} -m spatiora_tui "
+        + " ".join(shlex.quote(a) for a in args)
+    )
 
 
 def make_project(tmp_path: Path) -> Path:
@@ -88,12 +94,22 @@ class Tmux:
         # Without COLUMNS/LINES: something in a pytest run sets them to 80/24, tmux hands them
         # to the pane, and programs there then believe the terminal is 80x24.
         env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-        return subprocess.run(["tmux", "-S", self.socket, *args], check=check, capture_output=True,
-                              text=True, timeout=30, env=env).stdout
+        return subprocess.run(
+            ["tmux", "-S", self.socket, *args], check=check, capture_output=True, text=True, timeout=30, env=env
+        ).stdout
 
     def start(self, command: str) -> None:
-        self.run("new-session", "-d", "-s", self.session, "-x", str(self.width), "-y", str(self.height),
-                 f"{command}; echo __EXITED__ $?; sleep 600")
+        self.run(
+            "new-session",
+            "-d",
+            "-s",
+            self.session,
+            "-x",
+            str(self.width),
+            "-y",
+            str(self.height),
+            f"{command}; echo __EXITED__ $?; sleep 600",
+        )
 
     def start_recorded(self, command: str, path: Path) -> None:
         """start(command) under script(1), which writes every byte the program sends to the

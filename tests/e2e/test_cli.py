@@ -21,11 +21,19 @@ pytestmark = pytest.mark.slow
 SMALL_CONFIG = tasks_config(steps=3, size=64)
 
 
-def spatiora(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+def spatiora(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 240
+) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     full_env.pop("SPATIORA_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "spatiora_tui", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "spatiora_tui", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def assert_one_line_failure(proc: subprocess.CompletedProcess, code: int, *fragments: str) -> str:
@@ -48,8 +56,9 @@ def project(tmp_path: Path, cache_dir: Path) -> Path:
 def test_generate_floorplan_with_the_shipped_config(tmp_path: Path, cache_dir: Path) -> None:
     # Exactly the command, run in the repository (./config.toml), output redirected.
     out = tmp_path / "out"
-    proc = spatiora("generate", "--task", "floorplan", "open-plan flat", cwd=REPO,
-                    env={"SPATIORA_OUTPUT_DIR": str(out)})
+    proc = spatiora(
+        "generate", "--task", "floorplan", "open-plan flat", cwd=REPO, env={"SPATIORA_OUTPUT_DIR": str(out)}
+    )
     assert proc.returncode == 0, proc.stderr
     path = Path(proc.stdout.strip())
     assert path.parent == out and path.is_file()
@@ -64,12 +73,29 @@ def test_generate_floorplan_with_the_shipped_config(tmp_path: Path, cache_dir: P
 
 def test_generate_options_and_out_file(project: Path) -> None:
     target = project / "renders" / "mine.png"
-    proc = spatiora("generate", "-t", "interior", "--seed", "7", "--steps", "2", "--width", "72",
-                    "--scheduler", "ddim", "--out", str(target), "a loft", cwd=project)
+    proc = spatiora(
+        "generate",
+        "-t",
+        "interior",
+        "--seed",
+        "7",
+        "--steps",
+        "2",
+        "--width",
+        "72",
+        "--scheduler",
+        "ddim",
+        "--out",
+        str(target),
+        "a loft",
+        cwd=project,
+    )
     assert proc.returncode == 0, proc.stderr
     assert Path(proc.stdout.strip()) == target
     fields = read_metadata(target).a1111["fields"]
-    assert fields["Seed"] == "7" and fields["Steps"] == "2" and fields["Size"] == "72x64" and fields["Sampler"] == "DDIM"
+    assert (
+        fields["Seed"] == "7" and fields["Steps"] == "2" and fields["Size"] == "72x64" and fields["Sampler"] == "DDIM"
+    )
 
 
 def test_tasks_and_version(project: Path) -> None:
@@ -101,13 +127,15 @@ def test_no_subcommand_without_a_terminal_points_to_generate(project: Path) -> N
 
 
 def test_unknown_task(project: Path) -> None:
-    assert_one_line_failure(spatiora("generate", "--task", "kitchen", "x", cwd=project), 2,
-                            "unknown task 'kitchen'", "interior, floorplan")
+    assert_one_line_failure(
+        spatiora("generate", "--task", "kitchen", "x", cwd=project), 2, "unknown task 'kitchen'", "interior, floorplan"
+    )
 
 
 def test_width_not_a_multiple_of_8(project: Path) -> None:
-    assert_one_line_failure(spatiora("generate", "--width", "500", "x", cwd=project), 2,
-                            "width", "multiple of 8", "496 or 504")
+    assert_one_line_failure(
+        spatiora("generate", "--width", "500", "x", cwd=project), 2, "width", "multiple of 8", "496 or 504"
+    )
 
 
 def test_empty_prompt(project: Path) -> None:
@@ -116,8 +144,9 @@ def test_empty_prompt(project: Path) -> None:
 
 def test_bad_config_names_file_and_key(project: Path) -> None:
     (project / "config.toml").write_text('[model]\ndevice = "gpu"\n')
-    assert_one_line_failure(spatiora("tasks", cwd=project), 2, str(project / "config.toml"), "model.device",
-                            "auto, cuda, mps, cpu")
+    assert_one_line_failure(
+        spatiora("tasks", cwd=project), 2, str(project / "config.toml"), "model.device", "auto, cuda, mps, cpu"
+    )
 
 
 def test_missing_model_path(project: Path) -> None:
@@ -133,23 +162,29 @@ def test_hub_id_offline_names_the_model(project: Path) -> None:
 def test_pickle_checkpoint_is_refused(project: Path) -> None:
     (project / "model.ckpt").write_bytes(b"\x80\x04junk")
     (project / "config.toml").write_text('[model]\nsource = "model.ckpt"\n' + SMALL_CONFIG)
-    assert_one_line_failure(spatiora("generate", "x", cwd=project), 1, "model.ckpt", "arbitrary code",
-                            "allow_pickle = true")
+    assert_one_line_failure(
+        spatiora("generate", "x", cwd=project), 1, "model.ckpt", "arbitrary code", "allow_pickle = true"
+    )
 
 
 def test_pickle_checkpoint_with_allow_pickle_is_read_and_a_broken_one_named(project: Path) -> None:
     (project / "model.ckpt").write_bytes(b"\x80\x04junk")
-    (project / "config.toml").write_text('[model]\nsource = "model.ckpt"\n[security]\nallow_pickle = true\n'
-                                         + SMALL_CONFIG)
+    (project / "config.toml").write_text(
+        '[model]\nsource = "model.ckpt"\n[security]\nallow_pickle = true\n' + SMALL_CONFIG
+    )
     assert_one_line_failure(spatiora("generate", "x", cwd=project), 1, "model.ckpt", "not a readable checkpoint")
 
 
-@pytest.mark.parametrize(("content", "fragments"), [
-    (b"plain text, not a model", ["model.safetensors", "not a readable .safetensors checkpoint"]),
-    (None, ["model.safetensors", "holds no Stable Diffusion UNet", "adapters folder"]),  # a LoRA as the model
-])
-def test_a_file_that_is_not_a_checkpoint(project: Path, cache_dir: Path, content: bytes | None,
-                                         fragments: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("content", "fragments"),
+    [
+        (b"plain text, not a model", ["model.safetensors", "not a readable .safetensors checkpoint"]),
+        (None, ["model.safetensors", "holds no Stable Diffusion UNet", "adapters folder"]),  # a LoRA as the model
+    ],
+)
+def test_a_file_that_is_not_a_checkpoint(
+    project: Path, cache_dir: Path, content: bytes | None, fragments: list[str]
+) -> None:
     target = project / "model.safetensors"
     if content is None:
         import shutil
@@ -178,7 +213,11 @@ def test_ctrl_c_cancels_cleanly_and_saves_nothing(project: Path) -> None:
         # Long enough (1000 UNet calls) that the image cannot be finished before the signal lands,
         # even when a busy machine delays this test between reading the line and sending it.
         [sys.executable, "-m", "spatiora_tui", "generate", "--steps", "500", "--scheduler", "heun", "x"],
-        cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert proc.stderr is not None
     deadline = time.monotonic() + 120
@@ -195,8 +234,9 @@ def test_ctrl_c_cancels_cleanly_and_saves_nothing(project: Path) -> None:
 
 def test_disk_full_keeps_the_image_in_the_cache_and_says_where(project: Path, cache_dir: Path) -> None:
     out = project / "out"
-    proc = spatiora("generate", "x", cwd=project,
-                    env={"SPATIORA_OUTPUT_DIR": str(out), "SPATIORA_FAILPOINTS": "save=enospc"})
+    proc = spatiora(
+        "generate", "x", cwd=project, env={"SPATIORA_OUTPUT_DIR": str(out), "SPATIORA_FAILPOINTS": "save=enospc"}
+    )
     assert_one_line_failure(proc, 1, "could not write to", "the disk is full", "save again")
     kept = Path(proc.stdout.strip())
     assert kept.parent == cache_dir / "unsaved" and kept.is_file(), proc.stderr
@@ -213,7 +253,13 @@ def test_a_bad_failpoint_setting_is_a_usage_error(project: Path) -> None:
 
 def test_the_cli_module_runs_as_a_script(project: Path) -> None:
     # `python -m spatiora_tui.cli` as well as `python -m spatiora_tui` and the `spatiora` script.
-    proc = subprocess.run([sys.executable, "-m", "spatiora_tui.cli", "tasks"], cwd=project, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "spatiora_tui.cli", "tasks"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert proc.returncode == 0, proc.stderr
     assert "floorplan@1" in proc.stdout

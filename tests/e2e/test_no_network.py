@@ -31,14 +31,22 @@ IPV6_PROBE = ("socket.__new__ family=", "socket.bind (('::1', 0),)")
 
 def network_attempts(log: Path) -> list[str]:
     lines = log.read_text().splitlines() if log.exists() else []
-    return [line for line in lines
-            if not (line.endswith("origin=urllib3.util.connection") and any(p in line for p in IPV6_PROBE))]
+    return [
+        line
+        for line in lines
+        if not (line.endswith("origin=urllib3.util.connection") and any(p in line for p in IPV6_PROBE))
+    ]
 
 
 def guarded_env(log: Path, cache_dir: Path, project: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": f"{NETGUARD}{os.pathsep}{REPO}", "SPATIORA_SOCKET_LOG": str(log),
-            "HF_HUB_OFFLINE": "1", "SPATIORA_CACHE_DIR": str(cache_dir),
-            "SPATIORA_OUTPUT_DIR": str(project / "outputs")}
+    return {
+        **os.environ,
+        "PYTHONPATH": f"{NETGUARD}{os.pathsep}{REPO}",
+        "SPATIORA_SOCKET_LOG": str(log),
+        "HF_HUB_OFFLINE": "1",
+        "SPATIORA_CACHE_DIR": str(cache_dir),
+        "SPATIORA_OUTPUT_DIR": str(project / "outputs"),
+    }
 
 
 def watch_sockets(pid: int, until, timeout: float = 180) -> list[str]:
@@ -77,9 +85,14 @@ def test_the_guard_sees_a_network_attempt(tmp_path: Path, cache_dir: Path) -> No
 def test_cli_generate_opens_no_socket(tmp_path: Path, cache_dir: Path) -> None:
     project = make_project(tmp_path)
     log = tmp_path / "sockets.log"
-    proc = subprocess.Popen([sys.executable, "-m", "spatiora_tui", "generate", "--steps", "8", "a quiet room"],
-                            cwd=project, env=guarded_env(log, cache_dir, project),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spatiora_tui", "generate", "--steps", "8", "a quiet room"],
+        cwd=project,
+        env=guarded_env(log, cache_dir, project),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     seen = watch_sockets(proc.pid, lambda: proc.poll() is not None)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err

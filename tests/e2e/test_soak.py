@@ -23,8 +23,16 @@ TOLERANCE_PCT = 5.0
 
 def test_60_generations_with_task_switches(cache_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     settings = load_settings(REPO / "config.toml")
-    result = run_soak(settings, generations=60, size=(64, 64), steps=4, cancel_every=10, warmup=10,
-                      cache_dir=cache_dir, say=lambda _text: None)
+    result = run_soak(
+        settings,
+        generations=60,
+        size=(64, 64),
+        steps=4,
+        cancel_every=10,
+        warmup=10,
+        cache_dir=cache_dir,
+        say=lambda _text: None,
+    )
     print_soak(result)
     report = capsys.readouterr().out
     assert result.failed == 0 and result.errors == (), report
@@ -48,6 +56,14 @@ def test_the_soak_counts_leak_warnings_by_kind_not_by_wording(cache_dir: Path, m
 
     monkeypatch.setattr(LeakWatchdog, "check", leaking)
     settings = load_settings(REPO / "config.toml")
-    result = run_soak(settings, generations=3, size=(64, 64), steps=2, cancel_every=0, warmup=1,
-                      cache_dir=cache_dir, say=lambda _text: None)
+    result = run_soak(
+        settings,
+        generations=3,
+        size=(64, 64),
+        steps=2,
+        cancel_every=0,
+        warmup=1,
+        cache_dir=cache_dir,
+        say=lambda _text: None,
+    )
     assert result.watchdog_warnings == ("RAM grew by 999 MB (reworded)",)

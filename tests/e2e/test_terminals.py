@@ -99,8 +99,12 @@ def image_tiles(shot: Path, tile: int = 16) -> list[tuple[int, int]]:
 def xvfb(tmp_path: Path):
     require("Xvfb", "xterm", "xdotool", "import")
     read_fd, write_fd = os.pipe()
-    server = subprocess.Popen(["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
-                              pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
+        pass_fds=(write_fd,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     os.close(write_fd)
     with os.fdopen(read_fd) as fh:
         display = f":{fh.readline().strip()}"
@@ -114,13 +118,37 @@ def test_xterm_sixel_preview_area_holds_an_image(xvfb: str, tmp_path: Path, cach
     env = {**os.environ, "DISPLAY": xvfb}
     command = app_command(project, cache_dir)
     term = subprocess.Popen(
-        ["xterm", "-ti", "vt340", "-xrm", "XTerm*decTerminalID: vt340", "-xrm", "XTerm*numColorRegisters: 256",
-         "-geometry", "150x44", "-fa", "DejaVu Sans Mono", "-fs", "11", "-e", "sh", "-c", command],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            "xterm",
+            "-ti",
+            "vt340",
+            "-xrm",
+            "XTerm*decTerminalID: vt340",
+            "-xrm",
+            "XTerm*numColorRegisters: 256",
+            "-geometry",
+            "150x44",
+            "-fa",
+            "DejaVu Sans Mono",
+            "-fs",
+            "11",
+            "-e",
+            "sh",
+            "-c",
+            command,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
-        window = subprocess.run(["xdotool", "search", "--sync", "--onlyvisible", "--pid", str(term.pid)],
-                                env=env, capture_output=True, text=True, timeout=30).stdout.split()[0]
+        window = subprocess.run(
+            ["xdotool", "search", "--sync", "--onlyvisible", "--pid", str(term.pid)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.split()[0]
         subprocess.run(["xdotool", "windowfocus", "--sync", window], env=env, timeout=10)
         shot = tmp_path / "xterm.png"
         before = tmp_path / "before.png"
@@ -170,14 +198,29 @@ def sshd(tmp_path: Path):
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation folder
     port = free_port()
     config = keys / "sshd_config"
-    config.write_text("\n".join([
-        f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {keys / 'host_key'}",
-        f"AuthorizedKeysFile {keys / 'authorized_keys'}", "PasswordAuthentication no",
-        "KbdInteractiveAuthentication no", "PermitRootLogin prohibit-password", "UsePAM no",
-        "StrictModes no", f"PidFile {keys / 'sshd.pid'}", "PrintMotd no", "AcceptEnv LANG LC_*",
-    ]) + "\n")
-    server = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL,
-                              stderr=open(keys / "sshd.log", "w"))
+    config.write_text(
+        "\n".join(
+            [
+                f"Port {port}",
+                "ListenAddress 127.0.0.1",
+                f"HostKey {keys / 'host_key'}",
+                f"AuthorizedKeysFile {keys / 'authorized_keys'}",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "PermitRootLogin prohibit-password",
+                "UsePAM no",
+                "StrictModes no",
+                f"PidFile {keys / 'sshd.pid'}",
+                "PrintMotd no",
+                "AcceptEnv LANG LC_*",
+            ]
+        )
+        + "\n"
+    )
+    with open(keys / "sshd.log", "w") as log:  # sshd keeps its own copy of the descriptor
+        server = subprocess.Popen(
+            ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=log
+        )
     deadline = time.monotonic() + 20
     while True:
         with socket.socket() as probe:
@@ -193,13 +236,31 @@ def sshd(tmp_path: Path):
 def ssh_command(port: int, key: Path, remote: str) -> list[str]:
     """ssh with a terminal to this machine's test sshd, as the current user, running `remote`."""
     user = os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
-    return ["ssh", "-tt", "-p", str(port), "-i", str(key), "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-            "-o", "LogLevel=ERROR", f"{user}@127.0.0.1", remote]
+    return [
+        "ssh",
+        "-tt",
+        "-p",
+        str(port),
+        "-i",
+        str(key),
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "LogLevel=ERROR",
+        f"{user}@127.0.0.1",
+        remote,
+    ]
 
 
-def test_over_ssh_the_app_runs_in_the_remote_session_and_generates(sshd, tmux: Tmux, tmp_path: Path,
-                                                                   cache_dir: Path) -> None:
+def test_over_ssh_the_app_runs_in_the_remote_session_and_generates(
+    sshd, tmux: Tmux, tmp_path: Path, cache_dir: Path
+) -> None:
     port, key = sshd
     project = make_project(tmp_path)
     tmux.start(shlex.join(ssh_command(port, key, app_command(project, cache_dir))))
@@ -223,12 +284,19 @@ def test_a_dropped_ssh_connection_ends_the_remote_app(sshd, tmux: Tmux, tmp_path
     tmux.start(shlex.join(ssh_command(port, key, app_command(project, cache_dir))))
     tmux.wait_for("model ready", timeout=120)
     marker = str(project / "outputs")
-    remote = [p for p in psutil.process_iter(["cmdline", "environ"])
-              if "spatiora_tui" in " ".join(p.info["cmdline"] or []) and
-              (p.info["environ"] or {}).get("SPATIORA_OUTPUT_DIR") == marker]
+    remote = [
+        p
+        for p in psutil.process_iter(["cmdline", "environ"])
+        if "spatiora_tui" in " ".join(p.info["cmdline"] or [])
+        and (p.info["environ"] or {}).get("SPATIORA_OUTPUT_DIR") == marker
+    ]
     assert len(remote) == 1, remote
-    client = [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [])[:2] == ["ssh", "-tt"]
-              and app_command(project, cache_dir) in (p.info["cmdline"] or [])]
+    client = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if (p.info["cmdline"] or [])[:2] == ["ssh", "-tt"]
+        and app_command(project, cache_dir) in (p.info["cmdline"] or [])
+    ]
     assert len(client) == 1
     tmux.type("a long one")
     tmux.keys("C-g")

@@ -33,13 +33,24 @@ def webui(tiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copy(model.path, target)
         shutil.copytree(model.config, models / model.config.name)  # NAME.config: its tiny architecture
         base = {"ss_base_model_version": "sdxl_base_v1-0" if key == "sdxl" else "sd_v1"}
-        lora_files.write_kohya(model.pipe, root / "models" / "Lora" / f"oak_{key}.safetensors", seed=3,
-                               metadata={**base, "ss_tag_frequency": json.dumps({"10_oak": {"oak floor": 9, "spz": 20}})})
-        lora_files.write_kohya(model.pipe, root / "models" / "Lora" / "styles" / f"detail_{key}.safetensors",
-                               components=("unet", "text_encoder"), seed=4, metadata=base)
+        lora_files.write_kohya(
+            model.pipe,
+            root / "models" / "Lora" / f"oak_{key}.safetensors",
+            seed=3,
+            metadata={**base, "ss_tag_frequency": json.dumps({"10_oak": {"oak floor": 9, "spz": 20}})},
+        )
+        lora_files.write_kohya(
+            model.pipe,
+            root / "models" / "Lora" / "styles" / f"detail_{key}.safetensors",
+            components=("unet", "text_encoder"),
+            seed=4,
+            metadata=base,
+        )
     (root / "embeddings").mkdir()
     save_file({"emb_params": torch.randn(2, 32)}, str(root / "embeddings" / "easynegative.safetensors"))
-    save_file({"clip_l": torch.randn(2, 32), "clip_g": torch.randn(2, 40)}, str(root / "embeddings" / "negxl.safetensors"))
+    save_file(
+        {"clip_l": torch.randn(2, 32), "clip_g": torch.randn(2, 40)}, str(root / "embeddings" / "negxl.safetensors")
+    )
     fake_files.write(models / "flux1-dev.safetensors", {"double_blocks.0.img_attn.qkv.weight": (9, 3)})
     return root
 
@@ -49,13 +60,15 @@ def project(tmp_path: Path, webui: Path, source: str, negative: str, adapter: st
     (tmp_path / "config.toml").write_text(
         f'[model]\nsource = "{source}"\n\n[paths]\ninstalls = ["{webui}"]\n\n'
         f'[[tasks]]\nname = "room"\n{adapters}prompt_template = "photo of {{prompt}}"\n'
-        f'negative_prompt = "{negative}"\nsteps = 2\nwidth = 64\nheight = 64\nscheduler = "euler"\n')
+        f'negative_prompt = "{negative}"\nsteps = 2\nwidth = 64\nheight = 64\nscheduler = "euler"\n'
+    )
     return tmp_path
 
 
 @pytest.mark.parametrize(("key", "negative"), [("sd1", "easynegative, blurry"), ("sdxl", "negxl, blurry")])
-def test_generate_offline_with_a_lora_tag_and_a_negative_embedding(webui, tmp_path: Path, tiny, key: str,
-                                                                   negative: str) -> None:
+def test_generate_offline_with_a_lora_tag_and_a_negative_embedding(
+    webui, tmp_path: Path, tiny, key: str, negative: str
+) -> None:
     stem = tiny[key].path.stem
     folder = project(tmp_path, webui, stem, negative, adapter=f"oak_{key}")  # the task's Kohya LoRA
     log, hf_home = tmp_path / "sockets.log", tmp_path / "empty-hf-home"
@@ -86,8 +99,9 @@ def test_models_lists_the_install_with_hashes_and_problems(webui, tmp_path: Path
     assert "Checkpoints (3)" in out and "LoRAs (4)" in out and "Embeddings (2)" in out
     assert "SD 1.x · kohya · trained on sd_v1; triggers: spz, oak floor" in out
     assert "✗ flux1-dev" in out and "a Flux model" in out
-    listed = json.loads(spatiora("models", "--json", cwd=folder,
-                                 env={"SPATIORA_CACHE_DIR": str(tmp_path / "cache")}).stdout)
+    listed = json.loads(
+        spatiora("models", "--json", cwd=folder, env={"SPATIORA_CACHE_DIR": str(tmp_path / "cache")}).stdout
+    )
     by_name = {row["name"]: row for row in listed}
     assert len(by_name[tiny["sd1"].path.stem]["short_hash"]) == 10 and len(by_name["oak_sd1"]["short_hash"]) == 12
     assert by_name["negxl"]["what"] == "width (32, 40)"
@@ -95,5 +109,6 @@ def test_models_lists_the_install_with_hashes_and_problems(webui, tmp_path: Path
 
 def test_a_lora_as_model_source_is_refused_in_one_line(webui, tmp_path: Path) -> None:
     folder = project(tmp_path, webui, str(webui / "models" / "Lora" / "oak_sd1.safetensors"), "")
-    assert_one_line_failure(spatiora("generate", "x", cwd=folder), 1, "oak_sd1.safetensors is a LoRA",
-                            "adapters folder")
+    assert_one_line_failure(
+        spatiora("generate", "x", cwd=folder), 1, "oak_sd1.safetensors is a LoRA", "adapters folder"
+    )

@@ -10,8 +10,13 @@ from tests.conftest import Tiny
 
 def tiny_settings(model: Tiny, root: Path, **paths: tuple[str, ...]) -> Settings:
     """Settings that load `model` as a user's single file, with 64 px, 2-step tasks."""
-    tasks = (TaskSettings(name="plain", steps=2, width=64, height=64, scheduler="euler"),
-             TaskSettings(name="neg", steps=2, width=64, height=64, scheduler="euler",
-                          negative_prompt="badhands, blurry"))
-    return Settings(model=ModelSettings(source=str(model.path), config=str(model.config), device="cpu"),
-                    paths=PathSettings(**paths), tasks=tasks, base_dir=root)
+    tasks = (
+        TaskSettings(name="plain", steps=2, width=64, height=64, scheduler="euler"),
+        TaskSettings(name="neg", steps=2, width=64, height=64, scheduler="euler", negative_prompt="badhands, blurry"),
+    )
+    return Settings(
+        model=ModelSettings(source=str(model.path), config=str(model.config), device="cpu"),
+        paths=PathSettings(**paths),
+        tasks=tasks,
+        base_dir=root,
+    )

@@ -24,9 +24,12 @@ from hypothesis import strategies as st
 from spatiora_tui.config import AdapterRef, ModelSettings
 from spatiora_tui.engine.api import EngineError
 
-FUZZ = settings(deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                                       HealthCheck.data_too_large])
+FUZZ = settings(
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
+)
 
 
 @st.composite
@@ -36,8 +39,12 @@ def damage(draw, data: bytes) -> bytes:
     where = draw(st.sampled_from(["cut", "header", "data", "length", "anywhere"]))
     if where == "cut":
         return data[: draw(st.integers(0, len(data) - 1))]
-    span = {"header": (0, header_end - 1), "data": (header_end, len(data) - 1), "length": (0, 7),
-            "anywhere": (0, len(data) - 1)}[where]
+    span = {
+        "header": (0, header_end - 1),
+        "data": (header_end, len(data) - 1),
+        "length": (0, 7),
+        "anywhere": (0, len(data) - 1),
+    }[where]
     damaged = bytearray(data)
     for offset, mask in draw(st.lists(st.tuples(st.integers(*span), st.integers(1, 255)), min_size=1, max_size=8)):
         damaged[offset] ^= mask
@@ -53,6 +60,7 @@ def write_case(folder: Path, prefix: str, counter: dict[str, int], data: bytes) 
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def checkpoint_bytes(tiny) -> bytes:
@@ -86,6 +94,7 @@ def test_damaged_checkpoints_load_or_fail_cleanly(tiny, checkpoint_bytes, tmp_pa
 
 # -- LoRAs ---------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def lora_rig(tiny, tmp_path_factory: pytest.TempPathFactory):
     import copy
@@ -96,8 +105,9 @@ def lora_rig(tiny, tmp_path_factory: pytest.TempPathFactory):
     pipe = copy.deepcopy(tiny["sd1"].pipe)
     folder = tmp_path_factory.mktemp("fuzz-loras")
     lora_files.write_kohya(pipe, folder / "good.safetensors", components=("unet", "text_encoder"), seed=1)
-    lora_files.write_kohya(pipe, folder / "source.safetensors", components=("unet", "text_encoder"), conv=True,
-                           varying_alphas=True, seed=2)
+    lora_files.write_kohya(
+        pipe, folder / "source.safetensors", components=("unet", "text_encoder"), conv=True, varying_alphas=True, seed=2
+    )
     manager = LoraManager(pipe, "sd1", [folder], ram_cache_mb=0)  # every case read from its file
     manager.activate([AdapterRef("good", 0.5)])
     return pipe, folder, manager
@@ -143,6 +153,7 @@ def test_damaged_loras_apply_whole_or_not_at_all(lora_rig) -> None:
 
 
 # -- embeddings ----------------------------------------------------------------------------------
+
 
 def test_damaged_embeddings_load_whole_or_not_at_all(tiny, tmp_path: Path) -> None:
     import copy

@@ -10,6 +10,7 @@ one UNet step agree to 1e-4, while the adapter itself moves them by far more.
 from __future__ import annotations
 
 import copy
+
 import pytest
 import torch
 
@@ -99,8 +100,10 @@ def test_a_sdxl_file_mixing_two_block_namings_is_refused_not_half_applied(model)
 
     lora_files.write_kohya(pristine, tmp_path / "sgm.safetensors", conv=True)  # sgm-named convs
     tensors = load_file(str(tmp_path / "sgm.safetensors"))
-    extra = {"lora_unet_down_blocks_1_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 32),
-             "lora_unet_down_blocks_1_attentions_0_proj_in.lora_up.weight": torch.zeros(32, 4)}
+    extra = {
+        "lora_unet_down_blocks_1_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 32),
+        "lora_unet_down_blocks_1_attentions_0_proj_in.lora_up.weight": torch.zeros(32, 4),
+    }
     save_file({**tensors, **extra}, str(tmp_path / "mixed.safetensors"))
     before = lora_files.conditioned_output(pipe)
     with pytest.raises(EngineError, match=r"'mixed'.*only \d+ of its \d+ LoRA layers"):
@@ -109,9 +112,13 @@ def test_a_sdxl_file_mixing_two_block_namings_is_refused_not_half_applied(model)
     assert torch.equal(lora_files.conditioned_output(pipe), before)
 
 
-@pytest.mark.parametrize(("kind", "fragment"), [
-    ("loha", "LyCORIS LoHa adapter"), ("lokr", "LyCORIS LoKr adapter"),
-])
+@pytest.mark.parametrize(
+    ("kind", "fragment"),
+    [
+        ("loha", "LyCORIS LoHa adapter"),
+        ("lokr", "LyCORIS LoKr adapter"),
+    ],
+)
 def test_lycoris_loha_and_lokr_are_refused_by_name(model, kind: str, fragment: str) -> None:
     family, pipe, pristine, manager, folder = model
     lora_files.write_lycoris(pristine, folder / f"{kind}.safetensors", kind)
@@ -122,12 +129,15 @@ def test_lycoris_loha_and_lokr_are_refused_by_name(model, kind: str, fragment: s
     assert torch.equal(lora_files.conditioned_output(pipe), before)
 
 
-@pytest.mark.parametrize(("tensors", "metadata", "fragment"), [
-    ({"lora_unet_a.lora_down.weight": (4, 32), "lora_unet_a.dora_scale": (32, 1)}, {}, "Kohya/LyCORIS DoRA"),
-    ({"lora_unet_a.oft_blocks": (4, 8, 8)}, {}, "OFT/BOFT"),
-    ({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": (4, 64)}, {}, "a LoRA for Flux"),
-    ({"lora_unet_x_attn2_to_k.lora_down.weight": (4, 32)}, {"ss_base_model_version": "sd3"}, "a LoRA for SD3"),
-])
+@pytest.mark.parametrize(
+    ("tensors", "metadata", "fragment"),
+    [
+        ({"lora_unet_a.lora_down.weight": (4, 32), "lora_unet_a.dora_scale": (32, 1)}, {}, "Kohya/LyCORIS DoRA"),
+        ({"lora_unet_a.oft_blocks": (4, 8, 8)}, {}, "OFT/BOFT"),
+        ({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": (4, 64)}, {}, "a LoRA for Flux"),
+        ({"lora_unet_x_attn2_to_k.lora_down.weight": (4, 32)}, {"ss_base_model_version": "sd3"}, "a LoRA for SD3"),
+    ],
+)
 def test_other_formats_and_architectures_are_refused_before_loading(model, tensors, metadata, fragment: str) -> None:
     family, pipe, _, manager, folder = model
     fake_files.write(folder / "other.safetensors", tensors, metadata, dtype="F32")

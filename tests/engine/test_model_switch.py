@@ -22,11 +22,14 @@ def engine(tiny, tmp_path: Path):
     from spatiora_tui.engine.local import LocalEngine
 
     sd1 = tiny["sd1"]
-    lora_files.write_kohya(sd1.pipe, tmp_path / "loras" / "oak.safetensors", seed=2,
-                           metadata={"ss_base_model_version": "sd_v1"})
+    lora_files.write_kohya(
+        sd1.pipe, tmp_path / "loras" / "oak.safetensors", seed=2, metadata={"ss_base_model_version": "sd_v1"}
+    )
     settings = tiny_settings(sd1, tmp_path, loras=(str(tmp_path / "loras"),))
-    tasks = (*settings.tasks, TaskSettings(name="oak", adapters=(AdapterRef("oak", 0.7),), steps=2, width=64,
-                                           height=64, scheduler="euler"))
+    tasks = (
+        *settings.tasks,
+        TaskSettings(name="oak", adapters=(AdapterRef("oak", 0.7),), steps=2, width=64, height=64, scheduler="euler"),
+    )
     engine = LocalEngine(dataclasses.replace(settings, tasks=tasks), cache_dir=tmp_path / "cache")
     engine.load()
     return engine
@@ -64,12 +67,17 @@ def test_a_load_that_fails_after_freeing_brings_the_previous_model_back(engine, 
 
     from tests.layouts import pipeline_to_ldm
 
-    tensors = {k: v.contiguous() for k, v in pipeline_to_ldm(tiny["sd1"].pipe).items() if "mid_block" not in k
-               and "middle_block" not in k}
+    tensors = {
+        k: v.contiguous()
+        for k, v in pipeline_to_ldm(tiny["sd1"].pipe).items()
+        if "mid_block" not in k and "middle_block" not in k
+    }
     broken = tmp_path / "incomplete.safetensors"
     save_file(tensors, str(broken))
     shutil.copytree(tiny["sd1"].config, tmp_path / "incomplete.config")
-    with pytest.raises(EngineError, match=r"incomplete lacks weights the architecture needs.*\(tiny-sd1 was loaded again\)"):
+    with pytest.raises(
+        EngineError, match=r"incomplete lacks weights the architecture needs.*\(tiny-sd1 was loaded again\)"
+    ):
         engine.switch_model(str(broken))
     assert engine.model.name == "tiny-sd1"
     assert engine.generate(GenerationRequest(prompt="a room", task="plain", seed=1)).image is not None

@@ -6,7 +6,6 @@ test: the architecture (and so the loading, shapes and cost) is the real one.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -84,8 +83,9 @@ def test_the_original_decoder_file_draws_what_the_diffusers_folder_draws(cache_d
     (comfy / "models" / "checkpoints").mkdir(parents=True)
     write_original_decoder(model, comfy / "models" / "vae_approx" / "taesd_decoder.safetensors")
     from_folder = engine_with(cache_dir, tmp_path / "a", method="taesd", taesd=str(folder))
-    settings = small_settings(tmp_path / "b", preview=PreviewSettings(method="taesd"),
-                              paths=PathSettings(installs=(str(comfy),)))
+    settings = small_settings(
+        tmp_path / "b", preview=PreviewSettings(method="taesd"), paths=PathSettings(installs=(str(comfy),))
+    )
     from_file = LocalEngine(settings, cache_dir=cache_dir)
     from_file.load()
     assert from_file.model.preview == "TAESD"
@@ -116,8 +116,9 @@ def test_a_damaged_taesd_file_is_named(cache_dir: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("method", "label", "size"), [("latent2rgb", "latent2rgb", (8, 8)), ("vae", "VAE", (64, 64))])
-def test_each_registered_method_reports_its_label(cache_dir: Path, tmp_path: Path, method: str, label: str,
-                                                  size: tuple[int, int]) -> None:
+def test_each_registered_method_reports_its_label(
+    cache_dir: Path, tmp_path: Path, method: str, label: str, size: tuple[int, int]
+) -> None:
     engine = engine_with(cache_dir, tmp_path, method=method)
     assert engine.model.preview == label
     assert {p.image.size for p in run(engine)[0] if p.image is not None} == {size}

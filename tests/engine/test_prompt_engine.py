@@ -30,8 +30,11 @@ def rig(request, tiny, tmp_path_factory: pytest.TempPathFactory):
     lora_files.write_kohya(model.pipe, root / "loras" / "styles" / "oak_floor.safetensors", seed=11)
     widths = (32, 40) if request.param == "sdxl" else (32,)
     gen = torch.Generator().manual_seed(4)
-    tensors = ({"clip_l": torch.randn(2, 32, generator=gen), "clip_g": torch.randn(2, 40, generator=gen)}
-               if len(widths) == 2 else {"emb_params": torch.randn(2, 32, generator=gen)})
+    tensors = (
+        {"clip_l": torch.randn(2, 32, generator=gen), "clip_g": torch.randn(2, 40, generator=gen)}
+        if len(widths) == 2
+        else {"emb_params": torch.randn(2, 32, generator=gen)}
+    )
     (root / "embeddings").mkdir()
     save_file(tensors, str(root / "embeddings" / "badhands.safetensors"))
     other = {"emb_params": torch.randn(1, 40)} if len(widths) == 1 else {"emb_params": torch.randn(1, 32)}
@@ -79,7 +82,9 @@ def test_emphasis_and_long_prompts_reach_the_model(rig) -> None:
     weighted = encode_prompts(pipe, "a (red:1.5) room", "", 7.0)["prompt_embeds"]
     assert weighted.shape == plain.shape and not torch.equal(weighted, plain)
     long = encode_prompts(pipe, ", ".join(["a wooden table"] * 40), "blurry", 7.0)  # 159 tokens
-    assert long["prompt_embeds"].shape[1] == 77 * 3 and long["negative_prompt_embeds"].shape == long["prompt_embeds"].shape
+    assert (
+        long["prompt_embeds"].shape[1] == 77 * 3 and long["negative_prompt_embeds"].shape == long["prompt_embeds"].shape
+    )
     broken = encode_prompts(pipe, "a room BREAK a window", "", 7.0)["prompt_embeds"]
     assert broken.shape[1] == 77 * 2
 
@@ -110,8 +115,11 @@ def test_an_embedding_for_other_text_encoders_is_refused_by_name(rig) -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.sampled_from(["oak", "floor", ",", "(warm:1.3)", "[dim]", "BREAK", "living room", "window,"]),
-                max_size=120).map(" ".join))
+@given(
+    st.lists(
+        st.sampled_from(["oak", "floor", ",", "(warm:1.3)", "[dim]", "BREAK", "living room", "window,"]), max_size=120
+    ).map(" ".join)
+)
 def test_chunks_hold_at_most_75_tokens_and_lose_none(text: str) -> None:
     from spatiora_tui.engine.clip_tokenizer import clip_tokenizer
     from spatiora_tui.engine.conditioning import CHUNK, _chunks

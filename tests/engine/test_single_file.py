@@ -18,8 +18,11 @@ from tests.layouts import pipeline_to_ldm
 
 
 def components(pipe) -> dict[str, torch.nn.Module]:
-    return {n: getattr(pipe, n) for n in ("unet", "vae", "text_encoder", "text_encoder_2")
-            if getattr(pipe, n, None) is not None}
+    return {
+        n: getattr(pipe, n)
+        for n in ("unet", "vae", "text_encoder", "text_encoder_2")
+        if getattr(pipe, n, None) is not None
+    }
 
 
 @pytest.mark.parametrize("key", [f"{f}{'-inpaint' if i else ''}" for f, i in FAMILIES])
@@ -44,11 +47,16 @@ def test_each_family_loads_from_one_file_with_every_tensor_intact(tiny, tmp_path
         assert pipe.tokenizer_2.pad_token == "!" and pipe.tokenizer_2.pad_token_id == 0
 
 
-@pytest.mark.parametrize(("extra", "prediction", "zero_snr"), [
-    ({"v_pred": torch.tensor([])}, "v_prediction", False),
-    ({"v_pred": torch.tensor([]), "ztsnr": torch.tensor([])}, "v_prediction", True),
-])
-def test_markers_set_the_scheduler_and_keep_the_trained_betas(tiny, tmp_path: Path, extra, prediction, zero_snr) -> None:
+@pytest.mark.parametrize(
+    ("extra", "prediction", "zero_snr"),
+    [
+        ({"v_pred": torch.tensor([])}, "v_prediction", False),
+        ({"v_pred": torch.tensor([]), "ztsnr": torch.tensor([])}, "v_prediction", True),
+    ],
+)
+def test_markers_set_the_scheduler_and_keep_the_trained_betas(
+    tiny, tmp_path: Path, extra, prediction, zero_snr
+) -> None:
     from safetensors.torch import save_file
 
     from tests.layouts import pipeline_to_ldm
@@ -74,8 +82,9 @@ def test_a_file_missing_weights_is_refused_not_half_loaded(tiny, tmp_path: Path)
     from safetensors.torch import save_file
 
     model = tiny["sd1"]
-    tensors = {k: v.contiguous() for k, v in pipeline_to_ldm(model.pipe).items()
-               if "encoder.layers.1." not in k}  # the text encoder's second layer is gone
+    tensors = {
+        k: v.contiguous() for k, v in pipeline_to_ldm(model.pipe).items() if "encoder.layers.1." not in k
+    }  # the text encoder's second layer is gone
     path = tmp_path / "partial.safetensors"
     save_file(tensors, str(path))
     with pytest.raises(EngineError, match=r"partial lacks weights the architecture needs \(\d+ of its text_encoder"):
@@ -89,8 +98,13 @@ def test_the_shipped_config_folders_build_the_published_architectures(variant: s
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     published = {  # parameter counts of the released models
-        "sd15": 859_520_964, "sd2": 865_910_724, "sdxl": 2_567_463_684,
-        "vae": 83_653_863, "clip-l": 123_060_480, "open-clip-h-23": 340_387_840, "open-clip-bigg": 694_659_840,
+        "sd15": 859_520_964,
+        "sd2": 865_910_724,
+        "sdxl": 2_567_463_684,
+        "vae": 83_653_863,
+        "clip-l": 123_060_480,
+        "open-clip-h-23": 340_387_840,
+        "open-clip-bigg": 694_659_840,
     }
     folder = CONFIGS / variant
     index = json.loads((folder / "model_index.json").read_text())

@@ -29,8 +29,9 @@ from spatiora_tui.engine.api import (
 )
 from spatiora_tui.hw import GpuReading, HardwareSampler, HostReading, Telemetry
 
-MODEL = ModelInfo(name="fake-model", source="fake", kind="demo", family="sd1", device="cpu", dtype="fp32",
-                  preview="latent2rgb")
+MODEL = ModelInfo(
+    name="fake-model", source="fake", kind="demo", family="sd1", device="cpu", dtype="fp32", preview="latent2rgb"
+)
 
 
 @dataclass
@@ -83,11 +84,16 @@ class FakeEngine:
         self.model_switches.append(source)
         previous = self._model
         name = source.rsplit("/", 1)[-1].removesuffix(".safetensors")
-        self._model = ModelInfo(name=name, source=source, kind="single_file", family="sd1", device="cpu",
-                                dtype="fp32", variant="SD 1.x")
+        self._model = ModelInfo(
+            name=name, source=source, kind="single_file", family="sd1", device="cpu", dtype="fp32", variant="SD 1.x"
+        )
         self._active = None
-        return ModelSwitch(self._model, previous.source if previous else None, 1500.0,
-                           notes=("task 'interior': adapter 'interior' is for SDXL, the base model is now SD 1.x",))
+        return ModelSwitch(
+            self._model,
+            previous.source if previous else None,
+            1500.0,
+            notes=("task 'interior': adapter 'interior' is for SDXL, the base model is now SD 1.x",),
+        )
 
     def switch_task(self, name: str, on_progress=None) -> AdapterSwitch:
         task = self.settings.task(name)
@@ -96,14 +102,20 @@ class FakeEngine:
             model_switch = self.switch_model(task.model, on_progress)
         self.switches.append(name)
         self._active = name
-        return AdapterSwitch(task=name, adapters=tuple((a.name, a.weight or 1.0) for a in task.adapters),
-                             duration_ms=6.0, warning=self.switch_warning, model_switch=model_switch)
+        return AdapterSwitch(
+            task=name,
+            adapters=tuple((a.name, a.weight or 1.0) for a in task.adapters),
+            duration_ms=6.0,
+            warning=self.switch_warning,
+            model_switch=model_switch,
+        )
 
     def prefetch(self, task: str) -> None:
         self.prefetched.append(task)
 
-    def generate(self, request: GenerationRequest, on_step: StepCallback | None = None,
-                 cancel: threading.Event | None = None) -> GenerationResult:
+    def generate(
+        self, request: GenerationRequest, on_step: StepCallback | None = None, cancel: threading.Event | None = None
+    ) -> GenerationResult:
         self.requests.append(request)
         if self.fail_generate is not None:
             raise self.fail_generate
@@ -137,14 +149,25 @@ class FakeEngine:
                 on_step(StepPreview(step, steps, preview if self.previews else None, 0.01 * step))
         cancelled = done < steps
         params = ResolvedRequest(
-            task=task.name, prompt=request.prompt, full_prompt=task.render_prompt(request.prompt),
+            task=task.name,
+            prompt=request.prompt,
+            full_prompt=task.render_prompt(request.prompt),
             negative_prompt=request.negative_prompt if request.negative_prompt is not None else task.negative_prompt,
-            seed=seed, steps=steps, guidance=request.guidance or task.guidance, scheduler=task.scheduler,
-            width=width, height=height, adapters=tuple(AdapterUse(a.name, a.weight, "0" * 64) for a in task.adapters),
+            seed=seed,
+            steps=steps,
+            guidance=request.guidance or task.guidance,
+            scheduler=task.scheduler,
+            width=width,
+            height=height,
+            adapters=tuple(AdapterUse(a.name, a.weight, "0" * 64) for a in task.adapters),
         )
         image = None if cancelled else Image.new("RGB", (width, height), (seed % 256, 120, 40))
         return GenerationResult(
-            params=params, model=MODEL, image=image, cancelled=cancelled, steps_done=done,
+            params=params,
+            model=MODEL,
+            image=image,
+            cancelled=cancelled,
+            steps_done=done,
             timings=Timings(first_preview_ms=10.0, image_ms=None if cancelled else 100.0, step_ms=(10.0,) * done),
             memory=MemoryPeaks(peak_rss_mb=300.0, process_peak_rss_mb=310.0),
         )
@@ -176,9 +199,17 @@ class NoCuda:
 
 
 def h100(used_mb: float = 20480.0) -> GpuReading:
-    return GpuReading(index=0, name="NVIDIA H100 80GB HBM3", memory_used_mb=used_mb, memory_total_mb=81559.0,
-                      process_memory_mb=used_mb - 512, utilization_pct=87.0, temperature_c=54.0, power_w=412.0,
-                      power_limit_w=700.0)
+    return GpuReading(
+        index=0,
+        name="NVIDIA H100 80GB HBM3",
+        memory_used_mb=used_mb,
+        memory_total_mb=81559.0,
+        process_memory_mb=used_mb - 512,
+        utilization_pct=87.0,
+        temperature_c=54.0,
+        power_w=412.0,
+        power_limit_w=700.0,
+    )
 
 
 def fake_sampler(gpu: bool) -> HardwareSampler:
@@ -189,4 +220,3 @@ def fake_sampler(gpu: bool) -> HardwareSampler:
 def fake_telemetry(gpu: bool) -> Telemetry:
     """Recorded readings only: the kernel's real peak counters would leak into the figures."""
     return Telemetry(fake_sampler(gpu), exact_peaks=False)
-

@@ -407,7 +407,14 @@ async def test_hardware_pane_with_gpu_and_task_peaks(make) -> None:
         await settle(app, pilot)
         await pilot.pause(0.3)
         text = str(app.query_one("#hw-gpu").render())
-        for fragment in ("NVIDIA H100", "20.0 GB / 79.6 GB", "this process 19.5 GB", "load 87 %", "54 °C", "412 / 700 W"):
+        for fragment in (
+            "NVIDIA H100",
+            "20.0 GB / 79.6 GB",
+            "this process 19.5 GB",
+            "load 87 %",
+            "54 °C",
+            "412 / 700 W",
+        ):
             assert fragment in text, fragment
         await type_prompt(pilot, "x")
         await pilot.press("ctrl+g")
@@ -428,8 +435,10 @@ def test_ui_never_imports_the_ml_stack() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, spatiora_tui.ui.app, spatiora_tui.ui.screens.history; "
-            "print(' '.join(m for m in ('torch', 'diffusers', 'peft', 'transformers', 'pynvml') if m in sys.modules))")
+    code = (
+        "import sys, spatiora_tui.ui.app, spatiora_tui.ui.screens.history; "
+        "print(' '.join(m for m in ('torch', 'diffusers', 'peft', 'transformers', 'pynvml') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 

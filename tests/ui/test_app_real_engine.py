@@ -74,11 +74,17 @@ async def test_an_a1111_install_single_files_a_lora_tag_and_ctrl_l(tiny, tmp_pat
     lora_files.write_kohya(tiny["sd1"].pipe, webui / "models" / "Lora" / "oak.safetensors", seed=4)
     (webui / "embeddings").mkdir()
     save_file({"emb_params": torch.randn(2, 32)}, str(webui / "embeddings" / "easyneg.safetensors"))
-    save_file({"clip_l": torch.randn(2, 32), "clip_g": torch.randn(2, 40)}, str(webui / "embeddings" / "negxl.safetensors"))
+    save_file(
+        {"clip_l": torch.randn(2, 32), "clip_g": torch.randn(2, 40)}, str(webui / "embeddings" / "negxl.safetensors")
+    )
     lora_files.write_kohya(tiny["sdxl"].pipe, webui / "models" / "Lora" / "oakxl.safetensors", seed=5)
     tasks = tuple(dataclasses.replace(t, negative_prompt="easyneg, blurry", adapters=()) for t in small_tasks())
-    settings = Settings(model=ModelSettings(source="tiny-sd1"), paths=PathSettings(installs=(str(webui),)),
-                        tasks=tasks, base_dir=tmp_path)
+    settings = Settings(
+        model=ModelSettings(source="tiny-sd1"),
+        paths=PathSettings(installs=(str(webui),)),
+        tasks=tasks,
+        base_dir=tmp_path,
+    )
     telemetry = fake_telemetry(False)
     engine = LocalEngine(settings, cache_dir=tmp_path / "cache", telemetry=telemetry)
     app = SpatioraApp(settings, engine, renderer="halfcell", telemetry=telemetry)

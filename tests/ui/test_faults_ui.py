@@ -33,8 +33,15 @@ def loaded(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 
     root = tmp_path_factory.mktemp("faults-ui")
     (root / "adapters").mkdir()
-    extra = TaskSettings(name="plan2", adapters=(AdapterRef("plan2", 1.0),), prompt_template="{prompt}",
-                         steps=3, width=64, height=64, scheduler="euler")
+    extra = TaskSettings(
+        name="plan2",
+        adapters=(AdapterRef("plan2", 1.0),),
+        prompt_template="{prompt}",
+        steps=3,
+        width=64,
+        height=64,
+        scheduler="euler",
+    )
     settings = Settings(tasks=(*small_tasks(), extra), base_dir=root)
     telemetry = fake_telemetry(False)
     engine = LocalEngine(settings, cache_dir=cache_dir, telemetry=telemetry)
@@ -49,8 +56,9 @@ async def generate(app, pilot, prompt: str = "a hall") -> None:
 
 
 @pytest.mark.parametrize(("point", "times", "stage"), [("denoise", 1, "denoise"), ("vae decode", 2, "VAE decode")])
-async def test_out_of_memory_is_reported_and_the_next_generation_succeeds(loaded, point: str, times: int,
-                                                                          stage: str) -> None:
+async def test_out_of_memory_is_reported_and_the_next_generation_succeeds(
+    loaded, point: str, times: int, stage: str
+) -> None:
     settings, engine, telemetry = loaded
     app = SpatioraApp(settings, engine, renderer="halfcell", telemetry=telemetry)
     async with app.run_test(size=SIZE) as pilot:

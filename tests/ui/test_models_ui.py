@@ -15,8 +15,13 @@ SIZE = (160, 48)
 CHOICES = (
     ModelChoice("fake-model", "/models/fake-model.safetensors", 2048.0, "SD 1.x", current=True),
     ModelChoice("juggernaut", "/models/xl/juggernaut.safetensors", 6800.0, "SDXL"),
-    ModelChoice("flux1-dev", "/models/flux1-dev.safetensors", 23000.0, "a Flux model, not a Stable Diffusion checkpoint",
-                loadable=False),
+    ModelChoice(
+        "flux1-dev",
+        "/models/flux1-dev.safetensors",
+        23000.0,
+        "a Flux model, not a Stable Diffusion checkpoint",
+        loadable=False,
+    ),
 )
 
 

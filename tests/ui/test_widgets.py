@@ -61,10 +61,10 @@ async def test_a_new_frame_replaces_the_old_and_a_path_works_too(tmp_path: Path)
     path = tmp_path / "blue.png"
     Image.new("RGB", (2, 2), BLUE).save(path)
     async with Holder(widget).run_test() as pilot:
-        assert colours(list(widget.render_line(0))[0]) == (RED, RED)
+        assert colours(next(iter(widget.render_line(0)))) == (RED, RED)
         widget.image = path
         await pilot.pause()
-        assert colours(list(widget.render_line(0))[0]) == (BLUE, BLUE)
+        assert colours(next(iter(widget.render_line(0)))) == (BLUE, BLUE)
         widget.image = None
         await pilot.pause()
         assert widget.render_line(0).text.strip() == ""

@@ -21,8 +21,9 @@ def adapter_engine(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 
     root = tmp_path_factory.mktemp("adapters-root")
     (root / "adapters").mkdir()
-    broken = TaskSettings(name="broken", adapters=(AdapterRef("interior", 0.8), AdapterRef("bad", 1.0)),
-                          steps=3, width=64, height=64)
+    broken = TaskSettings(
+        name="broken", adapters=(AdapterRef("interior", 0.8), AdapterRef("bad", 1.0)), steps=3, width=64, height=64
+    )
     eng = LocalEngine(small_settings(root, tasks=(*small_tasks(), broken)), cache_dir=cache_dir)
     eng.load()
     return eng
@@ -54,8 +55,13 @@ def write_bad(engine, cache_dir: Path, kind: str) -> None:
         tensors = load_file(str(demo_adapter(cache_dir, "interior")))
         save_file({k: torch.zeros(v.shape[0] + 3, v.shape[1] + 5) for k, v in tensors.items()}, str(target))
     elif kind == "unknown_keys":
-        save_file({"lora_unet_no_such_block_to_q.lora_down.weight": torch.zeros(4, 32),
-                   "lora_unet_no_such_block_to_q.lora_up.weight": torch.zeros(32, 4)}, str(target))
+        save_file(
+            {
+                "lora_unet_no_such_block_to_q.lora_down.weight": torch.zeros(4, 32),
+                "lora_unet_no_such_block_to_q.lora_up.weight": torch.zeros(32, 4),
+            },
+            str(target),
+        )
     elif kind == "not_lora":
         save_file({"model.some.weight": torch.zeros(4, 32)}, str(target))
     elif kind == "pickle":
@@ -78,8 +84,9 @@ def write_bad(engine, cache_dir: Path, kind: str) -> None:
         ("missing", ["'bad'", "not found", "bad.safetensors"]),
     ],
 )
-def test_bad_adapter_is_refused_and_nothing_changes(adapter_engine, cache_dir: Path, kind: str,
-                                                    fragments: list[str]) -> None:
+def test_bad_adapter_is_refused_and_nothing_changes(
+    adapter_engine, cache_dir: Path, kind: str, fragments: list[str]
+) -> None:
     engine = adapter_engine
     engine.switch_task("floorplan")
     before_image = image_of(engine)
@@ -207,8 +214,11 @@ def test_pickle_adapters_load_only_when_allowed(cache_dir: Path, tmp_path: Path)
 
     (tmp_path / "adapters").mkdir()
     common = dict(steps=3, width=64, height=64, prompt_template="{prompt}", scheduler="euler")
-    tasks = (*small_tasks(), TaskSettings(name="p", adapters=(AdapterRef("pickled", 0.8),), **common),
-             TaskSettings(name="t", adapters=(AdapterRef("twin", 0.8),), **common))
+    tasks = (
+        *small_tasks(),
+        TaskSettings(name="p", adapters=(AdapterRef("pickled", 0.8),), **common),
+        TaskSettings(name="t", adapters=(AdapterRef("twin", 0.8),), **common),
+    )
     settings = small_settings(tmp_path, tasks=tasks)
     refused = LocalEngine(settings, cache_dir=cache_dir)
     refused.load()  # builds the demo (and its adapters) when this test runs first
@@ -220,8 +230,9 @@ def test_pickle_adapters_load_only_when_allowed(cache_dir: Path, tmp_path: Path)
         refused.switch_task("p")
     del refused
 
-    engine = LocalEngine(dataclasses.replace(settings, security=SecuritySettings(allow_pickle=True)),
-                         cache_dir=cache_dir)
+    engine = LocalEngine(
+        dataclasses.replace(settings, security=SecuritySettings(allow_pickle=True)), cache_dir=cache_dir
+    )
     engine.load()
     engine.switch_task("p")
     request = GenerationRequest(prompt="p", task="p", seed=9)

@@ -46,8 +46,9 @@ CHILD_CONFIG = textwrap.dedent("""
 
 def run_child(code: str, *args: str, failpoint: str) -> subprocess.CompletedProcess:
     env = {**os.environ, failpoints.ENV: failpoint, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-c", code, *args], env=env, cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=120
+    )
 
 
 def partials(folder: Path) -> list[Path]:
@@ -158,7 +159,8 @@ def _no_hard_links(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_write_new_without_hard_links_never_replaces_a_file_that_appears_meanwhile(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Another program takes the name just after any look at it: its file must survive.
     _no_hard_links(monkeypatch)
     target = tmp_path / "img.png"
@@ -182,7 +184,8 @@ def test_write_new_without_hard_links_never_replaces_a_file_that_appears_meanwhi
 
 @pytest.mark.parametrize("renameat2", [True, False], ids=["renameat2", "lock-file"])
 def test_write_new_without_hard_links_from_many_threads_loses_nothing(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, renameat2: bool) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, renameat2: bool
+) -> None:
     import threading
 
     _no_hard_links(monkeypatch)

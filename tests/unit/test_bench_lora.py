@@ -9,17 +9,50 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-KEYS = ("naive_ms", "resident_ms", "diffusers_set_adapters_ms", "ram_cache_ms", "cold_ms", "fused_switch_ms",
-        "rss_growth_pct", "step_ms_no_adapter", "step_ms_unmerged", "step_ms_fused")
+KEYS = (
+    "naive_ms",
+    "resident_ms",
+    "diffusers_set_adapters_ms",
+    "ram_cache_ms",
+    "cold_ms",
+    "fused_switch_ms",
+    "rss_growth_pct",
+    "step_ms_no_adapter",
+    "step_ms_unmerged",
+    "step_ms_fused",
+)
 
 
 def test_bench_lora_on_the_demo_unet_prints_and_writes_every_figure(cache_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "lora.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     run = subprocess.run(
-        [sys.executable, "-m", "spatiora_tui", "bench", "lora", "--arch", "demo", "--rank", "4",
-         "--switches", "6", "--leak-switches", "12", "--fuse-cycles", "5", "--device", "cpu", "--json", str(out)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "spatiora_tui",
+            "bench",
+            "lora",
+            "--arch",
+            "demo",
+            "--rank",
+            "4",
+            "--switches",
+            "6",
+            "--leak-switches",
+            "12",
+            "--fuse-cycles",
+            "5",
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert run.returncode == 0, run.stderr
     assert "resident switch" in run.stdout and "vs naive" in run.stdout
@@ -36,6 +69,11 @@ def test_bench_lora_on_the_demo_unet_prints_and_writes_every_figure(cache_dir: P
 
 
 def test_bench_lora_refuses_bad_arguments_in_one_line() -> None:
-    run = subprocess.run([sys.executable, "-m", "spatiora_tui", "bench", "lora", "--switches", "1"],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "spatiora_tui", "bench", "lora", "--switches", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 2 and "--switches" in run.stderr and "Traceback" not in run.stderr

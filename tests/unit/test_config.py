@@ -18,7 +18,6 @@ from spatiora_tui.config import (
     task_with_overrides,
     write_settings,
 )
-
 from tests.conftest import REPO
 
 
@@ -76,8 +75,8 @@ def test_partial_file_keeps_defaults_elsewhere(tmp_path: Path) -> None:
         ('[model]\nsorce = "demo"\n', ["model.sorce", "unknown key", "source"]),
         ("[bogus]\nx = 1\n", ["bogus", "unknown key", "model"]),
         ('[model]\ndevice = "gpu"\n', ["model.device", "'gpu'", "auto, cuda, mps, cpu"]),
-        ('[model]\ndtype = 16\n', ["model.dtype", "16", "fp16"]),
-        ("[preview]\nevery_n_steps = \"2\"\n", ["preview.every_n_steps", "expected an integer", "a string"]),
+        ("[model]\ndtype = 16\n", ["model.dtype", "16", "fp16"]),
+        ('[preview]\nevery_n_steps = "2"\n', ["preview.every_n_steps", "expected an integer", "a string"]),
         ("[preview]\nevery_n_steps = 0\n", ["preview.every_n_steps", "between 1 and 1000"]),
         ('[preview]\nmethod = "taesd-xl-turbo"\n', ["preview.method", "latent2rgb"]),
         ('[[tasks]]\nname = "a"\nwidth = 500\n', ["tasks[0].width", "multiple of 8", "496 or 504"]),

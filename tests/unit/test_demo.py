@@ -16,7 +16,9 @@ def test_two_builds_are_byte_identical(tmp_path: Path) -> None:
     assert a == b and a["random_weights"] is True
     names = set(a["files"])
     assert {"adapters/interior.safetensors", "adapters/floorplan.safetensors"} <= names
-    assert any(n.startswith("pipeline/unet/") for n in names) and any(n.startswith("pipeline/tokenizer/") for n in names)
+    assert any(n.startswith("pipeline/unet/") for n in names) and any(
+        n.startswith("pipeline/tokenizer/") for n in names
+    )
 
 
 def test_demo_adapters_are_real_lora_files(tmp_path: Path) -> None:

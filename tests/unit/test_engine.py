@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import numpy as np
@@ -91,7 +92,7 @@ def test_previews_stream_every_n_steps(engine) -> None:
     result = engine.generate(GenerationRequest(prompt="p", task="floorplan", seed=2, steps=5), on_step=seen.append)
     assert [s.step for s in seen] == [1, 2, 3, 4, 5]
     assert all(s.total == 5 and s.image.size == (8, 8) for s in seen)  # one pixel per latent cell
-    assert all(a.elapsed_s <= b.elapsed_s for a, b in zip(seen, seen[1:]))
+    assert all(a.elapsed_s <= b.elapsed_s for a, b in itertools.pairwise(seen))
     t = result.timings
     assert len(t.step_ms) == 5 and t.first_preview_ms is not None and t.first_preview_ms <= t.image_ms
     assert t.decode_ms is not None and result.memory.peak_rss_mb > 0 and result.memory.cuda_max_allocated_mb is None
@@ -101,15 +102,18 @@ def test_every_operation_runs_on_the_engine_thread(cache_dir, tmp_path) -> None:
     # One OpenMP team for all torch work (engine/thread.py): load, switch and the step callback
     # all run on one thread that is not the caller's.
     from spatiora_tui.engine.local import LocalEngine
-
     from tests.conftest import small_settings
 
     threads: set[int] = set()
     eng = LocalEngine(small_settings(tmp_path), cache_dir=cache_dir)
     eng.load(on_progress=lambda _msg: threads.add(threading.get_ident()))
     eng.switch_task("interior")
-    caller = threading.Thread(target=lambda: eng.generate(
-        GenerationRequest(prompt="p", task="floorplan", seed=1), on_step=lambda _p: threads.add(threading.get_ident())))
+    caller = threading.Thread(
+        target=lambda: eng.generate(
+            GenerationRequest(prompt="p", task="floorplan", seed=1),
+            on_step=lambda _p: threads.add(threading.get_ident()),
+        )
+    )
     caller.start()
     caller.join()
     assert len(threads) == 1 and threading.get_ident() not in threads and caller.ident not in threads
@@ -122,7 +126,6 @@ def test_load_freezes_what_lives_for_good_and_nothing_after_it(cache_dir, tmp_pa
     import gc
 
     from spatiora_tui.engine.local import LocalEngine
-
     from tests.conftest import small_settings
 
     gc.unfreeze()

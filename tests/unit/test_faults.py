@@ -55,12 +55,15 @@ def test_oom_in_vae_decode_twice_is_reported_and_the_next_generation_succeeds(en
     assert np.array_equal(pixels(engine.generate(REQUEST)), reference)
 
 
-@pytest.mark.parametrize("message", [
-    "CUDA out of memory. Tried to allocate 2.00 GiB",
-    "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory: you tried to allocate 1 bytes.",
-    "MPS backend out of memory",
-    "can't allocate memory: you tried to allocate 5 bytes",
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        "CUDA out of memory. Tried to allocate 2.00 GiB",
+        "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory: you tried to allocate 1 bytes.",
+        "MPS backend out of memory",
+        "can't allocate memory: you tried to allocate 5 bytes",
+    ],
+)
 def test_every_backends_out_of_memory_error_is_recognised(message: str) -> None:
     assert _is_out_of_memory(RuntimeError(message))
     assert not _is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
@@ -142,8 +145,8 @@ def test_ctrl_c_as_the_last_step_ends_still_cancels(cache_dir, tmp_path, monkeyp
 
     monkeypatch.setattr(generate.ProgressLine, "update", update)
     (tmp_path / "config.toml").write_text(
-        '[[tasks]]\nname = "base"\nprompt_template = "{prompt}"\nsteps = 2\nwidth = 64\nheight = 64\n',
-        encoding="utf-8")
+        '[[tasks]]\nname = "base"\nprompt_template = "{prompt}"\nsteps = 2\nwidth = 64\nheight = 64\n', encoding="utf-8"
+    )
     out = tmp_path / "out"
     code = cli.main(["generate", "--config", str(tmp_path / "config.toml"), "--out", str(out), "x"])
     err = capsys.readouterr().err

@@ -36,9 +36,19 @@ CORE = [
 ]
 # Imported by the CLI before it knows what to do, and by the UI: they must stay cheap.
 # The model library answers `spatiora models` and the model picker's list from file headers alone.
-LIGHT = ["spatiora_tui.config", "spatiora_tui.engine.previews", "spatiora_tui.notices", "spatiora_tui.engine.api", "spatiora_tui.cli", "spatiora_tui.outputs",
-         "spatiora_tui.prompts", "spatiora_tui.library.identify", "spatiora_tui.library.listing",
-         "spatiora_tui.library.catalog", "spatiora_tui.library.hashing"]
+LIGHT = [
+    "spatiora_tui.config",
+    "spatiora_tui.engine.previews",
+    "spatiora_tui.notices",
+    "spatiora_tui.engine.api",
+    "spatiora_tui.cli",
+    "spatiora_tui.outputs",
+    "spatiora_tui.prompts",
+    "spatiora_tui.library.identify",
+    "spatiora_tui.library.listing",
+    "spatiora_tui.library.catalog",
+    "spatiora_tui.library.hashing",
+]
 
 
 def modules_after_import(module: str) -> set[str]:

@@ -103,7 +103,9 @@ def test_hashes_are_a1111s_and_computed_once_per_file_version(tmp_path: Path) ->
     assert addnet_hash_of_bytes(data) == hashlib.sha256(data[header_end:]).hexdigest()
     cache = HashCache(tmp_path / "cache" / "hashes.json")
     calls: list[tuple[int, int]] = []
-    assert cache.get(lora, "sha256", lambda done, total: calls.append((done, total))) == hashlib.sha256(data).hexdigest()
+    assert (
+        cache.get(lora, "sha256", lambda done, total: calls.append((done, total))) == hashlib.sha256(data).hexdigest()
+    )
     assert calls[-1] == (len(data), len(data))
     assert cache.get(lora, "addnet") == addnet_hash_of_bytes(data)
     again = HashCache(tmp_path / "cache" / "hashes.json")  # a new process: read from the file

@@ -25,8 +25,13 @@ def make_engine(cache_dir: Path, root: Path, tasks: tuple[TaskSettings, ...] = (
     (root / "adapters").mkdir(parents=True, exist_ok=True)
     tasks = tasks or (
         *small_tasks(),
-        TaskSettings(name="both", adapters=(AdapterRef("interior", 0.6), AdapterRef("floorplan", 0.5)),
-                     steps=4, width=64, height=64),
+        TaskSettings(
+            name="both",
+            adapters=(AdapterRef("interior", 0.6), AdapterRef("floorplan", 0.5)),
+            steps=4,
+            width=64,
+            height=64,
+        ),
     )
     settings = small_settings(root, tasks=tasks, adapters=AdapterSettings(**adapter_settings))
     engine = LocalEngine(settings, cache_dir=cache_dir)
@@ -105,8 +110,10 @@ def test_the_resident_mb_limit_takes_least_recently_used_adapters_off(cache_dir:
     engine = make_engine(cache_dir, tmp_path, resident_max=8, resident_mb=limit)
     for name in ("a",):  # an adapter that fits no slot (rank 16 > 8), larger than the limit alone
         tensors = load_file(str(demo_adapter(cache_dir, "interior")))
-        save_file({k: torch.cat([v, v], dim=0 if ".lora_A." in k else 1).contiguous() for k, v in tensors.items()},
-                  str(engine.settings.adapter_dir / f"{name}.safetensors"))
+        save_file(
+            {k: torch.cat([v, v], dim=0 if ".lora_A." in k else 1).contiguous() for k, v in tensors.items()},
+            str(engine.settings.adapter_dir / f"{name}.safetensors"),
+        )
     engine.switch_task("interior")
     engine.switch_task("floorplan")
     assert engine.loras.resident == ("floorplan",), "both exceed the MB limit"
@@ -166,8 +173,9 @@ def test_a_manifest_gives_the_default_weight_and_trigger_words(cache_dir: Path, 
         'base = "sd1.5"\ntrigger_words = ["spz_room", "Warm Light"]\ndefault_weight = 0.35\n'
         'description = "test interiors"\n'
     )
-    task = TaskSettings(name="interior", adapters=(AdapterRef("interior"),), prompt_template="{prompt}",
-                        steps=2, width=64, height=64)
+    task = TaskSettings(
+        name="interior", adapters=(AdapterRef("interior"),), prompt_template="{prompt}", steps=2, width=64, height=64
+    )
     engine = make_engine(cache_dir, tmp_path, tasks=(task,))
     switch = engine.switch_task("interior")
     assert switch.adapters == (("interior", 0.35),)
@@ -187,7 +195,8 @@ def test_a_manifest_gives_the_default_weight_and_trigger_words(cache_dir: Path, 
     ],
 )
 def test_a_bad_or_mismatched_manifest_is_refused_and_nothing_changes(
-        cache_dir: Path, tmp_path: Path, text: str, fragments: list[str]) -> None:
+    cache_dir: Path, tmp_path: Path, text: str, fragments: list[str]
+) -> None:
     engine = make_engine(cache_dir, tmp_path)
     engine.switch_task("interior")
     before = image(engine)
@@ -219,8 +228,14 @@ def write_kohya_te(folder: Path, name: str, projections: dict[str, tuple[int, in
     save_file(kohya, str(folder / f"{name}.safetensors"))
 
 
-KOHYA_TE = {"self_attn_q_proj": (32, 32), "self_attn_k_proj": (32, 32), "self_attn_v_proj": (32, 32),
-            "self_attn_out_proj": (32, 32), "mlp_fc1": (32, 64), "mlp_fc2": (64, 32)}
+KOHYA_TE = {
+    "self_attn_q_proj": (32, 32),
+    "self_attn_k_proj": (32, 32),
+    "self_attn_v_proj": (32, 32),
+    "self_attn_out_proj": (32, 32),
+    "mlp_fc1": (32, 64),
+    "mlp_fc2": (64, 32),
+}
 
 
 def test_a_kohya_file_with_text_encoder_parts_loads_them(plain) -> None:
@@ -232,8 +247,9 @@ def test_a_kohya_file_with_text_encoder_parts_loads_them(plain) -> None:
     report = plain.loras.activate([AdapterRef("kohya_te", 1.0)])
     try:
         assert report.paths == (("kohya_te", "loaded from disk"),)
-        te_layers = [m for m in plain.pipeline.text_encoder.modules()
-                     if isinstance(m, BaseTunerLayer) and "kohya_te" in m.lora_A]
+        te_layers = [
+            m for m in plain.pipeline.text_encoder.modules() if isinstance(m, BaseTunerLayer) and "kohya_te" in m.lora_A
+        ]
         assert len(te_layers) == 12, "every projection of both layers"
         assert np.abs(image(plain) - base_image).max() > 10, "the text-encoder LoRA changes the output"
     finally:

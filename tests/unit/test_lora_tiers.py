@@ -104,8 +104,13 @@ def test_a_failed_load_after_making_room_puts_the_previous_adapter_back(engines)
     folder = one.settings.adapter_dir
     # Parses as safetensors, but names layers this model does not have: fails only at injection,
     # after interior was taken off the device to make room.
-    save_file({"lora_unet_no_such_block_to_q.lora_down.weight": torch.zeros(4, 32),
-               "lora_unet_no_such_block_to_q.lora_up.weight": torch.zeros(32, 4)}, str(folder / "alien.safetensors"))
+    save_file(
+        {
+            "lora_unet_no_such_block_to_q.lora_down.weight": torch.zeros(4, 32),
+            "lora_unet_no_such_block_to_q.lora_up.weight": torch.zeros(32, 4),
+        },
+        str(folder / "alien.safetensors"),
+    )
     try:
         with pytest.raises(EngineError, match="'alien'.*match no layer"):
             one.loras.activate([AdapterRef("alien", 1.0)])

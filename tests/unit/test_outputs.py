@@ -23,15 +23,32 @@ SHA = "ab" * 32
 
 def make_result(**changes) -> GenerationResult:
     params = ResolvedRequest(
-        task="interior", prompt="a loft, with: colons", full_prompt="photo of a loft, with: colons",
-        negative_prompt="blurry\nsecond line", seed=1234, steps=30, guidance=6.5, scheduler="dpmpp_2m",
-        width=64, height=48, adapters=(AdapterUse("interior", 0.8, SHA), AdapterUse("wood", 0.35, "cd" * 32)),
+        task="interior",
+        prompt="a loft, with: colons",
+        full_prompt="photo of a loft, with: colons",
+        negative_prompt="blurry\nsecond line",
+        seed=1234,
+        steps=30,
+        guidance=6.5,
+        scheduler="dpmpp_2m",
+        width=64,
+        height=48,
+        adapters=(AdapterUse("interior", 0.8, SHA), AdapterUse("wood", 0.35, "cd" * 32)),
     )
     fields = dict(
         params=params,
-        model=ModelInfo(name="spatiora-demo", source="demo", kind="demo", family="sd1", device="cpu",
-                        dtype="fp32", random_weights=True),
-        image=Image.new("RGB", (64, 48), (10, 200, 30)), cancelled=False, steps_done=30,
+        model=ModelInfo(
+            name="spatiora-demo",
+            source="demo",
+            kind="demo",
+            family="sd1",
+            device="cpu",
+            dtype="fp32",
+            random_weights=True,
+        ),
+        image=Image.new("RGB", (64, 48), (10, 200, 30)),
+        cancelled=False,
+        steps_done=30,
         timings=Timings(switch_ms=1.5, first_preview_ms=20.0, image_ms=900.0, decode_ms=50.0, step_ms=(30.0,) * 30),
         memory=MemoryPeaks(peak_rss_mb=500.0, process_peak_rss_mb=510.0),
     )
@@ -44,8 +61,15 @@ def test_a1111_text_has_the_fields_other_tools_read() -> None:
     assert text.startswith("photo of a loft, with: colons <lora:interior:0.8> <lora:wood:0.35>\n")
     assert "\nNegative prompt: blurry\nsecond line\n" in text
     last = text.splitlines()[-1]
-    for fragment in ("Steps: 30", "Sampler: DPM++ 2M", "CFG scale: 6.5", "Seed: 1234", "Size: 64x48",
-                     "Model: spatiora-demo", f'Lora hashes: "interior: {SHA[:12]}, wood: cdcdcdcdcdcd"'):
+    for fragment in (
+        "Steps: 30",
+        "Sampler: DPM++ 2M",
+        "CFG scale: 6.5",
+        "Seed: 1234",
+        "Size: 64x48",
+        "Model: spatiora-demo",
+        f'Lora hashes: "interior: {SHA[:12]}, wood: cdcdcdcdcdcd"',
+    ):
         assert fragment in last
 
 
@@ -73,8 +97,12 @@ def test_never_overwrites_and_leaves_no_temp_files(tmp_path: Path) -> None:
     result = make_result()
     paths = [save_result(result, tmp_path, name="same") for _ in range(3)]
     assert [p.name for p in paths] == ["same.png", "same-1.png", "same-2.png"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".spatiora-history.json", "same-1.png", "same-2.png",
-                                                          "same.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".spatiora-history.json",
+        "same-1.png",
+        "same-2.png",
+        "same.png",
+    ]
 
 
 def test_cancelled_result_is_not_saved(tmp_path: Path) -> None:
@@ -103,8 +131,10 @@ def test_output_path_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_parse_a1111_reads_a_foreign_text() -> None:
-    text = ("a house\nNegative prompt: ugly\n"
-            'Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 42, Size: 512x512, Model: v1-5, Lora hashes: "x: 123"')
+    text = (
+        "a house\nNegative prompt: ugly\n"
+        'Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 42, Size: 512x512, Model: v1-5, Lora hashes: "x: 123"'
+    )
     parsed = parse_a1111(text)
     assert parsed["prompt"] == "a house" and parsed["negative_prompt"] == "ugly"
     assert parsed["fields"]["Sampler"] == "Euler a" and parsed["fields"]["Lora hashes"] == "x: 123"

@@ -33,8 +33,12 @@ def test_each_channel_lights_its_published_colour(family: str) -> None:
 
 def test_the_projection_is_linear_around_grey() -> None:
     a, b = torch.randn(2, 4, 5, 7, generator=torch.Generator().manual_seed(0)) * 0.3
+
     def centred(x: torch.Tensor) -> np.ndarray:
-        return np.asarray(latent_to_rgb(x, "sdxl")).astype(float) - np.asarray(latent_to_rgb(torch.zeros(4, 5, 7), "sdxl"))
+        return np.asarray(latent_to_rgb(x, "sdxl")).astype(float) - np.asarray(
+            latent_to_rgb(torch.zeros(4, 5, 7), "sdxl")
+        )
+
     assert np.abs(centred(a + b) - (centred(a) + centred(b))).max() <= 2
 
 

@@ -5,31 +5,32 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-
-from hypothesis import assume
 
 from spatiora_tui.prompts import LoraTag, PromptError, extract_lora_tags, mentions, parse_emphasis, plain_text
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("a red car", [("a red car", 1.0)]),
-    ("a (red) car", [("a ", 1.0), ("red", 1.1), (" car", 1.0)]),
-    ("((house))", [("house", 1.1 * 1.1)]),
-    ("[x]", [("x", 1 / 1.1)]),
-    ("a (red:1.5) car", [("a ", 1.0), ("red", 1.5), (" car", 1.0)]),
-    ("(a (b:2) c)", [("a ", 1.1), ("b", 2.2), (" c", 1.1)]),
-    ("(word: 0.5 )", [("word", 0.5)]),
-    ("a (b", [("a ", 1.0), ("b", 1.1)]),  # unclosed: the rest of the prompt
-    ("a [b", [("a ", 1.0), ("b", 1 / 1.1)]),
-    ("a) b]", [("a) b]", 1.0)]),  # stray closers are text
-    (r"\(literal\) \[x\]", [("(literal) [x]", 1.0)]),
-    ("x:1.2) y", [("x:1.2) y", 1.0)]),  # a weight outside brackets is text
-    ("(x:1.2.3)", [("x:1.2.3)", 1.1)]),  # not a number: text (A1111 raises here)
-    ("(x:-1)", [("x", -1.0)]),  # negative weights are A1111's too
-    ("", [("", 1.0)]),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a red car", [("a red car", 1.0)]),
+        ("a (red) car", [("a ", 1.0), ("red", 1.1), (" car", 1.0)]),
+        ("((house))", [("house", 1.1 * 1.1)]),
+        ("[x]", [("x", 1 / 1.1)]),
+        ("a (red:1.5) car", [("a ", 1.0), ("red", 1.5), (" car", 1.0)]),
+        ("(a (b:2) c)", [("a ", 1.1), ("b", 2.2), (" c", 1.1)]),
+        ("(word: 0.5 )", [("word", 0.5)]),
+        ("a (b", [("a ", 1.0), ("b", 1.1)]),  # unclosed: the rest of the prompt
+        ("a [b", [("a ", 1.0), ("b", 1 / 1.1)]),
+        ("a) b]", [("a) b]", 1.0)]),  # stray closers are text
+        (r"\(literal\) \[x\]", [("(literal) [x]", 1.0)]),
+        ("x:1.2) y", [("x:1.2) y", 1.0)]),  # a weight outside brackets is text
+        ("(x:1.2.3)", [("x:1.2.3)", 1.1)]),  # not a number: text (A1111 raises here)
+        ("(x:-1)", [("x", -1.0)]),  # negative weights are A1111's too
+        ("", [("", 1.0)]),
+    ],
+)
 def test_emphasis_follows_a1111(text: str, expected: list[tuple[str, float]]) -> None:
     got = parse_emphasis(text)
     assert [run[0] for run in got] == [f for f, _ in expected]
@@ -48,16 +49,19 @@ def test_lora_tags_are_taken_out_and_listed() -> None:
     assert extract_lora_tags("no tags here, (x:1.1)") == ("no tags here, (x:1.1)", ())
 
 
-@pytest.mark.parametrize(("prompt", "fragment"), [
-    ("<lora::0.5>", "names no LoRA"),
-    ("<lora:oak:heavy>", "the weight 'heavy' is not a number"),
-    ("<lora:oak:7>", "between -5 and 5"),
-    ("<lora:oak:nan>", "between -5 and 5"),
-    ("<lora:oak:0.5:0.8>", "separate text-encoder and UNet weights"),
-    ("<lora:oak:te=0.5>", "separate text-encoder and UNet weights"),
-    ("<hypernet:style:1>", "<hypernet:...> networks are not supported"),
-    ("<lora:oak> and <lora:oak:0.2>", "appears twice"),
-])
+@pytest.mark.parametrize(
+    ("prompt", "fragment"),
+    [
+        ("<lora::0.5>", "names no LoRA"),
+        ("<lora:oak:heavy>", "the weight 'heavy' is not a number"),
+        ("<lora:oak:7>", "between -5 and 5"),
+        ("<lora:oak:nan>", "between -5 and 5"),
+        ("<lora:oak:0.5:0.8>", "separate text-encoder and UNet weights"),
+        ("<lora:oak:te=0.5>", "separate text-encoder and UNet weights"),
+        ("<hypernet:style:1>", "<hypernet:...> networks are not supported"),
+        ("<lora:oak> and <lora:oak:0.2>", "appears twice"),
+    ],
+)
 def test_a_tag_spatiora_cannot_honour_is_refused_with_the_tag_quoted(prompt: str, fragment: str) -> None:
     with pytest.raises(PromptError) as info:
         extract_lora_tags(prompt)
@@ -66,13 +70,41 @@ def test_a_tag_spatiora_cannot_honour_is_refused_with_the_tag_quoted(prompt: str
 
 def test_embedding_names_are_found_as_words_only() -> None:
     assert mentions("easynegative, blurry, bad-hands-5", ["easynegative", "bad-hands-5", "hands", "blur"]) == [
-        "easynegative", "bad-hands-5"]
+        "easynegative",
+        "bad-hands-5",
+    ]
 
 
 # -- properties over generated prompts --------------------------------------------------------
 
-SYNTAX = st.sampled_from(["(", ")", "[", "]", ":", "\\", "<", ">", "lora", "BREAK", ",", " ", "1.5", "-0.3",
-                          ".", "<lora:", "<lora:x:", "oak", "é", "\x00", "\n", "(word:1.2)", "\\(", "<lyco:"])
+SYNTAX = st.sampled_from(
+    [
+        "(",
+        ")",
+        "[",
+        "]",
+        ":",
+        "\\",
+        "<",
+        ">",
+        "lora",
+        "BREAK",
+        ",",
+        " ",
+        "1.5",
+        "-0.3",
+        ".",
+        "<lora:",
+        "<lora:x:",
+        "oak",
+        "é",
+        "\x00",
+        "\n",
+        "(word:1.2)",
+        "\\(",
+        "<lyco:",
+    ]
+)
 PROMPTS = st.lists(st.one_of(SYNTAX, st.text(max_size=8)), max_size=40).map("".join)
 
 

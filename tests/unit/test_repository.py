@@ -13,8 +13,21 @@ LARGE_ALLOWED = {
     "spatiora_tui/engine/configs/clip/merges.txt.gz": "CLIP's BPE merges, for offline single-file loading",
 }
 MAX_BYTES = 300_000
-BINARY_SUFFIXES = (".whl", ".egg", ".tar.gz", ".zip", ".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".so",
-                   ".pyc", ".onnx", ".gguf")
+BINARY_SUFFIXES = (
+    ".whl",
+    ".egg",
+    ".tar.gz",
+    ".zip",
+    ".safetensors",
+    ".ckpt",
+    ".pt",
+    ".pth",
+    ".bin",
+    ".so",
+    ".pyc",
+    ".onnx",
+    ".gguf",
+)
 
 
 def tracked() -> list[str]:

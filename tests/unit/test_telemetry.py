@@ -110,8 +110,13 @@ class ScriptedHost:
         if self.fail_next:
             self.fail_next = False
             raise OSError("psutil could not read /proc")
-        return HostReading(cpu_percent=50.0, process_rss_mb=self.rss_mb, ram_used_mb=8000.0,
-                           ram_total_mb=24000.0, process_cpu_percent=100.0)
+        return HostReading(
+            cpu_percent=50.0,
+            process_rss_mb=self.rss_mb,
+            ram_used_mb=8000.0,
+            ram_total_mb=24000.0,
+            process_cpu_percent=100.0,
+        )
 
 
 class NoCuda:
@@ -242,10 +247,9 @@ def test_samples_carry_the_stage_and_task_and_peaks_add_up() -> None:
 
 def test_nested_stages_and_a_failure_inside_one() -> None:
     telemetry = recorded(FakeNvml())
-    with pytest.raises(ValueError):
-        with telemetry.stage("outer", task="floorplan"):
-            telemetry.enter("inner")  # never exited by its owner
-            raise ValueError("boom")
+    with pytest.raises(ValueError), telemetry.stage("outer", task="floorplan"):
+        telemetry.enter("inner")  # never exited by its owner
+        raise ValueError("boom")
     assert telemetry.depth == 0 and telemetry.current_stage is None
     assert [r.stage for r in telemetry.records_since(0)] == ["inner", "outer"]
 
@@ -313,19 +317,19 @@ def test_a_cancelled_generation_leaves_no_stage_open(engine) -> None:
     from spatiora_tui.engine.api import GenerationRequest
 
     cancel = threading.Event()
-    result = engine.generate(GenerationRequest(prompt="x", task="interior", seed=1),
-                             on_step=lambda preview: cancel.set(), cancel=cancel)
+    result = engine.generate(
+        GenerationRequest(prompt="x", task="interior", seed=1), on_step=lambda preview: cancel.set(), cancel=cancel
+    )
     assert result.cancelled
     assert engine.telemetry.depth == 0
     assert "VAE decode" not in [s.stage for s in result.stages]
 
 
 def test_a_failed_switch_keeps_the_task_in_force(engine) -> None:
-    from spatiora_tui.engine.api import EngineError
-
     import dataclasses
 
     from spatiora_tui.config import AdapterRef, TaskSettings
+    from spatiora_tui.engine.api import EngineError
 
     engine.switch_task("interior")
     settings = engine.settings

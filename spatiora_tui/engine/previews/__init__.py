@@ -13,8 +13,9 @@ missing) falls back to latent2rgb with a one-line notice saying what to do.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -76,8 +77,12 @@ METHODS: dict[str, Method] = {
     method.name: method
     for method in (
         Method("latent2rgb", "linear projection of the predicted clean latent (about 40 us a frame)", _latent2rgb),
-        Method("taesd", "the tiny TAESD decoder: near-final colours and detail, a few ms a frame on a GPU; "
-                        "falls back to latent2rgb when its weights are not on disk", _taesd),
+        Method(
+            "taesd",
+            "the tiny TAESD decoder: near-final colours and detail, a few ms a frame on a GPU; "
+            "falls back to latent2rgb when its weights are not on disk",
+            _taesd,
+        ),
         Method("vae", "full VAE decode of the predicted clean latent (exact, far slower)", _vae),
     )
 }

@@ -53,7 +53,8 @@ def load_taesd(context: PreviewContext) -> TaesdPreview:
     where = looked[-1] if looked else "<cache>/taesd"
     raise PreviewUnavailable(
         f"TAESD weights for {'SDXL' if name == 'taesdxl' else 'SD 1.x/2.x'} not found: put "
-        f"{name}_decoder.safetensors (github.com/madebyollin/taesd) in {where}, or set [preview] taesd")
+        f"{name}_decoder.safetensors (github.com/madebyollin/taesd) in {where}, or set [preview] taesd"
+    )
 
 
 def _load(path: Path, context: PreviewContext) -> Any:
@@ -73,15 +74,16 @@ def _load(path: Path, context: PreviewContext) -> Any:
     except PreviewUnavailable:
         raise
     except Exception as exc:  # a damaged file or a different network: say which file
-        raise PreviewUnavailable(f"{path} is not a usable TAESD decoder ({type(exc).__name__}: "
-                                 f"{str(exc).splitlines()[0][:160]})") from None
+        raise PreviewUnavailable(
+            f"{path} is not a usable TAESD decoder ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
+        ) from None
 
 
 def _decoder_state(tensors: dict[str, Any]) -> dict[str, Any]:
     """The decoder's tensors under diffusers' DecoderTiny names. The original layout counts a
     Clamp module first, which diffusers applies in forward(): its indices are one higher."""
     if any(key.startswith("decoder.") for key in tensors):
-        return {key[len("decoder."):]: value for key, value in tensors.items() if key.startswith("decoder.")}
+        return {key[len("decoder.") :]: value for key, value in tensors.items() if key.startswith("decoder.")}
     state = {}
     for key, value in tensors.items():
         match = _ORIGINAL_KEY.match(key)

@@ -68,23 +68,30 @@ class ModelPicker(ModalScreen[str | None]):
             note.update(f"[b]cannot list the models:[/] {markup_safe(message.error)}")
             return
         if not message.choices:
-            note.update("no checkpoints found: put .safetensors files in a [paths] models folder, or name an "
-                        "AUTOMATIC1111/ComfyUI install in [paths] installs (docs/models.md)")
+            note.update(
+                "no checkpoints found: put .safetensors files in a [paths] models folder, or name an "
+                "AUTOMATIC1111/ComfyUI install in [paths] installs (docs/models.md)"
+            )
             return
         width = max(len(c.name) for c in message.choices)
         for choice in message.choices:
             mark = "●" if choice.current else " "
             size = f"{choice.size_mb / 1024:.1f} GB" if choice.size_mb >= 1024 else f"{choice.size_mb:.0f} MB"
             text = f"{mark} {markup_safe(choice.name.ljust(width))}  {size:>7}  {markup_safe(choice.kind)}"
-            options.add_option(Option(text if choice.loadable else f"[dim]{text}[/]", id=choice.path,
-                                      disabled=not choice.loadable))
+            options.add_option(
+                Option(text if choice.loadable else f"[dim]{text}[/]", id=choice.path, disabled=not choice.loadable)
+            )
         # The cursor starts on the model loaded now, so that one key press moves to another.
         self._current = next((c.path for c in message.choices if c.current), None)
-        options.highlighted = next((i for i, c in enumerate(message.choices) if c.current),
-                                   next((i for i, c in enumerate(message.choices) if c.loadable), None))
+        options.highlighted = next(
+            (i for i, c in enumerate(message.choices) if c.current),
+            next((i for i, c in enumerate(message.choices) if c.loadable), None),
+        )
         loadable = sum(c.loadable for c in message.choices)
-        note.update(f"{loadable} of {len(message.choices)} loadable · Enter loads the highlighted one in the "
-                    "background (the current model is freed first) · escape closes")
+        note.update(
+            f"{loadable} of {len(message.choices)} loadable · Enter loads the highlighted one in the "
+            "background (the current model is freed first) · escape closes"
+        )
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         event.stop()

@@ -62,7 +62,9 @@ class HardwarePane(Vertical):
             return  # a sample that arrives while the app starts up or shuts down
         self.query_one("#hw-gpu", Readout).show(self._gpu_text(snap))
         host = snap.host
-        process_cpu = f" · this process {host.process_cpu_percent:.0f} %" if host.process_cpu_percent is not None else ""
+        process_cpu = (
+            f" · this process {host.process_cpu_percent:.0f} %" if host.process_cpu_percent is not None else ""
+        )
         self.query_one("#hw-host", Readout).show(
             f"CPU  {host.cpu_percent:4.0f} %{process_cpu}\n"
             f"RSS  {_gb(host.process_rss_mb)} (this process)\n"

@@ -81,7 +81,8 @@ class PreviewPane(Vertical):
             self._first_preview_s = preview.elapsed_s
         eta = (preview.total - preview.step) / rate if rate > 0 else 0.0
         self._progress(
-            preview.step, preview.total,
+            preview.step,
+            preview.total,
             f"step {preview.step}/{preview.total} · {rate:.1f} it/s · ETA {eta:.1f} s"
             + (f" · first preview {self._first_preview_s:.2f} s" if self._first_preview_s is not None else ""),
         )
@@ -94,7 +95,8 @@ class PreviewPane(Vertical):
         total = f"{t.image_ms / 1000:.2f} s" if t.image_ms is not None else "—"
         state = "cancelled" if result.cancelled else "done"
         self._progress(
-            result.steps_done if result.image is not None else 0, result.steps_done or 1,
+            result.steps_done if result.image is not None else 0,
+            result.steps_done or 1,
             f"{state} · {result.steps_done} steps · image in {total} · first preview {first} · seed {result.params.seed}",
         )
         self.show_saved(saved)

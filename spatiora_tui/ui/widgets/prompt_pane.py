@@ -122,7 +122,13 @@ class PromptPane(Vertical):
                 raise FormError(f"size {size_text!r} should be WIDTHxHEIGHT, e.g. 768x512")
             width, height = int(parts[0]), int(parts[1])
         return GenerationRequest(
-            prompt=prompt, task=task, seed=seed, steps=steps, guidance=guidance, width=width, height=height,
+            prompt=prompt,
+            task=task,
+            seed=seed,
+            steps=steps,
+            guidance=guidance,
+            width=width,
+            height=height,
             negative_prompt=self.query_one("#negative", Input).value,
         )
 

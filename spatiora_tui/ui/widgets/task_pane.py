@@ -61,8 +61,13 @@ class TaskPane(Vertical):
     def active(self) -> str | None:
         return self._active
 
-    def set_active(self, name: str, switch_text: str, weights: tuple[tuple[str, float], ...] | None = None,
-                   warning: str | None = None) -> None:
+    def set_active(
+        self,
+        name: str,
+        switch_text: str,
+        weights: tuple[tuple[str, float], ...] | None = None,
+        warning: str | None = None,
+    ) -> None:
         """Mark `name` active; `weights` are the adapters in force (manifest defaults resolved),
         `warning` the leak watchdog's, shown until the next switch."""
         self._active, self._switch_text = name, switch_text
@@ -86,7 +91,7 @@ class TaskPane(Vertical):
         """Whether switching to `task` loads another base model."""
         if task.model is None or self._model is None:
             return False
-        return task.model not in (self._model, ) and PurePath(task.model).stem != PurePath(self._model).stem
+        return task.model not in (self._model,) and PurePath(task.model).stem != PurePath(self._model).stem
 
     def set_pending(self, name: str | None) -> None:
         if name == self._pending:
@@ -127,8 +132,11 @@ class TaskPane(Vertical):
             lines.append(f"[b]next: {markup_safe(self._pending)}[/] (after the running generation)")
         others = [t for t in self._tasks if t.name != task.name and self.reloads(t)]
         if others:
-            lines.append("[dim]⟳ " + ", ".join(f"{markup_safe(t.name)}{self._load_note(t)}" for t in others)
-                         + ": switching loads its own base model[/]")
+            lines.append(
+                "[dim]⟳ "
+                + ", ".join(f"{markup_safe(t.name)}{self._load_note(t)}" for t in others)
+                + ": switching loads its own base model[/]"
+            )
         self.query_one("#task-detail", Static).update("\n".join(line for line in lines if line))
 
     def _load_note(self, task: TaskSettings) -> str:
