@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh machine (see README.md):
 #   make run    create .venv, install Spatiora, start it on the configured model (the demo by default)
-#   make test   the same set-up plus the test tools, then the import contracts and the whole test suite
+#   make test   the same set-up plus the test tools, then the checks (import contracts, ruff lint and
+#               format, mypy) and the whole test suite
 #
 # PyTorch: on a machine with an NVIDIA driver the usual CUDA build is installed; elsewhere the CPU
 # build (torch==$(TORCH_CPU_VERSION) from $(TORCH_CPU_INDEX)), so tests never pull a multi-GB CUDA
@@ -12,17 +13,23 @@ TORCH_CPU_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 PYTEST_ARGS ?=
 
+LINTED := spatiora_tui tests benchmarks tools
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: run test setup setup-test clean
+.PHONY: run test check setup setup-test clean
 
 run: $(VENV)/.installed
 	$(VENV)/bin/spatiora $(ARGS)
 
-test: $(VENV)/.installed-test
-	$(VENV)/bin/lint-imports
+test: check
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+check: $(VENV)/.installed-test
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+	$(VENV)/bin/mypy
 
 setup: $(VENV)/.installed
 setup-test: $(VENV)/.installed-test

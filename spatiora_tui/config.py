@@ -533,7 +533,8 @@ def parse_settings(data: Mapping[str, Any], path: Path | None = None) -> Setting
     if dupes:
         raise ConfigError(f"{where}: tasks: task names must be unique; repeated: {', '.join(dupes)}")
     base_dir = path.resolve().parent if path else Path.cwd()
-    return dataclasses.replace(settings, base_dir=base_dir, source_file=path)
+    built: Settings = dataclasses.replace(settings, base_dir=base_dir, source_file=path)
+    return built
 
 
 def _type_name(value: Any) -> str:
@@ -568,7 +569,7 @@ def _build(cls: type, table: Any, prefix: str, where: str) -> Any:
 
 def _convert(hint: Any, value: Any, key: str, where: str) -> Any:
     origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, f"{key}.", where)
     if origin is Literal:
         choices = typing.get_args(hint)

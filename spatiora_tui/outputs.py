@@ -96,7 +96,9 @@ def parse_a1111(text: str) -> dict[str, Any]:
     """Parse an AUTOMATIC1111 `parameters` text into prompt, negative prompt and fields."""
     lines = text.split("\n")
     settings_line = lines.pop() if lines and _FIELD.match(lines[-1]) and "Steps:" in lines[-1] else ""
-    prompt_lines, negative_lines, in_negative = [], [], False
+    prompt_lines: list[str] = []
+    negative_lines: list[str] = []
+    in_negative = False
     for line in lines:
         if line.startswith("Negative prompt:"):
             in_negative = True

@@ -105,7 +105,7 @@ def run_lora_bench(
     switches: int = 30,
     device: str = "cpu",
     cache_dir: Path | None = None,
-    say: Callable[[str], None] = print,
+    say: Callable[[str], object] = print,
     leak_switches: int = 200,
     fuse_cycles: int = 100,
 ) -> LoraBenchResult:

@@ -63,7 +63,7 @@ def run_soak(
     cancel_every: int = 20,
     warmup: int = 10,
     cache_dir: Path | None = None,
-    say: Callable[[str], None] = print,
+    say: Callable[[str], object] = print,
 ) -> SoakResult:
     from spatiora_tui.engine.api import EngineError, GenerationRequest, StepPreview
     from spatiora_tui.engine.local import LocalEngine
@@ -173,7 +173,7 @@ def _slope(values: list[float]) -> float:
     return num / den
 
 
-def print_soak(result: SoakResult, out: Callable[[str], None] = print) -> None:
+def print_soak(result: SoakResult, out: Callable[[str], object] = print) -> None:
     r = result
     out(
         f"generations      {r.generations} ({r.completed} completed, {r.cancelled} cancelled, {r.failed} failed), "

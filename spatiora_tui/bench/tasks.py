@@ -126,7 +126,7 @@ def run_bench(
     device: str | None = None,
     rank: int | None = None,
     cache_dir: Path | None = None,
-    say: Callable[[str], None] = print,
+    say: Callable[[str], object] = print,
 ) -> BenchResult:
     """Run the requests and return the table's figures (see the module docstring)."""
     from spatiora_tui.engine.api import GenerationRequest
@@ -299,7 +299,7 @@ def _bench_settings(
     )
     model = dataclasses.replace(settings.model, source="demo" if arch == "demo" else settings.model.source)
     if device:
-        model = dataclasses.replace(model, device=device)
+        model = dataclasses.replace(model, device=device)  # type: ignore[arg-type]  # checked by the loader
     return dataclasses.replace(
         settings,
         model=model,
@@ -317,7 +317,7 @@ def arch_engine_parts(
     adapters_dir: Path,
     rank: int | None = None,
     device: str | None = None,
-    say: Callable[[str], None] = print,
+    say: Callable[[str], object] = print,
 ) -> tuple[Settings, Any]:
     """Settings and a loader for a LocalEngine on `arch` (demo, sd15, sdxl with random weights),
     each task with its own adapter written into adapters_dir: what the bench runs, for other
@@ -332,11 +332,11 @@ def _adapter_name(task: str) -> str:
     return f"bench_{task}"
 
 
-def _loader(arch: str, adapters_dir: Path, tasks: tuple[str, ...], rank: int, say: Callable[[str], None]) -> Any:
+def _loader(arch: str, adapters_dir: Path, tasks: tuple[str, ...], rank: int, say: Callable[[str], object]) -> Any:
     """A stand-in for load_pipeline: the demo model or a real architecture with random weights,
     plus one adapter per task written for it."""
 
-    def load(model_settings: Any, cache_dir: Path, on_progress: Callable[[str], None] | None = None):
+    def load(model_settings: Any, cache_dir: Path, on_progress: Callable[[str], object] | None = None) -> Any:
         from spatiora_tui.bench.lora import _write_adapter
         from spatiora_tui.engine.pipeline import load_pipeline
 
@@ -353,7 +353,7 @@ def _loader(arch: str, adapters_dir: Path, tasks: tuple[str, ...], rank: int, sa
 
 
 def build_random_pipeline(
-    arch: str, model_settings: Any, cache_dir: Path, say: Callable[[str], None]
+    arch: str, model_settings: Any, cache_dir: Path, say: Callable[[str], object]
 ) -> tuple[Any, Any]:
     """SD 1.5 or SDXL at full size with random weights (UNet, VAE, text encoders); the demo's
     tokenizer and scheduler config."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from spatiora_tui import __version__, failpoints
 from spatiora_tui.cli import bench, config, doctor, generate, models, tasks, tui
@@ -45,10 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 failpoints.arm_from_env()
             except ValueError as exc:
                 raise UsageError(f"{failpoints.ENV}: {exc}") from None
-        run = getattr(args, "run", None)
+        run: Callable[..., int] = getattr(args, "run", tui.run)  # no sub-command: the TUI
         if getattr(args, "needs_settings", True):
-            settings = load_settings(getattr(args, "config", None))
-            return run(settings, args) if run is not None else tui.run(settings, args)
+            return run(load_settings(getattr(args, "config", None)), args)
         return run(args)
     except (ConfigError, UsageError) as exc:
         return fail(str(exc), EXIT_USAGE)

@@ -18,7 +18,7 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr)
 
 
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     bench = sub.add_parser(
         "bench",
         parents=[common],

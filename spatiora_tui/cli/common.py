@@ -13,9 +13,6 @@ DEMO_NOTE = (
     "real Stable Diffusion model (docs/models.md)."
 )
 
-#: The sub-parsers action and the parent parser holding --config, as each command registers.
-SubParsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
-
 
 class UsageError(Exception):
     """Bad arguments; exit code 2."""

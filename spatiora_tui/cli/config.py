@@ -9,7 +9,7 @@ from spatiora_tui.cli.common import EXIT_OK, UsageError
 from spatiora_tui.config import Settings, find_config, load_settings, settings_to_toml, user_config_dir, write_settings
 
 
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     parser = sub.add_parser("config", parents=[common], help="show the configuration in force, or write one")
     actions = parser.add_subparsers(dest="config_command", metavar="ACTION")
     actions.add_parser("show", help="print the configuration in force and where it came from")

@@ -15,7 +15,7 @@ from spatiora_tui.cli.common import EXIT_FAILED, EXIT_OK, one_line
 from spatiora_tui.config import OUTPUT_DIR_ENV, ConfigError, Settings, user_cache_dir
 
 
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     parser = sub.add_parser("doctor", parents=[common], help="check versions, device, NVML, model and adapters")
     parser.set_defaults(run=run)
 

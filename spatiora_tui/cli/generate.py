@@ -22,7 +22,7 @@ from spatiora_tui.cli.common import (
 from spatiora_tui.config import SCHEDULERS, Settings, user_cache_dir
 
 
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     gen = sub.add_parser("generate", parents=[common], help="generate one image and save it with metadata")
     gen.add_argument("prompt", help="what to draw; the task's prompt template wraps it")
     gen.add_argument("--task", "-t", help="task mode (default: the first in config.toml)")

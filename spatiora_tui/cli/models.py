@@ -11,7 +11,7 @@ from spatiora_tui.cli.common import EXIT_OK, status_printer
 from spatiora_tui.config import Settings, user_cache_dir
 
 
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     models = sub.add_parser(
         "models",
         parents=[common],

@@ -8,7 +8,7 @@ from spatiora_tui.cli.common import EXIT_OK, weight
 from spatiora_tui.config import SCHEDULERS, Settings
 
 
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     parser = sub.add_parser("tasks", parents=[common], help="list task modes with their adapters and settings")
     parser.set_defaults(run=run)
 

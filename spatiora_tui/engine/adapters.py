@@ -416,7 +416,7 @@ class LoraManager:
         sha256 = hashlib.sha256(data).hexdigest()
         read_done = time.perf_counter()
         if path.suffix.lower() in PICKLE_SUFFIXES:  # only found with allow_pickle on
-            raw, metadata = _unpickle(name, path, data), {}
+            raw, metadata = _unpickle(name, path, data), dict[str, str]()
             self._check_family(name, path, {k: tuple(v.shape) for k, v in raw.items()}, {})
             a1111_hash = sha256
         else:
@@ -464,7 +464,7 @@ class LoraManager:
         except Exception as exc:
             raise EngineError(f"adapter {name!r} ({path}) could not be read: {_load_error(exc)}") from None
         if not alphas:
-            return state
+            return dict(state)
         baked = dict(state)
         for key, alpha in alphas.items():
             base = key[: -len(".alpha")] if key.endswith(".alpha") else key
@@ -537,7 +537,7 @@ class LoraManager:
         import torch
 
         itemsize = torch.empty((), dtype=self._placement()[1]).element_size()
-        return sum(t.numel() for t in parsed.raw.values() if t.ndim >= 2) * itemsize
+        return int(sum(t.numel() for t in parsed.raw.values() if t.ndim >= 2)) * itemsize
 
     def _inject(self, name: str, parsed: _Parsed, nbytes: int) -> None:
         self._layers = self._unet_modules = None  # a load may add layers

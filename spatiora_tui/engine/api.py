@@ -273,12 +273,12 @@ class Engine(Protocol):
     @property
     def active_task(self) -> str | None: ...
 
-    def load(self, on_progress: Callable[[str], None] | None = None, source: str | None = None) -> ModelInfo:
+    def load(self, on_progress: Callable[[str], object] | None = None, source: str | None = None) -> ModelInfo:
         """Load the base pipeline (once): `source`, else model.source (a first task that names
         its own model loads that one directly). Heavy imports happen here, not at import time."""
         ...
 
-    def switch_task(self, name: str, on_progress: Callable[[str], None] | None = None) -> AdapterSwitch:
+    def switch_task(self, name: str, on_progress: Callable[[str], object] | None = None) -> AdapterSwitch:
         """Activate a task's adapters without touching the base weights; a task that names
         another base model (`model` in its settings) loads that first, reporting on_progress."""
         ...
@@ -292,7 +292,7 @@ class Engine(Protocol):
         """The checkpoints in the model folders (read from their headers, nothing loaded)."""
         ...
 
-    def switch_model(self, source: str, on_progress: Callable[[str], None] | None = None) -> ModelSwitch:
+    def switch_model(self, source: str, on_progress: Callable[[str], object] | None = None) -> ModelSwitch:
         """Replace the base model (a checkpoint name, path or hub id), freeing the previous one
         completely; the adapter RAM cache is kept when the family stays the same."""
         ...

@@ -360,7 +360,7 @@ def verify_demo(folder: Path) -> str | None:
     return None
 
 
-def ensure_demo(cache_dir: Path, on_progress: Callable[[str], None] | None = None) -> Path:
+def ensure_demo(cache_dir: Path, on_progress: Callable[[str], object] | None = None) -> Path:
     """The path of a verified demo build, building it first when missing or corrupt."""
     folder = demo_dir(cache_dir)
     problem = verify_demo(folder) if folder.exists() else "not built yet"

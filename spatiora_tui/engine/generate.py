@@ -190,6 +190,7 @@ def run_generation(
         if not cancelled:
             stage = "VAE decode"
             t_decode = time.perf_counter()
+            assert out is not None  # the pipeline ran: it is skipped only when cancelled
             with telemetry.stage("VAE decode"):
                 image, tiled = _decode(out.images, pipe, on_cuda)
             if tiled:

@@ -120,13 +120,13 @@ class LocalEngine:
 
     # -- operations ---------------------------------------------------------------------------
 
-    def load(self, on_progress: Callable[[str], None] | None = None, source: str | None = None) -> ModelInfo:
+    def load(self, on_progress: Callable[[str], object] | None = None, source: str | None = None) -> ModelInfo:
         return self._thread.call(self._load, on_progress, source)
 
-    def switch_task(self, name: str, on_progress: Callable[[str], None] | None = None) -> AdapterSwitch:
+    def switch_task(self, name: str, on_progress: Callable[[str], object] | None = None) -> AdapterSwitch:
         return self._thread.call(self._switch_task, name, on_progress)
 
-    def switch_model(self, source: str, on_progress: Callable[[str], None] | None = None) -> ModelSwitch:
+    def switch_model(self, source: str, on_progress: Callable[[str], object] | None = None) -> ModelSwitch:
         return self._thread.call(self._switch_model, source, on_progress)
 
     def models(self) -> tuple[ModelChoice, ...]:
@@ -175,7 +175,7 @@ class LocalEngine:
 
     # -- the operations, on the engine thread -------------------------------------------------
 
-    def _load(self, on_progress: Callable[[str], None] | None, source: str | None) -> ModelInfo:
+    def _load(self, on_progress: Callable[[str], object] | None, source: str | None) -> ModelInfo:
         if self._model is not None:
             return self._model
         return self._load_model(self._locate(source or self._settings.model.source), on_progress)
@@ -197,7 +197,7 @@ class LocalEngine:
             return dataclasses.replace(configured, source=resolved)
         return dataclasses.replace(configured, source=resolved, variant="auto", config="")
 
-    def _load_model(self, resolved: str, on_progress: Callable[[str], None] | None) -> ModelInfo:
+    def _load_model(self, resolved: str, on_progress: Callable[[str], object] | None) -> ModelInfo:
         """Load `resolved` (see _locate) as the base model and build its adapter and embedding
         managers. Its ModelInfo.source is `resolved`, so comparing sources later walks nothing."""
         from spatiora_tui.engine.adapters import LoraManager
@@ -240,7 +240,7 @@ class LocalEngine:
         self.watchdog.set_baseline()  # memory with the base model loaded and no adapter held
         return model
 
-    def _switch_model(self, source: str, on_progress: Callable[[str], None] | None) -> ModelSwitch:
+    def _switch_model(self, source: str, on_progress: Callable[[str], object] | None) -> ModelSwitch:
         """Free the base model completely, then load `source`. A file that cannot be a
         checkpoint is refused before anything is freed; if the load fails after that, the
         previous model is loaded again, so the app is never left without one."""
@@ -317,7 +317,7 @@ class LocalEngine:
                     )
         return tuple(notes)
 
-    def _switch_task(self, name: str, on_progress: Callable[[str], None] | None = None) -> AdapterSwitch:
+    def _switch_task(self, name: str, on_progress: Callable[[str], object] | None = None) -> AdapterSwitch:
         task = self._task(name)
         model_switch = self._ensure_model(task, on_progress)
         self._require_loaded()
@@ -348,7 +348,7 @@ class LocalEngine:
             model_switch=model_switch,
         )
 
-    def _ensure_model(self, task: TaskSettings, on_progress: Callable[[str], None] | None) -> ModelSwitch | None:
+    def _ensure_model(self, task: TaskSettings, on_progress: Callable[[str], object] | None) -> ModelSwitch | None:
         """Load the base model `task` runs on, if it names one that is not loaded."""
         if task.model is None or self._model is None:
             return None

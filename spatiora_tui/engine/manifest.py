@@ -13,13 +13,14 @@ A manifest with a problem is reported as such (file, key, what to do), like conf
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
 
 from spatiora_tui.engine.api import EngineError
 

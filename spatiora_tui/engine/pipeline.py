@@ -202,7 +202,7 @@ TRAINED_BETAS = (0.00085, 0.012, "scaled_linear")
 
 
 def _load_single_file(
-    path: Path, settings: ModelSettings, common: dict[str, Any], cache_dir: Path, say: Callable[[str], None]
+    path: Path, settings: ModelSettings, common: dict[str, Any], cache_dir: Path, say: Callable[[str], object]
 ) -> tuple[Any, Any, Any]:
     """Load a single-file checkpoint with no network: the variant's config folder shipped with
     Spatiora (or [model] config), the CLIP tokenizer built from the shipped merges, and a
@@ -272,7 +272,7 @@ def _pickle_keys(path: Path) -> list[str]:
         raise EngineError(f"{path} {exc}; it is not a usable Stable Diffusion checkpoint: re-download it") from None
 
 
-def _hash_in_background(path: Path, cache_dir: Path, say: Callable[[str], None]) -> Any:
+def _hash_in_background(path: Path, cache_dir: Path, say: Callable[[str], object]) -> Any:
     """The checkpoint's sha256 (AUTOMATIC1111's "Model hash"), computed on a thread while the
     model loads (both read the same file; hashlib releases the GIL), or taken from the cache."""
     from concurrent.futures import ThreadPoolExecutor
@@ -311,7 +311,7 @@ def _check_complete(pipe: Any, name: str) -> None:
 def load_pipeline(
     settings: ModelSettings,
     cache_dir: Path,
-    on_progress: Callable[[str], None] | None = None,
+    on_progress: Callable[[str], object] | None = None,
     allow_pickle: bool = False,
 ) -> tuple[Any, ModelInfo, Path | None]:
     """Load the base pipeline on its device.

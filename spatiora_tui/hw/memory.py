@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import psutil
 
@@ -19,7 +20,7 @@ def _process() -> psutil.Process:
     return _PROCESS
 
 
-def cuda_torch():
+def cuda_torch() -> Any:
     """The torch module when this process has imported it and initialised CUDA, else None.
 
     Never imports torch: the hardware readings must cost nothing where the engine has not
@@ -33,7 +34,7 @@ def cuda_torch():
 
 def process_rss_mb() -> float:
     """Resident set size of this process now."""
-    return _process().memory_info().rss / 2**20
+    return float(_process().memory_info().rss) / 2**20
 
 
 def process_peak_rss_mb() -> float:

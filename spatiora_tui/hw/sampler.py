@@ -11,6 +11,7 @@ imported torch in this process, so the UI's hardware pane costs nothing on a CPU
 
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 import time
@@ -129,11 +130,7 @@ class NvmlBackend:
 
     def _init(self) -> None:
         try:
-            if self._module is not None:
-                pynvml = self._module
-            else:
-                import pynvml
-
+            pynvml = self._module if self._module is not None else importlib.import_module("pynvml")
             pynvml.nvmlInit()
             self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
             self._nvml = pynvml

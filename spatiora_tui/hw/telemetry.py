@@ -149,7 +149,7 @@ class Telemetry:
         self._by_task: dict[str, Peak] = {}
         self._records: deque[tuple[int, StageRecord]] = deque(maxlen=history)
         self._seq = 0
-        self._listeners: list[Callable[[HardwareSnapshot], None]] = []
+        self._listeners: list[Callable[[HardwareSnapshot], object]] = []
         self._latest: HardwareSnapshot | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -197,7 +197,7 @@ class Telemetry:
             listener(snap)
         return snap
 
-    def subscribe(self, listener: Callable[[HardwareSnapshot], None]) -> Callable[[], None]:
+    def subscribe(self, listener: Callable[[HardwareSnapshot], object]) -> Callable[[], None]:
         """Call `listener` with every snapshot (on the sampling thread). Returns an unsubscribe."""
         with self._lock:
             self._listeners.append(listener)

@@ -35,7 +35,7 @@ def cuda_allocated_mb() -> float | None:
     if torch is None:
         return None
     try:
-        return torch.cuda.memory_allocated() / MB
+        return float(torch.cuda.memory_allocated()) / MB
     except Exception:
         return None
 

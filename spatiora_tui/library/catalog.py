@@ -97,7 +97,10 @@ def library_folders(settings: Settings) -> Folders:
         checkpoints += install.checkpoints
         loras += install.loras
         embeddings += install.embeddings
-    unique = lambda paths: tuple(dict.fromkeys(paths))  # noqa: E731 - keep the first of each
+
+    def unique(paths: list[Path]) -> tuple[Path, ...]:
+        return tuple(dict.fromkeys(paths))  # the first of each, in order
+
     return Folders(unique(checkpoints), unique(loras), unique(embeddings), installs, tuple(missing))
 
 

@@ -124,7 +124,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         )
         self._tasks: dict[str, TaskSettings] = {t.name: t for t in settings.tasks}
         self._model_ready = False
-        self._generation: Worker | None = None
+        self._generation: Worker[Any] | None = None
         self._pending_task: str | None = None
         self._switching = False
         self._model_switching = False
@@ -217,7 +217,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self.post_message(ModelLoaded(model))
 
     def on_model_load_progressed(self, message: ModelLoadProgressed) -> None:
-        self.preview_pane.loading(f"{message.text}…")
+        self.preview_pane.show_loading(f"{message.text}…")
         self.say(f"{message.text}…")
 
     def on_model_loaded(self, message: ModelLoaded) -> None:
@@ -255,7 +255,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self._model_ready = False
         self._model_switching = True
         self.refresh_bindings()
-        self.preview_pane.loading(f"loading {Path(source).name}…")
+        self.preview_pane.show_loading(f"loading {Path(source).name}…")
         self.say(f"loading {Path(source).name} in the background (the current model is freed first)…")
         self._switch_model(source, self.task_pane.active)
 
@@ -310,7 +310,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         return True
 
     def _key(self, action: str) -> str:
-        return getattr(self.settings.keys, action).split(",")[0]
+        return str(getattr(self.settings.keys, action)).split(",")[0]
 
     def action_generate(self) -> None:
         if isinstance(self.screen, HistoryScreen):
@@ -363,7 +363,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
             return
         self.push_screen(HistoryScreen(self.settings.output_dir, set(self._session_images), self._image_class))
 
-    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         yield SystemCommand("Generate", f"Generate an image ({self._key('generate')})", self.action_generate)
         yield SystemCommand(

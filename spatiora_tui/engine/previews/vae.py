@@ -31,7 +31,8 @@ def decode_latents(latents: Any, vae: Any, processor: Any) -> Image.Image:
             x = x / vae.config.scaling_factor
         with torch.no_grad():
             decoded = vae.decode(x, return_dict=False)[0]
-        return processor.postprocess(decoded, output_type="pil")[0]
+        image: Image.Image = processor.postprocess(decoded, output_type="pil")[0]
+        return image
     finally:
         if upcast:
             vae.to(torch.float16)

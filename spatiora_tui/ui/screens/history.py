@@ -4,6 +4,7 @@ browse with the keyboard, view large and read their metadata."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from textual import work
 from textual.app import ComposeResult
@@ -110,7 +111,7 @@ class HistoryScreen(Screen[None]):
         self._session = session
         self._image_class = image_class
         self._files: list[Path] = []
-        self._index: dict[str, dict] = {}
+        self._index: dict[str, dict[str, Any]] = {}
 
     def compose(self) -> ComposeResult:
         with Horizontal():
@@ -137,7 +138,7 @@ class HistoryScreen(Screen[None]):
             return
         self.app.call_from_thread(self._show, files, index)
 
-    def _show(self, files: list[Path], index: dict[str, dict]) -> None:
+    def _show(self, files: list[Path], index: dict[str, dict[str, Any]]) -> None:
         self._files, self._index = files, index
         options = self.query_one(OptionList)
         if not self._files:

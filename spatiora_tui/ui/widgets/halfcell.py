@@ -13,6 +13,7 @@ what a terminal preview shows) so that pairs repeat between frames.
 from __future__ import annotations
 
 from os import PathLike
+from typing import Any
 
 import numpy as np
 from PIL import Image as PILImage
@@ -43,7 +44,7 @@ class HalfcellImage(Widget):
     HalfcellImage { width: auto; height: auto; }
     """
 
-    def __init__(self, image: ImageSource | None = None, *, levels: int = 64, **kwargs) -> None:
+    def __init__(self, image: ImageSource | None = None, *, levels: int = 64, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if levels not in (2, 4, 8, 16, 32, 64, 128, 256):
             raise ValueError(f"levels must be a power of two from 2 to 256, got {levels}")

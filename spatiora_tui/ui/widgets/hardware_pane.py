@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from typing import Any
 
 from textual.app import ComposeResult
 from textual.containers import Vertical
@@ -35,7 +36,7 @@ class HardwarePane(Vertical):
     HardwarePane Sparkline { height: 3; margin: 0 1; }
     """
 
-    def __init__(self, history_samples: int, window: str, hz: float = 4.0, **kwargs) -> None:
+    def __init__(self, history_samples: int, window: str, hz: float = 4.0, **kwargs: Any) -> None:
         """`history_samples` points of the sparkline at `hz` span `window`."""
         super().__init__(**kwargs)
         self._window = window

@@ -6,6 +6,8 @@ ProgressBar is a bar, a percentage and an ETA widget in a container)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from PIL import Image as PILImage
 from textual.app import ComposeResult
 from textual.containers import Vertical
@@ -30,7 +32,7 @@ class PreviewPane(Vertical):
     PreviewPane #progress-text, PreviewPane #saved { height: auto; padding: 0 1; }
     """
 
-    def __init__(self, image_class: type[Widget], **kwargs) -> None:
+    def __init__(self, image_class: type[Widget], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._image_class = image_class
         self._first_preview_s: float | None = None
@@ -59,7 +61,7 @@ class PreviewPane(Vertical):
             indicator.remove()
         self.query_one("#placeholder", Static).update(text)
 
-    def loading(self, text: str) -> None:
+    def show_loading(self, text: str) -> None:
         self.query_one("#placeholder", Static).update(markup_safe(text))
 
     def started(self, total: int, width: int, height: int) -> None:

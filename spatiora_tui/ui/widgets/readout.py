@@ -7,12 +7,14 @@ when its height can change: a different number of lines, or a line that may wrap
 
 from __future__ import annotations
 
+from typing import Any
+
 from textual.content import Content
 from textual.widgets import Static
 
 
 class Readout(Static):
-    def __init__(self, text: str = "", **kwargs) -> None:
+    def __init__(self, text: str = "", **kwargs: Any) -> None:
         super().__init__(text, **kwargs)
         self._shown = text
 

@@ -4,6 +4,7 @@ time the last switch took."""
 from __future__ import annotations
 
 from pathlib import PurePath
+from typing import Any
 
 from textual.app import ComposeResult
 from textual.containers import Vertical
@@ -38,7 +39,7 @@ class TaskPane(Vertical):
             super().__init__()
             self.name = name
 
-    def __init__(self, tasks: tuple[TaskSettings, ...], **kwargs) -> None:
+    def __init__(self, tasks: tuple[TaskSettings, ...], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._tasks = tasks
         self._active: str | None = None
