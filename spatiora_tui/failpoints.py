@@ -30,6 +30,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import sys
 import threading
 from dataclasses import dataclass
 
@@ -99,9 +100,12 @@ def _fire(point: str, action: str) -> None:
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
     if action == "memory":
         raise MemoryError(f"failpoint {point!r}: cannot allocate memory")
-    import torch  # only the engine's points use "oom", and the engine has torch loaded
-
-    raise torch.OutOfMemoryError(f"failpoint {point!r}: CUDA out of memory. Tried to allocate 2.00 GiB")
+    message = f"failpoint {point!r}: CUDA out of memory. Tried to allocate 2.00 GiB"
+    # The engine's points fire with torch loaded: its own error type, as CUDA raises it. Never
+    # imported here (this module sits below everything), so elsewhere the same text in the
+    # RuntimeError that torch.OutOfMemoryError is.
+    torch = sys.modules.get("torch")
+    raise torch.OutOfMemoryError(message) if torch is not None else RuntimeError(message)
 
 
 def arm_from_env(value: str | None = None) -> None:

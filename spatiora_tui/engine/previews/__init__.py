@@ -13,6 +13,7 @@ missing) falls back to latent2rgb with a one-line notice saying what to do.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -55,35 +56,37 @@ class PreviewUnavailable(Exception):
     """A method cannot run here; the message says what to do."""
 
 
-def _latent2rgb(context: PreviewContext) -> Previewer:
-    from spatiora_tui.engine.previews.latent2rgb import LatentToRGB
+def _entry(target: str) -> Callable[[PreviewContext], Previewer]:
+    """A builder named "module:function", imported when first called: registering a method
+    costs nothing, and config.py can check names against the registry without importing torch."""
 
-    return LatentToRGB(context.family)
+    def build(context: PreviewContext) -> Previewer:
+        module, _, function = target.partition(":")
+        builder: Callable[[PreviewContext], Previewer] = getattr(importlib.import_module(module), function)
+        return builder(context)
 
-
-def _vae(context: PreviewContext) -> Previewer:
-    from spatiora_tui.engine.previews.vae import VaePreview
-
-    return VaePreview(context.pipe.vae, context.pipe.image_processor)
-
-
-def _taesd(context: PreviewContext) -> Previewer:
-    from spatiora_tui.engine.previews.taesd import load_taesd
-
-    return load_taesd(context)
+    return build
 
 
 METHODS: dict[str, Method] = {
     method.name: method
     for method in (
-        Method("latent2rgb", "linear projection of the predicted clean latent (about 40 us a frame)", _latent2rgb),
+        Method(
+            "latent2rgb",
+            "linear projection of the predicted clean latent (about 40 us a frame)",
+            _entry("spatiora_tui.engine.previews.latent2rgb:build"),
+        ),
         Method(
             "taesd",
             "the tiny TAESD decoder: near-final colours and detail, a few ms a frame on a GPU; "
             "falls back to latent2rgb when its weights are not on disk",
-            _taesd,
+            _entry("spatiora_tui.engine.previews.taesd:build"),
         ),
-        Method("vae", "full VAE decode of the predicted clean latent (exact, far slower)", _vae),
+        Method(
+            "vae",
+            "full VAE decode of the predicted clean latent (exact, far slower)",
+            _entry("spatiora_tui.engine.previews.vae:build"),
+        ),
     )
 }
 NONE = "none"  # no previews; progress is still reported per step

@@ -50,3 +50,7 @@ class LatentToRGB:
 
     def __call__(self, latent: Any) -> Image.Image:
         return latent_to_rgb(latent, self.family)
+
+
+def build(context: Any) -> LatentToRGB:
+    return LatentToRGB(context.family)

@@ -39,7 +39,7 @@ def candidates(place: Path, name: str) -> list[Path]:
     return [place / f"{name}_decoder.safetensors", place / name, place / f"{name}.safetensors"]
 
 
-def load_taesd(context: PreviewContext) -> TaesdPreview:
+def build(context: PreviewContext) -> TaesdPreview:
     name = variant_for(context.family)
     looked: list[str] = []
     for place in context.taesd_places:

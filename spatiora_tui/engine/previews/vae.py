@@ -48,3 +48,7 @@ class VaePreview:
         image = decode_latents(latent, self.vae, self.processor)
         image.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE))
         return image
+
+
+def build(context: Any) -> VaePreview:
+    return VaePreview(context.pipe.vae, context.pipe.image_processor)
