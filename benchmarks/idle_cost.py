@@ -54,7 +54,7 @@ def spatiora_app():
     from spatiora_tui.ui.app import SpatioraApp
 
     settings = load_settings(REPO / "config.toml")
-    telemetry = Telemetry(hz=settings.ui.hardware_hz, leak_tolerance_mb=settings.adapters.leak_tolerance_mb)
+    telemetry = Telemetry.from_settings(settings)
     return SpatioraApp(settings, LocalEngine(settings, telemetry=telemetry), telemetry=telemetry)
 
 

@@ -33,15 +33,38 @@ CONFIG_ENV = "SPATIORA_CONFIG"
 OUTPUT_DIR_ENV = "SPATIORA_OUTPUT_DIR"
 CACHE_DIR_ENV = "SPATIORA_CACHE_DIR"
 
-#: Scheduler names accepted in config, with the label AUTOMATIC1111 writes in its metadata.
-SCHEDULERS: dict[str, str] = {
-    "euler": "Euler",
-    "euler_a": "Euler a",
-    "dpmpp_2m": "DPM++ 2M",
-    "dpmpp_2m_karras": "DPM++ 2M Karras",
-    "ddim": "DDIM",
-    "unipc": "UniPC",
-    "heun": "Heun",
+
+@dataclass(frozen=True)
+class Scheduler:
+    """One sampler: its config name, the label AUTOMATIC1111 writes in its metadata (and reads
+    back), and the diffusers class with the options that make it that sampler."""
+
+    name: str
+    a1111: str
+    diffusers_class: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+
+_DPMPP_2M = (("algorithm_type", "dpmsolver++"), ("solver_order", 2))
+
+#: Every sampler, by config name. The one table: config checks names against it, the engine
+#: builds from it, and image metadata writes its A1111 label.
+SCHEDULERS: dict[str, Scheduler] = {
+    s.name: s
+    for s in (
+        Scheduler("euler", "Euler", "EulerDiscreteScheduler"),
+        Scheduler("euler_a", "Euler a", "EulerAncestralDiscreteScheduler"),
+        Scheduler("dpmpp_2m", "DPM++ 2M", "DPMSolverMultistepScheduler", _DPMPP_2M),
+        Scheduler(
+            "dpmpp_2m_karras",
+            "DPM++ 2M Karras",
+            "DPMSolverMultistepScheduler",
+            (*_DPMPP_2M, ("use_karras_sigmas", True)),
+        ),
+        Scheduler("ddim", "DDIM", "DDIMScheduler"),
+        Scheduler("unipc", "UniPC", "UniPCMultistepScheduler"),
+        Scheduler("heun", "Heun", "HeunDiscreteScheduler"),
+    )
 }
 
 #: How images are drawn in the terminal (textual-image renderers; auto = detect).

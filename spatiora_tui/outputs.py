@@ -50,7 +50,7 @@ def a1111_parameters(result: GenerationResult) -> str:
     lora_tags = "".join(f" <lora:{a.name}:{a.weight:g}>" for a in p.adapters)
     fields: list[tuple[str, str]] = [
         ("Steps", str(p.steps)),
-        ("Sampler", SCHEDULERS.get(p.scheduler, p.scheduler)),
+        ("Sampler", SCHEDULERS[p.scheduler].a1111 if p.scheduler in SCHEDULERS else p.scheduler),
         ("CFG scale", f"{p.guidance:g}"),
         ("Seed", str(p.seed)),
         ("Size", f"{p.width}x{p.height}"),

@@ -77,7 +77,7 @@ def run_soak(
     for name in tasks:
         settings.task(name)  # a clear ConfigError for a task the config does not have
     width, height = size
-    telemetry = Telemetry(hz=settings.ui.hardware_hz, leak_tolerance_mb=settings.adapters.leak_tolerance_mb)
+    telemetry = Telemetry.from_settings(settings)
     engine = LocalEngine(settings, cache_dir=cache_dir, telemetry=telemetry)
     model = engine.load(on_progress=lambda msg: say(f"{msg}…"))
     say(

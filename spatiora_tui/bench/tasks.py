@@ -145,7 +145,7 @@ def run_bench(
         adapters_dir, out_dir = folder / "adapters", folder / "out"
         adapters_dir.mkdir()
         bench_settings, loader = arch_engine_parts(settings, arch, tasks, steps, size, adapters_dir, rank, device, say)
-        telemetry = Telemetry(hz=settings.ui.hardware_hz, leak_tolerance_mb=settings.adapters.leak_tolerance_mb)
+        telemetry = Telemetry.from_settings(settings)
         telemetry.start()
         try:
             engine = LocalEngine(bench_settings, cache_dir=cache_dir, telemetry=telemetry, loader=loader)
@@ -357,7 +357,7 @@ def build_random_pipeline(
 ) -> tuple[Any, Any]:
     """SD 1.5 or SDXL at full size with random weights (UNet, VAE, text encoders); the demo's
     tokenizer and scheduler config."""
-    from spatiora_tui.engine.pipeline import quiet_libraries, resolve_device, resolve_dtype
+    from spatiora_tui.engine.pipeline import dtype_label, quiet_libraries, resolve_device, resolve_dtype
 
     quiet_libraries()
     import torch
@@ -442,7 +442,7 @@ def build_random_pipeline(
         kind="random",
         family="sdxl" if arch == "sdxl" else "sd1",
         device=device,
-        dtype={"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}[str(dtype).replace("torch.", "")],
+        dtype=dtype_label(dtype),
         random_weights=True,
     )
     return pipe, info

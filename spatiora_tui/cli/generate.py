@@ -67,7 +67,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     from spatiora_tui.hw.telemetry import Telemetry, stage_summary
 
     status = status_printer()
-    telemetry = Telemetry(hz=settings.ui.hardware_hz, leak_tolerance_mb=settings.adapters.leak_tolerance_mb)
+    telemetry = Telemetry.from_settings(settings)
     telemetry.start()
     engine = LocalEngine(settings, telemetry=telemetry)
     model = engine.load(on_progress=lambda msg: status(f"{msg}…"), source=task.model)

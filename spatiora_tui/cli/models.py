@@ -9,6 +9,7 @@ from typing import Any
 
 from spatiora_tui.cli.common import EXIT_OK, status_printer
 from spatiora_tui.config import Settings, user_cache_dir
+from spatiora_tui.units import size_text
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -70,13 +71,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         print(f"\n{title} ({len(rows)}) in {shown}")
         width = max([len(r.name) for r in rows] + [4])
         for row in rows:
-            size = (
-                f"{row.size / 2**30:.1f} GB"
-                if row.size >= 2**30
-                else f"{row.size / 2**20:.0f} MB"
-                if row.size >= 2**20
-                else f"{row.size / 2**10:.0f} KB"
-            )
+            size = size_text(row.size)
             mark = "  " if row.ok else "✗ "
             extra = row.details or (f"shadowed by {row.shadowed_by}" if row.shadowed_by else "")
             print(

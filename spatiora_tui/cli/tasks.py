@@ -22,7 +22,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         print(f"    adapters   {adapters}")
         print(
             f"    settings   {task.steps} steps · CFG {task.guidance:g} · "
-            f"{SCHEDULERS[task.scheduler]} ({task.scheduler}) · {task.width}x{task.height}"
+            f"{SCHEDULERS[task.scheduler].a1111} ({task.scheduler}) · {task.width}x{task.height}"
         )
         print(f"    template   {task.prompt_template}")
         if task.negative_prompt:

@@ -29,7 +29,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     from spatiora_tui.hw import Telemetry
     from spatiora_tui.ui.app import SpatioraApp
 
-    telemetry = Telemetry(hz=settings.ui.hardware_hz, leak_tolerance_mb=settings.adapters.leak_tolerance_mb)
+    telemetry = Telemetry.from_settings(settings)
     engine = LocalEngine(settings, telemetry=telemetry)
     app = SpatioraApp(
         settings, engine, renderer=args.renderer, telemetry=telemetry, exit_after_first_frame=args.startup_time

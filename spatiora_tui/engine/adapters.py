@@ -36,8 +36,8 @@ from spatiora_tui.library.catalog import Listing, scan
 from spatiora_tui.library.hashing import addnet_hash_of_bytes
 from spatiora_tui.library.identify import UNSUPPORTED_FORMATS, UNSUPPORTED_HOW, lora_base, lora_format
 from spatiora_tui.library.safetensors_file import FileProblem, parse_header
+from spatiora_tui.units import MB
 
-MB = 2**20
 #: A LoRA down-projection's key in the layouts diffusers reads (peft, Kohya, old diffusers).
 _DOWN_KEY = re.compile(r"(lora_A|lora_down|lora[._]down|lora_linear_layer\.down)\.weight$")
 #: The phases of a switch, in the order they happen; a report lists those that took place.

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 
 #: The model families Spatiora runs, as people name them.
-FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+from spatiora_tui.library.families import FAMILY_LABELS as FAMILY_LABELS  # the contract carries the labels
 
 
 class EngineError(Exception):

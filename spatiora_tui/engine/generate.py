@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spatiora_tui import failpoints
-from spatiora_tui.config import PreviewSettings
+from spatiora_tui.config import SCHEDULERS, PreviewSettings
 from spatiora_tui.engine.api import (
     EngineOOM,
     MemoryPeaks,
@@ -39,20 +39,8 @@ def make_scheduler(name: str, base_config: Any) -> Any:
     """A fresh scheduler called `name`, built from the model's own scheduler config."""
     import diffusers
 
-    kinds: dict[str, tuple[str, dict[str, Any]]] = {
-        "euler": ("EulerDiscreteScheduler", {}),
-        "euler_a": ("EulerAncestralDiscreteScheduler", {}),
-        "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-        "dpmpp_2m_karras": (
-            "DPMSolverMultistepScheduler",
-            {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
-        ),
-        "ddim": ("DDIMScheduler", {}),
-        "unipc": ("UniPCMultistepScheduler", {}),
-        "heun": ("HeunDiscreteScheduler", {}),
-    }
-    class_name, overrides = kinds[name]
-    return getattr(diffusers, class_name).from_config(base_config, **overrides)
+    scheduler = SCHEDULERS[name]
+    return getattr(diffusers, scheduler.diffusers_class).from_config(base_config, **dict(scheduler.options))
 
 
 class _X0Tap:

@@ -67,9 +67,7 @@ class LocalEngine:
         in for load_pipeline (benchmarks build the real architectures with random weights)."""
         self._settings = settings
         self._cache_dir = cache_dir or user_cache_dir()
-        self._telemetry = telemetry or Telemetry(
-            hz=settings.ui.hardware_hz, leak_tolerance_mb=settings.adapters.leak_tolerance_mb
-        )
+        self._telemetry = telemetry or Telemetry.from_settings(settings)
         self._loader = loader
         self._thread = OneThread("spatiora-engine")
         self._pipe: Any = None

@@ -126,12 +126,22 @@ def resolve_device(preference: str) -> str:
     return preference
 
 
+#: [model] dtype labels and the torch dtypes they name.
+DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+
+
 def resolve_dtype(preference: str, device: str) -> Any:
     import torch
 
     if preference == "auto":
         return torch.float32 if device == "cpu" else torch.float16
-    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[preference]
+    return getattr(torch, DTYPES[preference])
+
+
+def dtype_label(dtype: Any) -> str:
+    """fp16, bf16 or fp32 for a torch dtype."""
+    name = str(dtype).replace("torch.", "")
+    return next(label for label, torch_name in DTYPES.items() if torch_name == name)
 
 
 def detect_family(pipe: Any) -> str:
@@ -389,7 +399,7 @@ def load_pipeline(
         variant=checkpoint.variant.label if checkpoint is not None else "",
         sha256=sha256,
         device=device,
-        dtype={"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}[str(dtype).replace("torch.", "")],
+        dtype=dtype_label(dtype),
         random_weights=source.kind == "demo",
     )
     return pipe, info, demo_adapters

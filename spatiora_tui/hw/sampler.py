@@ -21,8 +21,7 @@ from typing import Any, Protocol
 import psutil
 
 from spatiora_tui.hw.memory import cuda_torch
-
-MB = 2**20
+from spatiora_tui.units import MB
 
 
 @dataclass(frozen=True)

@@ -22,14 +22,16 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from spatiora_tui.hw.memory import cuda_torch, peak_rss_since_reset_mb, reset_peak_rss
 from spatiora_tui.hw.sampler import HardwareSampler, HardwareSnapshot
 from spatiora_tui.hw.watchdog import LeakWatchdog
+from spatiora_tui.units import MB
 
 #: The stages the engine marks, in the order a request goes through them.
 STAGES = ("load base", "adapter switch", "text encode", "denoise", "VAE decode", "save")
-MB = 2**20
+
 #: Samples a second while no stage is open (the app at rest); `hz` applies while one is.
 IDLE_HZ = 1.0
 
@@ -154,6 +156,11 @@ class Telemetry:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()  # a stage began: sample at full rate from now
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Telemetry:
+        """The telemetry a Settings asks for: [ui] hardware_hz, [adapters] leak_tolerance_mb."""
+        return cls(hz=settings.ui.hardware_hz, leak_tolerance_mb=settings.adapters.leak_tolerance_mb)
 
     # -- state ---------------------------------------------------------------------------------
 

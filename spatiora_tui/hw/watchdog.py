@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 from spatiora_tui.hw.memory import cuda_torch, process_rss_mb
 from spatiora_tui.notices import Notice, NoticeKind
-
-MB = 2**20
+from spatiora_tui.units import MB
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spatiora_tui.engine.api import FAMILY_LABELS
+from spatiora_tui.library.families import FAMILIES, FAMILY_LABELS, family_by_context, family_by_embedding
 from spatiora_tui.library.safetensors_file import FileProblem, Header, read_floats, read_header
 
 UNET = "model.diffusion_model."
@@ -250,7 +250,7 @@ def identify_checkpoint(path: Path, pinned: str = "auto", header: Header | None 
 
 
 def _variant(family: str, inpaint: bool, v_prediction: bool) -> Variant:
-    stem = {"sd1": "sd15", "sd2": "sd2", "sdxl": "sdxl"}[family]
+    stem = FAMILIES[family].variant_stem
     return VARIANTS[f"{stem}-inpaint" if inpaint else f"{stem}-v" if v_prediction else stem]
 
 
@@ -342,13 +342,12 @@ def _dig(data: Any, *keys: str) -> Any:
     return data
 
 
-_CONTEXT = {"sd1": 768, "sd2": 1024, "sdxl": 2048}
-
-
 def _check_yaml_agrees(path: Path, hints: dict[str, Any], family: str, inpaint: bool) -> None:
     context = hints.get("context_dim")
     channels = hints.get("in_channels")
-    if (context is not None and context != _CONTEXT[family]) or (channels is not None and (channels == 9) != inpaint):
+    if (context is not None and context != FAMILIES[family].context_width) or (
+        channels is not None and (channels == 9) != inpaint
+    ):
         raise FileProblem(
             f"{hints['file']} describes another model than {path.name} holds (a "
             f"{_variant(family, inpaint, False).label} checkpoint); remove or replace the yaml"
@@ -450,7 +449,7 @@ def _lora_family_from_shapes(shapes: dict[str, tuple[int, ...]]) -> str | None:
         # encoder's width: 768 (SD 1.x), 1024 (SD 2.x), 2048 (SDXL).
         if re.search(r"attn2[._]to_[kv]", key) and re.search(r"(lora_down|lora_A|lora\.down|hada_w1_b)", key):
             width = shape[1] if len(shape) >= 2 else 0
-            return {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(width)
+            return family_by_context(width)
     for key, shape in shapes.items():
         if re.search(r"lora_te_.*(q_proj|k_proj)", key) and "down" in key and len(shape) >= 2:
             return {768: "sd1", 1024: "sd2"}.get(shape[1])
@@ -499,14 +498,9 @@ def _embedding_shape(header: Header) -> tuple[tuple[int, ...], int] | None:
     return None
 
 
-#: Embedding widths of the real models: CLIP-L 768 (SD 1.x), OpenCLIP-H 1024 (SD 2.x), and
-#: SDXL's pair (768, 1280).
-_EMBEDDING_FAMILIES = {(768,): "sd1", (1024,): "sd2", (768, 1280): "sdxl"}
-
-
 def _embedding_family(header: Header) -> str | None:
     shape = _embedding_shape(header)
-    return _EMBEDDING_FAMILIES.get(shape[0]) if shape else None
+    return family_by_embedding(shape[0]) if shape else None
 
 
 def identify_embedding(path: Path, header: Header | None = None) -> EmbeddingInfo:
@@ -518,4 +512,4 @@ def identify_embedding(path: Path, header: Header | None = None) -> EmbeddingInf
         what = looks_like(header)
         raise FileProblem(f"{path.name} is {what}, not a textual-inversion embedding; {_where_it_goes(what)}")
     widths, vectors = shape
-    return EmbeddingInfo(path, _EMBEDDING_FAMILIES.get(widths), vectors, widths)
+    return EmbeddingInfo(path, family_by_embedding(widths), vectors, widths)

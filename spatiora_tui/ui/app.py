@@ -119,9 +119,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self.renderer = renderer or settings.ui.renderer
         self._image_class: type[Widget] = image_widget_class(self.renderer)
         # Shared with the engine, which marks its stages on it; its thread samples the hardware.
-        self.telemetry = telemetry or Telemetry(
-            hz=settings.ui.hardware_hz, leak_tolerance_mb=settings.adapters.leak_tolerance_mb
-        )
+        self.telemetry = telemetry or Telemetry.from_settings(settings)
         self._tasks: dict[str, TaskSettings] = {t.name: t for t in settings.tasks}
         self._model_ready = False
         self._generation: Worker[Any] | None = None

@@ -16,13 +16,10 @@ from textual.widgets import Sparkline
 from spatiora_tui.hw import HardwareSnapshot, Peak
 from spatiora_tui.ui.text import gauge, markup_safe
 from spatiora_tui.ui.widgets.readout import Readout
+from spatiora_tui.units import mb_text
 
 BAR_WIDTH = 12
 SPARKLINE_REDRAW_S = 1.0
-
-
-def _gb(mb: float | None) -> str:
-    return "—" if mb is None else f"{mb / 1024:.1f} GB" if mb >= 1024 else f"{mb:.0f} MB"
 
 
 def _bar(used: float, total: float) -> str:
@@ -68,8 +65,8 @@ class HardwarePane(Vertical):
         )
         self.query_one("#hw-host", Readout).show(
             f"CPU  {host.cpu_percent:4.0f} %{process_cpu}\n"
-            f"RSS  {_gb(host.process_rss_mb)} (this process)\n"
-            f"RAM  {_bar(host.ram_used_mb, host.ram_total_mb)} {_gb(host.ram_used_mb)} / {_gb(host.ram_total_mb)}"
+            f"RSS  {mb_text(host.process_rss_mb)} (this process)\n"
+            f"RAM  {_bar(host.ram_used_mb, host.ram_total_mb)} {mb_text(host.ram_used_mb)} / {mb_text(host.ram_total_mb)}"
         )
         doing = "idle" if snap.stage is None else snap.stage + (f" · {snap.task}" if snap.task else "")
         self.query_one("#hw-stage", Readout).show(f"[dim]engine[/] {markup_safe(doing)}")
@@ -86,7 +83,7 @@ class HardwarePane(Vertical):
         self._last_time = snap.time
         self._history.extend([vram if vram is not None else host.process_rss_mb] * points)
         self.query_one("#hw-spark-label", Readout).show(
-            f"[dim]{label} · last {self._window}\nnow {_gb(self._history[-1])} · max {_gb(max(self._history))}[/]"
+            f"[dim]{label} · last {self._window}\nnow {mb_text(self._history[-1])} · max {mb_text(max(self._history))}[/]"
         )
         # The line spans minutes: redrawing it once a second is plenty, and it is the pane's
         # most expensive widget to draw.
@@ -112,13 +109,13 @@ class HardwarePane(Vertical):
         if gpu.memory_used_mb is not None and gpu.memory_total_mb:
             lines.append(
                 f"VRAM {_bar(gpu.memory_used_mb, gpu.memory_total_mb)} "
-                f"{_gb(gpu.memory_used_mb)} / {_gb(gpu.memory_total_mb)}"
+                f"{mb_text(gpu.memory_used_mb)} / {mb_text(gpu.memory_total_mb)}"
             )
         detail = []
         if gpu.process_memory_mb is not None:
-            detail.append(f"this process {_gb(gpu.process_memory_mb)}")
+            detail.append(f"this process {mb_text(gpu.process_memory_mb)}")
         if snap.cuda is not None:
-            detail.append(f"CUDA alloc {_gb(snap.cuda.allocated_mb)} · reserved {_gb(snap.cuda.reserved_mb)}")
+            detail.append(f"CUDA alloc {mb_text(snap.cuda.allocated_mb)} · reserved {mb_text(snap.cuda.reserved_mb)}")
         if detail:
             lines.append("     " + " · ".join(detail))
         load = []
@@ -145,13 +142,13 @@ class HardwarePane(Vertical):
             return
         rows = ["[b]peaks by task[/]"]
         for name, peak in by_task.items():
-            vram = f"VRAM {_gb(peak.vram_mb)} · " if peak.vram_mb is not None else ""
-            rows.append(f"{markup_safe(name):<10} {vram}RSS {_gb(peak.rss_mb)}")
+            vram = f"VRAM {mb_text(peak.vram_mb)} · " if peak.vram_mb is not None else ""
+            rows.append(f"{markup_safe(name):<10} {vram}RSS {mb_text(peak.rss_mb)}")
         if task and by_stage:
             rows.append(f"[b]by stage[/] [dim]({markup_safe(task)}, {by_stage_count(by_stage)})[/]")
             for stage, peak in by_stage.items():
-                vram = f"VRAM {_gb(peak.vram_mb)} · " if peak.vram_mb is not None else ""
-                rows.append(f"{stage:<14} {vram}RSS {_gb(peak.rss_mb)}")
+                vram = f"VRAM {mb_text(peak.vram_mb)} · " if peak.vram_mb is not None else ""
+                rows.append(f"{stage:<14} {vram}RSS {mb_text(peak.rss_mb)}")
         self.query_one("#hw-peaks", Readout).show("\n".join(rows))
 
 
