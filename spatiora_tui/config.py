@@ -86,13 +86,29 @@ def _between(lo: float, hi: float) -> typing.Callable[[Any], str | None]:
     return check
 
 
-def _size(value: int) -> str | None:
-    if value % 8:
-        lower, upper = value - value % 8, value - value % 8 + 8
-        return f"must be a multiple of 8 (the VAE works in 8-pixel cells), got {value}; try {lower} or {upper}"
-    if not 64 <= value <= 4096:
-        return f"must be between 64 and 4096, got {value}"
+#: The bounds of what a request may ask, checked in config.toml, on the command line, in the
+#: prompt pane and by the engine.
+STEPS_RANGE = (1, 500)
+GUIDANCE_RANGE = (0.0, 30.0)
+SIZE_RANGE = (64, 4096)
+SIZE_MULTIPLE = 8  # the VAE works in 8-pixel cells
+SEED_RANGE = (0, 2**32 - 1)
+
+
+def check_size(value: int) -> str | None:
+    """Why `value` cannot be a width or height, or None when it can."""
+    if value % SIZE_MULTIPLE:
+        lower = value - value % SIZE_MULTIPLE
+        return (
+            f"must be a multiple of {SIZE_MULTIPLE} (the VAE works in {SIZE_MULTIPLE}-pixel cells), "
+            f"got {value}; try {lower} or {lower + SIZE_MULTIPLE}"
+        )
+    if not SIZE_RANGE[0] <= value <= SIZE_RANGE[1]:
+        return f"must be between {SIZE_RANGE[0]} and {SIZE_RANGE[1]}, got {value}"
     return None
+
+
+_size = check_size
 
 
 def _non_empty(value: str) -> str | None:
@@ -396,8 +412,8 @@ class TaskSettings:
         default="{prompt}", metadata=_doc("Prompt sent to the model; {prompt} is replaced.", _template)
     )
     negative_prompt: str = field(default="", metadata=_doc("Negative prompt for this mode."))
-    steps: int = field(default=25, metadata=_doc("Denoising steps.", _between(1, 500)))
-    guidance: float = field(default=7.0, metadata=_doc("Classifier-free guidance scale.", _between(0, 30)))
+    steps: int = field(default=25, metadata=_doc("Denoising steps.", _between(*STEPS_RANGE)))
+    guidance: float = field(default=7.0, metadata=_doc("Classifier-free guidance scale.", _between(*GUIDANCE_RANGE)))
     scheduler: str = field(default="euler_a", metadata=_doc(f"One of: {', '.join(SCHEDULERS)}.", _scheduler))
     width: int = field(default=512, metadata=_doc("Image width in pixels (multiple of 8).", _size))
     height: int = field(default=512, metadata=_doc("Image height in pixels (multiple of 8).", _size))

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spatiora_tui.config import AdapterRef, Settings, user_cache_dir
+from spatiora_tui.config import AdapterRef, Settings, check_size, user_cache_dir
 from spatiora_tui.hw.telemetry import STAGES, StageRecord, Telemetry, format_mb, format_ms
 
 #: The paper's Table 1 (Spatiora pilot; their hardware, SD 1.5-based, 512x512 as we read it).
@@ -111,8 +111,10 @@ def parse_size(text: str) -> tuple[int, int]:
         width, height = (int(part) for part in text.lower().split("x"))
     except ValueError:
         raise ValueError(f"--size {text!r} is not WIDTHxHEIGHT, e.g. 512x512") from None
-    if width % 8 or height % 8 or width < 64 or height < 64:
-        raise ValueError(f"--size {text}: width and height must be multiples of 8 and at least 64")
+    for name, value in (("width", width), ("height", height)):
+        problem = check_size(value)
+        if problem:
+            raise ValueError(f"--size {text}: width and height must be multiples of 8; the {name} {problem}")
     return width, height
 
 

@@ -16,7 +16,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from spatiora_tui.config import AdapterRef, ConfigError, Settings, TaskSettings, task_with_overrides, user_cache_dir
+from spatiora_tui.config import (
+    SEED_RANGE,
+    AdapterRef,
+    ConfigError,
+    Settings,
+    TaskSettings,
+    task_with_overrides,
+    user_cache_dir,
+)
 from spatiora_tui.engine import previews
 from spatiora_tui.engine.api import (
     FAMILY_LABELS,
@@ -454,9 +462,10 @@ class LocalEngine:
     ) -> ResolvedRequest:
         # Trigger words of the active adapters (from their adapter.toml) that the prompt lacks.
         full_prompt, _ = add_trigger_words(task.render_prompt(prompt), self._loras.trigger_words())
-        seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
-        if not 0 <= seed < 2**32:
-            raise EngineError(f"seed must be between 0 and {2**32 - 1}, got {seed}")
+        low, high = SEED_RANGE
+        seed = request.seed if request.seed is not None else low + secrets.randbelow(high - low + 1)
+        if not low <= seed <= high:
+            raise EngineError(f"seed must be between {low} and {high}, got {seed}")
         embeddings = self._embeddings.use(full_prompt, task.negative_prompt)
         return ResolvedRequest(
             task=task.name,

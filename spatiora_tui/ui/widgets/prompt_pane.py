@@ -11,7 +11,7 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Input, Label
 
-from spatiora_tui.config import TaskSettings
+from spatiora_tui.config import SEED_RANGE, STEPS_RANGE, TaskSettings
 from spatiora_tui.engine.api import GenerationRequest
 
 
@@ -109,8 +109,8 @@ class PromptPane(Vertical):
         steps_text = self.query_one("#steps", Input).value.strip()
         guidance_text = self.query_one("#guidance", Input).value.strip()
         size_text = self.query_one("#size", Input).value.strip().lower()
-        seed = _int("seed", seed_text, 0, 2**32 - 1) if seed_text else None
-        steps = _int("steps", steps_text, 1, 500) if steps_text else None
+        seed = _int("seed", seed_text, *SEED_RANGE) if seed_text else None
+        steps = _int("steps", steps_text, *STEPS_RANGE) if steps_text else None
         try:
             guidance = float(guidance_text) if guidance_text else None
         except ValueError:
