@@ -11,7 +11,8 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from spatiora_tui import failpoints
@@ -77,17 +78,91 @@ class _X0Tap:
         return bool(config.get("predict_x0", False))
 
 
-@dataclass
-class _RunState:
-    start: float
-    total: int
-    every_n: int
-    step_ends: list[float] = field(default_factory=list)
-    first_preview: float | None = None
-    peak_rss: float = 0.0
+#: What a step callback returns to stop the ones after it for this step.
+STOP = object()
+
+
+class StepClock:
+    """Times each step and samples memory; counts the steps the scheduler really takes (Heun
+    evaluates the model twice a step)."""
+
+    def __init__(self, total: int) -> None:
+        self.start = time.perf_counter()
+        self.total = total
+        self.step_ends: list[float] = []
+        self.peak_rss = process_rss_mb()
 
     def sample_memory(self) -> None:
         self.peak_rss = max(self.peak_rss, process_rss_mb())
+
+    def __call__(self, pipeline: Any, step: int, tensors: dict[str, Any]) -> object:
+        self.step_ends.append(time.perf_counter())
+        self.sample_memory()
+        self.total = max(len(pipeline.scheduler.timesteps), step)
+        return None
+
+
+class CancelCheck:
+    """Stops the pipeline (it skips the remaining steps) once `cancel` is set."""
+
+    def __init__(self, cancel: threading.Event) -> None:
+        self.cancel = cancel
+
+    def __call__(self, pipeline: Any, step: int, tensors: dict[str, Any]) -> object:
+        if self.cancel.is_set():
+            pipeline._interrupt = True
+            return STOP  # no preview or progress for a step that is thrown away
+        return None
+
+
+class StepReporter:
+    """Reports each step to `on_step`, with a preview of where denoising is heading on the steps
+    that carry one (every `every_n`, and the last)."""
+
+    def __init__(
+        self, on_step: StepCallback, clock: StepClock, tap: _X0Tap, previewer: Previewer | None, every_n: int
+    ) -> None:
+        self.on_step, self.clock, self.tap, self.previewer, self.every_n = on_step, clock, tap, previewer, every_n
+        self.first_preview: float | None = None
+
+    def __call__(self, pipeline: Any, step: int, tensors: dict[str, Any]) -> object:
+        image = None
+        if self.previewer is not None and (step % self.every_n == 0 or step == self.clock.total):
+            latent = self.tap.latest if self.tap.latest is not None else tensors["latents"]
+            image = self.previewer(latent)
+            if self.first_preview is None:
+                self.first_preview = time.perf_counter()
+        elapsed = self.clock.step_ends[-1] - self.clock.start
+        self.on_step(StepPreview(step=step, total=self.clock.total, image=image, elapsed_s=elapsed))
+        return None
+
+
+StepHook = Callable[[Any, int, dict[str, Any]], object]
+
+
+def compose(*hooks: StepHook) -> Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]:
+    """One `callback_on_step_end` for diffusers from step hooks run in order; a hook returning
+    STOP ends the step's chain. Hooks change no tensors, so the pipeline gets {} back."""
+
+    def on_step_end(pipeline: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        for hook in hooks:
+            if hook(pipeline, index + 1, tensors) is STOP:
+                break
+        return {}
+
+    return on_step_end
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """One run of the pipeline: the image (None when cancelled), what it took, what to tell."""
+
+    image: Any
+    cancelled: bool
+    steps_done: int
+    timings: Timings
+    memory: MemoryPeaks
+    notes: tuple[Notice, ...] = ()
 
 
 def run_generation(
@@ -100,9 +175,8 @@ def run_generation(
     cancel: threading.Event,
     switch_ms: float = 0.0,
     telemetry: Telemetry | None = None,
-) -> tuple[Any, bool, int, Timings, MemoryPeaks, tuple[str, ...]]:
-    """Run the pipeline once. Returns (image or None, cancelled, steps done, timings, memory,
-    warnings).
+) -> RunOutcome:
+    """Run the pipeline once, with step hooks for timing, cancel and previews.
 
     Marks the stages text encode, denoise and VAE decode on `telemetry`: the pipeline encodes
     the prompt and then calls the UNet, so the UNet's first call ends text encoding.
@@ -115,33 +189,13 @@ def run_generation(
         torch.cuda.reset_peak_memory_stats()
     depth = telemetry.depth
     stage_mark = telemetry.mark()
-    state = _RunState(start=time.perf_counter(), total=params.steps, every_n=preview.every_n_steps)
-    state.sample_memory()
-
+    clock = StepClock(params.steps)
     pipe.scheduler = make_scheduler(params.scheduler, pipe.scheduler.config)
     tap = _X0Tap(pipe.scheduler)
-    previewing = previewer is not None and on_step is not None
-
-    def on_step_end(pipeline: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        now = time.perf_counter()
-        state.step_ends.append(now)
-        state.sample_memory()
-        step = index + 1
-        # Second-order samplers (Heun) evaluate the model twice per step: count evaluations.
-        state.total = max(len(pipeline.scheduler.timesteps), step)
-        if cancel.is_set():
-            pipeline._interrupt = True  # the pipeline skips the remaining steps
-            return {}
-        if on_step is None:
-            return {}
-        image = None
-        if previewing and (step % state.every_n == 0 or step == state.total):
-            latent = tap.latest if tap.latest is not None else tensors["latents"]
-            image = previewer(latent)  # type: ignore[misc]  # previewing implies a previewer
-            if state.first_preview is None:
-                state.first_preview = time.perf_counter()
-        on_step(StepPreview(step=step, total=state.total, image=image, elapsed_s=now - state.start))
-        return {}
+    reporter = StepReporter(on_step, clock, tap, previewer, preview.every_n_steps) if on_step is not None else None
+    hooks: list[StepHook] = [clock, CancelCheck(cancel)]
+    if reporter is not None:
+        hooks.append(reporter)
 
     def unet_called(_module: Any, _args: Any) -> None:
         if telemetry.current_stage == "text encode":
@@ -170,7 +224,7 @@ def run_generation(
                 height=params.height,
                 generator=generator,
                 output_type="latent",
-                callback_on_step_end=on_step_end,
+                callback_on_step_end=compose(*hooks),
             )
             del conditioning
             telemetry.close_to(depth)
@@ -190,7 +244,7 @@ def run_generation(
                     )
                 )
             decode_ms = (time.perf_counter() - t_decode) * 1000.0
-            state.sample_memory()
+            clock.sample_memory()
     except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
         if not is_out_of_memory(exc):
             raise
@@ -208,12 +262,13 @@ def run_generation(
     if not on_cuda:
         release_freed_memory()  # the decode's activations, freed but kept by the allocator
     stages = telemetry.records_since(stage_mark)
-    ends = state.step_ends
-    steps_ms = tuple((b - a) * 1000.0 for a, b in zip([state.start, *ends[:-1]], ends))
+    first_preview = reporter.first_preview if reporter is not None else None
+    ends = clock.step_ends
+    steps_ms = tuple((b - a) * 1000.0 for a, b in zip([clock.start, *ends[:-1]], ends))
     timings = Timings(
         switch_ms=switch_ms,
-        first_preview_ms=None if state.first_preview is None else (state.first_preview - state.start) * 1000.0,
-        image_ms=None if image is None else (time.perf_counter() - state.start) * 1000.0,
+        first_preview_ms=None if first_preview is None else (first_preview - clock.start) * 1000.0,
+        image_ms=None if image is None else (time.perf_counter() - clock.start) * 1000.0,
         decode_ms=decode_ms,
         step_ms=steps_ms,
     )
@@ -225,13 +280,13 @@ def run_generation(
         allocated.append(torch.cuda.max_memory_allocated() / 2**20)
         reserved.append(torch.cuda.max_memory_reserved() / 2**20)
     memory = MemoryPeaks(
-        peak_rss_mb=max([state.peak_rss, *(r.peak_rss_mb for r in stages)]),
+        peak_rss_mb=max([clock.peak_rss, *(r.peak_rss_mb for r in stages)]),
         process_peak_rss_mb=process_peak_rss_mb(),
         cuda_max_allocated_mb=max(allocated) if allocated else None,
         cuda_max_reserved_mb=max(reserved) if reserved else None,
     )
-    steps_done = min(len(ends), state.total)
-    return image, image is None, steps_done, timings, memory, tuple(notes)
+    steps_done = min(len(ends), clock.total)
+    return RunOutcome(image, image is None, steps_done, timings, memory, tuple(notes))
 
 
 def _whole_image_inpaint(pipe: Any, params: ResolvedRequest) -> dict[str, Any]:

@@ -389,7 +389,7 @@ class LocalEngine:
             self._active_task = None
         self._telemetry.set_task(task.name)
         params = self._resolve(request, task, prompt, tuple(t.name for t in tags))
-        image, cancelled, steps_done, timings, memory, notes = run_generation(
+        run = run_generation(
             self._pipe,
             self._model,
             params,
@@ -400,7 +400,7 @@ class LocalEngine:
             switch_ms,
             self._telemetry,
         )
-        warnings = (*self._notices, *self._embeddings.pickled(params.full_prompt, params.negative_prompt), *notes)
+        warnings = (*self._notices, *self._embeddings.pickled(params.full_prompt, params.negative_prompt), *run.notes)
         self._notices.clear()
         held_ram, held_vram = self._loras.held_mb()
         drift = self.watchdog.check(read_memory(), held_ram, held_vram, after="generating")
@@ -409,11 +409,11 @@ class LocalEngine:
         return GenerationResult(
             params=params,
             model=self._model,
-            image=image,
-            cancelled=cancelled,
-            steps_done=steps_done,
-            timings=timings,
-            memory=memory,
+            image=run.image,
+            cancelled=run.cancelled,
+            steps_done=run.steps_done,
+            timings=run.timings,
+            memory=run.memory,
             warnings=warnings,
             stages=self._telemetry.records_since(mark),
         )
