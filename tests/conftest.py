@@ -2,12 +2,12 @@
 
 The demo model is built once per test session into a temporary cache; tests that need a loaded
 engine share one (module-scoped) because loading is the slow part. Tasks in `small_settings` use
-64x64 images and few steps so each generation takes tens of milliseconds on a CPU.
+64x64 images and few steps so each generation takes tens of milliseconds on a CPU. Helpers (not
+fixtures) are in tests/helpers.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
@@ -17,9 +17,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from spatiora_tui.config import AdapterRef, Settings, TaskSettings
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import FAMILIES, Tiny, small_settings  # after the environment is set
 
 
 @pytest.fixture(scope="session")
@@ -48,33 +46,6 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
 
 
-def small_tasks() -> tuple[TaskSettings, ...]:
-    common = dict(steps=4, guidance=7.0, width=64, height=64)
-    return (
-        TaskSettings(
-            name="interior",
-            adapters=(AdapterRef("interior", 0.8),),
-            prompt_template="interior photo of {prompt}",
-            scheduler="dpmpp_2m",
-            **common,
-        ),
-        TaskSettings(
-            name="floorplan",
-            adapters=(AdapterRef("floorplan", 1.0),),
-            prompt_template="floor plan of {prompt}",
-            scheduler="euler",
-            **common,
-        ),
-        TaskSettings(name="base", adapters=(), prompt_template="{prompt}", scheduler="euler", **common),
-    )
-
-
-def small_settings(base_dir: Path, **changes: object) -> Settings:
-    """Demo-model settings with tiny tasks, rooted at `base_dir` (adapters/ and outputs/ under it)."""
-    settings = Settings(tasks=small_tasks(), base_dir=base_dir)
-    return dataclasses.replace(settings, **changes) if changes else settings
-
-
 @pytest.fixture(scope="module")
 def engine(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """A loaded LocalEngine on the demo model, shared by one test module."""
@@ -83,20 +54,6 @@ def engine(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     eng = LocalEngine(small_settings(tmp_path_factory.mktemp("engine-root")), cache_dir=cache_dir)
     eng.load()
     return eng
-
-
-# -- tiny single-file checkpoints of every family ------------------------------------------------
-
-FAMILIES = (("sd1", False), ("sd2", False), ("sdxl", False), ("sd1", True), ("sdxl", True))
-
-
-@dataclasses.dataclass(frozen=True)
-class Tiny:
-    family: str
-    inpaint: bool
-    path: Path
-    config: Path
-    pipe: object  # the pipeline the file was written from (do not load adapters into it)
 
 
 @pytest.fixture(scope="session")

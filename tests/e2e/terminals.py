@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 REQUIRE_ENV = "SPATIORA_E2E_REQUIRE"
 

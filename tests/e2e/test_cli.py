@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from spatiora_tui.outputs import read_metadata
-from tests.conftest import REPO
 from tests.e2e.terminals import tasks_config
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.slow
 

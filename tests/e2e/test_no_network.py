@@ -15,8 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import REPO
 from tests.e2e.terminals import Tmux, app_command, make_project, pngs
+from tests.helpers import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform != "linux", reason="Linux /proc")]
 

@@ -11,7 +11,7 @@ import pytest
 
 from spatiora_tui.bench.soak import print_soak, run_soak
 from spatiora_tui.config import load_settings
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ import pytest
 from spatiora_tui.config import AdapterRef, TaskSettings
 from spatiora_tui.engine.api import EngineError, GenerationRequest
 from tests import fake_files, lora_files
-from tests.engine.conftest import tiny_settings
+from tests.engine.helpers import tiny_settings
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from spatiora_tui.config import PathSettings, PreviewSettings
 from spatiora_tui.engine.api import GenerationRequest, StepPreview
 from spatiora_tui.engine.local import LocalEngine
 from spatiora_tui.notices import NoticeKind, of_kind
-from tests.conftest import small_settings
+from tests.helpers import small_settings
 
 REQUEST = GenerationRequest(prompt="a hall", task="floorplan", seed=3, steps=3, width=64, height=64)
 

@@ -17,7 +17,7 @@ from spatiora_tui.engine.conditioning import encode_prompts
 from spatiora_tui.library.hashing import addnet_hash_of_bytes
 from spatiora_tui.outputs import read_metadata, save_result
 from tests import lora_files
-from tests.engine.conftest import tiny_settings
+from tests.engine.helpers import tiny_settings
 
 
 @pytest.fixture(scope="module", params=["sd1", "sdxl"])

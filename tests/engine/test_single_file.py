@@ -12,8 +12,8 @@ from spatiora_tui.config import ModelSettings
 from spatiora_tui.engine.api import EngineError, GenerationRequest
 from spatiora_tui.engine.clip_tokenizer import CONFIGS
 from spatiora_tui.engine.pipeline import TRAINED_BETAS, load_pipeline
-from tests.conftest import FAMILIES
-from tests.engine.conftest import tiny_settings
+from tests.engine.helpers import tiny_settings
+from tests.helpers import FAMILIES
 from tests.layouts import pipeline_to_ldm
 
 

@@ -18,7 +18,7 @@ from spatiora_tui.outputs import read_metadata
 from spatiora_tui.ui.messages import HardwareSampled, StepPreviewReady
 from spatiora_tui.ui.screens.history import HistoryScreen
 from spatiora_tui.ui.widgets.task_pane import TaskPane
-from tests.ui.conftest import outputs, settle, status, with_ui
+from tests.ui.helpers import outputs, settle, status, with_ui
 
 SIZE = (160, 48)
 

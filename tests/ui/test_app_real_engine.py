@@ -12,9 +12,9 @@ from spatiora_tui.config import Settings
 from spatiora_tui.outputs import read_metadata
 from spatiora_tui.ui.app import SpatioraApp
 from spatiora_tui.ui.messages import StepPreviewReady
-from tests.conftest import small_tasks
-from tests.ui.conftest import settle
+from tests.helpers import small_tasks
 from tests.ui.fakes import fake_telemetry
+from tests.ui.helpers import settle
 
 
 async def test_generate_switch_generate_on_the_demo_model(cache_dir: Path, tmp_path: Path) -> None:

@@ -18,9 +18,9 @@ from spatiora_tui import failpoints
 from spatiora_tui.config import AdapterRef, Settings, TaskSettings
 from spatiora_tui.outputs import read_metadata
 from spatiora_tui.ui.app import SpatioraApp
-from tests.conftest import small_tasks
-from tests.ui.conftest import outputs, settle, status
+from tests.helpers import small_tasks
 from tests.ui.fakes import fake_telemetry
+from tests.ui.helpers import outputs, settle, status
 
 SIZE = (160, 48)
 saved_files = outputs

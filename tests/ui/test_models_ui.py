@@ -9,7 +9,7 @@ from textual.widgets import Input, OptionList
 from spatiora_tui.engine.api import ModelChoice
 from spatiora_tui.ui.screens.models import ModelPicker
 from spatiora_tui.ui.widgets.task_pane import TaskPane
-from tests.ui.conftest import outputs, settle, status
+from tests.ui.helpers import outputs, settle, status
 
 SIZE = (160, 48)
 CHOICES = (

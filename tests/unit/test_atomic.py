@@ -18,8 +18,7 @@ import pytest
 from spatiora_tui import atomic, failpoints
 from spatiora_tui.config import Settings, read_settings, settings_to_toml, write_settings
 from spatiora_tui.outputs import HISTORY_INDEX, HistoryIndex, OutputError, read_metadata, save_result
-from tests.conftest import REPO
-from tests.unit.test_outputs import make_result
+from tests.helpers import REPO, make_result
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -28,7 +27,7 @@ CHILD_SAVE = textwrap.dedent("""
     import sys
     from pathlib import Path
     from spatiora_tui import failpoints
-    from tests.unit.test_outputs import make_result
+    from tests.helpers import make_result
     from spatiora_tui.outputs import save_result
     failpoints.arm_from_env()
     save_result(make_result(), Path(sys.argv[1]), sys.argv[2])

@@ -18,7 +18,7 @@ from spatiora_tui.config import (
     task_with_overrides,
     write_settings,
 )
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -8,52 +8,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from spatiora_tui.engine.api import (
-    AdapterUse,
-    GenerationResult,
-    MemoryPeaks,
-    ModelInfo,
-    ResolvedRequest,
-    Timings,
-)
 from spatiora_tui.outputs import OutputError, a1111_parameters, parse_a1111, read_metadata, save_result
+from tests.helpers import make_result
 
-SHA = "ab" * 32
-
-
-def make_result(**changes) -> GenerationResult:
-    params = ResolvedRequest(
-        task="interior",
-        prompt="a loft, with: colons",
-        full_prompt="photo of a loft, with: colons",
-        negative_prompt="blurry\nsecond line",
-        seed=1234,
-        steps=30,
-        guidance=6.5,
-        scheduler="dpmpp_2m",
-        width=64,
-        height=48,
-        adapters=(AdapterUse("interior", 0.8, SHA), AdapterUse("wood", 0.35, "cd" * 32)),
-    )
-    fields = dict(
-        params=params,
-        model=ModelInfo(
-            name="spatiora-demo",
-            source="demo",
-            kind="demo",
-            family="sd1",
-            device="cpu",
-            dtype="fp32",
-            random_weights=True,
-        ),
-        image=Image.new("RGB", (64, 48), (10, 200, 30)),
-        cancelled=False,
-        steps_done=30,
-        timings=Timings(switch_ms=1.5, first_preview_ms=20.0, image_ms=900.0, decode_ms=50.0, step_ms=(30.0,) * 30),
-        memory=MemoryPeaks(peak_rss_mb=500.0, process_peak_rss_mb=510.0),
-    )
-    fields.update(changes)
-    return GenerationResult(**fields)
+SHA = "ab" * 32  # the first adapter's hash in make_result()
 
 
 def test_a1111_text_has_the_fields_other_tools_read() -> None:

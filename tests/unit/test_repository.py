@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 #: Files that are data on purpose, each with why it is as big as it is.
 LARGE_ALLOWED = {

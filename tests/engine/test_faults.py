@@ -102,7 +102,7 @@ def test_failpoints_from_the_environment() -> None:
 
 def test_oom_while_loading_the_model_is_reported_and_loading_again_works(cache_dir, tmp_path) -> None:
     from spatiora_tui.engine.local import LocalEngine
-    from tests.conftest import small_settings
+    from tests.helpers import small_settings
 
     engine = LocalEngine(small_settings(tmp_path), cache_dir=cache_dir)
     failpoints.arm("load", "oom")

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from spatiora_tui.config import AdapterRef, AdapterSettings
 from spatiora_tui.engine.api import GenerationRequest
-from tests.conftest import small_settings
+from tests.helpers import small_settings
 
 
 def demo_adapter(cache_dir: Path, name: str) -> Path:

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from spatiora_tui.config import AdapterRef, TaskSettings
 from spatiora_tui.engine.api import EngineError, GenerationRequest
-from tests.conftest import small_settings, small_tasks
+from tests.helpers import small_settings, small_tasks
 
 
 @pytest.fixture(scope="module")

@@ -102,7 +102,7 @@ def test_every_operation_runs_on_the_engine_thread(cache_dir, tmp_path) -> None:
     # One OpenMP team for all torch work (engine/thread.py): load, switch and the step callback
     # all run on one thread that is not the caller's.
     from spatiora_tui.engine.local import LocalEngine
-    from tests.conftest import small_settings
+    from tests.helpers import small_settings
 
     threads: set[int] = set()
     eng = LocalEngine(small_settings(tmp_path), cache_dir=cache_dir)
@@ -126,7 +126,7 @@ def test_load_freezes_what_lives_for_good_and_nothing_after_it(cache_dir, tmp_pa
     import gc
 
     from spatiora_tui.engine.local import LocalEngine
-    from tests.conftest import small_settings
+    from tests.helpers import small_settings
 
     gc.unfreeze()
     eng = LocalEngine(small_settings(tmp_path), cache_dir=cache_dir)
@@ -145,7 +145,7 @@ def test_preview_every_n_includes_the_last_step(cache_dir, tmp_path) -> None:
 
     from spatiora_tui.config import PreviewSettings
     from spatiora_tui.engine.local import LocalEngine
-    from tests.conftest import small_settings
+    from tests.helpers import small_settings
 
     # Progress at every step; a preview image on every third and the last.
     for method, expected in (("latent2rgb", [3, 6, 7]), ("vae", [3, 6, 7]), ("none", [])):
@@ -235,7 +235,7 @@ def test_a_long_prompt_is_read_whole_in_chunks(engine) -> None:
 
 def test_generate_before_load_is_a_clear_error(cache_dir, tmp_path) -> None:
     from spatiora_tui.engine.local import LocalEngine
-    from tests.conftest import small_settings
+    from tests.helpers import small_settings
 
     eng = LocalEngine(small_settings(tmp_path), cache_dir=cache_dir)
     with pytest.raises(EngineError, match="not loaded"):
