@@ -160,7 +160,7 @@ def _doctor_paths(settings: Settings, row: Callable[[str, str], None], problems:
 def _doctor_adapters(settings: Settings, row: Callable[[str, str], None], problems: list[str]) -> None:
     from safetensors import safe_open
 
-    from spatiora_tui.engine.adapters import LoraManager
+    from spatiora_tui.engine.adapters import AdapterCatalog
     from spatiora_tui.engine.api import EngineError
     from spatiora_tui.engine.demo import DEMO_ADAPTERS, demo_dir
 
@@ -169,8 +169,8 @@ def _doctor_adapters(settings: Settings, row: Callable[[str, str], None], proble
         dirs.append(demo_dir(user_cache_dir()) / "adapters")
     from spatiora_tui.library.catalog import library_folders
 
-    manager = LoraManager(pipe=None, family="", search_dirs=dirs, library_dirs=library_folders(settings).loras)
-    found = manager.available()
+    catalog = AdapterCatalog(dirs, library_folders(settings).loras)
+    found = catalog.available()
     row("adapters", f"{len(found)} file(s) in {', '.join(str(d) for d in dirs)} and the [paths] LoRA folders")
     for name, path in sorted(found.items()):
         try:
@@ -188,7 +188,7 @@ def _doctor_adapters(settings: Settings, row: Callable[[str, str], None], proble
             if demo_pending and ref.name in DEMO_ADAPTERS:
                 continue  # made with the demo model on first use
             try:
-                manager.find(ref.name)
+                catalog.find(ref.name)
             except EngineError as exc:
                 problems.append(f"task {task.name!r}: {exc}")
 

@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
 def run(settings: Settings, args: argparse.Namespace) -> int:
     import json
 
-    from spatiora_tui.engine.adapters import LoraManager
+    from spatiora_tui.engine.adapters import AdapterCatalog
     from spatiora_tui.engine.demo import demo_dir
     from spatiora_tui.library.hashing import HashCache
     from spatiora_tui.library.listing import build_report
@@ -48,7 +48,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     adapter_dirs = [settings.adapter_dir]
     if settings.model.source == "demo" and (demo_dir(user_cache_dir()) / "adapters").is_dir():
         adapter_dirs.append(demo_dir(user_cache_dir()) / "adapters")
-    adapters = LoraManager(pipe=None, family="", search_dirs=adapter_dirs).available()
+    adapters = AdapterCatalog(adapter_dirs).available()
     hashes = None if args.no_hash else HashCache(user_cache_dir() / "hashes.json")
     report = build_report(settings, hashes, progress if sys.stderr.isatty() else None, adapters)
     status(None)

@@ -142,11 +142,11 @@ def test_fast_switch_matches_diffusers_set_adapters(adapter_engine) -> None:
     def image(seed: int = 3) -> np.ndarray:
         return np.asarray(adapter_engine.generate(GenerationRequest(prompt="p", task="floorplan", seed=seed)).image)
 
-    loras._apply(pair)
+    loras.slots.apply(pair)
     ours = image()
     adapter_engine.pipeline.set_adapters(["interior", "floorplan"], adapter_weights=[0.7, 0.4])
     theirs = image()
-    loras._apply(loras.active)
+    loras.slots.apply(loras.active)
     assert np.array_equal(ours, theirs)
     assert not np.array_equal(ours, image()), "the pair really differs from floorplan alone"
 

@@ -114,7 +114,7 @@ def lora_rig(tiny, tmp_path_factory: pytest.TempPathFactory):
 
 
 def holders(manager, name: str) -> int:
-    return sum(1 for layer in manager._tuner_layers() if name in getattr(layer, "lora_A", {}))
+    return sum(1 for layer in manager.slots.tuner_layers() if name in getattr(layer, "lora_A", {}))
 
 
 def test_damaged_loras_apply_whole_or_not_at_all(lora_rig) -> None:

@@ -16,6 +16,7 @@ import torch
 
 from spatiora_tui.config import AdapterRef
 from spatiora_tui.engine.adapters import LoraManager
+from spatiora_tui.engine.adapters.layouts import unet_layers
 from spatiora_tui.engine.api import EngineError
 from tests import fake_files, lora_files
 
@@ -79,15 +80,15 @@ def test_a_peft_dora_file_draws_its_rescaled_weights_and_is_never_swapped_or_fus
         got = lora_files.conditioned_output(pipe)
         want = lora_files.conditioned_output(lora_files.merged_dora(pristine, reference, 0.6))
         assert (got - want).abs().max() < 1e-4
-        manager._fuse = True  # fused mode leaves a DoRA set unfused: the same output
+        manager.fuse = True  # fused mode leaves a DoRA set unfused: the same output
         manager.activate([AdapterRef("dora", 0.6)])
         assert not manager.fused
         assert (lora_files.conditioned_output(pipe) - want).abs().max() < 1e-4
     finally:
-        manager._fuse = False
+        manager.fuse = False
         manager.activate([])
         manager.evict("dora")
-    assert manager._unet_layers(manager._parsed("dora")[0]) == {}, "never copied into another adapter's layers"
+    assert unet_layers(pipe, manager.catalog.read("dora", family)) == {}, "never copied into another adapter's layers"
 
 
 def test_a_sdxl_file_mixing_two_block_namings_is_refused_not_half_applied(model) -> None:

@@ -89,7 +89,7 @@ def test_prefetch_reads_ahead_so_the_switch_does_not_touch_the_disk(cache_dir: P
     assert switch.tiers == (("floorplan", "RAM (prefetched)"),)
     assert switch.loaded_from_disk == () and "read" not in dict(switch.phases_ms)
     engine.prefetch("floorplan")  # resident now: nothing to read
-    assert not engine.loras._pending
+    assert not engine.loras.ram.pending
     engine.prefetch("no-such-task")  # unknown tasks are ignored, not an error
 
 
