@@ -159,9 +159,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="spatiora-measure-") as tmp:
         loader = None
         if args.arch != "config":
-            from spatiora_tui.bench.tasks import arch_engine_parts, parse_size
+            from spatiora_tui.bench.arch import engine_parts
+            from spatiora_tui.config import parse_size
 
-            settings, loader = arch_engine_parts(
+            settings, loader = engine_parts(
                 settings, args.arch, (args.task,), args.steps, parse_size(args.size), Path(tmp)
             )
         _measure(args, settings, LocalEngine(settings, loader=loader))

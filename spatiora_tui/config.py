@@ -95,6 +95,15 @@ SIZE_MULTIPLE = 8  # the VAE works in 8-pixel cells
 SEED_RANGE = (0, 2**32 - 1)
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """(width, height) of "WIDTHxHEIGHT" (any case, spaces around); ValueError saying the form
+    when it is not one. Bounds are check_size's."""
+    parts = text.strip().lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"size {text.strip()!r} should be WIDTHxHEIGHT, e.g. 768x512")
+    return int(parts[0]), int(parts[1])
+
+
 def check_size(value: int) -> str | None:
     """Why `value` cannot be a width or height, or None when it can."""
     if value % SIZE_MULTIPLE:

@@ -36,7 +36,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
+from spatiora_tui.bench.arch import TARGET_MODULES
+
 ADAPTERS = ("bench_a", "bench_b", "bench_c")
 
 
@@ -75,30 +76,6 @@ class LoraBenchResult:
         return self.naive_ms / ms if ms > 0 else float("inf")
 
 
-def unet_config(arch: str) -> dict[str, Any]:
-    """The published UNet configurations (diffusers names; the rest are diffusers' defaults)."""
-    if arch == "sd15":
-        return dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
-    if arch == "sdxl":
-        return dict(
-            sample_size=128,
-            cross_attention_dim=2048,
-            block_out_channels=(320, 640, 1280),
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            transformer_layers_per_block=(1, 2, 10),
-            attention_head_dim=(5, 10, 20),
-            use_linear_projection=True,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=256,
-            projection_class_embeddings_input_dim=2816,
-        )
-    raise ValueError(f"unknown architecture {arch!r}; choose demo, sd15 or sdxl")
-
-
-FAMILY = {"demo": "sd1", "sd15": "sd1", "sdxl": "sdxl"}
-
-
 def run_lora_bench(
     arch: str = "sd15",
     rank: int = 64,
@@ -112,25 +89,17 @@ def run_lora_bench(
     from spatiora_tui.engine.pipeline import quiet_libraries
 
     quiet_libraries()  # before diffusers is imported: its import chatter would land on the terminal
-    import torch
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
-    from spatiora_tui.config import AdapterRef, user_cache_dir
+    from spatiora_tui.bench.arch import FAMILY, build_pipeline, write_random_adapters
+    from spatiora_tui.config import AdapterRef, ModelSettings, user_cache_dir
     from spatiora_tui.engine.adapters import LoraManager
-    from spatiora_tui.engine.demo import ensure_demo
     from spatiora_tui.hw.watchdog import LeakWatchdog, read_memory
 
-    demo = ensure_demo(cache_dir or user_cache_dir())
-    extra: dict[str, Any] = {}
-    if arch != "demo":  # demo: the demo model's own tiny UNet, for a quick check that all runs
-        say(f"building the {arch} UNet with random weights…")
-        torch.manual_seed(0)
-        extra["unet"] = UNet2DConditionModel(**unet_config(arch)).eval()
-    pipe = StableDiffusionPipeline.from_pretrained(
-        str(demo / "pipeline"), safety_checker=None, requires_safety_checker=False, **extra
-    ).to(device)
+    # The demo's pipeline around the architecture's UNet (random weights; `demo`: the demo's own
+    # tiny UNet): the adapters are UNet-only, so the other parts never take part.
+    model = ModelSettings(source="demo", device=device, dtype="fp32")  # type: ignore[arg-type]  # cpu or cuda
+    pipe, _ = build_pipeline(arch, model, cache_dir or user_cache_dir(), say, unet_only=True)
     unet = pipe.unet
-    pipe.set_progress_bar_config(disable=True)
     family = FAMILY[arch]
     watchdog = LeakWatchdog(tolerance_mb=256)
     watchdog.set_baseline(read_memory())
@@ -141,7 +110,7 @@ def run_lora_bench(
     with tempfile.TemporaryDirectory(prefix="spatiora-bench-lora-") as tmp:
         folder = Path(tmp)
         say(f"writing {len(ADAPTERS)} rank-{rank} adapters…")
-        files = [_write_adapter(pipe, folder, name, rank, seed=i) for i, name in enumerate(ADAPTERS)]
+        files = write_random_adapters(pipe, folder, ADAPTERS, rank)
         adapter_mb = files[0].stat().st_size / 2**20
         big = 4 * adapter_mb * len(ADAPTERS)  # MB limits that never bind
 
@@ -293,27 +262,6 @@ def _targeted_base_weights(unet: Any) -> dict[str, Any]:
         for name, module in unet.named_modules()
         if name.endswith(TARGET_MODULES) and hasattr(module, "weight") and "lora" not in name
     }
-
-
-def _write_adapter(pipe: Any, folder: Path, name: str, rank: int, seed: int) -> Path:
-    import torch
-    from diffusers import StableDiffusionPipeline
-    from peft import LoraConfig, get_peft_model_state_dict
-
-    torch.manual_seed(1000 + seed)
-    unet = pipe.unet
-    unet.add_adapter(
-        LoraConfig(r=rank, lora_alpha=rank, target_modules=list(TARGET_MODULES), init_lora_weights=False),
-        adapter_name=name,
-    )
-    state = {
-        k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(unet, adapter_name=name).items()
-    }
-    unet.delete_adapters(name)
-    StableDiffusionPipeline.save_lora_weights(
-        str(folder), unet_lora_layers=state, weight_name=f"{name}.safetensors", safe_serialization=True
-    )
-    return folder / f"{name}.safetensors"
 
 
 def _clear(manager: Any) -> None:

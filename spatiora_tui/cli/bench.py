@@ -10,12 +10,26 @@ import argparse
 import sys
 from pathlib import Path
 
+from spatiora_tui.bench.arch import ARCHES
 from spatiora_tui.cli.common import EXIT_FAILED, EXIT_OK, UsageError, task_list
-from spatiora_tui.config import Settings
+from spatiora_tui.config import Settings, check_size, parse_size
 
 
 def _say(text: str) -> None:
     print(text, file=sys.stderr)
+
+
+def _size(text: str) -> tuple[int, int]:
+    """--size WIDTHxHEIGHT, each side checked (a UsageError naming what is wrong)."""
+    try:
+        width, height = parse_size(text)
+    except ValueError as exc:
+        raise UsageError(f"--size: {exc}") from None
+    for name, value in (("width", width), ("height", height)):
+        problem = check_size(value)
+        if problem:
+            raise UsageError(f"--size {text}: width and height must be multiples of 8; the {name} {problem}")
+    return width, height
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -31,7 +45,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     bench.add_argument(
         "--arch",
         default="demo",
-        choices=["demo", "sd15", "sdxl"],
+        choices=ARCHES,
         help="demo: the demo model (fast); sd15/sdxl: the real architectures with random "
         "weights (time and memory of the real models)",
     )
@@ -90,7 +104,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     lora.add_argument(
         "--arch",
         default="sd15",
-        choices=["sd15", "sdxl", "demo"],
+        choices=ARCHES,
         help="UNet architecture (default sd15; demo: the tiny demo UNet, a quick check)",
     )
     lora.add_argument("--rank", type=int, default=64, help="LoRA rank of the three adapters (default 64)")
@@ -110,17 +124,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
 
 
 def run_tasks(settings: Settings, args: argparse.Namespace) -> int:
-    from spatiora_tui.bench.tasks import markdown_table, parse_size, print_table, run_bench, write_json
+    from spatiora_tui.bench.table import run_bench
+    from spatiora_tui.bench.table_report import markdown_table, print_table, write_json
 
     tasks = task_list(args.tasks)
     if args.runs < 1 or args.steps < 1:
         raise UsageError("--runs and --steps must be at least 1")
     if args.rank is not None and args.rank < 1:
         raise UsageError("--rank must be at least 1")
-    try:
-        size = parse_size(args.size)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    size = _size(args.size)
     result = run_bench(
         settings, args.arch, tasks, args.runs, args.steps, size, device=args.device, rank=args.rank, say=_say
     )
@@ -135,11 +147,10 @@ def run_tasks(settings: Settings, args: argparse.Namespace) -> int:
 def run_soak(settings: Settings, args: argparse.Namespace) -> int:
     from spatiora_tui.bench.soak import print_soak, write_json
     from spatiora_tui.bench.soak import run_soak as soak
-    from spatiora_tui.bench.tasks import parse_size
 
     tasks = task_list(args.tasks)
+    size = _size(args.size)
     try:
-        size = parse_size(args.size)
         result = soak(settings, args.generations, tasks, size, args.steps, args.cancel_every, args.warmup, say=_say)
     except ValueError as exc:
         raise UsageError(str(exc)) from None

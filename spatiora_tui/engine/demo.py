@@ -17,8 +17,9 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from spatiora_tui.engine.clip_tokenizer import bytes_to_unicode
 from spatiora_tui.library.hashing import file_sha256
@@ -239,7 +240,6 @@ def build_demo(target: Path) -> None:
     """Build the demo pipeline and adapters into `target` (which must not exist yet)."""
     import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from peft import LoraConfig, get_peft_model_state_dict
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     target.mkdir(parents=True)
@@ -322,16 +322,8 @@ def build_demo(target: Path) -> None:
     }
     for index, name in enumerate(DEMO_ADAPTERS):
         rank, modules = targets[name]
-        torch.manual_seed(_SEED + 10 + index)
-        config = LoraConfig(r=rank, lora_alpha=rank, target_modules=modules, init_lora_weights=False)
-        unet.add_adapter(config, adapter_name=name)
-        state = get_peft_model_state_dict(unet, adapter_name=name)
         # Random B matrices are small; scale them so each adapter visibly changes the image.
-        state = {k: (v * 4.0 if "lora_B" in k else v).contiguous() for k, v in state.items()}
-        StableDiffusionPipeline.save_lora_weights(
-            str(adapters), unet_lora_layers=state, weight_name=f"{name}.safetensors", safe_serialization=True
-        )
-        unet.delete_adapters(name)
+        write_random_lora(unet, adapters, name, rank, modules, seed=_SEED + 10 + index, up_scale=4.0)
 
     files = sorted(p for p in target.rglob("*") if p.is_file())
     manifest = {
@@ -340,6 +332,39 @@ def build_demo(target: Path) -> None:
         "files": {str(p.relative_to(target)): file_sha256(p) for p in files},
     }
     (target / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
+
+
+def write_random_lora(
+    unet: Any, folder: Path, name: str, rank: int, modules: Sequence[str], seed: int, up_scale: float = 1.0
+) -> Path:
+    """A LoRA of `rank` with random weights on `modules` of `unet`, written as diffusers writes
+    one (folder/NAME.safetensors); `up_scale` multiplies its up (B) matrices. The UNet is left as
+    it was. What the demo's adapters and the benchmarks' are made with."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    torch.manual_seed(seed)
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=list(modules), init_lora_weights=False)
+    had_adapters = bool(getattr(unet, "peft_config", None))
+    unet.add_adapter(config, adapter_name=name)
+    try:
+        state = get_peft_model_state_dict(unet, adapter_name=name)
+        state = {
+            k: (
+                v.detach().to("cpu") * up_scale if up_scale != 1.0 and "lora_B" in k else v.detach().to("cpu")
+            ).contiguous()
+            for k, v in state.items()
+        }
+    finally:
+        if had_adapters:
+            unet.delete_adapters(name)
+        else:
+            unet.unload_lora()  # the LoRA wrappers out too: the UNet's modules as they were
+    StableDiffusionPipeline.save_lora_weights(
+        str(folder), unet_lora_layers=state, weight_name=f"{name}.safetensors", safe_serialization=True
+    )
+    return folder / f"{name}.safetensors"
 
 
 def verify_demo(folder: Path) -> str | None:

@@ -118,3 +118,23 @@ def test_a_failed_load_after_making_room_puts_the_previous_adapter_back(engines)
         (folder / "alien.safetensors").unlink()
     assert one.loras.resident == ("interior",) and [u.name for u in one.loras.active] == ["interior"]
     assert np.abs(image(one) - before).max() <= 1, "the next image is exactly as before the attempt"
+
+
+def test_a_manager_is_freed_by_reference_counting_alone(tmp_path) -> None:
+    # The engine freezes long-lived objects out of the cyclic collector (freeze_long_lived): a
+    # manager in a reference cycle would keep its RAM tier for the life of the process.
+    import gc
+    import weakref
+
+    from spatiora_tui.engine.adapters import LoraManager
+
+    manager = LoraManager(None, "sd1", [tmp_path])
+    manager.prefetch(["missing"])  # the prefetch thread and its reader come and go
+    manager.wait_prefetch()
+    gone = weakref.ref(manager)
+    gc.disable()
+    try:
+        del manager
+        assert gone() is None
+    finally:
+        gc.enable()

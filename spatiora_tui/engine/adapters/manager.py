@@ -67,7 +67,7 @@ class LoraManager:
         self.fuse = fuse
         self._clock = PhaseClock()
         self.catalog = AdapterCatalog(search_dirs, library_dirs, allow_pickle)
-        self.ram = RamTier(int(ram_cache_mb * MB), self._prefetch_read)
+        self.ram = RamTier(int(ram_cache_mb * MB))
         self.slots = DeviceSlots(pipe, resident_max, int(resident_mb * MB), self._clock)
         self._fuser = Fuser(self._clock)
         self._active: tuple[AdapterUse, ...] = ()
@@ -161,7 +161,7 @@ class LoraManager:
     def prefetch(self, names: Sequence[str]) -> None:
         """Read adapters into the RAM cache in the background (returns at once), so that a coming
         switch does not wait for the disk. Problems are left for the switch to report."""
-        self.ram.prefetch(names, skip=lambda name: name in self.slots)
+        self.ram.prefetch(names, self._prefetch_read, skip=self.slots.__contains__)
 
     def wait_prefetch(self) -> None:
         """Block until the prefetches asked for so far are done (for tests and benchmarks)."""

@@ -17,9 +17,8 @@ Reader = Callable[[str], AdapterFile]
 class RamTier:
     """Parsed adapter files up to `limit` bytes, shared with one prefetch thread."""
 
-    def __init__(self, limit: int, reader: Reader) -> None:
+    def __init__(self, limit: int) -> None:
         self._limit = limit
-        self._reader = reader
         self._files: OrderedDict[str, AdapterFile] = OrderedDict()
         self._pending: dict[str, Future[None]] = {}
         self._lock = threading.Lock()
@@ -72,9 +71,11 @@ class RamTier:
         with self._lock:
             self._files.pop(name, None)
 
-    def prefetch(self, names: Iterable[str], skip: Callable[[str], bool]) -> None:
-        """Read `names` in the background (returns at once), leaving out those `skip` says are
-        not needed. Problems are left for the switch, which reads the file itself and says so."""
+    def prefetch(self, names: Iterable[str], reader: Reader, skip: Callable[[str], bool]) -> None:
+        """Read `names` with `reader` in the background (returns at once), leaving out those
+        `skip` says are not needed. Problems are left for the switch, which reads the file itself
+        and says so. (The reader is passed per call, not kept: a tier holding its manager's
+        method would make a reference cycle that outlives the model.)"""
         if self._limit <= 0:
             return
         with self._lock:
@@ -83,7 +84,7 @@ class RamTier:
                     continue
                 if self._pool is None:
                     self._pool = ThreadPoolExecutor(1, thread_name_prefix="spatiora-prefetch")
-                self._pending[name] = self._pool.submit(self._prefetch_one, name)
+                self._pending[name] = self._pool.submit(self._prefetch_one, name, reader)
 
     def wait(self) -> None:
         """Block until the prefetches asked for so far are done."""
@@ -115,9 +116,9 @@ class RamTier:
         while self._files and sum(f.nbytes for f in self._files.values()) > self._limit:
             self._files.popitem(last=False)
 
-    def _prefetch_one(self, name: str) -> None:
+    def _prefetch_one(self, name: str, reader: Reader) -> None:
         try:
-            adapter = self._reader(name)
+            adapter = reader(name)
             adapter.prefetched = True
             self.put(name, adapter)
         except Exception:

@@ -11,7 +11,7 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Input, Label
 
-from spatiora_tui.config import SEED_RANGE, STEPS_RANGE, TaskSettings
+from spatiora_tui.config import SEED_RANGE, STEPS_RANGE, TaskSettings, parse_size
 from spatiora_tui.engine.api import GenerationRequest
 
 
@@ -117,10 +117,10 @@ class PromptPane(Vertical):
             raise FormError(f"guidance {guidance_text!r} is not a number, e.g. 7 or 6.5") from None
         width = height = None
         if size_text:
-            parts = size_text.split("x")
-            if len(parts) != 2 or not all(p.isdigit() for p in parts):
-                raise FormError(f"size {size_text!r} should be WIDTHxHEIGHT, e.g. 768x512")
-            width, height = int(parts[0]), int(parts[1])
+            try:
+                width, height = parse_size(size_text)
+            except ValueError as exc:
+                raise FormError(str(exc)) from None
         return GenerationRequest(
             prompt=prompt,
             task=task,
