@@ -36,50 +36,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-VARIANTS = {"sd15": "sd15", "sdxl": "sdxl"}
-
 
 def build(arch: str, seed: int):
-    """The real architecture from the shipped config folder, random weights, fp16."""
-    import diffusers
-    import torch
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    """The real architecture from the shipped config folders, random weights, fp16."""
+    from spatiora_tui.bench.arch import build_pipeline
+    from spatiora_tui.config import ModelSettings
 
-    from spatiora_tui.engine.clip_tokenizer import CONFIGS, PAD_CLIP_L, PAD_OPEN_CLIP, clip_tokenizer
-
-    folder = CONFIGS / VARIANTS[arch]
-    torch.manual_seed(seed)
-    torch.set_default_dtype(torch.float16)
-    try:
-        unet = diffusers.UNet2DConditionModel.from_config(diffusers.UNet2DConditionModel.load_config(folder / "unet"))
-        vae = diffusers.AutoencoderKL.from_config(diffusers.AutoencoderKL.load_config(folder / "vae"))
-        te = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
-        scheduler = diffusers.EulerDiscreteScheduler.from_config(
-            diffusers.EulerDiscreteScheduler.load_config(folder / "scheduler")
-        )
-        if arch == "sdxl":
-            te2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(folder / "text_encoder_2"))
-            return diffusers.StableDiffusionXLPipeline(
-                vae=vae,
-                text_encoder=te,
-                text_encoder_2=te2,
-                tokenizer=clip_tokenizer(PAD_CLIP_L),
-                tokenizer_2=clip_tokenizer(PAD_OPEN_CLIP),
-                unet=unet,
-                scheduler=scheduler,
-            )
-        return diffusers.StableDiffusionPipeline(
-            vae=vae,
-            text_encoder=te,
-            tokenizer=clip_tokenizer(PAD_CLIP_L),
-            unet=unet,
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-    finally:
-        torch.set_default_dtype(torch.float32)
+    pipe, _ = build_pipeline(arch, ModelSettings(device="cpu", dtype="fp16"), Path(tempfile.gettempdir()), seed=seed)
+    return pipe
 
 
 def write(arch: str, work: Path, seed: int) -> tuple[Path, Path]:

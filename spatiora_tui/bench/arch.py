@@ -34,8 +34,10 @@ def build_pipeline(
     cache_dir: Path,
     say: Callable[[str], object] = print,
     unet_only: bool = False,
+    seed: int = 0,
 ) -> tuple[Any, Any]:
-    """(pipeline, ModelInfo) for `arch` on the device and dtype `model_settings` ask for.
+    """(pipeline, ModelInfo) for `arch` on the device and dtype `model_settings` ask for; the
+    random weights are drawn from `seed`.
 
     `unet_only`: only the UNet at full size, every other part the demo's (for measurements that
     touch nothing but the UNet, such as adapter switches: they then fit in less memory)."""
@@ -50,9 +52,9 @@ def build_pipeline(
     if unet_only:
         pipe, info, _ = load_pipeline(demo, cache_dir, say)
         say(f"building the {arch} UNet with random weights")
-        pipe.unet = random_components(arch, pipe.unet.dtype, ("unet",))["unet"].to(pipe.unet.device)
+        pipe.unet = random_components(arch, pipe.unet.dtype, ("unet",), seed)["unet"].to(pipe.unet.device)
         return pipe, dataclasses.replace(info, name=f"{arch} UNet (random weights) in the demo pipeline")
-    return _random_pipeline(arch, model_settings, say)
+    return _random_pipeline(arch, model_settings, say, seed)
 
 
 def write_random_adapters(pipe: Any, folder: Path, names: Sequence[str], rank: int) -> list[Path]:
@@ -108,7 +110,7 @@ def adapter_name(task: str) -> str:
     return f"bench_{task}"
 
 
-def random_components(arch: str, dtype: Any, parts: Sequence[str]) -> dict[str, Any]:
+def random_components(arch: str, dtype: Any, parts: Sequence[str], seed: int = 0) -> dict[str, Any]:
     """The named components of `arch` from the shipped configs, random weights, built in `dtype`
     (never a float32 copy first)."""
     import diffusers
@@ -128,7 +130,7 @@ def random_components(arch: str, dtype: Any, parts: Sequence[str]) -> dict[str, 
             CLIPTextConfig.from_pretrained(folder / "text_encoder_2")
         ),
     }
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -137,7 +139,9 @@ def random_components(arch: str, dtype: Any, parts: Sequence[str]) -> dict[str, 
         torch.set_default_dtype(previous)
 
 
-def _random_pipeline(arch: str, model_settings: ModelSettings, say: Callable[[str], object]) -> tuple[Any, Any]:
+def _random_pipeline(
+    arch: str, model_settings: ModelSettings, say: Callable[[str], object], seed: int
+) -> tuple[Any, Any]:
     from spatiora_tui.engine.pipeline import dtype_label, quiet_libraries, resolve_device, resolve_dtype
 
     quiet_libraries()
@@ -150,7 +154,7 @@ def _random_pipeline(arch: str, model_settings: ModelSettings, say: Callable[[st
     dtype = resolve_dtype(model_settings.dtype, device)
     say(f"building the {arch} architecture with random weights")
     xl = arch == "sdxl"
-    parts = random_components(arch, dtype, ("unet", "vae", "text_encoder", *(("text_encoder_2",) if xl else ())))
+    parts = random_components(arch, dtype, ("unet", "vae", "text_encoder", *(("text_encoder_2",) if xl else ())), seed)
     scheduler = diffusers.EulerDiscreteScheduler.from_config(
         diffusers.EulerDiscreteScheduler.load_config(CONFIGS / arch / "scheduler")
     )
