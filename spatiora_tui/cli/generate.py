@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -153,9 +154,14 @@ def run_cancellable(job: Callable[[threading.Event], Any]) -> tuple[Any, bool]:
     at `cancel` (as the last step ends, or while the image decodes) still counts, so the caller
     keeps nothing either way.
 
-    The main thread waits on an Event, not Thread.join: on Python 3.11 a join interrupted by
-    ctrl+c can return while the thread still runs, and the interpreter then aborts at exit.
-    A second ctrl+c while cancelling quits at once.
+    While the job runs, SIGINT sets a flag through a handler of its own rather than raising
+    KeyboardInterrupt: Python runs a signal's handler at the main thread's next bytecode, and a
+    KeyboardInterrupt that landed just after the job finished escaped every `except` around the
+    wait (the image was then kept, or the run ended as "interrupted"). The main thread waits on an
+    Event, not Thread.join: on Python 3.11 a join interrupted by ctrl+c can return while the
+    thread still runs, and the interpreter then aborts at exit. A second ctrl+c while cancelling
+    quits at once. A process started with SIGINT ignored (a shell's background job) keeps
+    ignoring it, as Python itself does.
     """
     cancel, finished = threading.Event(), threading.Event()
     box: dict[str, Any] = {}
@@ -168,19 +174,28 @@ def run_cancellable(job: Callable[[threading.Event], Any]) -> tuple[Any, bool]:
         finally:
             finished.set()
 
-    threading.Thread(target=target, name="spatiora-generate", daemon=True).start()
-    try:
-        while not finished.wait(0.1):
-            pass
-    except KeyboardInterrupt:
-        cancel.set()
-        print("\ncancelling… (ctrl+c again to quit at once)", file=sys.stderr)
-        try:
-            while not finished.wait(0.1):
-                pass
-        except KeyboardInterrupt:
+    def on_sigint(signum: int, frame: object) -> None:
+        if cancel.is_set():
             print("quit before the step finished", file=sys.stderr)
             os._exit(EXIT_CANCELLED)
+        cancel.set()
+        print("\ncancelling… (ctrl+c again to quit at once)", file=sys.stderr)
+
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN:
+        previous = None  # started with ctrl+c ignored (`spatiora generate ... &`): it stays ignored
+    else:
+        try:
+            signal.signal(signal.SIGINT, on_sigint)
+        except ValueError:  # not the main thread, where no ctrl+c is delivered anyway
+            previous = None
+    try:
+        threading.Thread(target=target, name="spatiora-generate", daemon=True).start()
+        while not finished.wait(0.1):
+            pass
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     if "error" in box:
         raise box["error"]
     return box["value"], cancel.is_set()

@@ -218,6 +218,9 @@ def test_ctrl_c_cancels_cleanly_and_saves_nothing(project: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # As in a terminal's foreground job: a suite started in the background (`make test &`)
+        # hands its children SIGINT ignored, and they rightly keep ignoring it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stderr is not None
     deadline = time.monotonic() + 120

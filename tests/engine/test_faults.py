@@ -4,6 +4,7 @@ keeps working and makes the same image it made before."""
 
 from __future__ import annotations
 
+import signal
 import threading
 
 import numpy as np
@@ -128,6 +129,16 @@ def test_a_memory_error_while_denoising_becomes_engine_oom(engine, reference) ->
     assert np.array_equal(pixels(engine.generate(REQUEST)), reference)
 
 
+@pytest.fixture
+def foreground_sigint():
+    """SIGINT as a foreground terminal job gets it, even where the suite runs in the background
+    (`make test &` hands it SIGINT ignored, and interrupt_main then does nothing)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("foreground_sigint")
 def test_ctrl_c_as_the_last_step_ends_still_cancels(cache_dir, tmp_path, monkeypatch, capsys) -> None:
     # The unlucky moment: SIGINT lands after the engine's last look at the cancel flag, so the
     # image completes. ctrl+c still means "stop and keep nothing", exit 130.
