@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +92,14 @@ def make_result(**changes: Any) -> GenerationResult:
     )
     fields.update(changes)
     return GenerationResult(**fields)
+
+
+@contextmanager
+def sigint_handled_by(handler: Callable[..., object] | int) -> Iterator[None]:
+    """SIGINT set to `handler` inside the block (Python's default_int_handler: a terminal's
+    foreground job; SIG_IGN: a shell's background job), put back after."""
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -351,10 +351,7 @@ def write_random_lora(
     try:
         state = get_peft_model_state_dict(unet, adapter_name=name)
         state = {
-            k: (
-                v.detach().to("cpu") * up_scale if up_scale != 1.0 and "lora_B" in k else v.detach().to("cpu")
-            ).contiguous()
-            for k, v in state.items()
+            k: (v.detach().to("cpu") * (up_scale if "lora_B" in k else 1.0)).contiguous() for k, v in state.items()
         }
     finally:
         if had_adapters:

@@ -13,6 +13,7 @@ import pytest
 from spatiora_tui import failpoints
 from spatiora_tui.engine.api import EngineOOM, GenerationRequest, StepPreview
 from spatiora_tui.engine.api import is_out_of_memory as _is_out_of_memory
+from tests.helpers import sigint_handled_by
 
 REQUEST = GenerationRequest(prompt="a hall", task="floorplan", seed=11)
 
@@ -39,8 +40,9 @@ def test_oom_while_denoising_is_reported_and_the_next_generation_succeeds(engine
     assert np.array_equal(pixels(engine.generate(REQUEST)), reference), "same image after the failure"
 
 
-def test_oom_in_vae_decode_retries_in_tiles(engine, reference) -> None:
-    failpoints.arm("vae decode", "oom")
+@pytest.mark.parametrize("action", ["oom", "memory"])  # CUDA's OOM, and the CPU allocator's MemoryError
+def test_oom_in_vae_decode_retries_in_tiles(engine, reference, action) -> None:
+    failpoints.arm("vae decode", action)
     result = engine.generate(REQUEST)
     assert any("decoded in tiles" in w for w in result.warnings)
     assert np.abs(pixels(result) - reference).max() <= 2, "the tiled decode draws the same image"
@@ -113,14 +115,6 @@ def test_oom_while_loading_the_model_is_reported_and_loading_again_works(cache_d
     assert engine.load().kind == "demo", "loading again works"
 
 
-def test_the_cpu_allocators_memory_error_in_vae_decode_retries_in_tiles(engine, reference) -> None:
-    # A MemoryError (the CPU allocator's) is out of memory as much as torch.OutOfMemoryError.
-    failpoints.arm("vae decode", "memory")
-    result = engine.generate(REQUEST)
-    assert any("decoded in tiles" in str(w) for w in result.warnings)
-    assert np.abs(pixels(result) - reference).max() <= 2
-
-
 def test_a_memory_error_while_denoising_becomes_engine_oom(engine, reference) -> None:
     failpoints.arm("denoise", "memory", at=2)
     with pytest.raises(EngineOOM, match="out of memory during denoise"):
@@ -133,9 +127,8 @@ def test_a_memory_error_while_denoising_becomes_engine_oom(engine, reference) ->
 def foreground_sigint():
     """SIGINT as a foreground terminal job gets it, even where the suite runs in the background
     (`make test &` hands it SIGINT ignored, and interrupt_main then does nothing)."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, previous)
+    with sigint_handled_by(signal.default_int_handler):
+        yield
 
 
 @pytest.mark.usefixtures("foreground_sigint")

@@ -10,15 +10,15 @@ import threading
 import pytest
 
 from spatiora_tui.cli.generate import run_cancellable
+from tests.helpers import sigint_handled_by
 
 
 @pytest.fixture
 def sigint(request: pytest.FixtureRequest):
     """SIGINT set to `request.param` for the test (a terminal's foreground job: Python's default
     handler; a shell's background job: ignored), put back after."""
-    previous = signal.signal(signal.SIGINT, request.param)
-    yield
-    signal.signal(signal.SIGINT, previous)
+    with sigint_handled_by(request.param):
+        yield
 
 
 def _job(interrupt_at: int | None, seen: list[object]):
