@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from spatiora_tui.config import Settings
+from tests.fake_engine import FakeEngine
 from tests.helpers import small_tasks
-from tests.ui.fakes import FakeEngine, fake_telemetry
+from tests.ui.fakes import fake_telemetry
 
 
 @pytest.fixture

@@ -18,8 +18,9 @@ from spatiora_tui.config import Settings
 from spatiora_tui.outputs import save_result
 from spatiora_tui.ui.app import SpatioraApp
 from spatiora_tui.ui.messages import HardwareSampled
+from tests.fake_engine import FakeEngine
 from tests.helpers import small_tasks
-from tests.ui.fakes import FakeEngine, fake_telemetry
+from tests.ui.fakes import fake_telemetry
 from tests.ui.helpers import settle
 
 SIZE = (150, 42)
