@@ -32,6 +32,7 @@ import tomli_w
 CONFIG_ENV = "SPATIORA_CONFIG"
 OUTPUT_DIR_ENV = "SPATIORA_OUTPUT_DIR"
 CACHE_DIR_ENV = "SPATIORA_CACHE_DIR"
+STATE_DIR_ENV = "SPATIORA_STATE_DIR"
 
 
 @dataclass(frozen=True)
@@ -528,6 +529,14 @@ def user_cache_dir() -> Path:
     if os.environ.get(CACHE_DIR_ENV):
         return Path(os.environ[CACHE_DIR_ENV]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "spatiora"
+
+
+def user_state_dir() -> Path:
+    """Where the job queue is kept between runs ($SPATIORA_STATE_DIR, else XDG's state folder)."""
+    if os.environ.get(STATE_DIR_ENV):
+        return Path(os.environ[STATE_DIR_ENV]).expanduser()
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
     return Path(base) / "spatiora"
 
 

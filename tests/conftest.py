@@ -44,6 +44,7 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("SPATIORA_CONFIG", raising=False)
     monkeypatch.setenv("SPATIORA_OUTPUT_DIR", str(tmp_path / "outputs"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    monkeypatch.setenv("SPATIORA_STATE_DIR", str(tmp_path / "state"))
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,101 @@
+"""What a Session reports while it runs: frozen dataclasses, each naming its job by id.
+
+The TUI wraps each in a Textual message (ui/messages.py); the CLI prints them; tests collect them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from spatiora_tui.engine.api import AdapterSwitch, GenerationResult, StepPreview
+from spatiora_tui.jobs.job import Job
+
+
+@dataclass(frozen=True)
+class QueueChanged:
+    """Jobs were added, moved, paused, resumed or cancelled: redraw the queue."""
+
+
+@dataclass(frozen=True)
+class JobStarted:
+    job_id: int
+    task: str
+    steps: int
+
+
+@dataclass(frozen=True)
+class JobStepped:
+    job_id: int
+    preview: StepPreview
+    rate: float  # steps per second so far
+
+
+@dataclass(frozen=True)
+class JobFinished:
+    """A job ended with an image (saved at `path`, or kept in memory when `save_error`), or was
+    cancelled (no image)."""
+
+    job_id: int
+    result: GenerationResult
+    path: Path | None
+    save_error: str | None = None
+
+
+@dataclass(frozen=True)
+class JobFailed:
+    job_id: int
+    task: str
+    error: str
+    out_of_memory: bool
+
+
+@dataclass(frozen=True)
+class TaskSwitched:
+    """The engine's active task changed: for a job (`job_id`), or as the user asked (0)."""
+
+    switch: AdapterSwitch
+    job_id: int = 0
+
+
+@dataclass(frozen=True)
+class TaskSwitchFailed:
+    task: str
+    error: str
+    job_id: int = 0
+
+
+@dataclass(frozen=True)
+class GroupFinished:
+    """Every job of a batch or sweep has ended; its sheet (contact sheet or labelled grid) is at
+    `path`, or `error` says why there is none."""
+
+    group: str
+    path: Path | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageSaved:
+    """A "save again" of an image whose first save failed: saved at `path`, or `error`."""
+
+    result: GenerationResult
+    path: Path | None
+    error: str | None
+
+
+SessionEvent = (
+    QueueChanged
+    | JobStarted
+    | JobStepped
+    | JobFinished
+    | JobFailed
+    | TaskSwitched
+    | TaskSwitchFailed
+    | GroupFinished
+    | ImageSaved
+)
+Emit = Callable[[SessionEvent], object]
+#: Called at every step of the running job (on the runner's thread), before JobStepped is made.
+StepHook = Callable[[Job, StepPreview], object]

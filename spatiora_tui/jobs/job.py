@@ -1,0 +1,107 @@
+"""A job: one image to make, where it is in its life, and what came of it."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spatiora_tui.engine.api import GenerationRequest, GenerationResult
+
+
+class JobState(str, enum.Enum):
+    QUEUED = "queued"  # waiting its turn
+    PAUSED = "paused"  # waiting while the queue is paused
+    RUNNING = "running"
+    DONE = "done"  # an image came out (saved, or held in memory when the save failed)
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def waiting(self) -> bool:
+        return self in (JobState.QUEUED, JobState.PAUSED)
+
+    @property
+    def ended(self) -> bool:
+        return self in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+
+
+class JobKind(str, enum.Enum):
+    IMAGE = "image"  # one image from the prompt pane or `spatiora generate`
+    BATCH = "batch"  # one of N images with seeds s, s+1, ...
+    SWEEP = "sweep"  # one cell of an X/Y/Z sweep
+
+
+@dataclass
+class Job:
+    """One generation in the session's queue. Mutated only by its Session, under its lock."""
+
+    id: int
+    request: GenerationRequest
+    kind: JobKind = JobKind.IMAGE
+    #: The batch or sweep it belongs to ("" for a lone image); see Session.groups.
+    group: str = ""
+    #: Where it sits in its group, e.g. "seed 12" or "weight:floorplan=0.6 · seed=2".
+    label: str = ""
+    #: (x, y, z) indices of a sweep cell; () elsewhere.
+    cell: tuple[int, ...] = ()
+    state: JobState = JobState.QUEUED
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    ended: float | None = None
+    steps_done: int = 0
+    steps_total: int | None = None  # known once it starts (the task fills in what the request leaves out)
+    result: GenerationResult | None = None  # its image is dropped once saved (the file holds it)
+    path: Path | None = None  # where its image was saved
+    error: str | None = None  # why it failed, or why its image is not saved
+    out_of_memory: bool = False
+    #: Seconds per step it ran at (for the others' ETA).
+    seconds_per_step: float | None = None
+
+    @property
+    def task(self) -> str:
+        return self.request.task
+
+    def to_record(self) -> dict[str, Any]:
+        """What the queue file keeps of a job (the request and its place in a group)."""
+        record: dict[str, Any] = {
+            "id": self.id,
+            "kind": self.kind.value,
+            "group": self.group,
+            "label": self.label,
+            "cell": list(self.cell),
+            "created": self.created,
+            "request": {k: v for k, v in dataclasses.asdict(self.request).items() if v is not None},
+        }
+        if self.state is JobState.DONE and self.path is not None:
+            record["path"] = str(self.path)  # a finished member of a group still running
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], new_id: int) -> Job:
+        """A job read back from a queue file; ValueError/TypeError/KeyError when it is not one."""
+        request = record["request"]
+        if not isinstance(request, dict):
+            raise TypeError("request is not a table")
+        known = {f.name for f in dataclasses.fields(GenerationRequest)}
+        unknown = set(request) - known
+        if unknown:
+            raise ValueError(f"unknown request fields {sorted(unknown)}")
+        req = GenerationRequest(**request)
+        if not isinstance(req.prompt, str) or not isinstance(req.task, str):
+            raise TypeError("prompt and task must be text")
+        path = record.get("path")
+        return cls(
+            id=new_id,
+            request=req,
+            kind=JobKind(record.get("kind", "image")),
+            group=str(record.get("group", "")),
+            label=str(record.get("label", "")),
+            cell=tuple(int(i) for i in record.get("cell", ())),
+            created=float(record.get("created", time.time())),
+            state=JobState.DONE if path else JobState.QUEUED,
+            path=Path(path) if path else None,
+        )

@@ -1,0 +1,590 @@
+"""The headless session: a queue of jobs run one at a time on one engine.
+
+Everything the app used to keep in its own fields (the running generation, a task switch waiting
+for it, images whose save failed) lives here, with no UI toolkit: the TUI is a view of a Session,
+`spatiora generate --count` and `spatiora queue run` drive one from the command line, and the
+tests drive one with the fake engine.
+
+Threads: any thread may submit, cancel, reorder, pause or resume (all under one lock). One
+runner at a time calls `run_next` until it returns False; `wants_runner` hands out that role, so
+a job submitted as the runner is about to stop is never stranded. What happens is reported as
+events (frozen dataclasses carrying the job id) to the `emit` callback the runner passes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import secrets
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from spatiora_tui.config import SEED_RANGE, ConfigError, Settings
+from spatiora_tui.engine.api import (
+    Engine,
+    EngineError,
+    EngineOOM,
+    GenerationRequest,
+    GenerationResult,
+    StepPreview,
+)
+from spatiora_tui.jobs.events import (
+    Emit,
+    GroupFinished,
+    ImageSaved,
+    JobFailed,
+    JobFinished,
+    JobStarted,
+    JobStepped,
+    QueueChanged,
+    SessionEvent,
+    StepHook,
+    TaskSwitched,
+    TaskSwitchFailed,
+)
+from spatiora_tui.jobs.job import Job, JobKind, JobState
+from spatiora_tui.jobs.sheets import SheetError, save_contact_sheet
+from spatiora_tui.jobs.store import Orphan, QueueFileError, QueueStore
+from spatiora_tui.outputs import OutputError, save_result
+
+if TYPE_CHECKING:
+    from spatiora_tui.hw.telemetry import Telemetry
+
+#: Most images in one batch (a typo of 1000 should not queue an afternoon's work).
+MAX_BATCH = 100
+
+
+@dataclass
+class Group:
+    """A batch or a sweep: jobs whose images end up on one sheet."""
+
+    id: str
+    kind: JobKind
+    job_ids: list[int]
+    #: For a sweep, the axes' names and their values' labels, (x, y, z) order.
+    axes: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    sheet: Path | None = None
+
+
+def _ignore(event: SessionEvent) -> None:
+    return None
+
+
+class Session:
+    """Jobs, their queue, and one engine that runs them (see module docstring)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        *,
+        store: QueueStore | None = None,
+        telemetry: Telemetry | None = None,
+        output_dir: Path | None = None,
+        output_name: str | None = None,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.output_dir = output_dir or settings.output_dir
+        self._output_name = output_name  # one file name (`generate --out x.png`); numbered in a batch
+        self._telemetry = telemetry
+        self._store = store
+        self._lock = threading.RLock()
+        self._ids = itertools.count(1)
+        self._groups_made = itertools.count(1)
+        self._jobs: dict[int, Job] = {}
+        self._waiting: list[int] = []  # queue order
+        self._groups: dict[str, Group] = {}
+        self._running: Job | None = None
+        self._cancel = threading.Event()
+        self._paused = False
+        self._runner = False
+        self._pending_switch: str | None = None
+        self._unsaved: list[GenerationResult] = []
+        self._seconds_per_step: float | None = None
+        self._writer = _QueueWriter(store) if store is not None else None
+        #: Task switches the queue made between jobs (the figure docs/performance.md reports).
+        self.switches_between_jobs = 0
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def job(self, job_id: int) -> Job:
+        with self._lock:
+            return self._jobs[job_id]
+
+    def jobs(self) -> list[Job]:
+        """Every job of the session: ended ones (oldest first), the running one, then the
+        waiting ones in queue order."""
+        with self._lock:
+            ended = sorted((j for j in self._jobs.values() if j.state.ended), key=lambda j: j.ended or 0.0)
+            running = [self._running] if self._running is not None else []
+            return ended + running + [self._jobs[i] for i in self._waiting]
+
+    def waiting(self) -> list[Job]:
+        with self._lock:
+            return [self._jobs[i] for i in self._waiting]
+
+    @property
+    def running(self) -> Job | None:
+        return self._running
+
+    @property
+    def busy(self) -> bool:
+        """A job or a task switch is running."""
+        return self._runner
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @property
+    def unsaved(self) -> list[GenerationResult]:
+        """Images whose save failed, oldest first, kept until a save_again succeeds."""
+        with self._lock:
+            return list(self._unsaved)
+
+    @property
+    def pending_switch(self) -> str | None:
+        return self._pending_switch
+
+    def group(self, group_id: str) -> Group:
+        with self._lock:
+            return self._groups[group_id]
+
+    def position(self, job_id: int) -> int:
+        """1 for the next job to run, 2 after it, ...; 0 for a job that is not waiting."""
+        with self._lock:
+            return self._waiting.index(job_id) + 1 if job_id in self._waiting else 0
+
+    def eta_s(self, job_id: int) -> float | None:
+        """Seconds until `job_id` ends, from the steps ahead of it and the speed of the jobs run
+        so far; None before any job has run (or for a job that is not waiting or running)."""
+        with self._lock:
+            rate = self._seconds_per_step
+            if rate is None:
+                return None
+            running = self._running
+            steps = 0
+            if running is not None:
+                steps += max(0, (running.steps_total or self._steps_of(running)) - running.steps_done)
+                if running.id == job_id:
+                    return steps * rate
+            if job_id not in self._waiting:
+                return None
+            for waiting_id in self._waiting[: self._waiting.index(job_id) + 1]:
+                steps += self._steps_of(self._jobs[waiting_id])
+            return steps * rate
+
+    def _steps_of(self, job: Job) -> int:
+        if job.request.steps is not None:
+            return job.request.steps
+        try:
+            return self.settings.task(job.task).steps
+        except ConfigError:
+            return 0
+
+    # -- changing the queue -------------------------------------------------------------------
+
+    def submit(
+        self, request: GenerationRequest, *, kind: JobKind = JobKind.IMAGE, group: str = "", label: str = ""
+    ) -> Job:
+        """Queue one job at the end (paused when the queue is)."""
+        with self._lock:
+            job = self._add(Job(next(self._ids), request, kind=kind, group=group, label=label))
+            self._changed()
+            return job
+
+    def submit_batch(self, request: GenerationRequest, count: int) -> list[Job]:
+        """Queue `count` jobs with seeds s, s+1, ... (s: the request's seed, else a random one);
+        with more than one, they form a group whose contact sheet is saved once all have ended."""
+        if not 1 <= count <= MAX_BATCH:
+            raise ValueError(f"batch count must be between 1 and {MAX_BATCH}, got {count}")
+        low, high = SEED_RANGE
+        first = request.seed if request.seed is not None else low + secrets.randbelow(high - low + 1)
+        if count == 1:
+            return [self.submit(dataclasses.replace(request, seed=first))]
+        with self._lock:
+            group = Group(f"batch-{next(self._groups_made)}", JobKind.BATCH, [])
+            jobs = []
+            for i in range(count):
+                seed = low + (first - low + i) % (high - low + 1)  # wraps at the top of the range
+                job = Job(
+                    next(self._ids),
+                    dataclasses.replace(request, seed=seed),
+                    kind=JobKind.BATCH,
+                    group=group.id,
+                    label=f"{i + 1}/{count} · seed {seed}",
+                )
+                jobs.append(self._add(job))
+                group.job_ids.append(job.id)
+            self._groups[group.id] = group
+            self._changed()
+            return jobs
+
+    def _add(self, job: Job) -> Job:
+        if self._paused and job.state is JobState.QUEUED:
+            job.state = JobState.PAUSED
+        self._jobs[job.id] = job
+        if job.state.waiting:
+            self._waiting.append(job.id)
+        return job
+
+    def cancel(self, job_id: int) -> bool:
+        """Cancel a waiting job, or stop the running one within one step. False when it has
+        already ended."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.state.ended:
+                return False
+            if job.state is JobState.RUNNING:
+                self._cancel.set()
+                return True
+            self._waiting.remove(job_id)
+            self._end(job, JobState.CANCELLED)
+            self._changed()
+            return True
+
+    def cancel_all(self) -> int:
+        """Cancel every waiting job and the running one; returns how many."""
+        with self._lock:
+            ids = list(self._waiting) + ([self._running.id] if self._running is not None else [])
+            for job_id in ids:
+                self.cancel(job_id)
+            return len(ids)
+
+    def move(self, job_id: int, delta: int) -> bool:
+        """Move a waiting job `delta` places (negative: sooner). False when it cannot move."""
+        with self._lock:
+            if job_id not in self._waiting:
+                return False
+            old = self._waiting.index(job_id)
+            new = max(0, min(len(self._waiting) - 1, old + delta))
+            if new == old:
+                return False
+            self._waiting.insert(new, self._waiting.pop(old))
+            self._changed()
+            return True
+
+    def retry(self, job_id: int) -> Job | None:
+        """Queue a failed or cancelled job again (as a new job, at the end); None otherwise."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.state not in (JobState.FAILED, JobState.CANCELLED):
+                return None
+            again = Job(next(self._ids), job.request, kind=job.kind, group=job.group, label=job.label, cell=job.cell)
+            group = self._groups.get(job.group)
+            if group is not None:
+                group.job_ids[group.job_ids.index(job.id)] = again.id
+            self._add(again)
+            self._changed()
+            return again
+
+    def pause(self) -> None:
+        """Start nothing new; the running job finishes."""
+        with self._lock:
+            self._paused = True
+            for job_id in self._waiting:
+                self._jobs[job_id].state = JobState.PAUSED
+            self._changed()
+
+    def resume(self) -> None:
+        with self._lock:
+            self._paused = False
+            for job_id in self._waiting:
+                self._jobs[job_id].state = JobState.QUEUED
+            self._changed()
+
+    def request_switch(self, task: str) -> None:
+        """Make `task` the active one: at once when nothing runs, else once the queue is empty
+        (queued jobs switch as each one's task needs; its adapters are read into RAM now)."""
+        with self._lock:
+            self._pending_switch = task
+        self.engine.prefetch(task)
+
+    def adopt(self, orphans: Iterable[Orphan]) -> tuple[int, list[str]]:
+        """Queue the jobs that dead sessions left (see QueueStore), then remove their files once
+        this session's own file holds them. Returns (jobs queued, problems)."""
+        count, problems = 0, []
+        for orphan in orphans:
+            problems += orphan.problems
+            bad = len(orphan.problems)
+            with self._lock:
+                renamed: dict[str, str] = {}
+                for record in orphan.records:
+                    try:
+                        job = Job.from_record(record, next(self._ids))
+                    except (KeyError, TypeError, ValueError) as exc:
+                        problems.append(f"{orphan.path.name}: a job could not be read ({exc}); it is left there")
+                        bad += 1
+                        continue
+                    if job.group:
+                        job.group = renamed.setdefault(job.group, f"{job.kind.value}-{next(self._groups_made)}")
+                        group = self._groups.setdefault(job.group, Group(job.group, job.kind, []))
+                        group.job_ids.append(job.id)
+                    self._add(job)
+                    count += job.state.waiting
+                self._changed()
+            if self.flush() and bad == 0:
+                orphan.remove()
+            else:
+                orphan.release()
+        return count, problems
+
+    def wants_runner(self) -> bool:
+        """True (once) when there is work and no runner: the caller must then call run_next
+        until it returns False."""
+        with self._lock:
+            if self._runner or not self._has_work():
+                return False
+            self._runner = True
+            return True
+
+    def _has_work(self) -> bool:
+        if self._pending_switch is not None and self._pending_switch != self.engine.active_task:
+            return True
+        return not self._paused and any(self._jobs[i].state is JobState.QUEUED for i in self._waiting)
+
+    # -- running --------------------------------------------------------------------------------
+
+    def run_next(self, emit: Emit = _ignore, on_step: StepHook | None = None) -> bool:
+        """Run the next job (or the task switch the user asked for, once no job waits); False
+        when there is nothing to do, and the caller is no longer the runner."""
+        with self._lock:
+            job = None
+            if not self._paused and self._waiting:
+                job = self._jobs[self._waiting.pop(0)]
+                job.state = JobState.RUNNING
+                job.started = time.time()
+                self._running = job
+                self._cancel = threading.Event()
+                self._changed()
+            elif self._pending_switch is not None and self._pending_switch != self.engine.active_task:
+                task, self._pending_switch = self._pending_switch, None
+            else:
+                self._pending_switch = None
+                self._runner = False
+                return False
+        if job is None:
+            self._switch(task, emit)
+            return True
+        emit(QueueChanged())
+        try:
+            self._run(job, emit, on_step)
+        except Exception as exc:  # a defect: the job fails visibly, the queue goes on
+            self._fail(job, f"{type(exc).__name__}: {exc}", False, emit)
+        return True
+
+    def _switch(self, task: str, emit: Emit, job_id: int = 0) -> bool:
+        try:
+            switch = self.engine.switch_task(task)
+        except EngineError as exc:
+            emit(TaskSwitchFailed(task, str(exc), job_id))
+            return False
+        emit(TaskSwitched(switch, job_id))
+        return True
+
+    def _run(self, job: Job, emit: Emit, on_step: StepHook | None) -> None:
+        emit(JobStarted(job.id, job.task, self._steps_of(job)))
+        if self.engine.active_task != job.task:
+            with self._lock:
+                first = self.engine.active_task is None
+            if not self._switch(job.task, emit, job.id):
+                # Said by TaskSwitchFailed; the job fails with the same words.
+                self._fail(job, f"could not switch to task {job.task}", False, emit)
+                return
+            self.switches_between_jobs += not first
+        self._prefetch_after(job)
+
+        def step(preview: StepPreview) -> None:
+            job.steps_done, job.steps_total = preview.step, preview.total
+            if on_step is not None:
+                on_step(job, preview)
+            emit(JobStepped(job.id, preview, preview.step / max(preview.elapsed_s, 1e-6)))
+
+        try:
+            result = self.engine.generate(job.request, on_step=step, cancel=self._cancel)
+        except EngineError as exc:
+            self._fail(job, str(exc), isinstance(exc, EngineOOM), emit)
+            return
+        path = error = None
+        if result.image is not None and not result.cancelled:
+            path, error = self._save(result, job)
+        with self._lock:
+            job.result = result if path is None else dataclasses.replace(result, image=None)
+            job.path, job.error = path, error
+            if result.steps_done and result.timings.image_ms:
+                job.seconds_per_step = result.timings.image_ms / 1000 / result.steps_done
+                self._seconds_per_step = job.seconds_per_step
+            if error is not None:
+                self._unsaved.append(result)
+            self._end(job, JobState.CANCELLED if result.cancelled or result.image is None else JobState.DONE)
+            self._changed()
+        emit(JobFinished(job.id, result, path, error))
+        emit(QueueChanged())
+        self._finish_group(job, emit)
+
+    def _prefetch_after(self, job: Job) -> None:
+        """Read the next waiting job's adapters into RAM while this one runs."""
+        with self._lock:
+            upcoming = next((self._jobs[i] for i in self._waiting), None)
+        if upcoming is not None and upcoming.task != job.task:
+            self.engine.prefetch(upcoming.task)
+
+    def _fail(self, job: Job, error: str, out_of_memory: bool, emit: Emit) -> None:
+        with self._lock:
+            job.error, job.out_of_memory = error, out_of_memory
+            self._end(job, JobState.FAILED)
+            self._changed()
+        emit(JobFailed(job.id, job.task, error, out_of_memory))
+        emit(QueueChanged())
+        self._finish_group(job, emit)
+
+    def _end(self, job: Job, state: JobState) -> None:
+        job.state = state
+        job.ended = time.time()
+        if self._running is job:
+            self._running = None
+
+    def _save(self, result: GenerationResult, job: Job | None = None) -> tuple[Path | None, str | None]:
+        name = self._output_name
+        if name is not None and job is not None and job.group:
+            name = f"{name}-{self._groups[job.group].job_ids.index(job.id) + 1}"
+        try:
+            if self._telemetry is not None:
+                with self._telemetry.stage("save"):
+                    return save_result(result, self.output_dir, name), None
+            return save_result(result, self.output_dir, name), None
+        except OutputError as exc:
+            return None, str(exc)
+
+    def _finish_group(self, job: Job, emit: Emit) -> None:
+        with self._lock:
+            group = self._groups.get(job.group)
+            if group is None or group.sheet is not None:
+                return
+            members = [self._jobs[i] for i in group.job_ids if i in self._jobs]
+            if any(not m.state.ended for m in members) or len(group.job_ids) != len(members):
+                return
+        done = [m for m in members if m.state is JobState.DONE]
+        if len(done) < 2:
+            emit(GroupFinished(group.id, None, "fewer than two images came out: no sheet"))
+            return
+        try:
+            group.sheet = save_contact_sheet(done, self.output_dir, group)
+        except SheetError as exc:
+            emit(GroupFinished(group.id, None, str(exc)))
+            return
+        emit(GroupFinished(group.id, group.sheet))
+
+    # -- saving again ---------------------------------------------------------------------------
+
+    def save_again(self, emit: Emit = _ignore) -> int:
+        """Save the images whose save failed (on the caller's thread); stops at the first failure,
+        as the same cause would fail the rest. Returns how many are still unsaved."""
+        for result in self.unsaved:
+            path, error = self._save(result)
+            if path is not None:
+                with self._lock:
+                    self._unsaved.remove(result)
+                    for job in self._jobs.values():
+                        if job.result is result:
+                            job.path, job.error = path, None
+            emit(ImageSaved(result, path, error))
+            if error is not None:
+                break
+        return len(self.unsaved)
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        """The queue changed: have the writer thread save it (called under the lock)."""
+        if self._writer is not None:
+            self._writer.post(self._persistent())
+
+    def _persistent(self) -> list[Job]:
+        """The jobs the queue file keeps: the running one (it starts again after a crash), the
+        waiting ones, and the finished members of groups still running (for their sheet)."""
+        keep = ([self._running] if self._running is not None else []) + [self._jobs[i] for i in self._waiting]
+        open_groups = {j.group for j in keep if j.group}
+        done = [
+            j for j in self._jobs.values() if j.group in open_groups and j.state is JobState.DONE and j.path is not None
+        ]
+        return done + keep
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until the queue file holds the queue as it is now; False when it could not be
+        written (store_error says why) or there is no queue file."""
+        return self._writer.flush(timeout) if self._writer is not None else False
+
+    @property
+    def store_error(self) -> str | None:
+        """Why the queue file could not be written the last time, if it could not."""
+        return self._writer.error if self._writer is not None else None
+
+    def close(self) -> None:
+        """Stop the running job and write the queue one last time: what waits stays in the file
+        for the next start."""
+        with self._lock:
+            self._cancel.set()
+            self._changed()
+        if self._writer is not None:
+            self._writer.flush(10.0)
+            self._writer.stop()
+
+
+class _QueueWriter:
+    """Writes the newest snapshot of the queue on a thread of its own, so that a key that moves
+    a job never waits for the disk; snapshots that pile up while one is written collapse into
+    the newest."""
+
+    def __init__(self, store: QueueStore) -> None:
+        self._store = store
+        self._cond = threading.Condition()
+        self._jobs: list[Job] | None = None
+        self._posted = self._written = 0
+        self._ok = True
+        self._stopped = False
+        self.error: str | None = None
+        self._thread: threading.Thread | None = None
+
+    def post(self, jobs: list[Job]) -> None:
+        with self._cond:
+            # Records now, under the session's lock: the jobs change after this returns.
+            self._jobs = [dataclasses.replace(job) for job in jobs]
+            self._posted += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="spatiora-queue-writer", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def flush(self, timeout: float) -> bool:
+        with self._cond:
+            done = self._cond.wait_for(lambda: self._written >= self._posted or self._stopped, timeout)
+            return done and self._ok and self._thread is not None
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        self._store.close()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._jobs is not None or self._stopped)
+                if self._stopped:  # close() flushed first: what comes after quitting is not kept
+                    return
+                jobs, self._jobs, target = self._jobs or [], None, self._posted
+            try:
+                self._store.save(jobs)
+                ok, error = True, None
+            except QueueFileError as exc:
+                ok, error = False, str(exc)
+            with self._cond:
+                self._ok, self.error = ok, error
+                self._written = target
+                self._cond.notify_all()

@@ -1,0 +1,333 @@
+"""The headless session with the fake engine: queue order, cancel, reorder, pause, task switches
+between jobs, batches and their contact sheet, save failures, and the queue file."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from spatiora_tui import failpoints
+from spatiora_tui.engine.api import EngineError, GenerationRequest
+from spatiora_tui.jobs.events import (
+    GroupFinished,
+    ImageSaved,
+    JobFailed,
+    JobFinished,
+    JobStarted,
+    JobStepped,
+    SessionEvent,
+    TaskSwitched,
+)
+from spatiora_tui.jobs.job import JobKind, JobState
+from spatiora_tui.jobs.session import Session
+from spatiora_tui.jobs.store import QueueStore
+from spatiora_tui.outputs import read_metadata
+from tests.fake_engine import FakeEngine
+from tests.helpers import small_settings
+
+
+@pytest.fixture
+def settings(tmp_path: Path):
+    return small_settings(tmp_path)
+
+
+@pytest.fixture
+def engine(settings) -> FakeEngine:
+    eng = FakeEngine(settings)
+    eng.load()
+    return eng
+
+
+def ask(prompt: str = "a loft", task: str = "interior", **changes) -> GenerationRequest:
+    return GenerationRequest(prompt=prompt, task=task, **changes)
+
+
+def run_all(session: Session) -> list[SessionEvent]:
+    events: list[SessionEvent] = []
+    assert session.wants_runner()
+    while session.run_next(events.append):
+        pass
+    return events
+
+
+def test_jobs_run_in_order_and_each_saves_its_image(engine, settings) -> None:
+    session = Session(engine, settings)
+    jobs = [session.submit(ask(f"room {i}", seed=i)) for i in range(3)]
+    assert [session.position(j.id) for j in jobs] == [1, 2, 3]
+    events = run_all(session)
+    assert [r.prompt for r in engine.requests] == ["room 0", "room 1", "room 2"]
+    finished = [e for e in events if isinstance(e, JobFinished)]
+    assert [e.job_id for e in finished] == [j.id for j in jobs]
+    assert all(j.state is JobState.DONE and j.path is not None and j.path.exists() for j in jobs)
+    assert all(j.result is not None and j.result.image is None for j in jobs), "saved images are not held twice"
+    steps = [e.preview.step for e in events if isinstance(e, JobStepped) and e.job_id == jobs[0].id]
+    assert steps == [1, 2, 3, 4]
+    assert [e.job_id for e in events if isinstance(e, JobStarted)] == [j.id for j in jobs]
+    assert not session.wants_runner(), "nothing left to run"
+
+
+def test_a_job_submitted_while_the_runner_works_is_run_by_it(engine, settings) -> None:
+    session = Session(engine, settings)
+    session.submit(ask("first"))
+    assert session.wants_runner() and not session.wants_runner(), "one runner at a time"
+    assert session.run_next()
+    session.submit(ask("second"))
+    assert session.run_next() and not session.run_next()
+    assert [r.prompt for r in engine.requests] == ["first", "second"]
+    session.submit(ask("third"))
+    assert session.wants_runner(), "the runner stopped: the next submit hands the role out again"
+
+
+def test_waiting_jobs_move_cancel_and_pause(engine, settings) -> None:
+    session = Session(engine, settings)
+    a, b, c = (session.submit(ask(p)) for p in "abc")
+    assert session.move(c.id, -1) and [j.request.prompt for j in session.waiting()] == ["a", "c", "b"]
+    assert session.move(c.id, -5) and session.position(c.id) == 1
+    assert not session.move(c.id, -1), "already first"
+    assert session.cancel(a.id) and a.state is JobState.CANCELLED and session.position(a.id) == 0
+    assert not session.cancel(a.id), "a job ends once"
+    session.pause()
+    assert {j.state for j in session.waiting()} == {JobState.PAUSED}
+    late = session.submit(ask("late"))
+    assert late.state is JobState.PAUSED
+    assert not session.wants_runner(), "a paused queue starts nothing"
+    session.resume()
+    assert {j.state for j in session.waiting()} == {JobState.QUEUED}
+    run_all(session)
+    assert [r.prompt for r in engine.requests] == ["c", "b", "late"]
+
+
+def test_pausing_lets_the_running_job_finish_and_starts_nothing_more(engine, settings) -> None:
+    engine.gate = threading.Event()
+    session = Session(engine, settings)
+    first, second = session.submit(ask("first")), session.submit(ask("second"))
+    assert session.wants_runner()
+    runner = threading.Thread(target=lambda: [None for _ in iter(session.run_next, False)])
+    runner.start()
+    assert engine.at_gate.wait(5)
+    session.pause()
+    engine.gate.set()
+    runner.join(5)
+    assert first.state is JobState.DONE and second.state is JobState.PAUSED
+    assert [r.prompt for r in engine.requests] == ["first"]
+
+
+def test_cancelling_the_running_job_stops_it_within_a_step(engine, settings) -> None:
+    engine.gate = threading.Event()
+    session = Session(engine, settings)
+    job, after = session.submit(ask("held")), session.submit(ask("after"))
+    events: list[SessionEvent] = []
+    assert session.wants_runner()
+    runner = threading.Thread(target=lambda: [None for _ in iter(lambda: session.run_next(events.append), False)])
+    runner.start()
+    assert engine.at_gate.wait(5)
+    assert session.running is job and session.cancel(job.id)
+    engine.gate.set()
+    runner.join(5)
+    assert job.state is JobState.CANCELLED and job.path is None and job.steps_done == 2
+    assert after.state is JobState.DONE, "the queue goes on after a cancel"
+
+
+def test_cancel_all_empties_the_queue(engine, settings) -> None:
+    session = Session(engine, settings)
+    jobs = [session.submit(ask(p)) for p in "abc"]
+    assert session.cancel_all() == 3
+    assert {j.state for j in jobs} == {JobState.CANCELLED} and not session.wants_runner()
+
+
+def test_task_switches_happen_between_jobs_with_the_next_task_prefetched(engine, settings) -> None:
+    session = Session(engine, settings)
+    for task in ("interior", "interior", "floorplan", "interior"):
+        session.submit(ask(task=task))
+    events = run_all(session)
+    switched = [e.switch.task for e in events if isinstance(e, TaskSwitched)]
+    assert switched == ["interior", "floorplan", "interior"]
+    assert session.switches_between_jobs == 2, "the first switch is not caused by the queue's order"
+    assert engine.prefetched == ["floorplan", "interior"], "read into RAM while the job before ran"
+
+
+def test_a_task_switch_asked_while_jobs_wait_happens_once_they_are_done(engine, settings) -> None:
+    session = Session(engine, settings)
+    session.submit(ask(task="interior"))
+    session.request_switch("floorplan")
+    assert engine.prefetched == ["floorplan"]
+    run_all(session)
+    assert engine.switches == ["interior", "floorplan"] and engine.active_task == "floorplan"
+
+
+def test_a_failed_job_says_why_and_can_be_retried(engine, settings) -> None:
+    engine.oom_at_step = 2
+    session = Session(engine, settings)
+    job = session.submit(ask())
+    events = run_all(session)
+    (failed,) = [e for e in events if isinstance(e, JobFailed)]
+    assert failed.out_of_memory and "out of memory" in failed.error and job.state is JobState.FAILED
+    engine.oom_at_step = None
+    again = session.retry(job.id)
+    assert again is not None and again.id != job.id and again.request == job.request
+    assert session.retry(again.id) is None, "only a failed or cancelled job is retried"
+    run_all(session)
+    assert again.state is JobState.DONE
+
+
+def test_a_job_for_an_unknown_task_fails_and_the_queue_goes_on(engine, settings) -> None:
+    session = Session(engine, settings)
+    bad, good = session.submit(ask(task="gone")), session.submit(ask())
+    run_all(session)
+    assert bad.state is JobState.FAILED and "gone" in (bad.error or "")
+    assert good.state is JobState.DONE
+
+
+def test_an_unexpected_error_fails_the_job_not_the_queue(engine, settings) -> None:
+    engine.fail_generate = ZeroDivisionError("a defect")  # type: ignore[assignment]
+    session = Session(engine, settings)
+    job = session.submit(ask())
+    run_all(session)
+    assert job.state is JobState.FAILED and job.error == "ZeroDivisionError: a defect"
+
+
+def test_a_failed_save_keeps_the_image_until_saved_again(engine, settings, tmp_path: Path) -> None:
+    session = Session(engine, settings)
+    job = session.submit(ask())
+    failpoints.arm("save", "enospc")
+    run_all(session)
+    assert job.state is JobState.DONE and job.path is None and "disk is full" in (job.error or "")
+    assert len(session.unsaved) == 1 and job.result is not None and job.result.image is not None
+    failpoints.reset()
+    events: list[SessionEvent] = []
+    assert session.save_again(events.append) == 0
+    (saved,) = events
+    assert isinstance(saved, ImageSaved) and saved.path is not None and job.path == saved.path
+    assert session.unsaved == []
+
+
+def test_a_batch_has_consecutive_seeds_and_a_contact_sheet(engine, settings) -> None:
+    session = Session(engine, settings)
+    jobs = session.submit_batch(ask(seed=41), 4)
+    assert [j.request.seed for j in jobs] == [41, 42, 43, 44]
+    assert {j.kind for j in jobs} == {JobKind.BATCH} and len({j.group for j in jobs}) == 1
+    events = run_all(session)
+    (done,) = [e for e in events if isinstance(e, GroupFinished)]
+    assert done.path is not None and done.path.parent == settings.output_dir
+    with Image.open(done.path) as sheet:
+        assert sheet.size == (2 * 64 + 4, 2 * 64 + 4)
+        assert sheet.getpixel((0, 0))[0] == 41 and sheet.getpixel((68 + 10, 68 + 10))[0] == 44
+    meta = read_metadata(done.path)
+    assert meta.parameters is not None and "Seed: 41" in meta.parameters
+    assert all(read_metadata(j.path).a1111["fields"]["Seed"] == str(j.request.seed) for j in jobs if j.path)
+
+
+def test_a_batch_seed_range_wraps_and_the_count_is_checked(engine, settings) -> None:
+    session = Session(engine, settings)
+    jobs = session.submit_batch(ask(seed=2**32 - 1), 2)
+    assert [j.request.seed for j in jobs] == [2**32 - 1, 0]
+    with pytest.raises(ValueError, match="between 1 and"):
+        session.submit_batch(ask(), 0)
+    random_start = session.submit_batch(ask(), 3)
+    seeds = [j.request.seed for j in random_start]
+    assert seeds[0] is not None and seeds == [seeds[0], seeds[0] + 1, seeds[0] + 2]
+
+
+def test_a_batch_with_a_cancelled_image_gets_a_sheet_of_the_rest(engine, settings) -> None:
+    session = Session(engine, settings)
+    jobs = session.submit_batch(ask(seed=1), 3)
+    session.cancel(jobs[1].id)
+    events = run_all(session)
+    (done,) = [e for e in events if isinstance(e, GroupFinished)]
+    with Image.open(done.path) as sheet:
+        assert sheet.size == (2 * 64 + 4, 64)
+
+
+def test_eta_counts_the_steps_ahead_at_the_measured_speed(engine, settings) -> None:
+    session = Session(engine, settings)
+    first = session.submit(ask())
+    assert session.eta_s(first.id) is None, "no speed measured yet"
+    run_all(session)  # the fake reports 100 ms for 4 steps
+    a, b = session.submit(ask()), session.submit(ask(steps=8))
+    assert session.eta_s(a.id) == pytest.approx(0.1)
+    assert session.eta_s(b.id) == pytest.approx(0.3)
+
+
+# -- the queue file -------------------------------------------------------------------------------
+
+
+def test_the_queue_file_holds_what_waits_and_a_new_session_adopts_it(engine, settings, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    first = Session(engine, settings, store=QueueStore(state))
+    first.submit(ask("kept 1", seed=5))
+    first.submit_batch(ask("kept batch", seed=9), 2)
+    assert first.flush()
+    # The first session is still alive: its queue is not an orphan.
+    assert QueueStore(state).orphans() == []
+    first.close()  # as a crash would leave it (the lock is released with the process)
+    second = Session(engine, settings, store=QueueStore(state))
+    orphans = QueueStore(state).orphans()
+    assert len(orphans) == 1
+    for orphan in orphans:
+        orphan.release()
+    count, problems = second.adopt(second._store.orphans())  # type: ignore[union-attr]
+    assert (count, problems) == (3, [])
+    assert [j.request.prompt for j in second.waiting()] == ["kept 1", "kept batch", "kept batch"]
+    assert [j.request.seed for j in second.waiting()] == [5, 9, 10]
+    assert len({j.group for j in second.waiting()[1:]}) == 1
+    assert len(list(state.glob("queue-*.json"))) == 1, "the old file is gone once the new one holds its jobs"
+    run_all(second)
+    assert second.flush()
+    assert list(state.glob("queue-*.json")) == [], "an empty queue leaves no file"
+
+
+def test_a_running_job_is_kept_in_the_file_and_a_done_one_is_not(engine, settings, tmp_path: Path) -> None:
+    engine.gate = threading.Event()
+    store = QueueStore(tmp_path / "state")
+    session = Session(engine, settings, store=store)
+    session.submit(ask("running"))
+    session.submit(ask("waiting"))
+    assert session.wants_runner()
+    runner = threading.Thread(target=session.run_next)
+    runner.start()
+    assert engine.at_gate.wait(5) and session.flush()
+    import json
+
+    kept = [j["request"]["prompt"] for j in json.loads(store.path.read_text())["jobs"]]
+    assert kept == ["running", "waiting"], "a crash now would lose neither"
+    engine.gate.set()
+    runner.join(5)
+    assert session.flush()
+    assert [j["request"]["prompt"] for j in json.loads(store.path.read_text())["jobs"]] == ["waiting"]
+
+
+def test_an_unreadable_queue_file_is_reported_and_left_in_place(engine, settings, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "queue-bad.json").write_text("{not json")
+    (state / "queue-odd.json").write_text('{"jobs": [{"request": {"prompt": "ok", "task": "interior"}}, {"x": 1}]}')
+    session = Session(engine, settings, store=QueueStore(state))
+    count, problems = session.adopt(QueueStore(state).orphans())
+    assert count == 1
+    assert any("queue-bad.json: not readable" in p for p in problems)
+    assert any("queue-odd.json: a job could not be read" in p for p in problems)
+    assert (state / "queue-bad.json").exists() and (state / "queue-odd.json").exists()
+
+
+def test_a_queue_folder_that_cannot_be_written_is_reported(engine, settings, tmp_path: Path) -> None:
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("")
+    session = Session(engine, settings, store=QueueStore(blocked / "state"))
+    session.submit(ask())
+    assert not session.flush()
+    assert session.store_error is not None and "could not write the queue" in session.store_error
+
+
+def test_an_engine_error_on_switch_fails_the_job_with_the_reason(engine, settings) -> None:
+    session = Session(engine, settings)
+    job = session.submit(ask(task="floorplan"))
+    engine.switch_task = _refuse  # type: ignore[method-assign]
+    run_all(session)
+    assert job.state is JobState.FAILED and "could not switch to task floorplan" in (job.error or "")
+
+
+def _refuse(name: str, on_progress=None):
+    raise EngineError(f"adapter for {name} is missing")
