@@ -379,7 +379,7 @@ _KEY = re.compile(r"^([a-z]+\+)*[a-z0-9_]+$|^.$")
 def _keys(value: str) -> str | None:
     keys = [k.strip() for k in value.split(",")]
     if not all(keys) or any(not _KEY.match(k) for k in keys):
-        return f'{value!r} is not a key; write keys as Textual names them, e.g. "ctrl+g" or "f5,ctrl+r"'
+        return f'{value!r} is not a key; write keys as Textual names them, e.g. "ctrl+g" or "f5,ctrl+g"'
     return None
 
 
@@ -389,6 +389,9 @@ class KeySettings:
 
     generate: str = field(default="ctrl+g", metadata=_doc("Generate (Enter in the prompt does too).", _keys))
     cancel: str = field(default="escape", metadata=_doc("Cancel the running generation.", _keys))
+    queue: str = field(
+        default="ctrl+r", metadata=_doc("Show the queue: move, cancel, retry jobs; pause/resume it.", _keys)
+    )
     next_task: str = field(default="ctrl+t", metadata=_doc("Switch to the next task mode.", _keys))
     history: str = field(default="ctrl+o", metadata=_doc("Open this session's and earlier images.", _keys))
     save: str = field(default="ctrl+s", metadata=_doc("Save again every image whose save failed.", _keys))

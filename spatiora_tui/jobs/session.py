@@ -104,6 +104,7 @@ class Session:
         self._paused = False
         self._runner = False
         self._pending_switch: str | None = None
+        self._closing = False
         self._unsaved: list[GenerationResult] = []
         self._seconds_per_step: float | None = None
         self._writer = _QueueWriter(store) if store is not None else None
@@ -303,7 +304,9 @@ class Session:
         (queued jobs switch as each one's task needs; its adapters are read into RAM now)."""
         with self._lock:
             self._pending_switch = task
-        self.engine.prefetch(task)
+            later = self._runner or bool(self._waiting)
+        if later:
+            self.engine.prefetch(task)
 
     def adopt(self, orphans: Iterable[Orphan]) -> tuple[int, list[str]]:
         """Queue the jobs that dead sessions left (see QueueStore), then remove their files once
@@ -342,6 +345,21 @@ class Session:
                 return False
             self._runner = True
             return True
+
+    def release_runner(self) -> None:
+        """The runner stopped on an error that escaped run_next: hand the role out again (the
+        next wants_runner starts a new one) and end the job it left running."""
+        with self._lock:
+            self._runner = False
+            job = self._running
+            if job is not None:
+                job.error = job.error or "the runner stopped unexpectedly"
+                self._end(job, JobState.FAILED)
+                self._changed()
+
+    def orphans(self) -> list[Orphan]:
+        """The queues that sessions which ended left in the state folder (see QueueStore)."""
+        return self._store.orphans() if self._store is not None else []
 
     def _has_work(self) -> bool:
         if self._pending_switch is not None and self._pending_switch != self.engine.active_task:
@@ -421,6 +439,8 @@ class Session:
                 self._seconds_per_step = job.seconds_per_step
             if error is not None:
                 self._unsaved.append(result)
+            if self._closing and result.cancelled:
+                return  # stopped by close(): the queue file keeps it as it was, to run again
             self._end(job, JobState.CANCELLED if result.cancelled or result.image is None else JobState.DONE)
             self._changed()
         emit(JobFinished(job.id, result, path, error))
@@ -529,6 +549,7 @@ class Session:
         """Stop the running job and write the queue one last time: what waits stays in the file
         for the next start."""
         with self._lock:
+            self._closing = True  # the running job is stopped, not cancelled: it stays queued
             self._cancel.set()
             self._changed()
         if self._writer is not None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,38 +20,42 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Header, Input
-from textual.worker import Worker, WorkerState, get_current_worker
+from textual.worker import Worker, WorkerState
 
 from spatiora_tui.atomic import clean_stale_partials
-from spatiora_tui.config import Settings, TaskSettings
-from spatiora_tui.engine.api import (
-    Engine,
-    EngineError,
-    EngineOOM,
-    GenerationRequest,
-    GenerationResult,
-    StepPreview,
-)
+from spatiora_tui.config import Settings, TaskSettings, user_state_dir
+from spatiora_tui.engine.api import Engine, EngineError
 from spatiora_tui.hw import Telemetry, process_age_s
-from spatiora_tui.outputs import OutputError, save_result
+from spatiora_tui.jobs.events import JobStepped as JobStep
+from spatiora_tui.jobs.events import SessionEvent
+from spatiora_tui.jobs.session import Session
+from spatiora_tui.jobs.sheets import contact_sheet
+from spatiora_tui.jobs.store import Orphan, QueueStore
 from spatiora_tui.ui.images import image_widget_class
 from spatiora_tui.ui.messages import (
     AdapterSwitched,
     AdapterSwitchFailed,
-    GenerationFailed,
-    GenerationFinished,
+    GroupFinished,
     HardwareSampled,
     ImageSaved,
+    JobFailed,
+    JobFinished,
+    JobStarted,
+    JobStepped,
     ModelLoaded,
     ModelLoadFailed,
     ModelLoadProgressed,
     ModelSwitched,
     ModelSwitchFailed,
-    StepPreviewReady,
+    QueueChanged,
+    QueueFound,
+    message_for,
 )
-from spatiora_tui.ui.pacing import PreviewPacer
+from spatiora_tui.ui.pacing import PreviewPacer, StepThrottle
 from spatiora_tui.ui.screens.history import HistoryScreen
 from spatiora_tui.ui.screens.models import ModelPicker
+from spatiora_tui.ui.screens.queue import QueueScreen
+from spatiora_tui.ui.screens.resume import DISCARD, RESUME, ResumeQueue
 from spatiora_tui.ui.text import markup_safe
 from spatiora_tui.ui.widgets.hardware_pane import HardwarePane
 from spatiora_tui.ui.widgets.preview_pane import PreviewPane
@@ -67,7 +70,11 @@ if TYPE_CHECKING:
 PAINT_WAIT_S = 0.5
 
 #: Binding ids, which are also the [keys] names in config.toml.
-KEY_ACTIONS = ("generate", "cancel", "next_task", "history", "save", "models", "quit")
+KEY_ACTIONS = ("generate", "cancel", "queue", "next_task", "history", "save", "models", "quit")
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
 class SpatioraApp(App[None], inherit_bindings=False):
@@ -80,6 +87,14 @@ class SpatioraApp(App[None], inherit_bindings=False):
         # characters typed before it, so a fast typist (or an SSH burst) generates with all of them.
         Binding("ctrl+g", "generate", "Generate", id="generate", tooltip="Generate with the prompt pane's settings"),
         Binding("escape", "cancel", "Cancel", id="cancel", tooltip="Cancel the running generation"),
+        Binding(
+            "ctrl+r",
+            "queue",
+            "Queue",
+            id="queue",
+            priority=True,
+            tooltip="See the queued jobs: move, cancel, retry, pause and resume them",
+        ),
         Binding(
             "ctrl+t", "next_task", "Next task", id="next_task", priority=True, tooltip="Switch to the next task mode"
         ),
@@ -122,21 +137,25 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self.telemetry = telemetry or Telemetry.from_settings(settings)
         self._tasks: dict[str, TaskSettings] = {t.name: t for t in settings.tasks}
         self._model_ready = False
-        self._generation: Worker[Any] | None = None
-        self._pending_task: str | None = None
-        self._switching = False
+        # The session holds the jobs, their queue and the images waiting for "save again"; the
+        # queue file in the state folder keeps what waits across a crash or a dropped SSH session.
+        self.session = Session(
+            engine, settings, store=QueueStore(user_state_dir() / "queues"), telemetry=self.telemetry
+        )
+        self._chosen: str | None = None  # the task new requests are for (see chosen_task)
+        self._running_job: int | None = None  # the job the preview pane shows
+        self._group_images: dict[str, list[Image.Image]] = {}  # a batch's thumbnails so far
+        self._sheets: set[Path] = set()  # contact sheets and images saved again, for the history
+        self._store_error_said: str | None = None
         self._model_switching = False
         self._peaks_task: str | None = None  # the task whose stage peaks the pane shows
         self.preview_pacer = PreviewPacer(settings.ui.preview_fps, settings.ui.preview_cpu_budget)
         # While generating, the newest step and hardware sample wait here for the frame clock.
-        self._pending_step: StepPreviewReady | None = None
+        self._pending_step: JobStepped | None = None
         self._pending_sample: HardwareSampled | None = None
         # The newest step image the budget has not let through yet: drawn on a later frame unless
         # a newer one replaces it (with slow steps every image gets drawn, however tight the budget).
         self._pending_image: Image.Image | None = None
-        self._session_images: list[Path] = []
-        # Images whose save failed, oldest first: kept in memory until a "save again" succeeds.
-        self._unsaved: list[GenerationResult] = []
         self._quit_asked = False  # a first quit with unsaved images only warns
         self._exit_after_first_frame = exit_after_first_frame
         self._unsubscribe: Callable[[], None] | None = None
@@ -213,6 +232,9 @@ class SpatioraApp(App[None], inherit_bindings=False):
             return
         self.post_message(AdapterSwitched(switch))
         self.post_message(ModelLoaded(model))
+        orphans = self.session.orphans()  # queues that sessions which ended left behind
+        if orphans:
+            self.post_message(QueueFound(orphans))
 
     def on_model_load_progressed(self, message: ModelLoadProgressed) -> None:
         self.preview_pane.show_loading(f"{message.text}…")
@@ -242,8 +264,8 @@ class SpatioraApp(App[None], inherit_bindings=False):
         if not self._model_ready:
             self.say("the model is still loading; pick another one once it is ready")
             return
-        if self._generation is not None or self._switching:
-            self.say("a generation or task switch is running; pick a model when it ends")
+        if self.session.busy or self.session.waiting():
+            self.say(f"jobs are running or waiting; pick a model when the queue is done ({self._key('queue')})")
             return
         self.push_screen(ModelPicker(self.engine), self._model_chosen)
 
@@ -304,11 +326,17 @@ class SpatioraApp(App[None], inherit_bindings=False):
         if action == "generate" and not self._model_ready:
             return None  # shown dimmed until the model is ready
         if action == "save":
-            return bool(self._unsaved)  # in the footer only while an image waits
+            return bool(self.session.unsaved)  # in the footer only while an image waits
         return True
 
     def _key(self, action: str) -> str:
         return str(getattr(self.settings.keys, action)).split(",")[0]
+
+    @property
+    def chosen_task(self) -> str:
+        """The task new requests are for: the one the user picked last (its switch may still
+        wait for the queue), else the active one."""
+        return self._chosen or self.task_pane.active or self.settings.tasks[0].name
 
     def action_generate(self) -> None:
         if isinstance(self.screen, HistoryScreen):
@@ -316,26 +344,26 @@ class SpatioraApp(App[None], inherit_bindings=False):
         if not self._model_ready:
             self.say("the model is still loading; generate is available once it is ready")
             return
-        if self._generation is not None:
-            self.say(f"a generation is already running; {self._key('cancel')} cancels it")
-            return
-        task = self.task_pane.active or self.settings.tasks[0].name
+        task = self.chosen_task
         try:
             request = self.prompt_pane.request(task)
+            count = self.prompt_pane.count()
         except FormError as exc:
             self.say(str(exc), error=True)
             return
-        self._peaks_task = task
-        settings = self._tasks[task]
-        self.preview_pane.started(
-            request.steps or settings.steps, request.width or settings.width, request.height or settings.height
-        )
-        self.say(f"generating ({task})… {self._key('cancel')} cancels")
-        # The worker starts denoising once this state is on screen: the repaint then does not
-        # compete with torch for the CPU.
-        painted = threading.Event()
-        self._generation = self._generate(request, painted)
-        self.call_after_refresh(self._begin_generation, painted)
+        behind = self.session.running is not None or bool(self.session.waiting())
+        jobs = self.session.submit_batch(request, count) if count > 1 else [self.session.submit(request)]
+        if behind or self.session.paused:
+            what = f"a batch of {count} (jobs {jobs[0].id}-{jobs[-1].id})" if count > 1 else f"job {jobs[0].id}"
+            where = _ordinal(self.session.position(jobs[0].id))
+            paused = " — the queue is paused" if self.session.paused else ""
+            self.say(f"queued {what}: {where} in the queue{paused} ({self._key('queue')} shows it)")
+        self.kick()
+
+    def kick(self) -> None:
+        """Start the runner if there is work and none runs."""
+        if self.session.wants_runner():
+            self._run_session()
 
     def _begin_generation(self, painted: threading.Event) -> None:
         self.prompt_pane.steady_cursor(True)
@@ -344,22 +372,32 @@ class SpatioraApp(App[None], inherit_bindings=False):
         painted.set()
 
     def action_cancel(self) -> None:
-        if self._generation is not None:
-            self._generation.cancel()
-            self.say("cancelling… (stops within one step)")
+        running = self.session.running
+        if running is not None and self.session.cancel(running.id):
+            waiting = len(self.session.waiting())
+            more = f"; {waiting} job(s) still wait ({self._key('queue')} to see them)" if waiting else ""
+            self.say(f"cancelling… (stops within one step){more}")
         else:
             self.say("nothing to cancel: no generation is running")
 
     def action_next_task(self) -> None:
         names = list(self._tasks)
-        current = self._pending_task or self.task_pane.active or names[0]
-        self.request_switch(names[(names.index(current) + 1) % len(names)])
+        self.request_switch(names[(names.index(self.chosen_task) + 1) % len(names)])
 
     def action_history(self) -> None:
         if isinstance(self.screen, HistoryScreen):
             self.pop_screen()
             return
-        self.push_screen(HistoryScreen(self.settings.output_dir, set(self._session_images), self._image_class))
+        made = {job.path for job in self.session.jobs() if job.path is not None} | self._sheets
+        self.push_screen(HistoryScreen(self.settings.output_dir, made, self._image_class))
+
+    def action_queue(self) -> None:
+        if isinstance(self.screen, QueueScreen):
+            self.pop_screen()
+            return
+        if isinstance(self.screen, HistoryScreen):
+            self.pop_screen()
+        self.push_screen(QueueScreen(self.session, self.kick, self._key("queue")))
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
@@ -367,6 +405,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         yield SystemCommand(
             "Cancel generation", f"Stop the running generation ({self._key('cancel')})", self.action_cancel
         )
+        yield SystemCommand("Queue", f"See and steer the queued jobs ({self._key('queue')})", self.action_queue)
         yield SystemCommand("Next task mode", f"Switch task ({self._key('next_task')})", self.action_next_task)
         yield SystemCommand("History", f"Browse images ({self._key('history')})", self.action_history)
         yield SystemCommand("Model", f"Pick the base model ({self._key('models')})", self.action_models)
@@ -393,33 +432,26 @@ class SpatioraApp(App[None], inherit_bindings=False):
     # -- task switching -----------------------------------------------------------------------
 
     def request_switch(self, name: str) -> None:
-        """Switch to task `name` now, or queue it until the running generation ends."""
+        """Make `name` the task of new requests: its settings fill the prompt pane now; its
+        adapters switch at once when nothing runs, else once the queue is done (queued jobs
+        switch as each one needs)."""
         if not self._model_ready:
             self.say("the model is still loading; switch tasks once it is ready")
             return
-        if self._generation is not None or self._switching:
-            self._pending_task = name
-            self.task_pane.set_pending(name)
-            self.engine.prefetch(name)  # its adapters come to RAM while the generation runs
-            self.say(f"switch to {name} queued: it happens when the running generation ends")
-            return
-        if name == self.task_pane.active:
+        if name == self.chosen_task and name == self.task_pane.active:
             self.say(f"{name} is already the active task")
             return
-        self._switching = True
-        self._switch(name)
-
-    @work(thread=True, exit_on_error=False, group="switch")
-    def _switch(self, name: str) -> None:
-        progress = lambda text: self.post_message(ModelLoadProgressed(text))  # noqa: E731 - a task's own model
-        try:
-            self.post_message(AdapterSwitched(self.engine.switch_task(name, on_progress=progress)))
-        except EngineError as exc:
-            self.post_message(AdapterSwitchFailed(name, str(exc)))
+        if name != self.chosen_task:
+            self.prompt_pane.fill_from_task(self._tasks[name])
+        self._chosen = name
+        self.session.request_switch(name)
+        if self.session.busy:
+            self.task_pane.set_pending(name if name != self.task_pane.active else None)
+            self.say(f"task {name}: new requests use it; its adapters switch when the queue is done")
+        self.kick()
 
     def on_adapter_switched(self, message: AdapterSwitched) -> None:
         switch = message.switch
-        self._switching = False
         text = switch.summary()
         if switch.model_switch is not None:
             self._show_model(switch.model_switch.model)
@@ -432,73 +464,62 @@ class SpatioraApp(App[None], inherit_bindings=False):
             for note in switch.model_switch.notes:
                 self.notify(markup_safe(note), severity="warning", timeout=10)
         self.task_pane.set_active(switch.task, text, switch.adapters, switch.warning)
-        self.prompt_pane.fill_from_task(self._tasks[switch.task])
+        if switch.task == self._chosen or self._chosen is None:
+            self.task_pane.set_pending(None)
         if switch.warning:
             self.say(f"task {switch.task}: {switch.warning}", error=True)
-        elif self._model_ready:
+        elif self._model_ready and not message.job_id:
             self.say(f"task {switch.task}: {text}")
-        self._run_pending_switch()
 
     def on_adapter_switch_failed(self, message: AdapterSwitchFailed) -> None:
-        self._switching = False
         self.task_pane.set_pending(None)
+        if not message.job_id:
+            self._chosen = self.task_pane.active
         self.say(f"could not switch to {message.task}: {message.error}", error=True)
-        self._run_pending_switch()
 
-    def _run_pending_switch(self) -> None:
-        pending, self._pending_task = self._pending_task, None
-        if pending is not None and pending != self.task_pane.active:
-            self.request_switch(pending)
-        else:
-            self.task_pane.set_pending(None)
+    # -- the queue's runner -------------------------------------------------------------------
 
-    # -- generation ---------------------------------------------------------------------------
-
-    @work(thread=True, exclusive=True, exit_on_error=False, group="generate")
-    def _generate(self, request: GenerationRequest, painted: threading.Event) -> None:
-        worker = get_current_worker()
-        painted.wait(PAINT_WAIT_S)
-        period = 1.0 / self.settings.ui.preview_fps
-        last_post = [float("-inf")]
-        newest: list[Any] = [None]  # the newest preview image not yet posted
-
-        def on_step(preview: StepPreview) -> None:
-            if preview.image is not None:
-                newest[0] = preview.image
-            now = time.monotonic()
-            if preview.step >= preview.total or now - last_post[0] >= period:
-                last_post[0] = now
-                rate = preview.step / max(preview.elapsed_s, 1e-6)
-                image, newest[0] = newest[0], None
-                if image is not None and image.mode != "RGB":
-                    image = image.convert("RGB")
-                self.post_message(
-                    StepPreviewReady(StepPreview(preview.step, preview.total, image, preview.elapsed_s), rate)
-                )
-
+    @work(thread=True, exit_on_error=False, group="session")
+    def _run_session(self) -> None:
+        """Run the session's jobs (and task switches) until none is left; the session's events
+        come to the UI as messages."""
+        steps = StepThrottle(1.0 / self.settings.ui.preview_fps)
         try:
-            result = self.engine.generate(request, on_step=on_step, cancel=worker.cancelled_event)
-        except EngineOOM as exc:
-            self.post_message(GenerationFailed(request.task, str(exc), out_of_memory=True))
-            return
-        except EngineError as exc:
-            self.post_message(GenerationFailed(request.task, str(exc), out_of_memory=False))
-            return
-        path = error = None
-        if result.image is not None and not result.cancelled:
-            path, error = self._save(result)
-        self.post_message(GenerationFinished(result, path, error))
+            while self.session.run_next(lambda event: self._post_event(event, steps)):
+                pass
+        except BaseException:
+            self.session.release_runner()
+            raise
 
-    def _save(self, result: GenerationResult) -> tuple[Path | None, str | None]:
-        """Save one image (on a worker thread): (its path, None) or (None, what went wrong)."""
-        try:
-            with self.telemetry.stage("save"):
-                return save_result(result, self.settings.output_dir), None
-        except OutputError as exc:
-            return None, str(exc)
+    def _post_event(self, event: SessionEvent, steps: StepThrottle) -> None:
+        if isinstance(event, JobStep):
+            paced = steps.offer(event)
+            if paced is None:
+                return
+            event = paced
+        message = message_for(event)
+        self.post_message(message)
+        if isinstance(message, JobStarted):
+            # Denoising starts once the job's start is on screen: the repaint then does not
+            # compete with torch for the CPU.
+            message.painted.wait(PAINT_WAIT_S)
 
-    def on_step_preview_ready(self, message: StepPreviewReady) -> None:
-        if self._generation is not None:
+    def on_job_started(self, message: JobStarted) -> None:
+        job = self.session.job(message.job_id)
+        task = self._tasks.get(job.task)
+        self._running_job = job.id
+        self._peaks_task = job.task
+        width = job.request.width or (task.width if task else 512)
+        height = job.request.height or (task.height if task else 512)
+        self.preview_pane.started(message.steps, width, height)
+        label = f" · {job.label}" if job.label else ""
+        waiting = len(self.session.waiting())
+        more = f" · {waiting} waiting" if waiting else ""
+        self.say(f"generating job {job.id} ({job.task}{label})…{more} · {self._key('cancel')} cancels")
+        self.call_after_refresh(self._begin_generation, message.painted)
+
+    def on_job_stepped(self, message: JobStepped) -> None:
+        if message.job_id == self._running_job:
             self._pending_step = message
 
     def _draw_frame(self) -> None:
@@ -511,36 +532,77 @@ class SpatioraApp(App[None], inherit_bindings=False):
             return  # over the CPU budget: what is pending waits for a later tick
         self._pending_step = None
         sample, self._pending_sample = self._pending_sample, None
-        if self._generation is not None:
+        if self._running_job is not None:
             if step is not None:
                 if step.preview.image is not None:
                     self._pending_image = step.preview.image
                 self.preview_pane.show_step(step.preview, step.rate)
+                if isinstance(self.screen, QueueScreen):
+                    self.screen.show_progress(step.job_id)
             if self._pending_image is not None and self.preview_pacer.should_draw():
                 self.preview_pane.show_image(self._pending_image)
                 self._pending_image = None
         if sample is not None:
             self._show_sample(sample)
 
-    def on_generation_finished(self, message: GenerationFinished) -> None:
+    def on_job_finished(self, message: JobFinished) -> None:
         result = message.result
-        self._generation_ended()
+        job = self.session.job(message.job_id)
+        self._job_ended()
         self.prompt_pane.show_last_seed(result.params.seed)
         if result.cancelled:
             saved = "cancelled: nothing saved"
-            self.say(f"cancelled after {result.steps_done} steps; nothing saved")
+            self.say(f"job {job.id} cancelled after {result.steps_done} steps; nothing saved")
         elif message.path is not None:
-            self._session_images.append(message.path)
             saved = f"saved {markup_safe(str(message.path))}"
-            self.say(f"saved {message.path}")
+            self.say(f"saved {message.path}" + self._queue_note())
         else:
-            self._unsaved.append(result)
             self.refresh_bindings()
             saved = f"[b]not saved[/] — the image is kept in memory: {self._key('save')} saves it again"
             self.say(f"could not save the image: {message.save_error}", error=True)
         for warning in result.warnings:
             self.notify(markup_safe(warning), severity="warning", timeout=8)
         self.preview_pane.finished(result, saved)
+        if job.group and result.image is not None:
+            self._show_group(job.group, result.image)
+
+    def _show_group(self, group: str, image: Image.Image) -> None:
+        """A batch's images so far, as a grid in the preview pane (the next job's previews take
+        the pane back as they arrive)."""
+        images = self._group_images.setdefault(group, [])
+        thumb = image.copy()
+        thumb.thumbnail((256, 256))
+        images.append(thumb)
+        if len(images) > 1:
+            self.preview_pane.show_sheet(contact_sheet(images))
+
+    def _queue_note(self) -> str:
+        waiting = len(self.session.waiting())
+        if not waiting:
+            return ""
+        return f" · {waiting} waiting" + (" (queue paused)" if self.session.paused else "")
+
+    def on_job_failed(self, message: JobFailed) -> None:
+        self._job_ended()
+        self.preview_pane.failed()
+        prefix = "out of memory" if message.out_of_memory else "generation failed"
+        self.say(f"{prefix} (job {message.job_id}, {message.task}): {message.error}", error=True)
+
+    def on_group_finished(self, message: GroupFinished) -> None:
+        self._group_images.pop(message.group, None)
+        if message.path is not None:
+            self._sheets.add(message.path)
+            self.say(f"{message.group} done: contact sheet {message.path}")
+        else:
+            self.say(f"{message.group} done: {message.error}")
+
+    def on_queue_changed(self, message: QueueChanged) -> None:
+        if isinstance(self.screen, QueueScreen):
+            self.screen.refresh_jobs()
+        error = self.session.store_error
+        if error is not None and error != self._store_error_said:
+            self._store_error_said = error
+            self.notify(markup_safe(f"{error}: the queue runs, but would not survive a crash"), severity="warning")
 
     def on_prompt_pane_controls_removed(self, message: PromptPane.ControlsRemoved) -> None:
         what = "negative prompt" if message.field == "negative" else "prompt"
@@ -549,65 +611,82 @@ class SpatioraApp(App[None], inherit_bindings=False):
             "they could drive the terminal and mean nothing to the model"
         )
 
+    # -- a queue left by a session that ended -----------------------------------------------
+
+    def on_queue_found(self, message: QueueFound) -> None:
+        self.push_screen(ResumeQueue(message.orphans), lambda choice: self._queue_choice(message.orphans, choice))
+
+    def _queue_choice(self, orphans: list[Orphan], choice: str | None) -> None:
+        if choice == RESUME:
+            count, problems = self.session.adopt(orphans)
+            for problem in problems:
+                self.notify(markup_safe(problem), severity="warning", timeout=10)
+            self.say(f"resumed {count} job(s) from the earlier session ({self._key('queue')} shows them)")
+            self.kick()
+        elif choice == DISCARD:
+            kept = 0
+            for orphan in orphans:
+                if orphan.problems:
+                    orphan.release()  # not fully read: never deleted unseen
+                    kept += 1
+                else:
+                    orphan.remove()
+            self.say("discarded the earlier session's queue" + (f" ({kept} unreadable file(s) kept)" if kept else ""))
+        else:
+            for orphan in orphans:
+                orphan.release()
+            self.say("the earlier session's queue is kept: it is offered again at the next start (or: spatiora queue)")
+
     # -- saving again -------------------------------------------------------------------------
 
     def action_save(self) -> None:
-        if not self._unsaved:
+        unsaved = self.session.unsaved
+        if not unsaved:
             self.say("nothing waits to be saved: every image of this session is on disk")
             return
-        self.say(f"saving {len(self._unsaved)} image(s) again to {self.settings.output_dir}…")
-        self._save_again(list(self._unsaved))
+        self.say(f"saving {len(unsaved)} image(s) again to {self.settings.output_dir}…")
+        self._save_again()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="save")
-    def _save_again(self, results: list[GenerationResult]) -> None:
-        for result in results:
-            path, error = self._save(result)
-            self.post_message(ImageSaved(result, path, error))
-            if error is not None:
-                return  # the same cause would fail the rest too
+    def _save_again(self) -> None:
+        self.session.save_again(lambda event: self.post_message(message_for(event)))
 
     def on_image_saved(self, message: ImageSaved) -> None:
+        unsaved = len(self.session.unsaved)
         if message.path is None:
             self.say(
-                f"still not saved: {message.error} ({len(self._unsaved)} image(s) stay in memory; "
+                f"still not saved: {message.error} ({unsaved} image(s) stay in memory; "
                 f"{self._key('save')} tries again)",
                 error=True,
             )
             return
-        if message.result in self._unsaved:
-            self._unsaved.remove(message.result)
-            self.refresh_bindings()
-        self._session_images.append(message.path)
+        self.refresh_bindings()
+        self._sheets.add(message.path)  # not a job's own path when saved again: listed all the same
         self.preview_pane.show_saved(f"saved {markup_safe(str(message.path))}")
-        self.say(f"saved {message.path}" + (f" ({len(self._unsaved)} still waiting)" if self._unsaved else ""))
+        self.say(f"saved {message.path}" + (f" ({unsaved} still waiting)" if unsaved else ""))
 
     async def action_quit(self) -> None:
-        """Quit; with images that could not be saved, the first quit only says so."""
-        if self._unsaved and not self._quit_asked:
+        """Quit; with images that could not be saved, the first quit only says so. Queued jobs
+        are kept in the queue file and offered at the next start."""
+        unsaved = len(self.session.unsaved)
+        if unsaved and not self._quit_asked:
             self._quit_asked = True
             self.say(
-                f"{len(self._unsaved)} image(s) are not saved: {self._key('save')} saves them, "
+                f"{unsaved} image(s) are not saved: {self._key('save')} saves them, "
                 f"{self._key('quit')} again quits and loses them",
                 error=True,
             )
             return
         self.exit()
 
-    def on_generation_failed(self, message: GenerationFailed) -> None:
-        self._generation_ended()
-        self.preview_pane.failed()
-        prefix = "out of memory" if message.out_of_memory else "generation failed"
-        self.say(f"{prefix}: {message.error}", error=True)
-
-    def _generation_ended(self) -> None:
+    def _job_ended(self) -> None:
         self._frame_clock.pause()
         self._pending_step = self._pending_image = None
         sample, self._pending_sample = self._pending_sample, None
         if sample is not None:
             self._show_sample(sample)
         self.prompt_pane.steady_cursor(False)
-        self._generation = None
-        self._run_pending_switch()
+        self._running_job = None
 
     @on(Worker.StateChanged)
     def _worker_state_changed(self, event: Worker.StateChanged) -> None:
@@ -616,11 +695,9 @@ class SpatioraApp(App[None], inherit_bindings=False):
             return
         error = event.worker.error
         text = f"{type(error).__name__}: {error}" if error is not None else "unknown error"
-        if event.worker.group == "generate":
-            self._generation_ended()
+        if event.worker.group == "session":
+            self._job_ended()
             self.preview_pane.failed()
-        elif event.worker.group == "switch":
-            self._switching = False
         elif event.worker.group == "load" and self._model_switching:
             self._model_switching = False
             self._model_ready = self.engine.model is not None
@@ -635,13 +712,14 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self.telemetry.start()
 
     def on_unmount(self) -> None:  # the app is closing
+        self.session.close()  # what waits stays in the queue file, offered at the next start
         if self._unsubscribe is not None:
             self._unsubscribe()
         self.telemetry.stop()
 
     def on_hardware_sampled(self, message: HardwareSampled) -> None:
         # Peaks are the telemetry's: it folds in every sample and stage, drawn or not.
-        if self._generation is not None:
+        if self._running_job is not None:
             self._pending_sample = message  # drawn by the frame clock
         else:
             self._show_sample(message)

@@ -6,12 +6,17 @@ behind only the newest one is drawn.
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from textual.message import Message
 
 from spatiora_tui.engine.api import AdapterSwitch, GenerationResult, ModelInfo, ModelSwitch, StepPreview
 from spatiora_tui.hw import HardwareSnapshot
+from spatiora_tui.jobs import events
+from spatiora_tui.jobs.store import Orphan
 
 
 class ModelLoadProgressed(Message):
@@ -49,55 +54,114 @@ class ModelSwitchFailed(Message):
         self.model = model
 
 
+@dataclass
 class AdapterSwitched(Message):
-    def __init__(self, switch: AdapterSwitch) -> None:
-        super().__init__()
-        self.switch = switch
+    """The engine's active task changed: for a job (`job_id`), as the user asked (0), or with a
+    new base model (`switch.model_switch`)."""
+
+    switch: AdapterSwitch
+    job_id: int = 0
 
 
+@dataclass
 class AdapterSwitchFailed(Message):
-    def __init__(self, task: str, error: str) -> None:
-        super().__init__()
-        self.task = task
-        self.error = error
+    task: str
+    error: str
+    job_id: int = 0
 
 
-class StepPreviewReady(Message):
-    def __init__(self, preview: StepPreview, rate: float) -> None:
-        super().__init__()
-        self.preview = preview
-        self.rate = rate  # steps per second so far
+# -- the session's events, one message each (spatiora_tui.jobs.events says what they mean) ------
+
+
+@dataclass
+class QueueChanged(Message):
+    """Jobs were added, moved, paused, resumed, cancelled or ended."""
+
+
+@dataclass
+class JobStarted(Message):
+    job_id: int
+    task: str
+    steps: int
+    #: Set once the job's start is on screen; the runner waits for it (up to PAINT_WAIT_S)
+    #: before denoising, so the repaint does not compete with torch for the CPU.
+    painted: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class JobStepped(Message):
+    job_id: int
+    preview: StepPreview
+    rate: float  # steps per second so far
 
     def can_replace(self, message: Message) -> bool:
-        return isinstance(message, StepPreviewReady)
+        return isinstance(message, JobStepped) and message.job_id == self.job_id
 
 
-class GenerationFinished(Message):
-    """A generation ended: with an image (saved, or not when `save_error`), or cancelled."""
+@dataclass
+class JobFinished(Message):
+    """A job ended: with an image (saved, or not when `save_error`), or cancelled."""
 
-    def __init__(self, result: GenerationResult, path: Path | None, save_error: str | None = None) -> None:
-        super().__init__()
-        self.result = result
-        self.path = path
-        self.save_error = save_error
+    job_id: int
+    result: GenerationResult
+    path: Path | None
+    save_error: str | None = None
 
 
+@dataclass
+class JobFailed(Message):
+    job_id: int
+    task: str
+    error: str
+    out_of_memory: bool
+
+
+@dataclass
+class GroupFinished(Message):
+    """A batch or sweep ended; its sheet is at `path`, or `error` says why there is none."""
+
+    group: str
+    path: Path | None
+    error: str | None = None
+
+
+@dataclass
 class ImageSaved(Message):
     """A "save again" of an image whose first save failed ended: saved at `path`, or `error`."""
 
-    def __init__(self, result: GenerationResult, path: Path | None, error: str | None) -> None:
-        super().__init__()
-        self.result = result
-        self.path = path
-        self.error = error
+    result: GenerationResult
+    path: Path | None
+    error: str | None
 
 
-class GenerationFailed(Message):
-    def __init__(self, task: str, error: str, out_of_memory: bool) -> None:
-        super().__init__()
-        self.task = task
-        self.error = error
-        self.out_of_memory = out_of_memory
+@dataclass
+class QueueFound(Message):
+    """Sessions that ended left jobs queued (each Orphan is locked until adopted or released)."""
+
+    orphans: list[Orphan]
+
+    @property
+    def count(self) -> int:
+        return sum(len(o.records) for o in self.orphans)
+
+
+_MESSAGES: dict[type, type[Message]] = {
+    events.QueueChanged: QueueChanged,
+    events.JobStarted: JobStarted,
+    events.JobStepped: JobStepped,
+    events.JobFinished: JobFinished,
+    events.JobFailed: JobFailed,
+    events.TaskSwitched: AdapterSwitched,
+    events.TaskSwitchFailed: AdapterSwitchFailed,
+    events.GroupFinished: GroupFinished,
+    events.ImageSaved: ImageSaved,
+}
+
+
+def message_for(event: events.SessionEvent) -> Message:
+    """The Textual message that carries a session event to the app."""
+    cls = _MESSAGES[type(event)]
+    return cls(**{f.name: getattr(event, f.name) for f in dataclasses.fields(event)})
 
 
 class HardwareSampled(Message):

@@ -13,8 +13,12 @@ with one a second always allowed.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
+from typing import Any
+
+from spatiora_tui.jobs.events import JobStepped
 
 #: Longest the screen goes without a repaint while generating, budget or not (seconds).
 MIN_REPAINT_S = 1.0
@@ -79,3 +83,31 @@ class PreviewPacer:
         """The UI thread's CPU time since start() over the wall time (0 before any time passes)."""
         elapsed = self._clock() - self._t0
         return (self._cpu_clock() - self._cpu0) / elapsed if elapsed > 0 else 0.0
+
+
+class StepThrottle:
+    """Which step events a runner posts to the UI: at most one per `period` seconds, always the
+    last step of a job, each carrying the newest preview image made since the last one posted
+    (converted to RGB here, on the runner's thread, not on the UI's). Runs on the runner thread."""
+
+    def __init__(self, period: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._period = period
+        self._clock = clock
+        self._last_post = float("-inf")
+        self._newest: Any = None  # the newest preview image not yet posted
+        self._job = 0
+
+    def offer(self, event: JobStepped) -> JobStepped | None:
+        if event.job_id != self._job:  # a new job: nothing of the last one carries over
+            self._job, self._newest, self._last_post = event.job_id, None, float("-inf")
+        preview = event.preview
+        if preview.image is not None:
+            self._newest = preview.image
+        now = self._clock()
+        if preview.step < preview.total and now - self._last_post < self._period:
+            return None
+        self._last_post = now
+        image, self._newest = self._newest, None
+        if image is not None and image.mode != "RGB":
+            image = image.convert("RGB")
+        return dataclasses.replace(event, preview=dataclasses.replace(preview, image=image))

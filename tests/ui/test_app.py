@@ -15,7 +15,7 @@ from textual.widgets import Input, OptionList, Static
 from spatiora_tui.config import KeySettings
 from spatiora_tui.engine.api import EngineError, EngineOOM
 from spatiora_tui.outputs import read_metadata
-from spatiora_tui.ui.messages import HardwareSampled, StepPreviewReady
+from spatiora_tui.ui.messages import HardwareSampled, JobStepped
 from spatiora_tui.ui.screens.history import HistoryScreen
 from spatiora_tui.ui.widgets.task_pane import TaskPane
 from tests.ui.helpers import outputs, settle, status, with_ui
@@ -56,7 +56,7 @@ async def test_ctrl_g_generates_streams_previews_and_saves(make) -> None:
         await type_prompt(pilot, "a sunlit loft")
         await pilot.press("ctrl+g")
         await settle(app, pilot)
-        previews = [m for m in seen if isinstance(m, StepPreviewReady)]
+        previews = [m for m in seen if isinstance(m, JobStepped)]
         assert previews and previews[-1].preview.step == 4, "the last step's preview always arrives"
         files = outputs()
         assert len(files) == 1 and f"saved {files[0]}" in status(app)
@@ -164,7 +164,8 @@ async def test_task_switch_during_a_run_waits_for_it(make) -> None:
         await start_held_generation(pilot, engine)
         await pilot.press("ctrl+t")
         await pilot.pause()
-        assert "queued" in status(app) and engine.switches == ["interior"], "the running job is not disturbed"
+        assert "switch when the queue is done" in status(app)
+        assert engine.switches == ["interior"], "the running job is not disturbed"
         assert engine.prefetched == ["floorplan"], "its adapters are read while the job runs"
         gate.set()
         await settle(app, pilot)
@@ -190,16 +191,20 @@ async def test_a_generation_with_no_switch_queued_leaves_the_task_pane_alone(mak
         assert len(relabels) == before
 
 
-async def test_generate_while_running_is_refused_politely(make) -> None:
+async def test_generate_while_running_queues_the_request_and_says_where(make) -> None:
     gate = threading.Event()
     app, engine = make(gate=gate)
     async with app.run_test(size=SIZE) as pilot:
         await start_held_generation(pilot, engine)
+        await type_prompt(pilot, "second")
         await pilot.press("ctrl+g")
-        assert "already running" in status(app)
+        assert "queued job 2: 1st in the queue (ctrl+r shows it)" in status(app)
+        await type_prompt(pilot, "third")
+        await pilot.press("ctrl+g")
+        assert "queued job 3: 2nd in the queue" in status(app)
         gate.set()
         await settle(app, pilot)
-        assert len(engine.requests) == 1
+        assert [r.prompt for r in engine.requests] == ["x", "second", "third"] and len(outputs()) == 3
 
 
 async def test_typing_works_while_generating(make) -> None:
@@ -235,7 +240,7 @@ async def test_engine_error_and_load_failure_are_shown(make) -> None:
         await type_prompt(pilot, "x")
         await pilot.press("ctrl+g")
         await settle(app, pilot)
-        assert "generation failed: adapter 'floorplan' is corrupt" in status(app)
+        assert "generation failed (job 1, interior): adapter 'floorplan' is corrupt" in status(app)
     app, engine = make(fail_load="model path /nope does not exist; fix model.source")
     async with app.run_test(size=SIZE) as pilot:
         await settle(app, pilot)
@@ -323,7 +328,7 @@ async def test_previews_are_throttled_to_the_frame_rate(make, ui_settings) -> No
         await type_prompt(pilot, "x")
         await pilot.press("ctrl+g")
         await settle(app, pilot)
-        steps = [m.preview.step for m in seen if isinstance(m, StepPreviewReady)]
+        steps = [m.preview.step for m in seen if isinstance(m, JobStepped)]
         # At 0.5 fps a fast run posts step 1 and the last step only; a newer preview may also
         # replace step 1 while it waits in the queue (can_replace), so 1 or 2 arrive.
         assert steps[-1] == 40 and len(steps) <= 2 and set(steps) <= {1, 40}
@@ -348,7 +353,7 @@ async def test_a_preview_over_the_budget_waits_for_a_later_frame(make) -> None:
         clock["wall"] += 1.0
         clock["cpu"] += 0.1  # 10% of the wall time used: far over a 1% budget
         image = Image.new("RGB", (64, 64), (200, 30, 30))
-        app.on_step_preview_ready(StepPreviewReady(StepPreview(2, 4, image, 1.0), 2.0))
+        app.on_job_stepped(JobStepped(app._running_job, StepPreview(2, 4, image, 1.0), 2.0))
         app._draw_frame()
         widget = app.query_one("#preview-image")
         assert widget.image is not image, "over the budget: not drawn yet"

@@ -65,7 +65,9 @@ async def test_out_of_memory_is_reported_and_the_next_generation_succeeds(
         await settle(app, pilot)
         failpoints.arm(point, "oom", times=times)
         await generate(app, pilot, "first try")
-        assert f"out of memory: out of memory during {stage} at 64x64; memory was released" in status(app)
+        assert f"out of memory (job 1, interior): out of memory during {stage} at 64x64; memory was released" in status(
+            app
+        )
         assert "Lower width/height" in status(app)
         assert app.query_one("#prompt", Input).value == "first try", "the prompt is kept"
         assert saved_files() == []
@@ -99,7 +101,7 @@ async def test_a_failed_save_keeps_the_image_and_ctrl_s_saves_it_again(loaded, a
         assert "ctrl+s saves it again" in str(app.query_one("#saved", Static).render())
         assert app.query_one("#preview-image").display is True and app.check_action("save", ()) is True
         await generate(app, pilot, "keep me too")  # a second image fails too: both are kept
-        assert saved_files() == [] and len(app._unsaved) == 2
+        assert saved_files() == [] and len(app.session.unsaved) == 2
         await pilot.press("ctrl+q")  # quitting would lose them: the first ctrl+q only warns
         await pilot.pause()
         assert app.is_running and "2 image(s) are not saved" in status(app)

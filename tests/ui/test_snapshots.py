@@ -66,6 +66,7 @@ def test_history_screen(snap_compare, settings: Settings, monkeypatch: pytest.Mo
     from spatiora_tui.engine.api import GenerationRequest
 
     maker = FakeEngine(settings)
+    maker.load()
     for i, (task, prompt) in enumerate([("floorplan", "two-bedroom flat"), ("interior", "reading nook")]):
         result = maker.generate(GenerationRequest(prompt=prompt, task=task, seed=100 + i))
         path = save_result(result, outputs, name=f"image-{i}-{task}")

@@ -121,6 +121,11 @@ class PreviewPane(Vertical):
         if self._aspect is None:  # an image without started(): take its shape
             self._set_shape(image.width, image.height)
 
+    def show_sheet(self, image: PILImage.Image) -> None:
+        """A grid of a batch's images: the image box takes the grid's shape."""
+        self._set_shape(image.width, image.height)
+        self.query_one("#preview-image").image = image  # type: ignore[attr-defined]
+
     def _set_shape(self, width: int, height: int) -> None:
         self._aspect = width / max(height, 1)
         # No more cells than the final image has pixels (a small image is not blown up).

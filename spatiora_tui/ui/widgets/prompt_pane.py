@@ -13,6 +13,7 @@ from textual.widgets import Input, Label
 
 from spatiora_tui.config import SEED_RANGE, STEPS_RANGE, TaskSettings, parse_size
 from spatiora_tui.engine.api import GenerationRequest
+from spatiora_tui.jobs.session import MAX_BATCH
 
 
 class FormError(ValueError):
@@ -70,6 +71,11 @@ class PromptPane(Vertical):
             with Vertical(classes="field"):
                 yield Label("Size WxH")
                 yield Input(id="size", restrict=r"[0-9xX]*")
+        with Horizontal():
+            with Vertical(classes="field"):
+                yield Label("Batch count")
+                yield Input(value="1", id="count", restrict=r"[0-9]*")
+            yield Vertical(classes="field")  # keeps the count field half-wide, as the others
 
     def on_mount(self) -> None:
         self.border_title = "Prompt"
@@ -99,6 +105,11 @@ class PromptPane(Vertical):
         """The empty (random) seed field says which seed the last image used; typing it in
         repeats that image."""
         self.query_one("#seed", Input).placeholder = f"last {seed}"
+
+    def count(self) -> int:
+        """How many images to make (seeds s, s+1, ...), or FormError."""
+        text = self.query_one("#count", Input).value.strip()
+        return _int("batch count", text, 1, MAX_BATCH) if text else 1
 
     def request(self, task: str) -> GenerationRequest:
         """The request these fields describe, or FormError naming the field at fault."""

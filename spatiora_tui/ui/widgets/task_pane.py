@@ -130,7 +130,7 @@ class TaskPane(Vertical):
             f"[b $warning]⚠ {markup_safe(self._warning)}[/]" if self._warning else "",
         ]
         if self._pending:
-            lines.append(f"[b]next: {markup_safe(self._pending)}[/] (after the running generation)")
+            lines.append(f"[b]next: {markup_safe(self._pending)}[/] (once the queue is done)")
         others = [t for t in self._tasks if t.name != task.name and self.reloads(t)]
         if others:
             lines.append(
