@@ -34,7 +34,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     gen.add_argument("--height", type=int, help="height in pixels, a multiple of 8")
     gen.add_argument("--negative", help="negative prompt (default: the task's)")
     gen.add_argument("--scheduler", choices=list(SCHEDULERS), help="sampler (default: the task's)")
-    gen.add_argument("--out", metavar="PATH", help="output folder, or a .png file name")
+    gen.add_argument("--out", metavar="PATH", help="output folder, or a .png file name (numbered in a batch)")
+    gen.add_argument(
+        "--count",
+        "-n",
+        type=int,
+        default=1,
+        metavar="N",
+        help="make N images with seeds s, s+1, ... and a contact sheet of them (default 1)",
+    )
     gen.set_defaults(run=run)
 
 
@@ -46,6 +54,10 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
     if not args.prompt.strip():
         raise UsageError('the prompt is empty; describe what to draw, e.g. spatiora generate "a sunlit loft"')
+    from spatiora_tui.jobs.session import MAX_BATCH
+
+    if not 1 <= args.count <= MAX_BATCH:
+        raise UsageError(f"--count must be between 1 and {MAX_BATCH}, got {args.count}")
     task = settings.task(args.task) if args.task else settings.tasks[0]
     out_dir, out_name = _output_target(settings, args.out)
     clean_stale_partials(out_dir)  # temp files a killed writer left (atomic writes leave nothing else)
@@ -84,6 +96,10 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     if switch.warning:
         print(f"warning: {switch.warning}", file=sys.stderr)
 
+    if args.count > 1:
+        code = run_batch(settings, engine, telemetry, request, args.count, out_dir, out_name)
+        telemetry.stop()
+        return code
     progress = ProgressLine()
     result, interrupted = run_cancellable(
         lambda cancel: engine.generate(request, on_step=progress.update, cancel=cancel)
@@ -115,6 +131,100 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     print("stages: " + stage_summary(telemetry.records_since(0)), file=sys.stderr)
     print(path)
     return EXIT_OK
+
+
+def run_batch(
+    settings: Settings,
+    engine: Any,
+    telemetry: Any,
+    request: Any,
+    count: int,
+    out_dir: Path,
+    out_name: str | None,
+) -> int:
+    """`--count N`: the images through a Session (each saved as it is made, then the contact
+    sheet); ctrl+c cancels the running image and the rest."""
+    from spatiora_tui.jobs.session import Session
+
+    session = Session(engine, settings, telemetry=telemetry, output_dir=out_dir, output_name=out_name)
+    jobs = session.submit_batch(request, count)
+    print(f"batch of {count}: seeds {jobs[0].request.seed} to {jobs[-1].request.seed}", file=sys.stderr)
+    report = BatchReport(len(jobs))
+    _, interrupted = run_session(session, report)
+    from spatiora_tui.outputs import OutputError
+
+    for job in jobs:
+        if job.path is None and job.result is not None and job.result.image is not None:
+            _rescue(job.result, OutputError(job.error or "not saved"))  # kept in the cache folder
+    done = sum(job.path is not None for job in jobs)
+    print(f"{done} of {count} image(s) saved" + (" (cancelled)" if interrupted else ""), file=sys.stderr)
+    if interrupted:
+        return EXIT_CANCELLED
+    return EXIT_OK if done == count else EXIT_FAILED
+
+
+def run_session(session: Any, report: Callable[[Any], object], keep: bool = False) -> tuple[None, bool]:
+    """Run a session's queue to the end; ctrl+c cancels what runs and what waits (within one
+    step), or with `keep` stops the running job and leaves it and the rest queued (in the queue
+    file, for `spatiora queue run` or the TUI). Returns (None, whether ctrl+c was pressed)."""
+
+    def job(cancel: threading.Event) -> None:
+        def stop() -> None:
+            if keep:
+                session.pause()
+                session.close()
+            else:
+                session.cancel_all()
+
+        def on_step(current: Any, preview: Any) -> None:
+            if cancel.is_set():
+                stop()
+
+        if session.wants_runner():
+            while session.run_next(report, on_step):
+                if cancel.is_set():
+                    stop()
+
+    return run_cancellable(job)
+
+
+class BatchReport:
+    """A session's events as lines on stderr (the saved paths on stdout, one per line)."""
+
+    def __init__(self, total: int) -> None:
+        self._total = total
+        self._progress = ProgressLine()
+        self._n = 0
+
+    def __call__(self, event: Any) -> None:
+        from spatiora_tui.jobs import events
+
+        if isinstance(event, events.JobStarted):
+            self._n += 1
+            self._progress = ProgressLine()
+            print(f"[{self._n}/{self._total}] job {event.job_id} ({event.task})", file=sys.stderr)
+        elif isinstance(event, events.JobStepped):
+            self._progress.update(event.preview)
+        elif isinstance(event, events.JobFinished):
+            self._progress.done()
+            if event.path is not None:
+                print(event.path)
+                print(f"  seed {event.result.params.seed} · saved {event.path}", file=sys.stderr)
+            elif event.result.cancelled:
+                print(f"  cancelled after {event.result.steps_done} steps; nothing saved", file=sys.stderr)
+            else:
+                print(f"  not saved: {event.save_error}", file=sys.stderr)
+        elif isinstance(event, events.JobFailed):
+            self._progress.done()
+            print(f"  failed: {one_line(event.error)}", file=sys.stderr)
+        elif isinstance(event, events.TaskSwitchFailed):
+            print(f"  could not switch to {event.task}: {one_line(event.error)}", file=sys.stderr)
+        elif isinstance(event, events.GroupFinished):
+            if event.path is not None:
+                print(event.path)
+                print(f"contact sheet: {event.path}", file=sys.stderr)
+            else:
+                print(f"no contact sheet: {event.error}", file=sys.stderr)
 
 
 def _rescue(result: Any, error: Exception) -> int:

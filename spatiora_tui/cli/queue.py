@@ -1,0 +1,120 @@
+"""`spatiora queue`: the jobs that sessions which ended left queued (a dropped SSH session, a
+crash, a quit with jobs waiting), listed, run headless, or cleared."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING, Any
+
+from spatiora_tui.cli.common import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, UsageError, one_line, status_printer
+from spatiora_tui.config import Settings, user_state_dir
+
+if TYPE_CHECKING:
+    from spatiora_tui.jobs.store import Orphan, QueueStore
+
+QUEUES = "queues"  # under the state folder; the TUI keeps its queue files there
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    parser = sub.add_parser(
+        "queue",
+        parents=[common],
+        help="list, run or clear the jobs that ended sessions left queued",
+        description="Sessions that ended (a dropped SSH session, a crash, a quit with jobs waiting) leave "
+        "their queued jobs in the state folder; the TUI offers them at its next start. Queues of "
+        "Spatiora sessions still running are not touched.",
+    )
+    parser.add_argument("action", nargs="?", choices=("list", "run", "clear"), default="list")
+    parser.add_argument("--yes", action="store_true", help="clear without asking")
+    parser.set_defaults(run=run)
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    from spatiora_tui.jobs.store import QueueStore
+
+    store = QueueStore(user_state_dir() / QUEUES)
+    orphans = store.orphans()
+    records = [(orphan, record) for orphan in orphans for record in orphan.records]
+    try:
+        if args.action == "list":
+            return _list(store, orphans, records)
+        if args.action == "clear":
+            return _clear(orphans, records, args.yes)
+        return _run(settings, store, orphans)
+    finally:
+        for orphan in orphans:
+            orphan.release()
+
+
+def _list(store: QueueStore, orphans: list[Orphan], records: list[tuple[Orphan, dict[str, Any]]]) -> int:
+    if not records:
+        print(f"no queued jobs left by ended sessions in {store.folder}", file=sys.stderr)
+    for orphan, record in records:
+        request = record.get("request", {}) if isinstance(record.get("request"), dict) else {}
+        seed = request.get("seed", "random")
+        label = f" ({record['label']})" if record.get("label") else ""
+        print(
+            f"{orphan.path.name}  {request.get('task', '?')}  seed {seed}  {one_line(str(request.get('prompt', '')))}{label}"
+        )
+    for orphan in orphans:
+        for problem in orphan.problems:
+            print(f"warning: {problem}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _clear(orphans: list[Orphan], records: list[tuple[Orphan, dict[str, Any]]], yes: bool) -> int:
+    if not records and not orphans:
+        print("nothing to clear", file=sys.stderr)
+        return EXIT_OK
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"this deletes {len(records)} queued job(s); add --yes to confirm")
+        answer = input(f"delete {len(records)} queued job(s)? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing deleted", file=sys.stderr)
+            return EXIT_OK
+    kept = 0
+    for orphan in orphans:
+        if orphan.problems:
+            kept += 1  # a file not fully read is never deleted unseen; it is named above
+            for problem in orphan.problems:
+                print(f"warning: {problem}", file=sys.stderr)
+        else:
+            orphan.remove()
+    print(
+        f"deleted {len(records)} queued job(s)" + (f"; {kept} unreadable file(s) kept" if kept else ""), file=sys.stderr
+    )
+    return EXIT_OK
+
+
+def _run(settings: Settings, store: QueueStore, orphans: list[Orphan]) -> int:
+    from spatiora_tui.cli.generate import BatchReport, run_session
+    from spatiora_tui.engine.local import LocalEngine
+    from spatiora_tui.hw.telemetry import Telemetry
+    from spatiora_tui.jobs.session import Session
+
+    if not any(orphan.records for orphan in orphans):
+        print("no queued jobs to run", file=sys.stderr)
+        return EXIT_OK
+    telemetry = Telemetry.from_settings(settings)
+    engine = LocalEngine(settings, telemetry=telemetry)
+    status = status_printer()
+    engine.load(on_progress=lambda msg: status(f"{msg}…"))
+    status(None)
+    session = Session(engine, settings, store=store, telemetry=telemetry)
+    count, problems = session.adopt(orphans)
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    print(f"running {count} queued job(s); ctrl+c stops and keeps the rest queued", file=sys.stderr)
+    try:
+        _, interrupted = run_session(session, BatchReport(count), keep=True)
+    finally:
+        session.close()  # what is left (after ctrl+c) stays in the queue file
+    jobs = session.jobs()
+    failed = sum(job.state.value == "failed" for job in jobs)
+    left = len(session.waiting())
+    print(f"{sum(job.path is not None for job in jobs)} saved, {failed} failed, {left} still queued", file=sys.stderr)
+    if interrupted:
+        return EXIT_CANCELLED
+    return EXIT_FAILED if failed else EXIT_OK

@@ -1,0 +1,88 @@
+"""`spatiora generate --count` and `spatiora queue`, end to end on the demo model, offline."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from spatiora_tui.engine.api import GenerationRequest
+from spatiora_tui.jobs.session import Session
+from spatiora_tui.jobs.store import QueueStore
+from spatiora_tui.outputs import read_metadata
+from tests.e2e.test_cli import SMALL_CONFIG, assert_one_line_failure, spatiora
+from tests.fake_engine import FakeEngine
+from tests.helpers import small_settings
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def project(tmp_path: Path, cache_dir: Path) -> Path:
+    (tmp_path / "config.toml").write_text(SMALL_CONFIG, encoding="utf-8")
+    return tmp_path
+
+
+def test_generate_count_saves_each_image_and_a_contact_sheet(project: Path) -> None:
+    out = project / "out"
+    proc = spatiora("generate", "--count", "3", "--seed", "50", "a loft", "--out", str(out), cwd=project)
+    assert proc.returncode == 0, proc.stderr
+    paths = [Path(line) for line in proc.stdout.split()]
+    assert len(paths) == 4 and paths[-1].stem.endswith("-batch") and all(p.exists() for p in paths)
+    seeds = [read_metadata(p).spatiora["request"]["seed"] for p in paths[:3]]
+    assert seeds == [50, 51, 52]
+    with Image.open(paths[-1]) as sheet:
+        assert sheet.size == (2 * 64 + 4, 2 * 64 + 4)
+    assert "3 of 3 image(s) saved" in proc.stderr and "contact sheet:" in proc.stderr
+
+
+def test_generate_count_out_of_range_is_a_usage_error(project: Path) -> None:
+    proc = spatiora("generate", "--count", "0", "a loft", cwd=project)
+    assert_one_line_failure(proc, 2, "--count must be between 1 and 100, got 0")
+
+
+def leave_queue(state: Path, project: Path, *prompts: str) -> None:
+    settings = small_settings(project)
+    engine = FakeEngine(settings)
+    engine.load()
+    session = Session(engine, settings, store=QueueStore(state / "queues"))
+    for prompt in prompts:
+        session.submit(GenerationRequest(prompt=prompt, task="floorplan", seed=9))
+    assert session.flush()
+    session.close()
+
+
+def test_queue_lists_runs_and_clears_what_ended_sessions_left(project: Path) -> None:
+    state = Path(os.environ["SPATIORA_STATE_DIR"])
+    env = {"SPATIORA_STATE_DIR": str(state)}
+    leave_queue(state, project, "left behind", "and another")
+    listed = spatiora("queue", "list", cwd=project, env=env)
+    assert listed.returncode == 0 and "floorplan  seed 9  left behind" in listed.stdout
+    assert len(listed.stdout.splitlines()) == 2
+    ran = spatiora("queue", "run", cwd=project, env=env)
+    assert ran.returncode == 0, ran.stderr
+    assert "2 saved, 0 failed, 0 still queued" in ran.stderr
+    assert len([line for line in ran.stdout.split() if line.endswith(".png")]) == 2
+    assert list((state / "queues").glob("queue-*.json")) == []
+    leave_queue(state, project, "to clear")
+    refused = spatiora("queue", "clear", cwd=project, env=env)
+    assert_one_line_failure(refused, 2, "add --yes")
+    cleared = spatiora("queue", "clear", "--yes", cwd=project, env=env)
+    assert cleared.returncode == 0 and "deleted 1 queued job(s)" in cleared.stderr
+    assert list((state / "queues").glob("queue-*.json")) == []
+    empty = spatiora("queue", cwd=project, env=env)
+    assert empty.returncode == 0 and "no queued jobs" in empty.stderr
+
+
+def test_queue_run_keeps_a_job_for_a_task_that_is_gone_as_failed_and_says_so(project: Path) -> None:
+    state = Path(os.environ["SPATIORA_STATE_DIR"])
+    folder = state / "queues"
+    folder.mkdir(parents=True)
+    record = {"request": {"prompt": "old", "task": "removed-task"}}
+    (folder / "queue-old.json").write_text(json.dumps({"format": 1, "jobs": [record]}))
+    ran = spatiora("queue", "run", cwd=project, env={"SPATIORA_STATE_DIR": str(state)})
+    assert ran.returncode == 1 and "Traceback" not in ran.stderr
+    assert "unknown task 'removed-task'" in ran.stderr and "0 saved, 1 failed" in ran.stderr
