@@ -50,13 +50,15 @@ def main() -> None:
         bare_s: list[float] = []
         queue_s: list[float] = []
         switches = 0
-        for round_no in range(args.rounds):
+
+        def bare_run() -> None:
             engine.switch_task(tasks[1])  # both sides start from the same task
             t0 = time.perf_counter()
             for request in requests:
                 save_result(engine.generate(request), root / "bare")
             bare_s.append(time.perf_counter() - t0)
 
+        def queue_run() -> int:
             engine.switch_task(tasks[1])
             session = Session(engine, settings, store=QueueStore(root / "state"), output_dir=root / "queued")
             t0 = time.perf_counter()
@@ -66,8 +68,17 @@ def main() -> None:
             while session.run_next():
                 pass
             queue_s.append(time.perf_counter() - t0)
-            switches = session.switches_between_jobs
             session.close()
+            return session.switches_between_jobs
+
+        for round_no in range(args.rounds):
+            # Which side goes first alternates: a round's first run pays for what the last left.
+            if round_no % 2:
+                switches = queue_run()
+                bare_run()
+            else:
+                bare_run()
+                switches = queue_run()
             print(f"round {round_no + 1}: bare {bare_s[-1]:.2f} s, queue {queue_s[-1]:.2f} s", flush=True)
         bare, queued = statistics.median(bare_s), statistics.median(queue_s)
         order = "".join("AB"[t] for t in ORDER)
