@@ -105,6 +105,7 @@ class Session:
         self._runner = False
         self._pending_switch: str | None = None
         self._closing = False
+        self._cancel_asked: int | None = None  # the running job the user cancelled
         self._unsaved: list[GenerationResult] = []
         self._seconds_per_step: float | None = None
         self._writer = _QueueWriter(store) if store is not None else None
@@ -242,7 +243,9 @@ class Session:
             if job is None or job.state.ended:
                 return False
             if job.state is JobState.RUNNING:
+                self._cancel_asked = job.id  # by the user: it ends cancelled even if we close now
                 self._cancel.set()
+                self._changed()
                 return True
             self._waiting.remove(job_id)
             self._end(job, JobState.CANCELLED)
@@ -439,7 +442,7 @@ class Session:
                 self._seconds_per_step = job.seconds_per_step
             if error is not None:
                 self._unsaved.append(result)
-            if self._closing and result.cancelled:
+            if self._closing and result.cancelled and self._cancel_asked != job.id:
                 return  # stopped by close(): the queue file keeps it as it was, to run again
             self._end(job, JobState.CANCELLED if result.cancelled or result.image is None else JobState.DONE)
             self._changed()
@@ -528,7 +531,9 @@ class Session:
     def _persistent(self) -> list[Job]:
         """The jobs the queue file keeps: the running one (it starts again after a crash), the
         waiting ones, and the finished members of groups still running (for their sheet)."""
-        keep = ([self._running] if self._running is not None else []) + [self._jobs[i] for i in self._waiting]
+        running = self._running
+        keep = [running] if running is not None and self._cancel_asked != running.id else []
+        keep += [self._jobs[i] for i in self._waiting]
         open_groups = {j.group for j in keep if j.group}
         done = [
             j for j in self._jobs.values() if j.group in open_groups and j.state is JobState.DONE and j.path is not None

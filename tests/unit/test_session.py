@@ -331,3 +331,24 @@ def test_an_engine_error_on_switch_fails_the_job_with_the_reason(engine, setting
 
 def _refuse(name: str, on_progress=None):
     raise EngineError(f"adapter for {name} is missing")
+
+
+def test_a_job_cancelled_just_before_quitting_is_not_kept(engine, settings, tmp_path: Path) -> None:
+    # Cancel asks the running job to stop within one step; a quit in that step must not bring
+    # it back as a job to resume, while a job merely stopped by the quit is kept.
+    engine.gate = threading.Event()
+    store = QueueStore(tmp_path / "state")
+    session = Session(engine, settings, store=store)
+    job = session.submit(ask("cancelled"))
+    session.submit(ask("kept"))
+    assert session.wants_runner()
+    runner = threading.Thread(target=session.run_next)
+    runner.start()
+    assert engine.at_gate.wait(5)
+    session.cancel(job.id)
+    session.close()
+    engine.gate.set()
+    runner.join(5)
+    import json
+
+    assert [j["request"]["prompt"] for j in json.loads(store.path.read_text())["jobs"]] == ["kept"]
