@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from spatiora_tui.config import SEED_RANGE, ConfigError, Settings, TaskSettings, task_with_overrides
+from spatiora_tui.config import SEED_RANGE, ConfigError, Settings, TaskSettings
 from spatiora_tui.engine.api import (
     AdapterSwitch,
     AdapterUse,
@@ -29,6 +29,7 @@ from spatiora_tui.engine.api import (
     StepCallback,
     StepPreview,
     Timings,
+    task_for,
 )
 from spatiora_tui.hw import Telemetry
 
@@ -131,19 +132,7 @@ class FakeEngine:
             raise self.fail_generate
         if self._model is None:
             raise EngineError("the model is not loaded yet; call load() first")
-        task = self._task(request.task)
-        try:
-            task = task_with_overrides(
-                task,
-                steps=request.steps,
-                guidance=request.guidance,
-                width=request.width,
-                height=request.height,
-                negative_prompt=request.negative_prompt,
-                scheduler=request.scheduler,
-            )
-        except ConfigError as exc:
-            raise EngineError(str(exc)) from None
+        task = task_for(self.settings, request)
         low, high = SEED_RANGE
         if request.seed is not None and not low <= request.seed <= high:
             raise EngineError(f"seed must be between {low} and {high}, got {request.seed}")

@@ -17,7 +17,7 @@ from spatiora_tui.notices import Notice
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from spatiora_tui.config import TaskSettings
+    from spatiora_tui.config import Settings, TaskSettings
 
 
 #: The model families Spatiora runs, as people name them.
@@ -56,6 +56,26 @@ class GenerationRequest:
     height: int | None = None
     negative_prompt: str | None = None
     scheduler: str | None = None
+
+
+def task_for(settings: Settings, request: GenerationRequest) -> TaskSettings:
+    """The task a request runs as: the task's settings with the request's overrides, each checked
+    like the config file's (unknown task, steps, size, scheduler...); EngineError naming the fault.
+    Every engine resolves requests here, so they refuse the same things in the same words."""
+    from spatiora_tui.config import ConfigError, task_with_overrides  # config imports the previews
+
+    try:
+        return task_with_overrides(
+            settings.task(request.task),
+            steps=request.steps,
+            guidance=request.guidance,
+            width=request.width,
+            height=request.height,
+            negative_prompt=request.negative_prompt,
+            scheduler=request.scheduler,
+        )
+    except ConfigError as exc:
+        raise EngineError(str(exc)) from None
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ from spatiora_tui.config import (
     ConfigError,
     Settings,
     TaskSettings,
-    task_with_overrides,
     user_cache_dir,
 )
 from spatiora_tui.engine import previews
@@ -37,6 +36,7 @@ from spatiora_tui.engine.api import (
     ModelSwitch,
     ResolvedRequest,
     StepCallback,
+    task_for,
 )
 from spatiora_tui.engine.manifest import add_trigger_words
 from spatiora_tui.engine.thread import OneThread
@@ -443,19 +443,7 @@ class LocalEngine:
             raise EngineError(str(exc)) from None
 
     def _resolve_task(self, request: GenerationRequest) -> TaskSettings:
-        task = self._task(request.task)
-        try:
-            return task_with_overrides(
-                task,
-                steps=request.steps,
-                guidance=request.guidance,
-                width=request.width,
-                height=request.height,
-                negative_prompt=request.negative_prompt,
-                scheduler=request.scheduler,
-            )
-        except ConfigError as exc:
-            raise EngineError(str(exc)) from None
+        return task_for(self._settings, request)
 
     def _resolve(
         self, request: GenerationRequest, task: TaskSettings, prompt: str, prompt_loras: tuple[str, ...]
