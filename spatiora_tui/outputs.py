@@ -29,7 +29,7 @@ from PIL import Image, PngImagePlugin
 
 from spatiora_tui import __version__, atomic, failpoints
 from spatiora_tui.config import SCHEDULERS
-from spatiora_tui.engine.api import GenerationResult
+from spatiora_tui.engine.api import GenerationRequest, GenerationResult
 
 PARAMETERS_KEY = "parameters"
 SPATIORA_KEY = "spatiora"
@@ -291,3 +291,72 @@ def _index_entry(name: str, record: dict[str, Any]) -> dict[str, Any]:
         "size": f"{request.get('width')}x{request.get('height')}" if request.get("width") else None,
         "image_ms": timings.get("image_ms"),
     }
+
+
+def request_from_image(path: Path, default_task: str) -> tuple[GenerationRequest, list[str]]:
+    """The settings an image was made with, as a request to make it again (the A1111 habit of
+    "PNG Info, send to txt2img"), and notes on what could not be carried over. Spatiora's own
+    JSON is read first; a PNG from AUTOMATIC1111 (or Forge, or anything writing its `parameters`
+    text) gives its prompt (with its <lora:...> tags), negative prompt, steps, sampler, CFG
+    scale, seed and size, and runs as `default_task`. OutputError when the file holds neither."""
+    try:
+        meta = read_metadata(path)
+    except (OSError, ValueError) as exc:
+        raise OutputError(f"cannot read {path.name}: {exc}") from None
+    record = (meta.spatiora or {}).get("request")
+    if isinstance(record, dict) and isinstance(record.get("prompt"), str):
+        fields = {k: record.get(k) for k in ("seed", "steps", "guidance", "width", "height", "scheduler")}
+        request = GenerationRequest(
+            prompt=record["prompt"],
+            task=str(record.get("task") or default_task),
+            negative_prompt=record.get("negative_prompt"),
+            **fields,
+        )
+        return request, []
+    if not meta.parameters:
+        raise OutputError(f"{path.name} holds no generation settings (no Spatiora or AUTOMATIC1111 metadata)")
+    return _request_from_a1111(meta.a1111, default_task)
+
+
+def _request_from_a1111(parsed: dict[str, Any], default_task: str) -> tuple[GenerationRequest, list[str]]:
+    fields: dict[str, str] = parsed.get("fields", {})
+    notes: list[str] = []
+
+    def number(key: str, kind: type) -> Any:
+        if key not in fields:
+            return None
+        try:
+            return kind(fields[key])
+        except ValueError:
+            notes.append(f"{key} {fields[key]!r} is not a number: the task's is used")
+            return None
+
+    width = height = None
+    if "Size" in fields:
+        try:
+            width, height = (int(v) for v in fields["Size"].lower().split("x"))
+        except ValueError:
+            notes.append(f"Size {fields['Size']!r} is not WIDTHxHEIGHT: the task's is used")
+    sampler = fields.get("Sampler")
+    if sampler and fields.get("Schedule type", "").lower() == "karras" and "karras" not in sampler.lower():
+        sampler += " Karras"  # A1111 1.6+ writes the schedule apart from the sampler
+    scheduler = next((s.name for s in SCHEDULERS.values() if sampler and s.a1111.lower() == sampler.lower()), None)
+    if sampler and scheduler is None:
+        notes.append(f"sampler {sampler!r} is not one Spatiora has: the task's is used")
+    task = fields.get("Task") or default_task
+    if "Model" in fields and "Task" not in fields:
+        notes.append(
+            f"made with {fields['Model']!r} in another program: it runs here on the loaded model, as task {task}"
+        )
+    request = GenerationRequest(
+        prompt=parsed.get("prompt", ""),
+        task=task,
+        seed=number("Seed", int),
+        steps=number("Steps", int),
+        guidance=number("CFG scale", float),
+        width=width,
+        height=height,
+        negative_prompt=parsed.get("negative_prompt") or None,
+        scheduler=scheduler,
+    )
+    return request, notes

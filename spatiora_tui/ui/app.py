@@ -31,6 +31,7 @@ from spatiora_tui.jobs.events import SessionEvent
 from spatiora_tui.jobs.session import Session
 from spatiora_tui.jobs.sheets import contact_sheet
 from spatiora_tui.jobs.store import Orphan, QueueStore
+from spatiora_tui.outputs import OutputError, request_from_image
 from spatiora_tui.ui.images import image_widget_class
 from spatiora_tui.ui.messages import (
     AdapterSwitched,
@@ -147,6 +148,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self._group_images: dict[str, list[Image.Image]] = {}  # a batch's thumbnails so far
         self._sheets: set[Path] = set()  # contact sheets and images saved again, for the history
         self._store_error_said: str | None = None
+        self._switch_note: str | None = None  # said with the next task switch's line
         self._model_switching = False
         self._peaks_task: str | None = None  # the task whose stage peaks the pane shows
         self.preview_pacer = PreviewPacer(settings.ui.preview_fps, settings.ui.preview_cpu_budget)
@@ -389,7 +391,30 @@ class SpatioraApp(App[None], inherit_bindings=False):
             self.pop_screen()
             return
         made = {job.path for job in self.session.jobs() if job.path is not None} | self._sheets
-        self.push_screen(HistoryScreen(self.settings.output_dir, made, self._image_class))
+        self.push_screen(HistoryScreen(self.settings.output_dir, made, self._image_class), self._use_settings)
+
+    def _use_settings(self, path: Path | None) -> None:
+        """Fill the prompt pane with the settings an image was made with (`u` in the history):
+        its task (switched to), prompt, negative prompt, seed, steps, guidance, size, sampler."""
+        if path is None:
+            return
+        try:
+            request, notes = request_from_image(path, self.chosen_task)
+        except OutputError as exc:
+            self.say(str(exc), error=True)
+            return
+        if request.task not in self._tasks:
+            notes.append(f"its task {request.task!r} is not in config.toml: it runs as {self.chosen_task}")
+            request = dataclasses.replace(request, task=self.chosen_task)
+        if request.task != self.chosen_task:
+            self.request_switch(request.task)  # fills the pane from the task first
+        self.prompt_pane.fill_from_request(request)
+        loaded = f"settings of {path.name} loaded ({request.task}): {self._key('generate')} makes it again"
+        if self.session.busy or request.task != self.task_pane.active:
+            self._switch_note = loaded  # said with the switch's own line, which comes later
+        self.say(loaded)
+        for note in notes:
+            self.notify(markup_safe(note), severity="warning", timeout=10)
 
     def action_queue(self) -> None:
         if isinstance(self.screen, QueueScreen):
@@ -469,7 +494,8 @@ class SpatioraApp(App[None], inherit_bindings=False):
         if switch.warning:
             self.say(f"task {switch.task}: {switch.warning}", error=True)
         elif self._model_ready and not message.job_id:
-            self.say(f"task {switch.task}: {text}")
+            note, self._switch_note = self._switch_note, None
+            self.say(f"{note} · task {switch.task}: {text}" if note else f"task {switch.task}: {text}")
 
     def on_adapter_switch_failed(self, message: AdapterSwitchFailed) -> None:
         self.task_pane.set_pending(None)

@@ -487,3 +487,47 @@ async def test_history_lists_its_folder_off_the_ui_thread(make, monkeypatch: pyt
         assert isinstance(app.screen, HistoryScreen)
         assert threads == [False], "the listing ran on the UI thread"
         assert "no images yet" in str(app.screen.query_one("#history-text", Static).render())
+
+
+async def test_u_in_the_history_loads_an_images_settings_into_the_prompt_pane(make) -> None:
+    app, engine = make()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await pilot.press("ctrl+t")  # floorplan
+        await settle(app, pilot)
+        await type_prompt(pilot, "a flat with two bedrooms")
+        for field, value in (("#seed", "77"), ("#steps", "3"), ("#guidance", "5.5"), ("#scheduler", "heun")):
+            app.query_one(field, Input).value = value
+        await pilot.press("ctrl+g")
+        await settle(app, pilot)
+        made = engine.requests[-1]
+        await pilot.press("ctrl+t", "ctrl+t")  # away: base, then interior, and the fields with it
+        await settle(app, pilot)
+        await type_prompt(pilot, "something else")
+        await pilot.press("ctrl+o")
+        await settle(app, pilot)
+        await pilot.press("u")
+        await settle(app, pilot)
+        assert not isinstance(app.screen, HistoryScreen)
+        assert "settings of" in status(app) and "(floorplan)" in status(app)
+        assert app.query_one(TaskPane).active == "floorplan"
+        values = {f: app.query_one(f, Input).value for f in ("#prompt", "#seed", "#steps", "#guidance", "#scheduler")}
+        assert values == {
+            "#prompt": "a flat with two bedrooms",
+            "#seed": "77",
+            "#steps": "3",
+            "#guidance": "5.5",
+            "#scheduler": "heun",
+        }
+        await pilot.press("ctrl+g")
+        await settle(app, pilot)
+        again = engine.requests[-1]
+        assert (again.task, again.prompt, again.seed, again.steps, again.guidance, again.scheduler) == (
+            made.task,
+            made.prompt,
+            made.seed,
+            made.steps,
+            made.guidance,
+            made.scheduler,
+        )
+        assert engine.requests[-1] is not made and len(outputs()) == 2

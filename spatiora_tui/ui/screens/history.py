@@ -91,10 +91,13 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-class HistoryScreen(Screen[None]):
+class HistoryScreen(Screen[Path | None]):
+    """Dismissed with the highlighted image when its settings are to be used again, else None."""
+
     BINDINGS = [
         Binding("escape", "close", "Back", id="history.close"),
         Binding("f,enter", "toggle_large", "View large", id="history.large"),
+        Binding("u", "use_settings", "Use its settings", id="history.use"),
     ]
     DEFAULT_CSS = """
     HistoryScreen #history-list { width: 44; height: 1fr; }
@@ -174,6 +177,12 @@ class HistoryScreen(Screen[None]):
     def action_toggle_large(self) -> None:
         if self._files:
             self.toggle_class("large")
+
+    def action_use_settings(self) -> None:
+        """Back to the prompt pane with this image's settings (A1111's "send to txt2img")."""
+        index = self.query_one(OptionList).highlighted
+        if self._files and index is not None:
+            self.dismiss(self._files[index])
 
     def action_close(self) -> None:
         if self.has_class("large"):

@@ -11,9 +11,11 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Input, Label
 
-from spatiora_tui.config import SEED_RANGE, STEPS_RANGE, TaskSettings, parse_size
+from spatiora_tui.config import SCHEDULERS, SEED_RANGE, STEPS_RANGE, TaskSettings, parse_size
 from spatiora_tui.engine.api import GenerationRequest
 from spatiora_tui.jobs.session import MAX_BATCH
+
+SCHEDULER_HINT = "the task's (" + ", ".join(SCHEDULERS) + ")"
 
 
 class FormError(ValueError):
@@ -75,7 +77,9 @@ class PromptPane(Vertical):
             with Vertical(classes="field"):
                 yield Label("Batch count")
                 yield Input(value="1", id="count", restrict=r"[0-9]*")
-            yield Vertical(classes="field")  # keeps the count field half-wide, as the others
+            with Vertical(classes="field"):
+                yield Label("Sampler")
+                yield Input(id="scheduler", placeholder=SCHEDULER_HINT, restrict=r"[a-z0-9_]*")
 
     def on_mount(self) -> None:
         self.border_title = "Prompt"
@@ -94,6 +98,23 @@ class PromptPane(Vertical):
         self.query_one("#steps", Input).value = str(task.steps)
         self.query_one("#guidance", Input).value = f"{task.guidance:g}"
         self.query_one("#size", Input).value = f"{task.width}x{task.height}"
+        self.query_one("#scheduler", Input).value = task.scheduler
+
+    def fill_from_request(self, request: GenerationRequest) -> None:
+        """Put an earlier image's settings in the fields (those it does not name stay as they
+        are: the task's, filled first)."""
+        self.query_one("#prompt", Input).value = request.prompt
+        if request.negative_prompt is not None:
+            self.query_one("#negative", Input).value = request.negative_prompt
+        self.query_one("#seed", Input).value = "" if request.seed is None else str(request.seed)
+        if request.steps is not None:
+            self.query_one("#steps", Input).value = str(request.steps)
+        if request.guidance is not None:
+            self.query_one("#guidance", Input).value = f"{request.guidance:g}"
+        if request.width is not None and request.height is not None:
+            self.query_one("#size", Input).value = f"{request.width}x{request.height}"
+        if request.scheduler is not None:
+            self.query_one("#scheduler", Input).value = request.scheduler
 
     def steady_cursor(self, steady: bool) -> None:
         """Stop the cursor blinking (while a generation runs, each blink is a repaint that takes
@@ -132,8 +153,12 @@ class PromptPane(Vertical):
                 width, height = parse_size(size_text)
             except ValueError as exc:
                 raise FormError(str(exc)) from None
+        scheduler = self.query_one("#scheduler", Input).value.strip() or None
+        if scheduler is not None and scheduler not in SCHEDULERS:
+            raise FormError(f"sampler {scheduler!r} is not one of: {', '.join(SCHEDULERS)}")
         return GenerationRequest(
             prompt=prompt,
+            scheduler=scheduler,
             task=task,
             seed=seed,
             steps=steps,

@@ -1,0 +1,67 @@
+"""Settings read back from an image, to make it again: Spatiora's own and AUTOMATIC1111's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image, PngImagePlugin
+
+from spatiora_tui.outputs import OutputError, request_from_image, save_result
+from tests.helpers import make_result
+
+
+def a1111_png(path: Path, parameters: str) -> Path:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", parameters)
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    return path
+
+
+def test_an_own_image_gives_back_the_request_it_was_made_with(tmp_path: Path) -> None:
+    result = make_result()
+    path = save_result(result, tmp_path)
+    request, notes = request_from_image(path, "other")
+    p = result.params
+    assert notes == []
+    assert (request.task, request.prompt, request.negative_prompt) == (p.task, p.prompt, p.negative_prompt)
+    assert (request.seed, request.steps, request.guidance, request.scheduler) == (
+        p.seed,
+        p.steps,
+        p.guidance,
+        p.scheduler,
+    )
+    assert (request.width, request.height) == (p.width, p.height)
+
+
+def test_an_automatic1111_png_gives_its_settings_and_says_what_differs(tmp_path: Path) -> None:
+    text = (
+        "a loft <lora:oak_floor:0.7>, (sunlight:1.2)\n"
+        "Negative prompt: blurry, lowres\n"
+        "Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, Seed: 42, Size: 512x768, "
+        "Model hash: 6ce0161689, Model: dreamshaper_8, Version: v1.10.1"
+    )
+    request, notes = request_from_image(a1111_png(tmp_path / "a.png", text), "interior")
+    assert request.prompt == "a loft <lora:oak_floor:0.7>, (sunlight:1.2)"
+    assert request.negative_prompt == "blurry, lowres" and request.task == "interior"
+    assert (request.steps, request.guidance, request.seed) == (20, 6.5, 42)
+    assert (request.width, request.height, request.scheduler) == (512, 768, "dpmpp_2m_karras")
+    assert any("dreamshaper_8" in note for note in notes)
+
+
+def test_a_sampler_spatiora_lacks_and_bad_numbers_fall_back_to_the_task(tmp_path: Path) -> None:
+    text = "x\nSteps: many, Sampler: LMS, CFG scale: 7, Seed: 1, Size: big"
+    request, notes = request_from_image(a1111_png(tmp_path / "b.png", text), "interior")
+    assert request.steps is None and request.scheduler is None and request.width is None
+    assert request.seed == 1 and len(notes) == 3
+    assert any("'LMS'" in n for n in notes) and any("'many'" in n for n in notes) and any("'big'" in n for n in notes)
+
+
+def test_an_image_without_settings_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(path)
+    with pytest.raises(OutputError, match="plain.png holds no generation settings"):
+        request_from_image(path, "interior")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(OutputError, match="cannot read broken.png"):
+        request_from_image(tmp_path / "broken.png", "interior")
