@@ -1,4 +1,5 @@
-"""`spatiora generate`: one image, saved with its metadata; ctrl+c cancels within a step."""
+"""`spatiora generate`: one image, or a batch (--count N), each saved with its metadata; ctrl+c
+cancels within a step."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ from spatiora_tui.config import SCHEDULERS, Settings, user_cache_dir
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
-    gen = sub.add_parser("generate", parents=[common], help="generate one image and save it with metadata")
+    gen = sub.add_parser(
+        "generate", parents=[common], help="generate an image (or a batch: --count) and save it with metadata"
+    )
     gen.add_argument("prompt", help="what to draw; the task's prompt template wraps it")
     gen.add_argument("--task", "-t", help="task mode (default: the first in config.toml)")
     gen.add_argument("--seed", type=int, help="random seed (default: random; printed)")
