@@ -494,8 +494,8 @@ class SpatioraApp(App[None], inherit_bindings=False):
         if switch.warning:
             self.say(f"task {switch.task}: {switch.warning}", error=True)
         elif self._model_ready and not message.job_id:
-            note, self._switch_note = self._switch_note, None
-            self.say(f"{note} · task {switch.task}: {text}" if note else f"task {switch.task}: {text}")
+            loaded, self._switch_note = self._switch_note or "", None
+            self.say(f"{loaded} · task {switch.task}: {text}" if loaded else f"task {switch.task}: {text}")
 
     def on_adapter_switch_failed(self, message: AdapterSwitchFailed) -> None:
         self.task_pane.set_pending(None)
