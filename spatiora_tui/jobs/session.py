@@ -317,7 +317,7 @@ class Session:
         count, problems = 0, []
         for orphan in orphans:
             problems += orphan.problems
-            bad = len(orphan.problems)
+            unread: list[dict[str, object]] = []
             with self._lock:
                 renamed: dict[str, str] = {}
                 for record in orphan.records:
@@ -325,7 +325,7 @@ class Session:
                         job = Job.from_record(record, next(self._ids))
                     except (KeyError, TypeError, ValueError) as exc:
                         problems.append(f"{orphan.path.name}: a job could not be read ({exc}); it is left there")
-                        bad += 1
+                        unread.append(record)
                         continue
                     if job.group:
                         job.group = renamed.setdefault(job.group, f"{job.kind.value}-{next(self._groups_made)}")
@@ -334,10 +334,15 @@ class Session:
                     self._add(job)
                     count += job.state.waiting
                 self._changed()
-            if self.flush() and bad == 0:
-                orphan.remove()
+            if not self.flush() or orphan.problems:
+                orphan.release()  # not safely elsewhere yet, or not read at all: left as it is
+            elif unread:
+                try:
+                    orphan.keep_only(unread)
+                except OSError:
+                    orphan.release()
             else:
-                orphan.release()
+                orphan.remove()
         return count, problems
 
     def wants_runner(self) -> bool:

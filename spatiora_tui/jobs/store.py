@@ -45,6 +45,13 @@ class Orphan:
             os.close(self._lock_fd)
             self._lock_fd = -1
 
+    def keep_only(self, records: list[dict[str, Any]]) -> None:
+        """Leave in the file only `records` (those that could not be read: the others are in
+        another session's queue now, and must not be offered twice)."""
+        data = {"format": FORMAT, "jobs": records}
+        write_bytes(self.path, json.dumps(data, indent=1).encode())
+        self.release()
+
     def remove(self) -> None:
         """Delete it (after its jobs are safely in another file, or when the user clears it)."""
         self.path.unlink(missing_ok=True)

@@ -3,6 +3,7 @@ between jobs, batches and their contact sheet, save failures, and the queue file
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -289,8 +290,6 @@ def test_a_running_job_is_kept_in_the_file_and_a_done_one_is_not(engine, setting
     runner = threading.Thread(target=session.run_next)
     runner.start()
     assert engine.at_gate.wait(5) and session.flush()
-    import json
-
     kept = [j["request"]["prompt"] for j in json.loads(store.path.read_text())["jobs"]]
     assert kept == ["running", "waiting"], "a crash now would lose neither"
     engine.gate.set()
@@ -310,6 +309,8 @@ def test_an_unreadable_queue_file_is_reported_and_left_in_place(engine, settings
     assert any("queue-bad.json: not readable" in p for p in problems)
     assert any("queue-odd.json: a job could not be read" in p for p in problems)
     assert (state / "queue-bad.json").exists() and (state / "queue-odd.json").exists()
+    left = json.loads((state / "queue-odd.json").read_text())["jobs"]
+    assert left == [{"x": 1}], "the job adopted is not offered twice; the one not read stays"
 
 
 def test_a_queue_folder_that_cannot_be_written_is_reported(engine, settings, tmp_path: Path) -> None:
@@ -349,6 +350,4 @@ def test_a_job_cancelled_just_before_quitting_is_not_kept(engine, settings, tmp_
     session.close()
     engine.gate.set()
     runner.join(5)
-    import json
-
     assert [j["request"]["prompt"] for j in json.loads(store.path.read_text())["jobs"]] == ["kept"]
