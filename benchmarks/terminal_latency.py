@@ -3,7 +3,7 @@
 
 Run from the repository root: `python -m benchmarks.terminal_latency [--keys 20]`. It prints the
 median and worst latency while the app is idle and while a generation runs (the shipped
-config's first task on the demo model), or with `--count 4` while a batch of 4 runs. Polling capture-pane has a resolution of a few ms and
+config's first task on the demo model). Polling capture-pane has a resolution of a few ms and
 itself takes some CPU; the figures are upper bounds. Not part of the test suite: it reports,
 it asserts nothing.
 """
@@ -71,14 +71,6 @@ def type_and_time(count: int, busy: bool) -> list[float]:
     return latencies
 
 
-def set_batch_count(count: int) -> None:
-    """Tab from the prompt to the batch count field (6 fields on), set it, tab back. One key per
-    send-keys: Textual drops the rest of a burst that starts with ctrl+u."""
-    for key in ["Tab"] * 6 + ["C-u", str(count)] + ["BTab"] * 6:
-        tmux("send-keys", "-t", SESSION, key)
-        time.sleep(0.1)
-
-
 def report(label: str, values: list[float]) -> None:
     if values:
         print(f"{label}: median {statistics.median(values):.0f} ms, worst {max(values):.0f} ms over {len(values)} keys")
@@ -89,7 +81,6 @@ def report(label: str, values: list[float]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", type=int, default=20)
-    parser.add_argument("--count", type=int, default=1, help="measure while a batch of this many runs")
     args = parser.parse_args()
     if shutil.which("tmux") is None:
         raise SystemExit("tmux is not installed")
@@ -102,21 +93,13 @@ def main() -> None:
         wait_for("model ready", 120)
         idle = type_and_time(args.keys, busy=False)
         busy: list[float] = []
-        if args.count > 1:
-            set_batch_count(args.count)
+        while len(busy) < args.keys:
             tmux("send-keys", "-t", SESSION, "C-g")
             wait_for("generating", 10)
-            busy = type_and_time(args.keys, busy=False)  # a batch: the keys all land while it runs
-            label = f"while a batch of {args.count} runs"
-        else:
-            while len(busy) < args.keys:
-                tmux("send-keys", "-t", SESSION, "C-g")
-                wait_for("generating", 10)
-                busy += type_and_time(args.keys - len(busy), busy=True)
-                wait_for("saved", 120)
-            label = "while generating"
+            busy += type_and_time(args.keys - len(busy), busy=True)
+            wait_for("saved", 120)
         report("idle", idle)
-        report(label, busy)
+        report("while generating", busy)
     finally:
         subprocess.run(["tmux", "kill-session", "-t", SESSION], capture_output=True)
         shutil.rmtree(outputs, ignore_errors=True)
