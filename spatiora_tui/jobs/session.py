@@ -172,16 +172,17 @@ class Session:
             running = self._running
             steps = 0
             if running is not None:
-                steps += max(0, (running.steps_total or self._steps_of(running)) - running.steps_done)
+                steps += max(0, (running.steps_total or self.steps_of(running)) - running.steps_done)
                 if running.id == job_id:
                     return steps * rate
             if job_id not in self._waiting:
                 return None
             for waiting_id in self._waiting[: self._waiting.index(job_id) + 1]:
-                steps += self._steps_of(self._jobs[waiting_id])
+                steps += self.steps_of(self._jobs[waiting_id])
             return steps * rate
 
-    def _steps_of(self, job: Job) -> int:
+    def steps_of(self, job: Job) -> int:
+        """The steps `job` will run: its request's, else its task's (0 for a task that is gone)."""
         if job.request.steps is not None:
             return job.request.steps
         try:
@@ -414,7 +415,7 @@ class Session:
         return True
 
     def _run(self, job: Job, emit: Emit, on_step: StepHook | None) -> None:
-        emit(JobStarted(job.id, job.task, self._steps_of(job)))
+        emit(JobStarted(job.id, job.task, self.steps_of(job)))
         if self.engine.active_task != job.task:
             with self._lock:
                 first = self.engine.active_task is None

@@ -34,3 +34,9 @@ def gauge(fraction: float, width: int) -> str:
     """A `width`-cell bar, filled to `fraction` (clamped to 0..1), as Textual markup."""
     filled = round(width * min(max(fraction, 0.0), 1.0))
     return f"[$primary]{'█' * filled}[/][$surface-lighten-2]{'░' * (width - filled)}[/]"
+
+
+def clip(text: str, width: int) -> str:
+    """`text` on one line, cut to `width` characters with an ellipsis."""
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -16,7 +16,7 @@ from textual.widgets import Footer, OptionList, Static
 from textual.widgets.option_list import Option
 
 from spatiora_tui.outputs import HistoryIndex, image_files, read_metadata
-from spatiora_tui.ui.text import markup_safe
+from spatiora_tui.ui.text import clip, markup_safe
 
 MAX_LISTED = 1000
 
@@ -86,11 +86,6 @@ def describe(path: Path) -> str:
     return "\n".join(lines)
 
 
-def _clip(text: str, width: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 class HistoryScreen(Screen[Path | None]):
     """Dismissed with the highlighted image when its settings are to be used again, else None."""
 
@@ -158,7 +153,7 @@ class HistoryScreen(Screen[Path | None]):
         label = f"{mark} {markup_safe(path.stem)}"
         entry = self._index.get(path.name)
         if entry and entry.get("prompt"):
-            label += f"\n  [dim]{markup_safe(_clip(str(entry['prompt']), 38))}[/]"
+            label += f"\n  [dim]{markup_safe(clip(str(entry['prompt']), 38))}[/]"
         return Option(label, id=str(index))
 
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:

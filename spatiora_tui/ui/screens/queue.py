@@ -13,7 +13,7 @@ from textual.widgets import DataTable, Footer, Static
 
 from spatiora_tui.jobs.job import Job, JobState
 from spatiora_tui.jobs.session import Session
-from spatiora_tui.ui.text import markup_safe
+from spatiora_tui.ui.text import clip, markup_safe
 
 COLUMNS = ("#", "state", "task", "prompt", "progress", "ETA")
 PROMPT_WIDTH = 48
@@ -26,11 +26,6 @@ _STATE_STYLE = {
     JobState.FAILED: "bold red",
     JobState.CANCELLED: "dim",
 }
-
-
-def _clip(text: str, width: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def eta_text(seconds: float | None) -> str:
@@ -114,7 +109,7 @@ class QueueScreen(Screen[None]):
 
     def _cells(self, job: Job) -> tuple[str | Text, ...]:
         # Text, not markup: a prompt is the user's text, drawn as typed.
-        prompt = Text(_clip(job.request.prompt, PROMPT_WIDTH))
+        prompt = Text(clip(job.request.prompt, PROMPT_WIDTH))
         if job.label:
             prompt.append(f" ({job.label})", style="dim")
         return (
@@ -128,18 +123,15 @@ class QueueScreen(Screen[None]):
 
     def _progress(self, job: Job) -> str:
         if job.state is JobState.FAILED:
-            return _clip(job.error or "failed", 40)
+            return clip(job.error or "failed", 40)
         if job.state is JobState.DONE:
             return "saved" if job.path is not None else "NOT SAVED"
-        total = job.steps_total or self._session_steps(job)
+        total = job.steps_total or self._session.steps_of(job)
         if job.state is JobState.RUNNING:
             return f"{job.steps_done}/{total}"
         if job.state is JobState.CANCELLED:
             return f"cancelled at {job.steps_done}" if job.steps_done else "cancelled"
         return f"{total} steps"
-
-    def _session_steps(self, job: Job) -> int:
-        return job.request.steps or next((t.steps for t in self._session.settings.tasks if t.name == job.task), 0)
 
     def _summary(self, jobs: list[Job]) -> None:
         waiting = sum(j.state.waiting for j in jobs)
