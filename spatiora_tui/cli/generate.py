@@ -75,10 +75,13 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         negative_prompt=args.negative,
         scheduler=args.scheduler,
     )
-    # Check the overrides before paying for the model load.
-    from spatiora_tui.config import task_with_overrides
+    # Check the request as the engine will (every override) before paying for the model load.
+    from spatiora_tui.engine.api import EngineError, task_for
 
-    task_with_overrides(task, steps=args.steps, guidance=args.guidance, width=args.width, height=args.height)
+    try:
+        task_for(settings, request)
+    except EngineError as exc:
+        raise UsageError(str(exc)) from None
 
     from spatiora_tui.hw.telemetry import Telemetry, stage_summary
 
