@@ -69,22 +69,40 @@ def shipped_merges() -> tuple[tuple[str, str], ...]:
     return tuple(tuple(line.split(" ", 1)) for line in lines[1:])  # type: ignore[misc]
 
 
+@functools.lru_cache(maxsize=1)
+def _tokenizer_files() -> tuple[str, str]:
+    """vocab.json and merges.txt, written once per process to a folder removed at exit.
+
+    Deriving and writing the 49,408-entry vocabulary costs ~0.3 s; a user who switches checkpoints,
+    or loads an embedding (which needs a fresh tokenizer), should pay it once.
+    """
+    import atexit
+    import shutil
+
+    folder = Path(tempfile.mkdtemp(prefix="spatiora-clip-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    merges = shipped_merges()
+    (folder / "vocab.json").write_text(vocab_text(merges), encoding="utf-8")
+    (folder / "merges.txt").write_text(merges_text(merges), encoding="utf-8")
+    return str(folder / "vocab.json"), str(folder / "merges.txt")
+
+
 def clip_tokenizer(pad_token: str = PAD_CLIP_L) -> Any:
-    """A transformers CLIPTokenizer for Stable Diffusion's text encoders, with no download."""
+    """A transformers CLIPTokenizer for Stable Diffusion's text encoders, with no download.
+
+    Each call builds a new tokenizer (a loaded embedding adds tokens to the one it is given)."""
     from transformers import CLIPTokenizer
 
-    merges = shipped_merges()
-    with tempfile.TemporaryDirectory(prefix="spatiora-clip-") as tmp:
-        folder = Path(tmp)
-        (folder / "vocab.json").write_text(vocab_text(merges), encoding="utf-8")
-        (folder / "merges.txt").write_text(merges_text(merges), encoding="utf-8")
-        # transformers reads the files while constructing; nothing refers to them afterwards.
-        return CLIPTokenizer(
-            str(folder / "vocab.json"),
-            str(folder / "merges.txt"),
-            model_max_length=MAX_LENGTH,
-            pad_token=pad_token,
-            bos_token=BOS,
-            eos_token=EOS,
-            unk_token=EOS,
-        )
+    vocab, merges = _tokenizer_files()
+    if not (Path(vocab).is_file() and Path(merges).is_file()):  # a tmp cleaner removed them
+        _tokenizer_files.cache_clear()
+        vocab, merges = _tokenizer_files()
+    return CLIPTokenizer(
+        vocab,
+        merges,
+        model_max_length=MAX_LENGTH,
+        pad_token=pad_token,
+        bos_token=BOS,
+        eos_token=EOS,
+        unk_token=EOS,
+    )
