@@ -157,3 +157,21 @@ def mentions(text: str, names: list[str] | tuple[str, ...]) -> list[str]:
         if re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text):
             found.append(name)
     return found
+
+
+def with_lora_weight(prompt: str, name: str, weight: float) -> str:
+    """`prompt` with `<lora:name:weight>`: the weight of its tag for `name` replaced, or the tag
+    added at the end (a tag naming one of the task's adapters sets that adapter's weight)."""
+    tag = f"<lora:{name}:{weight:g}>"
+    found = False
+
+    def swap(match: re.Match[str]) -> str:
+        nonlocal found
+        kind, body = match.group(1).lower(), match.group(2)
+        if kind in ("lora", "lyco") and body.split(":")[0].strip() == name and not found:
+            found = True
+            return tag
+        return match.group(0)
+
+    text = _TAG.sub(swap, prompt)
+    return text if found else f"{prompt.rstrip()} {tag}"

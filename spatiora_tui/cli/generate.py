@@ -28,16 +28,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     gen = sub.add_parser(
         "generate", parents=[common], help="generate an image (or a batch: --count) and save it with metadata"
     )
-    gen.add_argument("prompt", help="what to draw; the task's prompt template wraps it")
-    gen.add_argument("--task", "-t", help="task mode (default: the first in config.toml)")
-    gen.add_argument("--seed", type=int, help="random seed (default: random; printed)")
-    gen.add_argument("--steps", type=int, help="denoising steps (default: the task's)")
-    gen.add_argument("--guidance", type=float, help="CFG scale (default: the task's)")
-    gen.add_argument("--width", type=int, help="width in pixels, a multiple of 8")
-    gen.add_argument("--height", type=int, help="height in pixels, a multiple of 8")
-    gen.add_argument("--negative", help="negative prompt (default: the task's)")
-    gen.add_argument("--scheduler", choices=list(SCHEDULERS), help="sampler (default: the task's)")
-    gen.add_argument("--out", metavar="PATH", help="output folder, or a .png file name (numbered in a batch)")
+    add_request_arguments(gen)
     gen.add_argument(
         "--count",
         "-n",
@@ -49,21 +40,28 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     gen.set_defaults(run=run)
 
 
-def run(settings: Settings, args: argparse.Namespace) -> int:
-    from spatiora_tui.atomic import clean_stale_partials
-    from spatiora_tui.engine.api import GenerationRequest
-    from spatiora_tui.engine.local import LocalEngine
-    from spatiora_tui.outputs import OutputError, save_result
+def add_request_arguments(parser: argparse.ArgumentParser) -> None:
+    """What one request may set, shared by `generate` and `sweep`."""
+    parser.add_argument("prompt", help="what to draw; the task's prompt template wraps it")
+    parser.add_argument("--task", "-t", help="task mode (default: the first in config.toml)")
+    parser.add_argument("--seed", type=int, help="random seed (default: random; printed)")
+    parser.add_argument("--steps", type=int, help="denoising steps (default: the task's)")
+    parser.add_argument("--guidance", type=float, help="CFG scale (default: the task's)")
+    parser.add_argument("--width", type=int, help="width in pixels, a multiple of 8")
+    parser.add_argument("--height", type=int, help="height in pixels, a multiple of 8")
+    parser.add_argument("--negative", help="negative prompt (default: the task's)")
+    parser.add_argument("--scheduler", choices=list(SCHEDULERS), help="sampler (default: the task's)")
+    parser.add_argument("--out", metavar="PATH", help="output folder, or a .png file name (numbered in a batch)")
+
+
+def request_from_args(settings: Settings, args: argparse.Namespace) -> tuple[Any, Any]:
+    """(task, request) from the command line, checked as the engine will check it (every
+    override) before anything pays for the model load; UsageError naming what is wrong."""
+    from spatiora_tui.engine.api import EngineError, GenerationRequest, task_for
 
     if not args.prompt.strip():
-        raise UsageError('the prompt is empty; describe what to draw, e.g. spatiora generate "a sunlit loft"')
-    from spatiora_tui.jobs.session import MAX_BATCH
-
-    if not 1 <= args.count <= MAX_BATCH:
-        raise UsageError(f"--count must be between 1 and {MAX_BATCH}, got {args.count}")
+        raise UsageError(f'the prompt is empty; describe what to draw, e.g. spatiora {args.command} "a sunlit loft"')
     task = settings.task(args.task) if args.task else settings.tasks[0]
-    out_dir, out_name = _output_target(settings, args.out)
-    clean_stale_partials(out_dir)  # temp files a killed writer left (atomic writes leave nothing else)
     request = GenerationRequest(
         prompt=args.prompt,
         task=task.name,
@@ -75,15 +73,17 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         negative_prompt=args.negative,
         scheduler=args.scheduler,
     )
-    # Check the request as the engine will (every override) before paying for the model load.
-    from spatiora_tui.engine.api import EngineError, task_for
-
     try:
         task_for(settings, request)
     except EngineError as exc:
         raise UsageError(str(exc)) from None
+    return task, request
 
-    from spatiora_tui.hw.telemetry import Telemetry, stage_summary
+
+def start_engine(settings: Settings, task: Any) -> tuple[Any, Any]:
+    """Load the model for `task` and switch to it, saying what was loaded: (engine, telemetry)."""
+    from spatiora_tui.engine.local import LocalEngine
+    from spatiora_tui.hw.telemetry import Telemetry
 
     status = status_printer()
     telemetry = Telemetry.from_settings(settings)
@@ -101,6 +101,22 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     print(f"task: {task.name} · adapters: {adapters} · {switch.summary()}", file=sys.stderr)
     if switch.warning:
         print(f"warning: {switch.warning}", file=sys.stderr)
+    return engine, telemetry
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    from spatiora_tui.atomic import clean_stale_partials
+    from spatiora_tui.jobs.session import MAX_BATCH
+    from spatiora_tui.outputs import OutputError, save_result
+
+    task, request = request_from_args(settings, args)
+    if not 1 <= args.count <= MAX_BATCH:
+        raise UsageError(f"--count must be between 1 and {MAX_BATCH}, got {args.count}")
+    out_dir, out_name = output_target(settings, args.out)
+    clean_stale_partials(out_dir)  # temp files a killed writer left (atomic writes leave nothing else)
+    from spatiora_tui.hw.telemetry import stage_summary
+
+    engine, telemetry = start_engine(settings, task)
 
     if args.count > 1:
         code = run_batch(settings, engine, telemetry, request, args.count, out_dir, out_name)
@@ -155,18 +171,23 @@ def run_batch(
     session = Session(engine, settings, telemetry=telemetry, output_dir=out_dir, output_name=out_name)
     jobs = session.submit_batch(request, count)
     print(f"batch of {count}: seeds {jobs[0].request.seed} to {jobs[-1].request.seed}", file=sys.stderr)
-    report = BatchReport(len(jobs))
-    _, interrupted = run_session(session, report)
+    _, interrupted = run_session(session, BatchReport(len(jobs)))
+    return group_outcome(jobs, interrupted)
+
+
+def group_outcome(jobs: list[Any], interrupted: bool) -> int:
+    """After a batch or sweep: keep the images whose save failed (in the cache folder), say how
+    many were saved, and return the exit code."""
     from spatiora_tui.outputs import OutputError
 
     for job in jobs:
         if job.path is None and job.result is not None and job.result.image is not None:
-            _rescue(job.result, OutputError(job.error or "not saved"))  # kept in the cache folder
+            _rescue(job.result, OutputError(job.error or "not saved"))
     done = sum(job.path is not None for job in jobs)
-    print(f"{done} of {count} image(s) saved" + (" (cancelled)" if interrupted else ""), file=sys.stderr)
+    print(f"{done} of {len(jobs)} image(s) saved" + (" (cancelled)" if interrupted else ""), file=sys.stderr)
     if interrupted:
         return EXIT_CANCELLED
-    return EXIT_OK if done == count else EXIT_FAILED
+    return EXIT_OK if done == len(jobs) else EXIT_FAILED
 
 
 def run_session(session: Any, report: Callable[[Any], object], keep: bool = False) -> tuple[None, bool]:
@@ -197,8 +218,10 @@ def run_session(session: Any, report: Callable[[Any], object], keep: bool = Fals
 class BatchReport:
     """A session's events as lines on stderr (the saved paths on stdout, one per line)."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, sheet: str = "contact sheet", labels: dict[int, str] | None = None) -> None:
         self._total = total
+        self._sheet = sheet
+        self._labels = labels or {}
         self._progress = ProgressLine()
         self._n = 0
 
@@ -208,7 +231,11 @@ class BatchReport:
         if isinstance(event, events.JobStarted):
             self._n += 1
             self._progress = ProgressLine()
-            print(f"[{self._n}/{self._total}] job {event.job_id} ({event.task})", file=sys.stderr)
+            label = self._labels.get(event.job_id)
+            print(
+                f"[{self._n}/{self._total}] job {event.job_id} ({event.task}{f' · {label}' if label else ''})",
+                file=sys.stderr,
+            )
         elif isinstance(event, events.JobStepped):
             self._progress.update(event.preview)
         elif isinstance(event, events.JobFinished):
@@ -228,9 +255,9 @@ class BatchReport:
         elif isinstance(event, events.GroupFinished):
             if event.path is not None:
                 print(event.path)
-                print(f"contact sheet: {event.path}", file=sys.stderr)
+                print(f"{self._sheet}: {event.path}", file=sys.stderr)
             else:
-                print(f"no contact sheet: {event.error}", file=sys.stderr)
+                print(f"no {self._sheet}: {event.error}", file=sys.stderr)
 
 
 def _rescue(result: Any, error: Exception) -> int:
@@ -253,7 +280,7 @@ def _rescue(result: Any, error: Exception) -> int:
     return EXIT_FAILED
 
 
-def _output_target(settings: Settings, out: str | None) -> tuple[Path, str | None]:
+def output_target(settings: Settings, out: str | None) -> tuple[Path, str | None]:
     if not out:
         return settings.output_dir, None
     path = Path(out).expanduser()

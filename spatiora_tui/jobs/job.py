@@ -48,6 +48,9 @@ class Job:
     label: str = ""
     #: (x, y, z) indices of a sweep cell; () elsewhere.
     cell: tuple[int, ...] = ()
+    #: A sweep cell's axes: (title, value labels) for X, Y, Z (kept so a resumed sweep still
+    #: draws its grid); () elsewhere.
+    axes: tuple[tuple[str, tuple[str, ...]], ...] = ()
     state: JobState = JobState.QUEUED
     created: float = field(default_factory=time.time)
     started: float | None = None
@@ -76,6 +79,8 @@ class Job:
             "created": self.created,
             "request": {k: v for k, v in dataclasses.asdict(self.request).items() if v is not None},
         }
+        if self.axes:
+            record["axes"] = [[title, list(labels)] for title, labels in self.axes]
         if self.state is JobState.DONE and self.path is not None:
             record["path"] = str(self.path)  # a finished member of a group still running
         return record
@@ -94,13 +99,18 @@ class Job:
         if not isinstance(req.prompt, str) or not isinstance(req.task, str):
             raise TypeError("prompt and task must be text")
         path = record.get("path")
+        axes = tuple((str(title), tuple(str(v) for v in labels)) for title, labels in record.get("axes", ()))
+        cell = tuple(int(i) for i in record.get("cell", ()))
+        if axes and (len(cell) != len(axes) or not all(0 <= i < len(a[1]) for i, a in zip(cell, axes))):
+            raise ValueError(f"sweep cell {list(cell)} is not on its grid")
         return cls(
             id=new_id,
             request=req,
             kind=JobKind(record.get("kind", "image")),
             group=str(record.get("group", "")),
             label=str(record.get("label", "")),
-            cell=tuple(int(i) for i in record.get("cell", ())),
+            cell=cell,
+            axes=axes,
             created=float(record.get("created", time.time())),
             state=JobState.DONE if path else JobState.QUEUED,
             path=Path(path) if path else None,

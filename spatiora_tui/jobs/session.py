@@ -47,8 +47,9 @@ from spatiora_tui.jobs.events import (
     TaskSwitchFailed,
 )
 from spatiora_tui.jobs.job import Job, JobKind, JobState
-from spatiora_tui.jobs.sheets import SheetError, save_contact_sheet
+from spatiora_tui.jobs.sheets import SheetError, save_contact_sheet, save_sweep_grid
 from spatiora_tui.jobs.store import Orphan, QueueFileError, QueueStore
+from spatiora_tui.jobs.sweep import Axis, checked_cells
 from spatiora_tui.outputs import OutputError, save_result
 
 if TYPE_CHECKING:
@@ -228,6 +229,34 @@ class Session:
             self._changed()
             return jobs
 
+    def submit_sweep(self, base: GenerationRequest, axes: list[Axis]) -> list[Job]:
+        """Queue the cells of an X/Y/Z sweep (see jobs/sweep.py) as one group, whose labelled
+        grid is saved once all have ended. Every cell is checked as the engine will check it
+        before any is queued: SweepError names the first that cannot run."""
+        low, high = SEED_RANGE
+        if base.seed is None:  # one seed for every cell, unless seed is an axis
+            base = dataclasses.replace(base, seed=low + secrets.randbelow(high - low + 1))
+        cells = checked_cells(self.settings, base, axes)
+        titles = tuple((axis.title, tuple(axis.label(i) for i in range(len(axis.values)))) for axis in axes)
+        with self._lock:
+            group = Group(f"sweep-{next(self._groups_made)}", JobKind.SWEEP, [], titles)
+            jobs = []
+            for cell in cells:
+                job = Job(
+                    next(self._ids),
+                    cell.request,
+                    kind=JobKind.SWEEP,
+                    group=group.id,
+                    label=cell.label,
+                    cell=cell.index,
+                    axes=titles,
+                )
+                jobs.append(self._add(job))
+                group.job_ids.append(job.id)
+            self._groups[group.id] = group
+            self._changed()
+            return jobs
+
     def _add(self, job: Job) -> Job:
         if self._paused and job.state is JobState.QUEUED:
             job.state = JobState.PAUSED
@@ -280,7 +309,21 @@ class Session:
             job = self._jobs.get(job_id)
             if job is None or job.state not in (JobState.FAILED, JobState.CANCELLED):
                 return None
-            again = Job(next(self._ids), job.request, kind=job.kind, group=job.group, label=job.label, cell=job.cell)
+            again = dataclasses.replace(
+                job,
+                id=next(self._ids),
+                state=JobState.QUEUED,
+                created=time.time(),
+                started=None,
+                ended=None,
+                steps_done=0,
+                steps_total=None,
+                result=None,
+                path=None,
+                error=None,
+                out_of_memory=False,
+                seconds_per_step=None,
+            )
             group = self._groups.get(job.group)
             if group is not None:
                 group.job_ids[group.job_ids.index(job.id)] = again.id
@@ -330,7 +373,7 @@ class Session:
                         continue
                     if job.group:
                         job.group = renamed.setdefault(job.group, f"{job.kind.value}-{next(self._groups_made)}")
-                        group = self._groups.setdefault(job.group, Group(job.group, job.kind, []))
+                        group = self._groups.setdefault(job.group, Group(job.group, job.kind, [], job.axes))
                         group.job_ids.append(job.id)
                     self._add(job)
                     count += job.state.waiting
@@ -503,7 +546,10 @@ class Session:
             emit(GroupFinished(group.id, None, "fewer than two images came out: no sheet"))
             return
         try:
-            group.sheet = save_contact_sheet(done, self.output_dir, group)
+            if group.kind is JobKind.SWEEP and group.axes:
+                group.sheet = save_sweep_grid(members, self.output_dir, group)
+            else:
+                group.sheet = save_contact_sheet(done, self.output_dir, group)
         except SheetError as exc:
             emit(GroupFinished(group.id, None, str(exc)))
             return

@@ -28,9 +28,11 @@ from spatiora_tui.engine.api import Engine, EngineError
 from spatiora_tui.hw import Telemetry, process_age_s
 from spatiora_tui.jobs.events import JobStepped as JobStep
 from spatiora_tui.jobs.events import SessionEvent
+from spatiora_tui.jobs.job import Job
 from spatiora_tui.jobs.session import Session
-from spatiora_tui.jobs.sheets import contact_sheet
+from spatiora_tui.jobs.sheets import contact_sheet, sweep_grid
 from spatiora_tui.jobs.store import Orphan, QueueStore
+from spatiora_tui.jobs.sweep import SweepError
 from spatiora_tui.outputs import OutputError, request_from_image
 from spatiora_tui.ui.images import image_widget_class
 from spatiora_tui.ui.messages import (
@@ -145,7 +147,8 @@ class SpatioraApp(App[None], inherit_bindings=False):
         )
         self._chosen: str | None = None  # the task new requests are for (see chosen_task)
         self._running_job: int | None = None  # the job the preview pane shows
-        self._group_images: dict[str, list[Image.Image]] = {}  # a batch's thumbnails so far
+        #: A batch's or sweep's thumbnails so far, by sweep cell (or arrival, in a batch).
+        self._group_images: dict[str, dict[tuple[int, ...], Image.Image]] = {}
         self._sheets: set[Path] = set()  # contact sheets and images saved again, for the history
         self._store_error_said: str | None = None
         self._switch_note: str | None = None  # said with the next task switch's line
@@ -350,13 +353,30 @@ class SpatioraApp(App[None], inherit_bindings=False):
         try:
             request = self.prompt_pane.request(task)
             count = self.prompt_pane.count()
+            axes = self.prompt_pane.sweep()
+            if axes and count > 1:
+                raise FormError("a sweep makes one image per cell: set the batch count to 1, or empty the sweep")
         except FormError as exc:
             self.say(str(exc), error=True)
             return
         behind = self.session.running is not None or bool(self.session.waiting())
-        jobs = self.session.submit_batch(request, count) if count > 1 else [self.session.submit(request)]
+        if axes:
+            try:
+                jobs = self.session.submit_sweep(request, axes)
+            except SweepError as exc:
+                self.say(f"sweep: {exc}", error=True)
+                return
+            shape = " x ".join(f"{len(a.values)} {a.title}" for a in axes)
+            what = f"a sweep of {len(jobs)} ({shape}; jobs {jobs[0].id}-{jobs[-1].id})"
+        elif count > 1:
+            jobs = self.session.submit_batch(request, count)
+            what = f"a batch of {count} (jobs {jobs[0].id}-{jobs[-1].id})"
+        else:
+            jobs = [self.session.submit(request)]
+            what = f"job {jobs[0].id}"
+        if axes and not (behind or self.session.paused):
+            self.say(f"{what}: the grid is saved when the last cell ends")
         if behind or self.session.paused:
-            what = f"a batch of {count} (jobs {jobs[0].id}-{jobs[-1].id})" if count > 1 else f"job {jobs[0].id}"
             where = _ordinal(self.session.position(jobs[0].id))
             paused = " — the queue is paused" if self.session.paused else ""
             self.say(f"queued {what}: {where} in the queue{paused} ({self._key('queue')} shows it)")
@@ -590,17 +610,20 @@ class SpatioraApp(App[None], inherit_bindings=False):
             self.notify(markup_safe(warning), severity="warning", timeout=8)
         self.preview_pane.finished(result, saved)
         if job.group and result.image is not None:
-            self._show_group(job.group, result.image)
+            self._show_group(job, result.image)
 
-    def _show_group(self, group: str, image: Image.Image) -> None:
-        """A batch's images so far, as a grid in the preview pane (the next job's previews take
-        the pane back as they arrive)."""
-        images = self._group_images.setdefault(group, [])
+    def _show_group(self, job: Job, image: Image.Image) -> None:
+        """A batch's images so far as a grid in the preview pane, a sweep's as its labelled grid
+        (cells still to come in grey); the next job's previews take the pane back."""
+        images = self._group_images.setdefault(job.group, {})
         thumb = image.copy()
         thumb.thumbnail((256, 256))
-        images.append(thumb)
-        if len(images) > 1:
-            self.preview_pane.show_sheet(contact_sheet(images))
+        images[job.cell or (len(images),)] = thumb
+        if job.axes:
+            cells: dict[tuple[int, ...], Image.Image | str] = dict(images)
+            self.preview_pane.show_sheet(sweep_grid(cells, job.axes, missing="to come"))
+        elif len(images) > 1:
+            self.preview_pane.show_sheet(contact_sheet(list(images.values())))
 
     def _queue_note(self) -> str:
         waiting = len(self.session.waiting())
@@ -618,7 +641,8 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self._group_images.pop(message.group, None)
         if message.path is not None:
             self._sheets.add(message.path)
-            self.say(f"{message.group} done: contact sheet {message.path}")
+            sheet = "grid" if message.group.startswith("sweep") else "contact sheet"
+            self.say(f"{message.group} done: {sheet} {message.path}")
         else:
             self.say(f"{message.group} done: {message.error}")
 

@@ -86,3 +86,50 @@ def test_queue_run_keeps_a_job_for_a_task_that_is_gone_as_failed_and_says_so(pro
     ran = spatiora("queue", "run", cwd=project, env={"SPATIORA_STATE_DIR": str(state)})
     assert ran.returncode == 1 and "Traceback" not in ran.stderr
     assert "unknown task 'removed-task'" in ran.stderr and "0 saved, 1 failed" in ran.stderr
+
+
+def test_sweep_saves_each_cell_and_a_labelled_grid(project: Path) -> None:
+    out = project / "out"
+    proc = spatiora(
+        "sweep",
+        "--x",
+        "weight:floorplan=0.2,1.0",
+        "--y",
+        "seed=3,4",
+        "--task",
+        "floorplan",
+        "a flat",
+        "--out",
+        str(out),
+        cwd=project,
+    )
+    assert proc.returncode == 0, proc.stderr
+    paths = [Path(line) for line in proc.stdout.split()]
+    assert len(paths) == 5 and paths[-1].stem.endswith("-sweep")
+    requests = [read_metadata(p).spatiora["request"] for p in paths[:4]]
+    assert [(r["seed"], r["prompt"]) for r in requests] == [
+        (3, "a flat <lora:floorplan:0.2>"),
+        (3, "a flat <lora:floorplan:1>"),
+        (4, "a flat <lora:floorplan:0.2>"),
+        (4, "a flat <lora:floorplan:1>"),
+    ]
+    adapters = [read_metadata(p).spatiora["adapters"] for p in paths[:2]]
+    assert [a[0]["weight"] for a in adapters] == [0.2, 1.0], "the weight axis reached the adapter"
+    assert "sweep of 4 images (2 weight:floorplan x 2 seed)" in proc.stderr and "grid:" in proc.stderr
+    assert "weight:floorplan=0.2 · seed=3" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("axes", "words"),
+    [
+        (["--x", "colour=red"], "colour: not an axis"),
+        (["--x", "seed=1-200"], "more than 100"),
+        (["--x", "task=floorplan,nope"], "task=nope: unknown task"),
+        (["--x", "steps=0,2"], "steps=0: must be between 1 and 500"),
+        (["--x", "prompt=oak,pine"], "'oak' is not in it"),
+    ],
+)
+def test_a_bad_sweep_is_one_line_before_the_model_loads(project: Path, axes: list[str], words: str) -> None:
+    proc = spatiora("sweep", *axes, "a flat", cwd=project)
+    assert_one_line_failure(proc, 2, words)
+    assert "loading" not in proc.stderr

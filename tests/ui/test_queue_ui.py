@@ -146,6 +146,43 @@ async def test_a_bad_batch_count_is_refused_with_its_range(make) -> None:
         assert engine.requests == []
 
 
+async def test_a_sweep_typed_in_the_prompt_pane_runs_and_saves_its_grid(make) -> None:
+    app, engine = make()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        app.query_one("#seed", Input).value = "5"
+        app.query_one("#sweep", Input).value = "steps=2,3 | prompt=oak,pine"
+        await queue_prompts(pilot, "an oak hall")
+        await settle(app, pilot)
+        assert [(r.steps, r.prompt, r.seed) for r in engine.requests] == [
+            (2, "an oak hall", 5),
+            (3, "an oak hall", 5),
+            (2, "an pine hall", 5),
+            (3, "an pine hall", 5),
+        ]
+        grids = [f for f in outputs() if f.stem.endswith("-sweep")]
+        assert len(grids) == 1 and f"grid {grids[0]}" in status(app)
+        shown = app.query_one("#preview-image").image
+        assert shown is not None and shown.width > 2 * 64, "the labelled grid, not one image"
+
+
+async def test_a_bad_sweep_or_a_sweep_with_a_batch_is_refused_saying_why(make) -> None:
+    app, engine = make()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        app.query_one("#sweep", Input).value = "seed=1,2 | colour=red"
+        await queue_prompts(pilot, "a hall")
+        assert "sweep: colour: not an axis" in status(app)
+        app.query_one("#sweep", Input).value = "task=interior,nope"
+        await queue_prompts(pilot, "a hall")
+        assert "sweep: task=nope: unknown task" in status(app)
+        app.query_one("#sweep", Input).value = "seed=1,2"
+        app.query_one("#count", Input).value = "3"
+        await queue_prompts(pilot, "a hall")
+        assert "set the batch count to 1" in status(app)
+        assert engine.requests == [] and app.session.jobs() == []
+
+
 def leave_a_queue(settings, *prompts: str) -> None:
     """A session that queued jobs and ended without running them (its lock goes with it)."""
     engine = FakeEngine(settings)

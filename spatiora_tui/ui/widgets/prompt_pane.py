@@ -1,5 +1,6 @@
-"""The prompt pane: prompt, negative prompt, seed, steps, guidance and size, pre-filled from the
-active task and editable per run. Reading it yields a GenerationRequest or says what is wrong."""
+"""The prompt pane: prompt, negative prompt, seed, steps, guidance, size, batch count, sampler and
+sweep axes, pre-filled from the active task and editable per run. Reading it yields a
+GenerationRequest (and a count or sweep) or says what is wrong."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from textual.widgets import Input, Label
 from spatiora_tui.config import SCHEDULERS, SEED_RANGE, STEPS_RANGE, TaskSettings, parse_size
 from spatiora_tui.engine.api import GenerationRequest
 from spatiora_tui.jobs.session import MAX_BATCH
+from spatiora_tui.jobs.sweep import Axis, SweepError, parse_axes
 
 SCHEDULER_HINT = "the task's (" + ", ".join(SCHEDULERS) + ")"
 
@@ -80,11 +82,13 @@ class PromptPane(Vertical):
             with Vertical(classes="field"):
                 yield Label("Sampler")
                 yield Input(id="scheduler", placeholder=SCHEDULER_HINT, restrict=r"[a-z0-9_]*")
+        yield Label("Sweep: X | Y | Z axes (empty: none)")
+        yield Input(placeholder="e.g. weight:floorplan=0.2,0.6,1 | seed=1,2,3", id="sweep")
 
     def on_mount(self) -> None:
         self.border_title = "Prompt"
 
-    @on(Input.Changed, "#prompt, #negative")
+    @on(Input.Changed, "#prompt, #negative, #sweep")
     def _drop_controls(self, event: Input.Changed) -> None:
         clean, removed = without_controls(event.value)
         if removed or clean != event.value:
@@ -131,6 +135,16 @@ class PromptPane(Vertical):
         """How many images to make (seeds s, s+1, ...), or FormError."""
         text = self.query_one("#count", Input).value.strip()
         return _int("batch count", text, 1, MAX_BATCH) if text else 1
+
+    def sweep(self) -> list[Axis]:
+        """The sweep's axes ([] when the field is empty), or FormError saying what is wrong."""
+        text = self.query_one("#sweep", Input).value.strip()
+        if not text:
+            return []
+        try:
+            return parse_axes(text)
+        except SweepError as exc:
+            raise FormError(f"sweep: {exc}") from None
 
     def request(self, task: str) -> GenerationRequest:
         """The request these fields describe, or FormError naming the field at fault."""
