@@ -309,20 +309,14 @@ class Session:
             job = self._jobs.get(job_id)
             if job is None or job.state not in (JobState.FAILED, JobState.CANCELLED):
                 return None
-            again = dataclasses.replace(
-                job,
-                id=next(self._ids),
-                state=JobState.QUEUED,
-                created=time.time(),
-                started=None,
-                ended=None,
-                steps_done=0,
-                steps_total=None,
-                result=None,
-                path=None,
-                error=None,
-                out_of_memory=False,
-                seconds_per_step=None,
+            again = Job(
+                next(self._ids),
+                job.request,
+                kind=job.kind,
+                group=job.group,
+                label=job.label,
+                cell=job.cell,
+                axes=job.axes,
             )
             group = self._groups.get(job.group)
             if group is not None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from spatiora_tui import atomic
+from spatiora_tui.jobs.job import JobState
 from spatiora_tui.outputs import PARAMETERS_KEY, SPATIORA_KEY, a1111_parameters, read_metadata
 
 if TYPE_CHECKING:
@@ -177,13 +178,9 @@ def sweep_grid(
 def save_sweep_grid(members: list[Job], out_dir: Path, group: Group) -> Path:
     """Save the labelled grid of a finished sweep beside its images; `members` are all its jobs,
     those that made no image drawn as grey tiles saying why."""
-    cells: dict[tuple[int, ...], Image.Image | str] = {}
-    for job in members:
-        if job.state.value == "done":
-            cells[job.cell] = _image_of(job)
-        else:
-            cells[job.cell] = job.state.value
-    done = [job for job in members if job.state.value == "done"]
+    done = [job for job in members if job.state is JobState.DONE]
+    cells: dict[tuple[int, ...], Image.Image | str] = {job.cell: job.state.value for job in members}
+    cells.update((job.cell, _image_of(job)) for job in done)
     return _save_sheet(sweep_grid(cells, group.axes), done, out_dir, group)
 
 
