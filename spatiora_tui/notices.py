@@ -17,6 +17,7 @@ class NoticeKind(str, Enum):
     PICKLED_EMBEDDING = "pickled embedding"  # a prompt names a .pt/.bin embedding, not loaded
     ADAPTER_FAMILY = "adapter family"  # a task's adapter is for another model family
     PREVIEW_FALLBACK = "preview fallback"  # the configured preview method cannot run; latent2rgb does
+    INIT_IMAGE = "init image"  # the init image was converted (alpha flattened, cropped...)
 
 
 class Notice(str):

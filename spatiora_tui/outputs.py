@@ -58,6 +58,10 @@ def a1111_parameters(result: GenerationResult) -> str:
     if result.model.short_hash:
         fields.append(("Model hash", result.model.short_hash))
     fields += [("Model", result.model.name), ("Task", p.task)]
+    if p.init_image:
+        # Image-to-image, in A1111's words; the hash is 12 digits of the init file's sha256
+        # (the JSON chunk holds all 64 and the path).
+        fields += [("Denoising strength", f"{p.strength:g}"), ("Init image hash", p.init_image_sha256[:12])]
     if p.adapters:
         fields.append(("Lora hashes", ", ".join(f"{_hash_name(a.name)}: {a.short_hash}" for a in p.adapters)))
     if p.embeddings:
@@ -306,13 +310,19 @@ def request_from_image(path: Path, default_task: str) -> tuple[GenerationRequest
     record = (meta.spatiora or {}).get("request")
     if isinstance(record, dict) and isinstance(record.get("prompt"), str):
         fields = {k: record.get(k) for k in ("seed", "steps", "guidance", "width", "height", "scheduler")}
+        init = record.get("init_image") or None
         request = GenerationRequest(
             prompt=record["prompt"],
             task=str(record.get("task") or default_task),
             negative_prompt=record.get("negative_prompt"),
+            init_image=init,
+            strength=record.get("strength") if init else None,
             **fields,
         )
-        return request, []
+        notes = []
+        if init and not Path(init).is_file():
+            notes.append(f"its init image {init} is no longer there: give another or clear the init field")
+        return request, notes
     if not meta.parameters:
         raise OutputError(f"{path.name} holds no generation settings (no Spatiora or AUTOMATIC1111 metadata)")
     return _request_from_a1111(meta.a1111, default_task)
@@ -358,5 +368,8 @@ def _request_from_a1111(parsed: dict[str, Any], default_task: str) -> tuple[Gene
         height=height,
         negative_prompt=parsed.get("negative_prompt") or None,
         scheduler=scheduler,
+        strength=number("Denoising strength", float),
     )
+    if "Init image hash" in fields:
+        notes.append("made from an init image, which its PNG does not hold: give it in the init field")
     return request, notes

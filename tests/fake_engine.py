@@ -31,6 +31,7 @@ from spatiora_tui.engine.api import (
     Timings,
     task_for,
 )
+from spatiora_tui.engine.init_image import InitImage, init_for, init_notices, steps_run, strength_of
 from spatiora_tui.hw import Telemetry
 
 MODEL = ModelInfo(
@@ -133,6 +134,7 @@ class FakeEngine:
         if self._model is None:
             raise EngineError("the model is not loaded yet; call load() first")
         task = task_for(self.settings, request)
+        init = init_for(request, task)
         low, high = SEED_RANGE
         if request.seed is not None and not low <= request.seed <= high:
             raise EngineError(f"seed must be between {low} and {high}, got {request.seed}")
@@ -142,13 +144,15 @@ class FakeEngine:
             self.telemetry.set_task(task.name)
             self.telemetry.enter("denoise")
         try:
-            return self._run(request, task, on_step, cancel)
+            return self._run(request, task, on_step, cancel, init)
         finally:
             if self.telemetry is not None:
                 self.telemetry.close_to(0)
 
-    def _run(self, request, task, on_step, cancel) -> GenerationResult:
-        steps, width, height = task.steps, task.width, task.height
+    def _run(self, request, task, on_step, cancel, init: InitImage | None = None) -> GenerationResult:
+        width, height = (task.width, task.height) if init is None else init.size
+        strength = None if init is None else strength_of(request)
+        steps = steps_run(task.steps, strength)  # image-to-image runs int(steps x strength)
         seed = request.seed if request.seed is not None else 1234
         done = 0
         for step in range(1, steps + 1):
@@ -171,14 +175,23 @@ class FakeEngine:
             full_prompt=task.render_prompt(request.prompt),
             negative_prompt=task.negative_prompt,
             seed=seed,
-            steps=steps,
+            steps=task.steps,
             guidance=task.guidance,
             scheduler=task.scheduler,
             width=width,
             height=height,
             adapters=tuple(AdapterUse(a.name, 1.0 if a.weight is None else a.weight, "0" * 64) for a in task.adapters),
+            init_image="" if init is None else init.path,
+            init_image_sha256="" if init is None else init.sha256,
+            strength=strength,
         )
         image = None if cancelled else self._image(params)
+        if image is not None and init is not None and strength is not None:
+            # The more strength, the less of the init; the seed's mark strong enough to show.
+            _, green, blue = image.getpixel((0, 0))
+            noise = Image.new("RGB", image.size, ((seed * 37) % 256, green, blue))
+            image = Image.blend(init.image, noise, strength)
+        warnings = init_notices(init)
         return GenerationResult(
             params=params,
             model=MODEL,
@@ -187,6 +200,7 @@ class FakeEngine:
             steps_done=done,
             timings=Timings(first_preview_ms=10.0, image_ms=None if cancelled else 100.0, step_ms=(10.0,) * done),
             memory=MemoryPeaks(peak_rss_mb=300.0, process_peak_rss_mb=310.0),
+            warnings=warnings,
         )
 
     @staticmethod

@@ -51,13 +51,25 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, help="height in pixels, a multiple of 8")
     parser.add_argument("--negative", help="negative prompt (default: the task's)")
     parser.add_argument("--scheduler", choices=list(SCHEDULERS), help="sampler (default: the task's)")
+    parser.add_argument(
+        "--init",
+        metavar="IMAGE",
+        help="image-to-image: start from this image (a sketch, a photo, an earlier result); it runs at "
+        "its own aspect ratio unless --width/--height are given (then it is cropped to them)",
+    )
+    parser.add_argument(
+        "--strength",
+        type=float,
+        metavar="S",
+        help="with --init: how much to change it, above 0 to 1 (default 0.75; int(steps x S) steps run)",
+    )
     parser.add_argument("--out", metavar="PATH", help="output folder, or a .png file name (numbered in a batch)")
 
 
 def request_from_args(settings: Settings, args: argparse.Namespace) -> tuple[Any, Any]:
     """(task, request) from the command line, checked as the engine will check it (every
     override) before anything pays for the model load; UsageError naming what is wrong."""
-    from spatiora_tui.engine.api import EngineError, GenerationRequest, task_for
+    from spatiora_tui.engine.api import EngineError, GenerationRequest, check_request
 
     if not args.prompt.strip():
         raise UsageError(f'the prompt is empty; describe what to draw, e.g. spatiora {args.command} "a sunlit loft"')
@@ -72,9 +84,11 @@ def request_from_args(settings: Settings, args: argparse.Namespace) -> tuple[Any
         height=args.height,
         negative_prompt=args.negative,
         scheduler=args.scheduler,
+        init_image=args.init,
+        strength=args.strength,
     )
     try:
-        task_for(settings, request)
+        check_request(settings, request)
     except EngineError as exc:
         raise UsageError(str(exc)) from None
     return task, request
@@ -224,6 +238,7 @@ class BatchReport:
         self._labels = labels or {}
         self._progress = ProgressLine()
         self._n = 0
+        self._warned: set[str] = set()  # each warning once, not once per image
 
     def __call__(self, event: Any) -> None:
         from spatiora_tui.jobs import events
@@ -240,6 +255,10 @@ class BatchReport:
             self._progress.update(event.preview)
         elif isinstance(event, events.JobFinished):
             self._progress.done()
+            for warning in event.result.warnings:
+                if warning not in self._warned:
+                    self._warned.add(warning)
+                    print(f"  warning: {warning}", file=sys.stderr)
             if event.path is not None:
                 print(event.path)
                 print(f"  seed {event.result.params.seed} · saved {event.path}", file=sys.stderr)

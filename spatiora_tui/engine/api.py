@@ -56,6 +56,10 @@ class GenerationRequest:
     height: int | None = None
     negative_prompt: str | None = None
     scheduler: str | None = None
+    #: Image-to-image: the path of the image to start from, and how much to change it (0..1,
+    #: A1111's "Denoising strength"; None: 0.75). Without an init image the strength is unused.
+    init_image: str | None = None
+    strength: float | None = None
 
 
 def task_for(settings: Settings, request: GenerationRequest) -> TaskSettings:
@@ -76,6 +80,16 @@ def task_for(settings: Settings, request: GenerationRequest) -> TaskSettings:
         )
     except ConfigError as exc:
         raise EngineError(str(exc)) from None
+
+
+def check_request(settings: Settings, request: GenerationRequest) -> TaskSettings:
+    """task_for(), and the init image read and checked (engine/init_image.py): what a caller runs
+    before it queues a request or pays for a model load; EngineError naming the fault."""
+    from spatiora_tui.engine.init_image import init_for
+
+    task = task_for(settings, request)
+    init_for(request, task)
+    return task
 
 
 @dataclass(frozen=True)
@@ -129,6 +143,11 @@ class ResolvedRequest:
     embeddings: tuple[EmbeddingUse, ...] = ()
     #: The names of the adapters that came from <lora:...> tags in the prompt.
     prompt_loras: tuple[str, ...] = ()
+    #: Image-to-image: the init image's absolute path and file sha256, and the strength
+    #: ("" and None for text-to-image). `steps` stays as asked; int(steps x strength) ran.
+    init_image: str = ""
+    init_image_sha256: str = ""
+    strength: float | None = None
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from spatiora_tui.engine.api import (
     StepCallback,
     task_for,
 )
+from spatiora_tui.engine.init_image import InitImage, init_for, init_notices, strength_of
 from spatiora_tui.engine.manifest import add_trigger_words
 from spatiora_tui.engine.thread import OneThread
 from spatiora_tui.hw.telemetry import Telemetry
@@ -79,6 +80,7 @@ class LocalEngine:
         self._loader = loader
         self._thread = OneThread("spatiora-engine")
         self._pipe: Any = None
+        self._img2img: Any = None  # built from the pipe's components when first asked for
         self._model: ModelInfo | None = None
         self._loras: Any = None
         self._embeddings: Any = None
@@ -222,7 +224,7 @@ class LocalEngine:
         dirs = [self._settings.adapter_dir]
         if demo_adapters is not None:
             dirs.append(demo_adapters)
-        self._pipe, self._model = pipe, model
+        self._pipe, self._model, self._img2img = pipe, model, None
         adapters = self._settings.adapters
         self._loras = LoraManager(
             pipe,
@@ -264,7 +266,7 @@ class LocalEngine:
         before = read_memory()
         ram = self._loras.release() if self._loras is not None else None  # the device tiers go with the model
         on_cuda = previous is not None and previous.device == "cuda"
-        self._pipe = self._model = self._loras = self._embeddings = None
+        self._pipe = self._img2img = self._model = self._loras = self._embeddings = None
         self._active_task = None
         # The old model's objects were frozen out of the collector's view after it loaded;
         # they must be visible again for its reference cycles to be freed.
@@ -372,6 +374,7 @@ class LocalEngine:
 
         self._require_loaded()
         task = self._resolve_task(request)
+        init = init_for(request, task)  # read and checked before any switch
         prompt, tags = extract_lora_tags(request.prompt)
         if extract_lora_tags(task.negative_prompt)[1]:
             raise PromptError("the negative prompt has a <lora:...> tag, which only works in the prompt; move it there")
@@ -388,9 +391,9 @@ class LocalEngine:
                 switch_ms += self._loras.activate(wanted).duration_ms
             self._active_task = None
         self._telemetry.set_task(task.name)
-        params = self._resolve(request, task, prompt, tuple(t.name for t in tags))
+        params = self._resolve(request, task, prompt, tuple(t.name for t in tags), init)
         run = run_generation(
-            self._pipe,
+            self._img2img_pipe() if init is not None else self._pipe,
             self._model,
             params,
             self._settings.preview,
@@ -399,8 +402,14 @@ class LocalEngine:
             cancel or threading.Event(),
             switch_ms,
             self._telemetry,
+            init,
         )
-        warnings = (*self._notices, *self._embeddings.pickled(params.full_prompt, params.negative_prompt), *run.notes)
+        warnings = (
+            *self._notices,
+            *init_notices(init),
+            *self._embeddings.pickled(params.full_prompt, params.negative_prompt),
+            *run.notes,
+        )
         self._notices.clear()
         held_ram, held_vram = self._loras.held_mb()
         drift = self.watchdog.check(read_memory(), held_ram, held_vram, after="generating")
@@ -445,8 +454,23 @@ class LocalEngine:
     def _resolve_task(self, request: GenerationRequest) -> TaskSettings:
         return task_for(self._settings, request)
 
+    def _img2img_pipe(self) -> Any:
+        """The image-to-image pipeline over the loaded one's components (the same module
+        objects, so nothing is loaded or copied and the adapters are the ones active). An
+        inpainting model is its own: it runs an init image with a mask that covers everything."""
+        from spatiora_tui.engine.generate import img2img_pipeline
+
+        if self._img2img is None:
+            self._img2img = img2img_pipeline(self._pipe)
+        return self._img2img
+
     def _resolve(
-        self, request: GenerationRequest, task: TaskSettings, prompt: str, prompt_loras: tuple[str, ...]
+        self,
+        request: GenerationRequest,
+        task: TaskSettings,
+        prompt: str,
+        prompt_loras: tuple[str, ...],
+        init: InitImage | None = None,
     ) -> ResolvedRequest:
         # Trigger words of the active adapters (from their adapter.toml) that the prompt lacks.
         full_prompt, _ = add_trigger_words(task.render_prompt(prompt), self._loras.trigger_words())
@@ -464,11 +488,14 @@ class LocalEngine:
             steps=task.steps,
             guidance=task.guidance,
             scheduler=task.scheduler,
-            width=task.width,
-            height=task.height,
+            width=task.width if init is None else init.size[0],
+            height=task.height if init is None else init.size[1],
             adapters=self._loras.active,
             embeddings=embeddings,
             prompt_loras=prompt_loras,
+            init_image="" if init is None else init.path,
+            init_image_sha256="" if init is None else init.sha256,
+            strength=None if init is None else strength_of(request),
         )
 
 

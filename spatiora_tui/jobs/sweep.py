@@ -9,6 +9,7 @@ comma: `prompt=oak,"walnut, dark"`):
     weight:NAME=0.2,0.6,1.0  the weight of adapter NAME, as a <lora:NAME:W> tag in the prompt
     prompt=oak,walnut,marble  Prompt S/R: the first value is searched in the prompt and each
                               value replaces it (the first cell keeps the prompt as written)
+    strength=0.4,0.6,0.8  (denoising=...)  image-to-image: how much of the init image changes
 
 The sweep is the product of its axes (X varies fastest); each cell is one job of the queue, with
 the seed fixed across cells unless seed is an axis. Nothing here imports torch or the UI.
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from spatiora_tui.config import GUIDANCE_RANGE, SCHEDULERS, SEED_RANGE, STEPS_RANGE, check_size, parse_size
 from spatiora_tui.engine.api import EngineError, GenerationRequest, task_for
+from spatiora_tui.engine.init_image import check_strength, peek_init_image, strength_of
 from spatiora_tui.prompts import MAX_WEIGHT, with_lora_weight
 
 if TYPE_CHECKING:
@@ -34,8 +36,8 @@ if TYPE_CHECKING:
 MAX_CELLS = 100
 #: The axes' names in order, for a job's label and the grid's titles.
 AXIS_NAMES = ("X", "Y", "Z")
-KINDS = ("seed", "steps", "guidance", "scheduler", "size", "task", "weight:NAME", "prompt")
-_ALIASES = {"cfg": "guidance", "sampler": "scheduler", "sr": "prompt", "prompt s/r": "prompt"}
+KINDS = ("seed", "steps", "guidance", "scheduler", "size", "task", "weight:NAME", "prompt", "strength")
+_ALIASES = {"cfg": "guidance", "sampler": "scheduler", "sr": "prompt", "prompt s/r": "prompt", "denoising": "strength"}
 
 
 class SweepError(ValueError):
@@ -46,7 +48,7 @@ class SweepError(ValueError):
 class Axis:
     """One axis: what varies and its values, as typed (the labels of the grid)."""
 
-    kind: str  # seed | steps | guidance | scheduler | size | task | weight | prompt
+    kind: str  # seed | steps | guidance | scheduler | size | task | weight | prompt | strength
     values: tuple[str, ...]
     adapter: str = ""  # the adapter of a weight axis
 
@@ -82,6 +84,8 @@ class Axis:
             return dataclasses.replace(request, task=value)
         if self.kind == "weight":
             return dataclasses.replace(request, prompt=with_lora_weight(request.prompt, self.adapter, float(value)))
+        if self.kind == "strength":
+            return dataclasses.replace(request, strength=float(value))
         # Prompt S/R: the first value is what the prompt holds.
         return dataclasses.replace(request, prompt=request.prompt.replace(self.values[0], value))
 
@@ -181,6 +185,10 @@ def parse_axis(spec: str) -> Axis:
         values = _numbers(f"weight:{adapter}", items, -MAX_WEIGHT, MAX_WEIGHT)
     elif kind == "prompt":
         values = items
+    elif kind == "strength":
+        values = _numbers(kind, items, 0.0, 1.0)
+        if any(float(v) == 0 for v in values):
+            raise SweepError("strength=0: changes nothing; a strength is above 0 and at most 1")
     else:
         raise SweepError(f"{key.strip()}: not an axis; one of {', '.join(KINDS)}")
     if len(set(values)) != len(values):
@@ -233,6 +241,8 @@ def expand(base: GenerationRequest, axes: list[Axis]) -> list[Cell]:
     if count > MAX_CELLS:
         raise SweepError(f"the sweep has {count} cells; at most {MAX_CELLS} (use fewer values)")
     for axis in axes:
+        if axis.kind == "strength" and not base.init_image:
+            raise SweepError("strength varies image-to-image: give an init image too")
         if axis.kind == "prompt" and axis.values[0] not in base.prompt:
             raise SweepError(
                 f"prompt={axis.values[0]}: Prompt S/R searches the prompt for its first value, "
@@ -251,12 +261,17 @@ def expand(base: GenerationRequest, axes: list[Axis]) -> list[Cell]:
 
 
 def checked_cells(settings: Settings, base: GenerationRequest, axes: list[Axis]) -> list[Cell]:
-    """expand(), with every cell checked as the engine will check it (task, steps, size...):
-    SweepError names the first cell that cannot run, so nothing is queued or loaded for it."""
+    """expand(), with every cell checked as the engine will check it (task, steps, size, the
+    init image's file and the strength): SweepError names the first cell that cannot run, so
+    nothing is queued or loaded for it."""
     cells = expand(base, axes)
-    for cell in cells:
+    for number, cell in enumerate(cells):
         try:
-            task_for(settings, cell.request)
+            task = task_for(settings, cell.request)
+            if cell.request.init_image:
+                if number == 0:
+                    peek_init_image(cell.request.init_image)  # the header only: the UI thread calls this
+                check_strength(strength_of(cell.request), task.steps)
         except EngineError as exc:
             raise SweepError(f"{cell.label}: {exc}") from None
     return cells

@@ -25,6 +25,7 @@ from textual.worker import Worker, WorkerState
 from spatiora_tui.atomic import clean_stale_partials
 from spatiora_tui.config import Settings, TaskSettings, user_state_dir
 from spatiora_tui.engine.api import Engine, EngineError
+from spatiora_tui.engine.init_image import DEFAULT_STRENGTH
 from spatiora_tui.hw import Telemetry, process_age_s
 from spatiora_tui.jobs.events import JobStepped as JobStep
 from spatiora_tui.jobs.events import SessionEvent
@@ -55,7 +56,7 @@ from spatiora_tui.ui.messages import (
     message_for,
 )
 from spatiora_tui.ui.pacing import PreviewPacer, StepThrottle
-from spatiora_tui.ui.screens.history import HistoryScreen
+from spatiora_tui.ui.screens.history import HistoryScreen, Pick
 from spatiora_tui.ui.screens.models import ModelPicker
 from spatiora_tui.ui.screens.queue import QueueScreen
 from spatiora_tui.ui.screens.resume import DISCARD, RESUME, ResumeQueue
@@ -411,13 +412,25 @@ class SpatioraApp(App[None], inherit_bindings=False):
             self.pop_screen()
             return
         made = {job.path for job in self.session.jobs() if job.path is not None} | self._sheets
-        self.push_screen(HistoryScreen(self.settings.output_dir, made, self._image_class), self._use_settings)
+        self.push_screen(HistoryScreen(self.settings.output_dir, made, self._image_class), self._picked)
 
-    def _use_settings(self, path: Path | None) -> None:
-        """Fill the prompt pane with the settings an image was made with (`u` in the history):
-        its task (switched to), prompt, negative prompt, seed, steps, guidance, size, sampler."""
-        if path is None:
+    def _picked(self, pick: Pick | None) -> None:
+        if pick is None:
             return
+        if pick.use == "init":
+            self.prompt_pane.start_from(str(pick.path))
+            strength = self.prompt_pane.query_one("#strength", Input).value or f"{DEFAULT_STRENGTH:g}"
+            self.say(
+                f"init image {pick.path.name} at strength {strength}; the size follows its shape "
+                f"(type one to crop it): {self._key('generate')} starts from it"
+            )
+            return
+        self._use_settings(pick.path)
+
+    def _use_settings(self, path: Path) -> None:
+        """Fill the prompt pane with the settings an image was made with (`u` in the history):
+        its task (switched to), prompt, negative prompt, seed, steps, guidance, size, sampler,
+        init image and strength."""
         try:
             request, notes = request_from_image(path, self.chosen_task)
         except OutputError as exc:

@@ -133,3 +133,59 @@ def test_a_bad_sweep_is_one_line_before_the_model_loads(project: Path, axes: lis
     proc = spatiora("sweep", *axes, "a flat", cwd=project)
     assert_one_line_failure(proc, 2, words)
     assert "loading" not in proc.stderr
+
+
+def sketch(folder: Path, mode: str = "RGB", size: tuple[int, int] = (96, 64)) -> Path:
+    from PIL import ImageDraw
+
+    image = Image.new(mode, size, "white" if mode == "RGB" else (0, 0, 0, 0))
+    ImageDraw.Draw(image).rectangle((8, 8, size[0] - 8, size[1] - 8), outline="black", width=3)
+    path = folder / f"sketch-{mode}-{size[0]}x{size[1]}.png"
+    image.save(path)
+    return path
+
+
+def test_generate_from_an_init_image_records_its_hash_and_strength(project: Path) -> None:
+    init = sketch(project)
+    proc = spatiora(
+        "generate", "--init", str(init), "--strength", "0.5", "--steps", "6", "--task", "floorplan", "a flat",
+        "--seed", "4", cwd=project,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (path,) = [Path(line) for line in proc.stdout.split()]
+    meta = read_metadata(path)
+    fields = meta.a1111["fields"]
+    assert fields["Denoising strength"] == "0.5" and fields["Steps"] == "6"
+    request = meta.spatiora["request"]
+    assert request["init_image"] == str(init) and request["init_image_sha256"].startswith(fields["Init image hash"])
+    assert meta.spatiora["timings_ms"]["step_ms"] and len(meta.spatiora["timings_ms"]["step_ms"]) == 3  # 6 x 0.5
+    with Image.open(path) as image:
+        assert image.size == (96, 64), "no size asked: the init image's own"
+    stages = [s["stage"] for s in meta.spatiora["stages"]]
+    assert "VAE encode" in stages and stages.index("VAE encode") < stages.index("denoise")
+
+
+def test_a_sweep_over_strength_starts_each_cell_from_the_init_image(project: Path) -> None:
+    init = sketch(project, "RGBA", (64, 64))
+    proc = spatiora("sweep", "--x", "strength=0.5,1", "--init", str(init), "--steps", "4", "a flat", cwd=project)
+    assert proc.returncode == 0, proc.stderr
+    paths = [Path(line) for line in proc.stdout.split()]
+    assert len(paths) == 3 and paths[-1].stem.endswith("-sweep")
+    assert [read_metadata(p).spatiora["request"]["strength"] for p in paths[:2]] == [0.5, 1.0]
+    assert "transparency was flattened onto white" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("make", "extra", "words"),
+    [
+        (lambda d: d / "nope.png", [], "does not exist"),
+        (lambda d: (d / "notes.png", (d / "notes.png").write_text("hi"))[0], [], "not an image Pillow can read"),
+        (lambda d: d, [], "is a folder"),
+        (lambda d: sketch(d), ["--strength", "0"], "strength must be above 0"),
+        (lambda d: sketch(d), ["--strength", "0.1", "--steps", "5"], "use at least 10 steps"),
+    ],
+)
+def test_bad_init_input_is_one_line_before_the_model_loads(project: Path, make, extra: list[str], words: str) -> None:
+    proc = spatiora("generate", "--init", str(make(project)), *extra, "a flat", cwd=project)
+    assert_one_line_failure(proc, 2, words)
+    assert "loading" not in proc.stderr

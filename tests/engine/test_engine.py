@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 
@@ -240,3 +241,22 @@ def test_generate_before_load_is_a_clear_error(cache_dir, tmp_path) -> None:
     eng = LocalEngine(small_settings(tmp_path), cache_dir=cache_dir)
     with pytest.raises(EngineError, match="not loaded"):
         eng.generate(GenerationRequest(prompt="p", task="base"))
+
+
+def test_image_to_image_runs_on_the_loaded_components_with_the_tasks_adapters(engine, tmp_path) -> None:
+    from PIL import Image
+
+    init = tmp_path / "sketch.png"
+    Image.new("RGB", (64, 64), (250, 250, 250)).save(init)
+    seen: list[StepPreview] = []
+    ask = GenerationRequest(prompt="p", task="floorplan", seed=2, steps=6, init_image=str(init), strength=0.5)
+    with_adapter = engine.generate(ask, on_step=seen.append)
+    pipe, img2img = engine.pipeline, engine._img2img_pipe()
+    assert img2img is not pipe
+    for name, component in pipe.components.items():
+        if name != "scheduler":  # each run makes its own from the model's config
+            assert img2img.components[name] is component, f"{name} was copied, not shared"
+    assert [s.step for s in seen] == [1, 2, 3] and all(s.image is not None for s in seen)  # previews stream
+    without = engine.generate(dataclasses.replace(ask, task="base"))
+    assert not np.array_equal(pixels(with_adapter), pixels(without)), "the task's adapter took part"
+    assert engine._img2img_pipe() is img2img, "built once, then kept"

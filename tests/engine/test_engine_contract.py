@@ -13,6 +13,7 @@ import pytest
 
 from spatiora_tui.config import AdapterRef, TaskSettings
 from spatiora_tui.engine.api import Engine, EngineError, GenerationRequest, StepPreview
+from spatiora_tui.notices import NoticeKind, of_kind
 from tests.fake_engine import FakeEngine
 from tests.helpers import small_settings
 
@@ -129,5 +130,94 @@ def test_an_adapter_without_a_weight_is_recorded_at_the_weight_it_ran_at(engine:
     ],
 )
 def test_a_bad_request_is_refused_with_a_message_naming_it(engine: Engine, change: dict, words: str) -> None:
+    with pytest.raises(EngineError, match=words):
+        engine.generate(ask(**change))
+
+
+# -- image-to-image ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sketches(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two different init images, one with a transparent background, and a file that is not one."""
+    from PIL import Image, ImageDraw
+
+    folder = tmp_path_factory.mktemp("sketches")
+    files = {}
+    for name, colour in (("plan", (30, 30, 30)), ("other", (200, 40, 40))):
+        image = Image.new("RGB", (96, 64), (240, 240, 235))
+        ImageDraw.Draw(image).rectangle((10, 8, 80, 56), outline=colour, width=3)
+        files[name] = folder / f"{name}.png"
+        image.save(files[name])
+    layer = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    ImageDraw.Draw(layer).line((0, 0, 63, 63), fill=(0, 0, 0, 255), width=4)
+    files["transparent"] = folder / "transparent.png"
+    layer.save(files["transparent"])
+    files["text"] = folder / "notes.png"
+    files["text"].write_text("not an image")
+    return files
+
+
+def test_image_to_image_runs_steps_times_strength_at_the_init_images_shape(
+    engine: Engine, sketches: dict[str, Path]
+) -> None:
+    seen: list[StepPreview] = []
+    result = engine.generate(ask(init_image=str(sketches["plan"]), strength=0.6), on_step=seen.append)
+    assert [p.step for p in seen] == [1, 2, 3] and {p.total for p in seen} == {3}  # int(5 x 0.6)
+    assert result.steps_done == 3 and not result.cancelled
+    p = result.params
+    assert (p.steps, p.strength, p.init_image) == (STEPS, 0.6, str(sketches["plan"].resolve()))
+    assert len(p.init_image_sha256) == 64
+    # No size asked: the sketch's own 3:2 (at the task's pixel count, 64x64, its short side
+    # would fall under the 64 pixels the smallest image has, so it stays 96x64).
+    assert result.image is not None and result.image.size == (p.width, p.height) == (96, 64)
+    assert not of_kind(result.warnings, NoticeKind.INIT_IMAGE)
+
+
+def test_image_to_image_depends_on_the_init_image_the_strength_and_the_seed(
+    engine: Engine, sketches: dict[str, Path]
+) -> None:
+    plan = ask(init_image=str(sketches["plan"]), strength=0.6)
+    first = pixels(engine, plan)
+    assert pixels(engine, plan) == first
+    assert pixels(engine, dataclasses.replace(plan, init_image=str(sketches["other"]))) != first
+    assert pixels(engine, dataclasses.replace(plan, strength=1.0)) != first
+    assert pixels(engine, dataclasses.replace(plan, seed=8)) != first
+
+
+def test_image_to_image_at_a_size_asked_crops_the_init_image_and_says_so(
+    engine: Engine, sketches: dict[str, Path]
+) -> None:
+    result = engine.generate(ask(init_image=str(sketches["plan"]), width=64, height=64))
+    assert result.image is not None and result.image.size == (64, 64)
+    assert result.params.strength == 0.75  # A1111's default
+    assert any("cropped" in w and w.kind is NoticeKind.INIT_IMAGE for w in result.warnings)
+
+
+def test_a_transparent_init_image_is_flattened_onto_white_and_said(engine: Engine, sketches: dict[str, Path]) -> None:
+    result = engine.generate(ask(init_image=str(sketches["transparent"])))
+    assert result.image is not None
+    assert any("transparency" in w for w in of_kind(result.warnings, NoticeKind.INIT_IMAGE))
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"init_image": "no-such-sketch.png"}, "does not exist"),
+        ({"init_image": "text"}, "not an image"),
+        ({"init_image": "folder"}, "is a folder"),
+        ({"strength": 0.0}, "strength must be"),
+        ({"strength": 1.5}, "strength must be"),
+        ({"strength": 0.1}, "raise the strength or use at least 10 steps"),
+    ],
+)
+def test_bad_image_to_image_input_is_refused_with_a_message_naming_it(
+    engine: Engine, sketches: dict[str, Path], change: dict, words: str
+) -> None:
+    change = {"init_image": str(sketches["plan"]), **change}
+    if change["init_image"] == "text":
+        change["init_image"] = str(sketches["text"])
+    elif change["init_image"] == "folder":
+        change["init_image"] = str(sketches["plan"].parent)
     with pytest.raises(EngineError, match=words):
         engine.generate(ask(**change))

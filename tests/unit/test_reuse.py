@@ -65,3 +65,35 @@ def test_an_image_without_settings_is_refused_by_name(tmp_path: Path) -> None:
     (tmp_path / "broken.png").write_bytes(b"not a png")
     with pytest.raises(OutputError, match="cannot read broken.png"):
         request_from_image(tmp_path / "broken.png", "interior")
+
+
+def test_an_image_to_image_result_gives_back_its_init_image_and_strength(tmp_path: Path) -> None:
+    import dataclasses
+
+    init = tmp_path / "sketch.png"
+    Image.new("RGB", (8, 8), "white").save(init)
+    result = make_result()
+    img2img = dataclasses.replace(
+        result,
+        params=dataclasses.replace(result.params, init_image=str(init), init_image_sha256="f" * 64, strength=0.4),
+    )
+    path = save_result(img2img, tmp_path)
+    request, notes = request_from_image(path, "other")
+    assert (request.init_image, request.strength, notes) == (str(init), 0.4, [])
+    init.unlink()
+    request, notes = request_from_image(path, "other")
+    assert request.init_image == str(init) and "is no longer there" in notes[0]
+    # A text-to-image result carries neither.
+    plain, _ = request_from_image(save_result(result, tmp_path), "other")
+    assert (plain.init_image, plain.strength) == (None, None)
+
+
+def test_an_automatic1111_img2img_png_gives_its_strength_and_says_the_init_image_is_not_in_it(tmp_path: Path) -> None:
+    text = (
+        "a loft\n"
+        "Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 42, Size: 512x512, "
+        "Denoising strength: 0.55, Init image hash: 0123456789abcdef0123456789abcdef"
+    )
+    request, notes = request_from_image(a1111_png(tmp_path / "a.png", text), "base")
+    assert request.strength == 0.55 and request.init_image is None
+    assert any("init image" in note for note in notes)

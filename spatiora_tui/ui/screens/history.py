@@ -4,7 +4,7 @@ browse with the keyboard, view large and read their metadata."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from textual import work
 from textual.app import ComposeResult
@@ -86,13 +86,23 @@ def describe(path: Path) -> str:
     return "\n".join(lines)
 
 
-class HistoryScreen(Screen[Path | None]):
-    """Dismissed with the highlighted image when its settings are to be used again, else None."""
+class Pick(NamedTuple):
+    """An image picked in the history, and what for: "settings" (make it again) or "init"
+    (start an image-to-image run from it)."""
+
+    path: Path
+    use: str
+
+
+class HistoryScreen(Screen[Pick | None]):
+    """Dismissed with the highlighted image when its settings are to be used again or it is to
+    be the init image, else None."""
 
     BINDINGS = [
         Binding("escape", "close", "Back", id="history.close"),
         Binding("f,enter", "toggle_large", "View large", id="history.large"),
         Binding("u", "use_settings", "Use its settings", id="history.use"),
+        Binding("i", "start_from", "Start from it", id="history.init"),
     ]
     DEFAULT_CSS = """
     HistoryScreen #history-list { width: 44; height: 1fr; }
@@ -175,9 +185,16 @@ class HistoryScreen(Screen[Path | None]):
 
     def action_use_settings(self) -> None:
         """Back to the prompt pane with this image's settings (A1111's "send to txt2img")."""
+        self._pick("settings")
+
+    def action_start_from(self) -> None:
+        """Back to the prompt pane with this image as the init image (A1111's "send to img2img")."""
+        self._pick("init")
+
+    def _pick(self, use: str) -> None:
         index = self.query_one(OptionList).highlighted
         if self._files and index is not None:
-            self.dismiss(self._files[index])
+            self.dismiss(Pick(self._files[index], use))
 
     def action_close(self) -> None:
         if self.has_class("large"):

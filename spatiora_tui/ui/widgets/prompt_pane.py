@@ -1,5 +1,5 @@
-"""The prompt pane: prompt, negative prompt, seed, steps, guidance, size, batch count, sampler and
-sweep axes, pre-filled from the active task and editable per run. Reading it yields a
+"""The prompt pane: prompt, negative prompt, seed, steps, guidance, size, batch count, sampler,
+sweep axes, init image and strength, pre-filled from the active task and editable per run. Reading it yields a
 GenerationRequest (and a count or sweep) or says what is wrong."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from textual.message import Message
 from textual.widgets import Input, Label
 
 from spatiora_tui.config import SCHEDULERS, SEED_RANGE, STEPS_RANGE, TaskSettings, parse_size
-from spatiora_tui.engine.api import GenerationRequest
+from spatiora_tui.engine.api import EngineError, GenerationRequest
+from spatiora_tui.engine.init_image import DEFAULT_STRENGTH, check_strength, peek_init_image
 from spatiora_tui.jobs.session import MAX_BATCH
 from spatiora_tui.jobs.sweep import Axis, SweepError, parse_axes
 
@@ -51,6 +52,7 @@ class PromptPane(Vertical):
     PromptPane { height: auto; }
     PromptPane Horizontal { height: auto; }
     PromptPane .field { width: 1fr; height: auto; }
+    PromptPane .field.wide { width: 3fr; }
     PromptPane Label { padding: 0 1; color: $text-muted; }
     PromptPane Input { height: 1; border: none; padding: 0 1; margin: 0 1 0 1; background: $boost; }
     PromptPane Input:focus { border: none; background: $primary 25%; }
@@ -84,11 +86,18 @@ class PromptPane(Vertical):
                 yield Input(id="scheduler", placeholder=SCHEDULER_HINT, restrict=r"[a-z0-9_]*")
         yield Label("Sweep: X | Y | Z axes (empty: none)")
         yield Input(placeholder="e.g. weight:floorplan=0.2,0.6,1 | seed=1,2,3", id="sweep")
+        with Horizontal():
+            with Vertical(classes="field wide"):
+                yield Label("Init image (empty: from text; i in the history)")
+                yield Input(placeholder="e.g. ~/sketches/plan.png", id="init")
+            with Vertical(classes="field"):
+                yield Label("Strength")
+                yield Input(value=f"{DEFAULT_STRENGTH:g}", id="strength", restrict=r"[0-9.]*")
 
     def on_mount(self) -> None:
         self.border_title = "Prompt"
 
-    @on(Input.Changed, "#prompt, #negative, #sweep")
+    @on(Input.Changed, "#prompt, #negative, #sweep, #init")
     def _drop_controls(self, event: Input.Changed) -> None:
         clean, removed = without_controls(event.value)
         if removed or clean != event.value:
@@ -119,6 +128,14 @@ class PromptPane(Vertical):
             self.query_one("#size", Input).value = f"{request.width}x{request.height}"
         if request.scheduler is not None:
             self.query_one("#scheduler", Input).value = request.scheduler
+        self.query_one("#init", Input).value = request.init_image or ""
+        if request.strength is not None:
+            self.query_one("#strength", Input).value = f"{request.strength:g}"
+
+    def start_from(self, image: str) -> None:
+        """Make `image` the init image; the size is cleared, so it runs at the image's shape."""
+        self.query_one("#init", Input).value = image
+        self.query_one("#size", Input).value = ""
 
     def steady_cursor(self, steady: bool) -> None:
         """Stop the cursor blinking (while a generation runs, each blink is a repaint that takes
@@ -170,7 +187,10 @@ class PromptPane(Vertical):
         scheduler = self.query_one("#scheduler", Input).value.strip() or None
         if scheduler is not None and scheduler not in SCHEDULERS:
             raise FormError(f"sampler {scheduler!r} is not one of: {', '.join(SCHEDULERS)}")
+        init, strength = self._init(steps)
         return GenerationRequest(
+            init_image=init,
+            strength=strength,
             prompt=prompt,
             scheduler=scheduler,
             task=task,
@@ -181,6 +201,24 @@ class PromptPane(Vertical):
             height=height,
             negative_prompt=self.query_one("#negative", Input).value,
         )
+
+    def _init(self, steps: int | None) -> tuple[str | None, float | None]:
+        """The init image and strength (None, None: text to image). The file's header is read
+        here, so a wrong path is said before the job is queued; its pixels are read by the engine."""
+        init = self.query_one("#init", Input).value.strip()
+        if not init:
+            return None, None
+        text = self.query_one("#strength", Input).value.strip()
+        try:
+            strength = float(text) if text else DEFAULT_STRENGTH
+        except ValueError:
+            raise FormError(f"strength {text!r} is not a number, e.g. 0.6") from None
+        try:
+            peek_init_image(init)
+            check_strength(strength, steps if steps is not None else STEPS_RANGE[1])
+        except EngineError as exc:
+            raise FormError(str(exc)) from None
+        return init, strength
 
 
 def _int(name: str, text: str, lo: int, hi: int) -> int:
