@@ -265,7 +265,7 @@ def run_generation(
         # frames and their tensors until the block ends, so only now can the memory go back.
         out = None
         release_memory(on_cuda)
-        raise EngineOOM(_oom_advice(oom_in, params, on_cuda))
+        raise EngineOOM(_oom_advice(oom_in, params, on_cuda, model.dtype))
 
     if not on_cuda:
         release_freed_memory()  # the decode's activations, freed but kept by the allocator
@@ -307,15 +307,29 @@ _IMG2IMG = {
 
 def img2img_pipeline(pipe: Any) -> Any:
     """The image-to-image pipeline over `pipe`'s components (the same objects: nothing is
-    loaded or copied, and the adapters active in its UNet are active in it). An inpainting
-    pipeline is its own: it runs an init image with a mask over everything."""
+    loaded, copied or cast, and the adapters active in its UNet are active in it). An
+    inpainting pipeline is its own: it runs an init image with a mask over everything.
+
+    Built with the class's constructor, not DiffusionPipeline.from_pipe: that casts every
+    component to its `dtype` argument, float32 when none is given, so on a GPU the shared fp16
+    model became fp32 in place (measured on an H200: +2,089 MB allocated, txt2img then fp32)."""
+    import inspect
+
     import diffusers
 
     if hasattr(pipe, "mask_processor"):
         return pipe
     name = _IMG2IMG.get(type(pipe).__name__)
-    pipeline_class = getattr(diffusers, name) if name else diffusers.AutoPipelineForImage2Image
-    img2img = pipeline_class.from_pipe(pipe)
+    if name is None:  # another family: diffusers' mapping (its from_pipe passes the modules as they are)
+        img2img = diffusers.AutoPipelineForImage2Image.from_pipe(pipe)
+    else:
+        pipeline_class = getattr(diffusers, name)
+        accepted = inspect.signature(pipeline_class.__init__).parameters
+        kwargs = {key: value for key, value in pipe.components.items() if key in accepted}
+        for option in ("requires_safety_checker", "force_zeros_for_empty_prompt", "requires_aesthetics_score"):
+            if option in accepted and option in pipe.config:
+                kwargs[option] = pipe.config[option]
+        img2img = pipeline_class(**kwargs)
     img2img.set_progress_bar_config(disable=True)
     return img2img
 
@@ -378,8 +392,11 @@ def release_memory(on_cuda: bool) -> None:
         release_freed_memory()
 
 
-def _oom_advice(stage: str, params: ResolvedRequest, on_cuda: bool) -> str:
-    where = 'close other GPU programs or use dtype = "fp16"' if on_cuda else "close other programs"
+def _oom_advice(stage: str, params: ResolvedRequest, on_cuda: bool, dtype: str = "fp32") -> str:
+    if on_cuda:
+        where = "close other GPU programs" + (' or use dtype = "fp16"' if dtype == "fp32" else "")
+    else:
+        where = "close other programs"
     half = (params.width // 2 // 8 * 8, params.height // 2 // 8 * 8)
     lower = f"Lower width/height (e.g. {half[0]}x{half[1]})" if min(half) >= 64 else "Lower width/height"
     return (

@@ -260,3 +260,33 @@ def test_image_to_image_runs_on_the_loaded_components_with_the_tasks_adapters(en
     without = engine.generate(dataclasses.replace(ask, task="base"))
     assert not np.array_equal(pixels(with_adapter), pixels(without)), "the task's adapter took part"
     assert engine._img2img_pipe() is img2img, "built once, then kept"
+
+
+def test_the_img2img_pipeline_neither_copies_nor_casts_the_shared_model(cache_dir) -> None:
+    # diffusers' from_pipe casts every component to float32 unless told otherwise: on a GPU the
+    # shared fp16 model was upcast in place (2 GB more, found by the GPU check). bfloat16 on the
+    # CPU stands for fp16 here.
+    import torch
+
+    from spatiora_tui.config import ModelSettings
+    from spatiora_tui.engine.generate import img2img_pipeline
+    from spatiora_tui.engine.pipeline import load_pipeline
+
+    pipe, _, _ = load_pipeline(ModelSettings(source="demo", device="cpu", dtype="fp32"), cache_dir, print)
+    pipe.to(dtype=torch.bfloat16)
+    before = {name: (p.dtype, p.data_ptr()) for name, p in pipe.unet.named_parameters()}
+    img2img = img2img_pipeline(pipe)
+    after = {name: (p.dtype, p.data_ptr()) for name, p in pipe.unet.named_parameters()}
+    assert after == before and img2img.unet is pipe.unet
+    assert {p.dtype for p in pipe.text_encoder.parameters()} == {torch.bfloat16}
+    assert type(img2img).__name__ == "StableDiffusionImg2ImgPipeline"
+
+
+def test_out_of_memory_advice_suggests_fp16_only_to_a_model_not_in_it() -> None:
+    from spatiora_tui.engine.generate import _oom_advice
+    from tests.helpers import make_result
+
+    params = make_result().params
+    assert 'dtype = "fp16"' in _oom_advice("denoise", params, on_cuda=True, dtype="fp32")
+    assert "dtype" not in _oom_advice("denoise", params, on_cuda=True, dtype="fp16")
+    assert "GPU" not in _oom_advice("denoise", params, on_cuda=False)
