@@ -75,17 +75,17 @@ async def _in_app(
 ) -> tuple[list[float], list[float], list[float], list[int], list[int]]:
     from textual.widgets import Input
 
-    from spatiora_tui.ui.messages import GenerationFinished, StepPreviewReady
+    from spatiora_tui.ui.messages import JobFinished, JobStepped
 
-    finished: list[GenerationFinished] = []
+    finished: list[JobFinished] = []
     done = asyncio.Event()
     previews = [0]
     shares: list[float] = []
 
     def hook(message: object) -> None:
-        if isinstance(message, StepPreviewReady):
+        if isinstance(message, JobStepped):
             previews[0] += 1
-        if isinstance(message, GenerationFinished):
+        if isinstance(message, JobFinished):
             shares.append(app.preview_pacer.cpu_share())
             finished.append(message)
             done.set()
