@@ -117,6 +117,7 @@ SECTIONS = (
             "cpu" if dry else "cuda",
             "--switches",
             "5" if dry else "50",
+            *(["--leak-switches", "20", "--fuse-cycles", "5"] if dry else []),
             "--json",
             str(out),
         ),
@@ -162,7 +163,11 @@ SECTIONS = (
             str(REPO / "benchmarks" / "previews.py"),
             "--json",
             str(out),
-            *(["--runs", "2"] if dry else ["--arch", "sdxl", "--device", "cuda", "--dtype", "fp16", "--runs", "30"]),
+            *(
+                ["--runs", "2", "--latent-side", "16"]
+                if dry
+                else ["--arch", "sdxl", "--device", "cuda", "--dtype", "fp16", "--runs", "30"]
+            ),
         ],
         60,
     ),

@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--latent-side", type=int, help="latent side (default 64 for sd15, 128 for sdxl: 512/1024 px)")
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args()
 
@@ -44,7 +45,7 @@ def main() -> None:
 
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     family = "sdxl" if args.arch == "sdxl" else "sd1"
-    side = 128 if args.arch == "sdxl" else 64
+    side = args.latent_side or (128 if args.arch == "sdxl" else 64)
     config = REPO / "spatiora_tui" / "engine" / "configs" / args.arch / "vae"
     torch.manual_seed(0)
     vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(config))).to(args.device, dtype).eval()
