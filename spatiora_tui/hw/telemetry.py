@@ -29,8 +29,9 @@ from spatiora_tui.hw.sampler import HardwareSampler, HardwareSnapshot
 from spatiora_tui.hw.watchdog import LeakWatchdog
 from spatiora_tui.units import MB
 
-#: The stages the engine marks, in the order a request goes through them.
-STAGES = ("load base", "adapter switch", "text encode", "denoise", "VAE decode", "save")
+#: The stages the engine marks, in the order a request goes through them (VAE encode: the init
+#: image of an image-to-image request).
+STAGES = ("load base", "adapter switch", "text encode", "VAE encode", "denoise", "VAE decode", "save")
 
 #: Samples a second while no stage is open (the app at rest); `hz` applies while one is.
 IDLE_HZ = 1.0

@@ -104,6 +104,9 @@ async def test_i_in_the_history_starts_the_next_image_from_the_one_highlighted(m
         assert not isinstance(app.screen, HistoryScreen)
         assert field(app, "init") == str(made) and field(app, "size") == ""
         assert f"init image {made.name}" in status(app)
+        await pilot.press("ctrl+t", "ctrl+t", "ctrl+t")  # round the tasks: the size still follows the image
+        await settle(app, pilot)
+        assert field(app, "size") == "" and field(app, "steps") == "4"
         await fill(pilot, prompt="the same loft at dusk")
         await pilot.press("ctrl+g")
         await settle(app, pilot)

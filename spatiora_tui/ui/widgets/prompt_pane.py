@@ -88,7 +88,7 @@ class PromptPane(Vertical):
         yield Input(placeholder="e.g. weight:floorplan=0.2,0.6,1 | seed=1,2,3", id="sweep")
         with Horizontal():
             with Vertical(classes="field wide"):
-                yield Label("Init image (empty: from text; i in the history)")
+                yield Label("Init image (i in history)")
                 yield Input(placeholder="e.g. ~/sketches/plan.png", id="init")
             with Vertical(classes="field"):
                 yield Label("Strength")
@@ -106,11 +106,14 @@ class PromptPane(Vertical):
             self.post_message(self.ControlsRemoved(event.input.id or "prompt", removed))
 
     def fill_from_task(self, task: TaskSettings) -> None:
-        """Put the task's settings in the fields; the prompt and seed stay as typed."""
+        """Put the task's settings in the fields; the prompt, seed and init image stay as typed,
+        and an empty size stays empty while there is an init image (it follows the image)."""
         self.query_one("#negative", Input).value = task.negative_prompt
         self.query_one("#steps", Input).value = str(task.steps)
         self.query_one("#guidance", Input).value = f"{task.guidance:g}"
-        self.query_one("#size", Input).value = f"{task.width}x{task.height}"
+        size = self.query_one("#size", Input)
+        if size.value.strip() or not self.query_one("#init", Input).value.strip():
+            size.value = f"{task.width}x{task.height}"
         self.query_one("#scheduler", Input).value = task.scheduler
 
     def fill_from_request(self, request: GenerationRequest) -> None:
