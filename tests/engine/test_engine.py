@@ -290,3 +290,25 @@ def test_out_of_memory_advice_suggests_fp16_only_to_a_model_not_in_it() -> None:
     assert 'dtype = "fp16"' in _oom_advice("denoise", params, on_cuda=True, dtype="fp32")
     assert "dtype" not in _oom_advice("denoise", params, on_cuda=True, dtype="fp16")
     assert "GPU" not in _oom_advice("denoise", params, on_cuda=False)
+
+
+def test_the_leak_watchdog_counts_from_after_the_first_image(cache_dir, tmp_path, monkeypatch) -> None:
+    # On a GPU the first image loads CUDA's kernel libraries: +570 MB of RSS that stays, which
+    # the watchdog took for a leak after every user's first image (the H200 run showed it).
+    from spatiora_tui.engine import local
+    from spatiora_tui.hw.watchdog import MemoryReading
+    from spatiora_tui.notices import NoticeKind, of_kind
+    from tests.helpers import small_settings
+
+    engine = local.LocalEngine(small_settings(tmp_path), cache_dir=cache_dir)
+    engine.load()
+    engine.switch_task("interior")
+    engine.watchdog.set_baseline(MemoryReading(1000.0))
+    rss = [1000.0 + 570.0 + engine.loras.held_mb()[0]]
+    monkeypatch.setattr(local, "read_memory", lambda: MemoryReading(rss[0]))
+    ask = GenerationRequest(prompt="p", task="interior", seed=1, steps=2)
+    leaks = lambda: of_kind(engine.generate(ask).warnings, NoticeKind.MEMORY_LEAK)  # noqa: E731
+    assert leaks() == [], "the first image's one-time growth is not a leak"
+    assert leaks() == []
+    rss[0] += 400.0  # later growth still is
+    assert len(leaks()) == 1
