@@ -66,6 +66,18 @@ def test_bench_lora_on_the_demo_unet_prints_and_writes_every_figure(cache_dir: P
     assert "copy" in figures["ram_cache_phases_ms"], "the RAM-cache switches are in-place copies"
     assert set(figures["fused_phases_ms"]) >= {"fuse", "unfuse"}
     assert "in-place from RAM" in figures["paths"]
+    tails = figures["p95_ms"]
+    assert set(tails) == {"naive", "resident", "diffusers_set_adapters", "ram_cache", "cold", "fused"}
+    assert tails["resident"] >= figures["resident_ms"] and tails["cold"] >= figures["cold_ms"]
+    assert "p95 ms" in run.stdout
+
+
+def test_p95_is_the_95th_percentile_or_the_largest_of_few() -> None:
+    from spatiora_tui.bench.lora import p95
+
+    assert p95([float(v) for v in range(1, 101)]) == 95.0
+    assert p95([float(v) for v in range(1, 21)]) == 19.0
+    assert p95([3.0, 1.0, 2.0]) == 3.0
 
 
 def test_bench_lora_refuses_bad_arguments_in_one_line() -> None:
