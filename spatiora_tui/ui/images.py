@@ -31,10 +31,14 @@ def image_widget_class(renderer: str) -> type[Widget]:
     from textual_image import renderable as tir
     from textual_image import widget as tiw
 
+    from spatiora_tui.ui.widgets.sixel import SixelImage
+
     if renderer == "auto":
-        return HalfcellImage if tir.Image is tir.HalfcellImage else tiw.Image
+        if tir.Image is tir.HalfcellImage:
+            return HalfcellImage
+        return SixelImage if tiw.Image is tiw.SixelImage else tiw.Image
     classes: dict[str, type[Widget]] = {
-        "sixel": tiw.SixelImage,
+        "sixel": SixelImage,
         "kitty": tiw.TGPImage,
         "halfcell": HalfcellImage,
         "unicode": tiw.UnicodeImage,

@@ -1,0 +1,28 @@
+"""Sixel images drawn once per image.
+
+textual-image's sixel widget recomposes on every new image: it removes its drawing child and
+mounts a new one, and the new child is painted twice (when mounted, then after the layout the
+image setter asks for). Each paint sends the whole sixel image again, about 1 MB for a 912x615
+preview: in xterm over SSH, a 30-step image sent 4.8 MB where 2.4 MB draws the same frames.
+This widget keeps its child and gives it the new image, so each image is encoded and sent once.
+textual-image is pinned (pyproject.toml); tests/ui/test_sixel.py counts the paints.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual_image.widget import sixel as _sixel
+from textual_image.widget._base import Image as _BaseImage
+
+
+class SixelImage(_sixel.Image, Renderable=_sixel._NoopRenderable):  # type: ignore[misc, call-arg]
+    @_sixel.Image.image.setter  # type: ignore[untyped-decorator]
+    def image(self, value: Any) -> None:
+        _BaseImage.image.fset(self, value)  # stores it, refreshes the layout
+        drawer = next(iter(self.query(_sixel._ImageSixelImpl)), None)
+        if drawer is None:  # not composed yet
+            self.refresh(recompose=True)
+            return
+        drawer.image = self.image
+        drawer.refresh()
