@@ -1,0 +1,73 @@
+"""Frames: how messages cross a byte stream (a pipe, an SSH channel).
+
+A frame is an 8-byte header (two big-endian unsigned 32-bit lengths: the JSON part, the binary
+part), a JSON object, and its binary payload (an image as PNG, or nothing). Lengths are checked
+before anything is read: a frame over MAX_JSON / MAX_BLOB bytes, JSON that is not an object, or a
+stream that ends mid-frame is a FrameError, and the connection is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import threading
+from typing import Any, BinaryIO
+
+HEADER = struct.Struct(">II")
+#: Largest JSON part (a result with its stages and warnings is a few KB).
+MAX_JSON = 1 << 20
+#: Largest binary part (a 4096x4096 PNG of noise is about 50 MB).
+MAX_BLOB = 64 << 20
+
+
+class FrameError(Exception):
+    """The stream does not hold a valid frame; the connection cannot go on."""
+
+
+class Closed(FrameError):
+    """The stream ended cleanly between frames."""
+
+
+def read_exact(stream: BinaryIO, size: int) -> bytes:
+    chunks, left = [], size
+    while left:
+        chunk = stream.read(left)
+        if not chunk:
+            raise FrameError(f"the stream ended {left} bytes before the end of a frame")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_frame(stream: BinaryIO) -> tuple[dict[str, Any], bytes]:
+    """The next frame's message and payload; Closed at a clean end of the stream."""
+    first = stream.read(HEADER.size)
+    if not first:
+        raise Closed("the other side closed the connection")
+    head = first if len(first) == HEADER.size else first + read_exact(stream, HEADER.size - len(first))
+    json_len, blob_len = HEADER.unpack(head)
+    if json_len > MAX_JSON or blob_len > MAX_BLOB:
+        raise FrameError(f"a frame of {json_len} + {blob_len} bytes is over the limit ({MAX_JSON} + {MAX_BLOB})")
+    try:
+        message = json.loads(read_exact(stream, json_len).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FrameError(f"a frame's JSON part does not parse: {exc}") from None
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise FrameError("a frame's JSON part is not an object with a type")
+    return message, read_exact(stream, blob_len) if blob_len else b""
+
+
+class FrameWriter:
+    """Writes whole frames; several threads may send at once."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    def send(self, message: dict[str, Any], blob: bytes = b"") -> None:
+        data = json.dumps(message, separators=(",", ":")).encode("utf-8")
+        if len(data) > MAX_JSON or len(blob) > MAX_BLOB:
+            raise FrameError(f"a {message.get('type')} frame is over the limit")
+        with self._lock:
+            self._stream.write(HEADER.pack(len(data), len(blob)) + data + blob)
+            self._stream.flush()
