@@ -4,6 +4,7 @@ cancels within a step."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -64,6 +65,12 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --init: how much to change it, above 0 to 1 (default 0.75; int(steps x S) steps run)",
     )
     parser.add_argument("--out", metavar="PATH", help="output folder, or a .png file name (numbered in a batch)")
+    parser.add_argument(
+        "--engine",
+        metavar="URL",
+        help="run on another machine through your ssh: ssh://[user@]host[:port][/path/to/config.toml] "
+        "(spatiora installed there; its config's tasks and model; images saved here)",
+    )
 
 
 def request_from_args(settings: Settings, args: argparse.Namespace) -> tuple[Any, Any]:
@@ -94,15 +101,34 @@ def request_from_args(settings: Settings, args: argparse.Namespace) -> tuple[Any
     return task, request
 
 
-def start_engine(settings: Settings, task: Any) -> tuple[Any, Any]:
-    """Load the model for `task` and switch to it, saying what was loaded: (engine, telemetry)."""
+def remote_engine(settings: Settings, args: argparse.Namespace) -> tuple[Settings, Any]:
+    """With --engine: the engine on the other machine, connected (versions checked), and the
+    settings with its task modes (the requests are checked against those); else (settings, None)."""
+    if not getattr(args, "engine", None):
+        return settings, None
+    from spatiora_tui.remote.connect import EngineUrlError, connect
+
+    status = status_printer()
+    status(f"connecting to {args.engine}…")
+    try:
+        engine: Any = connect(args.engine)
+    except EngineUrlError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        status(None)
+    return dataclasses.replace(settings, tasks=engine.tasks), engine
+
+
+def start_engine(settings: Settings, task: Any, engine: Any = None) -> tuple[Any, Any]:
+    """Load the model for `task` and switch to it, saying what was loaded: (engine, telemetry).
+    `engine`: one already connected (--engine); else a LocalEngine."""
     from spatiora_tui.engine.local import LocalEngine
     from spatiora_tui.hw.telemetry import Telemetry
 
     status = status_printer()
     telemetry = Telemetry.from_settings(settings)
     telemetry.start()
-    engine = LocalEngine(settings, telemetry=telemetry)
+    engine = engine or LocalEngine(settings, telemetry=telemetry)
     model = engine.load(on_progress=lambda msg: status(f"{msg}…"), source=task.model)
     status(None)
     print(
@@ -119,18 +145,28 @@ def start_engine(settings: Settings, task: Any) -> tuple[Any, Any]:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
-    from spatiora_tui.atomic import clean_stale_partials
     from spatiora_tui.jobs.session import MAX_BATCH
+
+    if not 1 <= args.count <= MAX_BATCH:
+        raise UsageError(f"--count must be between 1 and {MAX_BATCH}, got {args.count}")
+    settings, remote = remote_engine(settings, args)
+    try:
+        return _run(settings, args, remote)
+    finally:
+        if remote is not None:
+            remote.close()
+
+
+def _run(settings: Settings, args: argparse.Namespace, remote: Any) -> int:
+    from spatiora_tui.atomic import clean_stale_partials
     from spatiora_tui.outputs import OutputError, save_result
 
     task, request = request_from_args(settings, args)
-    if not 1 <= args.count <= MAX_BATCH:
-        raise UsageError(f"--count must be between 1 and {MAX_BATCH}, got {args.count}")
     out_dir, out_name = output_target(settings, args.out)
     clean_stale_partials(out_dir)  # temp files a killed writer left (atomic writes leave nothing else)
     from spatiora_tui.hw.telemetry import stage_summary
 
-    engine, telemetry = start_engine(settings, task)
+    engine, telemetry = start_engine(settings, task, remote)
 
     if args.count > 1:
         code = run_batch(settings, engine, telemetry, request, args.count, out_dir, out_name)
@@ -164,7 +200,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         f"image in {(t.image_ms or 0) / 1000:.2f} s (first preview {first}) · {mem}",
         file=sys.stderr,
     )
-    print("stages: " + stage_summary(telemetry.records_since(0)), file=sys.stderr)
+    # A remote engine's stages were marked on its own telemetry; only the save was here.
+    stages = (*result.stages, *telemetry.records_since(0)) if remote is not None else telemetry.records_since(0)
+    print("stages: " + stage_summary(stages), file=sys.stderr)
     print(path)
     return EXIT_OK
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from spatiora_tui.cli.common import UsageError
 from spatiora_tui.cli.generate import (
@@ -13,6 +14,7 @@ from spatiora_tui.cli.generate import (
     add_request_arguments,
     group_outcome,
     output_target,
+    remote_engine,
     request_from_args,
     run_session,
     start_engine,
@@ -44,19 +46,33 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
+    from spatiora_tui.jobs.sweep import SweepError, parse_axis
+
+    try:
+        axes = [parse_axis(spec) for spec in (args.x, args.y, args.z) if spec is not None]
+    except SweepError as exc:
+        raise UsageError(str(exc)) from None
+    settings, remote = remote_engine(settings, args)
+    try:
+        return _run(settings, args, axes, remote)
+    finally:
+        if remote is not None:
+            remote.close()
+
+
+def _run(settings: Settings, args: argparse.Namespace, axes: list[Any], remote: Any) -> int:
     from spatiora_tui.atomic import clean_stale_partials
     from spatiora_tui.jobs.session import Session
-    from spatiora_tui.jobs.sweep import SweepError, checked_cells, parse_axis
+    from spatiora_tui.jobs.sweep import SweepError, checked_cells
 
     task, request = request_from_args(settings, args)
     try:
-        axes = [parse_axis(spec) for spec in (args.x, args.y, args.z) if spec is not None]
         checked_cells(settings, request, axes)  # every cell can run: known before the model loads
     except SweepError as exc:
         raise UsageError(str(exc)) from None
     out_dir, out_name = output_target(settings, args.out)
     clean_stale_partials(out_dir)
-    engine, telemetry = start_engine(settings, task)
+    engine, telemetry = start_engine(settings, task, remote)
     session = Session(engine, settings, telemetry=telemetry, output_dir=out_dir, output_name=out_name)
     try:
         jobs = session.submit_sweep(request, axes)

@@ -3,6 +3,8 @@ or the versions differ. (The contract suite runs it as a third engine.)"""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,8 +12,11 @@ import pytest
 
 from spatiora_tui.config import settings_to_toml
 from spatiora_tui.engine.api import EngineError, GenerationRequest, StepPreview
+from spatiora_tui.outputs import read_metadata
 from spatiora_tui.remote import client
 from spatiora_tui.remote.client import RemoteEngine
+from tests.e2e.terminals import REPO
+from tests.e2e.test_cli import assert_one_line_failure, spatiora
 from tests.helpers import small_settings
 
 pytestmark = pytest.mark.slow
@@ -52,3 +57,67 @@ def test_a_server_that_cannot_start_says_why(tmp_path: Path) -> None:
     bad = [sys.executable, "-m", "spatiora_tui", "serve", "--stdio", "--config", str(tmp_path / "missing.toml")]
     with pytest.raises(EngineError, match="engine server stopped: .*missing.toml"):
         RemoteEngine(bad)
+
+
+# -- through a real sshd on loopback ---------------------------------------------------------------
+
+
+def ssh_env(port_key: tuple[int, Path], root: Path, cache_dir: Path) -> dict[str, str]:
+    """The environment that points --engine's ssh at the test sshd and its key, and runs this
+    checkout's spatiora on the other side (the same machine here)."""
+    _, key = port_key
+    ssh = (
+        f"ssh -i {key} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes "
+        "-o BatchMode=yes -o LogLevel=ERROR"
+    )
+    remote = " ".join(
+        [
+            "env",
+            "HF_HUB_OFFLINE=1",
+            f"SPATIORA_CACHE_DIR={cache_dir}",
+            f"SPATIORA_STATE_DIR={root / 'server-state'}",
+            f"PYTHONPATH={REPO}",
+            sys.executable,
+            "-m",
+            "spatiora_tui",
+        ]
+    )
+    return {"SPATIORA_SSH": ssh, "SPATIORA_REMOTE_COMMAND": remote, "SPATIORA_OUTPUT_DIR": str(root / "here")}
+
+
+def user() -> str:
+    return os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+
+
+def test_generate_runs_on_the_engine_over_ssh_and_saves_here(sshd, tmp_path: Path, cache_dir: Path) -> None:
+    port, _ = sshd
+    server_config = tmp_path / "server" / "config.toml"
+    server_config.parent.mkdir()
+    server_config.write_text(settings_to_toml(small_settings(server_config.parent)), encoding="utf-8")
+    (tmp_path / "config.toml").write_text("", encoding="utf-8")  # this side's config: no tasks of its own
+    url = f"ssh://{user()}@127.0.0.1:{port}{server_config}"
+    env = ssh_env(sshd, tmp_path, cache_dir)
+    proc = spatiora("generate", "--engine", url, "--task", "floorplan", "--seed", "5", "a flat", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    (path,) = [Path(line) for line in proc.stdout.split()]
+    assert path.parent == tmp_path / "here", "the image is saved on this side"
+    request = read_metadata(path).spatiora["request"]
+    assert (request["task"], request["seed"]) == ("floorplan", 5)
+    assert "task: floorplan" in proc.stderr and "stages: " in proc.stderr and "denoise" in proc.stderr
+    sweep = spatiora("sweep", "--engine", url, "--x", "seed=1,2", "--task", "base", "a flat", cwd=tmp_path, env=env)
+    assert sweep.returncode == 0, sweep.stderr
+    assert len(sweep.stdout.split()) == 3 and "grid:" in sweep.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "code", "words"),
+    [
+        ("http://gpu-box", 2, "--engine takes ssh://"),
+        ("ssh://me:secret@gpu-box", 2, "no password in the address"),
+        ("ssh://127.0.0.1:1", 1, "engine server stopped: ssh: connect to host 127.0.0.1 port 1"),
+    ],
+)
+def test_a_bad_engine_address_is_one_line(tmp_path: Path, url: str, code: int, words: str) -> None:
+    env = {"SPATIORA_SSH": "ssh -o BatchMode=yes -o ConnectTimeout=5 -o StrictHostKeyChecking=no"}
+    proc = spatiora("generate", "--engine", url, "a flat", cwd=tmp_path, env=env)
+    assert_one_line_failure(proc, code, words)

@@ -200,3 +200,32 @@ def test_wellformed_frames_with_wrong_fields_get_an_answer_and_the_server_goes_o
     expected = {100 + i for i, (kind, _) in enumerate(batch) if kind != "cancel"}
     while not expected <= answered:  # the worker answers requests in order, after hello maybe
         answered.add(link.reply()["id"])
+
+
+def test_an_engine_address_becomes_the_users_ssh_running_spatiora_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    from spatiora_tui.remote.connect import EngineUrlError, server_argv
+
+    monkeypatch.delenv("SPATIORA_SSH", raising=False)
+    monkeypatch.delenv("SPATIORA_REMOTE_COMMAND", raising=False)
+    assert server_argv("ssh://gpu-box") == ["ssh", "gpu-box", "spatiora serve --stdio"]
+    assert server_argv("ssh://me@gpu-box:2222/home/me/my config.toml") == [
+        "ssh",
+        "-p",
+        "2222",
+        "me@gpu-box",
+        "spatiora serve --stdio --config '/home/me/my config.toml'",
+    ]
+    monkeypatch.setenv("SPATIORA_SSH", "ssh -i ~/.ssh/box -J bastion")
+    monkeypatch.setenv("SPATIORA_REMOTE_COMMAND", "~/sp/.venv/bin/spatiora")
+    assert server_argv("ssh://box") == [
+        "ssh",
+        "-i",
+        "~/.ssh/box",
+        "-J",
+        "bastion",
+        "box",
+        "~/sp/.venv/bin/spatiora serve --stdio",
+    ]
+    for bad in ("gpu-box", "http://gpu-box", "ssh://", "ssh://box:port", "ssh://me:pw@box"):
+        with pytest.raises(EngineUrlError):
+            server_argv(bad)
