@@ -33,7 +33,13 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     frames_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     from spatiora_tui.engine.local import LocalEngine
+    from spatiora_tui.hw.telemetry import Telemetry
     from spatiora_tui.remote.server import serve
 
-    serve(LocalEngine(settings), sys.stdin.buffer, frames_out)
+    telemetry = Telemetry.from_settings(settings)
+    telemetry.start()  # what the client's hardware pane shows: this machine's GPU, CPU and RAM
+    try:
+        serve(LocalEngine(settings, telemetry=telemetry), sys.stdin.buffer, frames_out, telemetry)
+    finally:
+        telemetry.stop()
     return EXIT_OK

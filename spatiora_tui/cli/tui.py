@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+from typing import Any
 
 from spatiora_tui.cli.common import EXIT_OK, UsageError
 from spatiora_tui.config import RENDERERS, Settings
@@ -11,6 +13,12 @@ from spatiora_tui.config import RENDERERS, Settings
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--renderer", choices=RENDERERS, help="how images are drawn (default: ui.renderer, auto)")
+    parser.add_argument(
+        "--engine",
+        metavar="URL",
+        help="the engine on another machine, through your ssh: ssh://[user@]host[:port][/path/to/config.toml]; "
+        "the UI runs here (its images drawn by this terminal), the model there",
+    )
     parser.add_argument(
         "--startup-time",
         action="store_true",
@@ -25,18 +33,43 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             "the terminal UI needs an interactive terminal; for scripts use `spatiora generate PROMPT` "
             "(see `spatiora --help`)"
         )
-    from spatiora_tui.engine.local import LocalEngine
-    from spatiora_tui.hw import Telemetry
     from spatiora_tui.ui.app import SpatioraApp
 
-    telemetry = Telemetry.from_settings(settings)
-    engine = LocalEngine(settings, telemetry=telemetry)
+    engine, telemetry, settings = _engine(settings, args)
     app = SpatioraApp(
         settings, engine, renderer=args.renderer, telemetry=telemetry, exit_after_first_frame=args.startup_time
     )
-    app.run()
+    try:
+        app.run()
+    finally:
+        if args.engine:
+            engine.close()
     if args.startup_time:
         if app.first_frame_age_s is None:
             raise UsageError("the UI exited before drawing its first frame")
         print(f"first frame {app.first_frame_age_s * 1000:.0f} ms after process start")
     return EXIT_OK
+
+
+def _engine(settings: Settings, args: argparse.Namespace) -> tuple[Any, Any, Settings]:
+    """(engine, telemetry, settings): here, or on the machine --engine names (connected before
+    the UI takes the terminal, so ssh can ask for a passphrase or a host key; the task modes are
+    that machine's)."""
+    if not args.engine:
+        from spatiora_tui.engine.local import LocalEngine
+        from spatiora_tui.hw import Telemetry
+
+        telemetry = Telemetry.from_settings(settings)
+        return LocalEngine(settings, telemetry=telemetry), telemetry, settings
+    from urllib.parse import urlsplit
+
+    from spatiora_tui.remote.connect import EngineUrlError, connect
+    from spatiora_tui.remote.telemetry import RemoteTelemetry
+
+    print(f"connecting to {args.engine}…", file=sys.stderr)
+    try:
+        engine: Any = connect(args.engine)
+    except EngineUrlError as exc:
+        raise UsageError(str(exc)) from None
+    remote = RemoteTelemetry(engine, hz=min(settings.ui.hardware_hz, 2.0), where=urlsplit(args.engine).hostname or "")
+    return engine, remote, dataclasses.replace(settings, tasks=engine.tasks)

@@ -34,6 +34,8 @@ from spatiora_tui.engine.api import (
     StepCallback,
     StepPreview,
 )
+from spatiora_tui.hw.sampler import HardwareSnapshot
+from spatiora_tui.hw.telemetry import Peak
 from spatiora_tui.remote.frames import FrameError, FrameWriter, read_frame
 from spatiora_tui.remote.server import PROTOCOL
 from spatiora_tui.remote.wire import decode, decode_as, encode, image_from
@@ -64,8 +66,9 @@ class RemoteEngine:
             raise EngineError(f"cannot start the engine server ({' '.join(self._argv)}): {exc}") from None
         assert self._proc.stdin is not None and self._proc.stdout is not None and self._proc.stderr is not None
         self._out = FrameWriter(self._proc.stdin)  # type: ignore[arg-type]
+        self._drainer = threading.Thread(target=self._drain, args=(self._proc.stderr,), daemon=True)
+        self._drainer.start()
         threading.Thread(target=self._read, args=(self._proc.stdout,), name="spatiora-remote", daemon=True).start()
-        threading.Thread(target=self._drain, args=(self._proc.stderr,), daemon=True).start()
         hello, _ = self._call({"type": "hello", "version": __version__, "protocol": PROTOCOL})
         if hello.get("protocol") != PROTOCOL or hello.get("version") != __version__:
             self.close()
@@ -138,6 +141,15 @@ class RemoteEngine:
         if request.init_image and params.init_image:  # the server ran a copy: record the user's file
             params = dataclasses.replace(params, init_image=str(Path(request.init_image).expanduser().resolve()))
         return dataclasses.replace(result, params=params, image=image_from(image))
+
+    def hardware(self) -> tuple[HardwareSnapshot | None, dict[str, Peak], dict[str, dict[str, Peak]]]:
+        """The server's latest hardware snapshot and its peaks by task and by task's stage
+        (answered at once, also while a generation runs)."""
+        reply, _ = self._call({"type": "hardware"})
+        snapshot = None if reply["snapshot"] is None else decode_as(HardwareSnapshot, reply["snapshot"])
+        by_task = typing.cast(dict[str, Peak], decode(dict[str, Peak], reply["by_task"]))
+        by_stage = typing.cast(dict[str, dict[str, Peak]], decode(dict[str, dict[str, Peak]], reply["by_stage"]))
+        return snapshot, by_task, by_stage
 
     def close(self) -> None:
         """Stop the server (it ends when its stdin closes)."""
@@ -218,6 +230,9 @@ class RemoteEngine:
                     error = frame.get("message")
         except FrameError:
             pass
+        # The server's last words (ssh's "connection refused", a config error) come on stderr,
+        # which may still be on its way when stdout ends.
+        self._drainer.join(timeout=5)
         message = {"type": "error", "kind": "link", "message": error or self._gone()}
         with self._lock:
             self._dead = message["message"]

@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 
 from spatiora_tui import __version__
 from spatiora_tui.engine.api import Engine, EngineError, EngineOOM, GenerationRequest, StepPreview
+from spatiora_tui.hw.telemetry import Telemetry
 from spatiora_tui.remote.frames import Closed, FrameError, FrameWriter, read_frame
 from spatiora_tui.remote.wire import WireError, decode, encode, png
 
@@ -27,8 +28,10 @@ from spatiora_tui.remote.wire import WireError, decode, encode, png
 PROTOCOL = 1
 
 
-def serve(engine: Engine, reader: BinaryIO, writer: BinaryIO) -> None:
-    """Answer one client until it closes the stream (or sends what cannot be read)."""
+def serve(engine: Engine, reader: BinaryIO, writer: BinaryIO, telemetry: Telemetry | None = None) -> None:
+    """Answer one client until it closes the stream (or sends what cannot be read). With
+    `telemetry` (the engine's, sampling), `hardware` requests get its latest snapshot and peaks,
+    answered at once, also while a generation runs."""
     out = FrameWriter(writer)
     work: queue.Queue[tuple[dict[str, Any], bytes] | None] = queue.Queue()
     cancels: dict[int, threading.Event] = {}
@@ -68,6 +71,8 @@ def serve(engine: Engine, reader: BinaryIO, writer: BinaryIO) -> None:
                 continue
             if kind == "hello":
                 out.send({"type": "ok", "id": rid, "version": __version__, "protocol": PROTOCOL})
+            elif kind == "hardware":
+                out.send({"type": "ok", "id": rid, **_hardware(telemetry)})
             elif kind == "cancel":
                 target = message.get("target")
                 if isinstance(target, int) and target in cancels:
@@ -82,6 +87,15 @@ def serve(engine: Engine, reader: BinaryIO, writer: BinaryIO) -> None:
         work.put(None)
         thread.join(timeout=60)
         uploads.cleanup()
+
+
+def _hardware(telemetry: Telemetry | None) -> dict[str, Any]:
+    if telemetry is None:
+        return {"snapshot": None, "by_task": {}, "by_stage": {}}
+    snapshot = telemetry.latest or telemetry.sample()
+    by_task = telemetry.peaks_by_task()
+    by_stage = {task: telemetry.peaks_by_stage(task) for task in by_task}
+    return {"snapshot": encode(snapshot), "by_task": encode(by_task), "by_stage": encode(by_stage)}
 
 
 def _say(exc: Exception) -> str:

@@ -773,6 +773,9 @@ class SpatioraApp(App[None], inherit_bindings=False):
         each snapshot comes here as a message."""
         self._unsubscribe = self.telemetry.subscribe(lambda snap: self.post_message(HardwareSampled(snap)))
         self.telemetry.start()
+        where = getattr(self.telemetry, "where", "")  # the engine's machine, when it is another
+        if where:
+            self.hardware_pane.border_title = f"Hardware · {where}"
 
     def on_unmount(self) -> None:  # the app is closing
         self.session.close()  # what waits stays in the queue file, offered at the next start

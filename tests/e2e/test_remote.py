@@ -82,7 +82,7 @@ def ssh_env(port_key: tuple[int, Path], root: Path, cache_dir: Path) -> dict[str
             "spatiora_tui",
         ]
     )
-    return {"SPATIORA_SSH": ssh, "SPATIORA_REMOTE_COMMAND": remote, "SPATIORA_OUTPUT_DIR": str(root / "here")}
+    return {"SPATIORA_SSH": ssh, "SPATIORA_REMOTE_COMMAND": remote, "SPATIORA_OUTPUT_DIR": str(root / "here-out")}
 
 
 def user() -> str:
@@ -100,7 +100,7 @@ def test_generate_runs_on_the_engine_over_ssh_and_saves_here(sshd, tmp_path: Pat
     proc = spatiora("generate", "--engine", url, "--task", "floorplan", "--seed", "5", "a flat", cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     (path,) = [Path(line) for line in proc.stdout.split()]
-    assert path.parent == tmp_path / "here", "the image is saved on this side"
+    assert path.parent == tmp_path / "here-out", "the image is saved on this side"
     request = read_metadata(path).spatiora["request"]
     assert (request["task"], request["seed"]) == ("floorplan", 5)
     assert "task: floorplan" in proc.stderr and "stages: " in proc.stderr and "denoise" in proc.stderr
@@ -121,3 +121,76 @@ def test_a_bad_engine_address_is_one_line(tmp_path: Path, url: str, code: int, w
     env = {"SPATIORA_SSH": "ssh -o BatchMode=yes -o ConnectTimeout=5 -o StrictHostKeyChecking=no"}
     proc = spatiora("generate", "--engine", url, "a flat", cwd=tmp_path, env=env)
     assert_one_line_failure(proc, code, words)
+
+
+def test_the_tui_drives_the_engine_over_ssh_generate_switch_queue_cancel(sshd, tmp_path: Path, cache_dir: Path) -> None:
+    """The UI here, the engine behind a real sshd: an image, a task switch, a second request
+    queued behind a running one, both cancelled, and the hardware pane naming the other side."""
+    import dataclasses
+
+    from spatiora_tui.config import TaskSettings
+    from tests.e2e.terminals import Tmux, app_command
+
+    port, _ = sshd
+    server = tmp_path / "server"
+    server.mkdir()
+    slow = TaskSettings(name="slow", prompt_template="{prompt}", scheduler="euler", steps=500, width=256, height=256)
+    settings = small_settings(server)
+    settings = dataclasses.replace(settings, tasks=(*settings.tasks, slow))
+    (server / "config.toml").write_text(settings_to_toml(settings), encoding="utf-8")
+    here = tmp_path / "here"
+    here.mkdir()
+    url = f"ssh://{user()}@127.0.0.1:{port}{server / 'config.toml'}"
+    tmux = Tmux(tmp_path)
+    try:
+        tmux.start(app_command(here, cache_dir, "--engine", url, extra_env=ssh_env(sshd, tmp_path, cache_dir)))
+        shown = tmux.wait_for("model ready", 180)
+        assert "Hardware · 127.0.0.1" in shown and "slow" in shown, "the other side's pane and task modes"
+        tmux.type("a flat over ssh")
+        tmux.keys("C-g")
+        tmux.wait_for("saved ")
+        assert len(list((tmp_path / "here-out").glob("*.png"))) == 1
+        tmux.keys("C-t")  # interior -> floorplan
+        tmux.wait_for("● floorplan")
+        tmux.keys("C-t", "C-t")  # base, slow
+        tmux.wait_for("● slow")
+        tmux.keys("C-g")
+        tmux.wait_for("step ")
+        tmux.keys("C-g")
+        tmux.wait_for("1st in the queue")
+        tmux.keys("Escape")  # the running job stops; the queued one starts
+        tmux.wait_for("generating job 3")  # job 1 was the first image, 2 the slow one
+        tmux.keys("Escape")
+        tmux.wait_for("cancelled · ")
+        tmux.keys("C-r")
+        queue = tmux.wait_for("in this session")
+        rows = [line.split() for line in queue.splitlines() if line.split()[:1] in (["2"], ["3"])]
+        assert [row[1] for row in rows] == ["cancelled", "cancelled"], queue
+        assert len(list((tmp_path / "here-out").glob("*.png"))) == 1, "a cancelled job saves nothing"
+    finally:
+        tmux.close()
+
+
+def test_the_servers_hardware_and_peaks_reach_the_client_also_while_it_generates(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    from spatiora_tui.remote.telemetry import RemoteTelemetry
+
+    engine = RemoteEngine(server_argv(tmp_path))
+    engine.load()
+    telemetry = RemoteTelemetry(engine, where="gpu-box")
+    seen = []
+    telemetry.subscribe(seen.append)
+    during = []
+
+    def on_step(preview: StepPreview) -> None:
+        if preview.step == 2:
+            during.append(telemetry.sample())  # answered while the server is generating
+
+    engine.generate(GenerationRequest(prompt="a loft", task="floorplan", seed=1, steps=4), on_step=on_step)
+    snapshot = telemetry.sample()
+    assert snapshot is not None and snapshot.host.process_rss_mb > 100, "the server process's memory"
+    assert during and during[0] is not None and during[0].stage == "denoise"
+    assert "floorplan" in telemetry.peaks_by_task() and "denoise" in telemetry.peaks_by_stage("floorplan")
+    assert len(seen) == 2
+    engine.close()

@@ -1,0 +1,94 @@
+"""What the TUI's hardware pane shows when the engine is on another machine: that machine's
+snapshots and peaks, polled through the RemoteEngine (the server answers at once, also while it
+generates). It stands in for hw.telemetry.Telemetry where the app uses one."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from spatiora_tui.hw.sampler import HardwareSnapshot
+from spatiora_tui.hw.telemetry import Peak, StageRecord
+
+
+class RemoteTelemetry:
+    def __init__(self, engine: Any, hz: float = 2.0, where: str = "") -> None:
+        self._engine = engine
+        self.hz = hz
+        self.where = where  # the other machine, for the pane's title
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[HardwareSnapshot], object]] = []
+        self._latest: HardwareSnapshot | None = None
+        self._by_task: dict[str, Peak] = {}
+        self._by_stage: dict[str, dict[str, Peak]] = {}
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    @property
+    def latest(self) -> HardwareSnapshot | None:
+        return self._latest
+
+    def subscribe(self, listener: Callable[[HardwareSnapshot], object]) -> Callable[[], None]:
+        with self._lock:
+            self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def sample(self) -> HardwareSnapshot | None:
+        """Ask the server once; the listeners get what it says."""
+        snapshot: HardwareSnapshot | None
+        snapshot, by_task, by_stage = self._engine.hardware()
+        with self._lock:
+            self._latest, self._by_task, self._by_stage = snapshot, by_task, by_stage
+            listeners = list(self._listeners)
+        if snapshot is not None:
+            for listener in listeners:
+                listener(snapshot)
+        return snapshot
+
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="spatiora-remote-hw", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sample()
+            except Exception:  # the link went down: the engine's calls say so; keep trying
+                pass
+            self._stop.wait(1.0 / self.hz)
+
+    def peaks_by_task(self) -> dict[str, Peak]:
+        with self._lock:
+            return dict(self._by_task)
+
+    def peaks_by_stage(self, task: str | None = None) -> dict[str, Peak]:
+        with self._lock:
+            return dict(self._by_stage.get(task or "", {}))
+
+    # Stages are marked on the server's telemetry; what runs here (saving) is not measured.
+    @contextlib.contextmanager
+    def stage(self, name: str, task: str | None = None) -> Iterator[None]:
+        yield
+
+    def mark(self) -> int:
+        return 0
+
+    def records_since(self, mark: int) -> tuple[StageRecord, ...]:
+        return ()
