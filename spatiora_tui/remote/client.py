@@ -58,6 +58,8 @@ class RemoteEngine:
         self._active: str | None = None
         self._model: ModelInfo | None = None
         self._dead: str | None = None  # why the link is gone, once it is
+        #: Bytes of frames received (the link's cost: previews, images, replies).
+        self.bytes_received = 0
         try:
             self._proc = subprocess.Popen(
                 self._argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0
@@ -221,6 +223,7 @@ class RemoteEngine:
         try:
             while True:
                 frame, payload = read_frame(stream)
+                self.bytes_received += len(payload) + 8 + len(str(frame))  # about: the JSON as text
                 rid = frame.get("id")
                 with self._lock:
                     target = self._waiting.get(rid) if isinstance(rid, int) else None
