@@ -194,3 +194,7 @@ def test_the_servers_hardware_and_peaks_reach_the_client_also_while_it_generates
     assert "floorplan" in telemetry.peaks_by_task() and "denoise" in telemetry.peaks_by_stage("floorplan")
     assert len(seen) == 2
     engine.close()
+
+
+def test_serve_needs_a_transport_and_a_program_on_the_other_end(tmp_path: Path) -> None:
+    assert_one_line_failure(spatiora("serve", cwd=tmp_path), 2, "say how to serve: --stdio")
