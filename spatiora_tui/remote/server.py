@@ -37,19 +37,27 @@ def serve(engine: Engine, reader: BinaryIO, writer: BinaryIO, telemetry: Telemet
     cancels: dict[int, threading.Event] = {}
     uploads = tempfile.TemporaryDirectory(prefix="spatiora-serve-")
 
+    def answer(message: dict[str, Any], blob: bytes = b"") -> None:
+        try:
+            out.send(message, blob)
+        except OSError:
+            pass  # the client is gone; the reader sees the end of its stream and stops
+
     def worker() -> None:
         while (item := work.get()) is not None:
             message, blob = item
             rid = message.get("id")
             try:
                 reply = _handle(engine, message, blob, out, cancels, Path(uploads.name))
-                out.send({"type": "ok", "id": rid, **reply[0]}, reply[1])
+                answer({"type": "ok", "id": rid, **reply[0]}, reply[1])
             except EngineOOM as exc:
-                out.send({"type": "error", "id": rid, "kind": "oom", "message": str(exc)})
+                answer({"type": "error", "id": rid, "kind": "oom", "message": str(exc)})
             except (EngineError, WireError, KeyError, TypeError, ValueError) as exc:
-                out.send({"type": "error", "id": rid, "kind": "engine", "message": _say(exc)})
+                answer({"type": "error", "id": rid, "kind": "engine", "message": _say(exc)})
+            except OSError:
+                pass  # a step frame found the client gone; its cancel event is set, or will be
             except Exception as exc:  # keep serving: the client gets the fault, in one line
-                out.send({"type": "error", "id": rid, "kind": "internal", "message": f"{type(exc).__name__}: {exc}"})
+                answer({"type": "error", "id": rid, "kind": "internal", "message": f"{type(exc).__name__}: {exc}"})
             finally:
                 if isinstance(rid, int):
                     cancels.pop(rid, None)
