@@ -71,6 +71,9 @@ class HardwareSnapshot:
     #: What the engine was doing (telemetry stage, e.g. "denoise") and for which task mode.
     stage: str | None = None
     task: str | None = None
+    #: The link to the engine's machine when it is another (remote/telemetry.py): round trip
+    #: and bytes per second, e.g. "3 ms · 41 KB/s"; None when the engine runs here.
+    link: str | None = None
 
     @property
     def gpu(self) -> GpuReading | None:

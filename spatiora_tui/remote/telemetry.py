@@ -5,7 +5,9 @@ generates). It stands in for hw.telemetry.Telemetry where the app uses one."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,6 +27,7 @@ class RemoteTelemetry:
         self._by_stage: dict[str, dict[str, Peak]] = {}
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._last: tuple[float, int] | None = None  # (when, bytes received) at the last sample
 
     @property
     def latest(self) -> HardwareSnapshot | None:
@@ -42,9 +45,19 @@ class RemoteTelemetry:
         return unsubscribe
 
     def sample(self) -> HardwareSnapshot | None:
-        """Ask the server once; the listeners get what it says."""
+        """Ask the server once; the listeners get what it says, with the link's round trip and
+        the bytes per second received since the last sample."""
         snapshot: HardwareSnapshot | None
+        start = time.monotonic()
         snapshot, by_task, by_stage = self._engine.hardware()
+        now = time.monotonic()
+        received = self._engine.bytes_received
+        if snapshot is not None:
+            rate = ""
+            if self._last is not None and now > self._last[0]:
+                rate = f" · {(received - self._last[1]) / (now - self._last[0]) / 1024:.0f} KB/s"
+            snapshot = dataclasses.replace(snapshot, link=f"{(now - start) * 1000:.0f} ms{rate}")
+        self._last = (now, received)
         with self._lock:
             self._latest, self._by_task, self._by_stage = snapshot, by_task, by_stage
             listeners = list(self._listeners)

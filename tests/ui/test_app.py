@@ -531,3 +531,33 @@ async def test_u_in_the_history_loads_an_images_settings_into_the_prompt_pane(ma
             made.scheduler,
         )
         assert engine.requests[-1] is not made and len(outputs()) == 2
+
+
+async def test_hardware_pane_names_the_engines_machine_and_its_link(make) -> None:
+    # With --engine, the pane shows the other machine's readings (RemoteTelemetry), titled with
+    # its name, and the link's round trip and rate under the engine's state.
+    from spatiora_tui.hw import HardwareSnapshot, HostReading
+    from spatiora_tui.remote.telemetry import RemoteTelemetry
+
+    class Box:
+        bytes_received = 0
+
+        def hardware(self):
+            self.bytes_received += 4096
+            host = HostReading(cpu_percent=40.0, process_rss_mb=3000.0, ram_used_mb=9000.0, ram_total_mb=64000.0)
+            return HardwareSnapshot(time=1.0, host=host, stage="denoise", task="interior"), {}, {}
+
+    from spatiora_tui.ui.app import SpatioraApp
+    from tests.fake_engine import FakeEngine
+
+    settings = make()[0].settings
+    app = SpatioraApp(
+        settings, FakeEngine(settings), renderer="unicode", telemetry=RemoteTelemetry(Box(), hz=20, where="gpu-box")
+    )
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await pilot.pause(0.5)
+        assert app.query_one("#hardware").border_title == "Hardware · gpu-box"
+        stage = str(app.query_one("#hw-stage").render())
+        assert "denoise · interior" in stage and "link" in stage and " ms · " in stage and "KB/s" in stage
+        assert "40 %" in str(app.query_one("#hw-host").render()), "the other machine's CPU"

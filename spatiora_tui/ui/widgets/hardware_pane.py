@@ -69,7 +69,8 @@ class HardwarePane(Vertical):
             f"RAM  {_bar(host.ram_used_mb, host.ram_total_mb)} {mb_text(host.ram_used_mb)} / {mb_text(host.ram_total_mb)}"
         )
         doing = "idle" if snap.stage is None else snap.stage + (f" · {snap.task}" if snap.task else "")
-        self.query_one("#hw-stage", Readout).show(f"[dim]engine[/] {markup_safe(doing)}")
+        link = f"\n[dim]link[/] {markup_safe(snap.link)}" if snap.link else ""
+        self.query_one("#hw-stage", Readout).show(f"[dim]engine[/] {markup_safe(doing)}{link}")
         vram = snap.vram_mb
         label = "VRAM (this process)" if vram is not None else "RSS (no GPU)"
         if label != self._history_label:
