@@ -118,6 +118,33 @@ class CudaPeaks:
         return torch.cuda.max_memory_allocated() / MB, torch.cuda.max_memory_reserved() / MB
 
 
+class Listeners:
+    """Callbacks for hardware snapshots, added and removed from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: list[Callable[[HardwareSnapshot], object]] = []
+
+    def subscribe(self, listener: Callable[[HardwareSnapshot], object]) -> Callable[[], None]:
+        """Add `listener`; returns the call that removes it."""
+        with self._lock:
+            self._items.append(listener)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if listener in self._items:
+                    self._items.remove(listener)
+
+        return unsubscribe
+
+    def tell(self, snap: HardwareSnapshot) -> None:
+        """Call every listener with `snap` (outside the lock: a listener may unsubscribe)."""
+        with self._lock:
+            listeners = list(self._items)
+        for listener in listeners:
+            listener(snap)
+
+
 class Telemetry:
     """The sampler, the stage and task in force, and the peaks they add up to. Thread-safe.
 
@@ -152,7 +179,7 @@ class Telemetry:
         self._by_task: dict[str, Peak] = {}
         self._records: deque[tuple[int, StageRecord]] = deque(maxlen=history)
         self._seq = 0
-        self._listeners: list[Callable[[HardwareSnapshot], object]] = []
+        self._listeners = Listeners()
         self._latest: HardwareSnapshot | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -200,22 +227,12 @@ class Telemetry:
                 # Idle samples are not a task's peak: the pane shows what work on a task took.
                 self._by_task[self._task] = self._by_task.get(self._task, Peak()).with_snapshot(snap)
             self._latest = snap
-            listeners = list(self._listeners)
-        for listener in listeners:
-            listener(snap)
+        self._listeners.tell(snap)
         return snap
 
     def subscribe(self, listener: Callable[[HardwareSnapshot], object]) -> Callable[[], None]:
         """Call `listener` with every snapshot (on the sampling thread). Returns an unsubscribe."""
-        with self._lock:
-            self._listeners.append(listener)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if listener in self._listeners:
-                    self._listeners.remove(listener)
-
-        return unsubscribe
+        return self._listeners.subscribe(listener)
 
     def start(self) -> None:
         """Sample in a daemon thread until stop(); one loop, so samples never overlap. The rate

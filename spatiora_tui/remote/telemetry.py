@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from spatiora_tui.hw.sampler import HardwareSnapshot
-from spatiora_tui.hw.telemetry import Peak, StageRecord
+from spatiora_tui.hw.telemetry import Listeners, Peak, StageRecord
 
 
 class RemoteTelemetry:
@@ -21,7 +21,7 @@ class RemoteTelemetry:
         self.hz = hz
         self.where = where  # the other machine, for the pane's title
         self._lock = threading.Lock()
-        self._listeners: list[Callable[[HardwareSnapshot], object]] = []
+        self._listeners = Listeners()
         self._latest: HardwareSnapshot | None = None
         self._by_task: dict[str, Peak] = {}
         self._by_stage: dict[str, dict[str, Peak]] = {}
@@ -34,15 +34,7 @@ class RemoteTelemetry:
         return self._latest
 
     def subscribe(self, listener: Callable[[HardwareSnapshot], object]) -> Callable[[], None]:
-        with self._lock:
-            self._listeners.append(listener)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if listener in self._listeners:
-                    self._listeners.remove(listener)
-
-        return unsubscribe
+        return self._listeners.subscribe(listener)
 
     def sample(self) -> HardwareSnapshot | None:
         """Ask the server once; the listeners get what it says, with the link's round trip and
@@ -60,10 +52,8 @@ class RemoteTelemetry:
         self._last = (now, received)
         with self._lock:
             self._latest, self._by_task, self._by_stage = snapshot, by_task, by_stage
-            listeners = list(self._listeners)
         if snapshot is not None:
-            for listener in listeners:
-                listener(snapshot)
+            self._listeners.tell(snapshot)
         return snapshot
 
     def start(self) -> None:
