@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from spatiora_tui.config import Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 DEMO_NOTE = (
@@ -63,3 +68,21 @@ def status_printer() -> Callable[[str | None], None]:
 
 def weight(value: float | None) -> str:
     return "default" if value is None else f"{value:g}"
+
+
+def remote_engine(settings: Settings, args: argparse.Namespace) -> tuple[Settings, Any]:
+    """With --engine: the engine on the other machine, connected (versions checked), and the
+    settings with its task modes (the requests are checked against those); else (settings, None)."""
+    if not getattr(args, "engine", None):
+        return settings, None
+    from spatiora_tui.remote.connect import EngineUrlError, connect
+
+    status = status_printer()
+    status(f"connecting to {args.engine}…")
+    try:
+        engine: Any = connect(args.engine)
+    except EngineUrlError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        status(None)
+    return dataclasses.replace(settings, tasks=engine.tasks), engine

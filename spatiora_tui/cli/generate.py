@@ -4,7 +4,6 @@ cancels within a step."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import signal
 import sys
@@ -20,6 +19,7 @@ from spatiora_tui.cli.common import (
     EXIT_OK,
     UsageError,
     one_line,
+    remote_engine,
     status_printer,
 )
 from spatiora_tui.config import SCHEDULERS, Settings, user_cache_dir
@@ -99,24 +99,6 @@ def request_from_args(settings: Settings, args: argparse.Namespace) -> tuple[Any
     except EngineError as exc:
         raise UsageError(str(exc)) from None
     return task, request
-
-
-def remote_engine(settings: Settings, args: argparse.Namespace) -> tuple[Settings, Any]:
-    """With --engine: the engine on the other machine, connected (versions checked), and the
-    settings with its task modes (the requests are checked against those); else (settings, None)."""
-    if not getattr(args, "engine", None):
-        return settings, None
-    from spatiora_tui.remote.connect import EngineUrlError, connect
-
-    status = status_printer()
-    status(f"connecting to {args.engine}…")
-    try:
-        engine: Any = connect(args.engine)
-    except EngineUrlError as exc:
-        raise UsageError(str(exc)) from None
-    finally:
-        status(None)
-    return dataclasses.replace(settings, tasks=engine.tasks), engine
 
 
 def start_engine(settings: Settings, task: Any, engine: Any = None) -> tuple[Any, Any]:

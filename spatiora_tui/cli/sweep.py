@@ -8,13 +8,12 @@ import argparse
 import sys
 from typing import Any
 
-from spatiora_tui.cli.common import UsageError
+from spatiora_tui.cli.common import UsageError, remote_engine
 from spatiora_tui.cli.generate import (
     BatchReport,
     add_request_arguments,
     group_outcome,
     output_target,
-    remote_engine,
     request_from_args,
     run_session,
     start_engine,

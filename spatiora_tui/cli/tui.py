@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from typing import Any
 
-from spatiora_tui.cli.common import EXIT_OK, UsageError
+from spatiora_tui.cli.common import EXIT_OK, UsageError, remote_engine
 from spatiora_tui.config import RENDERERS, Settings
 
 
@@ -63,13 +62,8 @@ def _engine(settings: Settings, args: argparse.Namespace) -> tuple[Any, Any, Set
         return LocalEngine(settings, telemetry=telemetry), telemetry, settings
     from urllib.parse import urlsplit
 
-    from spatiora_tui.remote.connect import EngineUrlError, connect
     from spatiora_tui.remote.telemetry import RemoteTelemetry
 
-    print(f"connecting to {args.engine}…", file=sys.stderr)
-    try:
-        engine: Any = connect(args.engine)
-    except EngineUrlError as exc:
-        raise UsageError(str(exc)) from None
+    settings, engine = remote_engine(settings, args)
     remote = RemoteTelemetry(engine, hz=min(settings.ui.hardware_hz, 2.0), where=urlsplit(args.engine).hostname or "")
-    return engine, remote, dataclasses.replace(settings, tasks=engine.tasks)
+    return engine, remote, settings
