@@ -49,3 +49,21 @@ def _test_imports_no_torch(request: pytest.FixtureRequest):
         pytest.fail(
             f"torch was imported by {request.node.nodeid} or its fixtures; tests that need it belong in tests/engine"
         )
+
+
+# The session and sweep tests share these: demo-model settings in tmp_path and the fake engine
+# (the unit suite never loads a real one).
+@pytest.fixture
+def settings(tmp_path: Path):
+    from tests.helpers import small_settings
+
+    return small_settings(tmp_path)
+
+
+@pytest.fixture
+def engine(settings):
+    from tests.fake_engine import FakeEngine
+
+    eng = FakeEngine(settings)
+    eng.load()
+    return eng

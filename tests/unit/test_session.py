@@ -26,20 +26,6 @@ from spatiora_tui.jobs.job import JobKind, JobState
 from spatiora_tui.jobs.session import Session
 from spatiora_tui.jobs.store import QueueStore
 from spatiora_tui.outputs import read_metadata
-from tests.fake_engine import FakeEngine
-from tests.helpers import small_settings
-
-
-@pytest.fixture
-def settings(tmp_path: Path):
-    return small_settings(tmp_path)
-
-
-@pytest.fixture
-def engine(settings) -> FakeEngine:
-    eng = FakeEngine(settings)
-    eng.load()
-    return eng
 
 
 def ask(prompt: str = "a loft", task: str = "interior", **changes) -> GenerationRequest:

@@ -17,22 +17,8 @@ from spatiora_tui.jobs.store import QueueStore
 from spatiora_tui.jobs.sweep import SweepError, expand, parse_axis
 from spatiora_tui.outputs import read_metadata
 from spatiora_tui.prompts import extract_lora_tags, with_lora_weight
-from tests.fake_engine import FakeEngine
-from tests.helpers import small_settings
 
 BASE = GenerationRequest(prompt="an oak kitchen", task="interior", seed=7)
-
-
-@pytest.fixture
-def settings(tmp_path: Path):
-    return small_settings(tmp_path)
-
-
-@pytest.fixture
-def engine(settings) -> FakeEngine:
-    eng = FakeEngine(settings)
-    eng.load()
-    return eng
 
 
 def run_all(session: Session) -> list:
