@@ -32,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from spatiora_tui.engine.local import LocalEngine
-    from spatiora_tui.remote.client import RemoteEngine
+    from spatiora_tui.remote.client import RemoteEngine, pipe
     from spatiora_tui.remote.connect import server_argv
 
     settings = load_settings()
@@ -44,7 +44,7 @@ def main() -> None:
     local = LocalEngine(settings)
     local.load()
     argv = server_argv(args.engine) if args.engine else [sys.executable, "-m", "spatiora_tui", "serve", "--stdio"]
-    remote = RemoteEngine(argv)
+    remote = RemoteEngine(pipe(argv))
     remote.load()
     times: dict[str, list[float]] = {"local": [], "remote": []}
     firsts: dict[str, list[float]] = {"local": [], "remote": []}

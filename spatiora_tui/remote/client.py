@@ -1,24 +1,31 @@
-"""RemoteEngine: the Engine protocol, answered by `spatiora serve --stdio` in another process,
-here or on another machine through the user's own ssh (`ssh HOST spatiora serve --stdio`).
+"""RemoteEngine: the Engine protocol, answered by an engine server in another process: `spatiora
+serve --stdio` started here or through the user's own ssh (a PipeLink), or `spatiora serve --http`
+over a websocket (remote/websocket.py).
 
-One reader thread takes the server's frames and hands each to the request of its id; calls block
-like LocalEngine's do. A cancel event set during generate() sends a `cancel` frame: the server
-stops within one step, as it would locally. An init image is sent with its request, so a path on
-this machine works against a server on another.
+One reader thread per link takes the server's frames and hands each to the request of its id;
+calls block like LocalEngine's do. A cancel event set during generate() sends a `cancel` frame:
+the server stops within one step, as it would locally. An init image is sent with its request, so
+a path on this machine works against a server on another.
+
+When the link drops, the call that was waiting fails saying so, and the next call opens a new
+link (loading the model again if the new server has none loaded).
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import getpass
 import itertools
 import queue
+import socket
 import subprocess
 import threading
+import time
 import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from spatiora_tui import __version__
 from spatiora_tui.config import TaskSettings
@@ -43,42 +50,127 @@ from spatiora_tui.remote.wire import decode, decode_as, encode, image_from
 #: What a step preview is scaled to before it crosses the link (the pane shows a few hundred px).
 PREVIEW_SIDE = 512
 
+#: A link's reader hands each frame here...
+OnFrame = Callable[[dict[str, Any], bytes], None]
+#: ...and says once, at the end, why the link is gone.
+OnEnd = Callable[[str], None]
+
+
+class Link(Protocol):
+    """A connection to an engine server that carries frames both ways."""
+
+    def send(self, message: dict[str, Any], blob: bytes = b"") -> None:
+        """Send one frame; OSError (or ValueError) once the link is gone."""
+
+    def close(self) -> None:
+        """End the link (the server stops what it runs for this client)."""
+
+
+#: Opens a link whose frames go to OnFrame; EngineError when it cannot.
+Opener = Callable[[OnFrame, OnEnd], Link]
+
+
+class PipeLink:
+    """Frames on the stdin/stdout of a process: `spatiora serve --stdio`, here or through ssh.
+    What the process says on stderr (ssh's "connection refused", a config error) is kept to say
+    why the link ended."""
+
+    def __init__(self, argv: Sequence[str], on_frame: OnFrame, on_end: OnEnd) -> None:
+        self.argv = list(argv)
+        self._stderr: collections.deque[str] = collections.deque(maxlen=20)
+        try:
+            self.proc = subprocess.Popen(
+                self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0
+            )
+        except OSError as exc:
+            raise EngineError(f"cannot start the engine server ({' '.join(self.argv)}): {exc}") from None
+        assert self.proc.stdin is not None and self.proc.stdout is not None and self.proc.stderr is not None
+        self._out = FrameWriter(self.proc.stdin)  # type: ignore[arg-type]
+        self._drainer = threading.Thread(target=self._drain, args=(self.proc.stderr,), daemon=True)
+        self._drainer.start()
+        args = (self.proc.stdout, on_frame, on_end)
+        threading.Thread(target=self._read, args=args, name="spatiora-remote", daemon=True).start()
+
+    def send(self, message: dict[str, Any], blob: bytes = b"") -> None:
+        self._out.send(message, blob)
+
+    def close(self) -> None:
+        """Stop the server: it ends when its stdin closes."""
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+    def _read(self, stream: Any, on_frame: OnFrame, on_end: OnEnd) -> None:
+        said = None
+        try:
+            while True:
+                frame, payload = read_frame(stream)
+                if frame.get("id") is None and frame.get("type") == "error":
+                    said = frame.get("message")
+                on_frame(frame, payload)
+        except FrameError:
+            pass
+        # The server's last words may still be on their way on stderr when stdout ends.
+        self._drainer.join(timeout=5)
+        on_end(said or self._gone())
+
+    def _drain(self, stream: Any) -> None:
+        for line in iter(stream.readline, b""):
+            self._stderr.append(line.decode("utf-8", "replace").rstrip())
+
+    def _gone(self) -> str:
+        said = next((line for line in reversed(self._stderr) if line.strip()), "")
+        return "the engine server stopped" + (f": {said}" if said else "; it said nothing")
+
+
+def pipe(argv: Sequence[str]) -> Opener:
+    """Open links by starting `argv` (e.g. ssh HOST spatiora serve --stdio)."""
+    return lambda on_frame, on_end: PipeLink(argv, on_frame, on_end)
+
+
+def client_name() -> str:
+    """Who this client is to a shared server's round robin: user@host."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "someone"
+    return f"{user}@{socket.gethostname()}"
+
+
+class _LinkDown(Exception):
+    """A frame could not be sent: the link is gone (the message says why)."""
+
 
 class RemoteEngine:
-    """An Engine whose work runs in a `spatiora serve --stdio` process started with `argv`."""
+    """An Engine whose work runs in an engine server, reached through the links `opener` opens."""
 
-    def __init__(self, argv: Sequence[str], preview_side: int = PREVIEW_SIDE) -> None:
-        self._argv = list(argv)
+    def __init__(self, opener: Opener, preview_side: int = PREVIEW_SIDE, name: str | None = None) -> None:
+        self._opener = opener
         self._preview_side = preview_side
+        self.name = name or client_name()
         self._ids = itertools.count(1)
         self._waiting: dict[int, queue.Queue[tuple[dict[str, Any], bytes]]] = {}
         self._lock = threading.Lock()
-        self._stderr: collections.deque[str] = collections.deque(maxlen=20)
         self._tasks: tuple[TaskSettings, ...] = ()
         self._active: str | None = None
         self._model: ModelInfo | None = None
-        self._dead: str | None = None  # why the link is gone, once it is
+        self._loaded: tuple[str | None] | None = None  # (source,) of the last load(), once one ran
+        self._link: Link | None = None
+        self._epoch = 0  # which link is current: frames and ends of older ones are ignored
+        self._dead: str | None = None  # why the current link is gone, once it is
+        self._closed = False
+        self._reconnecting = threading.Lock()
         #: Bytes of frames received (the link's cost: previews, images, replies).
         self.bytes_received = 0
-        try:
-            self._proc = subprocess.Popen(
-                self._argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0
-            )
-        except OSError as exc:
-            raise EngineError(f"cannot start the engine server ({' '.join(self._argv)}): {exc}") from None
-        assert self._proc.stdin is not None and self._proc.stdout is not None and self._proc.stderr is not None
-        self._out = FrameWriter(self._proc.stdin)  # type: ignore[arg-type]
-        self._drainer = threading.Thread(target=self._drain, args=(self._proc.stderr,), daemon=True)
-        self._drainer.start()
-        threading.Thread(target=self._read, args=(self._proc.stdout,), name="spatiora-remote", daemon=True).start()
-        hello, _ = self._call({"type": "hello", "version": __version__, "protocol": PROTOCOL})
-        if hello.get("protocol") != PROTOCOL or hello.get("version") != __version__:
-            self.close()
-            raise EngineError(
-                f"the server is spatiora {hello.get('version')} (protocol {hello.get('protocol')}) and this is "
-                f"spatiora {__version__} (protocol {PROTOCOL}): install the same version on both machines"
-            )
-        self._refresh()
+        #: Links opened after the first one dropped.
+        self.reconnects = 0
+        self._open()
 
     # -- the Engine protocol ----------------------------------------------------------------
 
@@ -96,6 +188,7 @@ class RemoteEngine:
 
     def load(self, on_progress: Callable[[str], object] | None = None, source: str | None = None) -> ModelInfo:
         reply, _ = self._call({"type": "load", "source": source}, on_progress=on_progress)
+        self._loaded = (source,)
         self._refresh()
         return decode_as(ModelInfo, reply["model"])
 
@@ -153,19 +246,67 @@ class RemoteEngine:
         by_stage = typing.cast(dict[str, dict[str, Peak]], decode(dict[str, dict[str, Peak]], reply["by_stage"]))
         return snapshot, by_task, by_stage
 
+    def queue(self) -> list[dict[str, Any]]:
+        """The server's calls, the running one first and then the waiting ones of every client
+        in the order they will run: job, client, type, task, running."""
+        reply, _ = self._call({"type": "queue"})
+        return list(reply["jobs"])
+
     def close(self) -> None:
-        """Stop the server (it ends when its stdin closes)."""
-        try:
-            assert self._proc.stdin is not None
-            self._proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            self._proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
+        """End the link (a server started for it stops) and make no new one."""
+        with self._lock:
+            self._closed = True
+            link, self._link = self._link, None
+        if link is not None:
+            link.close()
 
     # -- the link ---------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        """Open a link, say hello (versions checked) and read the server's state."""
+        with self._lock:
+            self._epoch += 1
+            epoch, self._dead = self._epoch, None
+
+        def on_frame(frame: dict[str, Any], payload: bytes) -> None:
+            if epoch == self._epoch:
+                self._on_frame(frame, payload)
+
+        def on_end(why: str) -> None:
+            if epoch == self._epoch:
+                self._on_end(why)
+
+        try:
+            link = self._opener(on_frame, on_end)  # its reader may end (and say why) before this returns
+        except EngineError as exc:
+            with self._lock:
+                self._dead = str(exc)
+            raise
+        with self._lock:
+            self._link = link
+        hello, _ = self._call({"type": "hello", "version": __version__, "protocol": PROTOCOL, "client": self.name})
+        if hello.get("protocol") != PROTOCOL or hello.get("version") != __version__:
+            self.close()
+            raise EngineError(
+                f"the server is spatiora {hello.get('version')} (protocol {hello.get('protocol')}) and this is "
+                f"spatiora {__version__} (protocol {PROTOCOL}): install the same version on both machines"
+            )
+        self._refresh()
+
+    def _reconnect(self) -> None:
+        """A new link after the last one dropped, with the model loaded again if the new server
+        has none (one started for this client). EngineError naming both faults if it fails."""
+        with self._reconnecting:
+            if self._dead is None:
+                return  # another thread has reconnected
+            before = self._dead
+            try:
+                self._open()
+                if self._loaded is not None and self._model is None:
+                    self.load(source=self._loaded[0])
+            except EngineError as exc:
+                raise EngineError(f"{before}; reconnecting failed: {exc}") from None
+            self.reconnects += 1
 
     def _refresh(self) -> None:
         reply, _ = self._call({"type": "state"})
@@ -181,6 +322,10 @@ class RemoteEngine:
         on_step: Callable[[dict[str, Any], bytes], None] | None = None,
         cancel: threading.Event | None = None,
     ) -> tuple[dict[str, Any], bytes]:
+        if self._closed:
+            raise EngineError("the link to the engine is closed")
+        if self._dead is not None and message["type"] != "hello":
+            self._reconnect()
         rid = next(self._ids)
         replies: queue.Queue[tuple[dict[str, Any], bytes]] = queue.Queue()
         with self._lock:
@@ -207,46 +352,47 @@ class RemoteEngine:
                     return frame, payload
                 elif kind == "error":
                     error = EngineOOM if frame.get("kind") == "oom" else EngineError
-                    raise error(frame.get("message") or "the engine server failed")
+                    said = frame.get("message") or "the engine server failed"
+                    raise error(self._fault(said, message) if frame.get("kind") == "link" else said)
+        except _LinkDown as exc:
+            raise EngineError(self._fault(str(exc), message)) from None
         finally:
             with self._lock:
                 self._waiting.pop(rid, None)
 
     def _send(self, message: dict[str, Any], blob: bytes = b"") -> None:
+        link = self._link
         try:
-            self._out.send(message, blob)
-        except (OSError, ValueError):
-            raise EngineError(self._gone()) from None
+            if link is None:
+                raise OSError
+            link.send(message, blob)
+        except (OSError, ValueError, FrameError):
+            # The reader says why the link ended (ssh's own words) once it sees the end.
+            deadline = time.monotonic() + 5
+            while self._dead is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            with self._lock:
+                if self._dead is None:
+                    self._dead = "the link to the engine dropped"
+                why = self._dead
+            raise _LinkDown(why) from None
 
-    def _read(self, stream: Any) -> None:
-        error = None
-        try:
-            while True:
-                frame, payload = read_frame(stream)
-                self.bytes_received += len(payload) + 8 + len(str(frame))  # about: the JSON as text
-                rid = frame.get("id")
-                with self._lock:
-                    target = self._waiting.get(rid) if isinstance(rid, int) else None
-                if target is not None:
-                    target.put((frame, payload))
-                elif frame.get("type") == "error":
-                    error = frame.get("message")
-        except FrameError:
-            pass
-        # The server's last words (ssh's "connection refused", a config error) come on stderr,
-        # which may still be on its way when stdout ends.
-        self._drainer.join(timeout=5)
-        message = {"type": "error", "kind": "link", "message": error or self._gone()}
+    def _fault(self, why: str, message: dict[str, Any]) -> str:
+        """Why a call failed with its link, and what the next call does about it."""
+        return why if message["type"] == "hello" or self._closed else f"{why}; the next request reconnects"
+
+    def _on_frame(self, frame: dict[str, Any], payload: bytes) -> None:
+        self.bytes_received += len(payload) + 8 + len(str(frame))  # about: the JSON as text
+        rid = frame.get("id")
         with self._lock:
-            self._dead = message["message"]
+            target = self._waiting.get(rid) if isinstance(rid, int) else None
+        if target is not None:
+            target.put((frame, payload))
+
+    def _on_end(self, why: str) -> None:
+        message = {"type": "error", "kind": "link", "message": why}
+        with self._lock:
+            self._dead = why
             for waiting in self._waiting.values():
                 waiting.put((message, b""))
             self._waiting.clear()
-
-    def _drain(self, stream: Any) -> None:
-        for line in iter(stream.readline, b""):
-            self._stderr.append(line.decode("utf-8", "replace").rstrip())
-
-    def _gone(self) -> str:
-        said = next((line for line in reversed(self._stderr) if line.strip()), "")
-        return "the engine server stopped" + (f": {said}" if said else "; it said nothing")

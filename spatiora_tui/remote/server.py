@@ -1,20 +1,33 @@
-"""The engine's side of the protocol: `spatiora serve --stdio` reads frames on stdin and answers
-on stdout, for one client (over `ssh host spatiora serve --stdio`, SSH is the authentication and
-the encryption; nothing listens on a port).
+"""The engine's side of the protocol, for one client (`spatiora serve --stdio`, over ssh) or many
+(`spatiora serve --http`, one websocket each): a Hub owns the engine, a Connection is one client.
 
 Requests carry an id; the reply to each is one frame of the same id (its result or an error),
-after any `progress` and `step` frames of that id. Engine calls run one at a time on a worker
-thread, in order, so that a `cancel` frame is read while a generation runs and stops it within
-one step. A frame that cannot be read ends the connection; a request that cannot be decoded is
-answered with an error and the server goes on.
+after any `queued`, `progress` and `step` frames of that id. Engine calls run one at a time on
+the hub's worker thread. Each client's calls keep their order, and the clients take turns: the
+worker takes the next call of the next client in a round robin, so one client's batch of 50
+never runs ahead of everyone else's next image. `hello`, `state`, `hardware`, `prefetch` and
+`cancel` are answered at once by the transport's thread, also while a generation runs, so a
+cancel stops the running image within one step.
+
+Every call that waits gets a job number, unique on the server (the `queued` frame says it and
+how many calls of other clients wait before it). A client may cancel its own calls by their id or
+job number; another client's job is refused, by name. When a client's link drops, its running
+generation is cancelled (within one step; the engine frees its memory as after any cancel) and
+its waiting calls are dropped: nobody is left to answer.
+
+A frame that cannot be read ends that connection only; a request that cannot be decoded is
+answered with an error and the connection goes on.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-import queue
+import itertools
 import tempfile
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -25,45 +38,263 @@ from spatiora_tui.remote.frames import Closed, FrameError, FrameWriter, read_fra
 from spatiora_tui.remote.wire import WireError, decode, encode, png
 
 #: Bumped when a frame's meaning changes; both sides must agree.
-PROTOCOL = 1
+PROTOCOL = 2
+
+#: What a connection sends frames with: (message, binary payload); OSError once the client is gone.
+Send = Callable[[dict[str, Any], bytes], None]
+
+#: Calls that wait their turn for the engine (the rest are answered at once).
+ENGINE_CALLS = frozenset({"load", "switch_task", "models", "switch_model", "generate"})
+
+
+@dataclass(eq=False)
+class Call:
+    """One request waiting for (or running on) the engine."""
+
+    job: int
+    connection: Connection
+    message: dict[str, Any]
+    blob: bytes
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def id(self) -> int:
+        return int(self.message["id"])
+
+    def describe(self, running: bool) -> dict[str, Any]:
+        """The call as the `queue` request lists it (no prompt: other clients see this)."""
+        request = self.message.get("request")
+        task = request.get("task") if isinstance(request, dict) else self.message.get("name")
+        return {
+            "job": self.job,
+            "client": self.connection.client,
+            "type": self.message["type"],
+            "task": task if isinstance(task, str) else None,
+            "running": running,
+        }
+
+
+class Hub:
+    """One engine shared by the connections made with connect(); see the module docstring."""
+
+    def __init__(self, engine: Engine, telemetry: Telemetry | None = None) -> None:
+        self.engine = engine
+        self.telemetry = telemetry
+        self._lock = threading.Condition()
+        self._waiting: dict[str, collections.deque[Call]] = {}  # by client, in the client's order
+        self._turns: collections.deque[str] = collections.deque()  # clients with calls waiting
+        self._running: Call | None = None
+        self._jobs = itertools.count(1)
+        self._closed = False
+        self._uploads = tempfile.TemporaryDirectory(prefix="spatiora-serve-")
+        #: (client, job, request type) of each call, in the order they ran (what fairness is measured on).
+        self.ran: list[tuple[str, int, str]] = []
+        self._thread = threading.Thread(target=self._work, name="spatiora-hub", daemon=True)
+        self._thread.start()
+
+    def connect(self, client: str, send: Send) -> Connection:
+        """A new client, named `client` (clients of one name share one turn)."""
+        return Connection(self, client, send)
+
+    def queue(self) -> list[dict[str, Any]]:
+        """The running call and the waiting ones, in the order they will run."""
+        with self._lock:
+            calls = ([self._running] if self._running is not None else []) + self._order()
+            return [call.describe(running=call is self._running) for call in calls]
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for calls in self._waiting.values():
+                for call in calls:
+                    call.cancel.set()
+            if self._running is not None:
+                self._running.cancel.set()
+            self._lock.notify_all()
+        self._thread.join(timeout=60)
+        self._uploads.cleanup()
+
+    # -- the queue (under self._lock) -----------------------------------------------------------
+
+    def _order(self) -> list[Call]:
+        """The waiting calls in the order the round robin will take them."""
+        queues = {client: list(self._waiting[client]) for client in self._turns}
+        order: list[Call] = []
+        while any(queues.values()):
+            for client in self._turns:
+                if queues[client]:
+                    order.append(queues[client].pop(0))
+        return order
+
+    def _put(self, call: Call) -> int:
+        """Queue `call`; how many calls run before it (the running one included)."""
+        with self._lock:
+            client = call.connection.client
+            if client not in self._waiting or not self._waiting[client]:
+                self._waiting[client] = collections.deque()
+                self._turns.append(client)
+            self._waiting[client].append(call)
+            ahead = self._order().index(call) + (self._running is not None)
+            self._lock.notify_all()
+            return ahead
+
+    def _take(self) -> Call | None:
+        with self._lock:
+            while not self._turns and not self._closed:
+                self._lock.wait()
+            if self._closed:
+                return None
+            client = self._turns.popleft()
+            call = self._waiting[client].popleft()
+            if self._waiting[client]:
+                self._turns.append(client)  # its next call waits for everyone else's turn
+            else:
+                del self._waiting[client]
+            self._running = call
+            return call
+
+    def _drop(self, connection: Connection) -> None:
+        """The client is gone: stop its running call, forget its waiting ones."""
+        with self._lock:
+            calls = self._waiting.pop(connection.client, collections.deque())
+            kept = collections.deque(call for call in calls if call.connection is not connection)
+            if kept:
+                self._waiting[connection.client] = kept
+            elif connection.client in self._turns:
+                self._turns.remove(connection.client)
+            if self._running is not None and self._running.connection is connection:
+                self._running.cancel.set()
+
+    def _find(self, job: int) -> Call | None:
+        with self._lock:
+            if self._running is not None and self._running.job == job:
+                return self._running
+            return next((call for calls in self._waiting.values() for call in calls if call.job == job), None)
+
+    # -- the worker -------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while (call := self._take()) is not None:
+            self.ran.append((call.connection.client, call.job, call.message["type"]))
+            try:
+                call.connection.run(call, Path(self._uploads.name))
+            finally:
+                with self._lock:
+                    self._running = None
+
+
+class Connection:
+    """One client of a Hub: receive() takes its frames, its replies go out through `send`."""
+
+    def __init__(self, hub: Hub, client: str, send: Send) -> None:
+        self.hub = hub
+        self.client = client
+        self._send = send
+        self._calls: dict[int, Call] = {}  # by request id, while waiting or running
+        self._lock = threading.Lock()
+
+    def answer(self, message: dict[str, Any], blob: bytes = b"") -> None:
+        """Send, ignoring a client that is gone (its transport sees the end and closes)."""
+        try:
+            self._send(message, blob)
+        except OSError:
+            pass
+
+    def refuse(self, reason: str) -> None:
+        """The frame could not be read: say why; the transport then closes the connection."""
+        self.answer({"type": "error", "id": None, "kind": "frame", "message": reason})
+
+    def receive(self, message: dict[str, Any], blob: bytes = b"") -> None:
+        kind, rid = message["type"], message.get("id")
+        if not isinstance(rid, int) or isinstance(rid, bool):
+            self.answer({"type": "error", "id": None, "kind": "frame", "message": "a request needs an integer id"})
+            return
+        if kind == "hello":
+            self._hello(message)
+            self.answer({"type": "ok", "id": rid, "version": __version__, "protocol": PROTOCOL})
+        elif kind == "hardware":
+            self.answer({"type": "ok", "id": rid, **_hardware(self.hub.telemetry)})
+        elif kind == "state":
+            engine = self.hub.engine
+            state = {"tasks": encode(engine.tasks), "active": engine.active_task, "model": encode(engine.model)}
+            self.answer({"type": "ok", "id": rid, **state})
+        elif kind == "queue":
+            self.answer({"type": "ok", "id": rid, "jobs": self.hub.queue()})
+        elif kind == "prefetch":
+            self.hub.engine.prefetch(str(message.get("task")))  # on the adapters' own thread
+            self.answer({"type": "ok", "id": rid})
+        elif kind == "cancel":
+            self._cancel(message)
+        elif kind in ENGINE_CALLS:
+            call = Call(next(self.hub._jobs), self, message, blob)
+            with self._lock:
+                self._calls[rid] = call
+            ahead = self.hub._put(call)
+            self.answer({"type": "queued", "id": rid, "job": call.job, "ahead": ahead})
+        else:
+            self.answer({"type": "error", "id": rid, "kind": "engine", "message": f"unknown request type {kind!r}"})
+
+    def close(self) -> None:
+        """The link is gone: see Hub._drop."""
+        self.hub._drop(self)
+
+    def _hello(self, message: dict[str, Any]) -> None:
+        """A client may name itself (user@host): connections of one name share one turn."""
+        name = message.get("client")
+        if isinstance(name, str) and name.strip():
+            with self.hub._lock:
+                if self.client not in self.hub._waiting:
+                    self.client = name.strip()[:100]
+
+    def _cancel(self, message: dict[str, Any]) -> None:
+        rid, target, job = message["id"], message.get("target"), message.get("job")
+        call = None
+        if isinstance(target, int):
+            with self._lock:
+                call = self._calls.get(target)
+        elif isinstance(job, int):
+            call = self.hub._find(job)
+            if call is not None and call.connection is not self:
+                self.answer(
+                    {
+                        "type": "error",
+                        "id": rid,
+                        "kind": "refused",
+                        "message": f"job {job} is {call.connection.client}'s: only the client that asked for it "
+                        "can cancel it",
+                    }
+                )
+                return
+        if call is not None:
+            call.cancel.set()
+        self.answer({"type": "ok", "id": rid, "cancelled": call is not None})
+
+    def run(self, call: Call, uploads: Path) -> None:
+        """Run `call` on the engine (the hub's worker thread) and send its reply."""
+        rid = call.id
+        try:
+            reply, blob = _handle(self.hub.engine, call, self.answer, uploads)
+            self.answer({"type": "ok", "id": rid, **reply}, blob)
+        except EngineOOM as exc:
+            self.answer({"type": "error", "id": rid, "kind": "oom", "message": str(exc)})
+        except (EngineError, WireError, KeyError, TypeError, ValueError) as exc:
+            self.answer({"type": "error", "id": rid, "kind": "engine", "message": _say(exc)})
+        except OSError:
+            pass  # a step frame found the client gone; its cancel event is set, or will be
+        except Exception as exc:  # keep serving: the client gets the fault, in one line
+            self.answer({"type": "error", "id": rid, "kind": "internal", "message": f"{type(exc).__name__}: {exc}"})
+        finally:
+            with self._lock:
+                self._calls.pop(rid, None)
 
 
 def serve(engine: Engine, reader: BinaryIO, writer: BinaryIO, telemetry: Telemetry | None = None) -> None:
-    """Answer one client until it closes the stream (or sends what cannot be read). With
-    `telemetry` (the engine's, sampling), `hardware` requests get its latest snapshot and peaks,
-    answered at once, also while a generation runs."""
+    """Answer one client on a byte stream (stdin/stdout) until it closes it or sends what cannot
+    be read. With `telemetry` (the engine's, sampling), `hardware` requests get its latest
+    snapshot and peaks."""
+    hub = Hub(engine, telemetry)
     out = FrameWriter(writer)
-    work: queue.Queue[tuple[dict[str, Any], bytes] | None] = queue.Queue()
-    cancels: dict[int, threading.Event] = {}
-    uploads = tempfile.TemporaryDirectory(prefix="spatiora-serve-")
-
-    def answer(message: dict[str, Any], blob: bytes = b"") -> None:
-        try:
-            out.send(message, blob)
-        except OSError:
-            pass  # the client is gone; the reader sees the end of its stream and stops
-
-    def worker() -> None:
-        while (item := work.get()) is not None:
-            message, blob = item
-            rid = message.get("id")
-            try:
-                reply = _handle(engine, message, blob, out, cancels, Path(uploads.name))
-                answer({"type": "ok", "id": rid, **reply[0]}, reply[1])
-            except EngineOOM as exc:
-                answer({"type": "error", "id": rid, "kind": "oom", "message": str(exc)})
-            except (EngineError, WireError, KeyError, TypeError, ValueError) as exc:
-                answer({"type": "error", "id": rid, "kind": "engine", "message": _say(exc)})
-            except OSError:
-                pass  # a step frame found the client gone; its cancel event is set, or will be
-            except Exception as exc:  # keep serving: the client gets the fault, in one line
-                answer({"type": "error", "id": rid, "kind": "internal", "message": f"{type(exc).__name__}: {exc}"})
-            finally:
-                if isinstance(rid, int):
-                    cancels.pop(rid, None)
-
-    thread = threading.Thread(target=worker, name="spatiora-serve", daemon=True)
-    thread.start()
+    connection = hub.connect("stdio", out.send)
     try:
         while True:
             try:
@@ -71,30 +302,12 @@ def serve(engine: Engine, reader: BinaryIO, writer: BinaryIO, telemetry: Telemet
             except Closed:
                 break
             except FrameError as exc:
-                out.send({"type": "error", "id": None, "kind": "frame", "message": str(exc)})
+                connection.refuse(str(exc))
                 break
-            kind, rid = message["type"], message.get("id")
-            if not isinstance(rid, int):
-                out.send({"type": "error", "id": None, "kind": "frame", "message": "a request needs an integer id"})
-                continue
-            if kind == "hello":
-                out.send({"type": "ok", "id": rid, "version": __version__, "protocol": PROTOCOL})
-            elif kind == "hardware":
-                out.send({"type": "ok", "id": rid, **_hardware(telemetry)})
-            elif kind == "cancel":
-                target = message.get("target")
-                if isinstance(target, int) and target in cancels:
-                    cancels[target].set()
-            else:
-                if kind == "generate":
-                    cancels[rid] = threading.Event()
-                work.put((message, blob))
+            connection.receive(message, blob)
     finally:
-        for event in list(cancels.values()):
-            event.set()  # the client is gone: stop what runs for it
-        work.put(None)
-        thread.join(timeout=60)
-        uploads.cleanup()
+        connection.close()
+        hub.close()
 
 
 def _hardware(telemetry: Telemetry | None) -> dict[str, Any]:
@@ -110,56 +323,47 @@ def _say(exc: Exception) -> str:
     return str(exc) if isinstance(exc, EngineError) else f"bad request: {exc}"
 
 
-def _handle(
-    engine: Engine,
-    message: dict[str, Any],
-    blob: bytes,
-    out: FrameWriter,
-    cancels: dict[int, threading.Event],
-    uploads: Path,
-) -> tuple[dict[str, Any], bytes]:
-    kind, rid = message["type"], message["id"]
+def _handle(engine: Engine, call: Call, send: Send, uploads: Path) -> tuple[dict[str, Any], bytes]:
+    message, blob, rid = call.message, call.blob, call.id
+    kind = message["type"]
 
     def progress(text: str) -> None:
-        out.send({"type": "progress", "id": rid, "text": str(text)})
+        send({"type": "progress", "id": rid, "text": str(text)}, b"")
 
-    if kind == "state":
-        return {"tasks": encode(engine.tasks), "active": engine.active_task, "model": encode(engine.model)}, b""
     if kind == "load":
         return {"model": encode(engine.load(progress, message.get("source")))}, b""
     if kind == "switch_task":
         return {"switch": encode(engine.switch_task(str(message["name"]), progress))}, b""
-    if kind == "prefetch":
-        engine.prefetch(str(message["task"]))
-        return {}, b""
     if kind == "models":
         return {"models": encode(engine.models())}, b""
     if kind == "switch_model":
         return {"switch": encode(engine.switch_model(str(message["source"]), progress))}, b""
-    if kind == "generate":
-        request = decode(GenerationRequest, message["request"])
+    request = decode(GenerationRequest, message["request"])
+    if request.init_image and blob:
+        # The client's file, sent with the request: it runs from a copy here.
+        copy = uploads / f"{call.job}-{Path(request.init_image).name}"
+        copy.write_bytes(blob)
+        request = dataclasses.replace(request, init_image=str(copy))
+    side = message.get("preview_side")
+
+    def on_step(preview: StepPreview) -> None:
+        image = preview.image
+        if image is not None and isinstance(side, int) and side > 0:
+            image = image.copy()
+            image.thumbnail((side, side))
+        frame = {
+            "type": "step",
+            "id": rid,
+            "step": preview.step,
+            "total": preview.total,
+            "elapsed_s": preview.elapsed_s,
+        }
+        send(frame, png(image) if image is not None else b"")
+
+    try:
+        result = engine.generate(request, on_step=on_step, cancel=call.cancel)
+    finally:
         if request.init_image and blob:
-            # The client's file, sent with the request: it runs from a copy here.
-            copy = uploads / f"{rid}-{Path(request.init_image).name}"
-            copy.write_bytes(blob)
-            request = dataclasses.replace(request, init_image=str(copy))
-        side = message.get("preview_side")
-
-        def on_step(preview: StepPreview) -> None:
-            image = preview.image
-            if image is not None and isinstance(side, int) and side > 0:
-                image = image.copy()
-                image.thumbnail((side, side))
-            frame = {
-                "type": "step",
-                "id": rid,
-                "step": preview.step,
-                "total": preview.total,
-                "elapsed_s": preview.elapsed_s,
-            }
-            out.send(frame, png(image) if image is not None else b"")
-
-        result = engine.generate(request, on_step=on_step, cancel=cancels.get(rid) or threading.Event())
-        image = result.image
-        return {"result": encode(dataclasses.replace(result, image=None))}, png(image) if image is not None else b""
-    raise ValueError(f"unknown request type {kind!r}")
+            Path(request.init_image).unlink(missing_ok=True)
+    image = result.image
+    return {"result": encode(dataclasses.replace(result, image=None))}, png(image) if image is not None else b""

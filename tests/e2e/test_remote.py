@@ -14,7 +14,7 @@ from spatiora_tui.config import settings_to_toml
 from spatiora_tui.engine.api import EngineError, GenerationRequest, StepPreview
 from spatiora_tui.outputs import read_metadata
 from spatiora_tui.remote import client
-from spatiora_tui.remote.client import RemoteEngine
+from spatiora_tui.remote.client import RemoteEngine, pipe
 from tests.e2e.terminals import REPO
 from tests.e2e.test_cli import assert_one_line_failure, spatiora
 from tests.helpers import small_settings
@@ -28,19 +28,53 @@ def server_argv(root: Path) -> list[str]:
     return [sys.executable, "-m", "spatiora_tui", "serve", "--stdio", "--config", str(config)]
 
 
-def test_a_server_that_dies_mid_generation_is_an_engine_error_not_a_hang(tmp_path: Path, cache_dir: Path) -> None:
-    engine = RemoteEngine(server_argv(tmp_path))
+def test_a_link_that_drops_mid_generation_fails_that_call_and_the_next_one_reconnects(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    engine = RemoteEngine(pipe(server_argv(tmp_path)))
     engine.load()
+    first = engine._link
 
     def kill_at_step_two(preview: StepPreview) -> None:
         if preview.step == 2:
-            engine._proc.kill()
+            first.proc.kill()
 
-    with pytest.raises(EngineError, match="engine server stopped"):
+    with pytest.raises(EngineError, match="engine server stopped.*the next request reconnects"):
         engine.generate(GenerationRequest(prompt="a loft", task="base", seed=1, steps=6), on_step=kill_at_step_two)
-    with pytest.raises(EngineError, match="engine server stopped"):
-        engine.generate(GenerationRequest(prompt="again", task="base", seed=1))
+    result = engine.generate(GenerationRequest(prompt="again", task="base", seed=1, steps=2))
+    assert result.image is not None and engine.reconnects == 1, "a new server, its model loaded again"
+    assert engine._link is not first and engine.model is not None
     engine.close()
+    with pytest.raises(EngineError, match="closed"):
+        engine.generate(GenerationRequest(prompt="after close", task="base"))
+
+
+def test_the_server_stops_a_generation_within_a_step_when_its_client_is_gone(tmp_path: Path, cache_dir: Path) -> None:
+    """ssh dropping closes the server's stdin: the running image stops at its next step and the
+    server exits, instead of running the other 494 steps for nobody."""
+    import time
+
+    engine = RemoteEngine(pipe(server_argv(tmp_path)))
+    engine.load()
+    link = engine._link
+    seen: list[float] = []
+
+    def drop_at_step_two(preview: StepPreview) -> None:
+        seen.append(preview.elapsed_s)
+        if preview.step == 2:
+            link.proc.stdin.close()  # what the server sees when the link drops
+
+    try:  # the cancelled result may still reach this side before the server exits, or not
+        result = engine.generate(
+            GenerationRequest(prompt="a loft", task="base", seed=1, steps=500), on_step=drop_at_step_two
+        )
+        assert result.cancelled and result.steps_done < 500
+    except EngineError as exc:
+        assert "the next request reconnects" in str(exc)
+    step_s = seen[1] - seen[0]
+    started = time.monotonic()
+    assert link.proc.wait(timeout=60) == 0
+    assert time.monotonic() - started < 30 + 50 * step_s, "stopped, not run to its 500th step"
 
 
 def test_a_server_of_another_version_is_refused_naming_both(
@@ -48,15 +82,15 @@ def test_a_server_of_another_version_is_refused_naming_both(
 ) -> None:
     monkeypatch.setattr(client, "__version__", "0.0.1")
     with pytest.raises(EngineError, match=r"server is spatiora \S+ .* this is spatiora 0\.0\.1"):
-        RemoteEngine(server_argv(tmp_path))
+        RemoteEngine(pipe(server_argv(tmp_path)))
 
 
 def test_a_server_that_cannot_start_says_why(tmp_path: Path) -> None:
     with pytest.raises(EngineError, match="cannot start the engine server"):
-        RemoteEngine([str(tmp_path / "no-such-program")])
+        RemoteEngine(pipe([str(tmp_path / "no-such-program")]))
     bad = [sys.executable, "-m", "spatiora_tui", "serve", "--stdio", "--config", str(tmp_path / "missing.toml")]
     with pytest.raises(EngineError, match="engine server stopped: .*missing.toml"):
-        RemoteEngine(bad)
+        RemoteEngine(pipe(bad))
 
 
 # -- through a real sshd on loopback ---------------------------------------------------------------
@@ -112,7 +146,9 @@ def test_generate_runs_on_the_engine_over_ssh_and_saves_here(sshd, tmp_path: Pat
 @pytest.mark.parametrize(
     ("url", "code", "words"),
     [
-        ("http://gpu-box", 2, "--engine takes ssh://"),
+        ("ftp://gpu-box", 2, "--engine takes ssh://"),
+        ("http://gpu-box", 2, "give the server's port"),
+        ("unix://tmp/s.sock", 2, "a socket address is unix:// and an absolute path"),
         ("ssh://me:secret@gpu-box", 2, "no password in the address"),
         ("ssh://127.0.0.1:1", 1, "engine server stopped: ssh: connect to host 127.0.0.1 port 1"),
     ],
@@ -176,7 +212,7 @@ def test_the_servers_hardware_and_peaks_reach_the_client_also_while_it_generates
 ) -> None:
     from spatiora_tui.remote.telemetry import RemoteTelemetry
 
-    engine = RemoteEngine(server_argv(tmp_path))
+    engine = RemoteEngine(pipe(server_argv(tmp_path)))
     engine.load()
     telemetry = RemoteTelemetry(engine, where="gpu-box")
     seen = []

@@ -16,7 +16,7 @@ import pytest
 from spatiora_tui.config import AdapterRef, TaskSettings
 from spatiora_tui.engine.api import Engine, EngineError, GenerationRequest, StepPreview
 from spatiora_tui.notices import NoticeKind, of_kind
-from spatiora_tui.remote.client import RemoteEngine
+from spatiora_tui.remote.client import RemoteEngine, pipe
 from tests.fake_engine import FakeEngine
 from tests.helpers import small_settings
 
@@ -55,7 +55,7 @@ def engine(
 
         config = root / "config.toml"
         config.write_text(settings_to_toml(settings), encoding="utf-8")
-        eng = RemoteEngine([sys.executable, "-m", "spatiora_tui", "serve", "--stdio", "--config", str(config)])
+        eng = RemoteEngine(pipe([sys.executable, "-m", "spatiora_tui", "serve", "--stdio", "--config", str(config)]))
     eng.load()
     yield eng
     if isinstance(eng, RemoteEngine):
