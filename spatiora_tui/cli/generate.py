@@ -68,8 +68,9 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--engine",
         metavar="URL",
-        help="run on another machine through your ssh: ssh://[user@]host[:port][/path/to/config.toml] "
-        "(spatiora installed there; its config's tasks and model; images saved here)",
+        help="run on another engine: ssh://[user@]host[:port][/path/to/config.toml] through your ssh, or a shared "
+        "`spatiora serve --http` at unix:///path/to/engine.sock or http://127.0.0.1:PORT "
+        "(its config's tasks and model; images saved here)",
     )
 
 

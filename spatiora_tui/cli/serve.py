@@ -1,45 +1,96 @@
-"""`spatiora serve --stdio`: the engine for one client over stdin/stdout (spatiora_tui/remote)."""
+"""`spatiora serve`: the engine for other processes (spatiora_tui/remote): one client over
+stdin/stdout (--stdio, what `ssh HOST spatiora serve --stdio` starts), or several in turn over a
+Unix socket or loopback HTTP (--http)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from spatiora_tui.cli.common import EXIT_OK, UsageError
-from spatiora_tui.config import Settings
+from spatiora_tui.config import Settings, user_state_dir
+
+if TYPE_CHECKING:
+    from spatiora_tui.engine.local import LocalEngine
+    from spatiora_tui.hw.telemetry import Telemetry
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     serve = sub.add_parser(
         "serve",
         parents=[common],
-        help="run the engine for a client over stdin/stdout (what `ssh HOST spatiora serve --stdio` starts)",
-        description="Run the engine for one client: frames on stdin and stdout, logs on stderr. Started "
-        "through ssh, SSH is the authentication and the encryption, and nothing listens on a port.",
+        help="run the engine for other processes: --stdio (one client, through ssh) or --http (shared)",
+        description="Run the engine for clients in other processes. --stdio: one client, frames on stdin and "
+        "stdout (started by `--engine ssh://HOST`; SSH is the authentication and the encryption). --http: "
+        "several clients in turn, on a Unix socket only you may open (default) or 127.0.0.1:PORT with a token; "
+        "nothing listens on a network.",
     )
-    serve.add_argument(
-        "--stdio", action="store_true", help="speak the protocol on stdin/stdout (the only transport yet)"
+    how = serve.add_mutually_exclusive_group()
+    how.add_argument("--stdio", action="store_true", help="speak the protocol on stdin/stdout")
+    how.add_argument(
+        "--http",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="serve clients in turn on a Unix socket (default: STATE_DIR/engine.sock; or a path) or on "
+        "127.0.0.1:PORT (a token is written to STATE_DIR/serve-token); needs the http extra",
     )
     serve.set_defaults(run=run)
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
+    if args.http is not None:
+        return _http(settings, args.http)
     if not args.stdio:
-        raise UsageError("say how to serve: --stdio (for `ssh HOST spatiora serve --stdio`)")
+        raise UsageError("say how to serve: --stdio (for `ssh HOST spatiora serve --stdio`) or --http [ADDRESS]")
     if sys.stdin.isatty() or sys.stdout.isatty():
         raise UsageError("serve --stdio speaks a binary protocol to a program, not to a terminal")
     # Frames go to the real stdout; anything a library prints goes to stderr instead of into them.
     frames_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    from spatiora_tui.engine.local import LocalEngine
-    from spatiora_tui.hw.telemetry import Telemetry
     from spatiora_tui.remote.server import serve
 
-    telemetry = Telemetry.from_settings(settings)
-    telemetry.start()  # what the client's hardware pane shows: this machine's GPU, CPU and RAM
+    engine, telemetry = _engine(settings)
     try:
-        serve(LocalEngine(settings, telemetry=telemetry), sys.stdin.buffer, frames_out, telemetry)
+        serve(engine, sys.stdin.buffer, frames_out, telemetry)
     finally:
         telemetry.stop()
     return EXIT_OK
+
+
+def _http(settings: Settings, address: str) -> int:
+    from spatiora_tui.remote.http import AddressError, listener, run
+    from spatiora_tui.remote.server import Hub
+
+    try:
+        where = listener(address, user_state_dir())
+    except AddressError as exc:
+        raise UsageError(str(exc)) from None
+    engine, telemetry = _engine(settings)
+    hub = Hub(engine, telemetry)
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    try:
+        say("loading the model…")
+        engine.load(on_progress=lambda text: say(f"  {text}"))
+        run(hub, where, say)
+    except AddressError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        hub.close()
+        telemetry.stop()
+    return EXIT_OK
+
+
+def _engine(settings: Settings) -> tuple[LocalEngine, Telemetry]:
+    """The engine and its telemetry (sampling: what the clients' hardware panes show)."""
+    from spatiora_tui.engine.local import LocalEngine
+    from spatiora_tui.hw.telemetry import Telemetry
+
+    telemetry = Telemetry.from_settings(settings)
+    telemetry.start()
+    return LocalEngine(settings, telemetry=telemetry), telemetry

@@ -15,7 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--engine",
         metavar="URL",
-        help="the engine on another machine, through your ssh: ssh://[user@]host[:port][/path/to/config.toml]; "
+        help="the engine in another process: ssh://[user@]host[:port][/path/to/config.toml] (through your ssh), "
+        "unix:///path/to/engine.sock or http://127.0.0.1:PORT (a shared `spatiora serve --http`); "
         "the UI runs here (its images drawn by this terminal), the model there",
     )
     parser.add_argument(
@@ -60,10 +61,9 @@ def _engine(settings: Settings, args: argparse.Namespace) -> tuple[Any, Any, Set
 
         telemetry = Telemetry.from_settings(settings)
         return LocalEngine(settings, telemetry=telemetry), telemetry, settings
-    from urllib.parse import urlsplit
-
+    from spatiora_tui.remote.connect import describe
     from spatiora_tui.remote.telemetry import RemoteTelemetry
 
     settings, engine = remote_engine(settings, args)
-    remote = RemoteTelemetry(engine, hz=min(settings.ui.hardware_hz, 2.0), where=urlsplit(args.engine).hostname or "")
+    remote = RemoteTelemetry(engine, hz=min(settings.ui.hardware_hz, 2.0), where=describe(args.engine))
     return engine, remote, settings

@@ -1,8 +1,18 @@
-"""`--engine ssh://[user@]host[:port][/path/to/config.toml]`: the command that starts the engine
-server on another machine through the user's own ssh (their keys, agent, ProxyJump and
-known_hosts from ~/.ssh/config). SSH is the authentication and the encryption; nothing listens.
+"""`--engine URL`: where the engine runs when it is not in this process.
 
-Two environment variables adjust it, as GIT_SSH_COMMAND does for git:
+    ssh://[user@]host[:port][/path/to/config.toml]
+        `spatiora serve --stdio` started on that machine through the user's own ssh (their keys,
+        agent, ProxyJump and known_hosts from ~/.ssh/config). SSH is the authentication and the
+        encryption; nothing listens. Each client gets its own engine there.
+    unix:///path/to/engine.sock
+        a `spatiora serve --http` on this machine (or a socket forwarded with ssh -L), shared
+        with its other clients in turn.
+    http://127.0.0.1:PORT
+        the same on loopback TCP, with the server's token ($SPATIORA_TOKEN, else the token file
+        a server of this user on this machine wrote). ray://HOST:PORT is a Ray Serve ingress
+        (`spatiora serve --ray`), reached the same way.
+
+Two environment variables adjust the ssh form, as GIT_SSH_COMMAND does for git:
     SPATIORA_SSH             the ssh command (default "ssh"), e.g. "ssh -i ~/.ssh/gpu_box"
     SPATIORA_REMOTE_COMMAND  what runs spatiora on the other machine (default "spatiora"),
                              e.g. "~/spatiora/.venv/bin/spatiora"
@@ -12,11 +22,19 @@ from __future__ import annotations
 
 import os
 import shlex
-from urllib.parse import urlsplit
+from pathlib import Path
+from urllib.parse import SplitResult, urlsplit
 
+from spatiora_tui.config import user_state_dir
 from spatiora_tui.engine.api import EngineError
 
-USAGE = "--engine takes ssh://[user@]host[:port][/path/to/config.toml], e.g. ssh://me@gpu-box"
+USAGE = (
+    "--engine takes ssh://[user@]host[:port][/path/to/config.toml], unix:///path/to/engine.sock "
+    "or http://127.0.0.1:PORT, e.g. ssh://me@gpu-box"
+)
+#: The environment variable a client's token comes from.
+TOKEN_ENV = "SPATIORA_TOKEN"
+SCHEMES = ("ssh", "unix", "http", "ray")
 
 
 class EngineUrlError(ValueError):
@@ -24,9 +42,64 @@ class EngineUrlError(ValueError):
 
 
 def server_argv(url: str) -> list[str]:
-    """The local command whose stdin/stdout are the engine server's."""
+    """For ssh://: the local command whose stdin/stdout are the engine server's."""
+    parts = _split(url)
+    ssh = shlex.split(os.environ.get("SPATIORA_SSH", "ssh"))
+    if parts.port is not None:
+        ssh += ["-p", str(parts.port)]
+    host = f"{parts.username}@{parts.hostname}" if parts.username else parts.hostname
+    remote = os.environ.get("SPATIORA_REMOTE_COMMAND", "spatiora") + " serve --stdio"
+    if parts.path not in ("", "/"):
+        remote += f" --config {shlex.quote(parts.path)}"
+    return [*ssh, str(host), remote]
+
+
+def describe(url: str) -> str:
+    """The other machine, for the hardware pane's title."""
     parts = urlsplit(url)
-    if parts.scheme != "ssh" or not parts.hostname:
+    return "this machine" if parts.scheme == "unix" else parts.hostname or url
+
+
+def connect(url: str) -> object:
+    """A RemoteEngine for `url` (hello and the server's state done); EngineUrlError for an
+    address that is not one, EngineError when the server cannot be reached or refuses."""
+    from spatiora_tui.remote.client import RemoteEngine, pipe
+
+    parts = _split(url)
+    try:
+        if parts.scheme == "ssh":
+            return RemoteEngine(pipe(server_argv(url)))
+        from spatiora_tui.remote.websocket import websocket
+
+        if parts.scheme == "unix":
+            return RemoteEngine(websocket(f"unix:{parts.path}"))
+        where = f"[{parts.hostname}]:{parts.port}" if ":" in str(parts.hostname) else f"{parts.hostname}:{parts.port}"
+        return RemoteEngine(websocket(where, token()))
+    except EngineError as exc:
+        raise EngineError(f"{url}: {exc}") from None
+
+
+def token() -> str | None:
+    """The token for an http:// server: $SPATIORA_TOKEN, else this user's server's token file."""
+    if os.environ.get(TOKEN_ENV):
+        return os.environ[TOKEN_ENV].strip()
+    try:
+        return (user_state_dir() / "serve-token").read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
+def _split(url: str) -> SplitResult:
+    parts = urlsplit(url)
+    if parts.scheme not in SCHEMES:
+        raise EngineUrlError(f"{url!r}: {USAGE}")
+    if parts.scheme == "unix":
+        if not parts.path or parts.netloc:
+            raise EngineUrlError(f"{url!r}: a socket address is unix:// and an absolute path, e.g. unix:///tmp/s.sock")
+        if not Path(parts.path).is_absolute():
+            raise EngineUrlError(f"{url!r}: the socket path must be absolute")
+        return parts
+    if not parts.hostname:
         raise EngineUrlError(f"{url!r}: {USAGE}")
     try:
         port = parts.port
@@ -34,21 +107,6 @@ def server_argv(url: str) -> list[str]:
         raise EngineUrlError(f"{url!r}: the port is not a number; {USAGE}") from None
     if parts.password is not None:
         raise EngineUrlError(f"{url!r}: no password in the address; ssh asks for it, or use a key")
-    ssh = shlex.split(os.environ.get("SPATIORA_SSH", "ssh"))
-    if port is not None:
-        ssh += ["-p", str(port)]
-    host = f"{parts.username}@{parts.hostname}" if parts.username else parts.hostname
-    remote = os.environ.get("SPATIORA_REMOTE_COMMAND", "spatiora") + " serve --stdio"
-    if parts.path not in ("", "/"):
-        remote += f" --config {shlex.quote(parts.path)}"
-    return [*ssh, host, remote]
-
-
-def connect(url: str) -> object:
-    """A RemoteEngine through `url` (hello and the server's state done); EngineError otherwise."""
-    from spatiora_tui.remote.client import RemoteEngine
-
-    try:
-        return RemoteEngine(server_argv(url))
-    except EngineError as exc:
-        raise EngineError(f"{url}: {exc}") from None
+    if parts.scheme != "ssh" and port is None:
+        raise EngineUrlError(f"{url!r}: give the server's port, e.g. {parts.scheme}://127.0.0.1:8765")
+    return parts

@@ -5,6 +5,7 @@ and the real engine differ, a test here fails for the fake, and the tests that l
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import threading
@@ -37,12 +38,13 @@ def contract_settings(root: Path):
     return dataclasses.replace(settings, tasks=(*settings.tasks, weightless))
 
 
-@pytest.fixture(scope="module", params=["fake", "local", "remote"])
+@pytest.fixture(scope="module", params=["fake", "local", "remote", "http"])
 def engine(
     request: pytest.FixtureRequest, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Engine]:
     root = tmp_path_factory.mktemp("contract")
     settings = contract_settings(root)
+    stack = contextlib.ExitStack()
     if request.param == "fake":
         eng: Engine = FakeEngine(settings)
     elif request.param == "local":
@@ -50,16 +52,26 @@ def engine(
 
         eng = LocalEngine(settings, cache_dir=cache_dir)
     else:
-        # LocalEngine in a `spatiora serve --stdio` process, through frames on its pipes.
         from spatiora_tui.config import settings_to_toml
 
         config = root / "config.toml"
         config.write_text(settings_to_toml(settings), encoding="utf-8")
-        eng = RemoteEngine(pipe([sys.executable, "-m", "spatiora_tui", "serve", "--stdio", "--config", str(config)]))
+        if request.param == "remote":
+            # LocalEngine in a `spatiora serve --stdio` process, through frames on its pipes.
+            argv = [sys.executable, "-m", "spatiora_tui", "serve", "--stdio", "--config", str(config)]
+            eng = RemoteEngine(pipe(argv))
+        else:
+            # LocalEngine in a `spatiora serve --http` process (uvicorn), through its websocket.
+            from spatiora_tui.remote.websocket import websocket
+            from tests.http_server import http_server
+
+            server = stack.enter_context(http_server(config))
+            eng = RemoteEngine(websocket(f"unix:{server.socket}"))
     eng.load()
     yield eng
     if isinstance(eng, RemoteEngine):
         eng.close()
+    stack.close()
 
 
 def ask(**changes: object) -> GenerationRequest:

@@ -1,0 +1,258 @@
+"""`spatiora serve --http`: one engine for several clients on one box (FastAPI on uvicorn).
+
+The engine speaks the same frames as over stdio, one per binary message on the websocket
+/v1/engine; every client is a Connection of one Hub, so clients take turns (remote/server.py).
+Plain GET /v1/hello (version, protocol) and /v1/queue (the jobs of every client, no prompts)
+are there for scripts and monitoring.
+
+Nothing listens on a network by default: the server binds a Unix socket that only its owner may
+open (0600, in a 0700 folder). On 127.0.0.1:PORT every request needs the token the server writes
+to a 0600 file at start (`Authorization: Bearer TOKEN`); other machines reach it through
+`ssh -L`, which encrypts. Addresses that are not loopback are refused.
+
+Needs the http extra (`pip install 'spatiora-tui[http]'`): fastapi, uvicorn, websockets.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations (Request,
+# WebSocket) at run time, and those classes are imported inside build_app.
+import asyncio
+import contextlib
+import errno
+import hmac
+import ipaddress
+import itertools
+import os
+import secrets
+import socket
+import stat
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spatiora_tui import __version__
+from spatiora_tui.atomic import write_bytes
+from spatiora_tui.remote.frames import FrameError, pack, unpack
+from spatiora_tui.remote.server import PROTOCOL, Hub
+from spatiora_tui.remote.websocket import ENGINE_PATH, MAX_MESSAGE
+
+INSTALL = "serve --http needs FastAPI and uvicorn: pip install 'spatiora-tui[http]'"
+#: The longest path a Unix socket can have (sun_path, Linux).
+MAX_SOCKET_PATH = 107
+
+
+class AddressError(ValueError):
+    """An address serve --http cannot or will not listen on; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Listener:
+    """Where the server listens: a Unix socket, or loopback TCP with a token."""
+
+    socket_path: Path | None = None
+    host: str = ""
+    port: int = 0
+    token_file: Path | None = None
+
+    @property
+    def client_url(self) -> str:
+        """What a client passes to --engine."""
+        return f"unix://{self.socket_path}" if self.socket_path is not None else f"http://{self.host}:{self.port}"
+
+
+def listener(address: str, state_dir: Path) -> Listener:
+    """Parse serve --http's address: "" (a socket in the state folder), a socket path, or
+    HOST:PORT on loopback (token kept in the state folder)."""
+    if not address:
+        address = str(state_dir / "engine.sock")
+    if "/" in address or address.endswith(".sock"):
+        path = Path(address).expanduser().absolute()
+        if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+            raise AddressError(
+                f"{path}: a Unix socket's path is at most {MAX_SOCKET_PATH} bytes; give a shorter one, "
+                "e.g. serve --http /tmp/spatiora.sock"
+            )
+        return Listener(socket_path=path)
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise AddressError(f"{address!r}: give a socket path or HOST:PORT, e.g. serve --http 127.0.0.1:8765")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise AddressError(
+            f"{host}: serve --http listens on this machine only (a Unix socket or 127.0.0.1), because plain "
+            "HTTP is not encrypted. Reach it from another machine with ssh -L 8765:127.0.0.1:8765 HOST, "
+            "or use --engine ssh://HOST"
+        )
+    return Listener(host=host, port=int(port), token_file=state_dir / "serve-token")
+
+
+def build_app(hub: Hub, token: str | None) -> Any:
+    """The FastAPI app: /v1/engine (websocket), /v1/hello, /v1/queue; `token` is needed by each
+    request when it is not None."""
+    try:
+        from fastapi import FastAPI, HTTPException, Request, WebSocket
+        from starlette.concurrency import run_in_threadpool
+    except ImportError:
+        raise AddressError(INSTALL) from None
+
+    app = FastAPI(title="Spatiora engine", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    numbers = itertools.count(1)
+
+    def allowed(headers: Mapping[str, str]) -> bool:
+        if token is None:
+            return True
+        given = headers.get("authorization", "").encode()
+        return hmac.compare_digest(given, f"Bearer {token}".encode())
+
+    def require(request: Request) -> None:
+        if not allowed(request.headers):
+            raise HTTPException(401, "a token is needed: Authorization: Bearer TOKEN (from the server's token file)")
+
+    @app.get("/v1/hello")
+    def hello(request: Request) -> dict[str, Any]:
+        require(request)
+        return {"version": __version__, "protocol": PROTOCOL}
+
+    @app.get("/v1/queue")
+    def jobs(request: Request) -> dict[str, Any]:
+        require(request)
+        return {"jobs": hub.queue()}
+
+    @app.websocket(ENGINE_PATH)
+    async def engine(ws: WebSocket) -> None:
+        if not allowed(ws.headers):
+            await ws.close(code=1008, reason="the token is missing or wrong")  # before accept: HTTP 403
+            return
+        await ws.accept()
+        loop = asyncio.get_running_loop()
+
+        def send(message: dict[str, Any], blob: bytes) -> None:
+            future = asyncio.run_coroutine_threadsafe(ws.send_bytes(pack(message, blob)), loop)
+            try:
+                future.result()
+            except Exception as exc:
+                raise ConnectionError(f"the client is gone: {exc}") from None
+
+        connection = hub.connect(f"client {next(numbers)}", send)
+        problem = ""
+        try:
+            while True:
+                received = await ws.receive()
+                if received["type"] == "websocket.disconnect":
+                    break
+                data = received.get("bytes")
+                try:
+                    if data is None:
+                        raise FrameError("frames are binary messages; this one was text")
+                    message, blob = unpack(data)
+                except FrameError as exc:
+                    problem = str(exc)
+                    await run_in_threadpool(connection.refuse, problem)
+                    break
+                await run_in_threadpool(connection.receive, message, blob)
+        except Exception as exc:  # the socket broke: the connection ends like a disconnect
+            problem = problem or f"{type(exc).__name__}: {exc}"
+        finally:
+            connection.close()
+            with contextlib.suppress(Exception):
+                await ws.close(code=1008 if problem else 1000, reason=problem[:120])
+
+    return app
+
+
+@contextlib.contextmanager
+def bound(where: Listener) -> Iterator[tuple[socket.socket, str | None]]:
+    """The listening socket and the token clients need (None on a Unix socket), removed after."""
+    if where.socket_path is None:
+        assert where.token_file is not None
+        try:
+            sock = socket.create_server((where.host, where.port), family=_family(where.host))
+        except OSError as exc:
+            raise AddressError(f"cannot listen on {where.host}:{where.port}: {exc.strerror or exc}") from None
+        token = secrets.token_urlsafe(32)
+        where.token_file.parent.mkdir(parents=True, exist_ok=True)
+        old = os.umask(0o177)
+        try:
+            write_bytes(where.token_file, (token + "\n").encode())
+        finally:
+            os.umask(old)
+        os.chmod(where.token_file, 0o600)
+        try:
+            yield sock, token
+        finally:
+            sock.close()
+            where.token_file.unlink(missing_ok=True)
+        return
+    path = where.socket_path
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _clear_stale(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)  # the socket is born 0600: no moment when others may connect
+    try:
+        sock.bind(str(path))
+    except OSError as exc:
+        sock.close()
+        raise AddressError(f"cannot listen on {path}: {exc.strerror or exc}") from None
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(64)
+    try:
+        yield sock, None
+    finally:
+        sock.close()
+        path.unlink(missing_ok=True)
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _clear_stale(path: Path) -> None:
+    """Remove a socket left by a server that died; refuse when one still answers there."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise AddressError(f"{path} exists and is not a socket; give another path")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError as exc:
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            path.unlink(missing_ok=True)
+            return
+        raise AddressError(f"cannot use {path}: {exc.strerror or exc}") from None
+    finally:
+        probe.close()
+    raise AddressError(f"another engine server is listening on {path}; stop it first, or give another path")
+
+
+def uvicorn_server(hub: Hub, token: str | None) -> Any:
+    """A uvicorn.Server for build_app(hub, token), to run on sockets bound by bound()."""
+    try:
+        import uvicorn
+    except ImportError:
+        raise AddressError(INSTALL) from None
+    app = build_app(hub, token)
+    config = uvicorn.Config(app, log_level="warning", ws_max_size=MAX_MESSAGE, ws_ping_interval=None, lifespan="off")
+    return uvicorn.Server(config)
+
+
+def run(hub: Hub, where: Listener, say: Callable[[str], object]) -> None:
+    """Serve until interrupted (ctrl+c or SIGTERM)."""
+    with bound(where) as (sock, token):
+        server = uvicorn_server(hub, token)
+        if token is None:
+            say(f"serving on {where.socket_path} (only this user may connect); clients: --engine {where.client_url}")
+        else:
+            say(
+                f"serving on http://{where.host}:{where.port}, token in {where.token_file}; clients: "
+                f"SPATIORA_TOKEN=$(cat {where.token_file}) spatiora --engine {where.client_url}"
+            )
+        server.run(sockets=[sock])

@@ -1,0 +1,244 @@
+"""`serve --http` in this process: uvicorn on a Unix socket in a thread, the fake engine behind it.
+Frames over the websocket (hypothesis, 1,000 per kind), the token, the socket's permissions and
+the addresses refused. The real subprocess and the real engine are in tests/e2e/test_http.py
+and the contract suite."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import stat
+import struct
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, unix_connect
+
+from spatiora_tui import __version__
+from spatiora_tui.engine.api import EngineError, GenerationRequest
+from spatiora_tui.remote import frames
+from spatiora_tui.remote.client import RemoteEngine
+from spatiora_tui.remote.frames import pack, unpack
+from spatiora_tui.remote.http import AddressError, Listener, bound, listener, uvicorn_server
+from spatiora_tui.remote.server import PROTOCOL, Hub
+from spatiora_tui.remote.websocket import ENGINE_PATH, MAX_MESSAGE, websocket
+from tests.fake_engine import FakeEngine
+from tests.helpers import small_settings
+
+
+@contextlib.contextmanager
+def served(hub: Hub, where: Listener) -> Iterator[str | None]:
+    """uvicorn serving `hub` on `where` in a thread; yields the token (None on a socket)."""
+    with bound(where) as (sock, token):
+        server = uvicorn_server(hub, token)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        while not server.started:
+            time.sleep(0.01)
+        try:
+            yield token
+        finally:
+            server.should_exit = True
+            thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def folder() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="sp-", dir="/tmp"))  # a socket path has at most 107 bytes
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def hub(folder: Path) -> Iterator[Hub]:
+    engine = FakeEngine(small_settings(folder))
+    engine.load()
+    hub = Hub(engine)
+    with served(hub, Listener(socket_path=folder / "e.sock")):
+        yield hub
+    hub.close()
+
+
+def open_ws(folder: Path) -> ClientConnection:
+    return unix_connect(str(folder / "e.sock"), f"ws://localhost{ENGINE_PATH}", max_size=MAX_MESSAGE, compression=None)
+
+
+def answers(ws: ClientConnection) -> Iterator[dict[str, Any]]:
+    """Frames until the server closes the connection."""
+    try:
+        while True:
+            data = ws.recv(timeout=10)
+            assert isinstance(data, bytes), "the server sends frames only"
+            yield unpack(data)[0]
+    except ConnectionClosed:
+        return
+
+
+@pytest.fixture(scope="module")
+def watcher(hub: Hub, folder: Path) -> Iterator[ClientConnection]:
+    """Another client, connected throughout: after each bad frame it must still be answered."""
+    ws = open_ws(folder)
+    yield ws
+    ws.close()
+
+
+def still_served(ws: ClientConnection, rid: int) -> None:
+    ws.send(pack({"type": "hello", "id": rid}))
+    frame = unpack(ws.recv(timeout=10))[0]  # type: ignore[arg-type]
+    assert (frame["type"], frame["id"], frame["protocol"]) == ("ok", rid, PROTOCOL)
+
+
+def test_the_socket_is_born_for_its_owner_only(hub: Hub, folder: Path) -> None:
+    mode = (folder / "e.sock").stat().st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+
+
+def test_a_second_server_on_a_live_socket_is_refused_and_a_stale_one_is_replaced(hub: Hub, folder: Path) -> None:
+    with pytest.raises(AddressError, match="another engine server is listening"), bound(Listener(folder / "e.sock")):
+        pass
+    stale = folder / "stale.sock"
+    dead = socket.socket(socket.AF_UNIX)
+    dead.bind(str(stale))
+    dead.close()  # a server that died left its socket behind
+    with bound(Listener(stale)) as (sock, token):
+        assert token is None and sock.getsockname() == str(stale)
+    assert not stale.exists(), "removed when the server stops"
+    (folder / "file.sock").write_text("not a socket")
+    with pytest.raises(AddressError, match="is not a socket"), bound(Listener(folder / "file.sock")):
+        pass
+
+
+@pytest.mark.parametrize(
+    ("address", "words"),
+    [
+        ("0.0.0.0:8765", "listens on this machine only"),
+        ("gpu-box.example:8765", "listens on this machine only"),
+        ("127.0.0.1:http", "give a socket path or HOST:PORT"),
+        ("/" + "x" * 120 + "/e.sock", "at most 107 bytes"),
+    ],
+)
+def test_addresses_that_would_expose_the_engine_or_cannot_work_are_refused(address: str, words: str) -> None:
+    with pytest.raises(AddressError, match=words):
+        listener(address, Path("/tmp"))
+
+
+def test_the_default_is_a_socket_in_the_state_folder_and_tcp_is_loopback_with_a_token_file() -> None:
+    assert listener("", Path("/run/me")) == Listener(socket_path=Path("/run/me/engine.sock"))
+    assert listener("127.0.0.1:8765", Path("/s")) == Listener(
+        host="127.0.0.1", port=8765, token_file=Path("/s/serve-token")
+    )
+    assert listener("[::1]:9", Path("/s")).host == "::1"
+
+
+def test_on_tcp_every_request_needs_the_token(folder: Path) -> None:
+    engine = FakeEngine(small_settings(folder))
+    engine.load()
+    hub = Hub(engine)
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    where = Listener(host="127.0.0.1", port=port, token_file=folder / "tcp" / "serve-token")
+    with served(hub, where) as token:
+        assert token and stat.S_IMODE(where.token_file.stat().st_mode) == 0o600  # type: ignore[union-attr]
+        assert where.token_file.read_text().strip() == token  # type: ignore[union-attr]
+        for wrong in (None, "guess"):
+            with pytest.raises(EngineError, match=r"refused this client \(403\).*SPATIORA_TOKEN"):
+                RemoteEngine(websocket(f"127.0.0.1:{port}", wrong))
+            headers = {"Authorization": f"Bearer {wrong}"} if wrong else {}
+            with pytest.raises(urllib.error.HTTPError, match="401"):
+                urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/v1/queue", headers=headers))
+        client = RemoteEngine(websocket(f"127.0.0.1:{port}", token), name="alice@laptop")
+        request = GenerationRequest(prompt="a loft", task="base", seed=1, steps=2)
+        assert client.generate(request).image is not None
+        hello = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/hello", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert json.load(urllib.request.urlopen(hello)) == {"version": __version__, "protocol": PROTOCOL}
+        client.close()
+    assert not where.token_file.exists(), "the token goes with the server"  # type: ignore[union-attr]
+    hub.close()
+
+
+# -- frames over the websocket: what hypothesis throws at it ---------------------------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
+KINDS = st.sampled_from(
+    ["generate", "switch_task", "prefetch", "load", "state", "models", "cancel", "queue", "hardware", "nope"]
+)
+FIELDS = st.dictionaries(st.sampled_from(["request", "name", "task", "target", "job", "source", "client"]), JSON)
+
+
+def wrong_lengths() -> st.SearchStrategy[bytes]:
+    """A valid JSON part under a header whose lengths do not add up (or are over the limits)."""
+    body = json.dumps({"type": "hello", "id": 1}).encode()
+    lengths = st.tuples(
+        st.integers(0, 2 * len(body)) | st.just(frames.MAX_JSON + 1), st.integers(0, 64) | st.just(frames.MAX_BLOB + 1)
+    )
+    return lengths.filter(lambda n: n != (len(body), 0)).map(lambda n: struct.pack(">II", *n) + body)
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=64) | wrong_lengths() | st.text(max_size=16))
+def test_bytes_that_are_no_frame_close_that_connection_with_a_reason_and_others_go_on(
+    folder: Path, watcher: ClientConnection, data: bytes | str
+) -> None:
+    with open_ws(folder) as ws:
+        ws.send(data)
+        said = list(answers(ws))
+    try:
+        valid = isinstance(data, bytes) and unpack(data)[0] is not None
+    except frames.FrameError:
+        valid = False
+    if not valid:
+        assert said and said[-1]["type"] == "error" and said[-1]["kind"] == "frame", said
+    still_served(watcher, 1)
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(KINDS, FIELDS), min_size=1, max_size=3))
+def test_wellformed_frames_with_wrong_fields_each_get_an_answer_and_others_go_on(
+    folder: Path, watcher: ClientConnection, batch: list[Any]
+) -> None:
+    with open_ws(folder) as ws:
+        for n, (kind, fields) in enumerate(batch):
+            ws.send(pack({**fields, "type": kind, "id": 100 + n}))
+        ws.send(pack({"type": "hello", "id": 99}))
+        answered: set[int] = set()
+        for frame in answers(ws):
+            assert frame["type"] in ("ok", "error", "step", "progress", "queued"), frame
+            if frame["type"] in ("ok", "error"):
+                answered.add(frame["id"])
+            if answered >= {99, *(100 + n for n in range(len(batch)))}:
+                break
+        else:
+            raise AssertionError(f"the connection closed with {answered} answered")
+    still_served(watcher, 2)
+
+
+def test_an_oversized_message_is_refused_at_the_websocket_and_others_go_on(
+    folder: Path, watcher: ClientConnection
+) -> None:
+    ws = unix_connect(str(folder / "e.sock"), f"ws://localhost{ENGINE_PATH}", max_size=None, compression=None)
+    with contextlib.suppress(ConnectionClosed):
+        ws.send(b"\0" * (MAX_MESSAGE + 1))
+    with pytest.raises(ConnectionClosed) as closed:
+        ws.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009, "message too big"
+    still_served(watcher, 3)
