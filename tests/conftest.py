@@ -9,6 +9,7 @@ fixtures) are in tests/helpers.py.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,15 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Tiny]:
         path, config, pipe = write_checkpoint(root / key, family, inpaint)
         made[key] = Tiny(family, inpaint, path, config, pipe)
     return made
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(cache_dir: Path) -> Iterator[None]:
+    """A local Ray for the Ray Serve tests (the serve extra), started once per session: its
+    workers inherit this environment (the demo cache). Skipped when Ray is not installed."""
+    pytest.importorskip("ray.serve", reason="the serve extra (ray[serve]) is not installed")
+    from tests.ray_app import start_ray, stop_ray
+
+    start_ray()
+    yield
+    stop_ray()

@@ -37,10 +37,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
         help="serve clients in turn on a Unix socket (default: STATE_DIR/engine.sock; or a path) or on "
         "127.0.0.1:PORT (a token is written to STATE_DIR/serve-token); needs the http extra",
     )
+    how.add_argument(
+        "--ray",
+        nargs="?",
+        const="127.0.0.1:8000",
+        metavar="HOST:PORT",
+        help="deploy the engine as a Ray Serve application on the Ray cluster of this machine (or $RAY_ADDRESS), "
+        "one replica per GPU; clients use --engine ray://HOST:PORT with the token it writes; needs the serve extra",
+    )
+    serve.add_argument("--replicas", type=int, metavar="N", help="with --ray: engine replicas (default: one per GPU)")
     serve.set_defaults(run=run)
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
+    if args.ray is not None:
+        return _ray(settings, args)
     if args.http is not None:
         return _http(settings, args.http)
     if not args.stdio:
@@ -83,6 +94,69 @@ def _http(settings: Settings, address: str) -> int:
     finally:
         hub.close()
         telemetry.stop()
+    return EXIT_OK
+
+
+def _ray(settings: Settings, args: argparse.Namespace) -> int:
+    """Deploy the Ray Serve app and keep it up until ctrl+c (then take it down)."""
+    import secrets
+    import signal
+    import threading
+
+    from spatiora_tui.remote.http import AddressError, listener
+
+    try:
+        where = listener(args.ray, user_state_dir())
+    except AddressError as exc:
+        raise UsageError(str(exc).replace("serve --http", "serve --ray")) from None
+    if where.socket_path is not None:
+        raise UsageError("serve --ray listens on HOST:PORT (Ray Serve's HTTP proxy), e.g. serve --ray 127.0.0.1:8000")
+    config = settings.source_file  # read again by each replica: on a cluster, from storage every node sees
+    try:
+        import ray
+        from ray import serve
+
+        from spatiora_tui.remote import ray_serve
+    except ImportError:
+        raise UsageError("serve --ray needs Ray Serve: pip install 'spatiora-tui[serve]'") from None
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = os.environ.get("RAY_ADDRESS") or None  # None: a cluster `ray start` began here, else a new one
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        raise UsageError(f"cannot join the Ray cluster at {address or 'this machine'}: {exc}") from None
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    replicas = args.replicas or max(gpus, 1)
+    token = secrets.token_urlsafe(32)
+    assert where.token_file is not None
+    where.token_file.parent.mkdir(parents=True, exist_ok=True)
+    old = os.umask(0o177)
+    try:
+        where.token_file.write_text(token + "\n", encoding="utf-8")
+    finally:
+        os.umask(old)
+    say(f"deploying {replicas} engine replica(s) ({'1 GPU each' if gpus else 'no GPU in this cluster: CPU'})…")
+    try:
+        url = ray_serve.deploy(config, token, replicas, 1 if gpus else 0, where.host, where.port)
+        say(
+            f"serving on http://{where.host}:{where.port}, token in {where.token_file}; clients: "
+            f"SPATIORA_TOKEN=$(cat {where.token_file}) spatiora --engine {url}"
+        )
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+    finally:
+        say("taking the application down…")
+        serve.shutdown()
+        ray.shutdown()
+        where.token_file.unlink(missing_ok=True)
     return EXIT_OK
 
 

@@ -38,7 +38,7 @@ def contract_settings(root: Path):
     return dataclasses.replace(settings, tasks=(*settings.tasks, weightless))
 
 
-@pytest.fixture(scope="module", params=["fake", "local", "remote", "http"])
+@pytest.fixture(scope="module", params=["fake", "local", "remote", "http", pytest.param("ray", marks=pytest.mark.ray)])
 def engine(
     request: pytest.FixtureRequest, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Engine]:
@@ -60,13 +60,21 @@ def engine(
             # LocalEngine in a `spatiora serve --stdio` process, through frames on its pipes.
             argv = [sys.executable, "-m", "spatiora_tui", "serve", "--stdio", "--config", str(config)]
             eng = RemoteEngine(pipe(argv))
-        else:
+        elif request.param == "http":
             # LocalEngine in a `spatiora serve --http` process (uvicorn), through its websocket.
             from spatiora_tui.remote.websocket import websocket
             from tests.http_server import http_server
 
             server = stack.enter_context(http_server(config))
             eng = RemoteEngine(websocket(f"unix:{server.socket}"))
+        else:
+            # The Ray Serve app on a local Ray: ingress, board and one engine replica.
+            from spatiora_tui.remote.websocket import websocket
+            from tests.ray_app import TOKEN, deployed
+
+            request.getfixturevalue("ray_cluster")
+            where = stack.enter_context(deployed(config))
+            eng = RemoteEngine(websocket(where, TOKEN))
     eng.load()
     yield eng
     if isinstance(eng, RemoteEngine):
