@@ -136,6 +136,7 @@ class EngineReplica:
         self.switches = 0  # generations that switched the active set first (resident: milliseconds)
         self.requests = 0
         self._digests: dict[tuple[str, int, int], str] = {}
+        self._ids: dict[str, str] = {}
         threading.Thread(target=self._report, name="spatiora-report", daemon=True).start()
 
     @serve.multiplexed(max_num_models_per_replica=MAX_SETS)
@@ -161,6 +162,19 @@ class EngineReplica:
             found[task.name] = multiplexed_id(base, task.name, adapters)
         return found
 
+    def _id_for(self, message: dict[str, Any]) -> str:
+        """A call routed without a multiplexed id (another router) still holds its task's set
+        through the same LRU, so what is held is counted alike whatever routed the call."""
+        request = message.get("request")
+        task = message.get("name") if message.get("type") == "switch_task" else None
+        if isinstance(request, dict):
+            task = request.get("task")
+        if not isinstance(task, str):
+            return ""
+        if task not in self._ids:
+            self._ids = self.ids()
+        return self._ids.get(task, "")
+
     def stats(self) -> dict[str, Any]:
         """What the routing comparison counts (benchmarks/ray_routing.py)."""
         return {"replica": self.name, "loads": self.loads, "switches": self.switches, "requests": self.requests}
@@ -170,7 +184,7 @@ class EngineReplica:
         rid = int(message["id"])
         self.requests += 1
         yield {"type": "queued", "id": rid, "replica": self.name}, b""
-        model_id = serve.get_multiplexed_model_id()
+        model_id = serve.get_multiplexed_model_id() or self._id_for(message)
         if model_id:
             try:
                 await self.adapter_set(model_id)
@@ -387,13 +401,19 @@ def _said(exc: BaseException) -> str:
     return text[-1] if text else type(exc).__name__
 
 
-def application(config: Path | None, token: str | None, replicas: int, gpus_per_replica: float) -> Any:
-    """The bound application `serve.run` deploys (`config` None: the default settings)."""
+def application(
+    config: Path | None, token: str | None, replicas: int, gpus_per_replica: float, router: Any = None
+) -> Any:
+    """The bound application `serve.run` deploys (`config` None: the default settings; `router`
+    a RequestRouterConfig for the engine replicas, where Ray's own routing is not wanted)."""
     where = str(config) if config is not None else None
     board = Board.bind()
-    engine = EngineReplica.options(
+    options: dict[str, Any] = dict(
         num_replicas=replicas, ray_actor_options={"num_cpus": 0, "num_gpus": gpus_per_replica}
-    ).bind(where, board)
+    )
+    if router is not None:
+        options["request_router_config"] = router
+    engine = EngineReplica.options(**options).bind(where, board)
     return Ingress.bind(engine, board, where, token)
 
 
@@ -410,11 +430,19 @@ def build(args: dict[str, Any]) -> Any:
     )
 
 
-def deploy(config: Path | None, token: str | None, replicas: int, gpus_per_replica: float, host: str, port: int) -> str:
+def deploy(
+    config: Path | None,
+    token: str | None,
+    replicas: int,
+    gpus_per_replica: float,
+    host: str,
+    port: int,
+    router: Any = None,
+) -> str:
     """Deploy the application on the Ray cluster `ray.init` joined (or started): Serve's HTTP
     proxy on host:port. Returns the address clients pass to --engine."""
     serve.start(http_options={"host": host, "port": port})
-    serve.run(application(config, token, replicas, gpus_per_replica), name=APP_NAME, route_prefix="/")
+    serve.run(application(config, token, replicas, gpus_per_replica, router), name=APP_NAME, route_prefix="/")
     return f"ray://{host}:{port}"
 
 

@@ -52,14 +52,22 @@ def stats() -> dict[str, dict[str, int]]:
 
 def test_calls_of_one_task_go_to_the_replica_holding_its_set_and_a_busy_holder_spills(app: str) -> None:
     engine = RemoteEngine(websocket(app, TOKEN), name="alice")
-    before = stats()
-    for seed in range(4):
-        assert engine.generate(ask("interior", seed)).image is not None
-    after = stats()
-    served = {name: after[name]["requests"] - before[name]["requests"] for name in after}
-    loads = sum(after[name]["loads"] - before[name]["loads"] for name in after)
-    assert sorted(served.values()) == [0, 4], f"one replica served them all: {served}"
-    assert loads <= 1, "the set was brought in once (or was already held)"
+    assert engine.generate(ask("interior")).image is not None  # some replica brings the set in
+    # Replicas tell Ray's routers what they hold every 0.1 s, asynchronously: a call right after
+    # the load may not know yet. So: probes of 8 calls, one of which must stay on the holder
+    # with no new load (a router blind to sets would do that with odds of 1 in 128).
+    for _probe in range(3):
+        time.sleep(1.0)
+        before = stats()
+        for seed in range(8):
+            assert engine.generate(ask("interior", seed)).image is not None
+        after = stats()
+        served = sorted(after[name]["requests"] - before.get(name, {}).get("requests", 0) for name in after)
+        loads = sum(after[name]["loads"] - before.get(name, {}).get("loads", 0) for name in after)
+        if served == [0, 8] and loads == 0:
+            break
+    else:
+        raise AssertionError(f"calls of one task did not stay on the replica holding its set: {served}, {loads} loads")
     # Two at once: the holder is busy (max_ongoing_requests=1), so Ray sends the second to the
     # other replica, which brings the set in (Ray's documented behaviour for a busy holder).
     other = RemoteEngine(websocket(app, TOKEN), name="bob")
