@@ -143,6 +143,12 @@ def client_name() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
+#: Calls that open a new link when the last one dropped: what the user asked for. Polls (state,
+#: hardware, queue) do not, so a server that is down is not dialled twice a second (over ssh,
+#: that could be a password prompt each time).
+RECONNECTING = frozenset({"load", "switch_task", "models", "switch_model", "generate"})
+
+
 class _LinkDown(Exception):
     """A frame could not be sent: the link is gone (the message says why)."""
 
@@ -198,7 +204,11 @@ class RemoteEngine:
         return decode_as(AdapterSwitch, reply["switch"])
 
     def prefetch(self, task: str) -> None:
-        self._call({"type": "prefetch", "task": task})
+        """A hint, as LocalEngine's is: a link that is down is for the switch to report."""
+        try:
+            self._call({"type": "prefetch", "task": task})
+        except EngineError:
+            pass
 
     def models(self) -> tuple[ModelChoice, ...]:
         reply, _ = self._call({"type": "models"})
@@ -305,7 +315,8 @@ class RemoteEngine:
                 if self._loaded is not None and self._model is None:
                     self.load(source=self._loaded[0])
             except EngineError as exc:
-                raise EngineError(f"{before}; reconnecting failed: {exc}") from None
+                again = str(exc)
+                raise EngineError(again if again == before else f"{before}; reconnecting failed: {again}") from None
             self.reconnects += 1
 
     def _refresh(self) -> None:
@@ -324,7 +335,7 @@ class RemoteEngine:
     ) -> tuple[dict[str, Any], bytes]:
         if self._closed:
             raise EngineError("the link to the engine is closed")
-        if self._dead is not None and message["type"] != "hello":
+        if self._dead is not None and message["type"] in RECONNECTING:
             self._reconnect()
         rid = next(self._ids)
         replies: queue.Queue[tuple[dict[str, Any], bytes]] = queue.Queue()

@@ -73,8 +73,11 @@ class RemoteTelemetry:
         while not self._stop.is_set():
             try:
                 self.sample()
-            except Exception:  # the link went down: the engine's calls say so; keep trying
-                pass
+            except Exception:  # the link is down: the pane says so; the next request reconnects
+                latest = self._latest
+                if latest is not None and not (latest.link or "").startswith("down"):
+                    self._latest = dataclasses.replace(latest, link="down · next request reconnects")
+                    self._listeners.tell(self._latest)
             self._stop.wait(1.0 / self.hz)
 
     def peaks_by_task(self) -> dict[str, Peak]:

@@ -234,3 +234,37 @@ def test_the_servers_hardware_and_peaks_reach_the_client_also_while_it_generates
 
 def test_serve_needs_a_transport_and_a_program_on_the_other_end(tmp_path: Path) -> None:
     assert_one_line_failure(spatiora("serve", cwd=tmp_path), 2, "say how to serve: --stdio")
+
+
+def test_a_dropped_link_fails_the_running_job_and_the_queue_goes_on_through_a_new_link(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """The queue lives in the client's Session (and its queue file): when the server dies mid-job,
+    that job fails saying so (the user may retry it) and the queued jobs run on a new link."""
+    from spatiora_tui.jobs.job import JobState
+    from spatiora_tui.jobs.session import Session
+
+    engine = RemoteEngine(pipe(server_argv(tmp_path)))
+    engine.load()
+    session = Session(engine, small_settings(tmp_path), output_dir=tmp_path / "out")
+    first = session.submit(GenerationRequest(prompt="a loft", task="base", seed=1, steps=6))
+    rest = [session.submit(GenerationRequest(prompt="a flat", task="floorplan", seed=s, steps=2)) for s in (2, 3)]
+    link = engine._link
+
+    def kill_at_step_two(job, preview: StepPreview) -> None:
+        if job.id == first.id and preview.step == 2:
+            link.proc.kill()
+
+    assert session.wants_runner()
+    while session.run_next(on_step=kill_at_step_two):
+        pass
+    assert first.state is JobState.FAILED and "the next request reconnects" in (first.error or "")
+    assert [job.state for job in rest] == [JobState.DONE, JobState.DONE]
+    assert engine.reconnects == 1 and len(list((tmp_path / "out").glob("*.png"))) == 2
+    retried = session.retry(first.id)
+    assert retried is not None and session.wants_runner()
+    while session.run_next():
+        pass
+    assert retried.state is JobState.DONE
+    session.close()
+    engine.close()
