@@ -21,6 +21,8 @@ that fails or runs out of time is recorded as such and the next one runs):
   previews   benchmarks/previews.py: preview cost per method on the SDXL VAE
   sdxl       `spatiora bench` on the SDXL architecture, 1024x1024, 25 steps
   bf16       `spatiora bench` on SD 1.5 in bf16
+  offload-*  [model] offload none / model / group / sequential on SDXL 1024x1024: load, VRAM held,
+             image time and peak, an in-place adapter swap, images compared with mode none
 
 Random weights throughout (nothing is downloaded): compute and memory are the real models'.
 The figures are reported, not asserted.
@@ -173,6 +175,25 @@ SECTIONS = (
     ),
     Section("sdxl", "spatiora bench, SDXL 1024x1024 25 steps fp16", _bench("sdxl", "1024x1024"), 180),
     Section("bf16", "spatiora bench, SD 1.5 512x512 25 steps bf16", _bench("sd15", "512x512", "BF16_CONFIG"), 90),
+    *(
+        Section(
+            f"offload-{mode}",
+            f"[model] offload = {mode}: SDXL 1024x1024 25 steps fp16, peak VRAM, image time, an in-place swap",
+            lambda dry, out, mode=mode: [
+                sys.executable,
+                __file__,
+                "--section",
+                "offload",
+                "--mode",
+                mode,
+                "--json",
+                str(out),
+                *(["--dry-run"] if dry else []),
+            ],
+            240 if mode == "sequential" else 120,
+        )
+        for mode in ("none", "model", "group", "sequential")
+    ),
 )
 
 
@@ -184,7 +205,12 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated sections to run (default: all)")
     parser.add_argument("--section", help=argparse.SUPPRESS)  # a child process: run one in-process section
     parser.add_argument("--json", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", help=argparse.SUPPRESS)  # the offload section's mode
     args = parser.parse_args()
+    if args.section == "offload":
+        figures = offload_section(args.dry_run, args.mode, Path(args.json).parent)
+        Path(args.json).write_text(json.dumps(figures, indent=2, default=str), encoding="utf-8")
+        return
     if args.section:
         figures = {"env": env_section, "gauge": gauge_section}[args.section](args.dry_run)
         Path(args.json).write_text(json.dumps(figures, indent=2, default=str), encoding="utf-8")
@@ -373,6 +399,72 @@ def gauge_section(dry: bool) -> dict[str, Any]:
     for row in rows:
         print(" | ".join(f"{k} {v:.0f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
     print(json.dumps(figures["oom"], indent=2, default=str))
+    return figures
+
+
+def offload_section(dry: bool, mode: str, shared: Path) -> dict[str, Any]:
+    """One offload mode on the SDXL architecture: load, VRAM held, an image (time, peak), then a
+    task switch whose adapter takes the first one's place (resident_max = 1: in place where the
+    weights are on the device, loaded where they live in the offload hooks) and that task's image,
+    compared with the same image under mode none (written to `shared` by that section)."""
+    import dataclasses
+
+    import numpy as np
+
+    from spatiora_tui.bench.arch import engine_parts
+    from spatiora_tui.config import load_settings
+    from spatiora_tui.engine.api import GenerationRequest
+    from spatiora_tui.engine.local import LocalEngine
+    from spatiora_tui.hw.sampler import HardwareSampler
+
+    arch, size, steps, device = ("demo", (64, 64), 4, "cpu") if dry else ("sdxl", (1024, 1024), 25, "cuda")
+    torch = None
+    if not dry:
+        import torch
+    figures: dict[str, Any] = {"mode": mode, "arch": arch, "size": size, "steps": steps}
+    with tempfile.TemporaryDirectory(prefix="spatiora-offload-") as tmp:
+        base = load_settings()
+        first, second = base.tasks[0].name, base.tasks[1].name
+        settings, loader = engine_parts(base, arch, (first, second), steps, size, Path(tmp) / "adapters", device=device)
+        model = dataclasses.replace(settings.model, offload="none" if dry else mode)  # type: ignore[arg-type]
+        adapters = dataclasses.replace(settings.adapters, resident_max=1, fuse=False)
+        settings = dataclasses.replace(settings, model=model, adapters=adapters)
+        engine = LocalEngine(settings, loader=loader)
+        t0 = time.perf_counter()
+        info = engine.load()
+        figures["load_s"] = time.perf_counter() - t0
+        figures["offload"] = info.offload
+        if torch is not None:
+            figures["allocated_after_load_mb"] = torch.cuda.memory_allocated() / MB
+        request = GenerationRequest(prompt="a floor plan", task=first, seed=1)
+        engine.generate(request)  # warm-up: the adapter comes in, kernels are chosen
+        if torch is not None:
+            torch.cuda.reset_peak_memory_stats()
+        result = engine.generate(request)
+        figures["image_s"] = (result.timings.image_ms or 0) / 1000
+        figures["first_preview_s"] = (result.timings.first_preview_ms or 0) / 1000
+        figures["peak_allocated_mb"] = result.memory.cuda_max_allocated_mb
+        figures["peak_reserved_mb"] = result.memory.cuda_max_reserved_mb
+        gpu = HardwareSampler().sample().gpu
+        figures["nvml_process_after_mb"] = gpu.process_memory_mb if gpu else None
+        switch = engine.switch_task(second)
+        figures["switch_ms"] = switch.duration_ms
+        figures["switch_paths"] = list(switch.paths)
+        other = engine.generate(dataclasses.replace(request, task=second))
+        figures["second_image_s"] = (other.timings.image_ms or 0) / 1000
+        images = {
+            "first": np.asarray(result.image, dtype=np.int16),
+            "second": np.asarray(other.image, dtype=np.int16),
+        }
+        reference = shared / "offload-none.npz"
+        if mode == "none":
+            np.savez(reference, **images)
+        elif reference.exists():
+            saved = np.load(reference)
+            for key, image in images.items():
+                diff = np.abs(image - saved[key])
+                figures[f"{key}_vs_none"] = {"max_abs": int(diff.max()), "mean_abs": float(diff.mean())}
+    print(json.dumps(figures, indent=2, default=str))
     return figures
 
 

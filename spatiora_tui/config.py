@@ -198,6 +198,26 @@ class ModelSettings:
             "architecture. Empty: the shipped one."
         ),
     )
+    offload: Literal["auto", "none", "model", "sequential", "group"] = field(
+        default="auto",
+        metadata=_doc(
+            "Keep weights in RAM and bring them to the GPU as they are needed, for GPUs the model does "
+            "not fit: model (each component in turn; small cost), group (blocks streamed in; more saved), "
+            "sequential (layer by layer; least VRAM, slowest), none (all on the GPU). auto: none when "
+            "the model and its working memory fit the free VRAM at load, else model, else sequential. "
+            "CUDA only (none elsewhere)."
+        ),
+    )
+    vae_tiling: bool = field(
+        default=False,
+        metadata=_doc(
+            "Decode images in overlapping tiles: big images in little VRAM (faint seams are possible). "
+            "A decode that runs out of memory is retried tiled either way."
+        ),
+    )
+    vae_slicing: bool = field(
+        default=False, metadata=_doc("Decode a batch one image at a time (less VRAM for batches).")
+    )
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ class NoticeKind(str, Enum):
     ADAPTER_FAMILY = "adapter family"  # a task's adapter is for another model family
     PREVIEW_FALLBACK = "preview fallback"  # the configured preview method cannot run; latent2rgb does
     INIT_IMAGE = "init image"  # the init image was converted (alpha flattened, cropped...)
+    OFFLOAD = "offload"  # a setting the offload mode turned off (fused adapters)
 
 
 class Notice(str):

@@ -110,9 +110,12 @@ def adapter_name(task: str) -> str:
     return f"bench_{task}"
 
 
-def random_components(arch: str, dtype: Any, parts: Sequence[str], seed: int = 0) -> dict[str, Any]:
+def random_components(
+    arch: str, dtype: Any, parts: Sequence[str], seed: int = 0, device: str = "cpu"
+) -> dict[str, Any]:
     """The named components of `arch` from the shipped configs, random weights, built in `dtype`
-    (never a float32 copy first)."""
+    (never a float32 copy first) on `device` (on a GPU the random init takes seconds, where the
+    CPU's half-precision kernels take minutes for SDXL)."""
     import diffusers
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -134,7 +137,8 @@ def random_components(arch: str, dtype: Any, parts: Sequence[str], seed: int = 0
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        return {part: builders[part]().eval() for part in parts}
+        with torch.device(device):
+            return {part: builders[part]().eval() for part in parts}
     finally:
         torch.set_default_dtype(previous)
 
@@ -142,7 +146,7 @@ def random_components(arch: str, dtype: Any, parts: Sequence[str], seed: int = 0
 def _random_pipeline(
     arch: str, model_settings: ModelSettings, say: Callable[[str], object], seed: int
 ) -> tuple[Any, Any]:
-    from spatiora_tui.engine.pipeline import dtype_label, quiet_libraries, resolve_device, resolve_dtype
+    from spatiora_tui.engine.pipeline import dtype_label, place, quiet_libraries, resolve_device, resolve_dtype
 
     quiet_libraries()
     import diffusers
@@ -154,7 +158,8 @@ def _random_pipeline(
     dtype = resolve_dtype(model_settings.dtype, device)
     say(f"building the {arch} architecture with random weights")
     xl = arch == "sdxl"
-    parts = random_components(arch, dtype, ("unet", "vae", "text_encoder", *(("text_encoder_2",) if xl else ())), seed)
+    names = ("unet", "vae", "text_encoder", *(("text_encoder_2",) if xl else ()))
+    parts = random_components(arch, dtype, names, seed, device="cuda" if device == "cuda" else "cpu")
     scheduler = diffusers.EulerDiscreteScheduler.from_config(
         diffusers.EulerDiscreteScheduler.load_config(CONFIGS / arch / "scheduler")
     )
@@ -175,7 +180,7 @@ def _random_pipeline(
             requires_safety_checker=False,
         )
     pipe.set_progress_bar_config(disable=True)
-    pipe.to(device)
+    offload = place(pipe, device, model_settings, FAMILY[arch], say)
     info = ModelInfo(
         name=f"{arch} architecture (random weights)",
         source=f"random:{arch}",
@@ -184,5 +189,6 @@ def _random_pipeline(
         device=device,
         dtype=dtype_label(dtype),
         random_weights=True,
+        offload=offload,
     )
     return pipe, info

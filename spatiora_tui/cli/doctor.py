@@ -83,9 +83,30 @@ def _doctor_device(settings: Settings, row: Callable[[str, str], None], problems
     from spatiora_tui.engine.pipeline import resolve_device
 
     try:
-        row("device", f"{resolve_device(settings.model.device)} (model.device = {settings.model.device})")
+        device = resolve_device(settings.model.device)
+        row("device", f"{device} (model.device = {settings.model.device})")
     except EngineError as exc:
         problems.append(str(exc))
+        return
+    from spatiora_tui.engine.pipeline import choose_offload
+
+    offload = settings.model.offload
+    try:
+        choose_offload(offload, device, None, 0, 0, "sd1")  # refuses a mode the device cannot do
+    except EngineError as exc:
+        problems.append(str(exc))
+        return
+    if device != "cuda":
+        row("offload", f"none (model.offload = {offload}; nothing to offload to on {device})")
+    elif offload == "auto":
+        free = torch.cuda.mem_get_info()[0] / 2**20
+        row("offload", f"auto: chosen at load from the free VRAM ({free:,.0f} MB free now)")
+    else:
+        row("offload", offload)
+    tiling = [
+        name for name, on in (("tiling", settings.model.vae_tiling), ("slicing", settings.model.vae_slicing)) if on
+    ]
+    row("VAE", ", ".join(tiling) or "whole images (tiled only after running out of memory)")
 
 
 def _doctor_nvml(row: Callable[[str, str], None]) -> None:

@@ -115,7 +115,9 @@ def start_engine(settings: Settings, task: Any, engine: Any = None) -> tuple[Any
     model = engine.load(on_progress=lambda msg: status(f"{msg}…"), source=task.model)
     status(None)
     print(
-        f"model: {model.name} · {model.variant or model.family_label} · {model.device} {model.dtype}", file=sys.stderr
+        f"model: {model.name} · {model.variant or model.family_label} · {model.device} {model.dtype}"
+        + (f" · offload {model.offload}" if model.offload != "none" else ""),
+        file=sys.stderr,
     )
     if model.random_weights:
         print(DEMO_NOTE, file=sys.stderr)

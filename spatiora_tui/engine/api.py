@@ -167,6 +167,8 @@ class ModelInfo:
     sha256: str | None = None
     #: The step-preview method in use ("latent2rgb", "TAESD", "VAE"; "" when previews are off).
     preview: str = ""
+    #: How the weights sit on the device: none (all there), model, group or sequential offload.
+    offload: str = "none"
 
     @property
     def short_hash(self) -> str | None:

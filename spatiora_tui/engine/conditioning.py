@@ -108,7 +108,11 @@ def _encode(pipe: Any, text: str, sdxl: bool) -> Encoded:
     encoders = [(pipe.tokenizer, pipe.text_encoder)]
     if sdxl:
         encoders.append((pipe.tokenizer_2, pipe.text_encoder_2))
-    device = pipe.text_encoder.device if pipe.text_encoder is not None else pipe.text_encoder_2.device
+    # Where the encoders run: under offload they wait in RAM and the pipeline's hooks bring them
+    # to its execution device, where their outputs (and so the weights below) then are.
+    device = getattr(pipe, "_execution_device", None) or (
+        pipe.text_encoder.device if pipe.text_encoder is not None else pipe.text_encoder_2.device
+    )
     per_encoder: list[list[Any]] = []
     pooled = None
     for tokenizer, encoder in encoders:

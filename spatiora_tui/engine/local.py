@@ -227,6 +227,13 @@ class LocalEngine:
             dirs.append(demo_adapters)
         self._pipe, self._model, self._img2img = pipe, model, None
         adapters = self._settings.adapters
+        # Layer-by-layer offload keeps weights in its hooks, not in the modules: fusing an adapter
+        # into them would write into placeholders. Such a model runs its adapters unfused.
+        fuse = adapters.fuse and model.offload not in ("sequential", "group")
+        if adapters.fuse and not fuse:
+            self._notices.append(
+                Notice(NoticeKind.OFFLOAD, f"[adapters] fuse is off with {model.offload} offload: adapters run unfused")
+            )
         self._loras = LoraManager(
             pipe,
             model.family,
@@ -234,7 +241,7 @@ class LocalEngine:
             adapters.resident_max,
             adapters.ram_cache_mb,
             adapters.resident_mb,
-            adapters.fuse,
+            fuse,
             allow_pickle=self._settings.security.allow_pickle,
             library_dirs=folders.loras,
         )

@@ -368,7 +368,8 @@ def load_pipeline(
             # Local, private design work: the NSFW filter blacks out architecture renders at random.
             pipe.safety_checker = None
         failpoints.hit("load")
-        pipe.to(device)  # where a model too big for the GPU runs out of memory
+        family = checkpoint.variant.family if checkpoint is not None else detect_family(pipe)
+        offload = place(pipe, device, settings, family, say)  # where a model too big for the GPU runs out of memory
     except EngineError as exc:
         failure = str(exc)
     except Exception as exc:
@@ -386,8 +387,10 @@ def load_pipeline(
         if failure is not None:
             raise EngineError(failure)
         where = "GPU memory" if device == "cuda" else "memory"
+        hint = '[model] offload = "model" (or "sequential"), ' if device == "cuda" else ""
         raise EngineOOM(
-            f'out of {where} while loading {source.name}; try dtype = "fp16", a smaller model, or close other programs'
+            f"out of {where} while loading {source.name}; set {hint}"
+            'dtype = "fp16", use a smaller model, or close other programs'
         )
 
     pipe.set_progress_bar_config(disable=True)
@@ -395,14 +398,79 @@ def load_pipeline(
         name=f"{source.name} (random weights)" if source.kind == "demo" else source.name,
         source=settings.source,
         kind=source.kind,
-        family=checkpoint.variant.family if checkpoint is not None else detect_family(pipe),
+        family=family,
         variant=checkpoint.variant.label if checkpoint is not None else "",
         sha256=sha256,
         device=device,
         dtype=dtype_label(dtype),
         random_weights=source.kind == "demo",
+        offload=offload,
     )
     return pipe, info, demo_adapters
+
+
+#: Working memory on top of the weights while generating at the family's usual size (denoising
+#: activations, the allocator's cache, the VAE decode). SD 1.x: measured on the H200 at 512²
+#: (docs/gpu.md: 2,057 MB of weights, 4,498 MB reserved while denoising); SD 2.x and SDXL scaled by
+#: their latents' pixels (768², 1024²) until a GPU run measures them.
+WORKING_MB = {"sd1": 2_500, "sd2": 5_600, "sdxl": 10_000}
+OFFLOADS = ("none", "model", "group", "sequential")
+
+
+def module_bytes(module: Any) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters()) if module is not None else 0
+
+
+def choose_offload(
+    setting: str, device: str, free_mb: float | None, weights_mb: float, largest_mb: float, family: str
+) -> str:
+    """The offload mode a load uses: `setting` itself, or for "auto" the least offload that fits
+    the free VRAM (all on the GPU, else one component at a time, else layer by layer). Off a CUDA
+    device there is nothing to offload to: "none", and an explicit mode is an error."""
+    if device != "cuda":
+        if setting not in ("auto", "none"):
+            raise EngineError(f'[model] offload = "{setting}" needs a CUDA GPU; this runs on {device}: use "auto"')
+        return "none"
+    if setting != "auto":
+        return setting
+    working = WORKING_MB.get(family, WORKING_MB["sdxl"])
+    if free_mb is None or free_mb >= weights_mb + working:
+        return "none"
+    if free_mb >= largest_mb + working:
+        return "model"
+    return "sequential"
+
+
+def place(pipe: Any, device: str, settings: ModelSettings, family: str, say: Callable[[str], object]) -> str:
+    """Put the pipeline on `device` as [model] offload says; returns the mode used. VAE tiling
+    and slicing as [model] asks."""
+    import torch
+
+    components = [getattr(pipe, name, None) for name in ("unet", "text_encoder", "text_encoder_2", "vae")]
+    sizes = [module_bytes(c) / 2**20 for c in components]
+    free_mb = None
+    if device == "cuda" and settings.offload == "auto":
+        free_mb = torch.cuda.mem_get_info()[0] / 2**20
+    mode = choose_offload(settings.offload, device, free_mb, sum(sizes), max(sizes), family)
+    if mode == "none":
+        pipe.to(device)
+    else:
+        why = f" ({free_mb:,.0f} MB free for {sum(sizes):,.0f} MB of weights)" if free_mb is not None else ""
+        say(f"offload: {mode}{why}")
+        pipe.to("cpu")  # the offload's home; it brings each part to the GPU when it runs
+        if mode == "model":
+            pipe.enable_model_cpu_offload(device=device)
+        elif mode == "sequential":
+            pipe.enable_sequential_cpu_offload(device=device)
+        else:
+            pipe.enable_group_offload(
+                onload_device=torch.device(device), offload_type="block_level", num_blocks_per_group=1, use_stream=True
+            )
+    if settings.vae_tiling:
+        pipe.vae.enable_tiling()
+    if settings.vae_slicing:
+        pipe.vae.enable_slicing()
+    return mode
 
 
 def _load_from_hub(repo_id: str, common: dict[str, Any]) -> Any:

@@ -260,7 +260,8 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self.refresh_bindings()
 
     def _show_model(self, model: Any) -> None:
-        self.sub_title = f"{model.name} · {model.variant or model.family_label} · {model.device} {model.dtype}"
+        offload = f" · offload {model.offload}" if model.offload != "none" else ""
+        self.sub_title = f"{model.name} · {model.variant or model.family_label} · {model.device} {model.dtype}{offload}"
         self.task_pane.set_model(model.name)
         self.preview_pane.set_method(model.preview)
 

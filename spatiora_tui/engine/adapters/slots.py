@@ -65,7 +65,12 @@ class DeviceSlots:
     def placement(self) -> tuple[Any, Any]:
         """The UNet's (device, dtype)."""
         if self._where is None:
-            self._where = (self._pipe.unet.device, self._pipe.unet.dtype)
+            import torch
+
+            device = self._pipe.unet.device
+            # Offloaded layer by layer, the UNet's parameters are placeholders ("meta"): an
+            # adapter is given to the loader in RAM, which the offload hooks then manage.
+            self._where = (torch.device("cpu") if device.type == "meta" else device, self._pipe.unet.dtype)
         return self._where
 
     def bring(self, name: str, adapter: AdapterFile, keep: set[str]) -> str:
@@ -212,6 +217,8 @@ class DeviceSlots:
                 if layer is None or slot not in layer.lora_A:
                     return False
                 slot_down, slot_up = layer.lora_A[slot].weight, layer.lora_B[slot].weight
+                if slot_down.device.type == "meta":
+                    return False  # offloaded layer by layer: the weights live in the offload hooks
                 rank = down.shape[0]
                 if (
                     rank > slot_down.shape[0]
