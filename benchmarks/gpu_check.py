@@ -440,7 +440,7 @@ def offload_section(dry: bool, mode: str, shared: Path) -> dict[str, Any]:
         engine.generate(request)  # warm-up: the adapter comes in, kernels are chosen
         if torch is not None:
             torch.cuda.reset_peak_memory_stats()
-        result = engine.generate(request)
+        result = engine.generate(request, on_step=lambda preview: None)  # previews on, as in the UI
         figures["image_s"] = (result.timings.image_ms or 0) / 1000
         figures["first_preview_s"] = (result.timings.first_preview_ms or 0) / 1000
         figures["peak_allocated_mb"] = result.memory.cuda_max_allocated_mb

@@ -98,9 +98,18 @@ def engine_parts(
     )
 
     def load(model_settings: Any, cache_dir: Path, on_progress: Callable[[str], object] | None = None) -> Any:
-        pipe, info = build_pipeline(arch, model_settings, cache_dir, on_progress or say)
+        # The adapters are drawn on the UNet's real weights: offload (which may leave only
+        # placeholders in the modules) comes after; "auto" is "none" for these random models.
+        offload = model_settings.offload
+        pipe, info = build_pipeline(
+            arch, dataclasses.replace(model_settings, offload="none"), cache_dir, on_progress or say
+        )
         say(f"writing {len(names)} rank-{rank} task adapters…")
         write_random_adapters(pipe, adapters_dir, names, rank)
+        if offload not in ("none", "auto") and info.device == "cuda":
+            from spatiora_tui.engine.pipeline import place
+
+            info = dataclasses.replace(info, offload=place(pipe, info.device, model_settings, info.family, say))
         return pipe, info, None
 
     return bench_settings, load

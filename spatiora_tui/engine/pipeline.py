@@ -409,11 +409,11 @@ def load_pipeline(
     return pipe, info, demo_adapters
 
 
-#: Working memory on top of the weights while generating at the family's usual size (denoising
-#: activations, the allocator's cache, the VAE decode). SD 1.x: measured on the H200 at 512²
-#: (docs/gpu.md: 2,057 MB of weights, 4,498 MB reserved while denoising); SD 2.x and SDXL scaled by
-#: their latents' pixels (768², 1024²) until a GPU run measures them.
-WORKING_MB = {"sd1": 2_500, "sd2": 5_600, "sdxl": 10_000}
+#: What a process holds on the GPU beyond the weights while generating at the family's usual
+#: size (denoising activations, the allocator's cache, the VAE decode, the CUDA context), as NVML
+#: counts it. Measured on the H200 (docs/gpu.md): SD 1.x at 512², 5,186 MB held with 2,057 MB of
+#: weights; SDXL at 1024², 16,812 MB with 6,732 MB. SD 2.x (768²) is SD 1.x's scaled by pixels.
+WORKING_MB = {"sd1": 3_100, "sd2": 7_000, "sdxl": 10_100}
 OFFLOADS = ("none", "model", "group", "sequential")
 
 

@@ -105,7 +105,9 @@ def _from_hub_cache(name: str) -> Any | None:
 def _to_pipe(decoder: Any, context: PreviewContext) -> Any:
     vae = getattr(context.pipe, "vae", None)
     if vae is not None:
-        decoder = decoder.to(device=vae.device, dtype=vae.dtype)
+        # Where the pipeline runs: under offload the VAE itself waits in RAM (vae.device).
+        device = getattr(context.pipe, "_execution_device", None) or vae.device
+        decoder = decoder.to(device=device, dtype=vae.dtype)
     return decoder.eval().requires_grad_(False)
 
 

@@ -16,11 +16,12 @@ def decode_latents(latents: Any, vae: Any, processor: Any) -> Image.Image:
     import torch
 
     x = latents if latents.dim() == 4 else latents[None]
-    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    device, may_upcast = _placement(vae, x)
+    upcast = may_upcast and vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
     if upcast:
         vae.to(torch.float32)
     try:
-        x = x.to(device=vae.device, dtype=vae.dtype)
+        x = x.to(device=device, dtype=vae.dtype)
         mean = getattr(vae.config, "latents_mean", None)
         std = getattr(vae.config, "latents_std", None)
         if mean is not None and std is not None:
@@ -36,6 +37,23 @@ def decode_latents(latents: Any, vae: Any, processor: Any) -> Image.Image:
     finally:
         if upcast:
             vae.to(torch.float16)
+
+
+def _placement(vae: Any, latents: Any) -> tuple[Any, bool]:
+    """Where the decode's input goes, and whether the VAE may be cast to float32 for it.
+    Offloaded ([model] offload), the VAE waits in RAM and its hooks bring it to the GPU when
+    it decodes: the input goes where the latents are. Offloaded layer by layer (sequential,
+    group), its weights live in the hooks and keep their dtype: no upcast (an SDXL VAE then runs
+    in fp16; a fp16-fixed VAE avoids its overflow)."""
+    accelerate_hooked = hasattr(vae, "_hf_hook")
+    grouped = any(
+        getattr(module, "_diffusers_hook", None) is not None
+        and module._diffusers_hook.get_hook("group_offloading") is not None
+        for module in vae.modules()
+    )
+    param = next(vae.parameters(), None)
+    layered = grouped or (param is not None and param.device.type == "meta")
+    return (latents.device if accelerate_hooked or grouped else vae.device), not layered
 
 
 class VaePreview:
