@@ -48,13 +48,27 @@ class RemoteTelemetry:
             rate = ""
             if self._last is not None and now > self._last[0]:
                 rate = f" · {(received - self._last[1]) / (now - self._last[0]) / 1024:.0f} KB/s"
-            snapshot = dataclasses.replace(snapshot, link=f"{(now - start) * 1000:.0f} ms{rate}")
+            snapshot = dataclasses.replace(snapshot, link=f"{(now - start) * 1000:.0f} ms{rate}{self._ahead()}")
         self._last = (now, received)
         with self._lock:
             self._latest, self._by_task, self._by_stage = snapshot, by_task, by_stage
         if snapshot is not None:
             self._listeners.tell(snapshot)
         return snapshot
+
+    def _ahead(self) -> str:
+        """On a shared server: how many jobs of other clients run or wait before this one's."""
+        try:
+            jobs = self._engine.queue()
+        except Exception:
+            return ""
+        name = getattr(self._engine, "name", None)
+        ahead = 0
+        for job in jobs:
+            if job.get("client") == name:
+                break
+            ahead += 1
+        return f" · {ahead} job{'s' if ahead != 1 else ''} ahead" if ahead else ""
 
     def start(self) -> None:
         if self._thread is not None and self._thread.is_alive():

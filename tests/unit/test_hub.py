@@ -131,3 +131,37 @@ def test_a_client_names_itself_in_hello_and_a_queue_lists_no_prompts(tmp_path: P
     assert "secret" not in str(listing)
     gate.set()
     hub.close()
+
+
+def test_the_hardware_pane_says_how_many_jobs_of_other_clients_go_first(tmp_path: Path) -> None:
+    from spatiora_tui.hw.sampler import HardwareSampler
+    from spatiora_tui.remote.telemetry import RemoteTelemetry
+
+    class Shared:
+        """What RemoteTelemetry asks a RemoteEngine, answered from a hub's queue listing."""
+
+        name = "bob"
+        bytes_received = 0
+
+        def __init__(self, hub: Hub) -> None:
+            self.hub = hub
+
+        def hardware(self) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+            return HardwareSampler().sample(), {}, {}
+
+        def queue(self) -> list[dict[str, Any]]:
+            return self.hub.queue()
+
+    hub, engine, gate = held_hub(tmp_path)
+    alice, bob = Client(hub, "alice"), Client(hub, "bob")
+    telemetry = RemoteTelemetry(Shared(hub))
+    assert "ahead" not in (telemetry.sample().link or ""), "nobody else's work"  # type: ignore[union-attr]
+    alice.generate("a0")
+    assert engine.at_gate.wait(5)
+    alice.generate("a1")
+    bob.generate("b0")
+    alice.generate("a2")
+    link = telemetry.sample().link  # type: ignore[union-attr]
+    assert link is not None and link.endswith(" · 2 jobs ahead"), link  # a0 running, a1 waiting
+    gate.set()
+    hub.close()
