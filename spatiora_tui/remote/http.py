@@ -25,7 +25,7 @@ import os
 import secrets
 import socket
 import stat
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,10 +103,7 @@ def build_app(hub: Hub, token: str | None) -> Any:
     numbers = itertools.count(1)
 
     def allowed(headers: Mapping[str, str]) -> bool:
-        if token is None:
-            return True
-        given = headers.get("authorization", "").encode()
-        return hmac.compare_digest(given, f"Bearer {token}".encode())
+        return token_ok(headers, token)
 
     def require(request: Request) -> None:
         if not allowed(request.headers):
@@ -138,30 +135,64 @@ def build_app(hub: Hub, token: str | None) -> Any:
                 raise ConnectionError(f"the client is gone: {exc}") from None
 
         connection = hub.connect(f"client {next(numbers)}", send)
-        problem = ""
+
+        async def receive(message: dict[str, Any], blob: bytes) -> None:
+            await run_in_threadpool(connection.receive, message, blob)
+
+        async def refuse(problem: str) -> None:
+            await run_in_threadpool(connection.refuse, problem)
+
         try:
-            while True:
-                received = await ws.receive()
-                if received["type"] == "websocket.disconnect":
-                    break
-                data = received.get("bytes")
-                try:
-                    if data is None:
-                        raise FrameError("frames are binary messages; this one was text")
-                    message, blob = unpack(data)
-                except FrameError as exc:
-                    problem = str(exc)
-                    await run_in_threadpool(connection.refuse, problem)
-                    break
-                await run_in_threadpool(connection.receive, message, blob)
-        except Exception as exc:  # the socket broke: the connection ends like a disconnect
-            problem = problem or f"{type(exc).__name__}: {exc}"
+            problem = await pump(ws, receive, refuse)
         finally:
             connection.close()
-            with contextlib.suppress(Exception):
-                await ws.close(code=1008 if problem else 1000, reason=problem[:120])
+        await close(ws, problem)
 
     return app
+
+
+def token_ok(headers: Mapping[str, str], token: str | None) -> bool:
+    """Whether a request carries `Authorization: Bearer TOKEN` (anything goes when token is None),
+    compared in constant time."""
+    if token is None:
+        return True
+    given = str(headers.get("authorization", "")).encode()
+    return hmac.compare_digest(given, f"Bearer {token}".encode())
+
+
+async def pump(
+    ws: Any,
+    receive: Callable[[dict[str, Any], bytes], Awaitable[None]],
+    refuse: Callable[[str], Awaitable[None]],
+) -> str:
+    """Hand each frame a websocket brings to `receive` until the client leaves; a message that
+    is not a frame goes to `refuse` and ends the connection. Returns what went wrong ("" for a
+    clean end). Shared by `serve --http` and the Ray Serve ingress."""
+    problem = ""
+    try:
+        while True:
+            received = await ws.receive()
+            if received["type"] == "websocket.disconnect":
+                break
+            data = received.get("bytes")
+            try:
+                if data is None:
+                    raise FrameError("frames are binary messages; this one was text")
+                message, blob = unpack(data)
+            except FrameError as exc:
+                problem = str(exc)
+                await refuse(problem)
+                break
+            await receive(message, blob)
+    except Exception as exc:  # the socket broke: the connection ends as on a disconnect
+        problem = problem or f"{type(exc).__name__}: {exc}"
+    return problem
+
+
+async def close(ws: Any, problem: str) -> None:
+    """Close a websocket, saying why when something went wrong (it may be closed already)."""
+    with contextlib.suppress(Exception):
+        await ws.close(code=1008 if problem else 1000, reason=problem[:120])
 
 
 @contextlib.contextmanager

@@ -24,7 +24,6 @@ Inside a replica a Hub runs the calls, so a generation there behaves exactly as 
 # WebSocket) at run time, through the methods Ray Serve wraps.
 import asyncio
 import hashlib
-import hmac
 import itertools
 import os
 import threading
@@ -40,7 +39,8 @@ from ray.serve.handle import DeploymentHandle
 
 from spatiora_tui import __version__
 from spatiora_tui.config import Settings, load_settings
-from spatiora_tui.remote.frames import FrameError, pack, unpack
+from spatiora_tui.remote.frames import pack
+from spatiora_tui.remote.http import close, pump, token_ok
 from spatiora_tui.remote.server import PROTOCOL, Hub
 from spatiora_tui.remote.websocket import ENGINE_PATH
 from spatiora_tui.remote.wire import encode
@@ -251,31 +251,15 @@ class _Client:
             await self.ws.send_bytes(pack(frame, payload))
 
     async def serve(self) -> None:
-        problem = ""
+        async def refuse(problem: str) -> None:
+            await self.send({"type": "error", "id": None, "kind": "frame", "message": problem})
+
         try:
-            while True:
-                received = await self.ws.receive()
-                if received["type"] == "websocket.disconnect":
-                    break
-                data = received.get("bytes")
-                try:
-                    if data is None:
-                        raise FrameError("frames are binary messages; this one was text")
-                    message, blob = unpack(data)
-                except FrameError as exc:
-                    problem = str(exc)
-                    await self.send({"type": "error", "id": None, "kind": "frame", "message": problem})
-                    break
-                await self.receive(message, blob)
-        except Exception as exc:
-            problem = problem or f"{type(exc).__name__}: {exc}"
+            problem = await pump(self.ws, self.receive, refuse)
         finally:
             for task in list(self.running):
                 task.cancel()  # the replica's stream is cancelled: it stops the call within a step
-            try:
-                await self.ws.close(code=1008 if problem else 1000, reason=problem[:120])
-            except Exception:
-                pass
+        await close(self.ws, problem)
 
     async def receive(self, message: dict[str, Any], blob: bytes) -> None:
         kind, rid = message["type"], message.get("id")
@@ -368,10 +352,7 @@ class Ingress:
         self.numbers = itertools.count(1)
 
     def allowed(self, headers: Any) -> bool:
-        if self.token is None:
-            return True
-        given = str(headers.get("authorization", "")).encode()
-        return hmac.compare_digest(given, f"Bearer {self.token}".encode())
+        return token_ok(headers, self.token)
 
     @app.get("/v1/hello")
     def hello(self, request: Request) -> dict[str, Any]:
