@@ -72,8 +72,13 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _http(settings: Settings, address: str) -> int:
-    from spatiora_tui.remote.http import AddressError, listener, run
+    import importlib.util
+
+    from spatiora_tui.remote.http import INSTALL, AddressError, listener, run
     from spatiora_tui.remote.server import Hub
+
+    if not all(importlib.util.find_spec(name) for name in ("fastapi", "uvicorn", "websockets")):
+        raise UsageError(INSTALL)  # said before the model loads, not after
 
     try:
         where = listener(address, user_state_dir())

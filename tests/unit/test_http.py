@@ -244,3 +244,21 @@ def test_an_oversized_message_is_refused_at_the_websocket_and_others_go_on(
     # socket while 64 MB are still being sent, and then no close frame comes.
     assert closed.value.rcvd is None or closed.value.rcvd.code == 1009
     still_served(watcher, 3)
+
+
+def test_serve_http_without_the_extra_says_what_to_install_before_any_model_loads(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import importlib.util
+    import sys
+
+    from spatiora_tui import cli
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SPATIORA_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delitem(sys.modules, "spatiora_tui.engine.local", raising=False)
+    code = cli.main(["serve", "--http"])
+    assert code == 2 and "pip install 'spatiora-tui[http]'" in capsys.readouterr().err
+    assert "spatiora_tui.engine.local" not in sys.modules, "refused before the engine was imported"
