@@ -87,8 +87,9 @@ class Hub:
         self._jobs = itertools.count(1)
         self._closed = False
         self._uploads = tempfile.TemporaryDirectory(prefix="spatiora-serve-")
-        #: (client, job, request type) of each call, in the order they ran (what fairness is measured on).
-        self.ran: list[tuple[str, int, str]] = []
+        #: (client, job, request type) of the last calls, in the order they ran (what fairness is
+        #: measured on).
+        self.ran: collections.deque[tuple[str, int, str]] = collections.deque(maxlen=10_000)
         self._thread = threading.Thread(target=self._work, name="spatiora-hub", daemon=True)
         self._thread.start()
 
