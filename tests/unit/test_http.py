@@ -262,3 +262,31 @@ def test_serve_http_without_the_extra_says_what_to_install_before_any_model_load
     code = cli.main(["serve", "--http"])
     assert code == 2 and "pip install 'spatiora-tui[http]'" in capsys.readouterr().err
     assert "spatiora_tui.engine.local" not in sys.modules, "refused before the engine was imported"
+
+
+def test_over_the_websocket_a_client_cannot_cancel_another_clients_job(hub: Hub, folder: Path) -> None:
+    engine = hub.engine
+    gate = threading.Event()
+    engine.gate = gate  # type: ignore[attr-defined]
+    engine.at_gate.clear()  # type: ignore[attr-defined]
+    alice, bob = open_ws(folder), open_ws(folder)
+    try:
+        alice.send(pack({"type": "hello", "id": 1, "client": "alice"}))
+        alice.send(pack({"type": "generate", "id": 2, "request": {"prompt": "x", "task": "base", "steps": 5}}))
+        frames_seen = []
+        while not frames_seen or frames_seen[-1]["type"] != "queued":
+            frames_seen.append(unpack(alice.recv(timeout=10))[0])  # type: ignore[arg-type]
+        job = frames_seen[-1]["job"]
+        assert engine.at_gate.wait(5)  # type: ignore[attr-defined]
+        bob.send(pack({"type": "cancel", "id": 1, "job": job}))
+        refused = unpack(bob.recv(timeout=10))[0]  # type: ignore[arg-type]
+        assert refused["kind"] == "refused" and f"job {job} is alice's" in refused["message"]
+        gate.set()
+        while (frame := unpack(alice.recv(timeout=10))[0])["type"] != "ok":  # type: ignore[arg-type]
+            pass
+        assert frame["result"]["cancelled"] is False, "alice's image ran to its end"
+    finally:
+        engine.gate = None  # type: ignore[attr-defined]
+        gate.set()
+        alice.close()
+        bob.close()
