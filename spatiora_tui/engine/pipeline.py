@@ -389,8 +389,7 @@ def load_pipeline(
         where = "GPU memory" if device == "cuda" else "memory"
         hint = '[model] offload = "model" (or "sequential"), ' if device == "cuda" else ""
         raise EngineOOM(
-            f"out of {where} while loading {source.name}; set {hint}"
-            'dtype = "fp16", use a smaller model, or close other programs'
+            f'out of {where} while loading {source.name}; try {hint}dtype = "fp16", a smaller model, or close other programs'
         )
 
     pipe.set_progress_bar_config(disable=True)
