@@ -23,6 +23,7 @@ import subprocess
 import threading
 import time
 import typing
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -171,7 +172,10 @@ class RemoteEngine:
         self._epoch = 0  # which link is current: frames and ends of older ones are ignored
         self._dead: str | None = None  # why the current link is gone, once it is
         self._closed = False
-        self._reconnecting = threading.Lock()
+        self._reconnecting = threading.RLock()  # held through a reconnect and its model load
+        self._session = uuid.uuid4().hex  # the server keeps this client's waiting calls under it
+        self._queued: set[int] = set()  # generations the server has queued and not yet started
+        self._parked: set[int] = set()  # those waiting through a reconnect
         #: Bytes of frames received (the link's cost: previews, images, replies).
         self.bytes_received = 0
         #: Links opened after the first one dropped.
@@ -294,7 +298,16 @@ class RemoteEngine:
             raise
         with self._lock:
             self._link = link
-        hello, _ = self._call({"type": "hello", "version": __version__, "protocol": PROTOCOL, "client": self.name})
+        hello, _ = self._call(
+            {
+                "type": "hello",
+                "version": __version__,
+                "protocol": PROTOCOL,
+                "client": self.name,
+                "session": self._session,
+            }
+        )
+        self._settle_parked(set(hello.get("resumed") or ()))
         if hello.get("protocol") != PROTOCOL or hello.get("version") != __version__:
             self.close()
             raise EngineError(
@@ -302,6 +315,36 @@ class RemoteEngine:
                 f"spatiora {__version__} (protocol {PROTOCOL}): install the same version on both machines"
             )
         self._refresh()
+
+    def _settle_parked(self, resumed: set[int]) -> None:
+        """After a reconnect: the waiting generations the server handed back go on; the others
+        (a server that is a new process) fail, saying why."""
+        with self._lock:
+            lost = self._parked - resumed
+            self._parked.clear()
+            message = {
+                "type": "error",
+                "kind": "link",
+                "message": "the engine server that queued this request is gone; run it again",
+            }
+            for rid in lost:
+                waiting = self._waiting.pop(rid, None)
+                if waiting is not None:
+                    waiting.put((message, b""))
+
+    def _resume(self) -> None:
+        """Reconnect at once for the generations the server may be keeping (see the docstring);
+        if that fails, they fail with the reason."""
+        try:
+            self._reconnect()
+        except EngineError as exc:
+            with self._lock:
+                parked, self._parked = self._parked, set()
+                message = {"type": "error", "kind": "link", "message": str(exc)}
+                for rid in parked:
+                    waiting = self._waiting.pop(rid, None)
+                    if waiting is not None:
+                        waiting.put((message, b""))
 
     def _reconnect(self) -> None:
         """A new link after the last one dropped, with the model loaded again if the new server
@@ -335,8 +378,10 @@ class RemoteEngine:
     ) -> tuple[dict[str, Any], bytes]:
         if self._closed:
             raise EngineError("the link to the engine is closed")
-        if self._dead is not None and message["type"] in RECONNECTING:
-            self._reconnect()
+        if message["type"] in RECONNECTING:
+            with self._reconnecting:  # a reconnect under way (another thread's) finishes first
+                if self._dead is not None:
+                    self._reconnect()
         rid = next(self._ids)
         replies: queue.Queue[tuple[dict[str, Any], bytes]] = queue.Queue()
         with self._lock:
@@ -397,6 +442,11 @@ class RemoteEngine:
         rid = frame.get("id")
         with self._lock:
             target = self._waiting.get(rid) if isinstance(rid, int) else None
+            if target is not None and isinstance(rid, int):
+                if frame["type"] == "queued" and frame.get("call") == "generate":
+                    self._queued.add(rid)
+                else:
+                    self._queued.discard(rid)  # started (a step, a progress line) or answered
         if target is not None:
             target.put((frame, payload))
 
@@ -404,6 +454,13 @@ class RemoteEngine:
         message = {"type": "error", "kind": "link", "message": why}
         with self._lock:
             self._dead = why
-            for waiting in self._waiting.values():
-                waiting.put((message, b""))
-            self._waiting.clear()
+            # Generations still waiting their turn wait on through a reconnect; the rest fail.
+            parked = self._queued & set(self._waiting) if not self._closed else set()
+            for rid, waiting in list(self._waiting.items()):
+                if rid not in parked:
+                    waiting.put((message, b""))
+                    del self._waiting[rid]
+            self._queued.clear()
+            self._parked |= parked
+        if parked:
+            threading.Thread(target=self._resume, name="spatiora-resume", daemon=True).start()

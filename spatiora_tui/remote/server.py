@@ -12,8 +12,11 @@ cancel stops the running image within one step.
 Every call that waits gets a job number, unique on the server (the `queued` frame says it and
 how many calls of other clients wait before it). A client may cancel its own calls by their id or
 job number; another client's job is refused, by name. When a client's link drops, its running
-generation is cancelled (within one step; the engine frees its memory as after any cancel) and
-its waiting calls are dropped: nobody is left to answer.
+generation is cancelled (within one step; the engine frees its memory as after any cancel). Its
+waiting calls are kept, in their place, for KEEP_S when the client gave a session id at hello:
+a client that reconnects with the same session gets them back (hello's `resumed` lists their
+ids) and they run in their turn; meanwhile the others' calls go past them. Without a session,
+or after KEEP_S, they are dropped.
 
 A frame that cannot be read ends that connection only; a request that cannot be decoded is
 answered with an error and the connection goes on.
@@ -26,6 +29,7 @@ import dataclasses
 import itertools
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +49,8 @@ Send = Callable[[dict[str, Any], bytes], None]
 
 #: Calls that wait their turn for the engine (the rest are answered at once).
 ENGINE_CALLS = frozenset({"load", "switch_task", "models", "switch_model", "generate"})
+#: Seconds a client's waiting calls are kept after its link drops, for it to reconnect.
+KEEP_S = 600.0
 
 
 @dataclass(eq=False)
@@ -56,6 +62,9 @@ class Call:
     message: dict[str, Any]
     blob: bytes
     cancel: threading.Event = field(default_factory=threading.Event)
+    #: When its client's link dropped (the call waits for the client to come back); None while
+    #: the client is connected.
+    parked_at: float | None = None
 
     @property
     def id(self) -> int:
@@ -71,6 +80,7 @@ class Call:
             "type": self.message["type"],
             "task": task if isinstance(task, str) else None,
             "running": running,
+            "parked": self.parked_at is not None,
         }
 
 
@@ -83,6 +93,7 @@ class Hub:
         self._lock = threading.Condition()
         self._waiting: dict[str, collections.deque[Call]] = {}  # by client, in the client's order
         self._turns: collections.deque[str] = collections.deque()  # clients with calls waiting
+        self._parked: dict[str, list[Call]] = {}  # by session: calls whose client's link dropped
         self._running: Call | None = None
         self._jobs = itertools.count(1)
         self._closed = False
@@ -140,31 +151,82 @@ class Hub:
             return ahead
 
     def _take(self) -> Call | None:
+        """The next call to run: the first connected call of the next client in turn (a client
+        whose calls all wait for it to reconnect is passed over)."""
         with self._lock:
-            while not self._turns and not self._closed:
-                self._lock.wait()
-            if self._closed:
-                return None
-            client = self._turns.popleft()
-            call = self._waiting[client].popleft()
-            if self._waiting[client]:
-                self._turns.append(client)  # its next call waits for everyone else's turn
-            else:
-                del self._waiting[client]
-            self._running = call
-            return call
+            while not self._closed:
+                self._expire()
+                for _ in range(len(self._turns)):
+                    client = self._turns[0]
+                    calls = self._waiting[client]
+                    call = next((c for c in calls if c.parked_at is None), None)
+                    self._turns.rotate(-1)  # its next call waits for everyone else's turn
+                    if call is None:
+                        continue
+                    calls.remove(call)
+                    if not calls:
+                        del self._waiting[client]
+                        self._turns.remove(client)
+                    self._running = call
+                    return call
+                self._lock.wait(timeout=KEEP_S / 10 if self._parked else None)
+            return None
+
+    def _expire(self) -> None:
+        """Forget parked calls whose client has not come back within KEEP_S."""
+        now = time.monotonic()
+        for session, calls in list(self._parked.items()):
+            old = [call for call in calls if call.parked_at is not None and now - call.parked_at > KEEP_S]
+            if old:
+                self._remove(old)
+                self._parked[session] = [call for call in calls if call not in old]
+                if not self._parked[session]:
+                    del self._parked[session]
+
+    def _remove(self, calls: list[Call]) -> None:
+        for call in calls:
+            client = call.connection.client
+            waiting = self._waiting.get(client)
+            if waiting is not None and call in waiting:
+                waiting.remove(call)
+                if not waiting:
+                    del self._waiting[client]
+                    self._turns.remove(client)
+
+    def _attach(self, session: str, connection: Connection) -> list[int]:
+        """A client came back with `session`: its parked calls are its again. Their ids."""
+        with self._lock:
+            calls = [call for call in self._parked.pop(session, []) if call.parked_at is not None]
+            kept = [call for call in calls if call in self._waiting.get(call.connection.client, ())]
+            for call in kept:
+                call.connection, call.parked_at = connection, None
+            self._lock.notify_all()
+            return [call.id for call in kept]
 
     def _drop(self, connection: Connection) -> None:
-        """The client is gone: stop its running call, forget its waiting ones."""
+        """The client is gone: stop its running call; park its waiting ones (see the module
+        docstring), or forget them when it gave no session."""
         with self._lock:
-            calls = self._waiting.pop(connection.client, collections.deque())
-            kept = collections.deque(call for call in calls if call.connection is not connection)
-            if kept:
-                self._waiting[connection.client] = kept
-            elif connection.client in self._turns:
-                self._turns.remove(connection.client)
+            mine = [call for call in self._waiting.get(connection.client, ()) if call.connection is connection]
+            if connection.session is None:
+                self._remove(mine)
+            else:
+                now = time.monotonic()
+                for call in mine:
+                    call.parked_at = now
+                self._parked.setdefault(connection.session, []).extend(mine)
             if self._running is not None and self._running.connection is connection:
                 self._running.cancel.set()
+            self._lock.notify_all()
+
+    def _calls_of(self, connection: Connection, ids: list[int]) -> list[Call]:
+        with self._lock:
+            return [
+                call
+                for calls in self._waiting.values()
+                for call in calls
+                if call.connection is connection and call.id in ids
+            ]
 
     def _find(self, job: int) -> Call | None:
         with self._lock:
@@ -190,6 +252,7 @@ class Connection:
     def __init__(self, hub: Hub, client: str, send: Send) -> None:
         self.hub = hub
         self.client = client
+        self.session: str | None = None  # given at hello: a client that comes back gets its calls back
         self._send = send
         self._calls: dict[int, Call] = {}  # by request id, while waiting or running
         self._lock = threading.Lock()
@@ -211,8 +274,8 @@ class Connection:
             self.answer({"type": "error", "id": None, "kind": "frame", "message": "a request needs an integer id"})
             return
         if kind == "hello":
-            self._hello(message)
-            self.answer({"type": "ok", "id": rid, "version": __version__, "protocol": PROTOCOL})
+            resumed = self._hello(message)
+            self.answer({"type": "ok", "id": rid, "version": __version__, "protocol": PROTOCOL, "resumed": resumed})
         elif kind == "hardware":
             self.answer({"type": "ok", "id": rid, **_hardware(self.hub.telemetry)})
         elif kind == "state":
@@ -231,7 +294,7 @@ class Connection:
             with self._lock:
                 self._calls[rid] = call
             ahead = self.hub._put(call)
-            self.answer({"type": "queued", "id": rid, "job": call.job, "ahead": ahead})
+            self.answer({"type": "queued", "id": rid, "job": call.job, "ahead": ahead, "call": kind})
         else:
             self.answer({"type": "error", "id": rid, "kind": "engine", "message": f"unknown request type {kind!r}"})
 
@@ -239,13 +302,23 @@ class Connection:
         """The link is gone: see Hub._drop."""
         self.hub._drop(self)
 
-    def _hello(self, message: dict[str, Any]) -> None:
-        """A client may name itself (user@host): connections of one name share one turn."""
+    def _hello(self, message: dict[str, Any]) -> list[int]:
+        """A client may name itself (user@host): connections of one name share one turn. With a
+        session id it gets back the calls it left waiting when its link dropped (their ids)."""
         name = message.get("client")
         if isinstance(name, str) and name.strip():
             with self.hub._lock:
                 if self.client not in self.hub._waiting:
                     self.client = name.strip()[:100]
+        session = message.get("session")
+        if not isinstance(session, str) or not session.strip():
+            return []
+        self.session = session.strip()[:100]
+        resumed = self.hub._attach(self.session, self)
+        with self._lock:
+            for call in self.hub._calls_of(self, resumed):
+                self._calls[call.id] = call
+        return resumed
 
     def _cancel(self, message: dict[str, Any]) -> None:
         rid, target, job = message["id"], message.get("target"), message.get("job")

@@ -125,3 +125,34 @@ def test_the_command_line_generates_through_the_socket_and_saves_here(server: Se
     assert read_metadata(path).spatiora["request"]["seed"] == 9
     refused = spatiora("generate", "--engine", f"unix://{tmp_path}/none.sock", "a flat", cwd=tmp_path)
     assert_one_line_failure(refused, 1, "cannot reach the engine server at")
+
+
+def test_queued_generations_survive_a_dropped_link_and_run_after_the_reconnect(server: Server) -> None:
+    """The link drops while Alice's long image runs and two more wait on the server: the running
+    one fails saying so, the waiting two are kept there, handed back when the client reconnects
+    (at once, by itself), and run."""
+    alice = client(server, "alice")
+    started = threading.Event()
+    outcomes: dict[int, object] = {}
+
+    def run(seed: int, task: str, steps: int) -> None:
+        try:
+            result = alice.generate(ask(seed, task, steps), on_step=lambda preview: started.set())
+            outcomes[seed] = result.image is not None and not result.cancelled
+        except EngineError as exc:
+            outcomes[seed] = str(exc)
+
+    threads = [threading.Thread(target=run, args=(1, "slow", 400))]
+    threads[0].start()
+    assert started.wait(60)
+    threads += [threading.Thread(target=run, args=(seed, "base", 2)) for seed in (2, 3)]
+    for thread in threads[1:]:
+        thread.start()
+    _wait_for_queue(alice, 3)
+    alice._link.close()  # type: ignore[union-attr]
+    for thread in threads:
+        thread.join(120)
+    assert "the next request reconnects" in str(outcomes[1])
+    assert outcomes[2] is True and outcomes[3] is True, outcomes
+    assert alice.reconnects == 1
+    alice.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -267,4 +268,44 @@ def test_a_dropped_link_fails_the_running_job_and_the_queue_goes_on_through_a_ne
         pass
     assert retried.state is JobState.DONE
     session.close()
+    engine.close()
+
+
+def test_requests_queued_on_a_server_that_died_fail_saying_so_after_the_reconnect(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """A `serve --stdio` process keeps nothing once it is gone: the generations that waited in it
+    fail, saying to run them again; the new link serves the next request."""
+    import threading
+
+    engine = RemoteEngine(pipe(server_argv(tmp_path)))
+    engine.load()
+    first = engine._link
+    started = threading.Event()
+    outcomes: dict[int, str] = {}
+
+    def run(seed: int, steps: int) -> None:
+        try:
+            engine.generate(
+                GenerationRequest(prompt="x", task="base", seed=seed, steps=steps), on_step=lambda p: started.set()
+            )
+            outcomes[seed] = "ok"
+        except EngineError as exc:
+            outcomes[seed] = str(exc)
+
+    threads = [threading.Thread(target=run, args=(1, 300))]
+    threads[0].start()
+    assert started.wait(60)
+    threads.append(threading.Thread(target=run, args=(2, 2)))
+    threads[1].start()
+    deadline = time.monotonic() + 30
+    while len(engine.queue()) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    first.proc.kill()
+    for thread in threads:
+        thread.join(120)
+    assert "engine server stopped" in outcomes[1]
+    assert "the engine server that queued this request is gone; run it again" in outcomes[2]
+    assert engine.generate(GenerationRequest(prompt="x", task="base", seed=3, steps=2)).image is not None
     engine.close()

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from spatiora_tui.remote.server import Connection, Hub
 from tests.fake_engine import FakeEngine
@@ -127,7 +130,9 @@ def test_a_client_names_itself_in_hello_and_a_queue_lists_no_prompts(tmp_path: P
     alice.generate("a secret prompt")
     assert engine.at_gate.wait(5)
     listing = alice.until(alice.send({"type": "queue"}))["jobs"]
-    assert listing == [{"job": 1, "client": "alice@laptop", "type": "generate", "task": "base", "running": True}]
+    assert listing == [
+        {"job": 1, "client": "alice@laptop", "type": "generate", "task": "base", "running": True, "parked": False}
+    ]
     assert "secret" not in str(listing)
     gate.set()
     hub.close()
@@ -164,4 +169,51 @@ def test_the_hardware_pane_says_how_many_jobs_of_other_clients_go_first(tmp_path
     link = telemetry.sample().link  # type: ignore[union-attr]
     assert link is not None and link.endswith(" · 2 jobs ahead"), link  # a0 running, a1 waiting
     gate.set()
+    hub.close()
+
+
+def test_a_client_that_comes_back_with_its_session_gets_its_waiting_calls_back(tmp_path: Path) -> None:
+    """Alice's link drops: her running image stops, her two waiting ones are parked (others go
+    past them), and when she reconnects with the same session they are hers again and run."""
+    hub, engine, gate = held_hub(tmp_path)
+    alice, bob = Client(hub, "alice"), Client(hub, "bob")
+    alice.until(alice.send({"type": "hello", "session": "s-1"}))
+    alice.generate("a0", steps=50)
+    assert engine.at_gate.wait(5)
+    waiting = [alice.generate("a1"), alice.generate("a2")]
+    alice.connection.close()  # the link dropped
+    later = bob.generate("b0")
+    gate.set()
+    assert bob.until(later)["type"] == "ok", "bob's call went past alice's parked ones"
+    assert [job["parked"] for job in hub.queue()] == [True, True]
+    again = Client(hub, "alice")
+    again.ids = iter(range(100, 200))
+    hello = again.until(again.send({"type": "hello", "session": "s-1"}))
+    assert hello["resumed"] == waiting
+    for rid in waiting:
+        assert again.until(rid)["type"] == "ok"
+    assert [request.prompt for request in engine.requests] == ["a0", "b0", "a1", "a2"]
+    hub.close()
+
+
+def test_parked_calls_are_forgotten_when_their_client_does_not_come_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spatiora_tui.remote import server
+
+    monkeypatch.setattr(server, "KEEP_S", 0.2)
+    hub, engine, gate = held_hub(tmp_path)
+    alice = Client(hub, "alice")
+    alice.until(alice.send({"type": "hello", "session": "s-2"}))
+    alice.generate("a0", steps=50)
+    assert engine.at_gate.wait(5)
+    alice.generate("a1")
+    alice.connection.close()  # a0 stops, a1 is parked
+    gate.set()
+    time.sleep(0.3)  # longer than KEEP_S
+    bob = Client(hub, "bob")
+    assert bob.until(bob.generate("b0"))["type"] == "ok"
+    assert hub.queue() == [] and "a1" not in [request.prompt for request in engine.requests]
+    again = Client(hub, "alice")
+    assert again.until(again.send({"type": "hello", "session": "s-2"}))["resumed"] == []
     hub.close()
