@@ -320,17 +320,8 @@ class RemoteEngine:
         """After a reconnect: the waiting generations the server handed back go on; the others
         (a server that is a new process) fail, saying why."""
         with self._lock:
-            lost = self._parked - resumed
-            self._parked.clear()
-            message = {
-                "type": "error",
-                "kind": "link",
-                "message": "the engine server that queued this request is gone; run it again",
-            }
-            for rid in lost:
-                waiting = self._waiting.pop(rid, None)
-                if waiting is not None:
-                    waiting.put((message, b""))
+            lost, self._parked = self._parked - resumed, set()
+        self._fail(lost, "the engine server that queued this request is gone; run it again")
 
     def _resume(self) -> None:
         """Reconnect at once for the generations the server may be keeping (see the docstring);
@@ -340,11 +331,16 @@ class RemoteEngine:
         except EngineError as exc:
             with self._lock:
                 parked, self._parked = self._parked, set()
-                message = {"type": "error", "kind": "link", "message": str(exc)}
-                for rid in parked:
-                    waiting = self._waiting.pop(rid, None)
-                    if waiting is not None:
-                        waiting.put((message, b""))
+            self._fail(parked, str(exc))
+
+    def _fail(self, rids: set[int], why: str) -> None:
+        """End the calls `rids` with a link error saying `why`."""
+        message = {"type": "error", "kind": "link", "message": why}
+        with self._lock:
+            for rid in rids:
+                waiting = self._waiting.pop(rid, None)
+                if waiting is not None:
+                    waiting.put((message, b""))
 
     def _reconnect(self) -> None:
         """A new link after the last one dropped, with the model loaded again if the new server
