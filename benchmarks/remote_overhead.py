@@ -29,10 +29,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--size", default="512x512")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--image-format", choices=("auto", "png", "raw"), default="auto", help="how finished images cross the link"
+    )
     args = parser.parse_args()
 
     from spatiora_tui.engine.local import LocalEngine
-    from spatiora_tui.remote.client import RemoteEngine, pipe
+    from spatiora_tui.remote.client import PREVIEW_FORMAT, RemoteEngine, pipe
     from spatiora_tui.remote.connect import server_argv
 
     settings = load_settings()
@@ -44,11 +47,13 @@ def main() -> None:
     local = LocalEngine(settings)
     local.load()
     argv = server_argv(args.engine) if args.engine else [sys.executable, "-m", "spatiora_tui", "serve", "--stdio"]
-    remote = RemoteEngine(pipe(argv))
+    remote = RemoteEngine(pipe(argv), image_format=args.image_format)
     remote.load()
     times: dict[str, list[float]] = {"local": [], "remote": []}
     firsts: dict[str, list[float]] = {"local": [], "remote": []}
+    engine_s: dict[str, list[float]] = {"local": [], "remote": []}  # the engine's own image time
     frames: list[int] = []
+    preview_bytes: list[int] = []
     previews = []
 
     def run(name: str, engine: object) -> None:
@@ -62,12 +67,14 @@ def main() -> None:
                 if name == "remote":
                     previews.append(preview.image)
 
-        before = remote.bytes_received
-        engine.generate(request, on_step=on_step, cancel=threading.Event())  # type: ignore[attr-defined]
+        before, previews_before = remote.bytes_received, remote.preview_bytes
+        result = engine.generate(request, on_step=on_step, cancel=threading.Event())  # type: ignore[attr-defined]
         times[name].append(time.perf_counter() - start)
+        engine_s[name].append((result.timings.image_ms or float("nan")) / 1000)
         firsts[name].append(first[0] if first else float("nan"))
         if name == "remote":
             frames.append(remote.bytes_received - before)
+            preview_bytes.append(remote.preview_bytes - previews_before)
 
     for warm in (local, remote):
         warm.generate(request)  # type: ignore[attr-defined]  # warm-up
@@ -75,6 +82,7 @@ def main() -> None:
         order = [("local", local), ("remote", remote)]
         for name, engine in order if round_no % 2 == 0 else reversed(order):
             run(name, engine)
+    rate, image_format = remote.link_rate, remote.image_format
     remote.close()
     per_image = statistics.median(frames)
     frames_per_image = len(previews) / args.rounds
@@ -83,12 +91,23 @@ def main() -> None:
     )
     for name in ("local", "remote"):
         print(
-            f"  {name:6s} image {statistics.median(times[name]):.2f} s · first preview {statistics.median(firsts[name]):.2f} s"
+            f"  {name:6s} image {statistics.median(times[name]):.3f} s (the engine's own {statistics.median(engine_s[name]):.3f} s)"
+            f" · first preview {statistics.median(firsts[name]):.3f} s"
         )
     print(f"  ratio remote/local: {statistics.median(times['remote']) / statistics.median(times['local']):.3f}")
+    added = statistics.median(t - e for t, e in zip(times["remote"], engine_s["remote"], strict=True))
     print(
-        f"  link: {per_image / 1024:.0f} KB per image ({frames_per_image:.0f} previews + the PNG), "
-        f"{per_image / max(frames_per_image, 1) / 1024:.1f} KB per preview frame at most"
+        f"  what the link adds (remote image - the server engine's own time): {added * 1000:.0f} ms "
+        f"({added / statistics.median(engine_s['remote']) * 100:.1f}%)"
+    )
+    print(
+        f"  link timed at {(rate or 0) / 2**20:.0f} MB/s when it opened: finished images cross as "
+        f"{'raw pixels' if image_format == 'raw' else 'PNG'} ({args.image_format})"
+    )
+    per_preview = statistics.median(preview_bytes) / max(frames_per_image, 1)
+    print(
+        f"  link: {per_image / 1024:.0f} KB per image, of which {frames_per_image:.0f} previews "
+        f"{per_preview / 1024:.1f} KB each ({previews[0].size[0]}x{previews[0].size[1]} px, {PREVIEW_FORMAT.upper()})"
     )
     try:
         from textual_image._sixel import image_to_sixels

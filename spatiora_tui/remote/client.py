@@ -46,10 +46,18 @@ from spatiora_tui.hw.sampler import HardwareSnapshot
 from spatiora_tui.hw.telemetry import Peak
 from spatiora_tui.remote.frames import FrameError, FrameWriter, read_frame
 from spatiora_tui.remote.server import PROTOCOL
-from spatiora_tui.remote.wire import decode, decode_as, encode, image_from
+from spatiora_tui.remote.wire import WireError, decode, decode_as, encode, image_from
 
 #: What a step preview is scaled to before it crosses the link (the pane shows a few hundred px).
 PREVIEW_SIDE = 512
+#: How it crosses (wire.PREVIEW_FORMATS): JPEG costs the server well under a millisecond a frame.
+PREVIEW_FORMAT = "jpeg"
+#: Bytes a new link is timed with, each way (an echo): about 0.4 s at connect on a 10 Mbit/s link.
+PROBE_BYTES = 256 << 10
+#: A link at least this fast (bytes/s; 200 Mbit/s) carries a finished image as raw pixels. A 512x512
+#: PNG costs the two sides about 30 ms to encode and decode and saves, on a drawn image, about half
+#: of its 768 KB: the link would carry that half in 15 ms (docs/scaling.md has the measurements).
+RAW_ABOVE = 24 << 20
 
 #: A link's reader hands each frame here...
 OnFrame = Callable[[dict[str, Any], bytes], None]
@@ -157,9 +165,20 @@ class _LinkDown(Exception):
 class RemoteEngine:
     """An Engine whose work runs in an engine server, reached through the links `opener` opens."""
 
-    def __init__(self, opener: Opener, preview_side: int = PREVIEW_SIDE, name: str | None = None) -> None:
+    def __init__(
+        self,
+        opener: Opener,
+        preview_side: int = PREVIEW_SIDE,
+        name: str | None = None,
+        preview_format: str = PREVIEW_FORMAT,
+        image_format: str = "auto",
+    ) -> None:
+        """`image_format`: how finished images cross: "png", "raw" pixels, or "auto" (raw on a
+        link timed at RAW_ABOVE or faster)."""
         self._opener = opener
+        self._image_format = image_format
         self._preview_side = preview_side
+        self._preview_format = preview_format
         self.name = name or client_name()
         self._ids = itertools.count(1)
         self._waiting: dict[int, queue.Queue[tuple[dict[str, Any], bytes]]] = {}
@@ -176,10 +195,14 @@ class RemoteEngine:
         self._session = uuid.uuid4().hex  # the server keeps this client's waiting calls under it
         self._queued: set[int] = set()  # generations the server has queued and not yet started
         self._parked: set[int] = set()  # those waiting through a reconnect
-        #: Bytes of frames received (the link's cost: previews, images, replies).
+        #: Bytes of frames received (the link's cost: previews, images, replies)...
         self.bytes_received = 0
+        #: ...and of those, the step previews' images.
+        self.preview_bytes = 0
         #: Links opened after the first one dropped.
         self.reconnects = 0
+        #: The link's speed (bytes/s) as timed when it opened; it picks how images cross.
+        self.link_rate: float | None = None
         self._open()
 
     # -- the Engine protocol ----------------------------------------------------------------
@@ -234,10 +257,17 @@ class RemoteEngine:
                 pass  # the server says what is wrong with the path, in the engines' words
 
         def step(frame: dict[str, Any], image: bytes) -> None:
+            self.preview_bytes += len(image)
             if on_step is not None:
                 on_step(StepPreview(frame["step"], frame["total"], image_from(image), frame["elapsed_s"]))
 
-        message = {"type": "generate", "request": encode(request), "preview_side": self._preview_side}
+        message = {
+            "type": "generate",
+            "request": encode(request),
+            "preview_side": self._preview_side,
+            "preview_format": self._preview_format,
+            "image_format": self.image_format,
+        }
         reply, image = self._call(message, blob, on_step=step, cancel=cancel)
         result = decode_as(GenerationResult, reply["result"])
         if cancel is not None and cancel.is_set() and not result.cancelled:
@@ -249,7 +279,18 @@ class RemoteEngine:
         params = result.params
         if request.init_image and params.init_image:  # the server ran a copy: record the user's file
             params = dataclasses.replace(params, init_image=str(Path(request.init_image).expanduser().resolve()))
-        return dataclasses.replace(result, params=params, image=image_from(image))
+        try:
+            finished = image_from(image, reply.get("raw"))
+        except (WireError, OSError) as exc:
+            raise EngineError(f"the engine server sent an image that cannot be read: {exc}") from None
+        return dataclasses.replace(result, params=params, image=finished)
+
+    @property
+    def image_format(self) -> str:
+        """How the next finished image crosses the link: "png" or "raw"."""
+        if self._image_format != "auto":
+            return self._image_format
+        return "raw" if (self.link_rate or 0) >= RAW_ABOVE else "png"
 
     def hardware(self) -> tuple[HardwareSnapshot | None, dict[str, Peak], dict[str, dict[str, Peak]]]:
         """The server's latest hardware snapshot and its peaks by task and by task's stage
@@ -314,7 +355,21 @@ class RemoteEngine:
                 f"the server is spatiora {hello.get('version')} (protocol {hello.get('protocol')}) and this is "
                 f"spatiora {__version__} (protocol {PROTOCOL}): install the same version on both machines"
             )
+        self.link_rate = self._time_link()
         self._refresh()
+
+    def _time_link(self) -> float:
+        """The link's speed in bytes/s, at least: PROBE_BYTES echoed, round trip included (so a
+        slow link is never taken for a fast one). A link that may be fast is timed twice and the
+        faster taken: ssh's first bulk transfer on a new channel is slower than the rest."""
+        rate = 0.0
+        for _ in range(2):
+            start = time.perf_counter()
+            self._call({"type": "echo"}, bytes(PROBE_BYTES))
+            rate = max(rate, 2 * PROBE_BYTES / max(time.perf_counter() - start, 1e-6))
+            if rate < RAW_ABOVE / 4:
+                break
+        return rate
 
     def _settle_parked(self, resumed: set[int]) -> None:
         """After a reconnect: the waiting generations the server handed back go on; the others

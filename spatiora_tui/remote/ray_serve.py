@@ -278,6 +278,8 @@ class _Client:
             await self.send({"type": "ok", "id": rid, **(await ingress.board.hardware.remote(self.replica))})
         elif kind == "queue":
             await self.send({"type": "ok", "id": rid, "jobs": list(ingress.calls.values())})
+        elif kind == "echo":
+            await self.send({"type": "ok", "id": rid}, blob)
         elif kind == "prefetch":
             await self.send({"type": "ok", "id": rid})  # Ray routes each call to a replica holding its set
         elif kind == "cancel":

@@ -39,7 +39,7 @@ from spatiora_tui import __version__
 from spatiora_tui.engine.api import Engine, EngineError, EngineOOM, GenerationRequest, StepPreview
 from spatiora_tui.hw.telemetry import Telemetry
 from spatiora_tui.remote.frames import Closed, FrameError, FrameWriter, read_frame
-from spatiora_tui.remote.wire import WireError, decode, encode, png
+from spatiora_tui.remote.wire import PREVIEW_FORMATS, WireError, decode, encode, image_bytes
 
 #: Bumped when a frame's meaning changes; both sides must agree.
 PROTOCOL = 2
@@ -284,6 +284,8 @@ class Connection:
             self.answer({"type": "ok", "id": rid, **state})
         elif kind == "queue":
             self.answer({"type": "ok", "id": rid, "jobs": self.hub.queue()})
+        elif kind == "echo":  # the client times the link with it
+            self.answer({"type": "ok", "id": rid}, blob)
         elif kind == "prefetch":
             self.hub.engine.prefetch(str(message.get("task")))  # on the adapters' own thread
             self.answer({"type": "ok", "id": rid})
@@ -419,6 +421,9 @@ def _handle(engine: Engine, call: Call, send: Send, uploads: Path) -> tuple[dict
         copy.write_bytes(blob)
         request = dataclasses.replace(request, init_image=str(copy))
     side = message.get("preview_side")
+    fmt, raw = message.get("preview_format", "png"), message.get("image_format") == "raw"
+    if fmt not in PREVIEW_FORMATS:
+        raise EngineError(f"unknown preview format {fmt!r}: one of {', '.join(PREVIEW_FORMATS)}")
 
     def on_step(preview: StepPreview) -> None:
         image = preview.image
@@ -432,7 +437,7 @@ def _handle(engine: Engine, call: Call, send: Send, uploads: Path) -> tuple[dict
             "total": preview.total,
             "elapsed_s": preview.elapsed_s,
         }
-        send(frame, png(image) if image is not None else b"")
+        send(frame, image_bytes(image, fmt) if image is not None else b"")
 
     try:
         result = engine.generate(request, on_step=on_step, cancel=call.cancel)
@@ -440,4 +445,10 @@ def _handle(engine: Engine, call: Call, send: Send, uploads: Path) -> tuple[dict
         if request.init_image and blob:
             Path(request.init_image).unlink(missing_ok=True)
     image = result.image
-    return {"result": encode(dataclasses.replace(result, image=None))}, png(image) if image is not None else b""
+    reply: dict[str, Any] = {"result": encode(dataclasses.replace(result, image=None))}
+    if image is None:
+        return reply, b""
+    if raw:  # a fast link carries pixels sooner than the server could encode them
+        reply["raw"] = {"mode": image.mode, "size": list(image.size)}
+        return reply, image.tobytes()
+    return reply, image_bytes(image)

@@ -1,0 +1,133 @@
+"""How images cross a link: previews in the format the client asks for, finished images as raw
+pixels on a link timed fast when it opened and as PNG on a slow one. In-process: a RemoteEngine
+on a Hub with the fake engine, through a link that can be made slow."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from spatiora_tui.engine.api import EngineError, GenerationRequest, StepPreview
+from spatiora_tui.remote.client import PROBE_BYTES, RAW_ABOVE, OnEnd, OnFrame, Opener, RemoteEngine
+from spatiora_tui.remote.server import Hub
+from spatiora_tui.remote.wire import WireError, image_bytes, image_from
+from tests.fake_engine import FakeEngine
+from tests.helpers import small_settings
+
+
+class HubLink:
+    """A link to a Hub in this process whose server-to-client bytes take `seconds_per_byte`."""
+
+    def __init__(self, hub: Hub, on_frame: OnFrame, seconds_per_byte: float, sent: list[dict[str, Any]]) -> None:
+        def deliver(message: dict[str, Any], blob: bytes) -> None:
+            time.sleep(len(blob) * seconds_per_byte)
+            on_frame(message, blob)
+
+        self._connection = hub.connect("test", deliver)
+        self._sent = sent
+
+    def send(self, message: dict[str, Any], blob: bytes = b"") -> None:
+        self._sent.append(message)
+        self._connection.receive(message, blob)
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+@pytest.fixture
+def hub(tmp_path: Path):
+    engine = FakeEngine(small_settings(tmp_path))
+    engine.load()
+    hub = Hub(engine)
+    yield hub
+    hub.close()
+
+
+def opener(hub: Hub, bytes_per_second: float | None, sent: list[dict[str, Any]]) -> Opener:
+    per_byte = 0.0 if bytes_per_second is None else 1 / bytes_per_second
+
+    def open_link(on_frame: OnFrame, on_end: OnEnd) -> HubLink:
+        return HubLink(hub, on_frame, per_byte, sent)
+
+    return open_link
+
+
+REQUEST = GenerationRequest(prompt="a flat", task="base", seed=5, steps=3, width=64, height=64)
+
+
+def test_a_fast_link_carries_the_finished_image_as_pixels_identical_to_png(hub: Hub) -> None:
+    sent: list[dict[str, Any]] = []
+    fast = RemoteEngine(opener(hub, None, sent))
+    fast.link_rate = RAW_ABOVE  # as timed on a fast link (the timing itself: the slow-link test)
+    assert fast.image_format == "raw"
+    raw = fast.generate(REQUEST)
+    png = RemoteEngine(opener(hub, None, sent), image_format="png").generate(REQUEST)
+    formats = [m["image_format"] for m in sent if m["type"] == "generate"]
+    assert formats == ["raw", "png"]
+    assert raw.image is not None and png.image is not None
+    assert raw.image.mode == png.image.mode and raw.image.size == png.image.size == (64, 64)
+    assert raw.image.tobytes() == png.image.tobytes()
+
+
+def test_a_slow_link_is_timed_once_and_gets_png(hub: Hub) -> None:
+    sent: list[dict[str, Any]] = []
+    slow = RemoteEngine(opener(hub, 2 << 20, sent))  # 2 MB/s: a probe takes about 0.13 s
+    assert slow.link_rate is not None and slow.link_rate < RAW_ABOVE / 4
+    assert [m["type"] for m in sent].count("echo") == 1, "a link that is plainly slow is not timed twice"
+    assert slow.image_format == "png"
+    result = slow.generate(REQUEST)
+    assert result.image is not None and result.image.size == (64, 64)
+    assert sent[-2]["type"] == "generate" and sent[-2]["image_format"] == "png"
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "webp", "png"])
+def test_previews_cross_in_the_format_asked_for(hub: Hub, fmt: str) -> None:
+    engine = RemoteEngine(opener(hub, None, []), preview_format=fmt)
+    previews: list[StepPreview] = []
+    engine.generate(REQUEST, on_step=previews.append, cancel=threading.Event())
+    assert [p.step for p in previews] == [1, 2, 3]
+    local: list[StepPreview] = []
+    hub.engine.generate(REQUEST, on_step=local.append)
+    for got, want in zip(previews, local, strict=True):
+        assert got.image is not None and want.image is not None and got.image.size == want.image.size
+        difference = np.abs(np.asarray(got.image, dtype=int) - np.asarray(want.image, dtype=int)).max()
+        assert difference == 0 if fmt == "png" else difference <= 8
+
+
+def test_an_unknown_preview_format_is_refused_naming_the_ones_there_are(hub: Hub) -> None:
+    engine = RemoteEngine(opener(hub, None, []), preview_format="gif")
+    with pytest.raises(EngineError, match="unknown preview format 'gif': one of jpeg, webp, png"):
+        engine.generate(REQUEST)
+
+
+def test_the_server_echoes_what_it_is_sent_at_once(hub: Hub) -> None:
+    got: list[tuple[dict[str, Any], bytes]] = []
+    connection = hub.connect("probe", lambda message, blob: got.append((message, blob)))
+    connection.receive({"type": "echo", "id": 1}, bytes(range(256)) * (PROBE_BYTES // 256))
+    assert got == [({"type": "ok", "id": 1}, bytes(range(256)) * (PROBE_BYTES // 256))]
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])
+def test_raw_pixels_round_trip_and_pixels_that_do_not_fit_their_shape_are_refused(mode: str) -> None:
+    rng = np.random.default_rng(0)
+    shape = (24, 40) if mode == "L" else (24, 40, len(mode))
+    image = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode)
+    back = image_from(image.tobytes(), {"mode": mode, "size": [40, 24]})
+    assert back.mode == mode and back.tobytes() == image.tobytes()
+    assert image_from(image_bytes(image)).tobytes() == image.tobytes(), "PNG stays lossless"
+    for wrong in (
+        {"mode": mode, "size": [40, 25]},
+        {"mode": "CMYK", "size": [40, 24]},
+        {"mode": mode, "size": [40]},
+        {"mode": mode, "size": [-40, -24]},
+        {"mode": mode, "size": ["40", 24]},
+        ["RGB", [40, 24]],
+    ):
+        with pytest.raises(WireError, match="do not fit"):
+            image_from(image.tobytes(), wrong)
