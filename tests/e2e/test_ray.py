@@ -15,12 +15,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from websockets.sync.client import ClientConnection, connect
 
 from spatiora_tui.config import TaskSettings, settings_to_toml
 from spatiora_tui.engine.api import EngineError, GenerationRequest, StepPreview
 from spatiora_tui.remote.client import RemoteEngine
-from spatiora_tui.remote.websocket import websocket
+from spatiora_tui.remote.websocket import ENGINE_PATH, MAX_MESSAGE, websocket
 from tests.e2e.test_cli import assert_one_line_failure, spatiora
+from tests.frame_fuzz import FIELDS, KINDS, no_frame, wrong_fields, wrong_lengths
 from tests.helpers import small_settings
 from tests.ray_app import TOKEN, deployed
 
@@ -124,6 +128,40 @@ def test_a_client_that_leaves_mid_image_has_it_stopped_on_its_replica(app: str) 
     assert engine.generate(ask("base")).image is not None and engine.reconnects == 1
     engine.close()
     watcher.close()
+
+
+def open_ws(where: str) -> ClientConnection:
+    return connect(
+        f"ws://{where}{ENGINE_PATH}",
+        additional_headers={"Authorization": f"Bearer {TOKEN}"},
+        max_size=MAX_MESSAGE,
+        compression=None,
+        proxy=None,
+    )
+
+
+@pytest.fixture(scope="module")
+def watcher(app: str) -> Iterator[ClientConnection]:
+    """Another client of the ingress, connected throughout the frames hypothesis sends."""
+    ws = open_ws(app)
+    yield ws
+    ws.close()
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=64) | wrong_lengths() | st.text(max_size=16))
+def test_at_the_ingress_bytes_that_are_no_frame_close_that_connection_and_others_go_on(
+    app: str, watcher: ClientConnection, data: bytes | str
+) -> None:
+    no_frame(lambda: open_ws(app), watcher, data)
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(KINDS, FIELDS), min_size=1, max_size=3))
+def test_at_the_ingress_frames_with_wrong_fields_each_get_an_answer_and_others_go_on(
+    app: str, watcher: ClientConnection, batch: list[object]
+) -> None:
+    wrong_fields(lambda: open_ws(app), watcher, batch)
 
 
 def test_serve_ray_deploys_and_a_client_generates_through_it(tmp_path: Path, cache_dir: Path) -> None:

@@ -10,7 +10,6 @@ import json
 import shutil
 import socket
 import stat
-import struct
 import tempfile
 import threading
 import time
@@ -28,13 +27,13 @@ from websockets.sync.client import ClientConnection, unix_connect
 
 from spatiora_tui import __version__
 from spatiora_tui.engine.api import EngineError, GenerationRequest
-from spatiora_tui.remote import frames
 from spatiora_tui.remote.client import RemoteEngine
 from spatiora_tui.remote.frames import pack, unpack
 from spatiora_tui.remote.http import AddressError, Listener, bound, listener, uvicorn_server
 from spatiora_tui.remote.server import PROTOCOL, Hub
 from spatiora_tui.remote.websocket import ENGINE_PATH, MAX_MESSAGE, websocket
 from tests.fake_engine import FakeEngine
+from tests.frame_fuzz import FIELDS, KINDS, no_frame, still_served, wrong_fields, wrong_lengths
 from tests.helpers import small_settings
 
 
@@ -75,29 +74,12 @@ def open_ws(folder: Path) -> ClientConnection:
     return unix_connect(str(folder / "e.sock"), f"ws://localhost{ENGINE_PATH}", max_size=MAX_MESSAGE, compression=None)
 
 
-def answers(ws: ClientConnection) -> Iterator[dict[str, Any]]:
-    """Frames until the server closes the connection."""
-    try:
-        while True:
-            data = ws.recv(timeout=10)
-            assert isinstance(data, bytes), "the server sends frames only"
-            yield unpack(data)[0]
-    except ConnectionClosed:
-        return
-
-
 @pytest.fixture(scope="module")
 def watcher(hub: Hub, folder: Path) -> Iterator[ClientConnection]:
     """Another client, connected throughout: after each bad frame it must still be answered."""
     ws = open_ws(folder)
     yield ws
     ws.close()
-
-
-def still_served(ws: ClientConnection, rid: int) -> None:
-    ws.send(pack({"type": "hello", "id": rid}))
-    frame = unpack(ws.recv(timeout=10))[0]  # type: ignore[arg-type]
-    assert (frame["type"], frame["id"], frame["protocol"]) == ("ok", rid, PROTOCOL)
 
 
 def test_the_socket_is_born_for_its_owner_only(hub: Hub, folder: Path) -> None:
@@ -174,41 +156,13 @@ def test_on_tcp_every_request_needs_the_token(folder: Path) -> None:
 
 # -- frames over the websocket: what hypothesis throws at it ---------------------------------------
 
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
-    max_leaves=8,
-)
-KINDS = st.sampled_from(
-    ["generate", "switch_task", "prefetch", "load", "state", "models", "cancel", "queue", "hardware", "nope"]
-)
-FIELDS = st.dictionaries(st.sampled_from(["request", "name", "task", "target", "job", "source", "client"]), JSON)
-
-
-def wrong_lengths() -> st.SearchStrategy[bytes]:
-    """A valid JSON part under a header whose lengths do not add up (or are over the limits)."""
-    body = json.dumps({"type": "hello", "id": 1}).encode()
-    lengths = st.tuples(
-        st.integers(0, 2 * len(body)) | st.just(frames.MAX_JSON + 1), st.integers(0, 64) | st.just(frames.MAX_BLOB + 1)
-    )
-    return lengths.filter(lambda n: n != (len(body), 0)).map(lambda n: struct.pack(">II", *n) + body)
-
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=64) | wrong_lengths() | st.text(max_size=16))
 def test_bytes_that_are_no_frame_close_that_connection_with_a_reason_and_others_go_on(
     folder: Path, watcher: ClientConnection, data: bytes | str
 ) -> None:
-    with open_ws(folder) as ws:
-        ws.send(data)
-        said = list(answers(ws))
-    try:
-        valid = isinstance(data, bytes) and unpack(data)[0] is not None
-    except frames.FrameError:
-        valid = False
-    if not valid:
-        assert said and said[-1]["type"] == "error" and said[-1]["kind"] == "frame", said
-    still_served(watcher, 1)
+    no_frame(lambda: open_ws(folder), watcher, data)
 
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -216,20 +170,7 @@ def test_bytes_that_are_no_frame_close_that_connection_with_a_reason_and_others_
 def test_wellformed_frames_with_wrong_fields_each_get_an_answer_and_others_go_on(
     folder: Path, watcher: ClientConnection, batch: list[Any]
 ) -> None:
-    with open_ws(folder) as ws:
-        for n, (kind, fields) in enumerate(batch):
-            ws.send(pack({**fields, "type": kind, "id": 100 + n}))
-        ws.send(pack({"type": "hello", "id": 99}))
-        answered: set[int] = set()
-        for frame in answers(ws):
-            assert frame["type"] in ("ok", "error", "step", "progress", "queued"), frame
-            if frame["type"] in ("ok", "error"):
-                answered.add(frame["id"])
-            if answered >= {99, *(100 + n for n in range(len(batch)))}:
-                break
-        else:
-            raise AssertionError(f"the connection closed with {answered} answered")
-    still_served(watcher, 2)
+    wrong_fields(lambda: open_ws(folder), watcher, batch)
 
 
 def test_an_oversized_message_is_refused_at_the_websocket_and_others_go_on(
