@@ -218,6 +218,30 @@ class ModelSettings:
     vae_slicing: bool = field(
         default=False, metadata=_doc("Decode a batch one image at a time (less VRAM for batches).")
     )
+    compile: bool = field(
+        default=False,
+        metadata=_doc(
+            "torch.compile the UNet: faster steps on a GPU after a first image that compiles (tens of "
+            "seconds; again at each new size). Task switches never recompile: adapters go into fixed "
+            "LoRA lanes; a set that does not fit them runs uncompiled, and says why. Needs offload = "
+            '"none" (or auto choosing it); fused adapters are off with it.'
+        ),
+    )
+    compile_mode: Literal["reduce-overhead", "max-autotune-no-cudagraphs", "default"] = field(
+        default="reduce-overhead",
+        metadata=_doc(
+            "torch.compile's mode: reduce-overhead (CUDA graphs: least launch cost), "
+            "max-autotune-no-cudagraphs (tuned kernels; minutes to compile), default."
+        ),
+    )
+    compile_rank: int = field(
+        default=0,
+        metadata=_doc(
+            "The rank of the compiled LoRA lanes: adapters of a higher rank run uncompiled. 0: the "
+            "highest rank among the configured tasks' adapters (read from their files at load).",
+            _between(0, 1024),
+        ),
+    )
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,14 @@ def _doctor_device(settings: Settings, row: Callable[[str, str], None], problems
         name for name, on in (("tiling", settings.model.vae_tiling), ("slicing", settings.model.vae_slicing)) if on
     ]
     row("VAE", ", ".join(tiling) or "whole images (tiled only after running out of memory)")
+    model = settings.model
+    if not model.compile:
+        row("compile", "off (model.compile = false)")
+    elif device == "cuda" and offload not in ("auto", "none"):
+        row("compile", f'off: {offload} offload rules it out (set offload = "none")')
+    else:
+        rank = model.compile_rank or "auto (the task adapters' highest)"
+        row("compile", f"{model.compile_mode}; LoRA lanes of rank {rank}; the first image at each size compiles")
 
 
 def _doctor_nvml(row: Callable[[str, str], None]) -> None:

@@ -116,7 +116,8 @@ def start_engine(settings: Settings, task: Any, engine: Any = None) -> tuple[Any
     status(None)
     print(
         f"model: {model.name} · {model.variant or model.family_label} · {model.device} {model.dtype}"
-        + (f" · offload {model.offload}" if model.offload != "none" else ""),
+        + (f" · offload {model.offload}" if model.offload != "none" else "")
+        + (f" · compiled ({model.compiled})" if model.compiled else ""),
         file=sys.stderr,
     )
     if model.random_weights:

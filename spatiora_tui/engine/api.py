@@ -169,6 +169,8 @@ class ModelInfo:
     preview: str = ""
     #: How the weights sit on the device: none (all there), model, group or sequential offload.
     offload: str = "none"
+    #: The UNet's torch.compile mode ("" when it runs uncompiled).
+    compiled: str = ""
 
     @property
     def short_hash(self) -> str | None:
@@ -250,6 +252,8 @@ class AdapterSwitch:
     warning: Notice | None = None
     #: Set when the task runs on another base model, which was loaded first.
     model_switch: ModelSwitch | None = None
+    #: With a compiled UNet, why this task's adapters run uncompiled ("" otherwise).
+    uncompiled: str = ""
 
     def summary(self) -> str:
         """One line for a person: time, where each adapter came from, the phases that took time."""
@@ -261,6 +265,8 @@ class AdapterSwitch:
             text += " (" + ", ".join(f"{p} {ms:.0f}" for p, ms in slow) + " ms)"
         if self.fused:
             text += ", fused"
+        if self.uncompiled:
+            text += f"; runs uncompiled: {self.uncompiled}"
         return text
 
 

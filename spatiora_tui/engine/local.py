@@ -38,6 +38,7 @@ from spatiora_tui.engine.api import (
     StepCallback,
     task_for,
 )
+from spatiora_tui.engine.compiled import graphs as compiled_graphs
 from spatiora_tui.engine.init_image import InitImage, init_for, init_notices, strength_of
 from spatiora_tui.engine.manifest import add_trigger_words
 from spatiora_tui.engine.thread import OneThread
@@ -84,6 +85,7 @@ class LocalEngine:
         self._model: ModelInfo | None = None
         self._loras: Any = None
         self._embeddings: Any = None
+        self._compiled: Any = None  # compiled.CompiledUNet with [model] compile
         self._previewer: previews.Previewer | None = None
         self._notices: list[Notice] = []  # for the user, given with the next generation's result
         self._active_task: str | None = None
@@ -227,6 +229,7 @@ class LocalEngine:
             dirs.append(demo_adapters)
         self._pipe, self._model, self._img2img = pipe, model, None
         adapters = self._settings.adapters
+        compiled, model = self._compile(pipe, model, model_settings)
         # Layer-by-layer offload keeps weights in its hooks, not in the modules: fusing an adapter
         # into them would write into placeholders. Such a model runs its adapters unfused.
         fuse = adapters.fuse and model.offload not in ("sequential", "group")
@@ -234,6 +237,12 @@ class LocalEngine:
             self._notices.append(
                 Notice(NoticeKind.OFFLOAD, f"[adapters] fuse is off with {model.offload} offload: adapters run unfused")
             )
+        if fuse and compiled is not None:
+            fuse = False
+            self._notices.append(
+                Notice(NoticeKind.COMPILE, "[adapters] fuse is off with [model] compile: adapters run in the lanes")
+            )
+        tasks = [t for t in self._settings.tasks if t.model is None or self._locate(t.model) == resolved]
         self._loras = LoraManager(
             pipe,
             model.family,
@@ -244,7 +253,11 @@ class LocalEngine:
             fuse,
             allow_pickle=self._settings.security.allow_pickle,
             library_dirs=folders.loras,
+            compiled=compiled,
+            lanes=(max([1, *(len(t.adapters) for t in tasks)]), model_settings.compile_rank),
+            lane_adapters=tuple(ref.name for t in tasks for ref in t.adapters),
         )
+        self._compiled = compiled
         self._embeddings = EmbeddingManager(pipe, model.family, folders.embeddings, self._hashes)
         self._previewer, notice = previews.build(self._settings.preview.method, self._preview_context(pipe, model))
         if notice is not None:
@@ -256,6 +269,25 @@ class LocalEngine:
         self.watchdog.set_baseline()  # memory with the base model loaded and no adapter held
         self._warmed = False  # taken again after the first image (see _generate)
         return model
+
+    def _compile(self, pipe: Any, model: ModelInfo, settings: Any) -> tuple[Any, ModelInfo]:
+        """[model] compile: the UNet compiled in place (traced at its first image), or None with
+        a notice when the offload mode rules it out."""
+        if not settings.compile:
+            return None, model
+        if model.offload != "none":
+            self._notices.append(
+                Notice(
+                    NoticeKind.COMPILE,
+                    f"[model] compile is off with {model.offload} offload (its hooks move weights each step); "
+                    'set offload = "none" on a GPU the model fits to compile',
+                )
+            )
+            return None, model
+        from spatiora_tui.engine.compiled import CompiledUNet
+
+        compiled = CompiledUNet(pipe.unet, settings.compile_mode)
+        return compiled, dataclasses.replace(model, compiled=compiled.mode)
 
     def _switch_model(self, source: str, on_progress: Callable[[str], object] | None) -> ModelSwitch:
         """Free the base model completely, then load `source`. A file that cannot be a
@@ -274,8 +306,10 @@ class LocalEngine:
         start = time.perf_counter()
         before = read_memory()
         ram = self._loras.release() if self._loras is not None else None  # the device tiers go with the model
+        if self._compiled is not None:
+            self._compiled.release()
         on_cuda = previous is not None and previous.device == "cuda"
-        self._pipe = self._img2img = self._model = self._loras = self._embeddings = None
+        self._pipe = self._img2img = self._model = self._loras = self._embeddings = self._compiled = None
         self._active_task = None
         # The old model's objects were frozen out of the collector's view after it loaded;
         # they must be visible again for its reference cycles to be freed.
@@ -363,6 +397,7 @@ class LocalEngine:
             fused=report.fused,
             warning=self.watchdog.check(after, held_ram, held_vram) if after else None,
             model_switch=model_switch,
+            uncompiled=report.uncompiled,
         )
 
     def _ensure_model(self, task: TaskSettings, on_progress: Callable[[str], object] | None) -> ModelSwitch | None:
@@ -397,10 +432,14 @@ class LocalEngine:
             # task switches back to its own set (the task is no longer marked active).
             wanted = _with_tags(task.adapters, tags)
             with self._telemetry.stage("adapter switch", task=task.name):
-                switch_ms += self._loras.activate(wanted).duration_ms
+                report = self._loras.activate(wanted)
+            switch_ms += report.duration_ms
+            if report.uncompiled:
+                self._notices.append(Notice(NoticeKind.COMPILE, f"this image ran uncompiled: {report.uncompiled}"))
             self._active_task = None
         self._telemetry.set_task(task.name)
         params = self._resolve(request, task, prompt, tuple(t.name for t in tags), init)
+        graphs = compiled_graphs() if self._compiled is not None else 0
         run = run_generation(
             self._img2img_pipe() if init is not None else self._pipe,
             self._model,
@@ -413,6 +452,15 @@ class LocalEngine:
             self._telemetry,
             init,
         )
+        if self._compiled is not None and self._compiled.on and compiled_graphs() > graphs:
+            self._notices.append(
+                Notice(
+                    NoticeKind.COMPILE,
+                    f"this image included compiling the UNet for {params.width}x{params.height} "
+                    f"({compiled_graphs() - graphs} new graph(s)); the next at this size, batch and prompt "
+                    "length run compiled",
+                )
+            )
         warnings = (
             *self._notices,
             *init_notices(init),

@@ -261,7 +261,10 @@ class SpatioraApp(App[None], inherit_bindings=False):
 
     def _show_model(self, model: Any) -> None:
         offload = f" · offload {model.offload}" if model.offload != "none" else ""
-        self.sub_title = f"{model.name} · {model.variant or model.family_label} · {model.device} {model.dtype}{offload}"
+        compiled = f" · compiled ({model.compiled})" if model.compiled else ""
+        self.sub_title = (
+            f"{model.name} · {model.variant or model.family_label} · {model.device} {model.dtype}{offload}{compiled}"
+        )
         self.task_pane.set_model(model.name)
         self.preview_pane.set_method(model.preview)
 

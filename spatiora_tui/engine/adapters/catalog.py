@@ -47,6 +47,8 @@ class AdapterFile:
     prefetched: bool = False  # read ahead by a prefetch and not yet used by a switch
     #: UNet module -> (down, up, alpha) once worked out (see layouts.unet_layers); {}: no in-place swap.
     unet: dict[str, tuple[Any, Any, float]] | None = field(default=None, repr=False)
+    #: (layers, why not) for compiled mode's lanes once worked out (see lanes.lane_layers).
+    lanes: tuple[dict[tuple[str, str], tuple[Any, Any]], str | None] | None = field(default=None, repr=False)
 
     def changed_on_disk(self) -> bool:
         """True when the file was replaced since it was read (a deleted one counts as unchanged:

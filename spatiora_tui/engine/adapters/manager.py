@@ -3,6 +3,9 @@
 disk (catalog) -> RAM (ram) -> resident on the device (slots) -> active, optionally fused (fuse).
 A failed load (missing, corrupt or incompatible file) leaves the previously active set in force:
 the next image is exactly what it would have been without the attempt.
+
+With a compiled UNet the device tier is the lanes (lanes.py) and switches trace nothing again; a
+set that does not fit them runs uncompiled on peft's own layers (slots), and the report says why.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 from spatiora_tui.config import AdapterRef
 from spatiora_tui.engine.adapters.catalog import AdapterCatalog, AdapterFile, tensor_bytes
 from spatiora_tui.engine.adapters.fuse import Fuser
+from spatiora_tui.engine.adapters.lanes import LaneSlots, file_rank, lane_layers, lane_rank
 from spatiora_tui.engine.adapters.layouts import normalize, unet_layers
 from spatiora_tui.engine.adapters.phases import PhaseClock
 from spatiora_tui.engine.adapters.ram import RamTier
@@ -42,6 +46,17 @@ class ActivationReport:
     before: MemoryReading | None = None
     after: MemoryReading | None = None
     fused: bool = False
+    #: With a compiled UNet, why this set runs uncompiled ("" when it runs compiled, or no compile).
+    uncompiled: str = ""
+
+
+@dataclass
+class _Log:
+    """What a switch did, for its report."""
+
+    from_disk: list[str]
+    paths: list[tuple[str, str]]
+    tiers: list[tuple[str, str]]
 
 
 class LoraManager:
@@ -58,9 +73,15 @@ class LoraManager:
         fuse: bool = False,
         allow_pickle: bool = False,
         library_dirs: Sequence[Path] = (),
+        compiled: Any = None,
+        lanes: tuple[int, int] | None = None,
+        lane_adapters: Sequence[str] = (),
     ) -> None:
         """`search_dirs` hold adapters as NAME.safetensors or NAME/ folders; `library_dirs` are
-        the user's LoRA folders ([paths] loras, installs), searched with their sub-folders."""
+        the user's LoRA folders ([paths] loras, installs), searched with their sub-folders.
+        `compiled` (a compiled.CompiledUNet) with `lanes` = (count, rank): the device tier is
+        that many lanes of that rank (0: the highest rank of the `lane_adapters` files), created
+        now, before the compiled UNet first runs."""
         self._pipe = pipe
         self._family = family
         #: Merge the active set into the base weights (see fuse.py); read at each switch.
@@ -71,10 +92,18 @@ class LoraManager:
         self.slots = DeviceSlots(pipe, resident_max, int(resident_mb * MB), self._clock)
         self._fuser = Fuser(self._clock)
         self._active: tuple[AdapterUse, ...] = ()
+        self._compiled = compiled
+        self.lanes: LaneSlots | None = None
+        if compiled is not None and lanes is not None:
+            count, rank = lanes
+            if rank == 0:
+                rank = lane_rank([self._file_rank(name) for name in lane_adapters])
+            self.lanes = LaneSlots(pipe, count, rank, resident_max, int(resident_mb * MB), self._clock)
+        self._in_lanes = self.lanes is not None  # whether the active set is in the lanes
 
     @property
     def resident(self) -> tuple[str, ...]:
-        return self.slots.names
+        return (self.lanes.names if self.lanes is not None else ()) + self.slots.names
 
     @property
     def active(self) -> tuple[AdapterUse, ...]:
@@ -113,55 +142,125 @@ class LoraManager:
         copies of base weights on the host; the resident adapters on the device (which is the
         host too when the model runs on the CPU)."""
         host = self.ram.nbytes() + self._fuser.host_bytes()
-        device = self.slots.nbytes()
+        device = self.slots.nbytes() + (self.lanes.nbytes() if self.lanes is not None else 0)
         if self.slots.placement()[0].type == "cpu":
             return (host + device) / MB, 0.0
         return host / MB, device / MB
+
+    def _file_rank(self, name: str) -> int | None:
+        try:
+            return file_rank(self.catalog.find(name))
+        except EngineError:
+            return None  # a missing adapter is reported when its task is used
 
     def activate(self, refs: Sequence[AdapterRef]) -> ActivationReport:
         """Make exactly `refs` the active adapters (bringing any not resident through the tiers)."""
         before = read_memory()
         start = time.perf_counter()
         self._clock.reset()
-        from_disk: list[str] = []
-        paths: list[tuple[str, str]] = []
-        tiers: list[tuple[str, str]] = []
-        keep = {ref.name for ref in refs}
-        active_names = {use.name for use in self._active}
+        log = _Log([], [], [])
         self._fuser.unfuse()
+        uncompiled = ""
+        in_lanes = self._in_lanes
         try:
-            for ref in refs:
-                if ref.name in self.slots:
-                    self.slots.touch(ref.name)
-                    tiers.append((ref.name, "active" if ref.name in active_names else "resident"))
-                    continue
-                adapter, tier = self._fetch(ref.name)
-                tiers.append((ref.name, tier))
-                how = self._bring(ref.name, adapter, keep)
-                paths.append((ref.name, f"{how} from {'disk' if tier == 'disk' else 'RAM'}"))
-                if tier == "disk":
-                    from_disk.append(ref.name)
+            fetched: dict[str, tuple[AdapterFile, str]] = {}
+            if self.lanes is not None:
+                uncompiled = self._activate_lanes(refs, log, fetched) or ""
+            if self.lanes is None or uncompiled:
+                self._activate_peft(refs, log, fetched)
         except EngineError:
-            self._restore(self._active)  # keep what was active before the attempt
+            self._restore(self._active, in_lanes)  # keep what was active before the attempt
             raise
-        active = tuple(replace(self.slots.use(ref.name), weight=self.weight_of(ref)) for ref in refs)
-        self._set_active(active)
         return ActivationReport(
             (time.perf_counter() - start) * 1000.0,
-            tuple(from_disk),
-            active,
-            tuple(paths),
-            tuple(tiers),
+            tuple(log.from_disk),
+            self._active,
+            tuple(log.paths),
+            tuple(log.tiers),
             self._clock.report(),
             before,
             read_memory(),
             self._fuser.fused,
+            uncompiled,
         )
+
+    def _activate_peft(
+        self, refs: Sequence[AdapterRef], log: _Log, fetched: dict[str, tuple[AdapterFile, str]]
+    ) -> None:
+        """The active set on peft's layers (slots), fused or not; with lanes, the UNet runs
+        uncompiled and the lanes are off."""
+        keep = {ref.name for ref in refs}
+        active_names = {use.name for use in self._active}
+        if self.lanes is not None:
+            self.lanes.apply(())
+            self._compiled.use(False)
+            self._in_lanes = False
+        for ref in refs:
+            if ref.name in self.slots:
+                self.slots.touch(ref.name)
+                log.tiers.append((ref.name, "active" if ref.name in active_names else "resident"))
+                continue
+            adapter, tier = fetched.pop(ref.name) if ref.name in fetched else self._fetch(ref.name)
+            log.tiers.append((ref.name, tier))
+            how = self._bring(ref.name, adapter, keep)
+            log.paths.append((ref.name, f"{how} from {'disk' if tier == 'disk' else 'RAM'}"))
+            if tier == "disk":
+                log.from_disk.append(ref.name)
+        self._set_active(tuple(replace(self.slots.use(ref.name), weight=self.weight_of(ref)) for ref in refs))
+
+    def _activate_lanes(
+        self, refs: Sequence[AdapterRef], log: _Log, fetched: dict[str, tuple[AdapterFile, str]]
+    ) -> str | None:
+        """The active set in the lanes, the UNet compiled; or why it cannot be (nothing changed
+        but the RAM tier and the resident copies, and what was read is left in `fetched`)."""
+        lanes = self.lanes
+        assert lanes is not None
+        if len(refs) > lanes.lanes:
+            return (
+                f"{len(refs)} adapters at once, and the compiled UNet has {lanes.lanes} lane"
+                f"{'s' if lanes.lanes > 1 else ''} (as many as the largest task's adapter set)"
+            )
+        plan = []
+        for ref in refs:
+            if ref.name not in lanes:
+                adapter, tier = fetched[ref.name] = self._fetch(ref.name)
+                with self._clock.time("plan"):
+                    layers, why = lane_layers(self._pipe, adapter)
+                    why = why or lanes.misfit(layers)
+                if why:
+                    return f"adapter {ref.name!r} does not fit the compiled layout: {why}"
+                plan.append((ref.name, adapter, tier, layers))
+        keep = {ref.name for ref in refs}
+        active_names = {use.name for use in self._active} if self._in_lanes else set()
+        brought = {name: tier for name, _, tier, _ in plan}
+        for name, adapter, _, layers in plan:
+            lanes.bring(name, adapter, layers, keep)
+        for ref in refs:
+            if ref.name not in brought:
+                lanes.touch(ref.name)
+                log.tiers.append((ref.name, "active" if ref.name in active_names else "resident"))
+                continue
+            tier = brought[ref.name]
+            log.tiers.append((ref.name, tier))
+            log.paths.append((ref.name, f"in-place from {'disk' if tier == 'disk' else 'RAM'}"))
+            if tier == "disk":
+                log.from_disk.append(ref.name)
+        if not self._in_lanes:
+            # Back from an uncompiled set: its peft adapters out, so the layers are exactly
+            # what the compiled UNet was traced with.
+            self.slots.clear()
+            lanes.restore()
+            self._compiled.use(True)
+            self._in_lanes = True
+        active = tuple(replace(lanes.use(ref.name), weight=self.weight_of(ref)) for ref in refs)
+        lanes.apply(active)
+        self._active = active
+        return None
 
     def prefetch(self, names: Sequence[str]) -> None:
         """Read adapters into the RAM cache in the background (returns at once), so that a coming
         switch does not wait for the disk. Problems are left for the switch to report."""
-        self.ram.prefetch(names, self._prefetch_read, skip=self.slots.__contains__)
+        self.ram.prefetch(names, self._prefetch_read, skip=lambda name: name in self.resident)
 
     def wait_prefetch(self) -> None:
         """Block until the prefetches asked for so far are done (for tests and benchmarks)."""
@@ -172,12 +271,16 @@ class LoraManager:
         if any(use.name == name for use in self._active):
             raise EngineError(f"adapter {name!r} is active; switch away from it before evicting it")
         self.slots.drop(name)
+        if self.lanes is not None:
+            self.lanes.drop(name)
 
     def release(self) -> OrderedDict[str, AdapterFile]:
         """Before the pipeline goes away: stop prefetching and hand over the RAM tier (parsed
         files, which a manager on a model of the same family can use as they are)."""
         ram = self.ram.release()
         self.slots.release()
+        if self.lanes is not None:
+            self.lanes.release()
         self._fuser.release()
         self._pipe = None
         return ram
@@ -200,7 +303,11 @@ class LoraManager:
     def _prefetch_read(self, name: str) -> AdapterFile:
         adapter = self._read(name)
         if self._pipe is not None:
-            unet_layers(self._pipe, adapter)  # an in-place swap's parse, done here rather than in the switch
+            # An in-place swap's parse, done here rather than in the switch.
+            if self.lanes is not None:
+                lane_layers(self._pipe, adapter)
+            else:
+                unet_layers(self._pipe, adapter)
         return adapter
 
     def _fetch(self, name: str) -> tuple[AdapterFile, str]:
@@ -225,9 +332,25 @@ class LoraManager:
             self.ram.discard(name)  # a file that does not load is not worth keeping
             raise
 
-    def _restore(self, previous: Sequence[AdapterUse]) -> None:
-        """After a failed activation: the previous active set back on the device, and in force.
-        Making room for the failed one may have taken one of them off; it comes back from RAM."""
+    def _restore(self, previous: Sequence[AdapterUse], in_lanes: bool) -> None:
+        """After a failed activation: the previous active set back on the device, and in force
+        (`in_lanes`: it was in the lanes). Making room for the failed one may have taken one of
+        them off; it comes back from RAM."""
+        if in_lanes:
+            assert self.lanes is not None
+            if not self._in_lanes:
+                self.slots.clear()
+                self.lanes.restore()
+                self._compiled.use(True)
+                self._in_lanes = True
+            keep = {use.name for use in previous}
+            for use in previous:
+                if use.name not in self.lanes:
+                    adapter = self._fetch(use.name)[0]
+                    self.lanes.bring(use.name, adapter, lane_layers(self._pipe, adapter)[0], keep)
+            self.lanes.apply(previous)
+            self._active = tuple(previous)
+            return
         keep = {use.name for use in previous}
         for use in previous:
             if use.name not in self.slots:

@@ -100,6 +100,12 @@ class DeviceSlots:
             self._bytes.pop(name, None)
             self._layers = self._unet_modules = None
 
+    def clear(self) -> None:
+        """Delete every resident adapter from the model."""
+        for name in list(self._resident):
+            self.drop(name)
+        self._lora_enabled = None  # the layers left (compiled mode's lanes) are set by their owner
+
     def apply(self, active: Sequence[AdapterUse], enable: bool = True) -> None:
         """Activate `active` with its weights, through the LoRA layers alone; with `enable` off
         the layers stay off (fused mode holds the deltas in the base weights).
