@@ -21,6 +21,9 @@ that fails or runs out of time is recorded as such and the next one runs):
   previews   benchmarks/previews.py: preview cost per method on the SDXL VAE
   sdxl       `spatiora bench` on the SDXL architecture, 1024x1024, 25 steps
   bf16       `spatiora bench` on SD 1.5 in bf16
+  compile-*  [model] compile (reduce-overhead, default) on SD 1.5 512x512: eager against compiled
+             image time, the first image's compile time, switches and in-place swaps with Dynamo's
+             graph counter (0 new graphs is the target), each task's image against eager
   offload-*  [model] offload none / model / group / sequential on SDXL 1024x1024: load, VRAM held,
              image time and peak, an in-place adapter swap, images compared with mode none
 
@@ -177,6 +180,26 @@ SECTIONS = (
     Section("bf16", "spatiora bench, SD 1.5 512x512 25 steps bf16", _bench("sd15", "512x512", "BF16_CONFIG"), 90),
     *(
         Section(
+            f"compile-{mode}",
+            f"[model] compile, mode {mode}: SD 1.5 512x512 25 steps fp16, eager against compiled, switches "
+            "and in-place swaps with Dynamo's graph counter, images against eager",
+            lambda dry, out, mode=mode: [
+                sys.executable,
+                __file__,
+                "--section",
+                "compile",
+                "--mode",
+                mode,
+                "--json",
+                str(out),
+                *(["--dry-run"] if dry else []),
+            ],
+            300,
+        )
+        for mode in ("reduce-overhead", "default")
+    ),
+    *(
+        Section(
             f"offload-{mode}",
             f"[model] offload = {mode}: SDXL 1024x1024 25 steps fp16, peak VRAM, image time, an in-place swap",
             lambda dry, out, mode=mode: [
@@ -205,10 +228,11 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated sections to run (default: all)")
     parser.add_argument("--section", help=argparse.SUPPRESS)  # a child process: run one in-process section
     parser.add_argument("--json", help=argparse.SUPPRESS)
-    parser.add_argument("--mode", help=argparse.SUPPRESS)  # the offload section's mode
+    parser.add_argument("--mode", help=argparse.SUPPRESS)  # the offload or compile section's mode
     args = parser.parse_args()
-    if args.section == "offload":
-        figures = offload_section(args.dry_run, args.mode, Path(args.json).parent)
+    if args.section in ("offload", "compile"):
+        run = offload_section if args.section == "offload" else compile_section
+        figures = run(args.dry_run, args.mode, Path(args.json).parent)
         Path(args.json).write_text(json.dumps(figures, indent=2, default=str), encoding="utf-8")
         return
     if args.section:
@@ -464,6 +488,91 @@ def offload_section(dry: bool, mode: str, shared: Path) -> dict[str, Any]:
             for key, image in images.items():
                 diff = np.abs(image - saved[key])
                 figures[f"{key}_vs_none"] = {"max_abs": int(diff.max()), "mean_abs": float(diff.mean())}
+    print(json.dumps(figures, indent=2, default=str))
+    return figures
+
+
+def compile_section(dry: bool, mode: str, shared: Path) -> dict[str, Any]:
+    """[model] compile in `mode` on the SD 1.5 architecture: an eager engine's image time and
+    images first, then a compiled engine's first image (tracing and compiling), its image time,
+    switches among three tasks with two resident (so that resident switches and in-place swaps
+    both happen), Dynamo's count of compiled graphs across all of that, and each task's image
+    against the eager one. The dry run traces with the eager backend for reduce-overhead (the CPU
+    has no CUDA graphs) and compiles with inductor on the CPU for default."""
+    import dataclasses
+    import statistics
+
+    import numpy as np
+
+    from spatiora_tui.bench.arch import engine_parts
+    from spatiora_tui.config import load_settings
+    from spatiora_tui.engine.api import GenerationRequest
+    from spatiora_tui.engine.compiled import BACKEND_ENV, graphs
+    from spatiora_tui.engine.local import LocalEngine
+
+    if dry and mode == "reduce-overhead":
+        os.environ[BACKEND_ENV] = "eager"
+    arch, size, steps, device = ("demo", (64, 64), 4, "cpu") if dry else ("sd15", (512, 512), 25, "cuda")
+    cycles = 2 if dry else 10
+    figures: dict[str, Any] = {"mode": mode, "arch": arch, "size": size, "steps": steps}
+    with tempfile.TemporaryDirectory(prefix="spatiora-compile-") as tmp:
+        base = load_settings()
+        third = dataclasses.replace(base.tasks[0], name=f"{base.tasks[0].name}_2")  # its own random adapter
+        base = dataclasses.replace(base, tasks=(*base.tasks[:2], third))
+        tasks = tuple(t.name for t in base.tasks)
+        figures["tasks"] = tasks
+        images: dict[str, dict[str, Any]] = {}
+        for compiled in (False, True):
+            settings, loader = engine_parts(base, arch, tasks, steps, size, Path(tmp) / "adapters", device=device)
+            model = dataclasses.replace(settings.model, offload="none", compile=compiled, compile_mode=mode)
+            adapters = dataclasses.replace(settings.adapters, resident_max=2, fuse=False)
+            engine = LocalEngine(dataclasses.replace(settings, model=model, adapters=adapters), loader=loader)
+            engine.load()
+            label = "compiled" if compiled else "eager"
+            request = GenerationRequest(prompt="a floor plan", task=tasks[0], seed=1)
+            t0 = time.perf_counter()
+            first = engine.generate(request, on_step=lambda preview: None)
+            figures[f"{label}_first_image_s"] = time.perf_counter() - t0
+            figures[f"{label}_first_notices"] = [str(w) for w in first.warnings]
+            times = []
+            for _ in range(2 if dry else 3):
+                result = engine.generate(request, on_step=lambda preview: None)  # previews on, as in the UI
+                times.append((result.timings.image_ms or 0) / 1000)
+            figures[f"{label}_image_s"] = times
+            graphs_before = graphs()
+            switches: dict[str, list[float]] = {}
+            for _ in range(cycles):
+                # With two resident of three: two resident switches, then three in-place swaps.
+                for task in (tasks[1], tasks[0], tasks[1], tasks[2], tasks[0]):
+                    switch = engine.switch_task(task)
+                    how = switch.paths[0][1] if switch.paths else dict(switch.tiers).get(switch.adapters[0][0], "")
+                    switches.setdefault(how, []).append(switch.duration_ms)
+                    if switch.uncompiled:
+                        figures.setdefault(f"{label}_uncompiled", []).append(switch.uncompiled)
+            images[label] = {}
+            for task in tasks:
+                result = engine.generate(dataclasses.replace(request, task=task))
+                images[label][task] = np.asarray(result.image, dtype=np.int16)
+            figures[f"{label}_switch_ms"] = {
+                how: {
+                    "n": len(ms),
+                    "p50": statistics.median(ms),
+                    "p95": sorted(ms)[max(0, round(0.95 * len(ms)) - 1)],
+                }
+                for how, ms in switches.items()
+            }
+            figures[f"{label}_graphs_added_by_switches_and_images"] = graphs() - graphs_before
+            del engine
+        figures["compiled_vs_eager"] = {
+            task: {
+                "max_abs": int(np.abs(images["compiled"][task] - images["eager"][task]).max()),
+                "mean_abs": float(np.abs(images["compiled"][task] - images["eager"][task]).mean()),
+            }
+            for task in tasks
+        }
+        figures["speedup"] = statistics.median(figures["eager_image_s"]) / statistics.median(
+            figures["compiled_image_s"]
+        )
     print(json.dumps(figures, indent=2, default=str))
     return figures
 

@@ -37,5 +37,11 @@ def test_the_gpu_checks_dry_run_runs_every_section_and_writes_its_report(tmp_pat
     assert gauge["oom"]["outcome"] == "EngineOOM" and gauge["oom"]["next_request_ok"] is True
     assert [row["stage"] for row in gauge["gauge"]][:3] == ["before load", "model loaded", "adapter active"]
     assert report["sections"]["lora"]["figures"]["switches"] == 5
+    for mode in ("reduce-overhead", "default"):  # traced with the eager backend, compiled by inductor
+        compiled = report["sections"][f"compile-{mode}"]["figures"]
+        assert compiled["compiled_graphs_added_by_switches_and_images"] == 0
+        assert "in-place from RAM" in compiled["compiled_switch_ms"] and "resident" in compiled["compiled_switch_ms"]
+        assert all(diff["max_abs"] <= 1 for diff in compiled["compiled_vs_eager"].values())
+        assert "compiling the UNet for 64x64" in compiled["compiled_first_notices"][0]
     markdown = (out / "gpu-check.md").read_text(encoding="utf-8")
     assert "dry run on the CPU" in markdown and all(f"## {s.name}:" in markdown for s in SECTIONS)
