@@ -1,0 +1,64 @@
+"""tools/train_demo.py, the demo model's training command, in a few steps of each stage: it runs
+from one command with progress, skips what is done, is seeded (the same weights twice), and what
+it writes loads as diffusers components and LoRA files."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def train(out: Path, *args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "train_demo.py"), "--out", str(out), "--smoke", "--every", "1", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_every_stage_runs_with_progress_and_skips_what_is_done(tmp_path: Path) -> None:
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import load_file
+    from transformers import CLIPTextModel
+
+    out = tmp_path / "train"
+    printed = train(out)
+    for stage in ("vae step 2/2", "base step 2/2", "lora interior step 2/2", "lora floorplan step 2/2"):
+        assert stage in printed
+    vae = AutoencoderKL.from_pretrained(out / "vae")
+    assert vae.config.scaling_factor > 0 and vae.config.block_out_channels == [32, 64, 64]
+    unet = UNet2DConditionModel.from_pretrained(out / "unet")
+    text_encoder = CLIPTextModel.from_pretrained(out / "text_encoder")
+    with torch.no_grad():
+        context = text_encoder(torch.zeros(1, 77, dtype=torch.long))[0]
+        assert unet(torch.zeros(1, 4, 16, 16), 10, context).sample.shape == (1, 4, 16, 16)
+    for task in ("interior", "floorplan"):
+        lora = load_file(out / "loras" / f"{task}.safetensors")
+        assert any("lora_A" in key or "lora.down" in key for key in lora)
+    again = train(out)
+    assert "vae: done already" in again and "base: done already" in again
+
+
+def test_the_same_command_gives_the_same_weights(tmp_path: Path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    for out in (first, second):
+        train(out, "--stage", "vae")
+    name = "vae/diffusion_pytorch_model.safetensors"
+    assert digest(first / name) == digest(second / name)
