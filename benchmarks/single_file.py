@@ -3,7 +3,7 @@ measure what a base-model switch costs and gives back.
 
 Builds the real SD 1.5 (and with --arch sdxl, SDXL) architecture from the config folders Spatiora
 ships, with random weights in fp16, and writes it twice: as an AUTOMATIC1111-layout single file
-(tests/layouts.py) and as a diffusers folder (save_pretrained). Then, in one run:
+(spatiora_tui/engine/ldm_layout.py) and as a diffusers folder (save_pretrained). Then, in one run:
 
 1. load: the single file through Spatiora's loader (shipped config, built-in tokenizer, no
    network) and the folder through diffusers' from_pretrained, alternately, --runs times each,
@@ -47,7 +47,7 @@ def build(arch: str, seed: int):
 
 
 def write(arch: str, work: Path, seed: int) -> tuple[Path, Path]:
-    from tests.layouts import save_single_file
+    from spatiora_tui.engine.ldm_layout import save_single_file
 
     single, folder = work / f"{arch}-{seed}.safetensors", work / f"{arch}-{seed}-diffusers"
     if single.exists() and folder.exists():

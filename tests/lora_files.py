@@ -18,7 +18,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from tests import layouts
+from spatiora_tui.engine import ldm_layout as layouts
 
 #: (component, module name) -> (down, up, alpha): what a written file holds, for the reference.
 Reference = dict[tuple[str, str], tuple[Any, Any, float]]

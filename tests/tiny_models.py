@@ -2,18 +2,17 @@
 
 Each is the real diffusers architecture at toy width (a few hundred KB), with the real CLIP
 tokenizer Spatiora ships, so a test can write it as an AUTOMATIC1111-layout single file
-(tests/layouts.py) and load it as a user's checkpoint. Their config folder is written beside,
+(spatiora_tui/engine/ldm_layout.py) and load it as a user's checkpoint. Their config folder is written beside,
 since the shipped ones describe the full-size models: NAME.config/ beside NAME.safetensors is
 used for that file (as a user keeps one for a model of an unusual architecture).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from tests import layouts
+from spatiora_tui.engine import ldm_layout as layouts
 
 TINY_TE = dict(
     hidden_size=32,
@@ -115,29 +114,6 @@ def tiny_pipeline(family: str = "sd1", inpaint: bool = False, seed: int = 0) -> 
     )
 
 
-def write_config_folder(pipe: Any, folder: Path) -> Path:
-    """The pipeline's diffusers config folder, without weights or tokenizer (as Spatiora ships)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    index = {"_class_name": type(pipe).__name__, "_diffusers_version": "0.32.0"}
-    for name, component in pipe.components.items():
-        if component is None:
-            index[name] = [None, None]
-            continue
-        library = "transformers" if type(component).__module__.startswith("transformers") else "diffusers"
-        index[name] = [library, type(component).__name__]
-        if name.startswith("tokenizer"):
-            continue
-        if hasattr(component, "save_config"):
-            component.save_config(folder / name)
-        else:
-            component.config.save_pretrained(folder / name)
-    for key, value in pipe.config.items():
-        if not key.startswith("_") and key not in index:
-            index[key] = value
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
-    return folder
-
-
 def write_checkpoint(
     folder: Path,
     family: str = "sd1",
@@ -152,5 +128,5 @@ def write_checkpoint(
     pipe = tiny_pipeline(family, inpaint, seed)
     stem = name or f"tiny-{family}{'-inpaint' if inpaint else ''}"
     path = layouts.save_single_file(pipe, folder / f"{stem}.safetensors", extra, metadata)
-    config = write_config_folder(pipe, folder / f"{stem}.config")  # found beside it, as a user keeps one
+    config = layouts.write_config_folder(pipe, folder / f"{stem}.config")  # found beside it, as a user keeps one
     return path, config, pipe

@@ -40,6 +40,7 @@ SEED = 2026
 STEPS = {"vae": 1200, "base": 4000, "lora": 600}
 BATCH = 32
 POOL = 6000  # procedural samples drawn once per stage (the kinds in turn)
+MODEL_NAME = "spatiora-demo"
 TEMPLATES = {  # the tasks of config.toml; a LoRA is trained with its task's template
     "interior": ("room", "interior design photograph of {prompt}"),
     "floorplan": ("plan", "2D architectural floor plan of {prompt}"),
@@ -292,11 +293,66 @@ def train_lora(out: Path, task: str, steps: int, every: int) -> None:
     )
 
 
+def export(out: Path, model_dir: Path, adapter_dir: Path) -> None:
+    """What users have, from the trained parts: the base as one AUTOMATIC1111-layout checkpoint
+    (fp16) with its config folder beside it, each LoRA as a Kohya file with an adapter.toml."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from safetensors.torch import load_file, save_file
+    from transformers import CLIPTextModel
+
+    from spatiora_tui.engine.clip_tokenizer import clip_tokenizer
+    from spatiora_tui.engine.ldm_layout import save_single_file, write_config_folder
+
+    pipe = StableDiffusionPipeline(
+        vae=AutoencoderKL.from_pretrained(out / "vae"),
+        text_encoder=CLIPTextModel.from_pretrained(out / "text_encoder"),
+        tokenizer=clip_tokenizer(),
+        unet=UNet2DConditionModel.from_pretrained(out / "unet"),
+        scheduler=EulerDiscreteScheduler(
+            num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
+        ),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    model_dir.mkdir(parents=True, exist_ok=True)
+    path = save_single_file(
+        pipe,
+        model_dir / f"{MODEL_NAME}.safetensors",
+        dtype=torch.float16,
+        metadata={"spatiora": "demo model, tools/train_demo.py"},
+    )
+    write_config_folder(pipe, model_dir / f"{MODEL_NAME}.config")
+    print(f"export: {path} ({path.stat().st_size / 2**20:.1f} MB)", flush=True)
+    adapter_dir.mkdir(parents=True, exist_ok=True)
+    for task, (kind, template) in TEMPLATES.items():
+        peft = load_file(out / "loras" / f"{task}.safetensors")
+        kohya: dict[str, Any] = {}
+        for key, value in peft.items():
+            if not key.endswith(".lora_A.weight"):
+                continue
+            module = key[len("unet.") : -len(".lora_A.weight")]
+            stem = "lora_unet_" + module.replace(".", "_")
+            kohya[f"{stem}.lora_down.weight"] = value.to(torch.float16).contiguous()
+            kohya[f"{stem}.lora_up.weight"] = peft[f"unet.{module}.lora_B.weight"].to(torch.float16).contiguous()
+            kohya[f"{stem}.alpha"] = torch.tensor(float(value.shape[0]), dtype=torch.float16)
+        lora = adapter_dir / f"{task}.safetensors"
+        save_file(kohya, str(lora), metadata={"ss_network_module": "networks.lora", "ss_base_model_version": "sd_v1"})
+        (adapter_dir / f"{task}.adapter.toml").write_text(
+            f'base = "sd1"\ndefault_weight = 1.0\ndescription = "Spatiora demo: draws {kind}s ({template.format(prompt="...")})"\n',
+            encoding="utf-8",
+        )
+        print(f"export: {lora} ({lora.stat().st_size / 1024:.0f} KB)", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     global POOL
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "build" / "demo-train")
-    parser.add_argument("--stage", choices=["vae", "base", "lora", "all"], default="all")
+    parser.add_argument("--stage", choices=["vae", "base", "lora", "export", "all"], default="all")
+    parser.add_argument("--models", type=Path, help="where export writes the checkpoint (default: --out/models)")
+    parser.add_argument("--adapters", type=Path, help="where export writes the LoRAs (default: --out/adapters)")
     parser.add_argument("--steps", type=int, help="steps for the stage(s) run (default: each stage's own)")
     parser.add_argument("--every", type=int, default=50, help="a progress line every N steps")
     parser.add_argument("--again", action="store_true", help="rerun stages whose result is there")
@@ -326,6 +382,8 @@ def main(argv: list[str] | None = None) -> None:
             for task in TEMPLATES
         ),
     ]
+    models, adapters = args.models or args.out / "models", args.adapters or args.out / "adapters"
+    stages.append(("export", models / f"{MODEL_NAME}.safetensors", lambda: export(args.out, models, adapters)))
     for name, result, run in stages:
         if args.stage not in ("all", name):
             continue

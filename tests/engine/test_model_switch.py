@@ -65,7 +65,7 @@ def test_a_file_that_is_no_checkpoint_is_refused_before_anything_is_freed(engine
 def test_a_load_that_fails_after_freeing_brings_the_previous_model_back(engine, tiny, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    from tests.layouts import pipeline_to_ldm
+    from spatiora_tui.engine.ldm_layout import pipeline_to_ldm
 
     tensors = {
         k: v.contiguous()
@@ -86,7 +86,7 @@ def test_a_load_that_fails_after_freeing_brings_the_previous_model_back(engine, 
 def test_within_a_family_the_adapter_ram_cache_is_kept(engine, tiny, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    from tests.layouts import pipeline_to_ldm
+    from spatiora_tui.engine.ldm_layout import pipeline_to_ldm
     from tests.tiny_models import tiny_pipeline
 
     engine.switch_task("oak")  # read from disk into RAM

@@ -11,10 +11,10 @@ import torch
 from spatiora_tui.config import ModelSettings
 from spatiora_tui.engine.api import EngineError, GenerationRequest
 from spatiora_tui.engine.clip_tokenizer import CONFIGS
+from spatiora_tui.engine.ldm_layout import pipeline_to_ldm
 from spatiora_tui.engine.pipeline import TRAINED_BETAS, load_pipeline
 from tests.engine.helpers import tiny_settings
 from tests.helpers import FAMILIES
-from tests.layouts import pipeline_to_ldm
 
 
 def components(pipe) -> dict[str, torch.nn.Module]:
@@ -59,7 +59,7 @@ def test_markers_set_the_scheduler_and_keep_the_trained_betas(
 ) -> None:
     from safetensors.torch import save_file
 
-    from tests.layouts import pipeline_to_ldm
+    from spatiora_tui.engine.ldm_layout import pipeline_to_ldm
 
     model = tiny["sdxl"]
     path = tmp_path / "vpred.safetensors"

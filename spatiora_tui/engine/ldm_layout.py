@@ -2,9 +2,10 @@
 
 The original Stable Diffusion code (CompVis LDM, Stability's sgm) names every tensor its own
 way; AUTOMATIC1111, ComfyUI and Civitai share files in that layout. diffusers only converts from
-it, so the tests and benchmarks convert the other way here, from any diffusers pipeline: the tiny
-ones the tests build and the real SD 1.5 / SDXL architectures with random weights. A file written
-here is then loaded the way a user's file is, and must come back tensor for tensor.
+it, so this converts the other way, from any diffusers pipeline: the tiny ones the tests build,
+the real SD 1.5 / SDXL architectures with random weights the benchmarks use, and the trained
+demo model Spatiora ships (tools/train_demo.py). A file written here is then loaded the way a
+user's file is, and must come back tensor for tensor.
 
 Layouts by family:
 - UNet: `model.diffusion_model.` (input_blocks / middle_block / output_blocks)
@@ -17,6 +18,7 @@ Layouts by family:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -206,3 +208,26 @@ def save_single_file(
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=metadata)
     return path
+
+
+def write_config_folder(pipe: Any, folder: Path) -> Path:
+    """The pipeline's diffusers config folder, without weights or tokenizer (as Spatiora ships)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    index: dict[str, Any] = {"_class_name": type(pipe).__name__, "_diffusers_version": "0.32.0"}
+    for name, component in pipe.components.items():
+        if component is None:
+            index[name] = [None, None]
+            continue
+        library = "transformers" if type(component).__module__.startswith("transformers") else "diffusers"
+        index[name] = [library, type(component).__name__]
+        if name.startswith("tokenizer"):
+            continue
+        if hasattr(component, "save_config"):
+            component.save_config(folder / name)
+        else:
+            component.config.save_pretrained(folder / name)
+    for key, value in pipe.config.items():
+        if not key.startswith("_") and key not in index:
+            index[key] = value
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    return folder
