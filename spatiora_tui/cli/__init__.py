@@ -14,11 +14,11 @@ import sys
 from collections.abc import Callable, Sequence
 
 from spatiora_tui import __version__, failpoints
-from spatiora_tui.cli import bench, config, doctor, generate, models, queue, serve, sweep, tasks, tui
+from spatiora_tui.cli import bench, config, doctor, evaluate, generate, models, queue, serve, sweep, tasks, tui
 from spatiora_tui.cli.common import EXIT_CANCELLED, EXIT_FAILED, EXIT_USAGE, UsageError, config_parent, fail
 from spatiora_tui.config import ConfigError, load_settings
 
-COMMANDS = (generate, sweep, queue, tasks, models, doctor, bench, config, serve)
+COMMANDS = (generate, sweep, queue, tasks, models, doctor, bench, evaluate, config, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -266,3 +266,23 @@ def test_the_cli_module_runs_as_a_script(project: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "floorplan@1" in proc.stdout
+
+
+def test_eval_scores_each_task_and_the_base_model(project: Path) -> None:
+    grid = project / "grid.png"
+    proc = spatiora("eval", "--prompts", "2", "--json", "eval.json", "--grid", str(grid), cwd=project)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [row.split(" | ")[0] for row in rows] == ["| task", "| interior", "| floorplan", "| base (no adapter)"]
+    import json
+
+    figures = json.loads((project / "eval.json").read_text(encoding="utf-8"))
+    assert [row["images"] for row in figures] == [2, 2, 2]
+    assert all(abs(row["plans %"] + row["rooms %"] - 100) < 1e-9 for row in figures)
+    from PIL import Image
+
+    assert Image.open(grid).size == (2 * 128, 3 * 128)  # 2 images a row, 64 px shown at 2x
+
+
+def test_eval_refuses_an_unknown_task(project: Path) -> None:
+    assert_one_line_failure(spatiora("eval", "--tasks", "kitchen", cwd=project), 2, "no task named kitchen")

@@ -1,0 +1,127 @@
+"""What each task mode draws, as numbers: the seed paper's "task-appropriate behaviour" measured
+with the procedural scorer (spatiora_tui/procedural/scorer.py) on the demo model's kind of
+prompts. For each task with adapters, and for the base model alone: the share of images that are
+plans and that are rooms, how often a room's walls have the colour the prompt asked for, the
+rooms counted in plans by the number asked for, and the time per image."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from spatiora_tui.config import Settings, TaskSettings
+from spatiora_tui.engine.api import GenerationRequest
+from spatiora_tui.procedural import scorer
+from spatiora_tui.procedural.scenes import Scene, random_scene
+
+BASE_TASK = "base (no adapter)"
+PROMPT_SEED = 31
+
+
+@dataclass
+class TaskQuality:
+    task: str
+    images: int = 0
+    plans: int = 0
+    rooms: int = 0
+    walls_asked: int = 0  # rooms whose prompt named a wall colour
+    walls_matched: int = 0
+    counted: dict[int, list[int]] = field(default_factory=dict)  # rooms asked -> rooms counted in plans
+    seconds: list[float] = field(default_factory=list)
+    samples: list[Any] = field(default_factory=list)  # (image, prompt) for a grid
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "images": self.images,
+            "plans %": 100.0 * self.plans / max(1, self.images),
+            "rooms %": 100.0 * self.rooms / max(1, self.images),
+            "walls as asked %": 100.0 * self.walls_matched / self.walls_asked if self.walls_asked else None,
+            "rooms counted by rooms asked": {n: statistics.mean(c) for n, c in sorted(self.counted.items())},
+            "s / image": statistics.median(self.seconds) if self.seconds else None,
+        }
+
+
+def prompts(count: int, seed: int = PROMPT_SEED) -> list[Scene]:
+    """`count` scenes whose captions are the prompts (the same every run)."""
+    rng = random.Random(seed)
+    return [random_scene(rng) for _ in range(count)]
+
+
+def with_base_task(settings: Settings) -> Settings:
+    """`settings` plus a task that runs the base model alone, with the plain prompt."""
+    first = settings.tasks[0]
+    base = dataclasses.replace(first, name=BASE_TASK, adapters=(), prompt_template="{prompt}", model=None)
+    return dataclasses.replace(settings, tasks=(*settings.tasks, base))
+
+
+def evaluate(
+    engine: Any,
+    tasks: Sequence[TaskSettings],
+    scenes: Sequence[Scene],
+    seeds: int = 1,
+    on_image: Callable[[str, int, int], object] | None = None,
+) -> list[TaskQuality]:
+    """Generate every scene's caption `seeds` times per task and score what was drawn."""
+    model = scorer.kind_model()
+    results = []
+    total = len(scenes) * seeds
+    for task in tasks:
+        quality = TaskQuality(task.name)
+        for index, scene in enumerate(scenes):
+            for seed in range(seeds):
+                result = engine.generate(GenerationRequest(prompt=scene.caption(), task=task.name, seed=1000 + seed))
+                image = result.image
+                quality.images += 1
+                quality.seconds.append((result.timings.image_ms or 0.0) / 1000.0)
+                if len(quality.samples) < 8:
+                    quality.samples.append((image, scene.caption()))
+                if model.kind(image) == "plan":
+                    quality.plans += 1
+                    quality.counted.setdefault(scene.rooms, []).append(scorer.room_count(image))
+                else:
+                    quality.rooms += 1
+                    quality.walls_asked += 1
+                    quality.walls_matched += scorer.wall_colour(image) == scene.wall
+                if on_image is not None:
+                    on_image(task.name, index * seeds + seed + 1, total)
+        results.append(quality)
+    return results
+
+
+def table(results: Sequence[TaskQuality]) -> str:
+    """The results as a Markdown table."""
+    lines = [
+        "| task | images | plans | rooms | walls as asked (rooms) | rooms counted, for 2/3/4/5/6 asked (plans) | s / image |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for quality in results:
+        row = quality.row()
+        walls = f"{row['walls as asked %']:.0f} %" if row["walls as asked %"] is not None else "–"
+        counted = row["rooms counted by rooms asked"]
+        rooms = " / ".join(f"{counted[n]:.1f}" if n in counted else "–" for n in range(2, 7)) if counted else "–"
+        seconds = f"{row['s / image']:.2f}" if row["s / image"] is not None else "–"
+        lines.append(
+            f"| {quality.task} | {quality.images} | {row['plans %']:.0f} % | {row['rooms %']:.0f} % | {walls} | "
+            f"{rooms} | {seconds} |"
+        )
+    return "\n".join(lines)
+
+
+def grid(results: Sequence[TaskQuality], scale: int = 2) -> Any:
+    """A contact sheet: one row per task, its first images (upscaled)."""
+    from PIL import Image
+
+    images = [[image for image, _ in quality.samples] for quality in results]
+    width = max((im.width for row in images for im in row), default=64) * scale
+    height = max((im.height for row in images for im in row), default=64) * scale
+    columns = max((len(row) for row in images), default=1)
+    sheet = Image.new("RGB", (columns * width, len(images) * height), (255, 255, 255))
+    for r, row in enumerate(images):
+        for c, image in enumerate(row):
+            sheet.paste(image.resize((width, height), Image.Resampling.NEAREST), (c * width, r * height))
+    return sheet
