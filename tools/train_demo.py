@@ -41,10 +41,18 @@ STEPS = {"vae": 1200, "base": 4000, "lora": 600}
 BATCH = 32
 POOL = 6000  # procedural samples drawn once per stage (the kinds in turn)
 MODEL_NAME = "spatiora-demo"
-TEMPLATES = {  # the tasks of config.toml; a LoRA is trained with its task's template
-    "interior": ("room", "interior design photograph of {prompt}"),
-    "floorplan": ("plan", "2D architectural floor plan of {prompt}"),
-}
+#: The task LoRAs and the kind each draws; each is trained with its task's prompt template and
+#: negative prompt from the repository's config.toml, as they are used.
+TEMPLATES: dict[str, Kind] = {"interior": "room", "floorplan": "plan"}
+
+
+def task_prompts(task: str) -> tuple[str, str]:
+    """(prompt template, negative prompt) of `task` in the repository's config.toml."""
+    from spatiora_tui.config import load_settings
+
+    settings = load_settings(REPO / "config.toml")
+    found = settings.task(task)
+    return found.prompt_template, found.negative_prompt
 
 
 def vae_config() -> dict[str, Any]:
@@ -258,7 +266,8 @@ def train_lora(out: Path, task: str, steps: int, every: int) -> None:
 
     from spatiora_tui.engine.clip_tokenizer import clip_tokenizer
 
-    kind, template = TEMPLATES[task]
+    kind = TEMPLATES[task]
+    template, negative = task_prompts(task)
     seed = SEED + 10 + list(TEMPLATES).index(task)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -280,7 +289,11 @@ def train_lora(out: Path, task: str, steps: int, every: int) -> None:
     data = batches(images, captions, gen)
     for i in range(steps):
         x, text = next(data)
-        context = _encode_text(tokenizer, text_encoder, [template.format(prompt=t) for t in text])
+        # As generated: the prompt in its template; the negative prompt as the unconditional
+        # side of classifier-free guidance (where the base saw an empty prompt), 10 % of the time.
+        drop = [random.Random(seed + i * BATCH + j).random() < 0.1 for j in range(len(text))]
+        prompts = [negative if d else template.format(prompt=t) for d, t in zip(drop, text)]
+        context = _encode_text(tokenizer, text_encoder, prompts)
         loss = _noise_loss(unet, scheduler, _latents(vae, x), context.detach(), gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -326,7 +339,7 @@ def export(out: Path, model_dir: Path, adapter_dir: Path) -> None:
     write_config_folder(pipe, model_dir / f"{MODEL_NAME}.config")
     print(f"export: {path} ({path.stat().st_size / 2**20:.1f} MB)", flush=True)
     adapter_dir.mkdir(parents=True, exist_ok=True)
-    for task, (kind, template) in TEMPLATES.items():
+    for task, kind in TEMPLATES.items():
         peft = load_file(out / "loras" / f"{task}.safetensors")
         kohya: dict[str, Any] = {}
         for key, value in peft.items():
@@ -340,7 +353,7 @@ def export(out: Path, model_dir: Path, adapter_dir: Path) -> None:
         lora = adapter_dir / f"{task}.safetensors"
         save_file(kohya, str(lora), metadata={"ss_network_module": "networks.lora", "ss_base_model_version": "sd_v1"})
         (adapter_dir / f"{task}.adapter.toml").write_text(
-            f'base = "sd1"\ndefault_weight = 1.0\ndescription = "Spatiora demo: draws {kind}s ({template.format(prompt="...")})"\n',
+            f'base = "sd1"\ndefault_weight = 1.0\ndescription = "Spatiora demo model: draws {kind}s"\n',
             encoding="utf-8",
         )
         print(f"export: {lora} ({lora.stat().st_size / 1024:.0f} KB)", flush=True)
