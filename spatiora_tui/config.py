@@ -362,6 +362,17 @@ class AdapterSettings:
             "takes a merge instead of a few milliseconds).",
         ),
     )
+    overlap_steps: int = field(
+        default=0,
+        metadata=_doc(
+            "Overlapped loading (SwiftDiffusion's bounded asynchronous LoRA loading): when a task "
+            "switch must read an adapter from disk, start denoising with the task's adapters already "
+            "in memory while the file is read on another thread, and put it in after this many steps. "
+            "0: off (the read finishes first). The first steps run without it, so the image differs "
+            "from the sequential one; docs/benchmarks.md measures by how much.",
+            _between(0, 1000),
+        ),
+    )
     leak_tolerance_mb: float = field(
         default=256.0,
         metadata=_doc(

@@ -19,6 +19,7 @@ class NoticeKind(str, Enum):
     PREVIEW_FALLBACK = "preview fallback"  # the configured preview method cannot run; latent2rgb does
     INIT_IMAGE = "init image"  # the init image was converted (alpha flattened, cropped...)
     OFFLOAD = "offload"  # a setting the offload mode turned off (fused adapters)
+    OVERLAP = "overlapped load"  # an adapter read from disk while the first steps ran without it
     COMPILE = "compile"  # the compiled UNet: compiled for a new shape, or a set run uncompiled
 
 

@@ -144,6 +144,29 @@ class StepReporter:
 StepHook = Callable[[Any, int, dict[str, Any]], object]
 
 
+class LatePatch:
+    """Overlapped loading's second half: after step `at`, `patch` puts in the adapters that were
+    being read while the first steps ran (it waits for the read if it is not done)."""
+
+    def __init__(self, at: int, patch: Callable[[], object]) -> None:
+        self.at = at
+        self.patch = patch
+        self.done = False
+        self.ms = 0.0  # how long the patch held the denoising loop (waiting for the read included)
+
+    def run(self) -> None:
+        if not self.done:
+            start = time.perf_counter()
+            self.patch()
+            self.ms = (time.perf_counter() - start) * 1000.0
+            self.done = True
+
+    def __call__(self, pipeline: Any, step: int, tensors: dict[str, Any]) -> object:
+        if step >= self.at:
+            self.run()
+        return None
+
+
 def compose(*hooks: StepHook) -> Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]:
     """One `callback_on_step_end` for diffusers from step hooks run in order; a hook returning
     STOP ends the step's chain. Hooks change no tensors, so the pipeline gets {} back."""
@@ -180,6 +203,7 @@ def run_generation(
     switch_ms: float = 0.0,
     telemetry: Telemetry | None = None,
     init: InitImage | None = None,
+    late: LatePatch | None = None,
 ) -> RunOutcome:
     """Run the pipeline once, with step hooks for timing, cancel and previews; image-to-image
     from `init` (with `pipe` an image-to-image pipeline) at params.strength.
@@ -201,6 +225,8 @@ def run_generation(
     tap = _X0Tap(pipe.scheduler)
     reporter = StepReporter(on_step, clock, tap, previewer, preview.every_n_steps) if on_step is not None else None
     hooks: list[StepHook] = [clock, CancelCheck(cancel)]
+    if late is not None:
+        hooks.insert(0, late)  # before the step's preview and the next step
     if reporter is not None:
         hooks.append(reporter)
 
@@ -222,6 +248,8 @@ def run_generation(
         if not cancel.is_set():
             telemetry.enter("text encode")
             conditioning = encode_prompts(pipe, params.full_prompt, params.negative_prompt, params.guidance)
+            if late is not None and late.at <= 0:
+                late.run()  # K = 0: the read overlapped the text encoding only
             if init is not None:
                 telemetry.exit()
                 telemetry.enter("VAE encode")
@@ -235,6 +263,8 @@ def run_generation(
                 callback_on_step_end=compose(*hooks),
             )
             del conditioning
+            if late is not None:
+                late.run()  # fewer steps than K: in now, so that the task is whole for the next image
             telemetry.close_to(depth)
         cancelled = cancel.is_set()
         if not cancelled:

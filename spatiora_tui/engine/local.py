@@ -86,6 +86,9 @@ class LocalEngine:
         self._loras: Any = None
         self._embeddings: Any = None
         self._compiled: Any = None  # compiled.CompiledUNet with [model] compile
+        #: Overlapped loading's step for benchmarks (None: [adapters] overlap_steps decides;
+        #: a negative one: off); see _overlap_steps.
+        self._overlap_override: int | None = None
         self._previewer: previews.Previewer | None = None
         self._notices: list[Notice] = []  # for the user, given with the next generation's result
         self._active_task: str | None = None
@@ -424,8 +427,13 @@ class LocalEngine:
             raise PromptError("the negative prompt has a <lora:...> tag, which only works in the prompt; move it there")
         mark = self._telemetry.mark()
         switch_ms = 0.0
+        late = None
         if self._active_task != task.name:
-            switch_ms = self._switch_task(task.name).duration_ms
+            late = self._overlapped_switch(task, tags, self._overlap_steps)
+            if late is None:
+                switch_ms = self._switch_task(task.name).duration_ms
+            else:
+                switch_ms = late.early_ms
         assert self._model is not None
         if tags:
             # The task's set plus the tags' adapters, for this request; the next request of the
@@ -451,7 +459,11 @@ class LocalEngine:
             switch_ms,
             self._telemetry,
             init,
+            late.patch if late is not None else None,
         )
+        if late is not None:
+            self._active_task = task.name
+            self._notices.append(late.notice(self._loras))
         if self._compiled is not None and self._compiled.on and compiled_graphs() > graphs:
             self._notices.append(
                 Notice(
@@ -493,6 +505,37 @@ class LocalEngine:
             warnings=warnings,
             stages=self._telemetry.records_since(mark),
         )
+
+    def _overlapped_switch(self, task: TaskSettings, tags: tuple[Any, ...], steps: int | None) -> _Overlap | None:
+        """[adapters] overlap_steps: when the switch to `task` must read adapters from disk, read
+        them on the prefetch thread, switch now to the task's adapters already in memory, and
+        return the patch that puts in the rest after `steps` steps. None when there is nothing to
+        overlap (or overlap is off, or the request adds adapters by tag)."""
+        if steps is None or steps < 0 or tags or task.model is not None:
+            return None
+        from spatiora_tui.engine.generate import LatePatch
+
+        missing = self._loras.on_disk(task.adapters)
+        if not missing:
+            return None
+        self._loras.prefetch(missing)
+        early = tuple(ref for ref in task.adapters if ref.name not in missing)
+        with self._telemetry.stage("adapter switch", task=task.name):
+            report = self._loras.activate(early)
+        self._active_task = None  # whole only once the patch is in
+
+        def patch() -> None:
+            with self._telemetry.stage("adapter switch", task=task.name):
+                self._loras.activate(task.adapters)
+
+        return _Overlap(LatePatch(steps, patch), missing, report.duration_ms)
+
+    @property
+    def _overlap_steps(self) -> int | None:
+        """The step overlapped loading puts late adapters in at; None when it is off."""
+        if self._overlap_override is not None:
+            return self._overlap_override
+        return self._settings.adapters.overlap_steps or None
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -564,6 +607,29 @@ class LocalEngine:
             init_image_sha256="" if init is None else init.sha256,
             strength=None if init is None else strength_of(request),
         )
+
+
+@dataclasses.dataclass
+class _Overlap:
+    """An overlapped switch under way: the patch, the adapters it puts in, the early switch's ms."""
+
+    patch: Any  # generate.LatePatch
+    late: tuple[str, ...]
+    early_ms: float
+
+    def notice(self, loras: Any) -> Notice:
+        names = ", ".join(self.late)
+        text = (
+            f"overlapped load: {names} read from disk while the first {self.patch.at} step(s) ran without it, "
+            f"then put in (the loop waited {self.patch.ms:.0f} ms)"
+        )
+        text_parts = loras.text_encoder_parts(self.late)
+        if text_parts:
+            text += (
+                f"; {', '.join(text_parts)} also has text-encoder layers, which this image's prompt was encoded "
+                "without (set [adapters] overlap_steps = 0 for such adapters)"
+            )
+        return Notice(NoticeKind.OVERLAP, text)
 
 
 def _with_tags(adapters: tuple[AdapterRef, ...], tags: tuple[Any, ...]) -> tuple[AdapterRef, ...]:

@@ -262,6 +262,20 @@ class LoraManager:
         switch does not wait for the disk. Problems are left for the switch to report."""
         self.ram.prefetch(names, self._prefetch_read, skip=lambda name: name in self.resident)
 
+    def on_disk(self, refs: Sequence[AdapterRef]) -> tuple[str, ...]:
+        """The adapters of `refs` a switch would read from disk: neither on the device nor in
+        RAM (nor being read into it)."""
+        return tuple(ref.name for ref in refs if ref.name not in self.resident and not self.ram.holds(ref.name))
+
+    def text_encoder_parts(self, names: Sequence[str]) -> tuple[str, ...]:
+        """Those of `names` (held in RAM) whose files have text-encoder layers."""
+        found = []
+        for name in names:
+            held = self.ram.take(name)
+            if held is not None and any(key.startswith(("text_encoder", "lora_te")) for key in held[0].raw):
+                found.append(name)
+        return tuple(found)
+
     def wait_prefetch(self) -> None:
         """Block until the prefetches asked for so far are done (for tests and benchmarks)."""
         self.ram.wait()

@@ -58,6 +58,11 @@ class RamTier:
             cached.prefetched = False
             return cached, tier
 
+    def holds(self, name: str) -> bool:
+        """Whether `name` is held, or being read by a prefetch."""
+        with self._lock:
+            return name in self._files or name in self._pending
+
     def put(self, name: str, adapter: AdapterFile) -> None:
         """Keep `adapter` (unless it alone is over the limit), dropping the least recently used."""
         with self._lock:
