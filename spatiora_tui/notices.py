@@ -20,6 +20,7 @@ class NoticeKind(str, Enum):
     INIT_IMAGE = "init image"  # the init image was converted (alpha flattened, cropped...)
     OFFLOAD = "offload"  # a setting the offload mode turned off (fused adapters)
     OVERLAP = "overlapped load"  # an adapter read from disk while the first steps ran without it
+    SIZE = "size"  # an image size far below what the loaded model was trained at
     COMPILE = "compile"  # the compiled UNet: compiled for a new shape, or a set run uncompiled
 
 

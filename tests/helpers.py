@@ -11,7 +11,7 @@ from typing import Any
 
 from PIL import Image
 
-from spatiora_tui.config import AdapterRef, Settings, TaskSettings
+from spatiora_tui.config import AdapterRef, ModelSettings, Settings, TaskSettings
 from spatiora_tui.engine.api import AdapterUse, GenerationResult, MemoryPeaks, ModelInfo, ResolvedRequest, Timings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,9 +38,13 @@ def small_tasks() -> tuple[TaskSettings, ...]:
     )
 
 
+#: The random-weight demo model: tiny, fast, with adapters of different layer sets and ranks.
+RANDOM_DEMO = ModelSettings(source="demo-random")
+
+
 def small_settings(base_dir: Path, **changes: object) -> Settings:
-    """Demo-model settings with tiny tasks, rooted at `base_dir` (adapters/ and outputs/ under it)."""
-    settings = Settings(tasks=small_tasks(), base_dir=base_dir)
+    """Random-demo settings with tiny tasks, rooted at `base_dir` (adapters/ and outputs/ under it)."""
+    settings = Settings(model=RANDOM_DEMO, tasks=small_tasks(), base_dir=base_dir)
     return dataclasses.replace(settings, **changes) if changes else settings
 
 

@@ -143,7 +143,11 @@ def _doctor_model(settings: Settings, row: Callable[[str, str], None], problems:
         row("model", f"{settings.model.source} — PROBLEM")
         problems.append(str(exc))
         return
-    if source.kind == "demo":
+    from spatiora_tui.engine.demo import trained_demo
+
+    if source.kind == "demo" and trained_demo(source.value) is not None:
+        row("model", f"demo, trained on procedural plans and interiors (64x64): {trained_demo(source.value)}")
+    elif source.kind == "demo":
         from spatiora_tui.engine.demo import demo_dir, verify_demo
 
         folder = demo_dir(user_cache_dir())
@@ -191,11 +195,12 @@ def _doctor_adapters(settings: Settings, row: Callable[[str, str], None], proble
 
     from spatiora_tui.engine.adapters import AdapterCatalog
     from spatiora_tui.engine.api import EngineError
-    from spatiora_tui.engine.demo import DEMO_ADAPTERS, demo_dir
+    from spatiora_tui.engine.demo import DEMO_ADAPTERS, demo_adapter_dir
 
     dirs = [settings.adapter_dir]
-    if settings.model.source == "demo":
-        dirs.append(demo_dir(user_cache_dir()) / "adapters")
+    demo_adapters = demo_adapter_dir(settings.model.source, user_cache_dir())
+    if demo_adapters is not None:
+        dirs.append(demo_adapters)
     from spatiora_tui.library.catalog import library_folders
 
     catalog = AdapterCatalog(dirs, library_folders(settings).loras)
@@ -209,7 +214,7 @@ def _doctor_adapters(settings: Settings, row: Callable[[str, str], None], proble
         except Exception as exc:
             row("", f"{name}: UNREADABLE")
             problems.append(f"adapter {name!r} ({path}) is not a valid .safetensors file ({exc}); replace it")
-    demo_pending = settings.model.source == "demo" and not (dirs[-1]).exists()
+    demo_pending = demo_adapters is not None and not demo_adapters.exists()
     for task in settings.tasks:
         for ref in task.adapters:
             if ref.name in found:

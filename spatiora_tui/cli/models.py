@@ -30,7 +30,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     import json
 
     from spatiora_tui.engine.adapters import AdapterCatalog
-    from spatiora_tui.engine.demo import demo_dir
+    from spatiora_tui.engine.demo import demo_adapter_dir
     from spatiora_tui.library.hashing import HashCache
     from spatiora_tui.library.listing import build_report
 
@@ -46,8 +46,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         return show
 
     adapter_dirs = [settings.adapter_dir]
-    if settings.model.source == "demo" and (demo_dir(user_cache_dir()) / "adapters").is_dir():
-        adapter_dirs.append(demo_dir(user_cache_dir()) / "adapters")
+    demo_adapters = demo_adapter_dir(settings.model.source, user_cache_dir())
+    if demo_adapters is not None and demo_adapters.is_dir():
+        adapter_dirs.append(demo_adapters)
     adapters = AdapterCatalog(adapter_dirs).available()
     hashes = None if args.no_hash else HashCache(user_cache_dir() / "hashes.json")
     report = build_report(settings, hashes, progress if sys.stderr.isatty() else None, adapters)

@@ -24,11 +24,33 @@ from typing import Any
 from spatiora_tui.engine.clip_tokenizer import bytes_to_unicode
 from spatiora_tui.library.hashing import file_sha256
 
+#: The trained demo model (tools/train_demo.py), shipped with the package when it is built: an
+#: AUTOMATIC1111-layout checkpoint with its config folder beside it, and its task LoRAs as Kohya
+#: files. `model.source = "demo"` loads it through the single-file and Kohya loaders users' own
+#: files take; "demo-random" (and "demo" without it) builds the random-weight model below, which
+#: the tests use for its exotic shapes and speed.
+TRAINED_DIR = Path(__file__).resolve().parent / "demo_model"
+TRAINED_CHECKPOINT = TRAINED_DIR / "spatiora-demo.safetensors"
+TRAINED_ADAPTERS = TRAINED_DIR / "adapters"
+DEMO_SOURCES = ("demo", "demo-random")
+
 DEMO_VERSION = "1"
 DEMO_NAME = "spatiora-demo"
 DEMO_ADAPTERS = ("interior", "floorplan")
 MANIFEST = "manifest.json"
 _SEED = 1234
+
+
+def trained_demo(source: str) -> Path | None:
+    """The trained demo checkpoint `source` loads ("demo" when it is shipped), else None."""
+    return TRAINED_CHECKPOINT if source == "demo" and TRAINED_CHECKPOINT.is_file() else None
+
+
+def demo_adapter_dir(source: str, cache_dir: Path) -> Path | None:
+    """Where the demo's task adapters are for `source` (None for a model that is no demo)."""
+    if source not in DEMO_SOURCES:
+        return None
+    return TRAINED_ADAPTERS if trained_demo(source) else demo_dir(cache_dir) / "adapters"
 
 
 def demo_dir(cache_dir: Path) -> Path:

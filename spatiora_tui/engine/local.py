@@ -447,6 +447,15 @@ class LocalEngine:
             self._active_task = None
         self._telemetry.set_task(task.name)
         params = self._resolve(request, task, prompt, tuple(t.name for t in tags), init)
+        if self._model.kind not in ("demo", "random") and params.width * params.height <= 128 * 128:
+            native = {"sd1": "512x512", "sd2": "768x768", "sdxl": "1024x1024"}.get(self._model.family, "512x512")
+            self._notices.append(
+                Notice(
+                    NoticeKind.SIZE,
+                    f"{params.width}x{params.height} is the demo model's size; {self._model.family_label} models "
+                    f"draw at about {native}: set the task's width and height in config.toml",
+                )
+            )
         graphs = compiled_graphs() if self._compiled is not None else 0
         run = run_generation(
             self._img2img_pipe() if init is not None else self._pipe,

@@ -6,6 +6,7 @@ libraries quiet: their progress bars and log lines would corrupt a terminal UI.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -72,7 +73,7 @@ PICKLE_REFUSED = (
 
 def classify_source(source: str, allow_pickle: bool = False) -> ModelSource:
     """Decide what `model.source` names, or say clearly why it names nothing loadable."""
-    if source == "demo":
+    if source in ("demo", "demo-random"):
         return ModelSource("demo", source)
     path = Path(source).expanduser()
     looks_like_path = source.startswith(("/", "./", "../", "~")) or path.suffix.lower() in (
@@ -329,8 +330,13 @@ def load_pipeline(
     Returns the pipeline, its ModelInfo, and for the demo the folder holding its adapters.
     Without allow_pickle only .safetensors weights are read, in folders and hub models too.
     """
+    from spatiora_tui.engine.demo import trained_demo
+
     say = on_progress or (lambda _msg: None)
     source = classify_source(settings.source, allow_pickle)
+    trained = trained_demo(settings.source)
+    if trained is not None:
+        settings = dataclasses.replace(settings, variant="auto", config="")  # its own config folder, beside it
     say("importing torch and diffusers")
     quiet_libraries()
     device = resolve_device(settings.device)
@@ -346,7 +352,13 @@ def load_pipeline(
     if not allow_pickle and source.kind in ("folder", "hub"):
         common["use_safetensors"] = True  # diffusers then refuses .bin weights instead of unpickling them
     try:
-        if source.kind == "demo":
+        if source.kind == "demo" and trained is not None:
+            from spatiora_tui.engine.demo import TRAINED_ADAPTERS
+
+            pipe, checkpoint, hashing = _load_single_file(trained, settings, common, cache_dir, say)
+            sha256 = hashing.result()
+            demo_adapters = TRAINED_ADAPTERS
+        elif source.kind == "demo":
             from spatiora_tui.engine.demo import ensure_demo
 
             folder = ensure_demo(cache_dir, say)
@@ -394,7 +406,7 @@ def load_pipeline(
 
     pipe.set_progress_bar_config(disable=True)
     info = ModelInfo(
-        name=f"{source.name} (random weights)" if source.kind == "demo" else source.name,
+        name=f"{source.name} (random weights)" if source.kind == "demo" and trained is None else source.name,
         source=settings.source,
         kind=source.kind,
         family=family,
@@ -402,7 +414,7 @@ def load_pipeline(
         sha256=sha256,
         device=device,
         dtype=dtype_label(dtype),
-        random_weights=source.kind == "demo",
+        random_weights=source.kind == "demo" and trained is None,
         offload=offload,
     )
     return pipe, info, demo_adapters

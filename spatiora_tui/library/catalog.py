@@ -181,7 +181,7 @@ def resolve_source(settings: Settings, source: str | None = None) -> str:
     relative path is taken from the config file's folder; anything else is returned as it is,
     for the loader to explain."""
     value = (source if source is not None else settings.model.source).strip()
-    if value == "demo" or not value:
+    if value in ("demo", "demo-random") or not value:
         return value
     path = Path(value).expanduser()
     if path.is_absolute():

@@ -38,8 +38,10 @@ def tasks_config(steps: int, size: int) -> str:
     return "\n".join(blocks)
 
 
+#: The random-weight demo model: its noise is what the screenshot tests recognise as a picture.
+RANDOM_MODEL = '[model]\nsource = "demo-random"\n\n'
 # Small images and enough steps that previews stream for a while.
-E2E_CONFIG = '[ui]\nrenderer = "auto"\n\n' + tasks_config(steps=16, size=128)
+E2E_CONFIG = '[ui]\nrenderer = "auto"\n\n' + RANDOM_MODEL + tasks_config(steps=16, size=128)
 
 
 def require(*tools: str) -> None:

@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 
 from spatiora_tui.outputs import read_metadata
-from tests.e2e.terminals import tasks_config
+from tests.e2e.terminals import RANDOM_MODEL, tasks_config
 from tests.helpers import REPO
 
 pytestmark = pytest.mark.slow
 
-SMALL_CONFIG = tasks_config(steps=3, size=64)
+SMALL_TASKS = tasks_config(steps=3, size=64)
+SMALL_CONFIG = RANDOM_MODEL + SMALL_TASKS
 
 
 def spatiora(
@@ -62,12 +63,14 @@ def test_generate_floorplan_with_the_shipped_config(tmp_path: Path, cache_dir: P
     assert proc.returncode == 0, proc.stderr
     path = Path(proc.stdout.strip())
     assert path.parent == out and path.is_file()
-    assert "random weights" in proc.stderr and "step 20/20" in proc.stderr
+    assert "model: spatiora-demo · SD 1.x" in proc.stderr and "step 20/20" in proc.stderr
+    assert "random weights" not in proc.stderr  # the trained demo model
     assert "task: floorplan · adapters: floorplan@1" in proc.stderr
     meta = read_metadata(path)
     assert meta.a1111["fields"]["Steps"] == "20" and meta.a1111["fields"]["Sampler"] == "Euler"
+    assert meta.a1111["fields"]["Size"] == "64x64" and meta.a1111["fields"]["Model"] == "spatiora-demo"
     assert meta.a1111["prompt"].startswith("2D architectural floor plan of open-plan flat")
-    assert meta.spatiora["request"]["task"] == "floorplan" and meta.spatiora["model"]["random_weights"] is True
+    assert meta.spatiora["request"]["task"] == "floorplan" and meta.spatiora["model"]["random_weights"] is False
     assert meta.spatiora["adapters"][0]["name"] == "floorplan"
 
 
@@ -150,18 +153,18 @@ def test_bad_config_names_file_and_key(project: Path) -> None:
 
 
 def test_missing_model_path(project: Path) -> None:
-    (project / "config.toml").write_text('[model]\nsource = "./models/nothing-here"\n' + SMALL_CONFIG)
+    (project / "config.toml").write_text('[model]\nsource = "./models/nothing-here"\n' + SMALL_TASKS)
     assert_one_line_failure(spatiora("generate", "x", cwd=project), 1, "nothing-here", "model.source")
 
 
 def test_hub_id_offline_names_the_model(project: Path) -> None:
-    (project / "config.toml").write_text('[model]\nsource = "nobody-real/no-such-model"\n' + SMALL_CONFIG)
+    (project / "config.toml").write_text('[model]\nsource = "nobody-real/no-such-model"\n' + SMALL_TASKS)
     assert_one_line_failure(spatiora("generate", "x", cwd=project), 1, "nobody-real/no-such-model")
 
 
 def test_pickle_checkpoint_is_refused(project: Path) -> None:
     (project / "model.ckpt").write_bytes(b"\x80\x04junk")
-    (project / "config.toml").write_text('[model]\nsource = "model.ckpt"\n' + SMALL_CONFIG)
+    (project / "config.toml").write_text('[model]\nsource = "model.ckpt"\n' + SMALL_TASKS)
     assert_one_line_failure(
         spatiora("generate", "x", cwd=project), 1, "model.ckpt", "arbitrary code", "allow_pickle = true"
     )
@@ -170,7 +173,7 @@ def test_pickle_checkpoint_is_refused(project: Path) -> None:
 def test_pickle_checkpoint_with_allow_pickle_is_read_and_a_broken_one_named(project: Path) -> None:
     (project / "model.ckpt").write_bytes(b"\x80\x04junk")
     (project / "config.toml").write_text(
-        '[model]\nsource = "model.ckpt"\n[security]\nallow_pickle = true\n' + SMALL_CONFIG
+        '[model]\nsource = "model.ckpt"\n[security]\nallow_pickle = true\n' + SMALL_TASKS
     )
     assert_one_line_failure(spatiora("generate", "x", cwd=project), 1, "model.ckpt", "not a readable checkpoint")
 
@@ -192,7 +195,7 @@ def test_a_file_that_is_not_a_checkpoint(
         shutil.copy(cache_dir / "demo-v1" / "adapters" / "interior.safetensors", target)
     else:
         target.write_bytes(content)
-    (project / "config.toml").write_text('[model]\nsource = "model.safetensors"\n' + SMALL_CONFIG)
+    (project / "config.toml").write_text('[model]\nsource = "model.safetensors"\n' + SMALL_TASKS)
     assert_one_line_failure(spatiora("generate", "x", cwd=project), 1, *fragments)
 
 

@@ -56,7 +56,7 @@ def adapter_root(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 def make(cache_dir: Path, root: Path, compile: bool, rank: int = 8, **adapters: object):
     from spatiora_tui.engine.local import LocalEngine
 
-    model = ModelSettings(compile=compile, compile_rank=rank)
+    model = ModelSettings(source="demo-random", compile=compile, compile_rank=rank)
     settings = small_settings(root, tasks=tasks(), model=model, adapters=AdapterSettings(**adapters))
     engine = LocalEngine(settings, cache_dir=cache_dir)
     engine.load()

@@ -8,13 +8,13 @@ import pytest
 
 from spatiora_tui.config import Settings
 from tests.fake_engine import FakeEngine
-from tests.helpers import small_tasks
+from tests.helpers import RANDOM_DEMO, small_tasks
 from tests.ui.fakes import fake_telemetry
 
 
 @pytest.fixture
 def ui_settings(tmp_path: Path) -> Settings:
-    return Settings(tasks=small_tasks(), base_dir=tmp_path)
+    return Settings(model=RANDOM_DEMO, tasks=small_tasks(), base_dir=tmp_path)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from spatiora_tui.config import Settings
 from spatiora_tui.outputs import read_metadata
 from spatiora_tui.ui.app import SpatioraApp
 from spatiora_tui.ui.messages import JobStepped
-from tests.helpers import small_tasks
+from tests.helpers import RANDOM_DEMO, small_tasks
 from tests.ui.fakes import fake_telemetry
 from tests.ui.helpers import settle
 
@@ -20,7 +20,7 @@ from tests.ui.helpers import settle
 async def test_generate_switch_generate_on_the_demo_model(cache_dir: Path, tmp_path: Path) -> None:
     from spatiora_tui.engine.local import LocalEngine
 
-    settings = Settings(tasks=small_tasks(), base_dir=tmp_path)
+    settings = Settings(model=RANDOM_DEMO, tasks=small_tasks(), base_dir=tmp_path)
     telemetry = fake_telemetry(False)
     engine = LocalEngine(settings, cache_dir=cache_dir, telemetry=telemetry)
     app = SpatioraApp(settings, engine, renderer="halfcell", telemetry=telemetry)

@@ -18,7 +18,7 @@ from spatiora_tui import failpoints
 from spatiora_tui.config import AdapterRef, Settings, TaskSettings
 from spatiora_tui.outputs import read_metadata
 from spatiora_tui.ui.app import SpatioraApp
-from tests.helpers import small_tasks
+from tests.helpers import RANDOM_DEMO, small_tasks
 from tests.ui.fakes import fake_telemetry
 from tests.ui.helpers import outputs, settle, status
 
@@ -42,7 +42,7 @@ def loaded(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         height=64,
         scheduler="euler",
     )
-    settings = Settings(tasks=(*small_tasks(), extra), base_dir=root)
+    settings = Settings(model=RANDOM_DEMO, tasks=(*small_tasks(), extra), base_dir=root)
     telemetry = fake_telemetry(False)
     engine = LocalEngine(settings, cache_dir=cache_dir, telemetry=telemetry)
     engine.load()

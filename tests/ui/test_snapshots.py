@@ -19,7 +19,7 @@ from spatiora_tui.outputs import save_result
 from spatiora_tui.ui.app import SpatioraApp
 from spatiora_tui.ui.messages import HardwareSampled
 from tests.fake_engine import FakeEngine
-from tests.helpers import small_tasks
+from tests.helpers import RANDOM_DEMO, small_tasks
 from tests.ui.fakes import fake_telemetry
 from tests.ui.helpers import settle
 
@@ -28,7 +28,7 @@ SIZE = (150, 42)
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(tasks=small_tasks(), base_dir=Path("/tmp"))
+    return Settings(model=RANDOM_DEMO, tasks=small_tasks(), base_dir=Path("/tmp"))
 
 
 def test_main_screen_during_a_generation(snap_compare, settings: Settings) -> None:
