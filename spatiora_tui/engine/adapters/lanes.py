@@ -32,6 +32,7 @@ from typing import Any
 
 from spatiora_tui.engine.adapters.catalog import AdapterFile
 from spatiora_tui.engine.adapters.phases import PhaseClock
+from spatiora_tui.engine.adapters.slots import ResidentSet
 from spatiora_tui.engine.api import AdapterUse
 
 #: The modules lanes are put on, by component (peft's suffix match on module names): what
@@ -117,7 +118,7 @@ def _module_key(component: str, name: str) -> str:
     return name if component == "unet" else name.removeprefix("text_model.")
 
 
-class LaneSlots:
+class LaneSlots(ResidentSet):
     """The lanes on one pipeline, and the adapters resident as copies ready to go in them."""
 
     def __init__(
@@ -167,19 +168,6 @@ class LaneSlots:
     @property
     def lanes(self) -> int:
         return len(self.lane_names)
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(self._resident)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._resident
-
-    def use(self, name: str) -> AdapterUse:
-        return self._resident[name]
-
-    def touch(self, name: str) -> None:
-        self._resident.move_to_end(name)
 
     def nbytes(self) -> int:
         """The lanes and the resident copies, on the device."""

@@ -20,7 +20,27 @@ from spatiora_tui.engine.adapters.phases import PhaseClock
 from spatiora_tui.engine.api import AdapterUse, EngineError
 
 
-class DeviceSlots:
+class ResidentSet:
+    """Adapters resident on the device, least recently used first: adapter name -> its use."""
+
+    _resident: OrderedDict[str, AdapterUse]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The resident adapters, least recently used first."""
+        return tuple(self._resident)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._resident
+
+    def use(self, name: str) -> AdapterUse:
+        return self._resident[name]
+
+    def touch(self, name: str) -> None:
+        self._resident.move_to_end(name)
+
+
+class DeviceSlots(ResidentSet):
     """Resident adapters on one pipeline, and the LoRA layers that hold them."""
 
     def __init__(self, pipe: Any, resident_max: int, resident_limit: int, clock: PhaseClock) -> None:
@@ -41,23 +61,9 @@ class DeviceSlots:
         # on SD 1.5).
         self._where: tuple[Any, Any] | None = None
 
-    @property
-    def names(self) -> tuple[str, ...]:
-        """The resident adapters, least recently used first."""
-        return tuple(self._resident)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._resident
-
-    def use(self, name: str) -> AdapterUse:
-        return self._resident[name]
-
     def slot(self, name: str) -> str:
         """The peft adapter name holding resident adapter `name`."""
         return self._slot[name]
-
-    def touch(self, name: str) -> None:
-        self._resident.move_to_end(name)
 
     def nbytes(self) -> int:
         return sum(self._bytes.get(n, 0) for n in self._resident)
