@@ -93,6 +93,7 @@ class LocalEngine:
         self._notices: list[Notice] = []  # for the user, given with the next generation's result
         self._active_task: str | None = None
         self._warmed = False  # whether an image was made since the model loaded
+        self._size_told = False
         self._configured: str | None = None  # model.source, resolved once (see _locate)
         self._hashes = HashCache(self._cache_dir / "hashes.json")
 
@@ -271,6 +272,7 @@ class LocalEngine:
         freeze_long_lived()
         self.watchdog.set_baseline()  # memory with the base model loaded and no adapter held
         self._warmed = False  # taken again after the first image (see _generate)
+        self._size_told = False  # whether a too-small size was pointed out for this model
         return model
 
     def _compile(self, pipe: Any, model: ModelInfo, settings: Any) -> tuple[Any, ModelInfo]:
@@ -447,7 +449,9 @@ class LocalEngine:
             self._active_task = None
         self._telemetry.set_task(task.name)
         params = self._resolve(request, task, prompt, tuple(t.name for t in tags), init)
-        if self._model.kind not in ("demo", "random") and params.width * params.height <= 128 * 128:
+        small = params.width * params.height <= 128 * 128
+        if small and not self._size_told and self._model.kind not in ("demo", "random"):
+            self._size_told = True  # said once per model, as the other notices are
             native = {"sd1": "512x512", "sd2": "768x768", "sdxl": "1024x1024"}.get(self._model.family, "512x512")
             self._notices.append(
                 Notice(

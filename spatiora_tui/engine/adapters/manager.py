@@ -271,8 +271,8 @@ class LoraManager:
         """Those of `names` (held in RAM) whose files have text-encoder layers."""
         found = []
         for name in names:
-            held = self.ram.take(name)
-            if held is not None and any(key.startswith(("text_encoder", "lora_te")) for key in held[0].raw):
+            held = self.ram.peek(name)
+            if held is not None and any(key.startswith(("text_encoder", "lora_te")) for key in held.raw):
                 found.append(name)
         return tuple(found)
 

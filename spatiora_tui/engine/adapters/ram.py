@@ -58,6 +58,11 @@ class RamTier:
             cached.prefetched = False
             return cached, tier
 
+    def peek(self, name: str) -> AdapterFile | None:
+        """`name`'s file if held, changing nothing (no reordering, the prefetch mark kept)."""
+        with self._lock:
+            return self._files.get(name)
+
     def holds(self, name: str) -> bool:
         """Whether `name` is held, or being read by a prefetch."""
         with self._lock:
