@@ -30,6 +30,7 @@ class TaskQuality:
     rooms: int = 0
     walls_asked: int = 0  # rooms whose prompt named a wall colour
     walls_matched: int = 0
+    by_colour: dict[str, list[int]] = field(default_factory=dict)  # wall colour asked -> [rooms, matched]
     counted: dict[int, list[int]] = field(default_factory=dict)  # rooms asked -> rooms counted in plans
     seconds: list[float] = field(default_factory=list)
     samples: list[Any] = field(default_factory=list)  # (image, prompt) for a grid
@@ -41,6 +42,7 @@ class TaskQuality:
             "plans %": 100.0 * self.plans / max(1, self.images),
             "rooms %": 100.0 * self.rooms / max(1, self.images),
             "walls as asked %": 100.0 * self.walls_matched / self.walls_asked if self.walls_asked else None,
+            "walls by colour asked": {c: {"rooms": n, "matched": m} for c, (n, m) in sorted(self.by_colour.items())},
             "rooms counted by rooms asked": {n: statistics.mean(c) for n, c in sorted(self.counted.items())},
             "s / image": statistics.median(self.seconds) if self.seconds else None,
         }
@@ -52,11 +54,23 @@ def prompts(count: int, seed: int = PROMPT_SEED) -> list[Scene]:
     return [random_scene(rng) for _ in range(count)]
 
 
-def with_base_task(settings: Settings) -> Settings:
-    """`settings` plus a task that runs the base model alone, with the plain prompt."""
-    first = settings.tasks[0]
-    base = dataclasses.replace(first, name=BASE_TASK, adapters=(), prompt_template="{prompt}", model=None)
-    return dataclasses.replace(settings, tasks=(*settings.tasks, base))
+def without_adapters(task: str) -> str:
+    """The name of the row that runs `task`'s prompt and settings on the base model alone."""
+    return f"{task}, no adapter"
+
+
+def with_base_tasks(settings: Settings, names: Sequence[str]) -> tuple[Settings, list[str]]:
+    """`settings` plus the base model alone: for each task in `names` its own template and
+    settings without its adapters (what the adapter changes), and the plain prompt with no
+    negative prompt and the first task's other settings. Returns the settings and the added
+    tasks' names."""
+    added = [dataclasses.replace(settings.task(n), name=without_adapters(n), adapters=(), model=None) for n in names]
+    first = settings.task(names[0]) if names else settings.tasks[0]
+    plain = dataclasses.replace(
+        first, name=BASE_TASK, adapters=(), prompt_template="{prompt}", negative_prompt="", model=None
+    )
+    added.append(plain)
+    return dataclasses.replace(settings, tasks=(*settings.tasks, *added)), [t.name for t in added]
 
 
 def evaluate(
@@ -86,7 +100,11 @@ def evaluate(
                 else:
                     quality.rooms += 1
                     quality.walls_asked += 1
-                    quality.walls_matched += scorer.wall_colour(image) == scene.wall
+                    matched = scorer.wall_colour(image) == scene.wall
+                    quality.walls_matched += matched
+                    tally = quality.by_colour.setdefault(scene.wall, [0, 0])
+                    tally[0] += 1
+                    tally[1] += matched
                 if on_image is not None:
                     on_image(task.name, index * seeds + seed + 1, total)
         results.append(quality)
@@ -109,6 +127,17 @@ def table(results: Sequence[TaskQuality]) -> str:
             f"| {quality.task} | {quality.images} | {row['plans %']:.0f} % | {row['rooms %']:.0f} % | {walls} | "
             f"{rooms} | {seconds} |"
         )
+    return "\n".join(lines)
+
+
+def colours(results: Sequence[TaskQuality]) -> str:
+    """Per task with rooms: for each wall colour asked, how many of its rooms have it (chance is
+    one in the number of colours)."""
+    lines = []
+    for quality in results:
+        if quality.by_colour:
+            tallies = ", ".join(f"{c} {m}/{n}" for c, (n, m) in sorted(quality.by_colour.items()))
+            lines.append(f"{quality.task}: walls of the colour asked, by colour: {tallies}")
     return "\n".join(lines)
 
 

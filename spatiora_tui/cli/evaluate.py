@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
         parents=[common],
         help="score what each task mode draws (plans, rooms, wall colours, room counts)",
         description="Generates the same prompts (captions of procedural scenes) with each task mode and with "
-        "the base model alone, and scores each image with the procedural scorer: plan or room, the walls' "
+        "the base model alone (each task's prompt and settings without its adapters, and the plain prompt), and scores each image with the procedural scorer: plan or room, the walls' "
         "colour against the prompt's, the rooms counted against the rooms asked for. Meant for the demo "
         "model; on another model the scores say how much it draws like the procedural data.",
     )
@@ -41,8 +41,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     missing = [n for n in names if n not in known]
     if missing:
         raise UsageError(f"no task named {', '.join(missing)} in the config; tasks: {', '.join(sorted(known))}")
-    settings = quality.with_base_task(settings)
-    tasks = [settings.task(n) for n in (*names, quality.BASE_TASK)]
+    settings, base = quality.with_base_tasks(settings, names)
+    tasks = [settings.task(n) for n in (*names, *base)]
     status = status_printer()
     engine = LocalEngine(settings)
     engine.load(on_progress=lambda msg: status(f"{msg}…"))
@@ -55,6 +55,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     )
     status(None)
     print(quality.table(results))
+    if words := quality.colours(results):
+        print(f"\n{words}")
     if args.json:
         args.json.write_text(json.dumps([r.row() for r in results], indent=1), encoding="utf-8")
     if args.grid:

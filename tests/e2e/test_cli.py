@@ -276,15 +276,22 @@ def test_eval_scores_each_task_and_the_base_model(project: Path) -> None:
     proc = spatiora("eval", "--prompts", "2", "--json", "eval.json", "--grid", str(grid), cwd=project)
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line]
-    assert [row.split(" | ")[0] for row in rows] == ["| task", "| interior", "| floorplan", "| base (no adapter)"]
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| task",
+        "| interior",
+        "| floorplan",
+        "| interior, no adapter",
+        "| floorplan, no adapter",
+        "| base (no adapter)",
+    ]
     import json
 
     figures = json.loads((project / "eval.json").read_text(encoding="utf-8"))
-    assert [row["images"] for row in figures] == [2, 2, 2]
+    assert [row["images"] for row in figures] == [2] * 5
     assert all(abs(row["plans %"] + row["rooms %"] - 100) < 1e-9 for row in figures)
     from PIL import Image
 
-    assert Image.open(grid).size == (2 * 128, 3 * 128)  # 2 images a row, 64 px shown at 2x
+    assert Image.open(grid).size == (2 * 128, 5 * 128)  # 2 images a row, 64 px shown at 2x
 
 
 def test_eval_refuses_an_unknown_task(project: Path) -> None:
