@@ -226,6 +226,12 @@ def write_config_folder(pipe: Any, folder: Path) -> Path:
             component.save_config(folder / name)
         else:
             component.config.save_pretrained(folder / name)
+        for written in (folder / name).glob("*.json"):
+            # Where the component was loaded from is not part of the model (and would make the
+            # same weights, trained in another folder, give another config).
+            config = json.loads(written.read_text(encoding="utf-8"))
+            if config.pop("_name_or_path", None) is not None:
+                written.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     for key, value in pipe.config.items():
         if not key.startswith("_") and key not in index:
             index[key] = value
