@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from spatiora_tui.procedural.scenes import Kind, samples  # noqa: E402
+from spatiora_tui.procedural.scenes import KINDS, Kind, samples  # noqa: E402
 
 SIZE = 64
 SEED = 2026
@@ -46,6 +46,8 @@ MODEL_NAME = "spatiora-demo"
 #: The task LoRAs and the kind each draws; each is trained with its task's prompt template and
 #: negative prompt from the repository's config.toml, as they are used.
 TEMPLATES: dict[str, Kind] = {"interior": "room", "floorplan": "plan"}
+#: Shares of a LoRA batch: the other kind under the task's negative prompt, and the empty prompt.
+CONTRAST, UNCOND = 0.2, 0.1
 
 
 def task_prompts(task: str) -> tuple[str, str]:
@@ -260,6 +262,31 @@ def train_base(out: Path, steps: int, every: int) -> None:
     (out / "unet" / "train.json").write_text(json.dumps({"steps": steps}, indent=1), encoding="utf-8")
 
 
+def lora_batch(
+    x: Any, text: list[str], others: Any, template: str, negative: str, rng: random.Random, gen: Any
+) -> tuple[Any, list[str]]:
+    """A task LoRA's batch as it is used when generating: each prompt in the task's template;
+    the empty prompt (the unconditional side) UNCOND of the time; and CONTRAST of the time an
+    image of the other kind with the task's negative prompt, so that the words the base never
+    saw ("perspective, 3d render, photo") come to mean what the task must not draw, and
+    classifier-free guidance steers away from it, as a negative prompt does on a real model."""
+    import torch
+
+    x = x.clone()
+    prompts = []
+    for j, caption in enumerate(text):
+        roll = rng.random()
+        if negative and roll < CONTRAST:
+            pick = int(torch.randint(0, len(others), (1,), generator=gen))
+            x[j] = others[pick].float() / 127.5 - 1.0
+            prompts.append(negative)
+        elif roll < CONTRAST + UNCOND:
+            prompts.append("")
+        else:
+            prompts.append(template.format(prompt=caption))
+    return x, prompts
+
+
 def train_lora(out: Path, task: str, steps: int, every: int) -> None:
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
@@ -287,14 +314,12 @@ def train_lora(out: Path, task: str, steps: int, every: int) -> None:
     params = [p for p in unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3)
     images, captions = pool(seed, (kind,))
+    others, _ = pool(seed + 100, tuple(k for k in KINDS if k != kind), POOL // 4)
     progress = Progress(f"lora {task}", steps, every)
     data = batches(images, captions, gen)
     for i in range(steps):
         x, text = next(data)
-        # As generated: the prompt in its template; the negative prompt as the unconditional
-        # side of classifier-free guidance (where the base saw an empty prompt), 10 % of the time.
-        drop = [random.Random(seed + i * BATCH + j).random() < 0.1 for j in range(len(text))]
-        prompts = [negative if d else template.format(prompt=t) for d, t in zip(drop, text)]
+        x, prompts = lora_batch(x, text, others, template, negative, random.Random(seed + i), gen)
         context = _encode_text(tokenizer, text_encoder, prompts)
         loss = _noise_loss(unet, scheduler, _latents(vae, x), context.detach(), gen)
         opt.zero_grad(set_to_none=True)
