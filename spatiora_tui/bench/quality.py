@@ -19,6 +19,7 @@ from spatiora_tui.procedural import scorer
 from spatiora_tui.procedural.scenes import Scene, random_scene
 
 BASE_TASK = "base (no adapter)"
+NO_PROMPT = "base, no prompt"
 PROMPT_SEED = 31
 
 
@@ -61,15 +62,16 @@ def without_adapters(task: str) -> str:
 
 def with_base_tasks(settings: Settings, names: Sequence[str]) -> tuple[Settings, list[str]]:
     """`settings` plus the base model alone: for each task in `names` its own template and
-    settings without its adapters (what the adapter changes), and the plain prompt with no
-    negative prompt and the first task's other settings. Returns the settings and the added
-    tasks' names."""
+    settings without its adapters (what the adapter changes); the plain prompt with no negative
+    prompt and the first task's other settings; and no prompt at all (what the base draws
+    unconditioned, and the chance level of the prompt-word figures). Returns the settings and
+    the added tasks' names."""
     added = [dataclasses.replace(settings.task(n), name=without_adapters(n), adapters=(), model=None) for n in names]
     first = settings.task(names[0]) if names else settings.tasks[0]
     plain = dataclasses.replace(
         first, name=BASE_TASK, adapters=(), prompt_template="{prompt}", negative_prompt="", model=None
     )
-    added.append(plain)
+    added += [plain, dataclasses.replace(plain, name=NO_PROMPT, prompt_template="")]
     return dataclasses.replace(settings, tasks=(*settings.tasks, *added)), [t.name for t in added]
 
 

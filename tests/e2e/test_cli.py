@@ -283,15 +283,16 @@ def test_eval_scores_each_task_and_the_base_model(project: Path) -> None:
         "| interior, no adapter",
         "| floorplan, no adapter",
         "| base (no adapter)",
+        "| base, no prompt",
     ]
     import json
 
     figures = json.loads((project / "eval.json").read_text(encoding="utf-8"))
-    assert [row["images"] for row in figures] == [2] * 5
+    assert [row["images"] for row in figures] == [2] * 6
     assert all(abs(row["plans %"] + row["rooms %"] - 100) < 1e-9 for row in figures)
     from PIL import Image
 
-    assert Image.open(grid).size == (2 * 128, 5 * 128)  # 2 images a row, 64 px shown at 2x
+    assert Image.open(grid).size == (2 * 128, 6 * 128)  # 2 images a row, 64 px shown at 2x
 
 
 def test_eval_refuses_an_unknown_task(project: Path) -> None:

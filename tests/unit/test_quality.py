@@ -61,8 +61,9 @@ def test_evaluate_counts_kinds_wall_colours_and_rooms() -> None:
 
 def test_base_rows_keep_each_task_but_its_adapters() -> None:
     settings, added = quality.with_base_tasks(load_settings(None), ["floorplan"])
-    assert added == ["floorplan, no adapter", quality.BASE_TASK]
+    assert added == ["floorplan, no adapter", quality.BASE_TASK, quality.NO_PROMPT]
     task, bare, plain = settings.task("floorplan"), settings.task(added[0]), settings.task(added[1])
+    assert settings.task(quality.NO_PROMPT).render_prompt("a two-room flat") == ""
     assert bare.adapters == () and plain.adapters == ()
     assert (bare.prompt_template, bare.negative_prompt, bare.guidance) == (
         task.prompt_template,
