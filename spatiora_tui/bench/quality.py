@@ -21,6 +21,9 @@ from spatiora_tui.procedural.scenes import Scene, random_scene
 BASE_TASK = "base (no adapter)"
 NO_PROMPT = "base, no prompt"
 PROMPT_SEED = 31
+#: The first image seed; each prompt and repeat has its own (the same in every row), so a row's
+#: images differ by their noise too, and "no prompt" is not one image repeated.
+SEED = 1000
 
 
 @dataclass
@@ -90,7 +93,9 @@ def evaluate(
         quality = TaskQuality(task.name)
         for index, scene in enumerate(scenes):
             for seed in range(seeds):
-                result = engine.generate(GenerationRequest(prompt=scene.caption(), task=task.name, seed=1000 + seed))
+                result = engine.generate(
+                    GenerationRequest(prompt=scene.caption(), task=task.name, seed=SEED + index * seeds + seed)
+                )
                 image = result.image
                 quality.images += 1
                 quality.seconds.append((result.timings.image_ms or 0.0) / 1000.0)

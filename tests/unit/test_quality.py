@@ -19,8 +19,10 @@ class SceneEngine:
 
     def __init__(self, scenes: list[Scene]) -> None:
         self.scenes = {scene.caption(): scene for scene in scenes}
+        self.seeds: dict[str, list[int]] = {}
 
     def generate(self, request: Any) -> Any:
+        self.seeds.setdefault(request.task, []).append(request.seed)
         scene = self.scenes[request.prompt]
         if request.task == "floorplan":
             image = draw(scene, "plan", random.Random(request.seed))
@@ -35,7 +37,11 @@ def test_evaluate_counts_kinds_wall_colours_and_rooms() -> None:
     settings, added = quality.with_base_tasks(load_settings(None), ["interior", "floorplan"])
     scenes = quality.prompts(12)
     tasks = [settings.task(n) for n in ("interior", "floorplan", *added)]
-    results = {r.task: r for r in quality.evaluate(SceneEngine(scenes), tasks, scenes, seeds=2)}
+    engine = SceneEngine(scenes)
+    results = {r.task: r for r in quality.evaluate(engine, tasks, scenes, seeds=2)}
+    # Every image has its own seed, the same ones in every row.
+    assert len(set(engine.seeds["interior"])) == 24
+    assert all(seeds == engine.seeds["interior"] for seeds in engine.seeds.values())
 
     interior, floorplan, base = results["interior"], results["floorplan"], results[quality.BASE_TASK]
     assert interior.images == floorplan.images == 24
