@@ -7,7 +7,8 @@
          captions dropped 10% of the time for classifier-free guidance)
   lora   one LoRA per task on the frozen base (rank 8): interior on rooms, floorplan on plans,
          each with its task's prompt template from config.toml, so the same prompt draws a room
-         or a plan
+         or a plan; its negative prompt is trained as the unconditional side, partly over the
+         other kind (lora_batch)
 
     python tools/train_demo.py --out build/demo-train                 # every stage not yet done
     python tools/train_demo.py --out build/demo-train --stage vae --steps 1200
@@ -37,17 +38,17 @@ from spatiora_tui.procedural.scenes import KINDS, Kind, samples  # noqa: E402
 
 SIZE = 64
 SEED = 2026
-#: Steps per stage (what the shipped weights were trained with: docs/demo.md). A plan is further
-#: from what the base draws for a prompt than a room, so its LoRA needs more.
-STEPS = {"vae": 1200, "base": 3000, "lora interior": 500, "lora floorplan": 1200}
+#: Steps per stage (what the shipped weights were trained with: docs/demo.md).
+STEPS = {"vae": 1200, "base": 3000, "lora interior": 1200, "lora floorplan": 1200}
 BATCH = 32
 POOL = 6000  # procedural samples drawn once per stage (the kinds in turn)
 MODEL_NAME = "spatiora-demo"
 #: The task LoRAs and the kind each draws; each is trained with its task's prompt template and
 #: negative prompt from the repository's config.toml, as they are used.
 TEMPLATES: dict[str, Kind] = {"interior": "room", "floorplan": "plan"}
-#: Shares of a LoRA batch: the other kind under the task's negative prompt, and the empty prompt.
-CONTRAST, UNCOND = 0.2, 0.1
+#: Shares of a LoRA batch: the other kind under the task's negative prompt, the task's own kind
+#: under it, and the task's own kind under the empty prompt; the rest is the prompt in the template.
+CONTRAST, NEGATIVE, UNCOND = 0.1, 0.1, 0.1
 
 
 def task_prompts(task: str) -> tuple[str, str]:
@@ -265,11 +266,13 @@ def train_base(out: Path, steps: int, every: int) -> None:
 def lora_batch(
     x: Any, text: list[str], others: Any, template: str, negative: str, rng: random.Random, gen: Any
 ) -> tuple[Any, list[str]]:
-    """A task LoRA's batch as it is used when generating: each prompt in the task's template;
-    the empty prompt (the unconditional side) UNCOND of the time; and CONTRAST of the time an
-    image of the other kind with the task's negative prompt, so that the words the base never
-    saw ("perspective, 3d render, photo") come to mean what the task must not draw, and
-    classifier-free guidance steers away from it, as a negative prompt does on a real model."""
+    """A task LoRA's batch as it is used when generating: each prompt in the task's template,
+    and the unconditional side of classifier-free guidance as it comes: the task's negative
+    prompt, over an image of the other kind (CONTRAST of the time) or of the task's own
+    (NEGATIVE), or the empty prompt (UNCOND). So the words the base never saw ("perspective, 3d
+    render, photo") come to mean, in part, what the task must not draw, and guidance steers
+    away from it as a negative prompt does on a real model, while still steering towards what
+    the prompt says (a wall colour, a room count) within the task's kind."""
     import torch
 
     x = x.clone()
@@ -280,7 +283,9 @@ def lora_batch(
             pick = int(torch.randint(0, len(others), (1,), generator=gen))
             x[j] = others[pick].float() / 127.5 - 1.0
             prompts.append(negative)
-        elif roll < CONTRAST + UNCOND:
+        elif negative and roll < CONTRAST + NEGATIVE:
+            prompts.append(negative)
+        elif roll < CONTRAST + NEGATIVE + UNCOND:
             prompts.append("")
         else:
             prompts.append(template.format(prompt=caption))

@@ -67,3 +67,35 @@ def test_the_same_command_gives_the_same_files(tmp_path: Path) -> None:
         assert any(f.parts[0] == part and f.suffix == ".safetensors" for f in files), part
     assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
     assert [f for f in files if digest(first / f) != digest(second / f)] == []
+
+
+def test_a_lora_batch_trains_the_negative_prompt_partly_on_the_other_kind() -> None:
+    import importlib.util
+    import random
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("train_demo", REPO / "tools" / "train_demo.py")
+    assert spec is not None and spec.loader is not None
+    trainer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(trainer)
+    n = 4000
+    own = torch.zeros(n, 3, 2, 2)  # the task's kind: 0 after the batch's scaling
+    others = torch.full((8, 3, 2, 2), 255, dtype=torch.uint8)  # the other kind: 1.0
+    captions = [f"caption {i}" for i in range(n)]
+    gen = torch.Generator().manual_seed(0)
+    x, prompts = trainer.lora_batch(own, captions, others, "plan of {prompt}", "photo", random.Random(0), gen)
+    other = x.flatten(1).eq(1.0).all(1).tolist()
+    share = {
+        "contrast": sum(o and p == "photo" for o, p in zip(other, prompts)) / n,
+        "negative": sum(not o and p == "photo" for o, p in zip(other, prompts)) / n,
+        "empty": sum(not o and p == "" for o, p in zip(other, prompts)) / n,
+        "prompt": sum(not o and p == f"plan of caption {i}" for i, (o, p) in enumerate(zip(other, prompts))) / n,
+    }
+    expected = {"contrast": trainer.CONTRAST, "negative": trainer.NEGATIVE, "empty": trainer.UNCOND}
+    for name, value in expected.items():
+        assert abs(share[name] - value) < 0.02, share
+    assert abs(sum(share.values()) - 1.0) < 1e-9, share  # nothing else: an other-kind image is never captioned
+    # Without a negative prompt, nothing of the other kind is shown.
+    x, prompts = trainer.lora_batch(own, captions, others, "plan of {prompt}", "", random.Random(0), gen)
+    assert not x.eq(1.0).any() and "photo" not in prompts
