@@ -504,7 +504,7 @@ DEFAULT_TASKS: tuple[TaskSettings, ...] = (
     TaskSettings(
         name="interior",
         description="Photoreal interior renderings",
-        adapters=(AdapterRef("interior", 0.8),),
+        adapters=(AdapterRef("interior", 1.0),),
         prompt_template=(
             "interior design photograph of {prompt}, photorealistic, natural light, "
             "detailed materials, 35mm, high dynamic range"
