@@ -32,12 +32,19 @@ class TaskQuality:
     images: int = 0
     plans: int = 0
     rooms: int = 0
-    walls_asked: int = 0  # rooms whose prompt named a wall colour
-    walls_matched: int = 0
     by_colour: dict[str, list[int]] = field(default_factory=dict)  # wall colour asked -> [rooms, matched]
     counted: dict[int, list[int]] = field(default_factory=dict)  # rooms asked -> rooms counted in plans
     seconds: list[float] = field(default_factory=list)
     samples: list[Any] = field(default_factory=list)  # (image, prompt) for a grid
+
+    @property
+    def walls_asked(self) -> int:
+        """Rooms whose prompt named a wall colour."""
+        return sum(n for n, _ in self.by_colour.values())
+
+    @property
+    def walls_matched(self) -> int:
+        return sum(m for _, m in self.by_colour.values())
 
     def row(self) -> dict[str, Any]:
         return {
@@ -106,9 +113,7 @@ def evaluate(
                     quality.counted.setdefault(scene.rooms, []).append(scorer.room_count(image))
                 else:
                     quality.rooms += 1
-                    quality.walls_asked += 1
                     matched = scorer.wall_colour(image) == scene.wall
-                    quality.walls_matched += matched
                     tally = quality.by_colour.setdefault(scene.wall, [0, 0])
                     tally[0] += 1
                     tally[1] += matched
