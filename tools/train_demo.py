@@ -343,11 +343,11 @@ def export(out: Path, model_dir: Path, adapter_dir: Path) -> None:
     (fp16) with its config folder beside it, each LoRA as a Kohya file with an adapter.toml."""
     import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
     from transformers import CLIPTextModel
 
     from spatiora_tui.engine.clip_tokenizer import clip_tokenizer
-    from spatiora_tui.engine.ldm_layout import save_single_file, write_config_folder
+    from spatiora_tui.engine.ldm_layout import save_safetensors, save_single_file, write_config_folder
 
     pipe = StableDiffusionPipeline(
         vae=AutoencoderKL.from_pretrained(out / "vae"),
@@ -383,7 +383,7 @@ def export(out: Path, model_dir: Path, adapter_dir: Path) -> None:
             kohya[f"{stem}.lora_up.weight"] = peft[f"unet.{module}.lora_B.weight"].to(torch.float16).contiguous()
             kohya[f"{stem}.alpha"] = torch.tensor(float(value.shape[0]), dtype=torch.float16)
         lora = adapter_dir / f"{task}.safetensors"
-        save_file(kohya, str(lora), metadata={"ss_network_module": "networks.lora", "ss_base_model_version": "sd_v1"})
+        save_safetensors(kohya, lora, {"ss_network_module": "networks.lora", "ss_base_model_version": "sd_v1"})
         (adapter_dir / f"{task}.adapter.toml").write_text(
             f'base = "sd1"\ndefault_weight = 1.0\ndescription = "Spatiora demo model: draws {kind}s"\n',
             encoding="utf-8",

@@ -198,15 +198,32 @@ def save_single_file(
 ) -> Path:
     """Write `pipe` as a single-file .safetensors checkpoint (plus any `extra` tensors, such as
     the `v_pred` marker some SDXL v-prediction models carry)."""
-    from safetensors.torch import save_file
-
     tensors = {
         k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
         for k, v in pipeline_to_ldm(pipe).items()
     }
     tensors.update(extra or {})
+    return save_safetensors(tensors, path, metadata)
+
+
+def save_safetensors(tensors: dict[str, Any], path: Path, metadata: dict[str, str] | None = None) -> Path:
+    """Write a .safetensors file whose bytes depend only on what is in it.
+
+    safetensors keeps the metadata in a Rust hash map, so a file with two or more metadata keys
+    comes out in a different byte order from one save to the next (the same tensors, a header
+    shuffled). The header is written again here with the metadata keys sorted, so the same weights give
+    the same file, and a training run can be checked byte for byte against the shipped one."""
+    from safetensors.torch import save
+
+    data = save(tensors, metadata=metadata)
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])  # the tensors in safetensors' own (stable) order
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # tensor data stays 8-byte aligned, as safetensors writes it
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=metadata)
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data[8 + size :])
     return path
 
 

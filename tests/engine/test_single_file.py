@@ -155,3 +155,24 @@ def test_a_real_model_asked_for_the_demo_size_is_told_once(tiny, tmp_path: Path)
     ]
     assert len(told[0]) == 1 and "64x64 is the demo model's size" in told[0][0] and "512x512" in told[0][0]
     assert told[1] == [], "said once per model, not with every image"
+
+
+def test_a_saved_file_has_the_same_bytes_every_time(tmp_path: Path) -> None:
+    """safetensors keeps metadata in a hash map, so its own writer shuffles a header with several
+    metadata keys from one save to the next; ours sorts it, so the training command's files can
+    be compared byte for byte with the shipped ones (tests/engine/test_train_demo.py)."""
+    from safetensors import safe_open
+
+    from spatiora_tui.engine.ldm_layout import save_safetensors
+
+    tensors = {"b.weight": torch.arange(6, dtype=torch.float16).reshape(2, 3), "a.alpha": torch.tensor(3.0)}
+    metadata = {f"ss_key_{i}": f"välue {i}" for i in range(6)}
+    saved = {save_safetensors(tensors, tmp_path / f"{i}.safetensors", metadata).read_bytes() for i in range(12)}
+    assert len(saved) == 1
+    data = saved.pop()
+    assert (8 + int.from_bytes(data[:8], "little")) % 8 == 0  # tensor data stays aligned
+    with safe_open(str(tmp_path / "0.safetensors"), framework="pt") as f:
+        assert f.metadata() == metadata
+        assert set(f.keys()) == tensors.keys()
+        for key, value in tensors.items():
+            assert torch.equal(f.get_tensor(key), value)
