@@ -198,7 +198,7 @@ class Session:
     ) -> Job:
         """Queue one job at the end (paused when the queue is)."""
         with self._lock:
-            job = self._add(Job(next(self._ids), request, kind=kind, group=group, label=label))
+            job = self._add(request, kind=kind, group=group, label=label)
             self._changed()
             return job
 
@@ -211,23 +211,14 @@ class Session:
         first = request.seed if request.seed is not None else low + secrets.randbelow(high - low + 1)
         if count == 1:
             return [self.submit(dataclasses.replace(request, seed=first))]
-        with self._lock:
-            group = Group(f"batch-{next(self._groups_made)}", JobKind.BATCH, [])
-            jobs = []
-            for i in range(count):
-                seed = low + (first - low + i) % (high - low + 1)  # wraps at the top of the range
-                job = Job(
-                    next(self._ids),
-                    dataclasses.replace(request, seed=seed),
-                    kind=JobKind.BATCH,
-                    group=group.id,
-                    label=f"{i + 1}/{count} · seed {seed}",
-                )
-                jobs.append(self._add(job))
-                group.job_ids.append(job.id)
-            self._groups[group.id] = group
-            self._changed()
-            return jobs
+        seeds = [low + (first - low + i) % (high - low + 1) for i in range(count)]  # wrapping at the top
+        return self._add_group(
+            JobKind.BATCH,
+            [
+                (dataclasses.replace(request, seed=seed), f"{i + 1}/{count} · seed {seed}", ())
+                for i, seed in enumerate(seeds)
+            ],
+        )
 
     def submit_sweep(self, base: GenerationRequest, axes: list[Axis]) -> list[Job]:
         """Queue the cells of an X/Y/Z sweep (see jobs/sweep.py) as one group, whose labelled
@@ -238,26 +229,42 @@ class Session:
             base = dataclasses.replace(base, seed=low + secrets.randbelow(high - low + 1))
         cells = checked_cells(self.settings, base, axes)
         titles = tuple((axis.title, tuple(axis.label(i) for i in range(len(axis.values)))) for axis in axes)
+        return self._add_group(JobKind.SWEEP, [(cell.request, cell.label, cell.index) for cell in cells], titles)
+
+    def _add_group(
+        self,
+        kind: JobKind,
+        members: list[tuple[GenerationRequest, str, tuple[int, ...]]],
+        axes: tuple[tuple[str, tuple[str, ...]], ...] = (),
+    ) -> list[Job]:
+        """Queue a batch's or a sweep's jobs, (request, label, sweep cell) each, as one group."""
         with self._lock:
-            group = Group(f"sweep-{next(self._groups_made)}", JobKind.SWEEP, [], titles)
-            jobs = []
-            for cell in cells:
-                job = Job(
-                    next(self._ids),
-                    cell.request,
-                    kind=JobKind.SWEEP,
-                    group=group.id,
-                    label=cell.label,
-                    cell=cell.index,
-                    axes=titles,
-                )
-                jobs.append(self._add(job))
-                group.job_ids.append(job.id)
+            group = Group(f"{kind.value}-{next(self._groups_made)}", kind, [], axes)
+            jobs = [
+                self._add(request, kind=kind, group=group.id, label=label, cell=cell, axes=axes)
+                for request, label, cell in members
+            ]
+            group.job_ids.extend(job.id for job in jobs)
             self._groups[group.id] = group
             self._changed()
             return jobs
 
-    def _add(self, job: Job) -> Job:
+    def _add(
+        self,
+        request: GenerationRequest,
+        *,
+        kind: JobKind = JobKind.IMAGE,
+        group: str = "",
+        label: str = "",
+        cell: tuple[int, ...] = (),
+        axes: tuple[tuple[str, tuple[str, ...]], ...] = (),
+    ) -> Job:
+        """A new job with the next id, queued at the end."""
+        return self._keep(Job(next(self._ids), request, kind=kind, group=group, label=label, cell=cell, axes=axes))
+
+    def _keep(self, job: Job) -> Job:
+        """Hold `job` (new, or adopted from a dead session); one that waits goes at the end,
+        paused when the queue is."""
         if self._paused and job.state is JobState.QUEUED:
             job.state = JobState.PAUSED
         self._jobs[job.id] = job
@@ -309,19 +316,12 @@ class Session:
             job = self._jobs.get(job_id)
             if job is None or job.state not in (JobState.FAILED, JobState.CANCELLED):
                 return None
-            again = Job(
-                next(self._ids),
-                job.request,
-                kind=job.kind,
-                group=job.group,
-                label=job.label,
-                cell=job.cell,
-                axes=job.axes,
+            again = self._add(
+                job.request, kind=job.kind, group=job.group, label=job.label, cell=job.cell, axes=job.axes
             )
             group = self._groups.get(job.group)
             if group is not None:
                 group.job_ids[group.job_ids.index(job.id)] = again.id
-            self._add(again)
             self._changed()
             return again
 
@@ -369,7 +369,7 @@ class Session:
                         job.group = renamed.setdefault(job.group, f"{job.kind.value}-{next(self._groups_made)}")
                         group = self._groups.setdefault(job.group, Group(job.group, job.kind, [], job.axes))
                         group.job_ids.append(job.id)
-                    self._add(job)
+                    self._keep(job)
                     count += job.state.waiting
                 self._changed()
             if not self.flush() or orphan.problems:
