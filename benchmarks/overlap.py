@@ -116,9 +116,8 @@ def main() -> None:
                 )
                 images.append(time.perf_counter() - start)
                 firsts.append(first[0] if first else float("nan"))
-                for warning in result.warnings:
-                    if "loop waited" in warning:
-                        waits.append(float(warning.split("loop waited ")[1].split(" ms")[0]))
+                if result.timings.late_patch_ms is not None:
+                    waits.append(result.timings.late_patch_ms)
                 pixels = np.asarray(result.image, dtype=np.int16)
                 if k is None:
                     reference[index] = pixels

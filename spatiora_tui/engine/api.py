@@ -279,6 +279,10 @@ class Timings:
     image_ms: float | None = None  # request start to decoded final image
     decode_ms: float | None = None
     step_ms: tuple[float, ...] = ()
+    #: An overlapped switch ([adapters] overlap_steps): how long putting the late adapters in
+    #: held the denoising loop at step K (waiting for their read included); None when the
+    #: image had no overlapped switch, or was cancelled before step K.
+    late_patch_ms: float | None = None
 
 
 @dataclass(frozen=True)

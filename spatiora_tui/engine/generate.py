@@ -309,6 +309,7 @@ def run_generation(
         image_ms=None if image is None else (time.perf_counter() - clock.start) * 1000.0,
         decode_ms=decode_ms,
         step_ms=steps_ms,
+        late_patch_ms=late.ms if late is not None and late.done else None,
     )
     # The stages' peaks are exact where the platform keeps high-water marks (hw/telemetry.py);
     # the per-step samples cover platforms where it does not.

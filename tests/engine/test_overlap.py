@@ -25,8 +25,10 @@ def make(cache_dir: Path, root: Path, overlap: int):
     return engine
 
 
-def image(engine, task: str, seed: int = 3):
+def image(engine, task: str, seed: int = 3, timings: list | None = None):
     result = engine.generate(GenerationRequest(prompt="a flat", task=task, seed=seed))
+    if timings is not None:
+        timings.append(result.timings)
     return np.asarray(result.image, dtype=np.int16), result.warnings
 
 
@@ -37,15 +39,18 @@ def sequential(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 
 def test_an_adapter_from_disk_comes_in_after_k_steps(cache_dir: Path, tmp_path: Path, sequential) -> None:
     engine = make(cache_dir, tmp_path, 2)
-    got, warnings = image(engine, "floorplan")
+    timings: list = []
+    got, warnings = image(engine, "floorplan", timings=timings)
     notes = of_kind(warnings, NoticeKind.OVERLAP)
     assert len(notes) == 1 and "floorplan read from disk while the first 2 step(s) ran without it" in notes[0]
+    assert timings[0].late_patch_ms is not None and timings[0].late_patch_ms > 0  # the wait, as a figure
+    assert f"the loop waited {timings[0].late_patch_ms:.0f} ms" in notes[0]
     want, plain = image(sequential, "floorplan")
     assert not of_kind(plain, NoticeKind.OVERLAP)
     assert not np.array_equal(got, want)  # two steps without the adapter show
     assert engine.active_task == "floorplan" and [u.name for u in engine.loras.active] == ["floorplan"]
-    again, warnings = image(engine, "floorplan")  # resident now: no overlap, the sequential image
-    assert not of_kind(warnings, NoticeKind.OVERLAP)
+    again, warnings = image(engine, "floorplan", timings=timings)  # resident now: no overlap, the sequential image
+    assert not of_kind(warnings, NoticeKind.OVERLAP) and timings[1].late_patch_ms is None
     assert np.array_equal(again, want)
 
 
