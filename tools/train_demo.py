@@ -109,12 +109,12 @@ def text_config(tokenizer: Any) -> Any:
 # -- data ------------------------------------------------------------------------------------
 
 
-def pool(seed: int, kinds: tuple[Kind, ...], count: int | None = None) -> tuple[Any, list[str]]:
+def pool(seed: int, kinds: tuple[Kind, ...], count: int) -> tuple[Any, list[str]]:
     """`count` images as one uint8 tensor [N, 3, 64, 64] and their captions."""
     import numpy as np
     import torch
 
-    drawn = samples(count or POOL, seed, kinds, SIZE)
+    drawn = samples(count, seed, kinds, SIZE)
     images = torch.from_numpy(np.stack([np.asarray(image) for image, _, _, _ in drawn])).permute(0, 3, 1, 2)
     return images.contiguous(), [caption for _, caption, _, _ in drawn]
 
@@ -163,13 +163,13 @@ class Progress:
             )
 
 
-def train_vae(out: Path, steps: int, every: int) -> None:
+def train_vae(out: Path, steps: int, every: int, pool_size: int = POOL) -> None:
     import torch
     from diffusers import AutoencoderKL
 
     torch.manual_seed(SEED)
     gen = torch.Generator().manual_seed(SEED)
-    images, captions = pool(SEED, ("plan", "room"))
+    images, captions = pool(SEED, ("plan", "room"), pool_size)
     vae = AutoencoderKL(**vae_config())
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps, pct_start=0.05)
@@ -226,7 +226,7 @@ def _latents(vae: Any, x: Any) -> Any:
         return vae.encode(x).latent_dist.mean * vae.config.scaling_factor
 
 
-def train_base(out: Path, steps: int, every: int) -> None:
+def train_base(out: Path, steps: int, every: int, pool_size: int = POOL) -> None:
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
@@ -242,7 +242,7 @@ def train_base(out: Path, steps: int, every: int) -> None:
     scheduler = DDPMScheduler(
         num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"
     )
-    images, captions = pool(SEED + 1, ("plan", "room"))
+    images, captions = pool(SEED + 1, ("plan", "room"), pool_size)
     params = [*unet.parameters(), *text_encoder.parameters()]
     opt = torch.optim.AdamW(params, lr=5e-4, weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=5e-4, total_steps=steps, pct_start=0.03)
@@ -292,7 +292,7 @@ def lora_batch(
     return x, prompts
 
 
-def train_lora(out: Path, task: str, steps: int, every: int) -> None:
+def train_lora(out: Path, task: str, steps: int, every: int, pool_size: int = POOL) -> None:
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from peft import LoraConfig, get_peft_model_state_dict
@@ -318,8 +318,8 @@ def train_lora(out: Path, task: str, steps: int, every: int) -> None:
     )
     params = [p for p in unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3)
-    images, captions = pool(seed, (kind,))
-    others, _ = pool(seed + 100, tuple(k for k in KINDS if k != kind), POOL // 4)
+    images, captions = pool(seed, (kind,), pool_size)
+    others, _ = pool(seed + 100, tuple(k for k in KINDS if k != kind), pool_size // 4)
     progress = Progress(f"lora {task}", steps, every)
     data = batches(images, captions, gen)
     for i in range(steps):
@@ -392,7 +392,6 @@ def export(out: Path, model_dir: Path, adapter_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    global POOL
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "build" / "demo-train")
     parser.add_argument("--stage", choices=["vae", "base", "lora", "export", "all"], default="all")
@@ -408,7 +407,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     import torch
 
-    POOL = 64 if args.smoke else args.pool
+    pool_size = 64 if args.smoke else args.pool
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -419,13 +418,13 @@ def main(argv: list[str] | None = None) -> None:
     loras = [t for t in TEMPLATES if not args.tasks or t in args.tasks.split(",")]
 
     stages: list[tuple[str, Path, Callable[[], None]]] = [
-        ("vae", args.out / "vae", lambda: train_vae(args.out, steps_for("vae"), args.every)),
-        ("base", args.out / "unet", lambda: train_base(args.out, steps_for("base"), args.every)),
+        ("vae", args.out / "vae", lambda: train_vae(args.out, steps_for("vae"), args.every, pool_size)),
+        ("base", args.out / "unet", lambda: train_base(args.out, steps_for("base"), args.every, pool_size)),
         *(
             (
                 "lora",
                 args.out / "loras" / f"{task}.safetensors",
-                lambda task=task: train_lora(args.out, task, steps_for(f"lora {task}"), args.every),
+                lambda task=task: train_lora(args.out, task, steps_for(f"lora {task}"), args.every, pool_size),
             )
             for task in loras
         ),
