@@ -7,6 +7,7 @@ sleep; the image depends on the seed, the prompt, the guidance and the scheduler
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import zlib
 from dataclasses import dataclass, field
@@ -44,7 +45,9 @@ class FakeEngine:
     settings: Settings
     fail_load: str | None = None
     fail_generate: EngineError | None = None
-    gate: threading.Event | None = None  # when set, step 2 waits on it
+    gate: threading.Event | None = None  # when set, step `gate_step` waits on it
+    gate_step: int = 2
+    compiled: str = ""  # the model's torch.compile mode, as LocalEngine reports it ("" = eager)
     at_gate: threading.Event = field(default_factory=threading.Event)
     switches: list[str] = field(default_factory=list)
     requests: list[GenerationRequest] = field(default_factory=list)
@@ -72,8 +75,8 @@ class FakeEngine:
             on_progress("loading fake-model")
         if self.fail_load:
             raise EngineError(self.fail_load)
-        self._model = MODEL
-        return MODEL
+        self._model = dataclasses.replace(MODEL, compiled=self.compiled)
+        return self._model
 
     @property
     def model(self) -> ModelInfo | None:
@@ -158,7 +161,7 @@ class FakeEngine:
         for step in range(1, steps + 1):
             if cancel is not None and cancel.is_set():
                 break
-            if step == 2 and self.gate is not None:
+            if step == self.gate_step and self.gate is not None:
                 self.at_gate.set()
                 self.gate.wait(10)
             if step == self.oom_at_step:
@@ -194,7 +197,7 @@ class FakeEngine:
         warnings = init_notices(init)
         return GenerationResult(
             params=params,
-            model=MODEL,
+            model=self._model or MODEL,
             image=image,
             cancelled=cancelled,
             steps_done=done,

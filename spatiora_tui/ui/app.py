@@ -154,6 +154,10 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self._store_error_said: str | None = None
         self._switch_note: str | None = None  # said with the next task switch's line
         self._model_switching = False
+        #: With a compiled UNet, the sizes it has drawn an image at, and the model they are for:
+        #: the first image at any other size waits for a compile before its first step.
+        self._compiled_sizes: set[tuple[int, int]] = set()
+        self._compiled_for: str | None = None
         self._peaks_task: str | None = None  # the task whose stage peaks the pane shows
         self.preview_pacer = PreviewPacer(settings.ui.preview_fps, settings.ui.preview_cpu_budget)
         # While generating, the newest step and hardware sample wait here for the frame clock.
@@ -260,6 +264,9 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self.refresh_bindings()
 
     def _show_model(self, model: Any) -> None:
+        if model.source != self._compiled_for:
+            self._compiled_sizes.clear()
+            self._compiled_for = model.source
         offload = f" · offload {model.offload}" if model.offload != "none" else ""
         compiled = f" · compiled ({model.compiled})" if model.compiled else ""
         self.sub_title = (
@@ -574,7 +581,11 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self._peaks_task = job.task
         width = job.request.width or (task.width if task else 512)
         height = job.request.height or (task.height if task else 512)
-        self.preview_pane.started(message.steps, width, height)
+        model = self.engine.model
+        note = ""
+        if model is not None and model.compiled and (width, height) not in self._compiled_sizes:
+            note = f"· the first image at {width}x{height} compiles the UNet first (once per size)"
+        self.preview_pane.started(message.steps, width, height, note)
         label = f" · {job.label}" if job.label else ""
         waiting = len(self.session.waiting())
         more = f" · {waiting} waiting" if waiting else ""
@@ -626,6 +637,8 @@ class SpatioraApp(App[None], inherit_bindings=False):
         for warning in result.warnings:
             self.notify(markup_safe(warning), severity="warning", timeout=8)
         self.preview_pane.finished(result, saved)
+        if result.image is not None and result.model.compiled:
+            self._compiled_sizes.add((result.params.width, result.params.height))
         if job.group and result.image is not None:
             self._show_group(job, result.image)
 

@@ -80,6 +80,25 @@ async def test_progress_shows_with_previews_off(make) -> None:
         assert len(outputs()) == 1
 
 
+async def test_a_compiled_model_says_the_first_image_at_a_size_waits_for_a_compile(make) -> None:
+    """torch.compile traces the UNet at the first image of each size: a minute or more on a GPU
+    with no step to show. The progress line says so until the first step, for that size only."""
+    for compiled in ("reduce-overhead", ""):
+        app, engine = make(gate=threading.Event(), gate_step=1, compiled=compiled)
+        async with app.run_test(size=SIZE) as pilot:
+            notes = []
+            for _ in range(2):
+                engine.at_gate.clear()
+                await start_held_generation(pilot, engine)
+                notes.append("compiles the UNet" in str(app.query_one("#progress-text", Static).render()))
+                assert engine.gate is not None
+                engine.gate.set()
+                await settle(app, pilot)
+                engine.gate = threading.Event()
+            assert notes == ([True, False] if compiled else [False, False])
+            assert len(outputs()) == (2 if compiled else 4)  # the output folder is the whole test's
+
+
 async def test_enter_in_prompt_generates(make) -> None:
     app, engine = make()
     async with app.run_test(size=SIZE) as pilot:

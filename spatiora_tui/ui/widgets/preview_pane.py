@@ -64,16 +64,17 @@ class PreviewPane(Vertical):
     def show_loading(self, text: str) -> None:
         self.query_one("#placeholder", Static).update(markup_safe(text))
 
-    def started(self, total: int, width: int, height: int) -> None:
+    def started(self, total: int, width: int, height: int, note: str = "") -> None:
         """A generation of a `width` x `height` image starts: the image box takes its final shape
-        now, so previews and the final image draw into it without a layout of the screen."""
+        now, so previews and the final image draw into it without a layout of the screen. `note`
+        says why the first step may be long in coming (it shows until that step)."""
         self._first_preview_s = None
         self._set_shape(width, height)
         self.query_one("#placeholder").display = False
         image = self.query_one("#preview-image")
         image.display = True
         image.image = None  # type: ignore[attr-defined]
-        self._progress(0, total, f"step 0/{total} · starting…")
+        self._progress(0, total, f"step 0/{total} · starting…" + (f" {note}" if note else ""))
         self.query_one("#saved", Readout).show("")
 
     def show_step(self, preview: StepPreview, rate: float) -> None:
