@@ -46,6 +46,16 @@ def image_widget_class(renderer: str) -> type[Widget]:
     return classes[renderer]
 
 
+#: The config's name for each image widget class (textual-image's and ours).
+_NAMES = {"SixelImage": "sixel", "TGPImage": "kitty", "HalfcellImage": "halfcell", "UnicodeImage": "unicode"}
+
+
+def renderer_name(image_class: type[Widget]) -> str:
+    """How `image_class` draws, as [ui] renderer names it: what `auto` picked, for the screen
+    to say (a user seeing blocks over SSH can tell the terminal answered no sixel or kitty)."""
+    return _NAMES.get(image_class.__name__, image_class.__name__)
+
+
 def cell_aspect() -> float:
     """Width / height of a terminal cell in pixels (usually about 0.5)."""
     from textual_image._terminal import get_cell_size

@@ -99,6 +99,16 @@ async def test_a_compiled_model_says_the_first_image_at_a_size_waits_for_a_compi
             assert len(outputs()) == (2 if compiled else 4)  # the output folder is the whole test's
 
 
+async def test_the_preview_title_says_how_images_are_drawn(make) -> None:
+    """Over SSH a terminal without sixel or kitty graphics gets blocks; the title says which
+    renderer is drawing, so a user can tell why."""
+    for renderer in ("halfcell", "unicode"):
+        app, _ = make(renderer=renderer)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(app, pilot)
+            assert app.query_one("#preview").border_title == f"Preview · latent2rgb · {renderer}"
+
+
 async def test_enter_in_prompt_generates(make) -> None:
     app, engine = make()
     async with app.run_test(size=SIZE) as pilot:

@@ -16,7 +16,7 @@ from textual.widget import Widget
 from textual.widgets import LoadingIndicator, Static
 
 from spatiora_tui.engine.api import GenerationResult, StepPreview
-from spatiora_tui.ui.images import cell_aspect
+from spatiora_tui.ui.images import cell_aspect, renderer_name
 from spatiora_tui.ui.text import gauge, markup_safe
 from spatiora_tui.ui.widgets.readout import Readout
 
@@ -48,12 +48,14 @@ class PreviewPane(Vertical):
         yield Readout("", id="saved")
 
     def on_mount(self) -> None:
-        self.border_title = "Preview"
+        self.set_method("")
         self.query_one("#preview-image").display = False
 
     def set_method(self, label: str) -> None:
-        """Show the preview method in use (latent2rgb, TAESD, VAE) in the title."""
-        self.border_title = f"Preview · {markup_safe(label)}" if label else "Preview"
+        """Show the preview method in use (latent2rgb, TAESD, VAE) in the title, and how images
+        are drawn (sixel, kitty, halfcell or unicode)."""
+        parts = ["Preview", markup_safe(label), renderer_name(self._image_class)]
+        self.border_title = " · ".join(part for part in parts if part)
 
     def model_ready(self, text: str) -> None:
         # Removed, not hidden: a hidden indicator still animates at 16 frames a second.
