@@ -211,8 +211,9 @@ def save_safetensors(tensors: dict[str, Any], path: Path, metadata: dict[str, st
 
     safetensors keeps the metadata in a Rust hash map, so a file with two or more metadata keys
     comes out in a different byte order from one save to the next (the same tensors, a header
-    shuffled). The header is written again here with the metadata keys sorted, so the same weights give
-    the same file, and a training run can be checked byte for byte against the shipped one."""
+    shuffled). The header is written again here with the metadata keys sorted, so the same
+    weights give the same file, and a training run can be checked byte for byte against the
+    shipped one."""
     from safetensors.torch import save
 
     data = save(tensors, metadata=metadata)
