@@ -107,14 +107,15 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def check_size(value: int) -> str | None:
     """Why `value` cannot be a width or height, or None when it can."""
-    if value % SIZE_MULTIPLE:
-        lower = value - value % SIZE_MULTIPLE
-        return (
-            f"must be a multiple of {SIZE_MULTIPLE} (the VAE works in {SIZE_MULTIPLE}-pixel cells), "
-            f"got {value}; try {lower} or {lower + SIZE_MULTIPLE}"
-        )
     if not SIZE_RANGE[0] <= value <= SIZE_RANGE[1]:
         return f"must be between {SIZE_RANGE[0]} and {SIZE_RANGE[1]}, got {value}"
+    if value % SIZE_MULTIPLE:
+        lower = value - value % SIZE_MULTIPLE
+        hints = [n for n in (lower, lower + SIZE_MULTIPLE) if SIZE_RANGE[0] <= n <= SIZE_RANGE[1]]
+        return (
+            f"must be a multiple of {SIZE_MULTIPLE} (the VAE works in {SIZE_MULTIPLE}-pixel cells), "
+            f"got {value}; try {' or '.join(map(str, hints))}"
+        )
     return None
 
 
@@ -427,6 +428,15 @@ class SecuritySettings:
             "trust; converting them to .safetensors is the safer fix.",
         ),
     )
+    remote_model_switch: str = field(
+        default="listed",
+        metadata=_doc(
+            "What clients of `spatiora serve` may do to the shared model: listed (switch it to a model "
+            "`spatiora models` lists, by name) or off (they use the model the server loaded). A client never "
+            "names a path on the server (docs/security.md).",
+            lambda v: None if v in ("listed", "off") else f"{v!r} is not a choice; choose listed or off",
+        ),
+    )
 
 
 _KEY = re.compile(r"^([a-z]+\+)*[a-z0-9_]+$|^.$")
@@ -628,7 +638,7 @@ def load_settings(explicit: str | os.PathLike[str] | None = None) -> Settings:
 def read_settings(path: Path) -> Settings:
     """Read and validate one config file."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors write one) is not TOML
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read it: {exc}") from None
     try:

@@ -72,12 +72,25 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Tiny]:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(cache_dir: Path) -> Iterator[None]:
+def ray_cluster(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A local Ray for the Ray Serve tests (the serve extra), started once per session: its
-    workers inherit this environment (the demo cache). Skipped when Ray is not installed."""
+    workers inherit this environment (the demo cache, and the audit hook of tests/audit, which
+    logs the files they open to the path yielded). Skipped when Ray is not installed."""
     pytest.importorskip("ray.serve", reason="the serve extra (ray[serve]) is not installed")
+    from tests.hostile import AUDIT_DIR
     from tests.ray_app import start_ray, stop_ray
 
-    start_ray()
-    yield
+    log = tmp_path_factory.mktemp("ray-audit") / "opens.log"
+    saved = {name: os.environ.get(name) for name in ("PYTHONPATH", "SPATIORA_AUDIT_OPEN_LOG")}
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(AUDIT_DIR), saved["PYTHONPATH"]) if p)
+    os.environ["SPATIORA_AUDIT_OPEN_LOG"] = str(log)
+    try:
+        start_ray()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    yield log
     stop_ray()

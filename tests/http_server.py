@@ -33,11 +33,14 @@ class Server:
 
 
 @contextlib.contextmanager
-def http_server(config: Path, address: str | None = None, timeout: float = 180) -> Iterator[Server]:
-    """`spatiora serve --http` on `address` (default: a socket in a fresh /tmp folder), ready."""
+def http_server(
+    config: Path, address: str | None = None, timeout: float = 180, env: dict[str, str] | None = None
+) -> Iterator[Server]:
+    """`spatiora serve --http` on `address` (default: a socket in a fresh /tmp folder), ready;
+    `env` adds to its environment."""
     folder = Path(tempfile.mkdtemp(prefix="sp-", dir="/tmp"))
     where = address or str(folder / "e.sock")
-    env = {**os.environ, "SPATIORA_STATE_DIR": str(folder / "state")}
+    env = {**os.environ, **(env or {}), "SPATIORA_STATE_DIR": str(folder / "state")}
     argv = [sys.executable, "-m", "spatiora_tui", "serve", "--http", where, "--config", str(config)]
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
     server = Server(proc, f"unix://{where}" if address is None else f"http://{where}", folder)

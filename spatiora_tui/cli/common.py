@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -35,8 +36,19 @@ def config_parent() -> argparse.ArgumentParser:
     return common
 
 
+#: Characters a terminal acts on instead of showing: C0 controls (tab and newline aside), DEL and
+#: C1 (an ESC or CSI in a file name could retitle the window, clear it or write the clipboard).
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """`text` with every terminal control character shown as \\xNN instead of acted on: file
+    names, prompts and queue files are anyone's text."""
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def one_line(text: str) -> str:
-    return " ".join(text.split())
+    return printable(" ".join(text.split()))
 
 
 def fail(message: str, code: int) -> int:

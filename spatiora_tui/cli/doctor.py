@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 
 from spatiora_tui import __version__
-from spatiora_tui.cli.common import EXIT_FAILED, EXIT_OK, one_line
+from spatiora_tui.cli.common import EXIT_FAILED, EXIT_OK, one_line, printable
 from spatiora_tui.config import OUTPUT_DIR_ENV, ConfigError, Settings, user_cache_dir
 
 
@@ -24,7 +24,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     problems: list[str] = []
 
     def row(label: str, value: str) -> None:
-        print(f"  {label:<14} {value}")
+        print(printable(f"  {label:<14} {value}"))
 
     print("Spatiora doctor")
     row("spatiora", __version__)

@@ -45,7 +45,7 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
     """What one request may set, shared by `generate` and `sweep`."""
     parser.add_argument("prompt", help="what to draw; the task's prompt template wraps it")
     parser.add_argument("--task", "-t", help="task mode (default: the first in config.toml)")
-    parser.add_argument("--seed", type=int, help="random seed (default: random; printed)")
+    parser.add_argument("--seed", type=seed_arg, help="random seed (default: random; printed)")
     parser.add_argument("--steps", type=int, help="denoising steps (default: the task's)")
     parser.add_argument("--guidance", type=float, help="CFG scale (default: the task's)")
     parser.add_argument("--width", type=int, help="width in pixels, a multiple of 8")
@@ -321,6 +321,22 @@ def _rescue(result: Any, error: Exception) -> int:
     print(f"the image was kept in {path}; move it where you want it", file=sys.stderr)
     print(path)
     return EXIT_FAILED
+
+
+def seed_arg(text: str) -> int:
+    """--seed: a whole number in SEED_RANGE, refused as a usage error before any model loads."""
+    from spatiora_tui.config import SEED_RANGE
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    low, high = SEED_RANGE
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(
+            f"{value} is outside {low}..{high}; leave --seed out for a random seed (A1111's -1)"
+        )
+    return value
 
 
 def output_target(settings: Settings, out: str | None) -> tuple[Path, str | None]:

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from spatiora_tui.cli.common import EXIT_OK, status_printer
+from spatiora_tui.cli.common import EXIT_OK, printable, status_printer
 from spatiora_tui.config import Settings, user_cache_dir
 from spatiora_tui.units import size_text
 
@@ -58,9 +58,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_OK
     folders = report.folders
     for install in folders.installs:
-        print(f"{install.kind} install: {install.root}")
+        print(printable(f"{install.kind} install: {install.root}"))
     for missing in folders.missing:
-        print(f"warning: {missing} (named in [paths]) does not exist")
+        print(printable(f"warning: {missing} (named in [paths]) does not exist"))
     headings = {
         "checkpoint": ("Checkpoints", folders.checkpoints),
         "lora": ("LoRAs", (*adapter_dirs, *folders.loras)),
@@ -69,14 +69,16 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     for kind, (title, where) in headings.items():
         rows = [r for r in report.rows if r.kind == kind]
         shown = ", ".join(str(p) for p in where if p.is_dir()) or "no folder found"
-        print(f"\n{title} ({len(rows)}) in {shown}")
+        print(printable(f"\n{title} ({len(rows)}) in {shown}"))
         width = max([len(r.name) for r in rows] + [4])
         for row in rows:
             size = size_text(row.size)
             mark = "  " if row.ok else "✗ "
             extra = row.details or (f"shadowed by {row.shadowed_by}" if row.shadowed_by else "")
             print(
-                f"  {mark}{row.name:<{width}}  {size:>7}  {row.short_hash or '-':<12}  {row.what}"
-                + (f" · {extra}" if extra else "")
+                printable(
+                    f"  {mark}{row.name:<{width}}  {size:>7}  {row.short_hash or '-':<12}  {row.what}"
+                    + (f" · {extra}" if extra else "")
+                )
             )
     return EXIT_OK

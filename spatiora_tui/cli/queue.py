@@ -53,9 +53,12 @@ def _list(store: QueueStore, orphans: list[Orphan], records: list[tuple[Orphan, 
     for orphan, record in records:
         request = record.get("request", {}) if isinstance(record.get("request"), dict) else {}
         seed = request.get("seed", "random")
-        label = f" ({record['label']})" if record.get("label") else ""
+        label = f" ({one_line(str(record['label']))})" if record.get("label") else ""
+        failed = f"  [failed: {one_line(str(record['failed']))}]" if record.get("failed") else ""
+        task = one_line(str(request.get("task", "?")))
         print(
-            f"{orphan.path.name}  {request.get('task', '?')}  seed {seed}  {one_line(str(request.get('prompt', '')))}{label}"
+            f"{one_line(orphan.path.name)}  {task}  seed {one_line(str(seed))}  "
+            f"{one_line(str(request.get('prompt', '')))}{label}{failed}"
         )
     for orphan in orphans:
         for problem in orphan.problems:
@@ -106,15 +109,25 @@ def _run(settings: Settings, store: QueueStore, orphans: list[Orphan]) -> int:
     count, problems = session.adopt(orphans)
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
+    retried = [job for job in session.jobs() if job.state.value == "failed" and session.retry(job.id) is not None]
+    if retried:
+        print(f"retrying {len(retried)} job(s) that failed before", file=sys.stderr)
+        count += len(retried)
     print(f"running {count} queued job(s); ctrl+c stops and keeps the rest queued", file=sys.stderr)
     try:
         _, interrupted = run_session(session, BatchReport(count), keep=True)
     finally:
         session.close()  # what is left (after ctrl+c) stays in the queue file
     jobs = session.jobs()
-    failed = sum(job.state.value == "failed" for job in jobs)
+    failed = sum(job.state.value == "failed" and job.retried_as is None for job in jobs)
     left = len(session.waiting())
     print(f"{sum(job.path is not None for job in jobs)} saved, {failed} failed, {left} still queued", file=sys.stderr)
+    if failed:
+        print(
+            "the failed jobs stay in the queue with their reasons: fix what they name, then `spatiora queue run` "
+            "retries them (`spatiora queue clear` drops them)",
+            file=sys.stderr,
+        )
     if interrupted:
         return EXIT_CANCELLED
     return EXIT_FAILED if failed else EXIT_OK

@@ -15,6 +15,7 @@ from spatiora_tui.config import Settings, user_state_dir
 if TYPE_CHECKING:
     from spatiora_tui.engine.local import LocalEngine
     from spatiora_tui.hw.telemetry import Telemetry
+    from spatiora_tui.remote.server import Policy
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -65,7 +66,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
     engine, telemetry = _engine(settings)
     try:
-        serve(engine, sys.stdin.buffer, frames_out, telemetry)
+        serve(engine, sys.stdin.buffer, frames_out, telemetry, policy(settings))
     finally:
         telemetry.stop()
     return EXIT_OK
@@ -74,7 +75,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 def _http(settings: Settings, address: str) -> int:
     import importlib.util
 
-    from spatiora_tui.remote.http import INSTALL, AddressError, listener, run
+    from spatiora_tui.remote.http import INSTALL, AddressError, check_free, listener, run
     from spatiora_tui.remote.server import Hub
 
     if not all(importlib.util.find_spec(name) for name in ("fastapi", "uvicorn", "websockets")):
@@ -82,10 +83,11 @@ def _http(settings: Settings, address: str) -> int:
 
     try:
         where = listener(address, user_state_dir())
+        check_free(where)  # said before the model loads, not after
     except AddressError as exc:
         raise UsageError(str(exc)) from None
     engine, telemetry = _engine(settings)
-    hub = Hub(engine, telemetry)
+    hub = Hub(engine, telemetry, policy(settings))
 
     def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
@@ -108,7 +110,7 @@ def _ray(settings: Settings, args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from spatiora_tui.remote.http import AddressError, listener
+    from spatiora_tui.remote.http import AddressError, listener, remove_token, write_token
 
     try:
         where = listener(args.ray, user_state_dir())
@@ -128,22 +130,28 @@ def _ray(settings: Settings, args: argparse.Namespace) -> int:
     def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
+    if _version(ray.__version__) < RAY_MIN:
+        raise UsageError(
+            f"serve --ray needs Ray {'.'.join(map(str, RAY_MIN))} or later (token authentication for the cluster's "
+            f"own services); this is Ray {ray.__version__}: pip install -U 'spatiora-tui[serve]'"
+        )
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = os.environ.get("RAY_ADDRESS") or None  # None: a cluster `ray start` began here, else a new one
+    options: dict[str, object] = {}
+    if address is None:
+        # A cluster started here serves this machine only: its own services (GCS, raylet, the
+        # workers) listen on loopback, and each needs Ray's cluster token (docs/security.md).
+        os.environ["RAY_AUTH_MODE"] = "token"
+        options = {"_node_ip_address": "127.0.0.1", "dashboard_host": "127.0.0.1"}
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, **options)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         raise UsageError(f"cannot join the Ray cluster at {address or 'this machine'}: {exc}") from None
     gpus = int(ray.cluster_resources().get("GPU", 0))
     replicas = args.replicas or max(gpus, 1)
     token = secrets.token_urlsafe(32)
     assert where.token_file is not None
-    where.token_file.parent.mkdir(parents=True, exist_ok=True)
-    old = os.umask(0o177)
-    try:
-        where.token_file.write_text(token + "\n", encoding="utf-8")
-    finally:
-        os.umask(old)
+    write_token(where.token_file, token, f"ray://{where.host}:{where.port}")
     say(f"deploying {replicas} engine replica(s) ({'1 GPU each' if gpus else 'no GPU in this cluster: CPU'})…")
     try:
         url = ray_serve.deploy(config, token, replicas, 1 if gpus else 0, where.host, where.port)
@@ -161,8 +169,27 @@ def _ray(settings: Settings, args: argparse.Namespace) -> int:
         say("taking the application down…")
         serve.shutdown()
         ray.shutdown()
-        where.token_file.unlink(missing_ok=True)
+        remove_token(where.token_file)
     return EXIT_OK
+
+
+#: The oldest Ray `serve --ray` runs on: token authentication for the cluster came in 2.52.
+RAY_MIN = (2, 52)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    numbers = []
+    for part in text.split(".")[:2]:
+        digits = "".join(c for c in part if c.isdigit())
+        numbers.append(int(digits or 0))
+    return tuple(numbers)
+
+
+def policy(settings: Settings) -> Policy:
+    """What the server lets its clients do, from config.toml (docs/security.md)."""
+    from spatiora_tui.remote.server import Policy
+
+    return Policy(settings.security.remote_model_switch, configured_model=settings.model.source)
 
 
 def _engine(settings: Settings) -> tuple[LocalEngine, Telemetry]:

@@ -159,7 +159,16 @@ def size_for(original: tuple[int, int], task_size: tuple[int, int]) -> tuple[int
     scale = math.sqrt(task_size[0] * task_size[1] / (width * height))
     scale = max(scale, low / min(width, height))  # a long thin image keeps its shape too...
     scale = min(scale, high / max(width, height))  # ...up to the longest side there is
-    return _side(width * scale), _side(height * scale)
+    out_w, out_h = _side(width * scale), _side(height * scale)
+    budget = 2 * max(task_size[0] * task_size[1], low * low)  # rounding to 8 needs some room
+    if out_w * out_h > budget:
+        # Too thin to keep its shape at the task's pixel count (the short side stops at the
+        # smallest there is): the long side is cut to fit the count; fit() crops the middle.
+        if out_w >= out_h:
+            out_w = _side(max(budget // out_h, low))
+        else:
+            out_h = _side(max(budget // out_w, low))
+    return out_w, out_h
 
 
 def _side(side: float) -> int:

@@ -60,6 +60,11 @@ class Job:
     result: GenerationResult | None = None  # its image is dropped once saved (the file holds it)
     path: Path | None = None  # where its image was saved
     error: str | None = None  # why it failed, or why its image is not saved
+    #: The job a retry queued in its place: a failed job stays in the queue file (with its
+    #: reason, to be retried) until it is retried or dismissed.
+    retried_as: int | None = None
+    #: A failed job the user let go (cancel on it): no longer kept in the queue file.
+    dismissed: bool = False
     out_of_memory: bool = False
     #: Seconds per step it ran at (for the others' ETA).
     seconds_per_step: float | None = None
@@ -83,6 +88,8 @@ class Job:
             record["axes"] = [[title, list(labels)] for title, labels in self.axes]
         if self.state is JobState.DONE and self.path is not None:
             record["path"] = str(self.path)  # a finished member of a group still running
+        if self.state is JobState.FAILED:
+            record["failed"] = self.error or "failed"
         return record
 
     @classmethod
@@ -95,6 +102,8 @@ class Job:
         unknown = set(request) - known
         if unknown:
             raise ValueError(f"unknown request fields {sorted(unknown)}")
+        for name, value in request.items():
+            _check_field(name, value)
         req = GenerationRequest(**request)
         if not isinstance(req.prompt, str) or not isinstance(req.task, str):
             raise TypeError("prompt and task must be text")
@@ -103,6 +112,7 @@ class Job:
         cell = tuple(int(i) for i in record.get("cell", ()))
         if axes and (len(cell) != len(axes) or not all(0 <= i < len(a[1]) for i, a in zip(cell, axes))):
             raise ValueError(f"sweep cell {list(cell)} is not on its grid")
+        failed = record.get("failed")
         return cls(
             id=new_id,
             request=req,
@@ -112,6 +122,26 @@ class Job:
             cell=cell,
             axes=axes,
             created=float(record.get("created", time.time())),
-            state=JobState.DONE if path else JobState.QUEUED,
+            state=JobState.DONE if path else JobState.FAILED if failed else JobState.QUEUED,
+            error=str(failed) if failed and not path else None,
             path=Path(path) if path else None,
         )
+
+
+def _check_field(name: str, value: Any) -> None:
+    """TypeError when a queue file's request field is not of its type (a hand-edited file):
+    said when the file is read, not as a crash when the job runs."""
+    hint = str(_REQUEST_TYPES.get(name, ""))
+    if value is None:
+        if "None" not in hint and hint:
+            raise TypeError(f"{name} must be given")
+        return
+    if "int" in hint and (not isinstance(value, int) or isinstance(value, bool)):
+        raise TypeError(f"{name} must be a whole number, not {value!r}")
+    if "float" in hint and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+        raise TypeError(f"{name} must be a number, not {value!r}")
+    if "str" in hint and not isinstance(value, str):
+        raise TypeError(f"{name} must be text, not {type(value).__name__}")
+
+
+_REQUEST_TYPES = {f.name: f.type for f in dataclasses.fields(GenerationRequest)}

@@ -273,10 +273,14 @@ class Session:
         return job
 
     def cancel(self, job_id: int) -> bool:
-        """Cancel a waiting job, or stop the running one within one step. False when it has
-        already ended."""
+        """Cancel a waiting job, or stop the running one within one step; a failed job kept for
+        a retry is let go. False when it has already ended."""
         with self._lock:
             job = self._jobs.get(job_id)
+            if job is not None and job.state is JobState.FAILED and job.retried_as is None and not job.dismissed:
+                job.dismissed = True  # the user lets it go: the queue file no longer keeps it
+                self._changed()
+                return True
             if job is None or job.state.ended:
                 return False
             if job.state is JobState.RUNNING:
@@ -319,6 +323,7 @@ class Session:
             again = self._add(
                 job.request, kind=job.kind, group=job.group, label=job.label, cell=job.cell, axes=job.axes
             )
+            job.retried_as = again.id
             group = self._groups.get(job.group)
             if group is not None:
                 group.job_ids[group.job_ids.index(job.id)] = again.id
@@ -576,10 +581,14 @@ class Session:
 
     def _persistent(self) -> list[Job]:
         """The jobs the queue file keeps: the running one (it starts again after a crash), the
-        waiting ones, and the finished members of groups still running (for their sheet)."""
+        waiting ones, the failed ones not yet retried (with their reason: a prompt is never lost
+        to a failure), and the finished members of groups still running (for their sheet)."""
         running = self._running
         keep = [running] if running is not None and self._cancel_asked != running.id else []
         keep += [self._jobs[i] for i in self._waiting]
+        keep += [
+            j for j in self._jobs.values() if j.state is JobState.FAILED and j.retried_as is None and not j.dismissed
+        ]
         open_groups = {j.group for j in keep if j.group}
         done = [
             j for j in self._jobs.values() if j.group in open_groups and j.state is JobState.DONE and j.path is not None

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spatiora_tui.atomic import write_bytes
+from spatiora_tui.atomic import clean_stale_partials, write_bytes
 from spatiora_tui.jobs.job import Job
 
 FORMAT = 1
@@ -97,11 +97,20 @@ class QueueStore:
         self._lock_fd = fd
 
     def orphans(self) -> list[Orphan]:
-        """The queues of sessions that are gone, oldest first, each locked until released."""
+        """The queues of sessions that are gone, oldest first, each locked until released. What
+        killed writers left (partial files, the locks of queues that are gone) is cleaned first."""
+        clean_stale_partials(self.folder)
         try:
             paths = sorted(self.folder.glob(f"{PREFIX}*.json"), key=_mtime)
+            locks = list(self.folder.glob(f"{PREFIX}*.lock"))
         except OSError:
             return []
+        for lock in locks:
+            if not lock.with_suffix(".json").exists() and lock != self.path.with_suffix(".lock"):
+                fd = _try_lock(lock)
+                if fd >= 0:  # nobody holds it: a session that ended before writing its queue
+                    lock.unlink(missing_ok=True)
+                    os.close(fd)
         found = []
         for path in paths:
             if path == self.path:

@@ -10,6 +10,7 @@ finds `models/Lora/styles/detail_tweaker.safetensors`.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,38 @@ from spatiora_tui.config import ConfigError, Settings
 #: user sees why one of theirs is not offered.
 SAFE_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+#: Longest name a file may be asked for by (a file name is at most 255 bytes on Linux and macOS,
+#: and the name gains a suffix).
+MAX_NAME_BYTES = 240
+
+
+def name_problem(name: str, what: str = "adapter") -> str | None:
+    """Why `name` cannot name a file of the user's folders, or None. A name is a file's stem,
+    or its path relative to its folder ("styles/detail"): never an absolute path, never `..`,
+    so that a name in a prompt (which a served engine takes from its clients) can only reach
+    the files the folders list."""
+    shown = repr(name[:60] + ("…" if len(name) > 60 else ""))
+    if not name.strip():
+        return f"an {what} needs a name" if what[0] in "aeiou" else f"a {what} needs a name"
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        return (
+            f"{what} name {shown} is too long ({len(name)} characters; a file name is at most {MAX_NAME_BYTES} bytes)"
+        )
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return f"{what} name {shown} holds a control character"
+    parts = name.replace("\\", "/").split("/")
+    if (
+        name.startswith(("/", "\\", "~"))
+        or (len(name) > 1 and name[1] == ":")
+        or any(p in ("", ".", "..") for p in parts)
+    ):
+        return (
+            f"{what} name {shown} is a path; name a file by its name as `spatiora models` lists it "
+            "(a folder of yours belongs in [paths] in config.toml)"
+        )
+    return None
+
 
 #: Install layouts: (what it is, the folder that identifies it, checkpoint, LoRA, embedding folders).
 LAYOUTS = (
@@ -162,9 +195,12 @@ def scan(folders: tuple[Path, ...]) -> Listing:
                     continue
                 path = Path(directory) / name
                 try:
-                    size = path.stat().st_size
+                    info = path.stat()
                 except OSError:
                     continue
+                if not stat.S_ISREG(info.st_mode):
+                    continue  # a FIFO or device named like a model: opening it would block or worse
+                size = info.st_size
                 entry = Entry(path.stem, path, folder, size, suffix != SAFE_SUFFIX)
                 earlier = listing.entries.get(entry.name)
                 if earlier is None or (earlier.pickle and not entry.pickle and earlier.folder == folder):

@@ -44,7 +44,7 @@ from spatiora_tui.engine.api import (
 )
 from spatiora_tui.hw.sampler import HardwareSnapshot
 from spatiora_tui.hw.telemetry import Peak
-from spatiora_tui.remote.frames import FrameError, FrameWriter, read_frame
+from spatiora_tui.remote.frames import MAX_BLOB, FrameError, FrameWriter, read_frame
 from spatiora_tui.remote.server import PROTOCOL
 from spatiora_tui.remote.wire import WireError, decode, decode_as, encode, image_from
 
@@ -59,6 +59,8 @@ PROBE_BYTES = 256 << 10
 #: of its 768 KB: the link would carry that half in 15 ms (docs/scaling.md has the measurements).
 RAW_ABOVE = 24 << 20
 
+#: Where the frames of one call wait for it.
+_Replies = queue.Queue[tuple[dict[str, Any], bytes]]
 #: A link's reader hands each frame here...
 OnFrame = Callable[[dict[str, Any], bytes], None]
 #: ...and says once, at the end, why the link is gone.
@@ -143,6 +145,24 @@ def pipe(argv: Sequence[str]) -> Opener:
     return lambda on_frame, on_end: PipeLink(argv, on_frame, on_end)
 
 
+def upload(path: str) -> bytes:
+    """The bytes of the init image at `path` (on this machine), to send with its request: the
+    server opens no file a client names. EngineError in the engines' words when it cannot be."""
+    from spatiora_tui.engine.init_image import peek_init_image
+
+    peek_init_image(path)  # missing, a folder, not an image, too many pixels: said here
+    try:
+        data = Path(path).expanduser().read_bytes()
+    except OSError as exc:
+        raise EngineError(f"cannot read init image {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_BLOB:
+        raise EngineError(
+            f"the init image {path} is {len(data) / 2**20:.0f} MB; the link to the engine carries at most "
+            f"{MAX_BLOB >> 20} MB: save it smaller (it runs at about the task's size anyway)"
+        )
+    return data
+
+
 def client_name() -> str:
     """Who this client is to a shared server's round robin: user@host."""
     try:
@@ -160,6 +180,63 @@ RECONNECTING = frozenset({"load", "switch_task", "models", "switch_model", "gene
 
 class _LinkDown(Exception):
     """A frame could not be sent: the link is gone (the message says why)."""
+
+
+#: Seconds a call may hear nothing before the client asks the server whether it still holds the
+#: call (a running image sends a frame each step; a load, a line per stage)...
+CHECK_S = 20.0
+#: ...and after a cancel, when the server should answer within a step.
+CHECK_CANCELLED_S = 3.0
+#: Seconds the server has to answer that question (it answers at once, also mid-generation)
+#: before it counts as gone.
+ANSWER_S = 30.0
+
+
+class _Watch:
+    """A call's deadline: after CHECK_S with no frame, ask the server for its queue. No answer
+    within ANSWER_S: the server is gone (the link is dropped, the call fails). An answer without
+    the call's job: the server no longer holds it, and the call fails saying so, instead of
+    waiting forever."""
+
+    def __init__(self, engine: RemoteEngine, replies: queue.Queue[tuple[dict[str, Any], bytes]]) -> None:
+        self._engine = engine
+        self._replies = replies
+        self._last = time.monotonic()
+        self._job: int | None = None
+        self._asked: tuple[float, int, queue.Queue[tuple[dict[str, Any], bytes]]] | None = None
+
+    def heard(self, frame: dict[str, Any]) -> None:
+        self._last = time.monotonic()
+        if frame.get("type") == "queued" and isinstance(frame.get("job"), int):
+            self._job = frame["job"]
+
+    def check(self, cancelled: bool) -> None:
+        now = time.monotonic()
+        if self._asked is None:
+            if now - self._last > (CHECK_CANCELLED_S if cancelled else CHECK_S):
+                self._asked = (now, *self._engine._ask({"type": "queue"}))
+            return
+        sent, rid, answers = self._asked
+        try:
+            reply, _ = answers.get_nowait()
+        except queue.Empty:
+            if now - sent > ANSWER_S:
+                why = f"the engine server has not answered for {ANSWER_S:.0f} s"
+                self._engine._unresponsive(why)
+                raise _LinkDown(why) from None
+            return
+        self._engine._forget(rid)
+        self._asked, self._last = None, now
+        jobs = reply.get("jobs") if reply.get("type") == "ok" else None
+        # The call's own reply, sent before the server's answer, has arrived before it too.
+        held = isinstance(jobs, list) and any(isinstance(job, dict) and job.get("job") == self._job for job in jobs)
+        if self._job is not None and isinstance(jobs, list) and not held and self._replies.empty():
+            raise EngineError("the engine server no longer holds this request (a fault on its side); run it again")
+
+    def done(self) -> None:
+        if self._asked is not None:
+            self._engine._forget(self._asked[1])
+            self._asked = None
 
 
 class RemoteEngine:
@@ -249,12 +326,7 @@ class RemoteEngine:
     def generate(
         self, request: GenerationRequest, on_step: StepCallback | None = None, cancel: threading.Event | None = None
     ) -> GenerationResult:
-        blob = b""
-        if request.init_image:
-            try:
-                blob = Path(request.init_image).expanduser().read_bytes()
-            except OSError:
-                pass  # the server says what is wrong with the path, in the engines' words
+        blob = upload(request.init_image) if request.init_image else b""
 
         def step(frame: dict[str, Any], image: bytes) -> None:
             self.preview_bytes += len(image)
@@ -439,14 +511,17 @@ class RemoteEngine:
             if self._dead is not None:
                 raise EngineError(self._dead)
             self._waiting[rid] = replies
+        watch = _Watch(self, replies)
         try:
             self._send({**message, "id": rid}, blob)
             cancelled = False
             while True:
                 try:
                     frame, payload = replies.get(timeout=0.05)
+                    watch.heard(frame)
                 except queue.Empty:
                     frame, payload = {"type": "wait"}, b""
+                    watch.check(cancelled)
                 if cancel is not None and cancel.is_set() and not cancelled:
                     cancelled = True
                     self._send({"type": "cancel", "id": next(self._ids), "target": rid})
@@ -466,6 +541,32 @@ class RemoteEngine:
         finally:
             with self._lock:
                 self._waiting.pop(rid, None)
+            watch.done()
+
+    def _ask(self, message: dict[str, Any]) -> tuple[int, _Replies]:
+        """Send `message` without waiting: its id, and the queue its reply comes to."""
+        rid = next(self._ids)
+        answers: _Replies = queue.Queue()
+        with self._lock:
+            self._waiting[rid] = answers
+        try:
+            self._send({**message, "id": rid})
+        except _LinkDown:
+            self._forget(rid)
+            raise
+        return rid, answers
+
+    def _forget(self, rid: int) -> None:
+        with self._lock:
+            self._waiting.pop(rid, None)
+
+    def _unresponsive(self, why: str) -> None:
+        """The server stopped answering: the link is taken as dropped (the next call reconnects)."""
+        with self._lock:
+            self._dead = self._dead or why
+            link, self._link = self._link, None
+        if link is not None:
+            threading.Thread(target=link.close, name="spatiora-close", daemon=True).start()
 
     def _send(self, message: dict[str, Any], blob: bytes = b"") -> None:
         link = self._link

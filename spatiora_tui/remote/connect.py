@@ -8,9 +8,10 @@
         a `spatiora serve --http` on this machine (or a socket forwarded with ssh -L), shared
         with its other clients in turn.
     http://127.0.0.1:PORT
-        the same on loopback TCP, with the server's token ($SPATIORA_TOKEN, else the token file
-        a server of this user on this machine wrote). ray://HOST:PORT is a Ray Serve ingress
-        (`spatiora serve --ray`), reached the same way.
+        the same on loopback TCP, with the server's token: $SPATIORA_TOKEN, else the token file
+        a server of this user on this machine wrote, and only when this is the address that
+        server wrote beside it (a token never goes to a server that did not issue it).
+        ray://HOST:PORT is a Ray Serve ingress (`spatiora serve --ray`), reached the same way.
 
 Two environment variables adjust the ssh form, as GIT_SSH_COMMAND does for git:
     SPATIORA_SSH             the ssh command (default "ssh"), e.g. "ssh -i ~/.ssh/gpu_box"
@@ -74,19 +75,39 @@ def connect(url: str) -> object:
         if parts.scheme == "unix":
             return RemoteEngine(websocket(f"unix:{parts.path}"))
         where = f"[{parts.hostname}]:{parts.port}" if ":" in str(parts.hostname) else f"{parts.hostname}:{parts.port}"
-        return RemoteEngine(websocket(where, token()))
+        return RemoteEngine(websocket(where, token(url)))
     except EngineError as exc:
         raise EngineError(f"{url}: {exc}") from None
 
 
-def token() -> str | None:
-    """The token for an http:// server: $SPATIORA_TOKEN, else this user's server's token file."""
+def token(url: str) -> str | None:
+    """The token for the http:// or ray:// server at `url`: $SPATIORA_TOKEN, else the token file
+    of this user's own server, when that server wrote `url` as its address beside it."""
     if os.environ.get(TOKEN_ENV):
         return os.environ[TOKEN_ENV].strip()
+    token_file = user_state_dir() / "serve-token"
     try:
-        return (user_state_dir() / "serve-token").read_text(encoding="utf-8").strip() or None
+        issued_by = (token_file.parent / (token_file.name + ".address")).read_text(encoding="utf-8").strip()
+        if _same_server(issued_by, url):
+            return token_file.read_text(encoding="utf-8").strip() or None
     except OSError:
-        return None
+        pass
+    return None
+
+
+def _same_server(a: str, b: str) -> bool:
+    """Whether two http:// or ray:// addresses name the same server (localhost is 127.0.0.1)."""
+
+    def key(url: str) -> tuple[str, str, int | None]:
+        parts = urlsplit(url.strip())
+        host = (parts.hostname or "").lower()
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        return parts.scheme, "127.0.0.1" if host == "localhost" else host, port
+
+    return key(a) == key(b)
 
 
 def _split(url: str) -> SplitResult:

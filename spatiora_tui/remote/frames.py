@@ -79,6 +79,8 @@ def _message(data: bytes) -> dict[str, Any]:
         message = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FrameError(f"a frame's JSON part does not parse: {exc}") from None
+    except RecursionError:
+        raise FrameError("a frame's JSON part is nested too deeply") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise FrameError("a frame's JSON part is not an object with a type")
     return message

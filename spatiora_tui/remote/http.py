@@ -25,6 +25,7 @@ import os
 import secrets
 import socket
 import stat
+import struct
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,9 @@ from spatiora_tui.remote.server import PROTOCOL, Hub
 from spatiora_tui.remote.websocket import ENGINE_PATH, MAX_MESSAGE
 
 INSTALL = "serve --http needs FastAPI and uvicorn: pip install 'spatiora-tui[http]'"
+#: Connections the server holds at once (more are answered 503): clients that never finish their
+#: request cannot use up the process's file descriptors.
+LIMIT_CONCURRENCY = 256
 #: The longest path a Unix socket can have (sun_path, Linux).
 MAX_SOCKET_PATH = 107
 
@@ -205,23 +209,17 @@ def bound(where: Listener) -> Iterator[tuple[socket.socket, str | None]]:
         except OSError as exc:
             raise AddressError(f"cannot listen on {where.host}:{where.port}: {exc.strerror or exc}") from None
         token = secrets.token_urlsafe(32)
-        where.token_file.parent.mkdir(parents=True, exist_ok=True)
-        old = os.umask(0o177)
-        try:
-            write_bytes(where.token_file, (token + "\n").encode())
-        finally:
-            os.umask(old)
-        os.chmod(where.token_file, 0o600)
+        write_token(where.token_file, token, where.client_url)
         try:
             yield sock, token
         finally:
             sock.close()
-            where.token_file.unlink(missing_ok=True)
+            remove_token(where.token_file)
         return
     path = where.socket_path
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     _clear_stale(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = OwnerOnlySocket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)  # the socket is born 0600: no moment when others may connect
     try:
         sock.bind(str(path))
@@ -237,6 +235,61 @@ def bound(where: Listener) -> Iterator[tuple[socket.socket, str | None]]:
     finally:
         sock.close()
         path.unlink(missing_ok=True)
+
+
+def address_file(token_file: Path) -> Path:
+    """Beside a token file: the address of the server that wrote it. A client sends the token
+    only to that address (remote/connect.py), never to any server it is pointed at."""
+    return token_file.with_name(token_file.name + ".address")
+
+
+def write_token(token_file: Path, token: str, url: str) -> None:
+    """Write the token (0600, replacing any older file whatever its mode) and its server's address."""
+    token_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    old = os.umask(0o177)
+    try:
+        write_bytes(address_file(token_file), (url + "\n").encode())
+        write_bytes(token_file, (token + "\n").encode())
+    finally:
+        os.umask(old)
+    for path in (token_file, address_file(token_file)):
+        os.chmod(path, 0o600)
+
+
+def remove_token(token_file: Path) -> None:
+    token_file.unlink(missing_ok=True)
+    address_file(token_file).unlink(missing_ok=True)
+
+
+def check_free(where: Listener) -> None:
+    """AddressError when `where` cannot be listened on (another server's live socket, a path that
+    is not a socket, a stale socket this user may not remove): said before the model loads."""
+    if where.socket_path is not None:
+        _clear_stale(where.socket_path)
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    """The user id of the process at the other end of a Unix socket (None where the system
+    does not say: SO_PEERCRED is Linux's)."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return None
+    _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i")))
+    return int(uid)
+
+
+class OwnerOnlySocket(socket.socket):
+    """A listening Unix socket that accepts only its owner's processes: the socket file is 0600
+    already, and the peer's uid is checked again on accept (root, or a file mode changed by
+    hand, cannot hand the engine to another user)."""
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        conn, address = super().accept()
+        uid = peer_uid(conn)
+        if uid is not None and uid != os.getuid():
+            conn.close()
+            raise ConnectionAbortedError(f"a process of uid {uid} was refused")
+        return conn, address
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -256,7 +309,13 @@ def _clear_stale(path: Path) -> None:
         probe.connect(str(path))
     except OSError as exc:
         if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as gone:
+                raise AddressError(
+                    f"{path} is a dead socket this user may not remove ({gone.strerror}); give another path, "
+                    "e.g. one in your own state folder (serve --http with no address)"
+                ) from None
             return
         raise AddressError(f"cannot use {path}: {exc.strerror or exc}") from None
     finally:
@@ -271,7 +330,17 @@ def uvicorn_server(hub: Hub, token: str | None) -> Any:
     except ImportError:
         raise AddressError(INSTALL) from None
     app = build_app(hub, token)
-    config = uvicorn.Config(app, log_level="warning", ws_max_size=MAX_MESSAGE, ws_ping_interval=None, lifespan="off")
+    # The asyncio loop, not uvloop: asyncio accepts through OwnerOnlySocket.accept (the peer check).
+    config = uvicorn.Config(
+        app,
+        loop="asyncio",
+        log_level="warning",
+        ws_max_size=MAX_MESSAGE,
+        ws_ping_interval=None,
+        lifespan="off",
+        limit_concurrency=LIMIT_CONCURRENCY,
+        timeout_keep_alive=5,
+    )
     return uvicorn.Server(config)
 
 

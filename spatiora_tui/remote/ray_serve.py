@@ -41,12 +41,15 @@ from spatiora_tui import __version__
 from spatiora_tui.config import Settings, load_settings
 from spatiora_tui.remote.frames import pack
 from spatiora_tui.remote.http import close, pump, token_ok
-from spatiora_tui.remote.server import PROTOCOL, Hub
+from spatiora_tui.remote.server import PROTOCOL, Hub, Policy, Refused, screen
 from spatiora_tui.remote.websocket import ENGINE_PATH
 from spatiora_tui.remote.wire import encode
 
 #: Adapter sets a replica holds at once (Ray's per-replica LRU of multiplexed ids).
 MAX_SETS = 2
+#: Seconds a replica waits for a call's next frame before it checks that its engine still works
+#: (the reply then comes as an error rather than never: the replica is the only slot).
+WATCH_S = 5.0
 #: Seconds between a replica's hardware reports to the board.
 REPORT_S = 1.0
 APP_NAME = "spatiora"
@@ -129,7 +132,8 @@ class EngineReplica:
         self.telemetry.start()
         self.engine = LocalEngine(self.settings, telemetry=self.telemetry)
         self.engine.load()
-        self.hub = Hub(self.engine, self.telemetry)
+        # A deployment serves the model it was deployed with: clients switch tasks, not models.
+        self.hub = Hub(self.engine, self.telemetry, Policy("off", configured_model=self.settings.model.source))
         self.board = board
         self.name = f"{os.uname().nodename}:{os.getpid()}"
         self.loads = 0  # adapter sets brought in (multiplexing misses)
@@ -202,7 +206,13 @@ class EngineReplica:
         await asyncio.to_thread(connection.receive, message, blob)
         try:
             while True:
-                frame, payload = await out.get()
+                try:
+                    frame, payload = await asyncio.wait_for(out.get(), timeout=WATCH_S)
+                except asyncio.TimeoutError:
+                    if self.hub.alive():
+                        continue  # a long step or load: the hub's worker is still at it
+                    yield {"type": "error", "id": rid, "kind": "internal", "message": "the engine stopped working"}, b""
+                    return
                 if frame["type"] == "queued":
                     continue  # the replica's own queue: one call at a time, nobody waits
                 yield frame, payload
@@ -245,6 +255,7 @@ class _Client:
         self.active: str | None = None
         self.replica: str | None = None  # the one that ran this client's last call
         self.running: set[asyncio.Task[None]] = set()
+        self.held = 0  # bytes of uploads its calls in flight carry
 
     async def send(self, frame: dict[str, Any], payload: bytes = b"") -> None:
         async with self.lock:
@@ -294,9 +305,28 @@ class _Client:
             )
             await self.send({"type": "error", "id": rid, "kind": "engine", "message": said})
         elif kind in ("load", "switch_task", "models", "generate"):
+            try:  # refused here, before the call takes a replica's only slot
+                screen(message, blob, ingress.policy)
+            except Refused as exc:
+                await self.send({"type": "error", "id": rid, "kind": "refused", "message": str(exc)})
+                return
+            policy = ingress.policy
+            if len(self.running) >= policy.max_calls or self.held + len(blob) > policy.max_bytes:
+                said = (
+                    f"this client has {len(self.running)} calls ({self.held // 2**20} MB of uploads) waiting, the most "
+                    "one client may; wait for some to finish"
+                )
+                await self.send({"type": "error", "id": rid, "kind": "refused", "message": said})
+                return
+            self.held += len(blob)
             task = asyncio.ensure_future(self.forward(message, blob))
             self.running.add(task)
-            task.add_done_callback(self.running.discard)
+
+            def done(finished: "asyncio.Task[None]", size: int = len(blob)) -> None:
+                self.running.discard(finished)
+                self.held -= size
+
+            task.add_done_callback(done)
         else:
             await self.send({"type": "error", "id": rid, "kind": "engine", "message": f"unknown request type {kind!r}"})
 
@@ -347,6 +377,7 @@ class Ingress:
         self.replicas = replicas
         self.board = board
         self.settings: Settings = load_settings(config)
+        self.policy = Policy("off", configured_model=self.settings.model.source)
         self.token = token
         self.model: Any = None
         self.ids: dict[str, str] = {}

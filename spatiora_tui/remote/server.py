@@ -19,7 +19,17 @@ ids) and they run in their turn; meanwhile the others' calls go past them. Witho
 or after KEEP_S, they are dropped.
 
 A frame that cannot be read ends that connection only; a request that cannot be decoded is
-answered with an error and the connection goes on.
+answered with an error and the connection goes on. Every request gets exactly one answer, an `ok`
+or an `error`: whatever the engine raises becomes an error frame with a one-line reason.
+
+What a client may name (docs/security.md): whatever transport it came by, a client names things
+only by the names the server lists (tasks, adapters, models) and never by a path on the server.
+An init image is the file sent with its request; a request naming one without sending it is
+refused. `<lora:NAME>` tags must be names, not paths. Switching the shared model is limited to
+the listed models, or off (Policy, from `[security] remote_model_switch`). Requests are screened
+when they arrive, so a refused one never waits behind others' images. Each client may keep at
+most Policy.max_calls calls and Policy.max_bytes of uploads waiting; the server all of them
+together at most Policy.max_total_bytes.
 """
 
 from __future__ import annotations
@@ -38,8 +48,11 @@ from typing import Any, BinaryIO
 from spatiora_tui import __version__
 from spatiora_tui.engine.api import Engine, EngineError, EngineOOM, GenerationRequest, StepPreview
 from spatiora_tui.hw.telemetry import Telemetry
+from spatiora_tui.library.catalog import name_problem
+from spatiora_tui.prompts import extract_lora_tags
 from spatiora_tui.remote.frames import Closed, FrameError, FrameWriter, read_frame
 from spatiora_tui.remote.wire import PREVIEW_FORMATS, WireError, decode, encode, image_bytes
+from spatiora_tui.units import MB
 
 #: Bumped when a frame's meaning changes; both sides must agree.
 PROTOCOL = 2
@@ -51,6 +64,27 @@ Send = Callable[[dict[str, Any], bytes], None]
 ENGINE_CALLS = frozenset({"load", "switch_task", "models", "switch_model", "generate"})
 #: Seconds a client's waiting calls are kept after its link drops, for it to reconnect.
 KEEP_S = 600.0
+#: What `[security] remote_model_switch` may be: "listed" (the models `models` lists, and the one
+#: the server was configured with) or "off" (clients use the server's model as it is).
+MODEL_SWITCH = ("listed", "off")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What a served engine lets its clients do (see the module docstring)."""
+
+    model_switch: str = "listed"
+    #: The model the server's own config names (always allowed to load again).
+    configured_model: str | None = None
+    #: Calls one client (by name) may have waiting, and bytes of uploads they may hold.
+    max_calls: int = 64
+    max_bytes: int = 256 * MB
+    #: Bytes of uploads all clients' waiting calls may hold together.
+    max_total_bytes: int = 1024 * MB
+
+
+class Refused(Exception):
+    """A request the server will not run; the message says why and what to do."""
 
 
 @dataclass(eq=False)
@@ -87,9 +121,10 @@ class Call:
 class Hub:
     """One engine shared by the connections made with connect(); see the module docstring."""
 
-    def __init__(self, engine: Engine, telemetry: Telemetry | None = None) -> None:
+    def __init__(self, engine: Engine, telemetry: Telemetry | None = None, policy: Policy | None = None) -> None:
         self.engine = engine
         self.telemetry = telemetry
+        self.policy = policy or Policy()
         self._lock = threading.Condition()
         self._waiting: dict[str, collections.deque[Call]] = {}  # by client, in the client's order
         self._turns: collections.deque[str] = collections.deque()  # clients with calls waiting
@@ -113,6 +148,10 @@ class Hub:
         with self._lock:
             calls = ([self._running] if self._running is not None else []) + self._order()
             return [call.describe(running=call is self._running) for call in calls]
+
+    def alive(self) -> bool:
+        """Whether the worker that runs engine calls is still running."""
+        return self._thread.is_alive()
 
     def close(self) -> None:
         with self._lock:
@@ -138,9 +177,49 @@ class Hub:
                     order.append(queues[client].pop(0))
         return order
 
+    def screen(self, message: dict[str, Any], blob: bytes) -> None:
+        """See the module function screen()."""
+        screen(message, blob, self.policy)
+
+    def allowed_source(self, source: str | None) -> None:
+        """Refused unless `source` is the configured model or one `models` lists (by name or by the
+        path it lists); run on the worker, since listing reads the model folders."""
+        if source is None or source == self.policy.configured_model or source == "demo":
+            return
+        if self.policy.model_switch == "off":
+            raise Refused("this server does not let its clients switch the shared model")
+        listed = [choice for choice in self.engine.models() if choice.loadable]
+        if not any(source in (choice.name, choice.path) for choice in listed):
+            names = ", ".join(choice.name for choice in listed[:8]) or "none"
+            raise Refused(
+                f"{_shown(source)} is not a model this server lists; name one of its models ({names}) as "
+                "`spatiora models` on the server lists them"
+            )
+
+    def _limit(self, call: Call) -> None:
+        """Refused when `call` would take its client (or the server) past the Policy's limits."""
+        client, policy = call.connection.client, self.policy
+        mine = list(self._waiting.get(client, ()))
+        if len(mine) >= policy.max_calls:
+            raise Refused(
+                f"{client} has {len(mine)} calls waiting on this server, the most one client may; "
+                "wait for some to finish"
+            )
+        held = sum(len(c.blob) for c in mine) + len(call.blob)
+        if held > policy.max_bytes:
+            raise Refused(
+                f"{client}'s waiting calls would hold {held / MB:.0f} MB of uploads, over the {policy.max_bytes / MB:.0f} "
+                "MB one client may; wait for some to finish"
+            )
+        total = sum(len(c.blob) for calls in self._waiting.values() for c in calls) + len(call.blob)
+        if total > policy.max_total_bytes:
+            raise Refused("the server holds as many uploads as it may; try again when some calls have run")
+
     def _put(self, call: Call) -> int:
-        """Queue `call`; how many calls run before it (the running one included)."""
+        """Queue `call`; how many calls run before it (the running one included). Refused past
+        the Policy's limits."""
         with self._lock:
+            self._limit(call)
             client = call.connection.client
             if client not in self._waiting or not self._waiting[client]:
                 self._waiting[client] = collections.deque()
@@ -293,9 +372,14 @@ class Connection:
             self._cancel(message)
         elif kind in ENGINE_CALLS:
             call = Call(next(self.hub._jobs), self, message, blob)
+            try:
+                self.hub.screen(message, blob)
+                ahead = self.hub._put(call)
+            except Refused as exc:
+                self.answer({"type": "error", "id": rid, "kind": "refused", "message": str(exc)})
+                return
             with self._lock:
                 self._calls[rid] = call
-            ahead = self.hub._put(call)
             self.answer({"type": "queued", "id": rid, "job": call.job, "ahead": ahead, "call": kind})
         else:
             self.answer({"type": "error", "id": rid, "kind": "engine", "message": f"unknown request type {kind!r}"})
@@ -353,22 +437,38 @@ class Connection:
             self.answer({"type": "ok", "id": rid, **reply}, blob)
         except EngineOOM as exc:
             self.answer({"type": "error", "id": rid, "kind": "oom", "message": str(exc)})
+        except Refused as exc:
+            self.answer({"type": "error", "id": rid, "kind": "refused", "message": str(exc)})
         except (EngineError, WireError, KeyError, TypeError, ValueError) as exc:
             self.answer({"type": "error", "id": rid, "kind": "engine", "message": _say(exc)})
-        except OSError:
-            pass  # a step frame found the client gone; its cancel event is set, or will be
+        except OSError as exc:
+            # The engine met a file it could not use (a client that is gone never raises here:
+            # answer() drops its frames). The file's path stays on the server.
+            said = exc.strerror or type(exc).__name__
+            self.answer(
+                {"type": "error", "id": rid, "kind": "engine", "message": f"the server could not use a file: {said}"}
+            )
         except Exception as exc:  # keep serving: the client gets the fault, in one line
-            self.answer({"type": "error", "id": rid, "kind": "internal", "message": f"{type(exc).__name__}: {exc}"})
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            self.answer(
+                {"type": "error", "id": rid, "kind": "internal", "message": f"{type(exc).__name__}: {first}"[:500]}
+            )
         finally:
             with self._lock:
                 self._calls.pop(rid, None)
 
 
-def serve(engine: Engine, reader: BinaryIO, writer: BinaryIO, telemetry: Telemetry | None = None) -> None:
+def serve(
+    engine: Engine,
+    reader: BinaryIO,
+    writer: BinaryIO,
+    telemetry: Telemetry | None = None,
+    policy: Policy | None = None,
+) -> None:
     """Answer one client on a byte stream (stdin/stdout) until it closes it or sends what cannot
     be read. With `telemetry` (the engine's, sampling), `hardware` requests get its latest
     snapshot and peaks."""
-    hub = Hub(engine, telemetry)
+    hub = Hub(engine, telemetry, policy)
     out = FrameWriter(writer)
     connection = hub.connect("stdio", out.send)
     try:
@@ -386,6 +486,47 @@ def serve(engine: Engine, reader: BinaryIO, writer: BinaryIO, telemetry: Telemet
         hub.close()
 
 
+def screen(message: dict[str, Any], blob: bytes, policy: Policy) -> None:
+    """Refused when an engine call names what a client may not (see the module docstring);
+    checked as it arrives, before it waits."""
+    kind = message["type"]
+    if kind == "generate":
+        try:
+            request = decode(GenerationRequest, message.get("request"))
+        except (WireError, TypeError, ValueError, RecursionError) as exc:
+            raise Refused(f"bad request: {exc}") from None
+        if request.init_image is not None and not blob:
+            raise Refused(
+                "the init image must travel with the request: the server opens no file a client names "
+                "(spatiora --engine ... sends the file itself)"
+            )
+        if blob and not request.init_image:
+            raise Refused("the request carries a file but names no init image")
+        for text in (request.prompt, request.negative_prompt or ""):
+            try:
+                _, tags = extract_lora_tags(text)
+            except EngineError as exc:
+                raise Refused(str(exc)) from None
+            for tag in tags:
+                problem = name_problem(tag.name)
+                if problem is not None:
+                    raise Refused(problem)
+    elif kind == "switch_task":
+        if not isinstance(message.get("name"), str):
+            raise Refused("bad request: switch_task needs a task name")
+    elif kind in ("switch_model", "load"):
+        source = message.get("source")
+        if kind == "load" and source is None:
+            return
+        if not isinstance(source, str):
+            raise Refused(f"bad request: {kind} needs a model name")
+        if policy.model_switch == "off" and source != policy.configured_model:
+            raise Refused(
+                "this server does not let its clients switch the shared model ([security] remote_model_switch "
+                '= "off" in its config.toml)'
+            )
+
+
 def _hardware(telemetry: Telemetry | None) -> dict[str, Any]:
     if telemetry is None:
         return {"snapshot": None, "by_task": {}, "by_stage": {}}
@@ -399,6 +540,10 @@ def _say(exc: Exception) -> str:
     return str(exc) if isinstance(exc, EngineError) else f"bad request: {exc}"
 
 
+def _shown(text: str, most: int = 80) -> str:
+    return repr(text if len(text) <= most else text[:most] + "…")
+
+
 def _handle(engine: Engine, call: Call, send: Send, uploads: Path) -> tuple[dict[str, Any], bytes]:
     message, blob, rid = call.message, call.blob, call.id
     kind = message["type"]
@@ -407,17 +552,22 @@ def _handle(engine: Engine, call: Call, send: Send, uploads: Path) -> tuple[dict
         send({"type": "progress", "id": rid, "text": str(text)}, b"")
 
     if kind == "load":
+        call.connection.hub.allowed_source(message.get("source"))
         return {"model": encode(engine.load(progress, message.get("source")))}, b""
     if kind == "switch_task":
         return {"switch": encode(engine.switch_task(str(message["name"]), progress))}, b""
     if kind == "models":
         return {"models": encode(engine.models())}, b""
     if kind == "switch_model":
+        call.connection.hub.allowed_source(str(message["source"]))
         return {"switch": encode(engine.switch_model(str(message["source"]), progress))}, b""
     request = decode(GenerationRequest, message["request"])
+    shown_name = ""
     if request.init_image and blob:
-        # The client's file, sent with the request: it runs from a copy here.
-        copy = uploads / f"{call.job}-{Path(request.init_image).name}"
+        # The client's file, sent with the request, runs from a copy named by the job alone (the
+        # client's file name may be anything); errors name the client's file, not the copy.
+        shown_name = Path(request.init_image).name
+        copy = uploads / f"{call.job}.upload"
         copy.write_bytes(blob)
         request = dataclasses.replace(request, init_image=str(copy))
     side = message.get("preview_side")
@@ -441,6 +591,10 @@ def _handle(engine: Engine, call: Call, send: Send, uploads: Path) -> tuple[dict
 
     try:
         result = engine.generate(request, on_step=on_step, cancel=call.cancel)
+    except EngineError as exc:
+        if not shown_name or request.init_image is None or request.init_image not in str(exc):
+            raise
+        raise type(exc)(str(exc).replace(request.init_image, f"the init image {shown_name}")) from None
     finally:
         if request.init_image and blob:
             Path(request.init_image).unlink(missing_ok=True)

@@ -6,6 +6,9 @@ Needs the `websockets` package (`pip install 'spatiora-tui[http]'`); nothing els
 
 from __future__ import annotations
 
+import os
+import socket
+import stat
 import threading
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,7 @@ class WebSocketLink:
     def __init__(self, where: str, on_frame: OnFrame, on_end: OnEnd, token: str | None = None) -> None:
         try:
             from websockets.exceptions import InvalidHandshake, InvalidStatus
-            from websockets.sync.client import connect, unix_connect
+            from websockets.sync.client import connect
         except ImportError:
             raise EngineError(INSTALL) from None
         headers = {"Authorization": f"Bearer {token}"} if token else None
@@ -38,7 +41,7 @@ class WebSocketLink:
         try:
             if where.startswith("unix:"):
                 path = where.removeprefix("unix:")
-                self._ws = unix_connect(path, f"ws://localhost{ENGINE_PATH}", **options)
+                self._ws = connect(f"ws://localhost{ENGINE_PATH}", sock=own_socket(Path(path)), **options)
             else:
                 self._ws = connect(f"ws://{where}{ENGINE_PATH}", proxy=None, **options)
         except InvalidStatus as exc:
@@ -88,6 +91,44 @@ class WebSocketLink:
         except (FrameError, OSError) as exc:
             said = said or f"the link to the engine server broke: {exc}"
         on_end(said)
+
+
+def own_socket(path: Path) -> socket.socket:
+    """A connection to the engine socket at `path`, made only when the socket, its folder and the
+    process listening on it are this user's: a socket another user put in a shared folder would
+    otherwise receive the prompts and images sent to it. EngineError saying which check failed."""
+    from spatiora_tui.remote.http import peer_uid
+
+    me = os.getuid()
+    try:
+        info, folder = path.lstat(), path.parent.stat()
+    except OSError as exc:
+        raise EngineError(f"cannot reach the engine server at {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISSOCK(info.st_mode):
+        raise EngineError(f"{path} is not a socket; give the path `spatiora serve --http` printed")
+    if info.st_uid != me:
+        raise EngineError(
+            f"{path} belongs to another user (uid {info.st_uid}); Spatiora connects only to your own engine's "
+            "socket: use one in a folder of yours (the default, spatiora serve --http)"
+        )
+    if folder.st_uid != me or folder.st_mode & 0o022:
+        raise EngineError(
+            f"{path} is in {path.parent}, a folder other users can write to; put the socket in a folder only you "
+            "can write to (the default, spatiora serve --http, does)"
+        )
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(20)
+        sock.connect(str(path))
+        uid = peer_uid(sock)
+    except OSError as exc:
+        sock.close()
+        raise EngineError(f"cannot reach the engine server at {path}: {exc.strerror or exc}") from None
+    if uid is not None and uid != me:
+        sock.close()
+        raise EngineError(f"the process listening on {path} is another user's (uid {uid}); refused")
+    sock.settimeout(None)
+    return sock
 
 
 def websocket(where: str, token: str | None = None) -> Opener:

@@ -20,7 +20,7 @@ from typing import Any
 from spatiora_tui.engine.api import FAMILY_LABELS, EngineError
 from spatiora_tui.engine.manifest import AdapterManifest, read_manifest
 from spatiora_tui.engine.pipeline import PICKLE_REFUSED, PICKLE_SUFFIXES, unpickle_state_dict
-from spatiora_tui.library.catalog import Listing, scan
+from spatiora_tui.library.catalog import Listing, name_problem, scan
 from spatiora_tui.library.hashing import addnet_hash_of_bytes
 from spatiora_tui.library.identify import UNSUPPORTED_FORMATS, UNSUPPORTED_HOW, lora_base, lora_format
 from spatiora_tui.library.safetensors_file import FileProblem, parse_header
@@ -92,7 +92,11 @@ class AdapterCatalog:
         return found
 
     def find(self, name: str) -> Path:
-        """The file of adapter `name`, or an error saying where it was looked for."""
+        """The file of adapter `name`, or an error saying where it was looked for. A name is
+        never a path (library.catalog.name_problem): it reaches only the folders' own files."""
+        problem = name_problem(name)
+        if problem is not None:
+            raise EngineError(problem)
         for folder in self._dirs:
             for candidate in (folder / f"{name}.safetensors", folder / name):
                 path = _file_of(candidate) if candidate.exists() else None
@@ -156,6 +160,7 @@ class AdapterCatalog:
             except Exception as exc:
                 raise _invalid(name, path, exc) from None
         del data
+        _check_finite(name, path, raw)
         # Counted in the file as it is: a conversion that drops layers must not hide them.
         layers = sum(1 for key in raw if _DOWN_KEY.search(key))
         return AdapterFile(
@@ -203,6 +208,19 @@ def check_family(
     form = lora_format(shapes)
     if form in UNSUPPORTED_FORMATS:
         raise EngineError(f"adapter {name!r} ({path.name}) is a {UNSUPPORTED_FORMATS[form]}; {UNSUPPORTED_HOW}")
+
+
+def _check_finite(name: str, path: Path, raw: dict[str, Any]) -> None:
+    """Refuse an adapter holding NaN or infinity (a failed training run or a damaged download):
+    every image made with it would come out black, saved as if nothing were wrong."""
+    import torch
+
+    for key, tensor in raw.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise EngineError(
+                f"adapter {name!r} ({path.name}) holds NaN or infinite values (in {key}), so every image made "
+                "with it would be black; the file is damaged or its training diverged: replace it"
+            )
 
 
 def tensor_bytes(tensors: dict[str, Any]) -> int:

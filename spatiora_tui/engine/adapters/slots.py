@@ -10,6 +10,8 @@ loaded. The mechanism is the one behind diffusers' and peft's hotswap.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -18,6 +20,16 @@ from spatiora_tui.engine.adapters.catalog import AdapterFile
 from spatiora_tui.engine.adapters.layouts import load_error, unet_layers
 from spatiora_tui.engine.adapters.phases import PhaseClock
 from spatiora_tui.engine.api import AdapterUse, EngineError
+
+
+def peft_name(name: str) -> str:
+    """The name an adapter has inside peft, which takes module-name characters only: a file named
+    detail_v1.5 keeps that name for the user while peft gets "a_detail_v1_5_" and a hash of the
+    original, so two names that differ only in the replaced characters never share a slot."""
+    if name.isidentifier() and name.isascii():
+        return name
+    safe = re.sub(r"[^A-Za-z0-9_]", "_", name)[:60]
+    return f"a_{safe}_{hashlib.sha1(name.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
 
 
 class ResidentSet:
@@ -193,25 +205,26 @@ class DeviceSlots(ResidentSet):
                     k: v.to(device=device, dtype=dtype if v.is_floating_point() else None, copy=True)
                     for k, v in adapter.raw.items()
                 }
+        slot = peft_name(name)
         try:
             with self._clock.time("inject"):
-                self._pipe.load_lora_weights(source, adapter_name=name)
+                self._pipe.load_lora_weights(source, adapter_name=slot)
         except Exception as exc:
-            self._forget_partial(name)
+            self._forget_partial(slot)
             raise EngineError(f"adapter {name!r} ({adapter.path}) could not be loaded: {load_error(exc)}") from None
         self._layers = self._unet_modules = None
-        applied = sum(1 for layer in self.tuner_layers() if name in getattr(layer, "lora_A", {}))
+        applied = sum(1 for layer in self.tuner_layers() if slot in getattr(layer, "lora_A", {}))
         if applied < adapter.layers:
             # diffusers can drop layers without a word (it guesses a Kohya text encoder's layout
             # from whether out_proj is present); half an adapter draws wrong images silently.
-            self._forget_partial(name)
+            self._forget_partial(slot)
             raise EngineError(
                 f"adapter {name!r} ({adapter.path}): only {applied} of its {adapter.layers} LoRA layers could "
                 "be applied, so it would not draw what it was trained to; convert it to the diffusers/peft "
                 "format, or report the file's layout"
             )
         self._resident[name] = AdapterUse(name, 1.0, adapter.sha256, adapter.a1111_hash)
-        self._slot[name] = name
+        self._slot[name] = slot
         self._bytes[name] = nbytes
 
     def _swap_in_place(self, name: str, adapter: AdapterFile, victim: str) -> bool:
