@@ -189,9 +189,9 @@ class OpenLog:
         bad = []
         for opened in self.new_opens():
             real = os.path.realpath(opened)
-            if any(_under(p, root) for p in (opened, real) for root in self.forbidden):
-                bad.append(opened)
-            elif not any(_under(real, root) or _under(opened, root) for root in self.allowed):
+            forbidden = any(_under(p, root) for p in (opened, real) for root in self.forbidden)
+            allowed = any(_under(real, root) or _under(opened, root) for root in self.allowed)
+            if forbidden or not allowed:
                 bad.append(opened)
         return bad
 
