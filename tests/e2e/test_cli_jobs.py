@@ -86,6 +86,14 @@ def test_queue_run_keeps_a_job_for_a_task_that_is_gone_as_failed_and_says_so(pro
     ran = spatiora("queue", "run", cwd=project, env={"SPATIORA_STATE_DIR": str(state)})
     assert ran.returncode == 1 and "Traceback" not in ran.stderr
     assert "unknown task 'removed-task'" in ran.stderr and "0 saved, 1 failed" in ran.stderr
+    # The user's prompt is kept, marked failed with its reason; the next run retries it.
+    listed = spatiora("queue", "list", cwd=project, env={"SPATIORA_STATE_DIR": str(state)})
+    assert "removed-task" in listed.stdout and "old" in listed.stdout and "failed: " in listed.stdout
+    again = spatiora("queue", "run", cwd=project, env={"SPATIORA_STATE_DIR": str(state)})
+    assert "retrying 1 job(s) that failed before" in again.stderr and "0 saved, 1 failed" in again.stderr
+    kept = [json.loads(p.read_text())["jobs"] for p in folder.glob("queue-*.json")]
+    assert [[job["request"]["prompt"] for job in jobs] for jobs in kept] == [["old"]], "kept once, not twice"
+    assert not list(folder.glob(".*.partial")) and len(list(folder.glob("*.lock"))) <= 1
 
 
 def test_sweep_saves_each_cell_and_a_labelled_grid(project: Path) -> None:

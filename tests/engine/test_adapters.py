@@ -64,6 +64,16 @@ def write_bad(engine, cache_dir: Path, kind: str) -> None:
         )
     elif kind == "not_lora":
         save_file({"model.some.weight": torch.zeros(4, 32)}, str(target))
+    elif kind in ("nan", "inf_up"):
+        tensors = load_file(str(demo_adapter(cache_dir, "interior")))
+        poison = float("nan") if kind == "nan" else float("inf")
+        save_file(
+            {
+                k: torch.full_like(v, poison) if (i % 2 == 0 if kind == "nan" else "up" in k) else v
+                for i, (k, v) in enumerate(tensors.items())
+            },
+            str(target),
+        )
     elif kind == "pickle":
         (folder / "bad.ckpt").write_bytes(b"\x80\x04not really")
     elif kind == "missing":
@@ -80,6 +90,8 @@ def write_bad(engine, cache_dir: Path, kind: str) -> None:
         ("wrong_shapes", ["'bad'", "could not be loaded", "another base model"]),
         ("unknown_keys", ["'bad'", "match no layer", "no.such.block", "another model architecture"]),
         ("not_lora", ["'bad'", "no LoRA tensors"]),
+        ("nan", ["'bad'", "NaN or infinite", "would be black"]),
+        ("inf_up", ["'bad'", "NaN or infinite"]),
         ("pickle", ["'bad'", "pickle", "arbitrary code", ".safetensors", "[security] allow_pickle = true"]),
         ("missing", ["'bad'", "not found", "bad.safetensors"]),
     ],
@@ -112,6 +124,17 @@ def test_generate_in_a_broken_task_fails_and_keeps_the_active_one(adapter_engine
     with pytest.raises(EngineError, match="'bad'"):
         engine.generate(GenerationRequest(prompt="p", task="broken", seed=1))
     assert engine.active_task == "interior"
+
+
+def test_an_adapter_whose_file_name_has_dots_is_usable_under_its_own_name(adapter_engine, cache_dir: Path) -> None:
+    """A public LoRA is often named detail_v1.5: peft refuses '.' in its names, so the adapter
+    gets a safe name inside peft and keeps its own everywhere the user sees it."""
+    engine = adapter_engine
+    write_bad(engine, cache_dir, "missing")
+    shutil.copy(demo_adapter(cache_dir, "floorplan"), engine.settings.adapter_dir / "detail_v1.5.safetensors")
+    result = engine.generate(GenerationRequest(prompt="p <lora:detail_v1.5:0.8>", task="base", seed=1))
+    assert [use.name for use in result.params.adapters] == ["detail_v1.5"]
+    assert result.image is not None
 
 
 def test_user_adapter_folder_wins_over_demo_and_loads_once(adapter_engine, cache_dir: Path) -> None:
