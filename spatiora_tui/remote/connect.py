@@ -116,7 +116,9 @@ def _split(url: str) -> SplitResult:
         raise EngineUrlError(f"{url!r}: {USAGE}")
     if parts.scheme == "unix":
         if not parts.path or parts.netloc:
-            raise EngineUrlError(f"{url!r}: a socket address is unix:// and an absolute path, e.g. unix:///tmp/s.sock")
+            raise EngineUrlError(
+                f"{url!r}: a socket address is unix:// and an absolute path, e.g. unix:///run/user/1000/spatiora.sock"
+            )
         if not Path(parts.path).is_absolute():
             raise EngineUrlError(f"{url!r}: the socket path must be absolute")
         return parts

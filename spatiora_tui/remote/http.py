@@ -74,7 +74,7 @@ def listener(address: str, state_dir: Path) -> Listener:
         if len(os.fsencode(path)) > MAX_SOCKET_PATH:
             raise AddressError(
                 f"{path}: a Unix socket's path is at most {MAX_SOCKET_PATH} bytes; give a shorter one, "
-                "e.g. serve --http /tmp/spatiora.sock"
+                "e.g. serve --http $XDG_RUNTIME_DIR/spatiora.sock"
             )
         return Listener(socket_path=path)
     host, _, port = address.rpartition(":")
