@@ -27,7 +27,8 @@ from spatiora_tui.remote.frames import FrameError, FrameWriter, pack, read_frame
 from tests.helpers import small_settings
 from tests.hostile import Bait, OpenLog, hostile, make_bait
 
-pytestmark = pytest.mark.slow
+#: 1,000 requests and a server's start-up take about a minute on a 2-core machine; Ray's more.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 #: Seconds a hostile request may take to be answered (a few run a tiny image-to-image).
 DEADLINE_S = 60.0
