@@ -38,6 +38,8 @@ from spatiora_tui.remote.server import PROTOCOL, Hub
 from spatiora_tui.remote.websocket import ENGINE_PATH, MAX_MESSAGE
 
 INSTALL = "serve --http needs FastAPI and uvicorn: pip install 'spatiora-tui[http]'"
+#: Seconds a new connection has to send its first request line and headers.
+HEADER_S = 10.0
 #: Connections the server holds at once (more are answered 503): clients that never finish their
 #: request cannot use up the process's file descriptors.
 LIMIT_CONCURRENCY = 256
@@ -333,6 +335,7 @@ def uvicorn_server(hub: Hub, token: str | None) -> Any:
     # The asyncio loop, not uvloop: asyncio accepts through OwnerOnlySocket.accept (the peer check).
     config = uvicorn.Config(
         app,
+        http=_header_deadline_protocol(),
         loop="asyncio",
         log_level="warning",
         ws_max_size=MAX_MESSAGE,
@@ -342,6 +345,34 @@ def uvicorn_server(hub: Hub, token: str | None) -> Any:
         timeout_keep_alive=5,
     )
     return uvicorn.Server(config)
+
+
+def _header_deadline_protocol() -> Any:
+    """uvicorn's h11 protocol with a deadline for a connection's first request: a client that
+    opens connections and never finishes a request line and headers (slowloris) has each closed
+    after HEADER_S, instead of holding it (and, past LIMIT_CONCURRENCY, everyone else's turn)
+    for ever. uvicorn has no such timeout of its own."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadline(H11Protocol):
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._deadline = self.loop.call_later(HEADER_S, self._too_slow)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.scope is not None:  # a whole request (or an upgrade) arrived in time
+                self._deadline.cancel()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._deadline.cancel()
+            super().connection_lost(exc)
+
+        def _too_slow(self) -> None:
+            if self.scope is None and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderDeadline
 
 
 def run(hub: Hub, where: Listener, say: Callable[[str], object]) -> None:

@@ -190,10 +190,11 @@ class Hub:
             raise Refused("this server does not let its clients switch the shared model")
         listed = [choice for choice in self.engine.models() if choice.loadable]
         if not any(source in (choice.name, choice.path) for choice in listed):
-            names = ", ".join(choice.name for choice in listed[:8]) or "none"
+            names = ", ".join(choice.name for choice in listed[:8])
+            choose = f"name one of its models ({names})" if names else "it lists none to switch to"
             raise Refused(
-                f"{_shown(source)} is not a model this server lists; name one of its models ({names}) as "
-                "`spatiora models` on the server lists them"
+                f"{_shown(source)} is not a model this server lists; {choose} (`spatiora models` on the server "
+                "lists them)"
             )
 
     def _limit(self, call: Call) -> None:

@@ -408,3 +408,34 @@ def test_l11_a_seed_out_of_range_is_a_usage_error_before_any_model_loads() -> No
     for bad in ("-1", "4294967296", "x"):
         with pytest.raises(argparse.ArgumentTypeError):
             seed_arg(bad)
+
+
+def test_l1_a_connection_that_never_finishes_its_headers_is_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import urllib.request
+
+    from spatiora_tui.remote import http as http_module
+    from spatiora_tui.remote.http import listener
+    from tests.ray_app import free_port
+    from tests.unit.test_http import served
+
+    monkeypatch.setattr(http_module, "HEADER_S", 0.5)
+    hub, _engine = hub_of(tmp_path)
+    port = free_port()
+    with served(hub, listener(f"127.0.0.1:{port}", tmp_path / "state")) as token:
+        slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+        for sock in slow:
+            sock.sendall(b"GET /v1/hello HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+            sock.settimeout(10)
+        start = time.monotonic()
+        assert all(sock.recv(100) == b"" for sock in slow), "each half-open connection is closed"
+        assert time.monotonic() - start < 8
+        for sock in slow:
+            sock.close()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/hello", headers={"Authorization": f"Bearer {token}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            assert json.loads(reply.read())["protocol"]
+    hub.close()
