@@ -172,6 +172,13 @@ class OpenLog:
         python_path = os.pathsep.join(p for p in (str(AUDIT_DIR), os.environ.get("PYTHONPATH", "")) if p)
         return {"PYTHONPATH": python_path, "SPATIORA_AUDIT_OPEN_LOG": str(self.path)}
 
+    def pids(self) -> set[str]:
+        """The processes that wrote to the log so far (a positive control: the hook runs)."""
+        try:
+            return {line.split(b"\t", 1)[0].decode() for line in self.path.read_bytes().splitlines()}
+        except FileNotFoundError:
+            return set()
+
     def new_opens(self) -> list[str]:
         """Paths opened since the last call."""
         try:

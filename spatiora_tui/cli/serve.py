@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from spatiora_tui.cli.common import EXIT_OK, UsageError
@@ -119,6 +120,33 @@ def _ray(settings: Settings, args: argparse.Namespace) -> int:
     if where.socket_path is not None:
         raise UsageError("serve --ray listens on HOST:PORT (Ray Serve's HTTP proxy), e.g. serve --ray 127.0.0.1:8000")
     config = settings.source_file  # read again by each replica: on a cluster, from storage every node sees
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ray_version = version("ray")
+    except PackageNotFoundError:
+        raise UsageError("serve --ray needs Ray Serve: pip install 'spatiora-tui[serve]'") from None
+    if _version(ray_version) < RAY_MIN:
+        raise UsageError(
+            f"serve --ray needs Ray {'.'.join(map(str, RAY_MIN))} or later (token authentication for the cluster's "
+            f"own services); this is Ray {ray_version}: pip install -U 'spatiora-tui[serve]'"
+        )
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = os.environ.get("RAY_ADDRESS") or None  # None: a cluster `ray start` began here, else a new one
+    options: dict[str, object] = {}
+    if address is None:
+        # A cluster started here serves this machine only: its own services (GCS, raylet, the
+        # workers) listen on loopback, and each needs Ray's cluster token (docs/security.md).
+        # Set before Ray is imported: it reads them then.
+        os.environ["RAY_AUTH_MODE"] = "token"
+        has_token = os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+        if not has_token and not (Path.home() / ".ray" / "auth_token").exists():
+            # Ray's processes inherit it; Ray refuses to start in token mode without one.
+            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+        # Ray turns a node address of 127.0.0.1 into the host's own; this switch (Ray's, for
+        # machines that form no cluster) keeps the node, and the services bound to it, on loopback.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        options = {"dashboard_host": "127.0.0.1"}
     try:
         import ray
         from ray import serve
@@ -130,19 +158,6 @@ def _ray(settings: Settings, args: argparse.Namespace) -> int:
     def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
-    if _version(ray.__version__) < RAY_MIN:
-        raise UsageError(
-            f"serve --ray needs Ray {'.'.join(map(str, RAY_MIN))} or later (token authentication for the cluster's "
-            f"own services); this is Ray {ray.__version__}: pip install -U 'spatiora-tui[serve]'"
-        )
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    address = os.environ.get("RAY_ADDRESS") or None  # None: a cluster `ray start` began here, else a new one
-    options: dict[str, object] = {}
-    if address is None:
-        # A cluster started here serves this machine only: its own services (GCS, raylet, the
-        # workers) listen on loopback, and each needs Ray's cluster token (docs/security.md).
-        os.environ["RAY_AUTH_MODE"] = "token"
-        options = {"_node_ip_address": "127.0.0.1", "dashboard_host": "127.0.0.1"}
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, **options)
     except (ConnectionError, ValueError, RuntimeError) as exc:

@@ -5,6 +5,7 @@ else. (The contract suite runs the app as an engine too.)"""
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import subprocess
 import sys
 import threading
@@ -210,6 +211,55 @@ def test_serve_ray_deploys_and_a_client_generates_through_it(tmp_path: Path, cac
         proc.wait(120)
     assert not (tmp_path / "state" / "serve-token").exists()
     assert "taking the application down" in "\n".join(lines)
+
+
+def test_serve_ray_keeps_the_cluster_it_starts_on_loopback_with_token_auth(tmp_path: Path, cache_dir: Path) -> None:
+    """The audit's M7: a cluster `serve --ray` starts itself had its GCS, raylet and agents on every
+    interface. They are on loopback now, with Ray's cluster token required; only Ray Serve's own
+    inter-deployment gRPC servers (bound to [::] inside Ray, serve/_private/replica.py) remain."""
+    import os
+
+    import psutil
+
+    from tests.ray_app import free_port
+
+    config = tmp_path / "config.toml"
+    config.write_text(settings_to_toml(small_settings(tmp_path)), encoding="utf-8")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update({"SPATIORA_STATE_DIR": str(tmp_path / "state"), "HOME": str(tmp_path / "home")})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spatiora_tui", "serve", "--ray", f"127.0.0.1:{port}", "--config", str(config)],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(line.rstrip() for line in proc.stderr), daemon=True).start()  # type: ignore[union-attr]
+    try:
+        deadline = time.monotonic() + 240
+        while not any(line.startswith("serving on") for line in lines):
+            assert proc.poll() is None and time.monotonic() < deadline, "\n".join(lines)
+            time.sleep(0.2)
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        pids = {p.pid: p.name() for p in tree}
+        open_to_all = {
+            (pids[c.pid], c.laddr.port)
+            for c in psutil.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN
+            and c.pid in pids
+            and not ipaddress.ip_address(c.laddr.ip.removeprefix("::ffff:")).is_loopback
+        }
+        names = {name for name, _ in open_to_all}
+        assert not names & {"gcs_server", "raylet"}, open_to_all
+        assert all(name.startswith("ray::ServeRepli") for name in names), open_to_all
+        raylet = psutil.Process(next(p for p, n in pids.items() if n == "raylet"))
+        assert "--node_ip_address=127.0.0.1" in " ".join(raylet.cmdline())
+        assert raylet.environ().get("RAY_AUTH_MODE") == "token" and raylet.environ().get("RAY_AUTH_TOKEN")
+    finally:
+        proc.terminate()
+        proc.wait(120)
 
 
 def test_serve_ray_refuses_an_address_off_this_machine(tmp_path: Path) -> None:

@@ -135,6 +135,7 @@ def stdio(bait: Bait, tmp_path_factory: pytest.TempPathFactory, cache_dir: Path)
 
     try:
         assert client.ask({"type": "load"})["type"] == "ok"
+        assert str(proc.pid) in log.pids(), "the audit hook is not running in the server"
         log.outside()  # start-up's reading is not a request's
         yield Served(client, log, good)
     finally:
@@ -215,7 +216,8 @@ class GoodClient:
         self.socket.close()
 
 
-def websocket_served(connect: Callable[[], Any], log: OpenLog) -> Iterator[Served]:
+def websocket_served(connect: Callable[[], Any], log: OpenLog, pids: Callable[[], set[str]]) -> Iterator[Served]:
+    """`pids`: the processes that run the engine (their opens must be in the log)."""
     raw = Websocket(connect)
     good = GoodClient(connect)
     before = 0
@@ -230,6 +232,9 @@ def websocket_served(connect: Callable[[], Any], log: OpenLog) -> Iterator[Serve
         before = good.served
 
     try:
+        assert raw.frames.ask({"type": "generate", "request": GOOD})["type"] == "ok"
+        running = pids()
+        assert running and running <= log.pids(), f"the audit hook is not running in the server ({running})"
         log.outside()
         yield Served(raw.frames, log, progress)
         good.check()
@@ -261,7 +266,7 @@ def http(bait: Bait, tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) 
                 proxy=None,
             )
 
-        yield from websocket_served(opener, log)
+        yield from websocket_served(opener, log, lambda: {str(server.proc.pid)})
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
@@ -296,7 +301,12 @@ def ray(bait: Bait, ray_cluster: Path, tmp_path_factory: pytest.TempPathFactory,
                 proxy=None,
             )
 
-        yield from websocket_served(opener, log)
+        def replicas() -> set[str]:
+            from spatiora_tui.remote.ray_serve import replica_stats
+
+            return {str(entry["replica"]).rsplit(":", 1)[-1] for entry in replica_stats()}
+
+        yield from websocket_served(opener, log, replicas)
 
 
 @pytest.mark.ray
