@@ -85,9 +85,11 @@ def token(url: str) -> str | None:
     of this user's own server, when that server wrote `url` as its address beside it."""
     if os.environ.get(TOKEN_ENV):
         return os.environ[TOKEN_ENV].strip()
-    token_file = user_state_dir() / "serve-token"
+    from spatiora_tui.remote.http import TOKEN_FILE, address_file
+
+    token_file = user_state_dir() / TOKEN_FILE
     try:
-        issued_by = (token_file.parent / (token_file.name + ".address")).read_text(encoding="utf-8").strip()
+        issued_by = address_file(token_file).read_text(encoding="utf-8").strip()
         if _same_server(issued_by, url):
             return token_file.read_text(encoding="utf-8").strip() or None
     except OSError:

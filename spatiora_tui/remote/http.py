@@ -38,6 +38,8 @@ from spatiora_tui.remote.server import PROTOCOL, Hub
 from spatiora_tui.remote.websocket import ENGINE_PATH, MAX_MESSAGE
 
 INSTALL = "serve --http needs FastAPI and uvicorn: pip install 'spatiora-tui[http]'"
+#: The token file's name in the state folder (the address of its server beside it: address_file).
+TOKEN_FILE = "serve-token"
 #: Seconds a new connection has to send its first request line and headers.
 HEADER_S = 10.0
 #: Connections the server holds at once (more are answered 503): clients that never finish their
@@ -93,7 +95,7 @@ def listener(address: str, state_dir: Path) -> Listener:
             "HTTP is not encrypted. Reach it from another machine with ssh -L 8765:127.0.0.1:8765 HOST, "
             "or use --engine ssh://HOST"
         )
-    return Listener(host=host, port=int(port), token_file=state_dir / "serve-token")
+    return Listener(host=host, port=int(port), token_file=state_dir / TOKEN_FILE)
 
 
 def build_app(hub: Hub, token: str | None) -> Any:

@@ -51,7 +51,7 @@ from spatiora_tui.hw.telemetry import Telemetry
 from spatiora_tui.library.catalog import name_problem
 from spatiora_tui.prompts import extract_lora_tags
 from spatiora_tui.remote.frames import Closed, FrameError, FrameWriter, read_frame
-from spatiora_tui.remote.wire import PREVIEW_FORMATS, WireError, decode, encode, image_bytes
+from spatiora_tui.remote.wire import PREVIEW_FORMATS, WireError, decode, decode_as, encode, image_bytes
 from spatiora_tui.units import MB
 
 #: Bumped when a frame's meaning changes; both sides must agree.
@@ -99,6 +99,8 @@ class Call:
     #: When its client's link dropped (the call waits for the client to come back); None while
     #: the client is connected.
     parked_at: float | None = None
+    #: A generate's request, decoded once when it was screened.
+    request: GenerationRequest | None = None
 
     @property
     def id(self) -> int:
@@ -177,9 +179,9 @@ class Hub:
                     order.append(queues[client].pop(0))
         return order
 
-    def screen(self, message: dict[str, Any], blob: bytes) -> None:
+    def screen(self, message: dict[str, Any], blob: bytes) -> GenerationRequest | None:
         """See the module function screen()."""
-        screen(message, blob, self.policy)
+        return screen(message, blob, self.policy)
 
     def allowed_source(self, source: str | None) -> None:
         """Refused unless `source` is the configured model or one `models` lists (by name or by the
@@ -374,7 +376,7 @@ class Connection:
         elif kind in ENGINE_CALLS:
             call = Call(next(self.hub._jobs), self, message, blob)
             try:
-                self.hub.screen(message, blob)
+                call.request = self.hub.screen(message, blob)
                 ahead = self.hub._put(call)
             except Refused as exc:
                 self.answer({"type": "error", "id": rid, "kind": "refused", "message": str(exc)})
@@ -487,13 +489,13 @@ def serve(
         hub.close()
 
 
-def screen(message: dict[str, Any], blob: bytes, policy: Policy) -> None:
+def screen(message: dict[str, Any], blob: bytes, policy: Policy) -> GenerationRequest | None:
     """Refused when an engine call names what a client may not (see the module docstring);
-    checked as it arrives, before it waits."""
+    checked as it arrives, before it waits. Returns a generate's request, decoded."""
     kind = message["type"]
     if kind == "generate":
         try:
-            request = decode(GenerationRequest, message.get("request"))
+            request = decode_as(GenerationRequest, message.get("request"))
         except (WireError, TypeError, ValueError, RecursionError) as exc:
             raise Refused(f"bad request: {exc}") from None
         if request.init_image is not None and not blob:
@@ -512,13 +514,14 @@ def screen(message: dict[str, Any], blob: bytes, policy: Policy) -> None:
                 problem = name_problem(tag.name)
                 if problem is not None:
                     raise Refused(problem)
-    elif kind == "switch_task":
+        return request
+    if kind == "switch_task":
         if not isinstance(message.get("name"), str):
             raise Refused("bad request: switch_task needs a task name")
     elif kind in ("switch_model", "load"):
         source = message.get("source")
         if kind == "load" and source is None:
-            return
+            return None
         if not isinstance(source, str):
             raise Refused(f"bad request: {kind} needs a model name")
         if policy.model_switch == "off" and source != policy.configured_model:
@@ -526,6 +529,7 @@ def screen(message: dict[str, Any], blob: bytes, policy: Policy) -> None:
                 "this server does not let its clients switch the shared model ([security] remote_model_switch "
                 '= "off" in its config.toml)'
             )
+    return None
 
 
 def _hardware(telemetry: Telemetry | None) -> dict[str, Any]:
@@ -562,7 +566,7 @@ def _handle(engine: Engine, call: Call, send: Send, uploads: Path) -> tuple[dict
     if kind == "switch_model":
         call.connection.hub.allowed_source(str(message["source"]))
         return {"switch": encode(engine.switch_model(str(message["source"]), progress))}, b""
-    request = decode(GenerationRequest, message["request"])
+    request = call.request or decode(GenerationRequest, message["request"])
     shown_name = ""
     if request.init_image and blob:
         # The client's file, sent with the request, runs from a copy named by the job alone (the
