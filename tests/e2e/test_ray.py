@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import subprocess
 import sys
 import threading
@@ -169,6 +170,29 @@ def test_at_the_ingress_frames_with_wrong_fields_each_get_an_answer_and_others_g
     wrong_fields(lambda: open_ws(app), watcher, batch)
 
 
+def serving_ray(
+    config: Path, port: int, tmp_path: Path, env: dict[str, str]
+) -> tuple[subprocess.Popen[str], list[str]]:
+    """`spatiora serve --ray 127.0.0.1:PORT` with `env` (state in tmp_path/state), once it serves;
+    its stderr lines keep coming into the list. The caller terminates it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spatiora_tui", "serve", "--ray", f"127.0.0.1:{port}", "--config", str(config)],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env={**env, "SPATIORA_STATE_DIR": str(tmp_path / "state")},
+    )
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(line.rstrip() for line in proc.stderr), daemon=True).start()  # type: ignore[union-attr]
+    deadline = time.monotonic() + 240
+    while not any(line.startswith("serving on") for line in lines):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("\n".join(lines))
+        time.sleep(0.2)
+    return proc, lines
+
+
 def test_serve_ray_deploys_and_a_client_generates_through_it(tmp_path: Path, cache_dir: Path) -> None:
     from tests.ray_app import free_port
 
@@ -176,23 +200,9 @@ def test_serve_ray_deploys_and_a_client_generates_through_it(tmp_path: Path, cac
     config.write_text(settings_to_toml(small_settings(tmp_path)), encoding="utf-8")
     port = free_port()
     # A Ray of its own ("local"): the tests' Ray and its Serve stay as they are.
-    env = {"SPATIORA_STATE_DIR": str(tmp_path / "state"), "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "local"}
-    import os
-
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "spatiora_tui", "serve", "--ray", f"127.0.0.1:{port}", "--config", str(config)],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, **env},
-    )
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(line.rstrip() for line in proc.stderr), daemon=True).start()  # type: ignore[union-attr]
+    env = {"RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "local"}
+    proc, lines = serving_ray(config, port, tmp_path, {**os.environ, **env})
     try:
-        deadline = time.monotonic() + 240
-        while not any(line.startswith("serving on") for line in lines):
-            assert proc.poll() is None and time.monotonic() < deadline, "\n".join(lines)
-            time.sleep(0.2)
         token = (tmp_path / "state" / "serve-token").read_text().strip()
         out = spatiora(
             "generate",
@@ -217,31 +227,15 @@ def test_serve_ray_keeps_the_cluster_it_starts_on_loopback_with_token_auth(tmp_p
     """The audit's M7: a cluster `serve --ray` starts itself had its GCS, raylet and agents on every
     interface. They are on loopback now, with Ray's cluster token required; only Ray Serve's own
     inter-deployment gRPC servers (bound to [::] inside Ray, serve/_private/replica.py) remain."""
-    import os
-
     import psutil
 
     from tests.ray_app import free_port
 
     config = tmp_path / "config.toml"
     config.write_text(settings_to_toml(small_settings(tmp_path)), encoding="utf-8")
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update({"SPATIORA_STATE_DIR": str(tmp_path / "state"), "HOME": str(tmp_path / "home")})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "spatiora_tui", "serve", "--ray", f"127.0.0.1:{port}", "--config", str(config)],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(line.rstrip() for line in proc.stderr), daemon=True).start()  # type: ignore[union-attr]
+    proc, _lines = serving_ray(config, free_port(), tmp_path, {**env, "HOME": str(tmp_path / "home")})
     try:
-        deadline = time.monotonic() + 240
-        while not any(line.startswith("serving on") for line in lines):
-            assert proc.poll() is None and time.monotonic() < deadline, "\n".join(lines)
-            time.sleep(0.2)
         tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
         pids = {p.pid: p.name() for p in tree}
         open_to_all = {

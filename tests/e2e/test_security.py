@@ -216,6 +216,20 @@ class GoodClient:
         self.socket.close()
 
 
+def opener(where: str, token: str) -> Callable[[], Any]:
+    """Opens websockets to the engine at HOST:PORT with `token`."""
+    from websockets.sync.client import connect
+
+    from spatiora_tui.remote.websocket import ENGINE_PATH, MAX_MESSAGE
+
+    return lambda: connect(
+        f"ws://{where}{ENGINE_PATH}",
+        additional_headers={"Authorization": f"Bearer {token}"},
+        max_size=MAX_MESSAGE,
+        proxy=None,
+    )
+
+
 def websocket_served(connect: Callable[[], Any], log: OpenLog, pids: Callable[[], set[str]]) -> Iterator[Served]:
     """`pids`: the processes that run the engine (their opens must be in the log)."""
     raw = Websocket(connect)
@@ -245,9 +259,6 @@ def websocket_served(connect: Callable[[], Any], log: OpenLog, pids: Callable[[]
 
 @pytest.fixture(scope="module")
 def http(bait: Bait, tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Iterator[Served]:
-    from websockets.sync.client import connect
-
-    from spatiora_tui.remote.websocket import ENGINE_PATH, MAX_MESSAGE
     from tests.http_server import http_server
     from tests.ray_app import free_port
 
@@ -258,15 +269,7 @@ def http(bait: Bait, tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) 
     with http_server(config, address, env=log.env()) as server:
         token = (server.state / "serve-token").read_text().strip()
 
-        def opener() -> Any:
-            return connect(
-                f"ws://{address}{ENGINE_PATH}",
-                additional_headers={"Authorization": f"Bearer {token}"},
-                max_size=MAX_MESSAGE,
-                proxy=None,
-            )
-
-        yield from websocket_served(opener, log, lambda: {str(server.proc.pid)})
+        yield from websocket_served(opener(address, token), log, lambda: {str(server.proc.pid)})
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
@@ -283,9 +286,6 @@ _HTTP = _count()
 
 @pytest.fixture(scope="module")
 def ray(bait: Bait, ray_cluster: Path, tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Iterator[Served]:
-    from websockets.sync.client import connect
-
-    from spatiora_tui.remote.websocket import ENGINE_PATH, MAX_MESSAGE
     from tests.ray_app import TOKEN, deployed
 
     tmp = tmp_path_factory.mktemp("ray-sec")
@@ -293,20 +293,12 @@ def ray(bait: Bait, ray_cluster: Path, tmp_path_factory: pytest.TempPathFactory,
     log = OpenLog.for_server(ray_cluster, bait, tmp, cache_dir, tmp_path_factory.getbasetemp())
     with deployed(config) as where:
 
-        def opener() -> Any:
-            return connect(
-                f"ws://{where}{ENGINE_PATH}",
-                additional_headers={"Authorization": f"Bearer {TOKEN}"},
-                max_size=MAX_MESSAGE,
-                proxy=None,
-            )
-
         def replicas() -> set[str]:
             from spatiora_tui.remote.ray_serve import replica_stats
 
             return {str(entry["replica"]).rsplit(":", 1)[-1] for entry in replica_stats()}
 
-        yield from websocket_served(opener, log, replicas)
+        yield from websocket_served(opener(where, TOKEN), log, replicas)
 
 
 @pytest.mark.ray
