@@ -17,15 +17,12 @@ Needs the http extra (`pip install 'spatiora-tui[http]'`): fastapi, uvicorn, web
 # WebSocket) at run time, and those classes are imported inside build_app.
 import asyncio
 import contextlib
-import errno
 import hmac
 import ipaddress
 import itertools
 import os
 import secrets
 import socket
-import stat
-import struct
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +32,9 @@ from spatiora_tui import __version__
 from spatiora_tui.atomic import write_bytes
 from spatiora_tui.remote.frames import FrameError, pack, unpack
 from spatiora_tui.remote.server import PROTOCOL, Hub
+from spatiora_tui.remote.unix import MAX_SOCKET_PATH, clear_stale
+from spatiora_tui.remote.unix import AddressError as AddressError  # its errors, where serve --http's callers look
+from spatiora_tui.remote.unix import bound as unix_bound
 from spatiora_tui.remote.websocket import ENGINE_PATH, MAX_MESSAGE
 
 INSTALL = "serve --http needs FastAPI and uvicorn: pip install 'spatiora-tui[http]'"
@@ -45,12 +45,6 @@ HEADER_S = 10.0
 #: Connections the server holds at once (more are answered 503): clients that never finish their
 #: request cannot use up the process's file descriptors.
 LIMIT_CONCURRENCY = 256
-#: The longest path a Unix socket can have (sun_path, Linux).
-MAX_SOCKET_PATH = 107
-
-
-class AddressError(ValueError):
-    """An address serve --http cannot or will not listen on; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -220,25 +214,8 @@ def bound(where: Listener) -> Iterator[tuple[socket.socket, str | None]]:
             sock.close()
             remove_token(where.token_file)
         return
-    path = where.socket_path
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _clear_stale(path)
-    sock = OwnerOnlySocket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)  # the socket is born 0600: no moment when others may connect
-    try:
-        sock.bind(str(path))
-    except OSError as exc:
-        sock.close()
-        raise AddressError(f"cannot listen on {path}: {exc.strerror or exc}") from None
-    finally:
-        os.umask(old)
-    os.chmod(path, 0o600)
-    sock.listen(64)
-    try:
+    with unix_bound(where.socket_path) as sock:
         yield sock, None
-    finally:
-        sock.close()
-        path.unlink(missing_ok=True)
 
 
 def address_file(token_file: Path) -> Path:
@@ -269,62 +246,11 @@ def check_free(where: Listener) -> None:
     """AddressError when `where` cannot be listened on (another server's live socket, a path that
     is not a socket, a stale socket this user may not remove): said before the model loads."""
     if where.socket_path is not None:
-        _clear_stale(where.socket_path)
-
-
-def peer_uid(sock: socket.socket) -> int | None:
-    """The user id of the process at the other end of a Unix socket (None where the system
-    does not say: SO_PEERCRED is Linux's)."""
-    option = getattr(socket, "SO_PEERCRED", None)
-    if option is None:
-        return None
-    _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i")))
-    return int(uid)
-
-
-class OwnerOnlySocket(socket.socket):
-    """A listening Unix socket that accepts only its owner's processes: the socket file is 0600
-    already, and the peer's uid is checked again on accept (root, or a file mode changed by
-    hand, cannot hand the engine to another user)."""
-
-    def accept(self) -> tuple[socket.socket, Any]:
-        conn, address = super().accept()
-        uid = peer_uid(conn)
-        if uid is not None and uid != os.getuid():
-            conn.close()
-            raise ConnectionAbortedError(f"a process of uid {uid} was refused")
-        return conn, address
+        clear_stale(where.socket_path)
 
 
 def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
-
-
-def _clear_stale(path: Path) -> None:
-    """Remove a socket left by a server that died; refuse when one still answers there."""
-    try:
-        mode = path.lstat().st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise AddressError(f"{path} exists and is not a socket; give another path")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except OSError as exc:
-        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
-            try:
-                path.unlink(missing_ok=True)
-            except OSError as gone:
-                raise AddressError(
-                    f"{path} is a dead socket this user may not remove ({gone.strerror}); give another path, "
-                    "e.g. one in your own state folder (serve --http with no address)"
-                ) from None
-            return
-        raise AddressError(f"cannot use {path}: {exc.strerror or exc}") from None
-    finally:
-        probe.close()
-    raise AddressError(f"another engine server is listening on {path}; stop it first, or give another path")
 
 
 def uvicorn_server(hub: Hub, token: str | None) -> Any:

@@ -65,7 +65,9 @@ ENGINE_CALLS = frozenset({"load", "switch_task", "models", "switch_model", "gene
 #: Seconds a client's waiting calls are kept after its link drops, for it to reconnect.
 KEEP_S = 600.0
 #: What `[security] remote_model_switch` may be: "listed" (the models `models` lists, and the one
-#: the server was configured with) or "off" (clients use the server's model as it is).
+#: the server was configured with) or "off" (clients use the server's model as it is). The user's
+#: own engine (remote/userengine.py), which only its owner can reach, uses "any": whatever its
+#: owner could load in-process.
 MODEL_SWITCH = ("listed", "off")
 
 
@@ -123,8 +125,16 @@ class Call:
 class Hub:
     """One engine shared by the connections made with connect(); see the module docstring."""
 
-    def __init__(self, engine: Engine, telemetry: Telemetry | None = None, policy: Policy | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        telemetry: Telemetry | None = None,
+        policy: Policy | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        """`log`: told a line as each call starts and ends (the user's engine's log)."""
         self.engine = engine
+        self._log = log
         self.telemetry = telemetry
         self.policy = policy or Policy()
         self._lock = threading.Condition()
@@ -138,12 +148,21 @@ class Hub:
         #: (client, job, request type) of the last calls, in the order they ran (what fairness is
         #: measured on).
         self.ran: collections.deque[tuple[str, int, str]] = collections.deque(maxlen=10_000)
+        #: Clients connected now.
+        self.clients = 0
         self._thread = threading.Thread(target=self._work, name="spatiora-hub", daemon=True)
         self._thread.start()
 
     def connect(self, client: str, send: Send) -> Connection:
         """A new client, named `client` (clients of one name share one turn)."""
+        with self._lock:
+            self.clients += 1
         return Connection(self, client, send)
+
+    def busy(self) -> bool:
+        """Whether a client is connected, or a call runs or waits (one parked for its client too)."""
+        with self._lock:
+            return bool(self.clients or self._running is not None or self._waiting)
 
     def queue(self) -> list[dict[str, Any]]:
         """The running call and the waiting ones, in the order they will run."""
@@ -187,6 +206,8 @@ class Hub:
         """Refused unless `source` is the configured model or one `models` lists (by name or by the
         path it lists); run on the worker, since listing reads the model folders."""
         if source is None or source == self.policy.configured_model or source == "demo":
+            return
+        if self.policy.model_switch == "any":  # the user's own engine: its one client is its owner
             return
         if self.policy.model_switch == "off":
             raise Refused("this server does not let its clients switch the shared model")
@@ -289,6 +310,7 @@ class Hub:
         """The client is gone: stop its running call; park its waiting ones (see the module
         docstring), or forget them when it gave no session."""
         with self._lock:
+            self.clients -= 1
             mine = [call for call in self._waiting.get(connection.client, ()) if call.connection is connection]
             if connection.session is None:
                 self._remove(mine)
@@ -321,11 +343,18 @@ class Hub:
     def _work(self) -> None:
         while (call := self._take()) is not None:
             self.ran.append((call.connection.client, call.job, call.message["type"]))
+            began = time.monotonic()
+            what = call.describe(running=True)
+            if self._log is not None:
+                task = f" ({what['task']})" if what["task"] else ""
+                self._log(f"job {call.job}: {what['type']}{task} for {what['client']}")
             try:
-                call.connection.run(call, Path(self._uploads.name))
+                outcome = call.connection.run(call, Path(self._uploads.name))
             finally:
                 with self._lock:
                     self._running = None
+            if self._log is not None:
+                self._log(f"job {call.job}: {outcome} in {time.monotonic() - began:.2f} s")
 
 
 class Connection:
@@ -357,7 +386,8 @@ class Connection:
             return
         if kind == "hello":
             resumed = self._hello(message)
-            self.answer({"type": "ok", "id": rid, "version": __version__, "protocol": PROTOCOL, "resumed": resumed})
+            hello = {"version": __version__, "protocol": PROTOCOL, "resumed": resumed, "clients": self.hub.clients}
+            self.answer({"type": "ok", "id": rid, **hello})
         elif kind == "hardware":
             self.answer({"type": "ok", "id": rid, **_hardware(self.hub.telemetry)})
         elif kind == "state":
@@ -432,33 +462,34 @@ class Connection:
             call.cancel.set()
         self.answer({"type": "ok", "id": rid, "cancelled": call is not None})
 
-    def run(self, call: Call, uploads: Path) -> None:
-        """Run `call` on the engine (the hub's worker thread) and send its reply."""
+    def run(self, call: Call, uploads: Path) -> str:
+        """Run `call` on the engine (the hub's worker thread) and send its reply; what became of
+        it, in a few words (for the log)."""
         rid = call.id
         try:
             reply, blob = _handle(self.hub.engine, call, self.answer, uploads)
-            self.answer({"type": "ok", "id": rid, **reply}, blob)
         except EngineOOM as exc:
-            self.answer({"type": "error", "id": rid, "kind": "oom", "message": str(exc)})
+            kind, said = "oom", str(exc)
         except Refused as exc:
-            self.answer({"type": "error", "id": rid, "kind": "refused", "message": str(exc)})
+            kind, said = "refused", str(exc)
         except (EngineError, WireError, KeyError, TypeError, ValueError) as exc:
-            self.answer({"type": "error", "id": rid, "kind": "engine", "message": _say(exc)})
+            kind, said = "engine", _say(exc)
         except OSError as exc:
             # The engine met a file it could not use (a client that is gone never raises here:
             # answer() drops its frames). The file's path stays on the server.
-            said = exc.strerror or type(exc).__name__
-            self.answer(
-                {"type": "error", "id": rid, "kind": "engine", "message": f"the server could not use a file: {said}"}
-            )
+            kind, said = "engine", f"the server could not use a file: {exc.strerror or type(exc).__name__}"
         except Exception as exc:  # keep serving: the client gets the fault, in one line
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            self.answer(
-                {"type": "error", "id": rid, "kind": "internal", "message": f"{type(exc).__name__}: {first}"[:500]}
-            )
+            kind, said = "internal", f"{type(exc).__name__}: {first}"[:500]
+        else:
+            self.answer({"type": "ok", "id": rid, **reply}, blob)
+            result = reply.get("result")
+            return "cancelled" if isinstance(result, dict) and result.get("cancelled") else "done"
         finally:
             with self._lock:
                 self._calls.pop(rid, None)
+        self.answer({"type": "error", "id": rid, "kind": kind, "message": said})
+        return f"failed ({kind}): {said}"
 
 
 def serve(
@@ -472,8 +503,17 @@ def serve(
     be read. With `telemetry` (the engine's, sampling), `hardware` requests get its latest
     snapshot and peaks."""
     hub = Hub(engine, telemetry, policy)
+    try:
+        pump(hub, "stdio", reader, writer)
+    finally:
+        hub.close()
+
+
+def pump(hub: Hub, client: str, reader: BinaryIO, writer: BinaryIO) -> None:
+    """One client of `hub` on a byte stream: its frames in until it closes the stream or sends
+    what cannot be read (said to it), the replies out; then the client is gone (Hub._drop)."""
     out = FrameWriter(writer)
-    connection = hub.connect("stdio", out.send)
+    connection = hub.connect(client, out.send)
     try:
         while True:
             try:
@@ -486,7 +526,6 @@ def serve(
             connection.receive(message, blob)
     finally:
         connection.close()
-        hub.close()
 
 
 def screen(message: dict[str, Any], blob: bytes, policy: Policy) -> GenerationRequest | None:

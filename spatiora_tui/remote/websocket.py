@@ -6,9 +6,6 @@ Needs the `websockets` package (`pip install 'spatiora-tui[http]'`); nothing els
 
 from __future__ import annotations
 
-import os
-import socket
-import stat
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,6 +13,7 @@ from typing import Any
 from spatiora_tui.engine.api import EngineError
 from spatiora_tui.remote.client import OnEnd, OnFrame, Opener
 from spatiora_tui.remote.frames import HEADER, MAX_BLOB, MAX_JSON, FrameError, pack, unpack
+from spatiora_tui.remote.unix import own_socket
 
 #: The path the engine's websocket answers on.
 ENGINE_PATH = "/v1/engine"
@@ -91,44 +89,6 @@ class WebSocketLink:
         except (FrameError, OSError) as exc:
             said = said or f"the link to the engine server broke: {exc}"
         on_end(said)
-
-
-def own_socket(path: Path) -> socket.socket:
-    """A connection to the engine socket at `path`, made only when the socket, its folder and the
-    process listening on it are this user's: a socket another user put in a shared folder would
-    otherwise receive the prompts and images sent to it. EngineError saying which check failed."""
-    from spatiora_tui.remote.http import peer_uid
-
-    me = os.getuid()
-    try:
-        info, folder = path.lstat(), path.parent.stat()
-    except OSError as exc:
-        raise EngineError(f"cannot reach the engine server at {path}: {exc.strerror or exc}") from None
-    if not stat.S_ISSOCK(info.st_mode):
-        raise EngineError(f"{path} is not a socket; give the path `spatiora serve --http` printed")
-    if info.st_uid != me:
-        raise EngineError(
-            f"{path} belongs to another user (uid {info.st_uid}); Spatiora connects only to your own engine's "
-            "socket: use one in a folder of yours (the default, spatiora serve --http)"
-        )
-    if folder.st_uid != me or folder.st_mode & 0o022:
-        raise EngineError(
-            f"{path} is in {path.parent}, a folder other users can write to; put the socket in a folder only you "
-            "can write to (the default, spatiora serve --http, does)"
-        )
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(20)
-        sock.connect(str(path))
-        uid = peer_uid(sock)
-    except OSError as exc:
-        sock.close()
-        raise EngineError(f"cannot reach the engine server at {path}: {exc.strerror or exc}") from None
-    if uid is not None and uid != me:
-        sock.close()
-        raise EngineError(f"the process listening on {path} is another user's (uid {uid}); refused")
-    sock.settimeout(None)
-    return sock
 
 
 def websocket(where: str, token: str | None = None) -> Opener:

@@ -288,7 +288,7 @@ def test_l10_a_token_file_that_was_0644_is_0600_once_rewritten(tmp_path: Path) -
 
 
 def test_m2_a_socket_in_a_folder_others_can_write_is_refused_before_anything_is_sent(tmp_path: Path) -> None:
-    from spatiora_tui.remote.websocket import own_socket
+    from spatiora_tui.remote.unix import own_socket
 
     shared = tmp_path / "shared"
     shared.mkdir()
@@ -316,8 +316,7 @@ def test_m2_a_socket_in_a_folder_others_can_write_is_refused_before_anything_is_
 
 
 def test_m2_the_owners_own_socket_is_accepted_and_its_peer_is_checked(tmp_path: Path) -> None:
-    from spatiora_tui.remote.http import OwnerOnlySocket, peer_uid
-    from spatiora_tui.remote.websocket import own_socket
+    from spatiora_tui.remote.unix import OwnerOnlySocket, own_socket, peer_uid
 
     folder = tmp_path / "run"
     folder.mkdir(mode=0o700)
