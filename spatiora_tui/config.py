@@ -417,6 +417,21 @@ class UiSettings:
 
 
 @dataclass(frozen=True)
+class EngineSettings:
+    """`[engine]`: the user's own engine, the process that keeps the model warm for every window
+    and command (docs/engine.md)."""
+
+    idle_exit_minutes: float = field(
+        default=30.0,
+        metadata=_doc(
+            "Minutes the engine stays up with no client and nothing queued, holding the model warm for the "
+            "next window or command; then it exits and frees the GPU. 0 keeps it up until `spatiora engine stop`.",
+            _between(0, 7 * 24 * 60),
+        ),
+    )
+
+
+@dataclass(frozen=True)
 class SecuritySettings:
     """`[security]`: what Spatiora refuses to load unless told otherwise."""
 
@@ -556,6 +571,7 @@ class Settings:
     ui: UiSettings = field(default_factory=UiSettings, metadata=_doc("[ui]"))
     keys: KeySettings = field(default_factory=KeySettings, metadata=_doc("[keys]"))
     security: SecuritySettings = field(default_factory=SecuritySettings, metadata=_doc("[security]"))
+    engine: EngineSettings = field(default_factory=EngineSettings, metadata=_doc("[engine]"))
     tasks: tuple[TaskSettings, ...] = field(default=DEFAULT_TASKS, metadata=_doc("[[tasks]]"))
     base_dir: Path = field(default_factory=Path.cwd, metadata={"internal": True})
     source_file: Path | None = field(default=None, metadata={"internal": True})

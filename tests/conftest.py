@@ -9,6 +9,8 @@ fixtures) are in tests/helpers.py.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,12 +42,28 @@ def _no_failpoints():
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No test reads the user's config or writes into the repository's outputs/."""
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No test reads the user's config or writes into the repository's outputs/; each has its own
+    runtime folder (where a user's engine would put its socket), and no test leaves an engine
+    running: one left behind is killed and the test fails. Commands run in this process (the
+    engine in-process) unless a test asks for the user's engine (SPATIORA_ENGINE=user)."""
+    from tests.helpers import leftover_engines
+
     monkeypatch.delenv("SPATIORA_CONFIG", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setenv("SPATIORA_OUTPUT_DIR", str(tmp_path / "outputs"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
     monkeypatch.setenv("SPATIORA_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("SPATIORA_ENGINE", "inproc")
+    runtime = Path(tempfile.mkdtemp(prefix="sp-run-"))  # short: a socket's path is at most 107 bytes
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    try:
+        yield
+    finally:
+        left = leftover_engines(runtime)
+        shutil.rmtree(runtime, ignore_errors=True)
+    if left:
+        pytest.fail(f"the test left engines running (killed now): {left}")
 
 
 @pytest.fixture(scope="module")

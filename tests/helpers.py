@@ -107,3 +107,19 @@ def sigint_handled_by(handler: Callable[..., object] | int) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def leftover_engines(runtime: Path) -> list[int]:
+    """The user's engines (their pids) still running from `runtime`, each killed (SIGKILL)."""
+    import json
+    import os
+
+    killed = []
+    for record in (runtime / "spatiora").glob("*.json"):
+        try:
+            pid = json.loads(record.read_text(encoding="utf-8"))["pid"]
+            os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        killed.append(pid)
+    return killed

@@ -1,6 +1,6 @@
 """The `spatiora` command: headless sub-commands, and the terminal UI when none is given.
 
-One module per command (generate, sweep, queue, tasks, models, doctor, bench, config, tui); each registers its
+One module per command (generate, sweep, queue, engine, tasks, models, doctor, bench, config, tui); each registers its
 own sub-parser and the function that runs it. Every failure the user can cause ends in one line
 on stderr and a non-zero exit: 2 for bad configuration or arguments, 1 for a failed run, 130 for
 a run cancelled with ctrl+c. A traceback is shown only with SPATIORA_DEBUG=1.
@@ -14,11 +14,11 @@ import sys
 from collections.abc import Callable, Sequence
 
 from spatiora_tui import __version__, failpoints
-from spatiora_tui.cli import bench, config, doctor, evaluate, generate, models, queue, serve, sweep, tasks, tui
+from spatiora_tui.cli import bench, config, doctor, engine, evaluate, generate, models, queue, serve, sweep, tasks, tui
 from spatiora_tui.cli.common import EXIT_CANCELLED, EXIT_FAILED, EXIT_USAGE, UsageError, config_parent, fail
 from spatiora_tui.config import ConfigError, load_settings
 
-COMMANDS = (generate, sweep, queue, tasks, models, doctor, bench, evaluate, config, serve)
+COMMANDS = (generate, sweep, queue, engine, tasks, models, doctor, bench, evaluate, config, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

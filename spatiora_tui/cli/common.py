@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -32,6 +33,12 @@ def config_parent() -> argparse.ArgumentParser:
         metavar="PATH",
         default=argparse.SUPPRESS,
         help="config file (default: $SPATIORA_CONFIG, ./config.toml, then the user config dir)",
+    )
+    common.add_argument(
+        "--gpu",
+        metavar="N",
+        default=argparse.SUPPRESS,
+        help="which GPU your engine runs on: one engine per GPU (default: $CUDA_VISIBLE_DEVICES, else the first)",
     )
     return common
 
@@ -82,19 +89,69 @@ def weight(value: float | None) -> str:
     return "default" if value is None else f"{value:g}"
 
 
+#: The environment variable that picks the engine when --engine is not given ("inproc" for scripts
+#: and benchmarks that want the engine in their own process).
+ENGINE_ENV = "SPATIORA_ENGINE"
+#: --engine's words: the user's own engine (the default) and the engine in this process.
+USER_ENGINE, INPROC = "user", "inproc"
+ENGINE_HELP = (
+    "where the model runs: your own engine, shared by every window and command and started when none runs "
+    "(default; `spatiora engine status`), inproc (in this process, as a script or a benchmark wants), "
+    "ssh://[user@]host[:port][/path/to/config.toml] (through your ssh), or a shared `spatiora serve --http` at "
+    "unix:///path/to/engine.sock or http://127.0.0.1:PORT ($SPATIORA_ENGINE sets the default)"
+)
+
+
+def engine_choice(args: argparse.Namespace) -> str:
+    """--engine, else $SPATIORA_ENGINE, else the user's own engine."""
+    return (getattr(args, "engine", None) or os.environ.get(ENGINE_ENV) or USER_ENGINE).strip()
+
+
 def remote_engine(settings: Settings, args: argparse.Namespace) -> tuple[Settings, Any]:
-    """With --engine: the engine on the other machine, connected (versions checked), and the
-    settings with its task modes (the requests are checked against those); else (settings, None)."""
-    if not getattr(args, "engine", None):
+    """The engine the command runs on, connected (versions checked), and the settings with its
+    task modes (the requests are checked against those): the user's own engine (started when
+    none runs), another machine's; (settings, None) for --engine inproc (the caller makes a
+    LocalEngine)."""
+    choice = engine_choice(args)
+    if choice == INPROC:
         return settings, None
+    status = status_printer()
+    if choice == USER_ENGINE:
+        from spatiora_tui.remote import userengine
+
+        def say(text: str) -> None:
+            status(None)
+            print(text, file=sys.stderr, flush=True)
+
+        where = userengine.place(getattr(args, "gpu", None))
+        status("connecting to your engine…")
+        try:
+            engine: Any = userengine.connect(settings, where, say)
+        finally:
+            status(None)
+        return dataclasses.replace(settings, tasks=engine.tasks), engine
     from spatiora_tui.remote.connect import EngineUrlError, connect
 
-    status = status_printer()
-    status(f"connecting to {args.engine}…")
+    status(f"connecting to {choice}…")
     try:
-        engine: Any = connect(args.engine)
+        engine = connect(choice)
     except EngineUrlError as exc:
         raise UsageError(str(exc)) from None
     finally:
         status(None)
     return dataclasses.replace(settings, tasks=engine.tasks), engine
+
+
+def quit_note(args: argparse.Namespace) -> None:
+    """On the user's own engine: say what stays behind as the command ends."""
+    if engine_choice(args) != USER_ENGINE:
+        return
+    from spatiora_tui.engine.api import EngineError
+    from spatiora_tui.remote import userengine
+
+    try:
+        note = userengine.quit_note(userengine.place(getattr(args, "gpu", None)))
+    except EngineError:
+        return
+    if note:
+        print(note, file=sys.stderr)

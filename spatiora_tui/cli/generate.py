@@ -14,11 +14,13 @@ from typing import Any
 
 from spatiora_tui.cli.common import (
     DEMO_NOTE,
+    ENGINE_HELP,
     EXIT_CANCELLED,
     EXIT_FAILED,
     EXIT_OK,
     UsageError,
     one_line,
+    quit_note,
     remote_engine,
     status_printer,
 )
@@ -65,13 +67,7 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --init: how much to change it, above 0 to 1 (default 0.75; int(steps x S) steps run)",
     )
     parser.add_argument("--out", metavar="PATH", help="output folder, or a .png file name (numbered in a batch)")
-    parser.add_argument(
-        "--engine",
-        metavar="URL",
-        help="run on another engine: ssh://[user@]host[:port][/path/to/config.toml] through your ssh, or a shared "
-        "`spatiora serve --http` at unix:///path/to/engine.sock or http://127.0.0.1:PORT "
-        "(its config's tasks and model; images saved here)",
-    )
+    parser.add_argument("--engine", metavar="WHERE", help=ENGINE_HELP + "; images are saved here")
 
 
 def request_from_args(settings: Settings, args: argparse.Namespace) -> tuple[Any, Any]:
@@ -141,6 +137,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         if remote is not None:
             remote.close()
+            quit_note(args)
 
 
 def _run(settings: Settings, args: argparse.Namespace, remote: Any) -> int:

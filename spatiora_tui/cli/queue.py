@@ -7,7 +7,17 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from spatiora_tui.cli.common import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, UsageError, one_line, status_printer
+from spatiora_tui.cli.common import (
+    ENGINE_HELP,
+    EXIT_CANCELLED,
+    EXIT_FAILED,
+    EXIT_OK,
+    UsageError,
+    one_line,
+    quit_note,
+    remote_engine,
+    status_printer,
+)
 from spatiora_tui.config import Settings, user_state_dir
 
 if TYPE_CHECKING:
@@ -27,6 +37,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     )
     parser.add_argument("action", nargs="?", choices=("list", "run", "clear"), default="list")
     parser.add_argument("--yes", action="store_true", help="clear without asking")
+    parser.add_argument("--engine", metavar="WHERE", help="with run: " + ENGINE_HELP)
     parser.set_defaults(run=run)
 
 
@@ -41,7 +52,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             return _list(store, orphans, records)
         if args.action == "clear":
             return _clear(orphans, records, args.yes)
-        return _run(settings, store, orphans)
+        return _run(settings, args, store, orphans)
     finally:
         for orphan in orphans:
             orphan.release()
@@ -91,17 +102,27 @@ def _clear(orphans: list[Orphan], records: list[tuple[Orphan, dict[str, Any]]], 
     return EXIT_OK
 
 
-def _run(settings: Settings, store: QueueStore, orphans: list[Orphan]) -> int:
+def _run(settings: Settings, args: argparse.Namespace, store: QueueStore, orphans: list[Orphan]) -> int:
+    if not any(orphan.records for orphan in orphans):
+        print("no queued jobs to run", file=sys.stderr)
+        return EXIT_OK
+    settings, remote = remote_engine(settings, args)
+    try:
+        return _run_on(settings, remote, store, orphans)
+    finally:
+        if remote is not None:
+            remote.close()
+            quit_note(args)
+
+
+def _run_on(settings: Settings, remote: Any, store: QueueStore, orphans: list[Orphan]) -> int:
     from spatiora_tui.cli.generate import BatchReport, run_session
     from spatiora_tui.engine.local import LocalEngine
     from spatiora_tui.hw.telemetry import Telemetry
     from spatiora_tui.jobs.session import Session
 
-    if not any(orphan.records for orphan in orphans):
-        print("no queued jobs to run", file=sys.stderr)
-        return EXIT_OK
     telemetry = Telemetry.from_settings(settings)
-    engine = LocalEngine(settings, telemetry=telemetry)
+    engine = remote or LocalEngine(settings, telemetry=telemetry)
     status = status_printer()
     engine.load(on_progress=lambda msg: status(f"{msg}…"))
     status(None)

@@ -76,8 +76,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 def _http(settings: Settings, address: str) -> int:
     import importlib.util
 
-    from spatiora_tui.remote.http import INSTALL, AddressError, check_free, listener, run
+    from spatiora_tui.remote.http import INSTALL, check_free, listener, run
     from spatiora_tui.remote.server import Hub
+    from spatiora_tui.remote.unix import AddressError
 
     if not all(importlib.util.find_spec(name) for name in ("fastapi", "uvicorn", "websockets")):
         raise UsageError(INSTALL)  # said before the model loads, not after
@@ -111,7 +112,8 @@ def _ray(settings: Settings, args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from spatiora_tui.remote.http import AddressError, listener, remove_token, write_token
+    from spatiora_tui.remote.http import listener, remove_token, write_token
+    from spatiora_tui.remote.unix import AddressError
 
     try:
         where = listener(args.ray, user_state_dir())

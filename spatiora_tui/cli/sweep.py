@@ -8,7 +8,7 @@ import argparse
 import sys
 from typing import Any
 
-from spatiora_tui.cli.common import UsageError, remote_engine
+from spatiora_tui.cli.common import UsageError, quit_note, remote_engine
 from spatiora_tui.cli.generate import (
     BatchReport,
     add_request_arguments,
@@ -57,6 +57,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         if remote is not None:
             remote.close()
+            quit_note(args)
 
 
 def _run(settings: Settings, args: argparse.Namespace, axes: list[Any], remote: Any) -> int:

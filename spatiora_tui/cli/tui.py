@@ -6,18 +6,23 @@ import argparse
 import sys
 from typing import Any
 
-from spatiora_tui.cli.common import EXIT_OK, UsageError, remote_engine
+from spatiora_tui.cli.common import (
+    ENGINE_HELP,
+    EXIT_OK,
+    INPROC,
+    USER_ENGINE,
+    UsageError,
+    engine_choice,
+    quit_note,
+    remote_engine,
+)
 from spatiora_tui.config import RENDERERS, Settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--renderer", choices=RENDERERS, help="how images are drawn (default: ui.renderer, auto)")
     parser.add_argument(
-        "--engine",
-        metavar="URL",
-        help="the engine in another process: ssh://[user@]host[:port][/path/to/config.toml] (through your ssh), "
-        "unix:///path/to/engine.sock or http://127.0.0.1:PORT (a shared `spatiora serve --http`); "
-        "the UI runs here (its images drawn by this terminal), the model there",
+        "--engine", metavar="WHERE", help=ENGINE_HELP + "; the UI runs here, its images drawn by this terminal"
     )
     parser.add_argument(
         "--startup-time",
@@ -42,8 +47,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     try:
         app.run()
     finally:
-        if args.engine:
+        if engine_choice(args) != INPROC:
             engine.close()
+            quit_note(args)
     if args.startup_time:
         if app.first_frame_age_s is None:
             raise UsageError("the UI exited before drawing its first frame")
@@ -55,7 +61,8 @@ def _engine(settings: Settings, args: argparse.Namespace) -> tuple[Any, Any, Set
     """(engine, telemetry, settings): here, or on the machine --engine names (connected before
     the UI takes the terminal, so ssh can ask for a passphrase or a host key; the task modes are
     that machine's)."""
-    if not args.engine:
+    choice = engine_choice(args)
+    if choice == INPROC:
         from spatiora_tui.engine.local import LocalEngine
         from spatiora_tui.hw import Telemetry
 
@@ -65,5 +72,6 @@ def _engine(settings: Settings, args: argparse.Namespace) -> tuple[Any, Any, Set
     from spatiora_tui.remote.telemetry import RemoteTelemetry
 
     settings, engine = remote_engine(settings, args)
-    remote = RemoteTelemetry(engine, hz=min(settings.ui.hardware_hz, 2.0), where=describe(args.engine))
+    where = "your engine" if choice == USER_ENGINE else describe(choice)
+    remote = RemoteTelemetry(engine, hz=min(settings.ui.hardware_hz, 2.0), where=where)
     return engine, remote, settings

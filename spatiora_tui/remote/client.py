@@ -249,9 +249,14 @@ class RemoteEngine:
         name: str | None = None,
         preview_format: str = PREVIEW_FORMAT,
         image_format: str = "auto",
+        resume: bool = True,
     ) -> None:
         """`image_format`: how finished images cross: "png", "raw" pixels, or "auto" (raw on a
-        link timed at RAW_ABOVE or faster)."""
+        link timed at RAW_ABOVE or faster). `resume`: generations still queued when the link
+        drops wait through a reconnect (a server that outlives its links keeps them); without it
+        they fail at once with the reason (the user's engine: its link drops only when it dies,
+        and its queue with it)."""
+        self._resume_parked = resume
         self._opener = opener
         self._image_format = image_format
         self._preview_side = preview_side
@@ -607,7 +612,7 @@ class RemoteEngine:
         with self._lock:
             self._dead = why
             # Generations still waiting their turn wait on through a reconnect; the rest fail.
-            parked = self._queued & set(self._waiting) if not self._closed else set()
+            parked = self._queued & set(self._waiting) if not self._closed and self._resume_parked else set()
             for rid, waiting in list(self._waiting.items()):
                 if rid not in parked:
                     waiting.put((message, b""))

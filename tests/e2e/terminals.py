@@ -62,6 +62,9 @@ def app_command(project: Path, cache_dir: Path, *args: str, extra_env: dict[str,
         "SPATIORA_OUTPUT_DIR": str(project / "outputs"),
         "PYTHONPATH": str(REPO),
         "COLORTERM": "truecolor",
+        # The conftest's: the engine in-process, and this test's own runtime folder.
+        "SPATIORA_ENGINE": os.environ.get("SPATIORA_ENGINE", "inproc"),
+        "XDG_RUNTIME_DIR": os.environ.get("XDG_RUNTIME_DIR", ""),
         **(extra_env or {}),
     }
     assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())

@@ -200,7 +200,7 @@ def test_configuration_doc_covers_every_key() -> None:
     hints = typing.get_type_hints(Settings)
     sections = [hints[f.name] for f in dc.fields(Settings) if not f.metadata.get("internal")]
     classes = [typing.get_args(c)[0] if typing.get_origin(c) is tuple else c for c in sections] + [AdapterRef]
-    assert len(classes) == 10, "every section of Settings, [security] and [paths] included"
+    assert len(classes) == 11, "every section of Settings, [security], [engine] and [paths] included"
     for cls in classes:
         for f in dc.fields(cls):
             assert f"`{f.name}`" in doc, f"{cls.__name__}.{f.name} is not documented"
