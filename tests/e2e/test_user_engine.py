@@ -1,0 +1,171 @@
+"""The user's own engine, end to end: real `spatiora` commands in subprocesses start it detached,
+share it warm, find it crashed, restart it, and stop it. Each test has its own runtime and state
+folders (tests/conftest.py), and the conftest fails a test that leaves an engine running."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.terminals import tasks_config
+from tests.e2e.test_cli import SMALL_CONFIG, spatiora
+
+pytestmark = pytest.mark.slow
+
+USER = {"SPATIORA_ENGINE": "user"}
+
+
+def record(runtime: Path) -> dict:
+    return json.loads((runtime / "spatiora" / "engine.json").read_text(encoding="utf-8"))
+
+
+def wait_for(check, timeout: float = 60, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def project(tmp_path: Path, cache_dir: Path):
+    """A folder with a small config.toml; the engine it starts is stopped after the test."""
+    (tmp_path / "config.toml").write_text(SMALL_CONFIG, encoding="utf-8")
+    try:
+        yield tmp_path
+    finally:
+        spatiora("engine", "stop", cwd=tmp_path, env=USER)
+
+
+def test_the_first_command_starts_the_engine_and_the_next_ones_share_it_warm(project: Path) -> None:
+    runtime = Path(os.environ["XDG_RUNTIME_DIR"])
+    first = spatiora("generate", "--task", "floorplan", "a flat", "--out", str(project / "a"), cwd=project, env=USER)
+    assert first.returncode == 0, first.stderr
+    assert "starting your engine" in first.stderr
+    assert "loading" in first.stderr  # the model load's progress reached this client
+    assert (
+        "your engine keeps spatiora-demo (random weights) warm for 30 min; `spatiora engine stop` frees it now"
+        in first.stderr
+    )
+    pid = record(runtime)["pid"]
+
+    # A second command, as from another shell: the same engine, the model already loaded.
+    second = spatiora("generate", "--task", "interior", "a loft", "--out", str(project / "b"), cwd=project, env=USER)
+    assert second.returncode == 0, second.stderr
+    assert "starting your engine" not in second.stderr and "loading" not in second.stderr
+    assert record(runtime)["pid"] == pid
+    assert len(list((project / "a").glob("*.png"))) == len(list((project / "b").glob("*.png"))) == 1
+
+    status = spatiora("engine", "status", cwd=project, env=USER)
+    assert status.returncode == 0, status.stderr
+    assert f"pid {pid}" in status.stdout and "model: spatiora-demo (random weights)" in status.stdout
+    assert "clients connected: 0" in status.stdout and "exits after 30 min idle" in status.stdout
+    socket_file = runtime / "spatiora" / "engine.sock"
+    assert oct(socket_file.stat().st_mode & 0o777) == "0o600"
+    assert oct((runtime / "spatiora").stat().st_mode & 0o777) == "0o700"
+
+    logs = spatiora("engine", "logs", cwd=project, env=USER)
+    assert "listening on" in logs.stdout and "generate (interior) for local" in logs.stdout
+
+    # An edited config is taken up by restarting the idle engine; the new one is told why.
+    config = project / "config.toml"
+    config.write_text(config.read_text(encoding="utf-8") + "\n# edited\n", encoding="utf-8")
+    third = spatiora("generate", "a plan", "--task", "floorplan", "--out", str(project / "c"), cwd=project, env=USER)
+    assert third.returncode == 0, third.stderr
+    assert "restarting your engine: its config file has changed since it started" in third.stderr
+    assert record(runtime)["pid"] != pid
+
+    stopped = spatiora("engine", "stop", cwd=project, env=USER)
+    assert "stopped your engine" in stopped.stderr
+    after = spatiora("engine", "status", cwd=project, env=USER)
+    assert after.returncode == 1
+    assert "no engine of yours is running" in after.stdout
+    assert "the last one: the engine exited; its log's last line:" in after.stdout
+    assert "stopped (SIGTERM)" in after.stdout
+    assert not socket_file.exists()
+
+
+def test_an_engine_killed_mid_image_is_reported_and_the_next_command_starts_a_new_one(project: Path) -> None:
+    runtime = Path(os.environ["XDG_RUNTIME_DIR"])
+    config = project / "config.toml"
+    config.write_text(SMALL_CONFIG.replace(tasks_config(steps=3, size=64), tasks_config(steps=500, size=64)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **USER}
+    long = subprocess.Popen(
+        [sys.executable, "-m", "spatiora_tui", "generate", "a loft", "--out", str(project / "a")],
+        cwd=project,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert long.stderr is not None
+        for line in long.stderr:  # the engine has started the image
+            if "step " in line:
+                break
+        pid = record(runtime)["pid"]
+        os.kill(pid, signal.SIGKILL)
+        said = long.stderr.read()
+        assert long.wait(timeout=60) == 1
+    finally:
+        if long.poll() is None:
+            long.kill()
+    errors = [line for line in said.splitlines() if line.startswith("spatiora: error:")]
+    assert len(errors) == 1, said
+    assert "the engine was killed by SIGKILL" in errors[0] and "its log's last line: " in errors[0]
+    assert "Traceback" not in said
+
+    status = spatiora("engine", "status", cwd=project, env=USER)
+    assert status.returncode == 1 and "the last one: the engine was killed by SIGKILL" in status.stdout
+    again = spatiora("generate", "a loft", "--steps", "2", "--out", str(project / "b"), cwd=project, env=USER)
+    assert again.returncode == 0, again.stderr
+    assert "starting your engine" in again.stderr
+    assert record(runtime)["pid"] != pid
+    assert len(list((project / "b").glob("*.png"))) == 1
+
+
+def test_an_idle_engine_exits_by_itself(tmp_path: Path, cache_dir: Path) -> None:
+    """No model load: the engine is started and left alone; with idle_exit_minutes = 0.02 (1.2 s)
+    it exits, removing its socket and record, and its log says why."""
+    from spatiora_tui.config import load_settings
+    from spatiora_tui.remote import userengine
+
+    config = tmp_path / "config.toml"
+    config.write_text(SMALL_CONFIG + "\n[engine]\nidle_exit_minutes = 0.02\n", encoding="utf-8")
+    where = userengine.place()
+    started = userengine.start(load_settings(config), where, lambda _: None)
+    try:
+        wait_for(lambda: userengine.read_record(where) is None, what="the idle engine to exit")
+        wait_for(lambda: userengine.last_end(where) is not None, what="its supervisor's record")
+    finally:
+        userengine.stop(where, timeout_s=5)
+    assert not where.socket.exists() and not where.record.exists()
+    log = where.log.read_text(encoding="utf-8")
+    assert "no client and nothing queued for 1.2 s: exiting to free the GPU" in log, log
+    assert (
+        started["pid"] > 0
+        and userengine.last_end(where) == "the engine exited; its log's last line: " + log.splitlines()[-1].strip()
+    )
+
+
+def test_two_clients_starting_at_once_share_one_engine(tmp_path: Path, cache_dir: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from spatiora_tui.config import load_settings
+    from spatiora_tui.remote import userengine
+
+    config = tmp_path / "config.toml"
+    config.write_text(SMALL_CONFIG, encoding="utf-8")
+    settings, where = load_settings(config), userengine.place()
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            records = list(pool.map(lambda _: userengine.start(settings, where, lambda _: None), range(2)))
+        assert records[0]["pid"] == records[1]["pid"]
+        assert where.log.read_text(encoding="utf-8").count("starting the engine") == 1
+    finally:
+        userengine.stop(where, timeout_s=10)
