@@ -33,16 +33,17 @@ def image_widget_class(renderer: str) -> type[Widget]:
 
     from spatiora_tui.ui.widgets.sixel import SixelImage
 
-    if renderer == "auto":
-        if tir.Image is tir.HalfcellImage:
-            return HalfcellImage
-        return SixelImage if tiw.Image is tiw.SixelImage else tiw.Image
     classes: dict[str, type[Widget]] = {
         "sixel": SixelImage,
         "kitty": tiw.TGPImage,
         "halfcell": HalfcellImage,
         "unicode": tiw.UnicodeImage,
     }
+    if renderer == "auto":
+        # What textual-image detected, as the concrete widget (its own AutoImage would name
+        # itself, not the method, in the preview's title).
+        detected = {tir.SixelImage: "sixel", tir.TGPImage: "kitty", tir.HalfcellImage: "halfcell"}
+        return classes[detected.get(tir.Image, "unicode")]
     return classes[renderer]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from PIL import Image
 from textual.app import App, ComposeResult
 
@@ -129,3 +130,20 @@ async def test_readout_skips_repeats_and_lays_out_only_when_its_height_can_chang
         readout.show("x" * 40)
         assert readout.layouts == [False, True, True], "a line wider than the widget may wrap"
         assert readout.shown == "x" * 40
+
+
+@pytest.mark.parametrize(
+    ("detected", "name"), [("TGPImage", "kitty"), ("SixelImage", "sixel"), ("UnicodeImage", "unicode")]
+)
+def test_auto_picks_the_concrete_widget_so_the_title_names_the_method(
+    monkeypatch: pytest.MonkeyPatch, detected: str, name: str
+) -> None:
+    """In kitty, `auto` gave textual-image's AutoImage and the preview's title said "AutoImage"."""
+    from textual_image import renderable
+
+    from spatiora_tui.ui.images import image_widget_class, renderer_name
+
+    monkeypatch.delenv("TMUX", raising=False)
+    monkeypatch.setattr(renderable, "Image", getattr(renderable, detected))
+    assert renderer_name(image_widget_class("auto")) == name
+    assert image_widget_class("auto") is image_widget_class(name)
