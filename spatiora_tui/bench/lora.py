@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from spatiora_tui.bench.arch import TARGET_MODULES
+from spatiora_tui.units import MB
 
 ADAPTERS = ("bench_a", "bench_b", "bench_c")
 
@@ -114,7 +115,7 @@ def run_lora_bench(
         folder = Path(tmp)
         say(f"writing {len(ADAPTERS)} rank-{rank} adapters…")
         files = write_random_adapters(pipe, folder, ADAPTERS, rank)
-        adapter_mb = files[0].stat().st_size / 2**20
+        adapter_mb = files[0].stat().st_size / MB
         big = 4 * adapter_mb * len(ADAPTERS)  # MB limits that never bind
 
         say("naive: load + fuse, unfuse + unload…")

@@ -1,9 +1,9 @@
 """The `spatiora` command: headless sub-commands, and the terminal UI when none is given.
 
-One module per command (generate, sweep, queue, engine, tasks, models, doctor, bench, config, tui); each registers its
-own sub-parser and the function that runs it. Every failure the user can cause ends in one line
-on stderr and a non-zero exit: 2 for bad configuration or arguments, 1 for a failed run, 130 for
-a run cancelled with ctrl+c. A traceback is shown only with SPATIORA_DEBUG=1.
+One module per command (generate, sweep, queue, engine, tasks, models, doctor, bench, evaluate,
+config, serve, tui); each registers its own sub-parser and the function that runs it. Every failure
+the user can cause ends in one line on stderr and a non-zero exit: 2 for bad configuration or
+arguments, 1 for a failed run, 130 for a run cancelled with ctrl+c. A traceback is shown only with SPATIORA_DEBUG=1.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from pathlib import Path
 from spatiora_tui import __version__
 from spatiora_tui.cli.common import EXIT_FAILED, EXIT_OK, one_line, printable
 from spatiora_tui.config import OUTPUT_DIR_ENV, ConfigError, Settings, user_cache_dir
+from spatiora_tui.units import MB
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -99,7 +100,7 @@ def _doctor_device(settings: Settings, row: Callable[[str, str], None], problems
     if device != "cuda":
         row("offload", f"none (model.offload = {offload}; nothing to offload to on {device})")
     elif offload == "auto":
-        free = torch.cuda.mem_get_info()[0] / 2**20
+        free = torch.cuda.mem_get_info()[0] / MB
         row("offload", f"auto: chosen at load from the free VRAM ({free:,.0f} MB free now)")
     else:
         row("offload", offload)
@@ -210,7 +211,7 @@ def _doctor_adapters(settings: Settings, row: Callable[[str, str], None], proble
         try:
             with safe_open(str(path), framework="pt") as fh:
                 count = len(list(fh.keys()))
-            row("", f"{name}: {path.name}, {count} tensors, {path.stat().st_size / 2**20:.1f} MB")
+            row("", f"{name}: {path.name}, {count} tensors, {path.stat().st_size / MB:.1f} MB")
         except Exception as exc:
             row("", f"{name}: UNREADABLE")
             problems.append(f"adapter {name!r} ({path}) is not a valid .safetensors file ({exc}); replace it")

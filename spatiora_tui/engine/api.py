@@ -1,7 +1,8 @@
 """The contract between the engine and everything that drives it (CLI, TUI, benchmarks).
 
-Plain frozen dataclasses and a Protocol, importable without torch: the UI imports this module
-and nothing else from the engine package, so a fake engine can stand in for tests.
+Plain frozen dataclasses and a Protocol, importable without torch: the UI reaches the engine
+only through this module (and engine/init_image.py, Pillow only, to check an init image as it is
+typed), so a fake engine can stand in for tests.
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
-"""The built-in demo model: a tiny Stable Diffusion 1.x pipeline with random weights.
+"""The built-in models: "demo", the small SD 1.x model trained for this project and shipped in
+demo_model/ (loaded by the single-file and Kohya loaders like a user's files), and "demo-random",
+a tiny SD 1.x pipeline with random weights for the tests.
 
 No weights can be downloaded on the machines this project is built and tested on, and a new
-user should see the whole application work before fetching gigabytes. So the demo is built
+user should see the whole application work before fetching gigabytes. "demo-random" is built
 locally, offline and deterministically: real diffusers components (UNet2DConditionModel,
 AutoencoderKL, CLIP text encoder, a CLIP tokenizer whose vocabulary is generated here) in the SD
-1.x layout, and two real LoRA adapters made with peft. Every mechanism is real; the images look
-like coloured noise because nothing was trained.
+1.x layout, and two real LoRA adapters made with peft. Every mechanism is real; its images look
+like coloured noise because nothing was trained (the trained "demo" draws rooms and plans).
 
 The result is cached under the user cache dir with a manifest of sha256 sums, verified on every
 load and rebuilt when missing or corrupt.
@@ -35,7 +37,6 @@ TRAINED_ADAPTERS = TRAINED_DIR / "adapters"
 DEMO_SOURCES = ("demo", "demo-random")
 
 DEMO_VERSION = "1"
-DEMO_NAME = "spatiora-demo"
 DEMO_ADAPTERS = ("interior", "floorplan")
 MANIFEST = "manifest.json"
 _SEED = 1234

@@ -35,6 +35,7 @@ from spatiora_tui.hw import process_peak_rss_mb, process_rss_mb
 from spatiora_tui.hw.memory import release_freed_memory
 from spatiora_tui.hw.telemetry import Telemetry
 from spatiora_tui.notices import Notice, NoticeKind
+from spatiora_tui.units import MB
 
 
 def make_scheduler(name: str, base_config: Any) -> Any:
@@ -316,8 +317,8 @@ def run_generation(
     allocated = [r.peak_cuda_allocated_mb for r in stages if r.peak_cuda_allocated_mb is not None]
     reserved = [r.peak_cuda_reserved_mb for r in stages if r.peak_cuda_reserved_mb is not None]
     if on_cuda:
-        allocated.append(torch.cuda.max_memory_allocated() / 2**20)
-        reserved.append(torch.cuda.max_memory_reserved() / 2**20)
+        allocated.append(torch.cuda.max_memory_allocated() / MB)
+        reserved.append(torch.cuda.max_memory_reserved() / MB)
     memory = MemoryPeaks(
         peak_rss_mb=max([clock.peak_rss, *(r.peak_rss_mb for r in stages)]),
         process_peak_rss_mb=process_peak_rss_mb(),

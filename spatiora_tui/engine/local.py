@@ -48,6 +48,7 @@ from spatiora_tui.library.catalog import library_folders, resolve_source, scan
 from spatiora_tui.library.hashing import HashCache
 from spatiora_tui.notices import Notice, NoticeKind
 from spatiora_tui.prompts import PromptError, extract_lora_tags
+from spatiora_tui.units import MB
 
 
 def freeze_long_lived() -> None:
@@ -163,7 +164,7 @@ class LocalEngine:
                     kind, loadable = short_problem(exc, entry.path), False
             choices.append(
                 ModelChoice(
-                    entry.name, str(entry.path), entry.size / 2**20, kind, loadable, current=str(entry.path) == current
+                    entry.name, str(entry.path), entry.size / MB, kind, loadable, current=str(entry.path) == current
                 )
             )
         return tuple(choices)

@@ -19,6 +19,7 @@ from typing import Any
 from spatiora_tui import failpoints
 from spatiora_tui.config import ModelSettings
 from spatiora_tui.engine.api import EngineError, EngineOOM, ModelInfo, is_out_of_memory
+from spatiora_tui.units import MB
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -276,13 +277,6 @@ def unpickle_state_dict(source: Path | bytes) -> dict[str, Any]:
     return tensors
 
 
-def _pickle_keys(path: Path) -> list[str]:
-    try:
-        return list(unpickle_state_dict(path))
-    except ValueError as exc:
-        raise EngineError(f"{path} {exc}; it is not a usable Stable Diffusion checkpoint: re-download it") from None
-
-
 def _hash_in_background(path: Path, cache_dir: Path, say: Callable[[str], object]) -> Any:
     """The checkpoint's sha256 (AUTOMATIC1111's "Model hash"), computed on a thread while the
     model loads (both read the same file; hashlib releases the GIL), or taken from the cache."""
@@ -425,7 +419,6 @@ def load_pipeline(
 #: counts it. Measured on the H200 (docs/gpu.md): SD 1.x at 512², 5,186 MB held with 2,057 MB of
 #: weights; SDXL at 1024², 16,812 MB with 6,732 MB. SD 2.x (768²) is SD 1.x's scaled by pixels.
 WORKING_MB = {"sd1": 3_100, "sd2": 7_000, "sdxl": 10_100}
-OFFLOADS = ("none", "model", "group", "sequential")
 
 
 def module_bytes(module: Any) -> int:
@@ -458,10 +451,10 @@ def place(pipe: Any, device: str, settings: ModelSettings, family: str, say: Cal
     import torch
 
     components = [getattr(pipe, name, None) for name in ("unet", "text_encoder", "text_encoder_2", "vae")]
-    sizes = [module_bytes(c) / 2**20 for c in components]
+    sizes = [module_bytes(c) / MB for c in components]
     free_mb = None
     if device == "cuda" and settings.offload == "auto":
-        free_mb = torch.cuda.mem_get_info()[0] / 2**20
+        free_mb = torch.cuda.mem_get_info()[0] / MB
     mode = choose_offload(settings.offload, device, free_mb, sum(sizes), max(sizes), family)
     if mode == "none":
         pipe.to(device)

@@ -8,6 +8,8 @@ from typing import Any
 
 import psutil
 
+from spatiora_tui.units import MB
+
 _PROCESS: psutil.Process | None = None
 # The highest VmHWM seen before a reset of the kernel's high-water mark (see reset_peak_rss).
 _LIFETIME_PEAK_MB = 0.0
@@ -34,7 +36,7 @@ def cuda_torch() -> Any:
 
 def process_rss_mb() -> float:
     """Resident set size of this process now."""
-    return float(_process().memory_info().rss) / 2**20
+    return float(_process().memory_info().rss) / MB
 
 
 def process_peak_rss_mb() -> float:
@@ -46,7 +48,7 @@ def process_peak_rss_mb() -> float:
         return max(_LIFETIME_PEAK_MB, process_rss_mb())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports KiB, macOS bytes.
-    peak_mb = peak / 2**20 if sys.platform == "darwin" else peak / 1024
+    peak_mb = peak / MB if sys.platform == "darwin" else peak / 1024
     return max(_LIFETIME_PEAK_MB, peak_mb)
 
 

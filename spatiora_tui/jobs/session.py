@@ -150,10 +150,6 @@ class Session:
         with self._lock:
             return list(self._unsaved)
 
-    @property
-    def pending_switch(self) -> str | None:
-        return self._pending_switch
-
     def group(self, group_id: str) -> Group:
         with self._lock:
             return self._groups[group_id]

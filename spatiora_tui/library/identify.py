@@ -498,11 +498,6 @@ def _embedding_shape(header: Header) -> tuple[tuple[int, ...], int] | None:
     return None
 
 
-def _embedding_family(header: Header) -> str | None:
-    shape = _embedding_shape(header)
-    return family_by_embedding(shape[0]) if shape else None
-
-
 def identify_embedding(path: Path, header: Header | None = None) -> EmbeddingInfo:
     """A textual-inversion embedding's family (None for widths of no released model), vector
     count and widths."""

@@ -47,6 +47,7 @@ from spatiora_tui.hw.telemetry import Peak
 from spatiora_tui.remote.frames import MAX_BLOB, FrameError, FrameWriter, read_frame
 from spatiora_tui.remote.server import PROTOCOL
 from spatiora_tui.remote.wire import WireError, decode, decode_as, encode, image_from
+from spatiora_tui.units import MB
 
 #: What a step preview is scaled to before it crosses the link (the pane shows a few hundred px).
 PREVIEW_SIDE = 512
@@ -157,7 +158,7 @@ def upload(path: str) -> bytes:
         raise EngineError(f"cannot read init image {path}: {exc.strerror or exc}") from None
     if len(data) > MAX_BLOB:
         raise EngineError(
-            f"the init image {path} is {len(data) / 2**20:.0f} MB; the link to the engine carries at most "
+            f"the init image {path} is {len(data) / MB:.0f} MB; the link to the engine carries at most "
             f"{MAX_BLOB >> 20} MB: save it smaller (it runs at about the task's size anyway)"
         )
     return data

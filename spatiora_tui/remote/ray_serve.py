@@ -44,6 +44,7 @@ from spatiora_tui.remote.http import close, pump, token_ok
 from spatiora_tui.remote.server import PROTOCOL, Hub, Policy, Refused, screen
 from spatiora_tui.remote.websocket import ENGINE_PATH
 from spatiora_tui.remote.wire import encode
+from spatiora_tui.units import MB
 
 #: Adapter sets a replica holds at once (Ray's per-replica LRU of multiplexed ids).
 MAX_SETS = 2
@@ -313,7 +314,7 @@ class _Client:
             policy = ingress.policy
             if len(self.running) >= policy.max_calls or self.held + len(blob) > policy.max_bytes:
                 said = (
-                    f"this client has {len(self.running)} calls ({self.held // 2**20} MB of uploads) waiting, the most "
+                    f"this client has {len(self.running)} calls ({self.held // MB} MB of uploads) waiting, the most "
                     "one client may; wait for some to finish"
                 )
                 await self.send({"type": "error", "id": rid, "kind": "refused", "message": said})

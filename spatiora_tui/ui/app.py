@@ -109,7 +109,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
             "Save again",
             id="save",
             priority=True,
-            tooltip="Save the last image again (shown when its save failed)",
+            tooltip="Save every image whose save failed again (shown when one did)",
         ),
         Binding(
             "ctrl+l",

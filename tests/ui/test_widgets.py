@@ -147,3 +147,17 @@ def test_auto_picks_the_concrete_widget_so_the_title_names_the_method(
     monkeypatch.setattr(renderable, "Image", getattr(renderable, detected))
     assert renderer_name(image_widget_class("auto")) == name
     assert image_widget_class("auto") is image_widget_class(name)
+
+
+def test_the_save_keys_tooltip_says_what_the_action_does() -> None:
+    """ctrl+s saves again every image whose save failed (KeySettings.save says so); its tooltip
+    once said "the last image"."""
+    import dataclasses
+
+    from spatiora_tui.config import KeySettings
+    from spatiora_tui.ui.app import SpatioraApp
+
+    binding = next(b for b in SpatioraApp.BINDINGS if getattr(b, "id", None) == "save")
+    doc = next(f for f in dataclasses.fields(KeySettings) if f.name == "save").metadata["doc"]
+    assert "every image whose save failed" in doc
+    assert "every image whose save failed" in binding.tooltip

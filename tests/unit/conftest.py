@@ -1,5 +1,5 @@
 """tests/unit is the torch-free part of the suite: config, prompts, the model library, outputs,
-atomic writes, telemetry with recorded readings, the UI's pacing and text. It runs in seconds and
+atomic writes, telemetry with recorded readings, the UI's pacing and text. It needs no torch and
 must stay so. Two checks keep it true:
 
 - once per session, a fresh interpreter imports every tests/unit module and must not have

@@ -208,3 +208,12 @@ def test_configuration_doc_covers_every_key() -> None:
 
     for name in SCHEDULERS:
         assert f"`{name}`" in doc
+
+
+def test_the_shipped_config_lists_every_preview_method_beside_its_key() -> None:
+    """config.toml's comment on [preview] method once missed taesd, which the registry has."""
+    from spatiora_tui.engine.previews import method_names
+
+    line = next(line for line in (REPO / "config.toml").read_text().splitlines() if line.startswith("method = "))
+    listed = [name.strip() for name in line.split("#", 1)[1].split("|")]
+    assert sorted(listed) == sorted(method_names())

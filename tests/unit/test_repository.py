@@ -64,3 +64,15 @@ def test_wheels_and_build_outputs_are_ignored() -> None:
     probe = ["pyflakes-4.1.0-py2.py3-none-any.whl", ".whl/torch.whl", "build/lib/x.py", "x.egg-info/PKG-INFO"]
     out = subprocess.run(["git", "check-ignore", "--no-index", *probe], cwd=REPO, capture_output=True, text=True)
     assert sorted(out.stdout.split()) == sorted(probe)
+
+
+def test_a_mebibyte_is_written_in_one_place() -> None:
+    """units.MB is the one table for the fact; `/ 2**20` written inline drifts from it."""
+    inline = [
+        f"{path.relative_to(REPO)}:{number}"
+        for path in sorted((REPO / "spatiora_tui").rglob("*.py"))
+        if path.name != "units.py"
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if "/2**20" in line.replace(" ", "")
+    ]
+    assert not inline, f"use spatiora_tui.units.MB: {inline}"
