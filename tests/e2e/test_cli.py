@@ -54,6 +54,24 @@ def project(tmp_path: Path, cache_dir: Path) -> Path:
     return tmp_path
 
 
+@pytest.fixture
+def in_process(project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    """`spatiora ARGS` run by cli.main in this process, in `project` (the argument and config
+    errors: the exit-code contract itself is checked in a subprocess above and below)."""
+    from spatiora_tui.cli import main
+
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("SPATIORA_DEBUG", raising=False)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["spatiora", *args], code, out, err)
+
+    return run
+
+
 def test_generate_floorplan_with_the_shipped_config(tmp_path: Path, cache_dir: Path) -> None:
     # Exactly the issue's command, run in the repository (./config.toml), output redirected.
     out = tmp_path / "out"
@@ -129,53 +147,49 @@ def test_no_subcommand_without_a_terminal_points_to_generate(project: Path) -> N
     assert_one_line_failure(proc, 2, "interactive terminal", "spatiora generate")
 
 
-def test_unknown_task(project: Path) -> None:
+def test_unknown_task(in_process) -> None:
     assert_one_line_failure(
-        spatiora("generate", "--task", "kitchen", "x", cwd=project), 2, "unknown task 'kitchen'", "interior, floorplan"
+        in_process("generate", "--task", "kitchen", "x"), 2, "unknown task 'kitchen'", "interior, floorplan"
     )
 
 
-def test_width_not_a_multiple_of_8(project: Path) -> None:
-    assert_one_line_failure(
-        spatiora("generate", "--width", "500", "x", cwd=project), 2, "width", "multiple of 8", "496 or 504"
-    )
+def test_width_not_a_multiple_of_8(in_process) -> None:
+    assert_one_line_failure(in_process("generate", "--width", "500", "x"), 2, "width", "multiple of 8", "496 or 504")
 
 
-def test_empty_prompt(project: Path) -> None:
-    assert_one_line_failure(spatiora("generate", "  ", cwd=project), 2, "prompt is empty")
+def test_empty_prompt(in_process) -> None:
+    assert_one_line_failure(in_process("generate", "  "), 2, "prompt is empty")
 
 
-def test_bad_config_names_file_and_key(project: Path) -> None:
+def test_bad_config_names_file_and_key(project: Path, in_process) -> None:
     (project / "config.toml").write_text('[model]\ndevice = "gpu"\n')
     assert_one_line_failure(
-        spatiora("tasks", cwd=project), 2, str(project / "config.toml"), "model.device", "auto, cuda, mps, cpu"
+        in_process("tasks"), 2, str(project / "config.toml"), "model.device", "auto, cuda, mps, cpu"
     )
 
 
-def test_missing_model_path(project: Path) -> None:
+def test_missing_model_path(project: Path, in_process) -> None:
     (project / "config.toml").write_text('[model]\nsource = "./models/nothing-here"\n' + SMALL_TASKS)
-    assert_one_line_failure(spatiora("generate", "x", cwd=project), 1, "nothing-here", "model.source")
+    assert_one_line_failure(in_process("generate", "x"), 1, "nothing-here", "model.source")
 
 
-def test_hub_id_offline_names_the_model(project: Path) -> None:
+def test_hub_id_offline_names_the_model(project: Path, in_process) -> None:
     (project / "config.toml").write_text('[model]\nsource = "nobody-real/no-such-model"\n' + SMALL_TASKS)
-    assert_one_line_failure(spatiora("generate", "x", cwd=project), 1, "nobody-real/no-such-model")
+    assert_one_line_failure(in_process("generate", "x"), 1, "nobody-real/no-such-model")
 
 
-def test_pickle_checkpoint_is_refused(project: Path) -> None:
+def test_pickle_checkpoint_is_refused(project: Path, in_process) -> None:
     (project / "model.ckpt").write_bytes(b"\x80\x04junk")
     (project / "config.toml").write_text('[model]\nsource = "model.ckpt"\n' + SMALL_TASKS)
-    assert_one_line_failure(
-        spatiora("generate", "x", cwd=project), 1, "model.ckpt", "arbitrary code", "allow_pickle = true"
-    )
+    assert_one_line_failure(in_process("generate", "x"), 1, "model.ckpt", "arbitrary code", "allow_pickle = true")
 
 
-def test_pickle_checkpoint_with_allow_pickle_is_read_and_a_broken_one_named(project: Path) -> None:
+def test_pickle_checkpoint_with_allow_pickle_is_read_and_a_broken_one_named(project: Path, in_process) -> None:
     (project / "model.ckpt").write_bytes(b"\x80\x04junk")
     (project / "config.toml").write_text(
         '[model]\nsource = "model.ckpt"\n[security]\nallow_pickle = true\n' + SMALL_TASKS
     )
-    assert_one_line_failure(spatiora("generate", "x", cwd=project), 1, "model.ckpt", "not a readable checkpoint")
+    assert_one_line_failure(in_process("generate", "x"), 1, "model.ckpt", "not a readable checkpoint")
 
 
 @pytest.mark.parametrize(
@@ -186,17 +200,19 @@ def test_pickle_checkpoint_with_allow_pickle_is_read_and_a_broken_one_named(proj
     ],
 )
 def test_a_file_that_is_not_a_checkpoint(
-    project: Path, cache_dir: Path, content: bytes | None, fragments: list[str]
+    project: Path, cache_dir: Path, in_process, content: bytes | None, fragments: list[str]
 ) -> None:
     target = project / "model.safetensors"
     if content is None:
         import shutil
 
-        shutil.copy(cache_dir / "demo-v1" / "adapters" / "interior.safetensors", target)
+        from spatiora_tui.engine.demo import ensure_demo
+
+        shutil.copy(ensure_demo(cache_dir) / "adapters" / "interior.safetensors", target)
     else:
         target.write_bytes(content)
     (project / "config.toml").write_text('[model]\nsource = "model.safetensors"\n' + SMALL_TASKS)
-    assert_one_line_failure(spatiora("generate", "x", cwd=project), 1, *fragments)
+    assert_one_line_failure(in_process("generate", "x"), 1, *fragments)
 
 
 def test_corrupt_adapter_file(project: Path) -> None:
