@@ -251,6 +251,7 @@ class RemoteEngine:
         preview_format: str = PREVIEW_FORMAT,
         image_format: str = "auto",
         resume: bool = True,
+        after_drop: str = "the next request reconnects",
     ) -> None:
         """`image_format`: how finished images cross: "png", "raw" pixels, or "auto" (raw on a
         link timed at RAW_ABOVE or faster). `resume`: generations still queued when the link
@@ -258,6 +259,7 @@ class RemoteEngine:
         they fail at once with the reason (the user's engine: its link drops only when it dies,
         and its queue with it)."""
         self._resume_parked = resume
+        self.after_drop = after_drop
         self._opener = opener
         self._image_format = image_format
         self._preview_side = preview_side
@@ -397,15 +399,19 @@ class RemoteEngine:
 
     def _open(self) -> None:
         """Open a link, say hello (versions checked) and read the server's state."""
+        # Until the new link is in place the old one stays dead (`_dead` kept): a call made
+        # meanwhile (a hardware poll) fails at once instead of writing to the old link.
+        ended: list[str] = []
         with self._lock:
             self._epoch += 1
-            epoch, self._dead = self._epoch, None
+            epoch, self._link = self._epoch, None
 
         def on_frame(frame: dict[str, Any], payload: bytes) -> None:
             if epoch == self._epoch:
                 self._on_frame(frame, payload)
 
         def on_end(why: str) -> None:
+            ended.append(why)
             if epoch == self._epoch:
                 self._on_end(why)
 
@@ -417,6 +423,8 @@ class RemoteEngine:
             raise
         with self._lock:
             self._link = link
+            if not ended:
+                self._dead = None
         hello, _ = self._call(
             {
                 "type": "hello",
@@ -575,7 +583,8 @@ class RemoteEngine:
             threading.Thread(target=link.close, name="spatiora-close", daemon=True).start()
 
     def _send(self, message: dict[str, Any], blob: bytes = b"") -> None:
-        link = self._link
+        with self._lock:
+            link, epoch = self._link, self._epoch
         try:
             if link is None:
                 raise OSError
@@ -583,9 +592,11 @@ class RemoteEngine:
         except (OSError, ValueError, FrameError):
             # The reader says why the link ended (ssh's own words) once it sees the end.
             deadline = time.monotonic() + 5
-            while self._dead is None and time.monotonic() < deadline:
+            while self._dead is None and epoch == self._epoch and time.monotonic() < deadline:
                 time.sleep(0.02)
             with self._lock:
+                if epoch != self._epoch:  # a newer link is being opened: this one is history
+                    raise _LinkDown(self._dead or "the link to the engine dropped") from None
                 if self._dead is None:
                     self._dead = "the link to the engine dropped"
                 why = self._dead
@@ -593,7 +604,7 @@ class RemoteEngine:
 
     def _fault(self, why: str, message: dict[str, Any]) -> str:
         """Why a call failed with its link, and what the next call does about it."""
-        return why if message["type"] == "hello" or self._closed else f"{why}; the next request reconnects"
+        return why if message["type"] == "hello" or self._closed else f"{why}; {self.after_drop}"
 
     def _on_frame(self, frame: dict[str, Any], payload: bytes) -> None:
         self.bytes_received += len(payload) + 8 + len(str(frame))  # about: the JSON as text

@@ -460,20 +460,20 @@ def connect(settings: Settings, where: Place, say: Callable[[str], None]) -> Rem
         opened = time.time()
         return SocketLink(where.socket, on_frame, on_end, gone=lambda: _gone(where, opened))
 
-    return RemoteEngine(opener, name="local", image_format="raw", resume=False)
+    return RemoteEngine(
+        opener, name="local", image_format="raw", resume=False, after_drop="the next request starts a new engine"
+    )
 
 
 def _gone(where: Place, since: float) -> str:
     """Why the engine's link ended without a word: the supervisor's record, once it is written."""
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 3  # a killed engine's supervisor writes within milliseconds
     while time.monotonic() < deadline:
         ended = last_end(where, since)
         if ended is not None:
             return ended
-        if read_record(where) is not None:
-            break  # still running: it closed this link
         time.sleep(0.05)
-    return last_end(where, since) or "the engine closed the link"
+    return "the engine closed the link" if read_record(where) is not None else "the engine stopped"
 
 
 def _replace_if_stale(settings: Settings, where: Place, say: Callable[[str], None]) -> None:

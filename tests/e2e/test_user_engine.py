@@ -118,6 +118,7 @@ def test_an_engine_killed_mid_image_is_reported_and_the_next_command_starts_a_ne
     errors = [line for line in said.splitlines() if line.startswith("spatiora: error:")]
     assert len(errors) == 1, said
     assert "the engine was killed by SIGKILL" in errors[0] and "its log's last line: " in errors[0]
+    assert errors[0].endswith("the next request starts a new engine")
     assert "Traceback" not in said
 
     status = spatiora("engine", "status", cwd=project, env=USER)

@@ -131,3 +131,64 @@ def test_raw_pixels_round_trip_and_pixels_that_do_not_fit_their_shape_are_refuse
     ):
         with pytest.raises(WireError, match="do not fit"):
             image_from(image.tobytes(), wrong)
+
+
+class DroppableLink(HubLink):
+    """A HubLink whose end can be made to happen, as when the engine process dies."""
+
+    def __init__(self, hub: Hub, on_frame: OnFrame, on_end: OnEnd) -> None:
+        super().__init__(hub, on_frame, 0.0, [])
+        self._on_end = on_end
+        self.dropped = False
+
+    def send(self, message: dict[str, Any], blob: bytes = b"") -> None:
+        if self.dropped:
+            raise BrokenPipeError("the engine is gone")
+        super().send(message, blob)
+
+    def drop(self) -> None:
+        self.dropped = True
+        self._connection.close()
+        self._on_end("the engine was killed")
+
+
+def test_a_poll_made_while_a_new_link_opens_fails_at_once_and_leaves_the_new_link_alone(hub: Hub) -> None:
+    """The TUI polls the hardware twice a second. A poll that came while a request was reopening
+    the link used to write to the dead link, wait, and then mark the new link dead too: the
+    request after an engine crash failed with "reconnecting failed: the link to the engine
+    dropped"."""
+    links: list[DroppableLink] = []
+    opening, go_on = threading.Event(), threading.Event()
+
+    def open_link(on_frame: OnFrame, on_end: OnEnd) -> DroppableLink:
+        if links:  # a reopening: slow, as an engine starting
+            opening.set()
+            assert go_on.wait(10)
+        links.append(DroppableLink(hub, on_frame, on_end))
+        return links[-1]
+
+    engine = RemoteEngine(open_link)
+    engine.load()
+    links[0].drop()
+    failures: list[Exception] = []
+
+    def reopen() -> None:
+        try:
+            engine.switch_task("base")
+        except EngineError as exc:
+            failures.append(exc)
+
+    request = threading.Thread(target=reopen)
+    request.start()
+    assert opening.wait(10)
+    began = time.monotonic()
+    with pytest.raises(EngineError, match="the engine was killed"):
+        engine.hardware()
+    assert time.monotonic() - began < 2  # at once, not after waiting on the dead link
+    go_on.set()
+    request.join(10)
+    assert not failures
+    assert engine.active_task == "base"
+    snapshot, _, _ = engine.hardware()  # the new link works
+    assert len(links) == 2
+    engine.close()
