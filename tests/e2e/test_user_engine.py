@@ -170,3 +170,44 @@ def test_two_clients_starting_at_once_share_one_engine(tmp_path: Path, cache_dir
         assert where.log.read_text(encoding="utf-8").count("starting the engine") == 1
     finally:
         userengine.stop(where, timeout_s=10)
+
+
+def test_the_tui_starts_the_engine_a_command_from_another_shell_shares_it_and_quitting_says_what_stays(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """What `make run` does on a fresh clone: the TUI on the user's engine. While it is open, a
+    `spatiora generate` typed in another shell runs on the same loaded model; quitting the TUI
+    says that the engine keeps the model warm."""
+    from tests.e2e.terminals import Tmux, app_command, make_project
+
+    project = make_project(tmp_path)
+    runtime = Path(os.environ["XDG_RUNTIME_DIR"])
+    tmux = Tmux(tmp_path)
+    try:
+        tmux.start(app_command(project, cache_dir, extra_env={**USER, "SPATIORA_STATE_DIR": str(tmp_path / "state")}))
+        shown = tmux.wait_for("model ready", 180)
+        assert "Hardware · your engine" in shown
+        pid = record(runtime)["pid"]
+        other = spatiora(
+            "generate",
+            "a loft",
+            "--out",
+            str(tmp_path / "other"),
+            cwd=project,
+            env={**USER, "SPATIORA_STATE_DIR": str(tmp_path / "state")},
+        )
+        assert other.returncode == 0, other.stderr
+        assert "starting your engine" not in other.stderr and "loading" not in other.stderr
+        assert record(runtime)["pid"] == pid
+        status = spatiora("engine", "status", cwd=project, env={**USER, "SPATIORA_STATE_DIR": str(tmp_path / "state")})
+        assert "clients connected: 1" in status.stdout, status.stdout  # the TUI
+        tmux.type("a flat")
+        tmux.keys("C-g")
+        tmux.wait_for("saved ")
+        tmux.keys("C-q")
+        shown = tmux.wait_for("__EXITED__ 0")
+        assert "your engine keeps spatiora-demo (random weights) warm for 30 min" in shown.replace("\n", "")
+        assert record(runtime)["pid"] == pid  # the engine outlived the window
+    finally:
+        tmux.close()
+        spatiora("engine", "stop", cwd=project, env={**USER, "SPATIORA_STATE_DIR": str(tmp_path / "state")})
