@@ -211,3 +211,39 @@ def test_the_tui_starts_the_engine_a_command_from_another_shell_shares_it_and_qu
     finally:
         tmux.close()
         spatiora("engine", "stop", cwd=project, env={**USER, "SPATIORA_STATE_DIR": str(tmp_path / "state")})
+
+
+def test_a_batch_goes_on_on_a_new_engine_when_its_engine_is_killed(project: Path) -> None:
+    """Crash isolation in a batch: the image that was running fails with the engine's end in
+    words, and the next one starts a new engine and is saved; the exit code says one failed."""
+    runtime = Path(os.environ["XDG_RUNTIME_DIR"])
+    config = project / "config.toml"
+    config.write_text(SMALL_CONFIG.replace(tasks_config(steps=3, size=64), tasks_config(steps=200, size=64)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **USER}
+    batch = subprocess.Popen(
+        [sys.executable, "-m", "spatiora_tui", "generate", "a loft", "--count", "2", "--out", str(project / "a")],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert batch.stderr is not None
+        said = []
+        for line in batch.stderr:
+            said.append(line)
+            if "step " in line:
+                break
+        first = record(runtime)["pid"]
+        os.kill(first, signal.SIGKILL)
+        _, rest = batch.communicate(timeout=240)
+    finally:
+        if batch.poll() is None:
+            batch.kill()
+    err = "".join(said) + rest
+    assert batch.returncode == 1, err
+    assert "[1/2] job 1" in err and "failed: the engine was killed by SIGKILL" in err
+    assert "starting your engine" in err and "1 of 2 image(s) saved" in err
+    assert len(list((project / "a").glob("*-interior-*[0-9].png"))) == 1
+    assert record(runtime)["pid"] != first
