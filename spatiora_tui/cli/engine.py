@@ -6,6 +6,8 @@ window and command (remote/userengine.py, docs/engine.md).
     stop     stop it (the running image stops within a step) and free the GPU
     logs     its log (-n lines, -f to follow)
     run      the engine itself in the foreground: what `start` runs detached (or a systemd unit)
+    bridge   stdin/stdout relayed to it (started when none runs): what `--engine ssh://` runs on
+             the other machine, so clients over ssh share that user's warm engine
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from spatiora_tui.cli.common import EXIT_FAILED, EXIT_OK, UsageError, one_line, 
 from spatiora_tui.config import Settings
 from spatiora_tui.units import MB
 
-ACTIONS = ("status", "start", "stop", "logs", "run")
+ACTIONS = ("status", "start", "stop", "logs", "run", "bridge")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -44,6 +46,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     where = userengine.place(getattr(args, "gpu", None))
     if args.action == "run":
         return _run(settings, where)
+    if args.action == "bridge":
+        return _bridge(settings, where)
     if args.action == "start":
         return _start(settings, args, where)
     if args.action == "stop":
@@ -160,6 +164,24 @@ def _run(settings: Settings, where: Any) -> int:
     finally:
         hub.close()
         telemetry.stop()
+    return EXIT_OK
+
+
+def _bridge(settings: Settings, where: Any) -> int:
+    from spatiora_tui.remote import userengine
+
+    if sys.stdin.isatty() or sys.stdout.isatty():
+        raise UsageError(
+            "engine bridge relays the engine's binary protocol for `--engine ssh://`; it is not for a terminal"
+        )
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    why = userengine.bridge(settings, where, say)
+    if why is not None:
+        say(why)  # the client's ssh hands it on: the last line the link says
+        return EXIT_FAILED
     return EXIT_OK
 
 

@@ -1,9 +1,11 @@
 """`--engine URL`: where the engine runs when it is not in this process.
 
     ssh://[user@]host[:port][/path/to/config.toml]
-        `spatiora serve --stdio` started on that machine through the user's own ssh (their keys,
-        agent, ProxyJump and known_hosts from ~/.ssh/config). SSH is the authentication and the
-        encryption; nothing listens. Each client gets its own engine there.
+        `spatiora engine bridge` run on that machine through the user's own ssh (their keys,
+        agent, ProxyJump and known_hosts from ~/.ssh/config): a relay to that user's own engine
+        there (remote/userengine.py), started when none runs, shared with their other windows
+        and commands there, and still warm when the link drops. SSH is the authentication and
+        the encryption; nothing listens on the network.
     unix:///path/to/engine.sock
         a `spatiora serve --http` on this machine (or a socket forwarded with ssh -L), shared
         with its other clients in turn.
@@ -49,7 +51,7 @@ def server_argv(url: str) -> list[str]:
     if parts.port is not None:
         ssh += ["-p", str(parts.port)]
     host = f"{parts.username}@{parts.hostname}" if parts.username else parts.hostname
-    remote = os.environ.get("SPATIORA_REMOTE_COMMAND", "spatiora") + " serve --stdio"
+    remote = os.environ.get("SPATIORA_REMOTE_COMMAND", "spatiora") + " engine bridge"
     if parts.path not in ("", "/"):
         remote += f" --config {shlex.quote(parts.path)}"
     return [*ssh, str(host), remote]

@@ -446,6 +446,50 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def ensure(settings: Settings, where: Place, say: Callable[[str], None]) -> dict[str, Any]:
+    """The user's engine running for `settings` (restarted first when idle and stale, started
+    when none runs): its record."""
+    _replace_if_stale(settings, where, say)
+    return read_record(where) or start(settings, where, say)
+
+
+def bridge(settings: Settings, where: Place, say: Callable[[str], None]) -> str | None:
+    """Relay this process's stdin/stdout to the user's engine (started when none runs): what
+    `--engine ssh://` runs on the other machine, so a client over ssh shares that user's warm
+    engine, and finds it warm again after its link drops. Returns why the engine ended the
+    relay (None when the client did)."""
+    import socket as sockets
+
+    from spatiora_tui.remote.unix import own_socket
+
+    ensure(settings, where, say)
+    opened = time.time()
+    sock = own_socket(where.socket)
+    client_gone = threading.Event()
+
+    def upstream() -> None:  # the client's frames to the engine
+        try:
+            while chunk := os.read(0, 1 << 16):
+                sock.sendall(chunk)
+        except OSError:
+            pass
+        client_gone.set()
+        with contextlib.suppress(OSError):
+            sock.shutdown(sockets.SHUT_WR)
+
+    threading.Thread(target=upstream, name="spatiora-bridge", daemon=True).start()
+    try:
+        while chunk := sock.recv(1 << 16):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(1, view) :]
+    except OSError:
+        pass
+    finally:
+        sock.close()
+    return None if client_gone.wait(0.5) else _gone(where, opened)
+
+
 def connect(settings: Settings, where: Place, say: Callable[[str], None]) -> RemoteEngine:
     """A RemoteEngine on the user's engine, started first when none runs. Its links reconnect
     the same way: after a crash, the next request starts a new engine."""
@@ -456,7 +500,7 @@ def connect(settings: Settings, where: Place, say: Callable[[str], None]) -> Rem
 
     def opener(on_frame: Any, on_end: Any) -> SocketLink:
         if read_record(where) is None:
-            start(settings, where, say)
+            start(settings, where, say)  # after a crash: a new engine
         opened = time.time()
         return SocketLink(where.socket, on_frame, on_end, gone=lambda: _gone(where, opened))
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,7 @@ def ssh_env(port_key: tuple[int, Path], root: Path, cache_dir: Path) -> dict[str
             "HF_HUB_OFFLINE=1",
             f"SPATIORA_CACHE_DIR={cache_dir}",
             f"SPATIORA_STATE_DIR={root / 'server-state'}",
+            f"XDG_RUNTIME_DIR={os.environ['XDG_RUNTIME_DIR']}",  # this test's: its engine is stopped after it
             f"PYTHONPATH={REPO}",
             sys.executable,
             "-m",
@@ -120,11 +122,23 @@ def ssh_env(port_key: tuple[int, Path], root: Path, cache_dir: Path) -> dict[str
     return {"SPATIORA_SSH": ssh, "SPATIORA_REMOTE_COMMAND": remote, "SPATIORA_OUTPUT_DIR": str(root / "here-out")}
 
 
+@pytest.fixture
+def far_engine() -> Iterator[None]:
+    """--engine ssh:// starts the user's engine on the other side (here, this machine, in this
+    test's runtime folder): stopped after the test."""
+    from spatiora_tui.remote import userengine
+
+    try:
+        yield
+    finally:
+        userengine.stop(userengine.place(), timeout_s=20)
+
+
 def user() -> str:
     return os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
 
 
-def test_generate_runs_on_the_engine_over_ssh_and_saves_here(sshd, tmp_path: Path, cache_dir: Path) -> None:
+def test_generate_runs_on_the_engine_over_ssh_and_saves_here(sshd, far_engine, tmp_path: Path, cache_dir: Path) -> None:
     port, _ = sshd
     server_config = tmp_path / "server" / "config.toml"
     server_config.parent.mkdir()
@@ -138,6 +152,17 @@ def test_generate_runs_on_the_engine_over_ssh_and_saves_here(sshd, tmp_path: Pat
     assert path.parent == tmp_path / "here-out", "the image is saved on this side"
     request = read_metadata(path).spatiora["request"]
     assert (request["task"], request["seed"]) == ("floorplan", 5)
+
+    # The link ended with the command; the user's engine on the other side did not: the next
+    # command over ssh finds the model loaded.
+    from spatiora_tui.remote import userengine
+
+    engine = userengine.read_record(userengine.place())
+    assert engine is not None and engine["config"] == str(server_config)
+    again = spatiora("generate", "--engine", url, "--task", "interior", "a loft", cwd=tmp_path, env=env)
+    assert again.returncode == 0, again.stderr
+    assert "loading" not in again.stderr
+    assert userengine.read_record(userengine.place())["pid"] == engine["pid"]
     assert "task: floorplan" in proc.stderr and "stages: " in proc.stderr and "denoise" in proc.stderr
     sweep = spatiora("sweep", "--engine", url, "--x", "seed=1,2", "--task", "base", "a flat", cwd=tmp_path, env=env)
     assert sweep.returncode == 0, sweep.stderr
@@ -160,7 +185,9 @@ def test_a_bad_engine_address_is_one_line(tmp_path: Path, url: str, code: int, w
     assert_one_line_failure(proc, code, words)
 
 
-def test_the_tui_drives_the_engine_over_ssh_generate_switch_queue_cancel(sshd, tmp_path: Path, cache_dir: Path) -> None:
+def test_the_tui_drives_the_engine_over_ssh_generate_switch_queue_cancel(
+    sshd, far_engine, tmp_path: Path, cache_dir: Path
+) -> None:
     """The UI here, the engine behind a real sshd: an image, a task switch, a second request
     queued behind a running one, both cancelled, and the hardware pane naming the other side."""
     import dataclasses

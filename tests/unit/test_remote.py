@@ -209,13 +209,13 @@ def test_an_engine_address_becomes_the_users_ssh_running_spatiora_serve(monkeypa
 
     monkeypatch.delenv("SPATIORA_SSH", raising=False)
     monkeypatch.delenv("SPATIORA_REMOTE_COMMAND", raising=False)
-    assert server_argv("ssh://gpu-box") == ["ssh", "gpu-box", "spatiora serve --stdio"]
+    assert server_argv("ssh://gpu-box") == ["ssh", "gpu-box", "spatiora engine bridge"]
     assert server_argv("ssh://me@gpu-box:2222/home/me/my config.toml") == [
         "ssh",
         "-p",
         "2222",
         "me@gpu-box",
-        "spatiora serve --stdio --config '/home/me/my config.toml'",
+        "spatiora engine bridge --config '/home/me/my config.toml'",
     ]
     monkeypatch.setenv("SPATIORA_SSH", "ssh -i ~/.ssh/box -J bastion")
     monkeypatch.setenv("SPATIORA_REMOTE_COMMAND", "~/sp/.venv/bin/spatiora")
@@ -226,7 +226,7 @@ def test_an_engine_address_becomes_the_users_ssh_running_spatiora_serve(monkeypa
         "-J",
         "bastion",
         "box",
-        "~/sp/.venv/bin/spatiora serve --stdio",
+        "~/sp/.venv/bin/spatiora engine bridge",
     ]
     for bad in ("gpu-box", "http://gpu-box", "ssh://", "ssh://box:port", "ssh://me:pw@box"):
         with pytest.raises(EngineUrlError):
