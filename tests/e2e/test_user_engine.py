@@ -247,3 +247,45 @@ def test_a_batch_goes_on_on_a_new_engine_when_its_engine_is_killed(project: Path
     assert "starting your engine" in err and "1 of 2 image(s) saved" in err
     assert len(list((project / "a").glob("*-interior-*[0-9].png"))) == 1
     assert record(runtime)["pid"] != first
+
+
+def test_calls_waiting_on_the_engine_outlive_a_dropped_bridge_and_run_after_the_reconnect(project: Path) -> None:
+    """What --engine ssh:// runs on the box is `engine bridge`: when that link drops (ssh gone),
+    the image it was making stops, the engine stays warm, and the generations still waiting are
+    kept and handed back to the client's reconnect, which runs them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from spatiora_tui.engine.api import EngineError, GenerationRequest
+    from spatiora_tui.remote.client import RemoteEngine, pipe
+
+    runtime = Path(os.environ["XDG_RUNTIME_DIR"])
+    config = project / "config.toml"
+    config.write_text(SMALL_CONFIG.replace(tasks_config(steps=3, size=64), tasks_config(steps=30, size=64)))
+    argv = [sys.executable, "-m", "spatiora_tui", "--config", str(config), "engine", "bridge"]
+    bridges: list[subprocess.Popen] = []
+
+    def opener(on_frame, on_end):
+        link = pipe(argv)(on_frame, on_end)
+        bridges.append(link.proc)
+        return link
+
+    engine = RemoteEngine(opener)
+    try:
+        engine.load()
+        pid = record(runtime)["pid"]
+        started = []
+        request = GenerationRequest(prompt="a loft", task="interior", seed=1)
+        with ThreadPoolExecutor(3) as pool:
+            first = pool.submit(engine.generate, request, lambda step: started.append(step))
+            wait_for(lambda: bool(started), what="the first image's first step")
+            waiting = [pool.submit(engine.generate, request) for _ in range(2)]
+            wait_for(lambda: len(engine.queue()) == 3, what="two calls waiting behind the first")
+            bridges[0].kill()  # the link drops
+            with pytest.raises(EngineError):
+                first.result(timeout=60)
+            results = [future.result(timeout=120) for future in waiting]
+        assert all(result.image is not None and not result.cancelled for result in results)
+        assert engine.reconnects == 1 and len(bridges) == 2
+        assert record(runtime)["pid"] == pid  # the same engine, warm
+    finally:
+        engine.close()
