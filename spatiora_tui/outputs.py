@@ -30,6 +30,7 @@ from PIL import Image, PngImagePlugin
 from spatiora_tui import __version__, atomic, failpoints
 from spatiora_tui.config import SCHEDULERS
 from spatiora_tui.engine.api import GenerationRequest, GenerationResult
+from spatiora_tui.engine.codec import CodecError, decode_as
 
 PARAMETERS_KEY = "parameters"
 SPATIORA_KEY = "spatiora"
@@ -309,16 +310,15 @@ def request_from_image(path: Path, default_task: str) -> tuple[GenerationRequest
         raise OutputError(f"cannot read {path.name}: {exc}") from None
     record = (meta.spatiora or {}).get("request")
     if isinstance(record, dict) and isinstance(record.get("prompt"), str):
-        fields = {k: record.get(k) for k in ("seed", "steps", "guidance", "width", "height", "scheduler")}
+        kept = {k: record.get(k) for k in ("prompt", "negative_prompt", "seed", "steps", "guidance", "scheduler")}
+        kept.update({k: record.get(k) for k in ("width", "height")})
         init = record.get("init_image") or None
-        request = GenerationRequest(
-            prompt=record["prompt"],
-            task=str(record.get("task") or default_task),
-            negative_prompt=record.get("negative_prompt"),
-            init_image=init,
-            strength=record.get("strength") if init else None,
-            **fields,
-        )
+        kept.update(task=str(record.get("task") or default_task), init_image=init)
+        kept["strength"] = record.get("strength") if init else None
+        try:
+            request = decode_as(GenerationRequest, kept)  # the codec the queue file and the wire use
+        except CodecError as exc:
+            raise OutputError(f"{path.name}: its Spatiora settings cannot be used again ({exc})") from None
         notes = []
         if init and not Path(init).is_file():
             notes.append(f"its init image {init} is no longer there: give another or clear the init field")

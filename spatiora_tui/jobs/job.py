@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from spatiora_tui.engine.api import GenerationRequest, GenerationResult
+from spatiora_tui.engine.codec import decode_as
 
 
 class JobState(str, enum.Enum):
@@ -94,19 +95,9 @@ class Job:
 
     @classmethod
     def from_record(cls, record: dict[str, Any], new_id: int) -> Job:
-        """A job read back from a queue file; ValueError/TypeError/KeyError when it is not one."""
-        request = record["request"]
-        if not isinstance(request, dict):
-            raise TypeError("request is not a table")
-        known = {f.name for f in dataclasses.fields(GenerationRequest)}
-        unknown = set(request) - known
-        if unknown:
-            raise ValueError(f"unknown request fields {sorted(unknown)}")
-        for name, value in request.items():
-            _check_field(name, value)
-        req = GenerationRequest(**request)
-        if not isinstance(req.prompt, str) or not isinstance(req.task, str):
-            raise TypeError("prompt and task must be text")
+        """A job read back from a queue file; ValueError (a CodecError naming the field for a
+        request that is not one), TypeError or KeyError when it is not one."""
+        req = decode_as(GenerationRequest, record["request"])  # CodecError naming the field
         path = record.get("path")
         axes = tuple((str(title), tuple(str(v) for v in labels)) for title, labels in record.get("axes", ()))
         cell = tuple(int(i) for i in record.get("cell", ()))
@@ -126,22 +117,3 @@ class Job:
             error=str(failed) if failed and not path else None,
             path=Path(path) if path else None,
         )
-
-
-def _check_field(name: str, value: Any) -> None:
-    """TypeError when a queue file's request field is not of its type (a hand-edited file):
-    said when the file is read, not as a crash when the job runs."""
-    hint = str(_REQUEST_TYPES.get(name, ""))
-    if value is None:
-        if "None" not in hint and hint:
-            raise TypeError(f"{name} must be given")
-        return
-    if "int" in hint and (not isinstance(value, int) or isinstance(value, bool)):
-        raise TypeError(f"{name} must be a whole number, not {value!r}")
-    if "float" in hint and (not isinstance(value, (int, float)) or isinstance(value, bool)):
-        raise TypeError(f"{name} must be a number, not {value!r}")
-    if "str" in hint and not isinstance(value, str):
-        raise TypeError(f"{name} must be text, not {type(value).__name__}")
-
-
-_REQUEST_TYPES = {f.name: f.type for f in dataclasses.fields(GenerationRequest)}

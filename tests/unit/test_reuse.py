@@ -97,3 +97,18 @@ def test_an_automatic1111_img2img_png_gives_its_strength_and_says_the_init_image
     request, notes = request_from_image(a1111_png(tmp_path / "a.png", text), "base")
     assert request.strength == 0.55 and request.init_image is None
     assert any("init image" in note for note in notes)
+
+
+def test_own_settings_of_the_wrong_type_are_refused_naming_the_field(tmp_path: Path) -> None:
+    """The image's JSON goes through the same codec as the queue file and the wire: "steps": "20"
+    (a hand-edited or foreign file) is refused when read, not when the job runs."""
+    import json
+
+    from spatiora_tui.outputs import SPATIORA_KEY
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text(SPATIORA_KEY, json.dumps({"request": {"prompt": "a loft", "task": "interior", "steps": "20"}}))
+    path = tmp_path / "edited.png"
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    with pytest.raises(OutputError, match=r"edited.png: .*GenerationRequest.steps: expected int, got str"):
+        request_from_image(path, "interior")
