@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from spatiora_tui.engine.api import EngineError
+from spatiora_tui.errors import EngineError
 
 #: A1111's factor for one pair of round brackets (square brackets divide by it).
 EMPHASIS = 1.1

@@ -22,15 +22,9 @@ if TYPE_CHECKING:
 
 
 #: The model families Spatiora runs, as people name them.
+from spatiora_tui.errors import EngineError as EngineError  # the contract's errors (spatiora_tui/errors.py)
+from spatiora_tui.errors import EngineOOM as EngineOOM
 from spatiora_tui.library.families import FAMILY_LABELS as FAMILY_LABELS  # the contract carries the labels
-
-
-class EngineError(Exception):
-    """A failure the user can act on; the message says what went wrong and what to do."""
-
-
-class EngineOOM(EngineError):
-    """The device ran out of memory. Memory has been released; a smaller request can succeed."""
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spatiora_tui.config import Settings
-from spatiora_tui.engine.api import FAMILY_LABELS, EngineError
+from spatiora_tui.errors import EngineError
 from spatiora_tui.library.catalog import Entry, Folders, Listing, library_folders, scan
+from spatiora_tui.library.families import FAMILY_LABELS
 from spatiora_tui.library.hashing import HashCache, Progress
 from spatiora_tui.library.identify import (
     UNSUPPORTED_FORMATS,

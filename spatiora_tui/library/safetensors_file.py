@@ -15,7 +15,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spatiora_tui.engine.api import EngineError
+from spatiora_tui.errors import EngineError
 
 #: Bytes per element of each dtype safetensors writes.
 DTYPE_SIZES = {
