@@ -30,9 +30,9 @@ from spatiora_tui.engine.api import (
     StepCallback,
     StepPreview,
     Timings,
-    task_for,
 )
 from spatiora_tui.engine.init_image import InitImage, init_for, init_notices, steps_run, strength_of
+from spatiora_tui.engine.requests import task_for
 from spatiora_tui.hw import Telemetry
 
 MODEL = ModelInfo(

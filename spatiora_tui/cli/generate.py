@@ -73,7 +73,8 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
 def request_from_args(settings: Settings, args: argparse.Namespace) -> tuple[Any, Any]:
     """(task, request) from the command line, checked as the engine will check it (every
     override) before anything pays for the model load; UsageError naming what is wrong."""
-    from spatiora_tui.engine.api import EngineError, GenerationRequest, check_request
+    from spatiora_tui.engine.api import EngineError, GenerationRequest
+    from spatiora_tui.engine.requests import check_request
 
     if not args.prompt.strip():
         raise UsageError(f'the prompt is empty; describe what to draw, e.g. spatiora {args.command} "a sunlit loft"')

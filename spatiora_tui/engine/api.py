@@ -18,7 +18,7 @@ from spatiora_tui.notices import Notice
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from spatiora_tui.config import Settings, TaskSettings
+    from spatiora_tui.config import TaskSettings
 
 
 #: The model families Spatiora runs, as people name them.
@@ -55,36 +55,6 @@ class GenerationRequest:
     #: A1111's "Denoising strength"; None: 0.75). Without an init image the strength is unused.
     init_image: str | None = None
     strength: float | None = None
-
-
-def task_for(settings: Settings, request: GenerationRequest) -> TaskSettings:
-    """The task a request runs as: the task's settings with the request's overrides, each checked
-    like the config file's (unknown task, steps, size, scheduler...); EngineError naming the fault.
-    Every engine resolves requests here, so they refuse the same things in the same words."""
-    from spatiora_tui.config import ConfigError, task_with_overrides  # config imports the previews
-
-    try:
-        return task_with_overrides(
-            settings.task(request.task),
-            steps=request.steps,
-            guidance=request.guidance,
-            width=request.width,
-            height=request.height,
-            negative_prompt=request.negative_prompt,
-            scheduler=request.scheduler,
-        )
-    except ConfigError as exc:
-        raise EngineError(str(exc)) from None
-
-
-def check_request(settings: Settings, request: GenerationRequest) -> TaskSettings:
-    """task_for(), and the init image read and checked (engine/init_image.py): what a caller runs
-    before it queues a request or pays for a model load; EngineError naming the fault."""
-    from spatiora_tui.engine.init_image import init_for
-
-    task = task_for(settings, request)
-    init_for(request, task)
-    return task
 
 
 @dataclass(frozen=True)

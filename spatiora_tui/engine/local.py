@@ -36,11 +36,11 @@ from spatiora_tui.engine.api import (
     ModelSwitch,
     ResolvedRequest,
     StepCallback,
-    task_for,
 )
 from spatiora_tui.engine.compiled import graphs as compiled_graphs
 from spatiora_tui.engine.init_image import InitImage, init_for, init_notices, strength_of
 from spatiora_tui.engine.manifest import add_trigger_words
+from spatiora_tui.engine.requests import task_for
 from spatiora_tui.engine.thread import OneThread
 from spatiora_tui.hw.telemetry import Telemetry
 from spatiora_tui.hw.watchdog import LeakWatchdog, MemoryReading, read_memory

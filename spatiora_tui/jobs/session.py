@@ -32,6 +32,7 @@ from spatiora_tui.engine.api import (
     GenerationResult,
     StepPreview,
 )
+from spatiora_tui.engine.requests import check_request
 from spatiora_tui.jobs.events import (
     Emit,
     GroupFinished,
@@ -192,7 +193,9 @@ class Session:
     def submit(
         self, request: GenerationRequest, *, kind: JobKind = JobKind.IMAGE, group: str = "", label: str = ""
     ) -> Job:
-        """Queue one job at the end (paused when the queue is)."""
+        """Queue one job at the end (paused when the queue is). EngineError, before anything is
+        queued, for a request no engine would run (engine/requests.py: every front end's check)."""
+        check_request(self.settings, request)
         with self._lock:
             job = self._add(request, kind=kind, group=group, label=label)
             self._changed()
@@ -203,6 +206,7 @@ class Session:
         with more than one, they form a group whose contact sheet is saved once all have ended."""
         if not 1 <= count <= MAX_BATCH:
             raise ValueError(f"batch count must be between 1 and {MAX_BATCH}, got {count}")
+        check_request(self.settings, request)  # once: the members differ only in their seeds
         low, high = SEED_RANGE
         first = request.seed if request.seed is not None else low + secrets.randbelow(high - low + 1)
         if count == 1:

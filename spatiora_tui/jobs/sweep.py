@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from spatiora_tui.config import GUIDANCE_RANGE, SCHEDULERS, SEED_RANGE, STEPS_RANGE, check_size, parse_size
-from spatiora_tui.engine.api import EngineError, GenerationRequest, task_for
+from spatiora_tui.engine.api import EngineError, GenerationRequest
 from spatiora_tui.engine.init_image import check_strength, peek_init_image, strength_of
+from spatiora_tui.engine.requests import task_for
 from spatiora_tui.prompts import MAX_WEIGHT, with_lora_weight
 
 if TYPE_CHECKING:

@@ -380,12 +380,13 @@ class SpatioraApp(App[None], inherit_bindings=False):
                 return
             shape = " x ".join(f"{len(a.values)} {a.title}" for a in axes)
             what = f"a sweep of {len(jobs)} ({shape}; jobs {jobs[0].id}-{jobs[-1].id})"
-        elif count > 1:
-            jobs = self.session.submit_batch(request, count)
-            what = f"a batch of {count} (jobs {jobs[0].id}-{jobs[-1].id})"
         else:
-            jobs = [self.session.submit(request)]
-            what = f"job {jobs[0].id}"
+            try:  # the check every front end's request goes through (engine/requests.py)
+                jobs = self.session.submit_batch(request, count) if count > 1 else [self.session.submit(request)]
+            except EngineError as exc:
+                self.say(str(exc), error=True)
+                return
+            what = f"a batch of {count} (jobs {jobs[0].id}-{jobs[-1].id})" if count > 1 else f"job {jobs[0].id}"
         if axes and not (behind or self.session.paused):
             self.say(f"{what}: the grid is saved when the last cell ends")
         if behind or self.session.paused:

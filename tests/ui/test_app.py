@@ -132,8 +132,9 @@ async def test_form_errors_are_reported_not_run(make) -> None:
         app.query_one("#size", Input).value = "100x64"
         await pilot.press("ctrl+g")
         await settle(app, pilot)
-        # The engine validates sizes; its message reaches the status line.
-        assert engine.requests[-1].width == 100
+        # Checked as every engine checks it, before it is queued: the message is the engine's.
+        assert "multiple of 8" in status(app) and app.query_one("#status").has_class("error")
+        assert engine.requests == [] and app.session.jobs() == []
 
 
 async def test_escape_cancels_the_running_generation(make) -> None:

@@ -161,7 +161,12 @@ def test_a_failed_job_says_why_and_can_be_retried(engine, settings) -> None:
 
 
 def test_a_job_for_an_unknown_task_fails_and_the_queue_goes_on(engine, settings) -> None:
-    session = Session(engine, settings)
+    # A task this session's config has and the engine's does not (as after an edit): the check
+    # at submit passes, the engine refuses it when it runs.
+    import dataclasses
+
+    gone = dataclasses.replace(settings.tasks[0], name="gone")
+    session = Session(engine, dataclasses.replace(settings, tasks=(*settings.tasks, gone)))
     bad, good = session.submit(ask(task="gone")), session.submit(ask())
     run_all(session)
     assert bad.state is JobState.FAILED and "gone" in (bad.error or "")
@@ -337,3 +342,21 @@ def test_a_job_cancelled_just_before_quitting_is_not_kept(engine, settings, tmp_
     engine.gate.set()
     runner.join(5)
     assert [j["request"]["prompt"] for j in json.loads(store.path.read_text())["jobs"]] == ["kept"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"task": "kitchen"}, "unknown task 'kitchen'"),
+        ({"width": 500}, "multiple of 8"),
+        ({"init_image": "/nowhere/sketch.png"}, "sketch.png"),
+    ],
+)
+def test_a_request_no_engine_would_run_is_refused_before_it_is_queued(engine, settings, changes, words) -> None:
+    """Every front end goes through the same check: the TUI queued such requests (the CLI checked
+    them itself) and they failed only when they ran."""
+    session = Session(engine, settings)
+    for submit in (session.submit, lambda request: session.submit_batch(request, 3)):
+        with pytest.raises(EngineError, match=words):
+            submit(ask(**changes))
+    assert session.jobs() == []
