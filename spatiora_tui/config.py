@@ -96,6 +96,14 @@ SIZE_MULTIPLE = 8  # the VAE works in 8-pixel cells
 SEED_RANGE = (0, 2**32 - 1)
 
 
+def random_seed() -> int:
+    """A seed drawn uniformly from SEED_RANGE (what a request without one runs with)."""
+    import secrets
+
+    low, high = SEED_RANGE
+    return low + secrets.randbelow(high - low + 1)
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """(width, height) of "WIDTHxHEIGHT" (any case, spaces around); ValueError saying the form
     when it is not one. Bounds are check_size's."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from spatiora_tui.config import (
     ConfigError,
     Settings,
     TaskSettings,
+    random_seed,
     user_cache_dir,
 )
 from spatiora_tui.engine import previews
@@ -598,8 +598,8 @@ class LocalEngine:
     ) -> ResolvedRequest:
         # Trigger words of the active adapters (from their adapter.toml) that the prompt lacks.
         full_prompt, _ = add_trigger_words(task.render_prompt(prompt), self._loras.trigger_words())
+        seed = request.seed if request.seed is not None else random_seed()
         low, high = SEED_RANGE
-        seed = request.seed if request.seed is not None else low + secrets.randbelow(high - low + 1)
         if not low <= seed <= high:
             raise EngineError(f"seed must be between {low} and {high}, got {seed}")
         embeddings = self._embeddings.use(full_prompt, task.negative_prompt)

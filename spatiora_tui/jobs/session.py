@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import secrets
 import threading
 import time
 from collections.abc import Iterable
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from spatiora_tui.config import SEED_RANGE, ConfigError, Settings
+from spatiora_tui.config import SEED_RANGE, ConfigError, Settings, random_seed
 from spatiora_tui.engine.api import (
     Engine,
     EngineError,
@@ -208,7 +207,7 @@ class Session:
             raise ValueError(f"batch count must be between 1 and {MAX_BATCH}, got {count}")
         check_request(self.settings, request)  # once: the members differ only in their seeds
         low, high = SEED_RANGE
-        first = request.seed if request.seed is not None else low + secrets.randbelow(high - low + 1)
+        first = request.seed if request.seed is not None else random_seed()
         if count == 1:
             return [self.submit(dataclasses.replace(request, seed=first))]
         seeds = [low + (first - low + i) % (high - low + 1) for i in range(count)]  # wrapping at the top
@@ -224,9 +223,8 @@ class Session:
         """Queue the cells of an X/Y/Z sweep (see jobs/sweep.py) as one group, whose labelled
         grid is saved once all have ended. Every cell is checked as the engine will check it
         before any is queued: SweepError names the first that cannot run."""
-        low, high = SEED_RANGE
         if base.seed is None:  # one seed for every cell, unless seed is an axis
-            base = dataclasses.replace(base, seed=low + secrets.randbelow(high - low + 1))
+            base = dataclasses.replace(base, seed=random_seed())
         cells = checked_cells(self.settings, base, axes)
         titles = tuple((axis.title, tuple(axis.label(i) for i in range(len(axis.values)))) for axis in axes)
         return self._add_group(JobKind.SWEEP, [(cell.request, cell.label, cell.index) for cell in cells], titles)

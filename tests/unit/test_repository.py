@@ -76,3 +76,14 @@ def test_a_mebibyte_is_written_in_one_place() -> None:
         if "/2**20" in line.replace(" ", "")
     ]
     assert not inline, f"use spatiora_tui.units.MB: {inline}"
+
+
+def test_a_random_seed_is_drawn_in_one_place() -> None:
+    """config.random_seed() is the one draw from SEED_RANGE; the session and the engine drew
+    their own copies of it."""
+    draws = [
+        str(path.relative_to(REPO))
+        for path in sorted((REPO / "spatiora_tui").rglob("*.py"))
+        if "randbelow(" in path.read_text(encoding="utf-8")
+    ]
+    assert draws == ["spatiora_tui/config.py"]
