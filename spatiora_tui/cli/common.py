@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -140,6 +141,19 @@ def remote_engine(settings: Settings, args: argparse.Namespace) -> tuple[Setting
     finally:
         status(None)
     return dataclasses.replace(settings, tasks=engine.tasks), engine
+
+
+@contextlib.contextmanager
+def engine_for(settings: Settings, args: argparse.Namespace) -> Iterator[tuple[Settings, Any]]:
+    """remote_engine() for the length of a command: the link closed after it, and on the user's
+    engine the line saying what stays behind (quit_note)."""
+    settings, remote = remote_engine(settings, args)
+    try:
+        yield settings, remote
+    finally:
+        if remote is not None:
+            remote.close()
+            quit_note(args)
 
 
 def quit_note(args: argparse.Namespace) -> None:

@@ -19,9 +19,8 @@ from spatiora_tui.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     UsageError,
+    engine_for,
     one_line,
-    quit_note,
-    remote_engine,
     status_printer,
 )
 from spatiora_tui.config import SCHEDULERS, Settings, user_cache_dir
@@ -132,13 +131,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
     if not 1 <= args.count <= MAX_BATCH:
         raise UsageError(f"--count must be between 1 and {MAX_BATCH}, got {args.count}")
-    settings, remote = remote_engine(settings, args)
-    try:
+    with engine_for(settings, args) as (settings, remote):
         return _run(settings, args, remote)
-    finally:
-        if remote is not None:
-            remote.close()
-            quit_note(args)
 
 
 def _run(settings: Settings, args: argparse.Namespace, remote: Any) -> int:

@@ -13,9 +13,8 @@ from spatiora_tui.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     UsageError,
+    engine_for,
     one_line,
-    quit_note,
-    remote_engine,
     status_printer,
 )
 from spatiora_tui.config import Settings, user_state_dir
@@ -106,13 +105,8 @@ def _run(settings: Settings, args: argparse.Namespace, store: QueueStore, orphan
     if not any(orphan.records for orphan in orphans):
         print("no queued jobs to run", file=sys.stderr)
         return EXIT_OK
-    settings, remote = remote_engine(settings, args)
-    try:
+    with engine_for(settings, args) as (settings, remote):
         return _run_on(settings, remote, store, orphans)
-    finally:
-        if remote is not None:
-            remote.close()
-            quit_note(args)
 
 
 def _run_on(settings: Settings, remote: Any, store: QueueStore, orphans: list[Orphan]) -> int:

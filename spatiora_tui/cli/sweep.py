@@ -8,7 +8,7 @@ import argparse
 import sys
 from typing import Any
 
-from spatiora_tui.cli.common import UsageError, quit_note, remote_engine
+from spatiora_tui.cli.common import UsageError, engine_for
 from spatiora_tui.cli.generate import (
     BatchReport,
     add_request_arguments,
@@ -51,13 +51,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         axes = [parse_axis(spec) for spec in (args.x, args.y, args.z) if spec is not None]
     except SweepError as exc:
         raise UsageError(str(exc)) from None
-    settings, remote = remote_engine(settings, args)
-    try:
+    with engine_for(settings, args) as (settings, remote):
         return _run(settings, args, axes, remote)
-    finally:
-        if remote is not None:
-            remote.close()
-            quit_note(args)
 
 
 def _run(settings: Settings, args: argparse.Namespace, axes: list[Any], remote: Any) -> int:

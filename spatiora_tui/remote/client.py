@@ -119,15 +119,7 @@ class PipeLink:
             self.proc.kill()
 
     def _read(self, stream: Any, on_frame: OnFrame, on_end: OnEnd) -> None:
-        said = None
-        try:
-            while True:
-                frame, payload = read_frame(stream)
-                if frame.get("id") is None and frame.get("type") == "error":
-                    said = frame.get("message")
-                on_frame(frame, payload)
-        except FrameError:
-            pass
+        said = relay_frames(stream, on_frame)
         # The server's last words may still be on their way on stderr when stdout ends.
         self._drainer.join(timeout=5)
         on_end(said or self._gone())
@@ -139,6 +131,21 @@ class PipeLink:
     def _gone(self) -> str:
         said = next((line for line in reversed(self._stderr) if line.strip()), "")
         return "the engine server stopped" + (f": {said}" if said else "; it said nothing")
+
+
+def relay_frames(stream: Any, on_frame: OnFrame) -> str | None:
+    """Hand each frame read from `stream` to `on_frame` until the stream ends or breaks; the
+    server's last word (an error frame of no request) when it said one."""
+    said = None
+    try:
+        while True:
+            frame, payload = read_frame(stream)
+            if frame.get("id") is None and frame.get("type") == "error":
+                said = frame.get("message")
+            on_frame(frame, payload)
+    except (FrameError, OSError, ValueError):
+        pass
+    return said
 
 
 def pipe(argv: Sequence[str]) -> Opener:

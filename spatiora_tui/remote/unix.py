@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from spatiora_tui.engine.api import EngineError
-from spatiora_tui.remote.client import OnEnd, OnFrame, Opener
-from spatiora_tui.remote.frames import FrameError, FrameWriter, read_frame
+from spatiora_tui.remote.client import OnEnd, OnFrame, Opener, relay_frames
+from spatiora_tui.remote.frames import FrameWriter
 
 #: The longest path a Unix socket can have (sun_path, Linux).
 MAX_SOCKET_PATH = 107
@@ -173,15 +173,7 @@ class SocketLink:
         self._sock.close()
 
     def _read(self, stream: Any, on_frame: OnFrame, on_end: OnEnd) -> None:
-        said = None
-        try:
-            while True:
-                frame, payload = read_frame(stream)
-                if frame.get("id") is None and frame.get("type") == "error":
-                    said = frame.get("message")
-                on_frame(frame, payload)
-        except (FrameError, OSError, ValueError):
-            pass
+        said = relay_frames(stream, on_frame)
         on_end(said or ("the link to the engine was closed" if self._closed else self._gone()))
 
 
