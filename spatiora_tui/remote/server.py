@@ -355,6 +355,7 @@ class Hub:
                     self._running = None
             if self._log is not None:
                 self._log(f"job {call.job}: {outcome} in {time.monotonic() - began:.2f} s")
+            del call  # hold no finished call (its upload, its client's link) while waiting for the next
 
 
 class Connection:

@@ -30,6 +30,7 @@ import json
 import os
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -230,6 +231,10 @@ def run_engine(
         except OSError:
             pass
         finally:
+            # Hang up now: close() alone waits for every file made from the socket, and the hub
+            # may still hold the client's last call (and its writer) until the next one comes.
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
             conn.close()
 
     def accept(sock: Any) -> None:

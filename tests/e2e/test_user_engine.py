@@ -289,3 +289,28 @@ def test_calls_waiting_on_the_engine_outlive_a_dropped_bridge_and_run_after_the_
         assert record(runtime)["pid"] == pid  # the same engine, warm
     finally:
         engine.close()
+
+
+def test_a_bridge_ends_as_soon_as_its_client_closes_after_an_engine_call(project: Path) -> None:
+    """The engine hangs up on a client that closed its side, even while the hub still holds the
+    client's last call: a bridge (what ssh:// runs) ends at once rather than being killed after
+    the client's 30 s wait."""
+    from spatiora_tui.remote.client import RemoteEngine, pipe
+
+    argv = [sys.executable, "-m", "spatiora_tui", "--config", str(project / "config.toml"), "engine", "bridge"]
+    bridges: list[subprocess.Popen] = []
+
+    def opener(on_frame, on_end):
+        link = pipe(argv)(on_frame, on_end)
+        bridges.append(link.proc)
+        return link
+
+    engine = RemoteEngine(opener)
+    try:
+        engine.load()
+        engine.models()  # a call the hub's worker runs
+    finally:
+        began = time.monotonic()
+        engine.close()
+    assert time.monotonic() - began < 10, "the bridge outlived its client"
+    assert bridges[0].returncode == 0
