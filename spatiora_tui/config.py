@@ -485,6 +485,9 @@ class KeySettings:
     history: str = field(default="ctrl+o", metadata=_doc("Open this session's and earlier images.", _keys))
     save: str = field(default="ctrl+s", metadata=_doc("Save again every image whose save failed.", _keys))
     models: str = field(default="ctrl+l", metadata=_doc("Pick the base model from the checkpoints found.", _keys))
+    restart_engine: str = field(
+        default="ctrl+n", metadata=_doc("Start your engine again after it stopped (shown while it is down).", _keys)
+    )
     quit: str = field(default="ctrl+q", metadata=_doc("Quit.", _keys))
 
 

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from spatiora_tui.hw.memory import cuda_torch, peak_rss_since_reset_mb, reset_peak_rss
 from spatiora_tui.hw.sampler import HardwareSampler, HardwareSnapshot
@@ -118,14 +118,17 @@ class CudaPeaks:
         return torch.cuda.max_memory_allocated() / MB, torch.cuda.max_memory_reserved() / MB
 
 
-class Listeners:
-    """Callbacks for hardware snapshots, added and removed from any thread."""
+T = TypeVar("T")
+
+
+class Listeners(Generic[T]):
+    """Callbacks (for hardware snapshots, a link's state...), added and removed from any thread."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._items: list[Callable[[HardwareSnapshot], object]] = []
+        self._items: list[Callable[[T], object]] = []
 
-    def subscribe(self, listener: Callable[[HardwareSnapshot], object]) -> Callable[[], None]:
+    def subscribe(self, listener: Callable[[T], object]) -> Callable[[], None]:
         """Add `listener`; returns the call that removes it."""
         with self._lock:
             self._items.append(listener)
@@ -137,12 +140,12 @@ class Listeners:
 
         return unsubscribe
 
-    def tell(self, snap: HardwareSnapshot) -> None:
-        """Call every listener with `snap` (outside the lock: a listener may unsubscribe)."""
+    def tell(self, value: T) -> None:
+        """Call every listener with `value` (outside the lock: a listener may unsubscribe)."""
         with self._lock:
             listeners = list(self._items)
         for listener in listeners:
-            listener(snap)
+            listener(value)
 
 
 class Telemetry:
@@ -179,7 +182,7 @@ class Telemetry:
         self._by_task: dict[str, Peak] = {}
         self._records: deque[tuple[int, StageRecord]] = deque(maxlen=history)
         self._seq = 0
-        self._listeners = Listeners()
+        self._listeners: Listeners[HardwareSnapshot] = Listeners()
         self._latest: HardwareSnapshot | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()

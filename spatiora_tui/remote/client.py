@@ -43,7 +43,7 @@ from spatiora_tui.engine.api import (
     StepPreview,
 )
 from spatiora_tui.hw.sampler import HardwareSnapshot
-from spatiora_tui.hw.telemetry import Peak
+from spatiora_tui.hw.telemetry import Listeners, Peak
 from spatiora_tui.remote.frames import MAX_BLOB, FrameError, FrameWriter, read_frame
 from spatiora_tui.remote.server import PROTOCOL
 from spatiora_tui.remote.wire import WireError, decode, decode_as, encode, image_from
@@ -259,14 +259,19 @@ class RemoteEngine:
         image_format: str = "auto",
         resume: bool = True,
         after_drop: str = "the next request reconnects",
+        say: Callable[[str], None] | None = None,
     ) -> None:
         """`image_format`: how finished images cross: "png", "raw" pixels, or "auto" (raw on a
         link timed at RAW_ABOVE or faster). `resume`: generations still queued when the link
         drops wait through a reconnect (a server that outlives its links keeps them); without it
         they fail at once with the reason (the user's engine: its link drops only when it dies,
-        and its queue with it)."""
+        and its queue with it). `say`: where words about the link go (an engine being started
+        for it); a UI that takes over the terminal sets `say` to its own status line."""
         self._resume_parked = resume
+        #: What the next call does about a dropped link, said after why it dropped.
         self.after_drop = after_drop
+        self.say: Callable[[str], None] = say or (lambda _text: None)
+        self._link_listeners: Listeners[str | None] = Listeners()
         self._opener = opener
         self._image_format = image_format
         self._preview_side = preview_side
@@ -394,6 +399,26 @@ class RemoteEngine:
         reply, _ = self._call({"type": "queue"})
         return list(reply["jobs"])
 
+    @property
+    def down(self) -> str | None:
+        """Why the link is down, or None while it is up."""
+        return None if self._closed else self._dead
+
+    def watch_link(self, listener: Callable[[str | None], object]) -> Callable[[], None]:
+        """Call `listener` with why, when the link drops (not when it is closed), and with None
+        when a new link is up; on the thread that saw it. Returns the call that stops it."""
+        return self._link_listeners.subscribe(listener)
+
+    def restart(self) -> ModelInfo | None:
+        """A new link now, when the last one dropped (the user's engine started again, with the
+        model it had loaded); the model it holds. EngineError when that fails."""
+        if self._closed:
+            raise EngineError("the link to the engine is closed")
+        with self._reconnecting:
+            if self._dead is not None:
+                self._reconnect()
+        return self._model
+
     def close(self) -> None:
         """End the link (a server started for it stops) and make no new one."""
         with self._lock:
@@ -505,6 +530,7 @@ class RemoteEngine:
                 again = str(exc)
                 raise EngineError(again if again == before else f"{before}; reconnecting failed: {again}") from None
             self.reconnects += 1
+        self._link_listeners.tell(None)
 
     def _refresh(self) -> None:
         reply, _ = self._call({"type": "state"})
@@ -630,6 +656,10 @@ class RemoteEngine:
         message = {"type": "error", "kind": "link", "message": why}
         with self._lock:
             self._dead = why
+            closed = self._closed
+        if not closed:  # told before the calls fail: a UI can hold its queue before they do
+            self._link_listeners.tell(why)
+        with self._lock:
             # Generations still waiting their turn wait on through a reconnect; the rest fail.
             parked = self._queued & set(self._waiting) if not self._closed and self._resume_parked else set()
             for rid, waiting in list(self._waiting.items()):

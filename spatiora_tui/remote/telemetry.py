@@ -20,8 +20,10 @@ class RemoteTelemetry:
         self._engine = engine
         self.hz = hz
         self.where = where  # the other machine, for the pane's title
+        #: Said after "link down" while the link is down: what brings it back.
+        self.down_hint = "the next request reconnects"
         self._lock = threading.Lock()
-        self._listeners = Listeners()
+        self._listeners: Listeners[HardwareSnapshot] = Listeners()
         self._latest: HardwareSnapshot | None = None
         self._by_task: dict[str, Peak] = {}
         self._by_stage: dict[str, dict[str, Peak]] = {}
@@ -90,7 +92,7 @@ class RemoteTelemetry:
             except Exception:  # the link is down: the pane says so; the next request reconnects
                 latest = self._latest
                 if latest is not None and not (latest.link or "").startswith("down"):
-                    self._latest = dataclasses.replace(latest, link="down · next request reconnects")
+                    self._latest = dataclasses.replace(latest, link=f"down · {self.down_hint}")
                     self._listeners.tell(self._latest)
             self._stop.wait(1.0 / self.hz)
 

@@ -502,16 +502,24 @@ def connect(settings: Settings, where: Place, say: Callable[[str], None]) -> Rem
     from spatiora_tui.remote.unix import SocketLink
 
     _replace_if_stale(settings, where, say)
+    made: list[RemoteEngine] = []  # the engine, once made: its `say` may have moved (to a UI)
 
     def opener(on_frame: Any, on_end: Any) -> SocketLink:
         if read_record(where) is None:
-            start(settings, where, say)  # after a crash: a new engine
+            start(settings, where, made[0].say if made else say)  # after a crash: a new engine
         opened = time.time()
         return SocketLink(where.socket, on_frame, on_end, gone=lambda: _gone(where, opened))
 
-    return RemoteEngine(
-        opener, name="local", image_format="raw", resume=False, after_drop="the next request starts a new engine"
+    engine = RemoteEngine(
+        opener,
+        name="local",
+        image_format="raw",
+        resume=False,
+        after_drop="the next request starts a new engine",
+        say=say,
     )
+    made.append(engine)
+    return engine
 
 
 def _gone(where: Place, since: float) -> str:

@@ -35,10 +35,15 @@ from spatiora_tui.jobs.sheets import contact_sheet, sweep_grid
 from spatiora_tui.jobs.store import Orphan, QueueStore
 from spatiora_tui.jobs.sweep import SweepError
 from spatiora_tui.outputs import OutputError, request_from_image
+from spatiora_tui.remote.client import RemoteEngine
+from spatiora_tui.remote.telemetry import RemoteTelemetry
 from spatiora_tui.ui.images import image_widget_class
 from spatiora_tui.ui.messages import (
     AdapterSwitched,
     AdapterSwitchFailed,
+    EngineLinkChanged,
+    EngineRestarted,
+    EngineSaid,
     GroupFinished,
     HardwareSampled,
     ImageSaved,
@@ -74,7 +79,7 @@ if TYPE_CHECKING:
 PAINT_WAIT_S = 0.5
 
 #: Binding ids, which are also the [keys] names in config.toml.
-KEY_ACTIONS = ("generate", "cancel", "queue", "next_task", "history", "save", "models", "quit")
+KEY_ACTIONS = ("generate", "cancel", "queue", "next_task", "history", "save", "models", "restart_engine", "quit")
 
 
 def _ordinal(n: int) -> str:
@@ -118,6 +123,14 @@ class SpatioraApp(App[None], inherit_bindings=False):
             id="models",
             priority=True,
             tooltip="Pick the base model from the checkpoints in your folders",
+        ),
+        Binding(
+            "ctrl+n",
+            "restart_engine",
+            "Restart engine",
+            id="restart_engine",
+            priority=True,
+            tooltip="Start your engine again, or reconnect to it, after it stopped (shown while it is down)",
         ),
         Binding("ctrl+q", "quit", "Quit", id="quit", priority=True, tooltip="Quit Spatiora"),
         Binding("ctrl+c", "help_quit", show=False, system=True),
@@ -169,6 +182,12 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self._quit_asked = False  # a first quit with unsaved images only warns
         self._exit_after_first_frame = exit_after_first_frame
         self._unsubscribe: Callable[[], None] | None = None
+        # An engine in another process (the user's own, or another machine's): its link may drop.
+        self._linked = engine if isinstance(engine, RemoteEngine) else None
+        self._engine_down: str | None = None  # why, while the link is down
+        self._held_queue = False  # the queue was paused as the engine went down: resumed when it is back
+        self._restarting = False
+        self._unwatch_link: Callable[[], None] | None = None
         #: Seconds from process start to the first frame (set when it is drawn).
         self.first_frame_age_s: float | None = None
         self.set_keymap({action: getattr(settings.keys, action) for action in KEY_ACTIONS})
@@ -204,6 +223,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self._frame_clock = self.set_interval(1.0 / self.settings.ui.preview_fps, self._draw_frame, pause=True)
         if self._exit_after_first_frame:
             return
+        self._watch_link()
         self._load_model()
         self._sample_hardware()
 
@@ -335,6 +355,92 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self.preview_pane.model_ready("the model failed to load; see the status line")
         self.say(f"model failed to load: {message.error}. Fix config.toml and restart.", error=True)
 
+    # -- the engine's process ------------------------------------------------------------------
+
+    def _watch_link(self) -> None:
+        """With the engine in another process: its words come to the status line (not onto the
+        terminal the UI draws on), and a dropped link holds the queue until a key restarts it."""
+        linked = self._linked
+        if linked is None:
+            return
+        again = f"{self._key('restart_engine')} starts it again"
+
+        def said(text: str) -> None:
+            self.post_message(EngineSaid(text))
+
+        linked.say = said
+        linked.after_drop = again
+        if isinstance(self.telemetry, RemoteTelemetry):
+            self.telemetry.down_hint = again
+        self._unwatch_link = linked.watch_link(self._link_changed)
+
+    def _link_changed(self, why: str | None) -> None:
+        """On the link's thread, before the running job hears of it: a dropped link pauses the
+        queue, so that the jobs waiting do not each start an engine (or fail) in turn."""
+        if why is not None and not self.session.paused:
+            self.session.pause()
+            self._held_queue = True
+        self.post_message(EngineLinkChanged(why))
+
+    def on_engine_link_changed(self, message: EngineLinkChanged) -> None:
+        self._engine_down = message.why
+        self.refresh_bindings()
+        if message.why is None:
+            if self.engine.model is not None:
+                self._show_model(self.engine.model)
+            if not self._restarting:
+                self._release_queue()
+            return
+        waiting = len(self.session.waiting())
+        held = f"; {waiting} queued job(s) wait for it" if waiting else ""
+        line = f"{message.why} · {self._key('restart_engine')} starts it again{held}"
+        self.sub_title = "engine down"
+        self.say(line, error=True)
+        self.notify(markup_safe(line), title="Your engine stopped", severity="error", timeout=15)
+
+    def on_engine_said(self, message: EngineSaid) -> None:
+        self.say(message.text)
+
+    def action_restart_engine(self) -> None:
+        if self._linked is None or self._engine_down is None:
+            self.say("the engine is running: nothing to restart")
+            return
+        if self._restarting:
+            self.say("your engine is starting…")
+            return
+        self._restarting = True
+        self.say("starting your engine again…")
+        self._restart_engine(self.task_pane.active)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="restart")
+    def _restart_engine(self, task: str | None) -> None:
+        assert self._linked is not None
+        try:
+            model = self._linked.restart()
+            if task is not None and self._linked.active_task != task:
+                self.post_message(AdapterSwitched(self._linked.switch_task(task)))
+        except EngineError as exc:
+            self.post_message(EngineRestarted(None, str(exc)))
+            return
+        self.post_message(EngineRestarted(model))
+
+    def on_engine_restarted(self, message: EngineRestarted) -> None:
+        self._restarting = False
+        if message.error is not None:
+            self.say(f"{message.error} · {self._key('restart_engine')} tries again", error=True)
+            return
+        if message.model is not None:
+            self._show_model(message.model)
+        waiting = len(self.session.waiting())
+        self.say("your engine is running again" + (f": the queue goes on with {waiting} job(s)" if waiting else ""))
+        self._release_queue()
+
+    def _release_queue(self) -> None:
+        if self._held_queue:
+            self._held_queue = False
+            self.session.resume()
+            self.kick()
+
     # -- actions ------------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -344,6 +450,8 @@ class SpatioraApp(App[None], inherit_bindings=False):
             return None  # shown dimmed until the model is ready
         if action == "save":
             return bool(self.session.unsaved)  # in the footer only while an image waits
+        if action == "restart_engine":
+            return self._engine_down is not None  # in the footer only while the engine is down
         return True
 
     def _key(self, action: str) -> str:
@@ -796,6 +904,8 @@ class SpatioraApp(App[None], inherit_bindings=False):
             self.hardware_pane.border_title = f"Hardware · {where}"
 
     def on_unmount(self) -> None:  # the app is closing
+        if self._unwatch_link is not None:
+            self._unwatch_link()
         self.session.close()  # what waits stays in the queue file, offered at the next start
         if self._unsubscribe is not None:
             self._unsubscribe()

@@ -55,6 +55,28 @@ class ModelSwitchFailed(Message):
 
 
 @dataclass
+class EngineLinkChanged(Message):
+    """The link to the engine (another process) dropped, saying `why`, or is up again (None)."""
+
+    why: str | None
+
+
+@dataclass
+class EngineRestarted(Message):
+    """A restart the user asked for ended: the engine holds `model`, or `error` says why not."""
+
+    model: ModelInfo | None
+    error: str | None = None
+
+
+@dataclass
+class EngineSaid(Message):
+    """Words about the engine's process (one being started, with its log file)."""
+
+    text: str
+
+
+@dataclass
 class AdapterSwitched(Message):
     """The engine's active task changed: for a job (`job_id`), as the user asked (0), or with a
     new base model (`switch.model_switch`)."""

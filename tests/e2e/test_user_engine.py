@@ -314,3 +314,49 @@ def test_a_bridge_ends_as_soon_as_its_client_closes_after_an_engine_call(project
         engine.close()
     assert time.monotonic() - began < 10, "the bridge outlived its client"
     assert bridges[0].returncode == 0
+
+
+def test_the_tui_outlives_its_engine_killed_mid_image_and_ctrl_n_starts_it_and_the_queue_again(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """kill -9 of the engine while the TUI makes an image with another queued: the window stays
+    up and says what happened, the image is marked failed, the queued one waits; ctrl+n starts a
+    new engine and the queued image is made on it."""
+    from tests.e2e.terminals import E2E_CONFIG, Tmux, app_command, make_project, pngs
+
+    project = make_project(tmp_path)
+    (project / "config.toml").write_text(
+        E2E_CONFIG.replace(tasks_config(steps=16, size=128), tasks_config(steps=150, size=128)), encoding="utf-8"
+    )
+    runtime = Path(os.environ["XDG_RUNTIME_DIR"])
+    env = {**USER, "SPATIORA_STATE_DIR": str(tmp_path / "state")}
+    tmux = Tmux(tmp_path)
+    try:
+        tmux.start(app_command(project, cache_dir, extra_env=env))
+        tmux.wait_for("model ready", 180)
+        pid = record(runtime)["pid"]
+        tmux.type("a loft")
+        tmux.keys("C-g")
+        tmux.wait_for("generating job 1")
+        tmux.keys("C-g")  # a second image, queued behind it
+        tmux.wait_for("queued job 2")
+        time.sleep(1)
+        os.kill(pid, signal.SIGKILL)
+        shown = tmux.wait_for("starts it again", 30).replace("\n", "")
+        assert "killed by SIGKILL" in shown and "Restart engine" in shown
+        time.sleep(1)
+        assert not (runtime / "spatiora" / "engine.json").exists() or (record(runtime)["pid"] == pid), (
+            "an engine was started before the user asked"
+        )
+        tmux.keys("C-n")
+        tmux.wait_for("saved ", 180)
+        assert len(pngs(project)) == 1
+        assert record(runtime)["pid"] != pid
+        tmux.keys("C-r")  # the queue: job 1 failed with the reason, job 2 done
+        shown = tmux.wait_for("in this session").replace("\n", "")
+        assert "failed" in shown and "killed by" in shown and "saved" in shown
+        tmux.keys("Escape", "C-q")
+        tmux.wait_for("__EXITED__ 0")
+    finally:
+        tmux.close()
+        spatiora("engine", "stop", cwd=project, env=env)

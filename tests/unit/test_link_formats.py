@@ -192,3 +192,47 @@ def test_a_poll_made_while_a_new_link_opens_fails_at_once_and_leaves_the_new_lin
     snapshot, _, _ = engine.hardware()  # the new link works
     assert len(links) == 2
     engine.close()
+
+
+def test_a_watcher_hears_the_drop_before_the_waiting_call_fails_and_the_restart_after(hub: Hub) -> None:
+    """What lets a UI hold its queue before the running job's failure reaches the queue's
+    runner; and `restart` makes a new link only when the last one dropped."""
+    links: list[DroppableLink] = []
+    heard: list[tuple[str | None, bool]] = []
+
+    def open_link(on_frame: OnFrame, on_end: OnEnd) -> DroppableLink:
+        links.append(DroppableLink(hub, on_frame, on_end))
+        return links[-1]
+
+    engine = RemoteEngine(open_link)
+    engine.load()
+    engine.restart()
+    assert len(links) == 1 and engine.down is None  # up: nothing to do
+    failed = threading.Event()
+    stop_watching = engine.watch_link(lambda why: heard.append((why, failed.is_set())))
+    gate = threading.Event()
+
+    def held(preview: StepPreview) -> None:
+        gate.set()
+        time.sleep(0.2)
+
+    def run() -> None:
+        try:
+            engine.generate(REQUEST, on_step=held)
+        except EngineError:
+            failed.set()
+
+    caller = threading.Thread(target=run)
+    caller.start()
+    assert gate.wait(10)
+    links[0].drop()
+    caller.join(10)
+    assert failed.is_set() and engine.down == "the engine was killed"
+    assert heard == [("the engine was killed", False)]  # told before the call failed
+    assert engine.restart() is not None and engine.down is None and len(links) == 2
+    assert heard[-1] == (None, True)
+    stop_watching()
+    links[1].drop()
+    assert len(heard) == 2
+    engine.close()
+    assert engine.down is None  # closed, not down

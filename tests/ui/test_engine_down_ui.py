@@ -1,0 +1,75 @@
+"""The engine in another process stops while the TUI runs (killed, crashed, its link dropped):
+the window stays up and says why in one line, the job that was running is marked failed with
+that reason, the queued jobs are held (not started one by one into a dead engine), and the
+restart key brings the engine back and lets the queue go on. In-process: a RemoteEngine on a Hub
+with the fake engine, through a link the test drops as an engine's death would."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from textual.widgets import Input
+
+from spatiora_tui.config import Settings
+from spatiora_tui.jobs.job import JobState
+from spatiora_tui.remote.client import OnEnd, OnFrame, RemoteEngine
+from spatiora_tui.remote.server import Hub
+from spatiora_tui.ui.app import SpatioraApp
+from tests.fake_engine import FakeEngine
+from tests.ui.fakes import fake_telemetry
+from tests.ui.helpers import outputs, settle
+from tests.unit.test_link_formats import DroppableLink
+
+SIZE = (160, 48)
+
+
+async def wait_until(pilot, check, what: str, timeout: float = 20) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if check():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_a_dead_engine_holds_the_queue_and_the_restart_key_lets_it_go_on(ui_settings: Settings) -> None:
+    gate = threading.Event()
+    fake = FakeEngine(ui_settings, gate=gate, gate_step=2)
+    hub = Hub(fake)
+    links: list[DroppableLink] = []
+
+    def open_link(on_frame: OnFrame, on_end: OnEnd) -> DroppableLink:
+        links.append(DroppableLink(hub, on_frame, on_end))
+        return links[-1]
+
+    engine = RemoteEngine(open_link)
+    app = SpatioraApp(ui_settings, engine, renderer="unicode", telemetry=fake_telemetry(False))
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(app, pilot)
+            assert app.model_ready and not app.check_action("restart_engine", ())
+            for prompt in ("a loft", "a flat"):
+                app.query_one("#prompt", Input).value = prompt
+                await pilot.press("ctrl+g")
+                await pilot.pause()
+            assert await asyncio.to_thread(fake.at_gate.wait, 10)
+            links[-1].drop()  # the engine dies mid-image
+            gate.set()  # (the hub's own worker, still in this process, may end its call)
+            first, second = app.session.jobs()
+            await wait_until(pilot, lambda: first.state is JobState.FAILED, "the running job to fail")
+            await pilot.pause(0.2)
+            assert second.state is JobState.PAUSED and app.session.paused  # held, not run into a dead engine
+            assert "the engine was killed" in (first.error or "") and "ctrl+n starts it again" in (first.error or "")
+            assert app.check_action("restart_engine", ())  # the Footer offers the restart
+            assert len(links) == 1  # nothing started the engine behind the user's back
+
+            await pilot.press("ctrl+n")
+            await wait_until(pilot, lambda: second.state is JobState.DONE, "the held job to run after the restart")
+            await settle(app, pilot)
+            assert len(links) == 2 and engine.reconnects == 1
+            assert not app.session.paused and not app.check_action("restart_engine", ())
+            assert len(outputs()) == 1
+            assert first.state is JobState.FAILED  # kept in the queue, to retry
+    finally:
+        engine.close()
+        hub.close()
