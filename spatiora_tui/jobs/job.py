@@ -117,3 +117,15 @@ class Job:
             error=str(failed) if failed and not path else None,
             path=Path(path) if path else None,
         )
+
+
+@dataclass
+class Group:
+    """A batch or a sweep: jobs whose images end up on one sheet."""
+
+    id: str
+    kind: JobKind
+    job_ids: list[int]
+    #: For a sweep, the axes' names and their values' labels, (x, y, z) order.
+    axes: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    sheet: Path | None = None

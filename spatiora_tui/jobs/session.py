@@ -18,7 +18,6 @@ import itertools
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,7 +45,7 @@ from spatiora_tui.jobs.events import (
     TaskSwitched,
     TaskSwitchFailed,
 )
-from spatiora_tui.jobs.job import Job, JobKind, JobState
+from spatiora_tui.jobs.job import Group, Job, JobKind, JobState
 from spatiora_tui.jobs.sheets import SheetError, save_contact_sheet, save_sweep_grid
 from spatiora_tui.jobs.store import Orphan, QueueFileError, QueueStore
 from spatiora_tui.jobs.sweep import Axis, checked_cells
@@ -57,18 +56,6 @@ if TYPE_CHECKING:
 
 #: Most images in one batch (a typo of 1000 should not queue an afternoon's work).
 MAX_BATCH = 100
-
-
-@dataclass
-class Group:
-    """A batch or a sweep: jobs whose images end up on one sheet."""
-
-    id: str
-    kind: JobKind
-    job_ids: list[int]
-    #: For a sweep, the axes' names and their values' labels, (x, y, z) order.
-    axes: tuple[tuple[str, tuple[str, ...]], ...] = ()
-    sheet: Path | None = None
 
 
 def _ignore(event: SessionEvent) -> None:

@@ -11,17 +11,12 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from spatiora_tui import atomic
-from spatiora_tui.jobs.job import JobState
+from spatiora_tui.jobs.job import Group, Job, JobState
 from spatiora_tui.outputs import PARAMETERS_KEY, SPATIORA_KEY, a1111_parameters, read_metadata
-
-if TYPE_CHECKING:
-    from spatiora_tui.jobs.job import Job
-    from spatiora_tui.jobs.session import Group
 
 #: Longest side of a sheet; bigger sheets have their tiles scaled down.
 MAX_SHEET_SIDE = 4096

@@ -55,11 +55,3 @@ def renderer_name(image_class: type[Widget]) -> str:
     """How `image_class` draws, as [ui] renderer names it: what `auto` picked, for the screen
     to say (a user seeing blocks over SSH can tell the terminal answered no sixel or kitty)."""
     return _NAMES.get(image_class.__name__, image_class.__name__)
-
-
-def cell_aspect() -> float:
-    """Width / height of a terminal cell in pixels (usually about 0.5)."""
-    from textual_image._terminal import get_cell_size
-
-    size = get_cell_size()
-    return size.width / size.height if size.height else 0.5

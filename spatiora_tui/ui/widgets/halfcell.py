@@ -26,8 +26,6 @@ from textual.geometry import Size
 from textual.strip import Strip
 from textual.widget import Widget
 
-from spatiora_tui.ui.images import cell_aspect
-
 ImageSource = PILImage.Image | str | PathLike[str]
 
 UPPER_HALF = "▀"
@@ -171,3 +169,11 @@ def _open(image: ImageSource | None) -> PILImage.Image | None:
         return image
     with PILImage.open(image) as opened:
         return opened.convert("RGB")
+
+
+def cell_aspect() -> float:
+    """Width / height of a terminal cell in pixels (usually about 0.5)."""
+    from textual_image._terminal import get_cell_size
+
+    size = get_cell_size()
+    return size.width / size.height if size.height else 0.5

@@ -16,8 +16,9 @@ from textual.widget import Widget
 from textual.widgets import LoadingIndicator, Static
 
 from spatiora_tui.engine.api import GenerationResult, StepPreview
-from spatiora_tui.ui.images import cell_aspect, renderer_name
+from spatiora_tui.ui.images import renderer_name
 from spatiora_tui.ui.text import gauge, markup_safe
+from spatiora_tui.ui.widgets.halfcell import cell_aspect
 from spatiora_tui.ui.widgets.readout import Readout
 
 #: Widest the progress bar grows (cells).
