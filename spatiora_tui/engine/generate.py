@@ -32,7 +32,7 @@ from spatiora_tui.engine.init_image import InitImage
 from spatiora_tui.engine.previews import Previewer
 from spatiora_tui.engine.previews.vae import decode_latents
 from spatiora_tui.hw import process_peak_rss_mb, process_rss_mb
-from spatiora_tui.hw.memory import release_freed_memory
+from spatiora_tui.hw.memory import release_freed_memory, release_memory
 from spatiora_tui.hw.telemetry import Telemetry
 from spatiora_tui.notices import Notice, NoticeKind
 from spatiora_tui.units import MB
@@ -408,20 +408,6 @@ def _decode(latents: Any, pipe: Any, on_cuda: bool) -> tuple[Any, bool]:
         return decode_latents(latents, pipe.vae, pipe.image_processor), True
     finally:
         pipe.vae.disable_tiling()
-
-
-def release_memory(on_cuda: bool) -> None:
-    """Give back what a failed run held: Python's garbage, then the CUDA cache (on a GPU) or
-    the C allocator's freed pages (on the CPU)."""
-    import gc
-
-    gc.collect()
-    if on_cuda:
-        import torch
-
-        torch.cuda.empty_cache()
-    else:
-        release_freed_memory()
 
 
 def _oom_advice(stage: str, params: ResolvedRequest, on_cuda: bool, dtype: str = "fp32") -> str:

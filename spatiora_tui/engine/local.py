@@ -42,6 +42,7 @@ from spatiora_tui.engine.init_image import InitImage, init_for, init_notices, st
 from spatiora_tui.engine.manifest import add_trigger_words
 from spatiora_tui.engine.requests import task_for
 from spatiora_tui.engine.thread import OneThread
+from spatiora_tui.hw.memory import release_memory
 from spatiora_tui.hw.telemetry import Telemetry
 from spatiora_tui.hw.watchdog import LeakWatchdog, MemoryReading, read_memory
 from spatiora_tui.library.catalog import library_folders, resolve_source, scan
@@ -299,7 +300,6 @@ class LocalEngine:
         """Free the base model completely, then load `source`. A file that cannot be a
         checkpoint is refused before anything is freed; if the load fails after that, the
         previous model is loaded again, so the app is never left without one."""
-        from spatiora_tui.engine.generate import release_memory
         from spatiora_tui.engine.pipeline import classify_source, single_file_plan
 
         previous = self._model

@@ -19,6 +19,7 @@ from typing import Any
 from spatiora_tui import failpoints
 from spatiora_tui.config import ModelSettings
 from spatiora_tui.engine.api import EngineError, EngineOOM, ModelInfo, is_out_of_memory
+from spatiora_tui.hw.memory import release_memory
 from spatiora_tui.units import MB
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -386,7 +387,6 @@ def load_pipeline(
     if out_of_memory or failure is not None:
         # After the except block, whose traceback held the half-loaded weights: nothing of a
         # failed load stays in memory.
-        from spatiora_tui.engine.generate import release_memory
 
         pipe = None
         release_memory(device == "cuda")

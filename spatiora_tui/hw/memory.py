@@ -116,3 +116,17 @@ def release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # musl and other libcs have no malloc_trim
         pass
+
+
+def release_memory(on_cuda: bool) -> None:
+    """Give back what a failed run held: Python's garbage, then the CUDA cache (on a GPU) or
+    the C allocator's freed pages (on the CPU)."""
+    import gc
+
+    gc.collect()
+    if on_cuda:
+        torch = cuda_torch()  # a run on the GPU has imported torch and started CUDA
+        if torch is not None:
+            torch.cuda.empty_cache()
+    else:
+        release_freed_memory()

@@ -309,3 +309,30 @@ def test_the_sampler_slows_down_at_rest_and_takes_up_the_full_rate_when_a_stage_
     assert at_rest <= 4, f"{at_rest} samples in 1.2 s at rest (2 Hz)"
     # At the rest rate, ten samples would take 4.5 s or more.
     assert took < 4.0, f"ten samples took {took:.1f} s once a stage began"
+
+
+def test_releasing_memory_after_a_failed_run_collects_cycles_and_needs_no_torch(monkeypatch) -> None:
+    """hw.memory.release_memory, what the engine calls after an out-of-memory: Python's garbage
+    first (a failed run's tensors hang in reference cycles with its traceback), then the
+    allocator; on a "GPU" run in a process that never started CUDA it imports nothing."""
+    import gc
+    import weakref
+
+    from spatiora_tui.hw.memory import release_memory
+
+    class Held:
+        pass
+
+    held = Held()
+    held.me = held  # type: ignore[attr-defined]
+    ref = weakref.ref(held)
+    del held
+    gc.disable()
+    try:
+        release_memory(on_cuda=False)
+        assert ref() is None
+        monkeypatch.delitem(sys.modules, "torch", raising=False)
+        release_memory(on_cuda=True)
+        assert "torch" not in sys.modules
+    finally:
+        gc.enable()
