@@ -67,7 +67,7 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[N
 
 
 @pytest.fixture(scope="module")
-def engine(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+def demo_engine(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """A loaded LocalEngine on the demo model, shared by one test module."""
     from spatiora_tui.engine.local import LocalEngine
 

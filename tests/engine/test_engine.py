@@ -17,30 +17,30 @@ def pixels(result) -> np.ndarray:
     return np.asarray(result.image, dtype=np.int16)
 
 
-def test_load_reports_the_demo_model(engine) -> None:
-    model = engine.model
+def test_load_reports_the_demo_model(demo_engine) -> None:
+    model = demo_engine.model
     assert model.kind == "demo" and model.family == "sd1" and model.random_weights
     assert model.device == "cpu" and model.dtype == "fp32"
-    assert engine.load() is model, "a second load is a no-op"
+    assert demo_engine.load() is model, "a second load is a no-op"
 
 
 @pytest.mark.parametrize("task", ["interior", "floorplan", "base"])
-def test_each_task_generates_with_its_settings(engine, task: str) -> None:
-    result = engine.generate(GenerationRequest(prompt="a loft", task=task, seed=1))
+def test_each_task_generates_with_its_settings(demo_engine, task: str) -> None:
+    result = demo_engine.generate(GenerationRequest(prompt="a loft", task=task, seed=1))
     assert not result.cancelled and result.steps_done == 4
     assert result.image.size == (64, 64) and result.image.mode == "RGB"
     p = result.params
     assert p.task == task and p.seed == 1 and p.steps == 4
-    assert p.full_prompt == engine.settings.task(task).render_prompt("a loft")
-    assert [a.name for a in p.adapters] == [a.name for a in engine.settings.task(task).adapters]
+    assert p.full_prompt == demo_engine.settings.task(task).render_prompt("a loft")
+    assert [a.name for a in p.adapters] == [a.name for a in demo_engine.settings.task(task).adapters]
     assert all(len(a.sha256) == 64 for a in p.adapters)
-    assert engine.active_task == task
+    assert demo_engine.active_task == task
 
 
-def test_task_modes_give_different_images(engine) -> None:
+def test_task_modes_give_different_images(demo_engine) -> None:
     # Same prompt text and seed; only the task's adapters (and template) differ.
     images = {
-        task: pixels(engine.generate(GenerationRequest(prompt="x", task=task, seed=7)))
+        task: pixels(demo_engine.generate(GenerationRequest(prompt="x", task=task, seed=7)))
         for task in ("interior", "floorplan", "base")
     }
     assert np.abs(images["interior"] - images["floorplan"]).max() > 0
@@ -48,49 +48,49 @@ def test_task_modes_give_different_images(engine) -> None:
     assert np.abs(images["floorplan"] - images["base"]).max() > 0
 
 
-def test_adapters_change_the_image_not_only_the_template(engine) -> None:
+def test_adapters_change_the_image_not_only_the_template(demo_engine) -> None:
     # The base task uses the bare prompt; with the same text through interior's adapters it must differ.
-    base = engine.generate(GenerationRequest(prompt="interior photo of x", task="base", seed=3))
-    interior = engine.generate(GenerationRequest(prompt="x", task="interior", seed=3))
+    base = demo_engine.generate(GenerationRequest(prompt="interior photo of x", task="base", seed=3))
+    interior = demo_engine.generate(GenerationRequest(prompt="x", task="interior", seed=3))
     assert base.params.full_prompt == interior.params.full_prompt
     assert np.abs(pixels(base) - pixels(interior)).max() > 0
 
 
-def test_switching_away_and_back_is_pixel_identical(engine) -> None:
+def test_switching_away_and_back_is_pixel_identical(demo_engine) -> None:
     request = GenerationRequest(prompt="a kitchen", task="interior", seed=42)
-    first = pixels(engine.generate(request))
-    engine.switch_task("floorplan")
-    engine.generate(GenerationRequest(prompt="a kitchen", task="floorplan", seed=42))
-    engine.switch_task("base")
-    again = pixels(engine.generate(request))
+    first = pixels(demo_engine.generate(request))
+    demo_engine.switch_task("floorplan")
+    demo_engine.generate(GenerationRequest(prompt="a kitchen", task="floorplan", seed=42))
+    demo_engine.switch_task("base")
+    again = pixels(demo_engine.generate(request))
     assert np.array_equal(first, again)
 
 
-def test_switch_returns_its_duration_and_never_reloads(engine) -> None:
-    engine.switch_task("interior")
-    pipe = engine.pipeline
+def test_switch_returns_its_duration_and_never_reloads(demo_engine) -> None:
+    demo_engine.switch_task("interior")
+    pipe = demo_engine.pipeline
     unet_weight = next(pipe.unet.parameters())
-    switch = engine.switch_task("floorplan")
+    switch = demo_engine.switch_task("floorplan")
     assert switch.task == "floorplan" and switch.adapters == (("floorplan", 1.0),)
     assert switch.duration_ms > 0 and switch.loaded_from_disk == ()
-    assert engine.pipeline is pipe and next(pipe.unet.parameters()) is unet_weight
-    assert set(engine.loras.resident) == {"interior", "floorplan"}
+    assert demo_engine.pipeline is pipe and next(pipe.unet.parameters()) is unet_weight
+    assert set(demo_engine.loras.resident) == {"interior", "floorplan"}
 
 
-def test_base_task_disables_lora_exactly(engine) -> None:
-    engine.switch_task("base")
-    assert engine.loras.active == ()
+def test_base_task_disables_lora_exactly(demo_engine) -> None:
+    demo_engine.switch_task("base")
+    assert demo_engine.loras.active == ()
     from spatiora_tui.engine.api import GenerationRequest as R
 
-    with_none = pixels(engine.generate(R(prompt="y", task="base", seed=5)))
-    engine.switch_task("interior")
-    again = pixels(engine.generate(R(prompt="y", task="base", seed=5)))
+    with_none = pixels(demo_engine.generate(R(prompt="y", task="base", seed=5)))
+    demo_engine.switch_task("interior")
+    again = pixels(demo_engine.generate(R(prompt="y", task="base", seed=5)))
     assert np.array_equal(with_none, again)
 
 
-def test_previews_stream_every_n_steps(engine) -> None:
+def test_previews_stream_every_n_steps(demo_engine) -> None:
     seen: list[StepPreview] = []
-    result = engine.generate(GenerationRequest(prompt="p", task="floorplan", seed=2, steps=5), on_step=seen.append)
+    result = demo_engine.generate(GenerationRequest(prompt="p", task="floorplan", seed=2, steps=5), on_step=seen.append)
     assert [s.step for s in seen] == [1, 2, 3, 4, 5]
     assert all(s.total == 5 and s.image.size == (8, 8) for s in seen)  # one pixel per latent cell
     assert all(a.elapsed_s <= b.elapsed_s for a, b in itertools.pairwise(seen))
@@ -163,14 +163,14 @@ def test_preview_every_n_includes_the_last_step(cache_dir, tmp_path) -> None:
         dataclasses.replace(settings)  # settings stay frozen and reusable
 
 
-def test_cancel_stops_within_one_step_and_returns_no_image(engine) -> None:
+def test_cancel_stops_within_one_step_and_returns_no_image(demo_engine) -> None:
     cancel = threading.Event()
 
     def on_step(preview: StepPreview) -> None:
         if preview.step == 2:
             cancel.set()
 
-    result = engine.generate(
+    result = demo_engine.generate(
         GenerationRequest(prompt="p", task="interior", seed=3, steps=10), on_step=on_step, cancel=cancel
     )
     assert result.cancelled and result.image is None
@@ -178,24 +178,24 @@ def test_cancel_stops_within_one_step_and_returns_no_image(engine) -> None:
     assert result.timings.image_ms is None and result.timings.decode_ms is None
 
 
-def test_cancel_before_start_runs_nothing(engine) -> None:
+def test_cancel_before_start_runs_nothing(demo_engine) -> None:
     cancel = threading.Event()
     cancel.set()
-    result = engine.generate(GenerationRequest(prompt="p", task="interior", seed=3), cancel=cancel)
+    result = demo_engine.generate(GenerationRequest(prompt="p", task="interior", seed=3), cancel=cancel)
     assert result.cancelled and result.steps_done == 0 and result.image is None
 
 
-def test_random_seed_is_recorded_and_reproducible(engine) -> None:
-    first = engine.generate(GenerationRequest(prompt="p", task="floorplan"))
+def test_random_seed_is_recorded_and_reproducible(demo_engine) -> None:
+    first = demo_engine.generate(GenerationRequest(prompt="p", task="floorplan"))
     assert 0 <= first.params.seed < 2**32
-    again = engine.generate(GenerationRequest(prompt="p", task="floorplan", seed=first.params.seed))
+    again = demo_engine.generate(GenerationRequest(prompt="p", task="floorplan", seed=first.params.seed))
     assert np.array_equal(pixels(first), pixels(again))
 
 
 @pytest.mark.parametrize("scheduler", ["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "unipc", "heun"])
-def test_every_scheduler_runs_and_previews(engine, scheduler: str) -> None:
+def test_every_scheduler_runs_and_previews(demo_engine, scheduler: str) -> None:
     seen: list[StepPreview] = []
-    result = engine.generate(
+    result = demo_engine.generate(
         GenerationRequest(prompt="p", task="base", seed=1, steps=3, scheduler=scheduler), on_step=seen.append
     )
     assert result.params.scheduler == scheduler and result.image is not None
@@ -204,31 +204,31 @@ def test_every_scheduler_runs_and_previews(engine, scheduler: str) -> None:
     assert [s.step for s in seen] == list(range(1, total + 1))
     assert {s.total for s in seen} == {total} and result.steps_done == total
     # The same seed gives the same image, ancestral samplers (fresh noise every step) included.
-    again = engine.generate(GenerationRequest(prompt="p", task="base", seed=1, steps=3, scheduler=scheduler))
+    again = demo_engine.generate(GenerationRequest(prompt="p", task="base", seed=1, steps=3, scheduler=scheduler))
     assert np.array_equal(pixels(result), pixels(again)), f"{scheduler} does not reproduce its seed"
 
 
-def test_overrides_and_bad_requests(engine) -> None:
-    result = engine.generate(
+def test_overrides_and_bad_requests(demo_engine) -> None:
+    result = demo_engine.generate(
         GenerationRequest(prompt="p", task="base", seed=1, width=96, height=64, guidance=2, negative_prompt="dark")
     )
     assert result.image.size == (96, 64) and result.params.guidance == 2.0
     assert result.params.negative_prompt == "dark"
     with pytest.raises(EngineError, match="width must be a multiple of 8"):
-        engine.generate(GenerationRequest(prompt="p", task="base", width=100))
+        demo_engine.generate(GenerationRequest(prompt="p", task="base", width=100))
     with pytest.raises(EngineError, match="unknown task 'nope'"):
-        engine.generate(GenerationRequest(prompt="p", task="nope"))
+        demo_engine.generate(GenerationRequest(prompt="p", task="nope"))
     with pytest.raises(EngineError, match="seed must be between"):
-        engine.generate(GenerationRequest(prompt="p", task="base", seed=-1))
+        demo_engine.generate(GenerationRequest(prompt="p", task="base", seed=-1))
 
 
-def test_a_long_prompt_is_read_whole_in_chunks(engine) -> None:
+def test_a_long_prompt_is_read_whole_in_chunks(demo_engine) -> None:
     # Past the encoder's 75 tokens the prompt goes on in a second chunk, as in AUTOMATIC1111:
     # the last word still changes the image (it was cut before), and nothing warns.
     images = []
     for last in ("red", "blue"):
         prompt = " ".join(["oak"] * 100) + " " + last
-        result = engine.generate(GenerationRequest(prompt=prompt, task="base", seed=1, steps=1))
+        result = demo_engine.generate(GenerationRequest(prompt=prompt, task="base", seed=1, steps=1))
         assert not result.warnings
         images.append(np.asarray(result.image).astype(np.int16))
     assert np.abs(images[0] - images[1]).max() > 0, "the words after token 75 reach the model"
@@ -243,23 +243,23 @@ def test_generate_before_load_is_a_clear_error(cache_dir, tmp_path) -> None:
         eng.generate(GenerationRequest(prompt="p", task="base"))
 
 
-def test_image_to_image_runs_on_the_loaded_components_with_the_tasks_adapters(engine, tmp_path) -> None:
+def test_image_to_image_runs_on_the_loaded_components_with_the_tasks_adapters(demo_engine, tmp_path) -> None:
     from PIL import Image
 
     init = tmp_path / "sketch.png"
     Image.new("RGB", (64, 64), (250, 250, 250)).save(init)
     seen: list[StepPreview] = []
     ask = GenerationRequest(prompt="p", task="floorplan", seed=2, steps=6, init_image=str(init), strength=0.5)
-    with_adapter = engine.generate(ask, on_step=seen.append)
-    pipe, img2img = engine.pipeline, engine._img2img_pipe()
+    with_adapter = demo_engine.generate(ask, on_step=seen.append)
+    pipe, img2img = demo_engine.pipeline, demo_engine._img2img_pipe()
     assert img2img is not pipe
     for name, component in pipe.components.items():
         if name != "scheduler":  # each run makes its own from the model's config
             assert img2img.components[name] is component, f"{name} was copied, not shared"
     assert [s.step for s in seen] == [1, 2, 3] and all(s.image is not None for s in seen)  # previews stream
-    without = engine.generate(dataclasses.replace(ask, task="base"))
+    without = demo_engine.generate(dataclasses.replace(ask, task="base"))
     assert not np.array_equal(pixels(with_adapter), pixels(without)), "the task's adapter took part"
-    assert engine._img2img_pipe() is img2img, "built once, then kept"
+    assert demo_engine._img2img_pipe() is img2img, "built once, then kept"
 
 
 def test_the_img2img_pipeline_neither_copies_nor_casts_the_shared_model(cache_dir) -> None:

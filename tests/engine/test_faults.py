@@ -24,38 +24,38 @@ def pixels(result) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def reference(engine) -> np.ndarray:
-    return pixels(engine.generate(REQUEST))
+def reference(demo_engine) -> np.ndarray:
+    return pixels(demo_engine.generate(REQUEST))
 
 
 @pytest.mark.parametrize("at", [1, 3])
-def test_oom_while_denoising_is_reported_and_the_next_generation_succeeds(engine, reference, at: int) -> None:
+def test_oom_while_denoising_is_reported_and_the_next_generation_succeeds(demo_engine, reference, at: int) -> None:
     failpoints.arm("denoise", "oom", at=at)
     with pytest.raises(EngineOOM) as caught:
-        engine.generate(REQUEST)
+        demo_engine.generate(REQUEST)
     message = str(caught.value)
     assert "out of memory during denoise at 64x64" in message
     assert "memory was released" in message and "Lower width/height or close other programs" in message
-    assert engine.telemetry.depth == 0, "no stage is left open"
-    assert np.array_equal(pixels(engine.generate(REQUEST)), reference), "same image after the failure"
+    assert demo_engine.telemetry.depth == 0, "no stage is left open"
+    assert np.array_equal(pixels(demo_engine.generate(REQUEST)), reference), "same image after the failure"
 
 
 @pytest.mark.parametrize("action", ["oom", "memory"])  # CUDA's OOM, and the CPU allocator's MemoryError
-def test_oom_in_vae_decode_retries_in_tiles(engine, reference, action) -> None:
+def test_oom_in_vae_decode_retries_in_tiles(demo_engine, reference, action) -> None:
     failpoints.arm("vae decode", action)
-    result = engine.generate(REQUEST)
+    result = demo_engine.generate(REQUEST)
     assert any("decoded in tiles" in w for w in result.warnings)
     assert np.abs(pixels(result) - reference).max() <= 2, "the tiled decode draws the same image"
     assert "vae decode" not in failpoints.armed()
-    assert not any("tiles" in w for w in engine.generate(REQUEST).warnings), "tiling is off again"
+    assert not any("tiles" in w for w in demo_engine.generate(REQUEST).warnings), "tiling is off again"
 
 
-def test_oom_in_vae_decode_twice_is_reported_and_the_next_generation_succeeds(engine, reference) -> None:
+def test_oom_in_vae_decode_twice_is_reported_and_the_next_generation_succeeds(demo_engine, reference) -> None:
     failpoints.arm("vae decode", "oom", times=2)
     with pytest.raises(EngineOOM, match="out of memory during VAE decode at 64x64"):
-        engine.generate(REQUEST)
-    assert engine.telemetry.depth == 0
-    assert np.array_equal(pixels(engine.generate(REQUEST)), reference)
+        demo_engine.generate(REQUEST)
+    assert demo_engine.telemetry.depth == 0
+    assert np.array_equal(pixels(demo_engine.generate(REQUEST)), reference)
 
 
 @pytest.mark.parametrize(
@@ -73,18 +73,18 @@ def test_every_backends_out_of_memory_error_is_recognised(message: str) -> None:
 
 
 @pytest.mark.parametrize("at_step", [1, 2, 3, 4])
-def test_cancel_at_any_step_saves_nothing_and_the_engine_goes_on(engine, reference, at_step: int) -> None:
+def test_cancel_at_any_step_saves_nothing_and_the_engine_goes_on(demo_engine, reference, at_step: int) -> None:
     cancel = threading.Event()
 
     def on_step(preview: StepPreview) -> None:
         if preview.step == at_step:
             cancel.set()
 
-    result = engine.generate(REQUEST, on_step=on_step, cancel=cancel)
+    result = demo_engine.generate(REQUEST, on_step=on_step, cancel=cancel)
     assert result.cancelled and result.image is None
     assert result.steps_done == min(at_step + 1, 4)
-    assert engine.telemetry.depth == 0
-    assert np.array_equal(pixels(engine.generate(REQUEST)), reference)
+    assert demo_engine.telemetry.depth == 0
+    assert np.array_equal(pixels(demo_engine.generate(REQUEST)), reference)
 
 
 def test_failpoints_from_the_environment() -> None:
@@ -115,12 +115,12 @@ def test_oom_while_loading_the_model_is_reported_and_loading_again_works(cache_d
     assert engine.load().kind == "demo", "loading again works"
 
 
-def test_a_memory_error_while_denoising_becomes_engine_oom(engine, reference) -> None:
+def test_a_memory_error_while_denoising_becomes_engine_oom(demo_engine, reference) -> None:
     failpoints.arm("denoise", "memory", at=2)
     with pytest.raises(EngineOOM, match="out of memory during denoise"):
-        engine.generate(REQUEST)
-    assert engine.telemetry.depth == 0
-    assert np.array_equal(pixels(engine.generate(REQUEST)), reference)
+        demo_engine.generate(REQUEST)
+    assert demo_engine.telemetry.depth == 0
+    assert np.array_equal(pixels(demo_engine.generate(REQUEST)), reference)
 
 
 @pytest.fixture

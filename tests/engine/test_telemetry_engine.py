@@ -57,16 +57,16 @@ def test_cuda_stage_peak_is_exact_for_a_short_spike() -> None:
 # -- the real engine on the demo model -------------------------------------------------------
 
 
-def test_the_engine_marks_every_stage_and_the_metadata_keeps_them(engine, tmp_path: Path) -> None:
+def test_the_engine_marks_every_stage_and_the_metadata_keeps_them(demo_engine, tmp_path: Path) -> None:
     from spatiora_tui.engine.api import GenerationRequest
     from spatiora_tui.outputs import SPATIORA_KEY, save_result
 
-    telemetry = engine.telemetry
+    telemetry = demo_engine.telemetry
     load = [r for r in telemetry.records_since(0) if r.stage == "load base"]
     assert load and load[0].task is None and load[0].ms > 0
 
-    engine.switch_task("base")
-    result = engine.generate(GenerationRequest(prompt="a hallway", task="floorplan", seed=3))
+    demo_engine.switch_task("base")
+    result = demo_engine.generate(GenerationRequest(prompt="a hallway", task="floorplan", seed=3))
     assert [s.stage for s in result.stages] == ["adapter switch", "text encode", "denoise", "VAE decode"]
     assert all(s.task == "floorplan" and s.ms > 0 and s.peak_rss_mb > 0 for s in result.stages)
     assert result.memory.peak_rss_mb >= max(s.peak_rss_mb for s in result.stages)
@@ -84,48 +84,48 @@ def test_the_engine_marks_every_stage_and_the_metadata_keeps_them(engine, tmp_pa
     assert telemetry.records_since(0)[-1].stage == "save"
 
 
-def test_a_cancelled_generation_leaves_no_stage_open(engine) -> None:
+def test_a_cancelled_generation_leaves_no_stage_open(demo_engine) -> None:
     from spatiora_tui.engine.api import GenerationRequest
 
     cancel = threading.Event()
-    result = engine.generate(
+    result = demo_engine.generate(
         GenerationRequest(prompt="x", task="interior", seed=1), on_step=lambda preview: cancel.set(), cancel=cancel
     )
     assert result.cancelled
-    assert engine.telemetry.depth == 0
+    assert demo_engine.telemetry.depth == 0
     assert "VAE decode" not in [s.stage for s in result.stages]
 
 
-def test_a_failed_switch_keeps_the_task_in_force(engine) -> None:
+def test_a_failed_switch_keeps_the_task_in_force(demo_engine) -> None:
     import dataclasses
 
     from spatiora_tui.config import AdapterRef, TaskSettings
     from spatiora_tui.engine.api import EngineError
 
-    engine.switch_task("interior")
-    settings = engine.settings
+    demo_engine.switch_task("interior")
+    settings = demo_engine.settings
     broken = TaskSettings(name="broken", adapters=(AdapterRef("no-such-adapter", 1.0),))
-    engine._settings = dataclasses.replace(settings, tasks=(*settings.tasks, broken))
+    demo_engine._settings = dataclasses.replace(settings, tasks=(*settings.tasks, broken))
     try:
         with pytest.raises(EngineError):
-            engine.switch_task("broken")
+            demo_engine.switch_task("broken")
     finally:
-        engine._settings = settings
-    assert engine.telemetry.task == "interior" and engine.telemetry.depth == 0
+        demo_engine._settings = settings
+    assert demo_engine.telemetry.task == "interior" and demo_engine.telemetry.depth == 0
 
 
-def test_memory_drift_after_a_generation_is_reported(engine) -> None:
+def test_memory_drift_after_a_generation_is_reported(demo_engine) -> None:
     from spatiora_tui.engine.api import GenerationRequest
     from spatiora_tui.hw.watchdog import MemoryReading
 
-    baseline = engine.watchdog.baseline
-    engine.watchdog.set_baseline(MemoryReading(rss_mb=1.0))  # as if the model had loaded into 1 MB
+    baseline = demo_engine.watchdog.baseline
+    demo_engine.watchdog.set_baseline(MemoryReading(rss_mb=1.0))  # as if the model had loaded into 1 MB
     try:
-        result = engine.generate(GenerationRequest(prompt="x", task="interior", seed=1))
+        result = demo_engine.generate(GenerationRequest(prompt="x", task="interior", seed=1))
     finally:
-        engine.watchdog.set_baseline(baseline)
+        demo_engine.watchdog.set_baseline(baseline)
     assert any("after generating" in w and "above the baseline" in w for w in result.warnings)
-    clean = engine.generate(GenerationRequest(prompt="x", task="interior", seed=1))
+    clean = demo_engine.generate(GenerationRequest(prompt="x", task="interior", seed=1))
     assert not any("above the baseline" in w for w in clean.warnings)
 
 

@@ -61,7 +61,7 @@ def settings(tmp_path: Path):
 
 
 @pytest.fixture
-def engine(settings):
+def fake_engine(settings):
     from tests.fake_engine import FakeEngine
 
     eng = FakeEngine(settings)

@@ -115,13 +115,13 @@ def test_sweeps_too_big_or_with_a_repeated_axis_are_refused() -> None:
         expand(BASE, [parse_axis(f"{k}=1,2") for k in ("seed", "steps", "guidance", "cfg")])
 
 
-def test_a_sweep_runs_through_the_queue_and_saves_a_labelled_grid(engine, settings) -> None:
-    session = Session(engine, settings)
+def test_a_sweep_runs_through_the_queue_and_saves_a_labelled_grid(fake_engine, settings) -> None:
+    session = Session(fake_engine, settings)
     jobs = session.submit_sweep(BASE, [parse_axis("weight:interior=0.2,1"), parse_axis("seed=1,2,3")])
     assert [j.kind for j in jobs] == [JobKind.SWEEP] * 6 and len({j.group for j in jobs}) == 1
     events = run_all(session)
     assert all(j.state is JobState.DONE and j.path is not None for j in jobs)
-    assert [r.seed for r in engine.requests] == [1, 1, 2, 2, 3, 3]
+    assert [r.seed for r in fake_engine.requests] == [1, 1, 2, 2, 3, 3]
     finished = [e for e in events if isinstance(e, GroupFinished)]
     assert len(finished) == 1 and finished[0].path is not None
     grid = finished[0].path
@@ -139,15 +139,15 @@ def test_a_sweep_runs_through_the_queue_and_saves_a_labelled_grid(engine, settin
     assert record["images"] == [str(j.path) for j in jobs]
 
 
-def test_a_sweep_cell_that_cannot_run_is_refused_before_anything_is_queued(engine, settings) -> None:
-    session = Session(engine, settings)
+def test_a_sweep_cell_that_cannot_run_is_refused_before_anything_is_queued(fake_engine, settings) -> None:
+    session = Session(fake_engine, settings)
     with pytest.raises(SweepError, match="task=nope"):
         session.submit_sweep(BASE, [parse_axis("task=interior,nope")])
     assert session.jobs() == []
 
 
-def test_a_failed_cell_is_a_grey_tile_saying_so(engine, settings) -> None:
-    session = Session(engine, settings)
+def test_a_failed_cell_is_a_grey_tile_saying_so(fake_engine, settings) -> None:
+    session = Session(fake_engine, settings)
     jobs = session.submit_sweep(BASE, [parse_axis("seed=1,2,3")])
     session.cancel(jobs[1].id)
     events = run_all(session)
@@ -174,12 +174,12 @@ def test_z_makes_one_grid_per_value_stacked() -> None:
     assert two.height > 2 * flat.height - 64 and two.width == flat.width
 
 
-def test_a_sweep_left_in_the_queue_file_resumes_with_its_grid(engine, settings, tmp_path: Path) -> None:
-    first = Session(engine, settings, store=QueueStore(tmp_path / "state"))
+def test_a_sweep_left_in_the_queue_file_resumes_with_its_grid(fake_engine, settings, tmp_path: Path) -> None:
+    first = Session(fake_engine, settings, store=QueueStore(tmp_path / "state"))
     jobs = first.submit_sweep(BASE, [parse_axis("seed=1,2"), parse_axis("steps=2,3")])
     assert first.wants_runner() and first.run_next()  # one cell done, three waiting
     first.close()
-    second = Session(engine, settings, store=QueueStore(tmp_path / "state"))
+    second = Session(fake_engine, settings, store=QueueStore(tmp_path / "state"))
     count, problems = second.adopt(second.orphans())
     assert (count, problems) == (3, [])
     events = run_all(second)
