@@ -86,7 +86,7 @@ async def _in_app(
         if isinstance(message, JobStepped):
             previews[0] += 1
         if isinstance(message, JobFinished):
-            shares.append(app.preview_pacer.cpu_share())
+            shares.append(app.frames.pacer.cpu_share())
             finished.append(message)
             done.set()
 
@@ -126,7 +126,7 @@ async def _in_app(
                         pass
             engine.add_last_shares_to(by_thread)
             ui_cpu_ms.append(shares[-1] * 100.0)
-            frames.append(app.preview_pacer.drawn)
+            frames.append(app.frames.pacer.drawn)
             messages.append(previews[0])
             result = finished[-1].result
             assert (

@@ -60,7 +60,7 @@ from spatiora_tui.ui.messages import (
     QueueFound,
     message_for,
 )
-from spatiora_tui.ui.pacing import PreviewPacer, StepThrottle
+from spatiora_tui.ui.pacing import FrameClock, PreviewPacer, StepThrottle
 from spatiora_tui.ui.screens.history import HistoryScreen, Pick
 from spatiora_tui.ui.screens.models import ModelPicker
 from spatiora_tui.ui.screens.queue import QueueScreen
@@ -172,13 +172,13 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self._compiled_sizes: set[tuple[int, int]] = set()
         self._compiled_for: str | None = None
         self._peaks_task: str | None = None  # the task whose stage peaks the pane shows
-        self.preview_pacer = PreviewPacer(settings.ui.preview_fps, settings.ui.preview_cpu_budget)
-        # While generating, the newest step and hardware sample wait here for the frame clock.
-        self._pending_step: JobStepped | None = None
-        self._pending_sample: HardwareSampled | None = None
-        # The newest step image the budget has not let through yet: drawn on a later frame unless
-        # a newer one replaces it (with slow steps every image gets drawn, however tight the budget).
-        self._pending_image: Image.Image | None = None
+        # While generating, the newest step, image and hardware sample wait for the next frame.
+        self.frames = FrameClock(
+            PreviewPacer(settings.ui.preview_fps, settings.ui.preview_cpu_budget),
+            draw_step=self._draw_step,
+            draw_image=lambda image: self.preview_pane.show_image(image),
+            draw_sample=self._show_sample,
+        )
         self._quit_asked = False  # a first quit with unsaved images only warns
         self._exit_after_first_frame = exit_after_first_frame
         self._unsubscribe: Callable[[], None] | None = None
@@ -220,7 +220,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self.hardware_pane.show_peaks({}, None, {})
         self.say("loading the model in the background; generate is available once it is ready")
         self.call_after_refresh(self._first_frame)
-        self._frame_clock = self.set_interval(1.0 / self.settings.ui.preview_fps, self._draw_frame, pause=True)
+        self._frame_timer = self.set_interval(1.0 / self.settings.ui.preview_fps, self.frames.tick, pause=True)
         if self._exit_after_first_frame:
             return
         self._watch_link()
@@ -510,8 +510,8 @@ class SpatioraApp(App[None], inherit_bindings=False):
 
     def _begin_generation(self, painted: threading.Event) -> None:
         self.prompt_pane.steady_cursor(True)
-        self.preview_pacer.start()
-        self._frame_clock.resume()
+        self.frames.start()
+        self._frame_timer.resume()
         painted.set()
 
     def action_cancel(self) -> None:
@@ -703,30 +703,12 @@ class SpatioraApp(App[None], inherit_bindings=False):
 
     def on_job_stepped(self, message: JobStepped) -> None:
         if message.job_id == self._running_job:
-            self._pending_step = message
+            self.frames.offer_step(message)
 
-    def _draw_frame(self) -> None:
-        """One repaint of everything that changed while generating, `preview_fps` times a second.
-
-        Each repaint has a fixed cost on the UI thread, so progress, the newest preview (when the
-        pacer's CPU budget allows) and the hardware figures share one, instead of one each."""
-        step = self._pending_step
-        if not self.preview_pacer.may_repaint(image_waiting=step is not None and step.preview.image is not None):
-            return  # over the CPU budget: what is pending waits for a later tick
-        self._pending_step = None
-        sample, self._pending_sample = self._pending_sample, None
-        if self._running_job is not None:
-            if step is not None:
-                if step.preview.image is not None:
-                    self._pending_image = step.preview.image
-                self.preview_pane.show_step(step.preview, step.rate)
-                if isinstance(self.screen, QueueScreen):
-                    self.screen.show_progress(step.job_id)
-            if self._pending_image is not None and self.preview_pacer.should_draw():
-                self.preview_pane.show_image(self._pending_image)
-                self._pending_image = None
-        if sample is not None:
-            self._show_sample(sample)
+    def _draw_step(self, step: JobStepped) -> None:
+        self.preview_pane.show_step(step.preview, step.rate)
+        if isinstance(self.screen, QueueScreen):
+            self.screen.show_progress(step.job_id)
 
     def on_job_finished(self, message: JobFinished) -> None:
         result = message.result
@@ -869,11 +851,8 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self.exit()
 
     def _job_ended(self) -> None:
-        self._frame_clock.pause()
-        self._pending_step = self._pending_image = None
-        sample, self._pending_sample = self._pending_sample, None
-        if sample is not None:
-            self._show_sample(sample)
+        self._frame_timer.pause()
+        self.frames.stop()
         self.prompt_pane.steady_cursor(False)
         self._running_job = None
 
@@ -913,10 +892,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
 
     def on_hardware_sampled(self, message: HardwareSampled) -> None:
         # Peaks are the telemetry's: it folds in every sample and stage, drawn or not.
-        if self._running_job is not None:
-            self._pending_sample = message  # drawn by the frame clock
-        else:
-            self._show_sample(message)
+        self.frames.offer_sample(message)
 
     def _show_sample(self, message: HardwareSampled) -> None:
         self.hardware_pane.show(message.snapshot)

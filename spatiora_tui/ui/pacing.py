@@ -16,9 +16,13 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from spatiora_tui.engine.api import StepPreview
 from spatiora_tui.jobs.events import JobStepped
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 #: Longest the screen goes without a repaint while generating, budget or not (seconds).
 MIN_REPAINT_S = 1.0
@@ -111,3 +115,82 @@ class StepThrottle:
         if image is not None and image.mode != "RGB":
             image = image.convert("RGB")
         return dataclasses.replace(event, preview=dataclasses.replace(preview, image=image))
+
+
+class PacedStep(Protocol):
+    """A step of the running job, as the frame clock holds it (ui.messages.JobStepped)."""
+
+    @property
+    def preview(self) -> StepPreview: ...
+
+
+class FrameClock:
+    """What waits for the next repaint while a job runs: the newest step, the newest hardware
+    sample, and the newest step image the pacer has not let through yet (drawn on a later frame
+    unless a newer one replaces it; with slow steps every image is drawn, however tight the
+    budget). The app's interval timer calls `tick` `preview_fps` times a second.
+
+    Each repaint has a fixed cost on the UI thread, so progress, the newest preview (when the
+    pacer's CPU budget allows) and the hardware figures share one, instead of one each."""
+
+    def __init__(
+        self,
+        pacer: PreviewPacer,
+        draw_step: Callable[[Any], object],
+        draw_image: Callable[[Image.Image], object],
+        draw_sample: Callable[[Any], object],
+    ) -> None:
+        self.pacer = pacer
+        self._draw_step, self._draw_image, self._draw_sample = draw_step, draw_image, draw_sample
+        self._step: PacedStep | None = None
+        self._sample: object | None = None
+        self._image: Image.Image | None = None
+        self.running = False
+
+    def start(self) -> None:
+        """A job's first step is about to come (on the UI thread: the pacer's CPU clock is its)."""
+        self.pacer.start()
+        self.running = True
+
+    def offer_step(self, step: PacedStep) -> None:
+        self._step = step
+
+    def offer_sample(self, sample: object) -> None:
+        """Held for the next frame while a job runs; drawn at once otherwise."""
+        if self.running:
+            self._sample = sample
+        else:
+            self._draw_sample(sample)
+
+    def tick(self) -> None:
+        """One repaint of what changed, when the pacer's budget allows one now."""
+        step = self._step
+        if not self.pacer.may_repaint(image_waiting=step is not None and step.preview.image is not None):
+            return  # over the CPU budget: what waits is drawn on a later tick
+        self._repaint(step, self.pacer.should_draw)
+
+    def flush(self) -> None:
+        """Draw everything that waits now, whatever the budget."""
+        self._repaint(self._step, lambda: True)
+
+    def stop(self) -> None:
+        """The job ended: its waiting step and image are dropped, the waiting sample drawn."""
+        self.running = False
+        self._step = self._image = None
+        sample, self._sample = self._sample, None
+        if sample is not None:
+            self._draw_sample(sample)
+
+    def _repaint(self, step: PacedStep | None, may_draw_image: Callable[[], bool]) -> None:
+        self._step = None
+        sample, self._sample = self._sample, None
+        if self.running:
+            if step is not None:
+                if step.preview.image is not None:
+                    self._image = step.preview.image
+                self._draw_step(step)
+            if self._image is not None and may_draw_image():
+                self._draw_image(self._image)
+                self._image = None
+        if sample is not None:
+            self._draw_sample(sample)

@@ -379,17 +379,17 @@ async def test_a_preview_over_the_budget_waits_for_a_later_frame(make) -> None:
         pacer = PreviewPacer(8, 0.01, clock=lambda: clock["wall"], cpu_clock=lambda: clock["cpu"])
         pacer.start()
         assert pacer.should_draw(), "the first preview was drawn"
-        app.preview_pacer = pacer
+        app.frames.pacer = pacer
         clock["wall"] += 1.0
         clock["cpu"] += 0.1  # 10% of the wall time used: far over a 1% budget
         image = Image.new("RGB", (64, 64), (200, 30, 30))
         app.on_job_stepped(JobStepped(app._running_job, StepPreview(2, 4, image, 1.0), 2.0))
-        app._draw_frame()
+        app.frames.tick()
         widget = app.query_one("#preview-image")
         assert widget.image is not image, "over the budget: not drawn yet"
         assert "step 2/4" in str(app.query_one("#progress-text").render()), "progress is shown at once"
         clock["wall"] += 20.0  # 1% of 21 s is 0.21 s: room again
-        app._draw_frame()
+        app.frames.tick()
         assert widget.image is image, "drawn on a later frame"
         gate.set()
         await settle(app, pilot)
@@ -455,7 +455,8 @@ async def test_hardware_pane_with_gpu_and_task_peaks(make) -> None:
         await pilot.press("ctrl+g")
         assert await asyncio.to_thread(engine.at_gate.wait, 5)
         await pilot.pause(0.4)  # the 4 Hz sampler takes readings while the task runs
-        app._show_sample(HardwareSampled(app.telemetry.latest))  # as the frame clock would
+        app.frames.offer_sample(HardwareSampled(app.telemetry.latest))
+        app.frames.flush()  # as a frame would, whatever the budget
         assert "denoise · interior" in str(app.query_one("#hw-stage").render())
         gate.set()
         await settle(app, pilot)

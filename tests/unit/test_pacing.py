@@ -1,10 +1,14 @@
-"""PreviewPacer: the first preview always, then at most max_fps and only within the CPU budget."""
+"""PreviewPacer: the first preview always, then at most max_fps and only within the CPU budget;
+FrameClock: one repaint a frame of the newest step, image and sample."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
-from spatiora_tui.ui.pacing import PreviewPacer
+from spatiora_tui.engine.api import StepPreview
+from spatiora_tui.ui.pacing import FrameClock, PreviewPacer
 
 
 class Clocks:
@@ -94,3 +98,52 @@ def test_start_resets_the_account() -> None:
 def test_bad_settings_are_refused(fps: float, budget: float) -> None:
     with pytest.raises(ValueError):
         PreviewPacer(fps, budget)
+
+
+def frame_clock(clocks: Clocks) -> tuple[FrameClock, list[tuple[str, object]]]:
+    drawn: list[tuple[str, object]] = []
+    clock = FrameClock(
+        PreviewPacer(10, 0.05, clock=lambda: clocks.wall, cpu_clock=lambda: clocks.cpu),
+        draw_step=lambda step: drawn.append(("step", step.preview.step)),
+        draw_image=lambda image: drawn.append(("image", image)),
+        draw_sample=lambda sample: drawn.append(("sample", sample)),
+    )
+    return clock, drawn
+
+
+def step(number: int, image: object = None) -> SimpleNamespace:
+    return SimpleNamespace(preview=StepPreview(number, 10, image, 0.1))  # type: ignore[arg-type]
+
+
+def test_the_frame_clock_draws_only_the_newest_step_and_sample_and_holds_an_image_over_budget() -> None:
+    clocks = Clocks()
+    clock, drawn = frame_clock(clocks)
+    clock.offer_sample("at rest")
+    assert drawn == [("sample", "at rest")]  # no job: drawn at once
+    clock.start()
+    first, second = object(), object()
+    clock.offer_step(step(1, first))
+    clock.offer_sample("s1")
+    clock.offer_sample("s2")
+    assert drawn == [("sample", "at rest")]  # held for the frame
+    clock.tick()
+    assert drawn[1:] == [("step", 1), ("image", first), ("sample", "s2")]
+    clocks.advance(1.1, cpu=0.5)  # far over a 5 % budget, a second after the last repaint
+    clock.offer_step(step(2, second))
+    clock.tick()
+    assert drawn[4:] == [("step", 2)]  # progress (the once-a-second repaint), not the image
+    clock.flush()
+    assert drawn[5:] == [("image", second)]  # a flush draws what waits, budget or not
+
+
+def test_a_job_that_ends_drops_its_waiting_step_and_image_and_draws_the_waiting_sample() -> None:
+    clocks = Clocks()
+    clock, drawn = frame_clock(clocks)
+    clock.start()
+    clock.offer_step(step(3, object()))
+    clock.offer_sample("last")
+    clock.stop()
+    assert drawn == [("sample", "last")]
+    clock.tick()
+    clock.flush()
+    assert drawn == [("sample", "last")]
