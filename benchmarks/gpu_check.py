@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 REPO = Path(__file__).resolve().parents[1]
 MB = 2**20
@@ -55,6 +55,16 @@ class Section:
     what: str
     argv: Callable[[bool, Path], list[str]]  # (dry run, the section's JSON path) -> command
     limit_s: int
+
+
+def _own_section(section: str, mode: str) -> Callable[[bool, Path], list[str]]:
+    """A section this script runs in a process of its own (`--section SECTION --mode MODE`)."""
+
+    def argv(dry: bool, out: Path) -> list[str]:
+        dry_run = ["--dry-run"] if dry else []
+        return [sys.executable, __file__, "--section", section, "--mode", mode, "--json", str(out), *dry_run]
+
+    return argv
 
 
 def _spatiora(*args: str) -> list[str]:
@@ -183,17 +193,7 @@ SECTIONS = (
             f"compile-{mode}",
             f"[model] compile, mode {mode}: SD 1.5 512x512 25 steps fp16, eager against compiled, switches "
             "and in-place swaps with Dynamo's graph counter, images against eager",
-            lambda dry, out, mode=mode: [
-                sys.executable,
-                __file__,
-                "--section",
-                "compile",
-                "--mode",
-                mode,
-                "--json",
-                str(out),
-                *(["--dry-run"] if dry else []),
-            ],
+            _own_section("compile", mode),
             300,
         )
         for mode in ("reduce-overhead", "default")
@@ -202,17 +202,7 @@ SECTIONS = (
         Section(
             f"offload-{mode}",
             f"[model] offload = {mode}: SDXL 1024x1024 25 steps fp16, peak VRAM, image time, an in-place swap",
-            lambda dry, out, mode=mode: [
-                sys.executable,
-                __file__,
-                "--section",
-                "offload",
-                "--mode",
-                mode,
-                "--json",
-                str(out),
-                *(["--dry-run"] if dry else []),
-            ],
+            _own_section("offload", mode),
             240 if mode == "sequential" else 120,
         )
         for mode in ("none", "model", "group", "sequential")
@@ -442,7 +432,7 @@ def offload_section(dry: bool, mode: str, shared: Path) -> dict[str, Any]:
     from spatiora_tui.hw.sampler import HardwareSampler
 
     arch, size, steps, device = ("demo", (64, 64), 4, "cpu") if dry else ("sdxl", (1024, 1024), 25, "cuda")
-    torch = None
+    torch: Any = None
     if not dry:
         import torch
     figures: dict[str, Any] = {"mode": mode, "arch": arch, "size": size, "steps": steps}
@@ -482,7 +472,7 @@ def offload_section(dry: bool, mode: str, shared: Path) -> dict[str, Any]:
         }
         reference = shared / "offload-none.npz"
         if mode == "none":
-            np.savez(reference, **images)
+            np.savez(reference, first=images["first"], second=images["second"])
         elif reference.exists():
             saved = np.load(reference)
             for key, image in images.items():
@@ -524,7 +514,7 @@ def compile_section(dry: bool, mode: str, shared: Path) -> dict[str, Any]:
         images: dict[str, dict[str, Any]] = {}
         for compiled in (False, True):
             settings, loader = engine_parts(base, arch, tasks, steps, size, Path(tmp) / "adapters", device=device)
-            model = dataclasses.replace(settings.model, offload="none", compile=compiled, compile_mode=mode)
+            model = dataclasses.replace(settings.model, offload="none", compile=compiled, compile_mode=cast(Any, mode))
             adapters = dataclasses.replace(settings.adapters, resident_max=2, fuse=False)
             engine = LocalEngine(dataclasses.replace(settings, model=model, adapters=adapters), loader=loader)
             engine.load()
@@ -578,7 +568,7 @@ def compile_section(dry: bool, mode: str, shared: Path) -> dict[str, Any]:
 
 
 def _oom(
-    engine: Any, request: Any, dry: bool, snap: Callable[[str], None], failpoints: Any, oom_error: type
+    engine: Any, request: Any, dry: bool, snap: Callable[[str], None], failpoints: Any, oom_error: type[BaseException]
 ) -> dict[str, Any]:
     """A request made to run out of memory, then a normal one. On a GPU the process is capped at
     what it holds plus 1 GiB and asks for 3072x3072 in 2 steps; on the CPU (dry run) the
@@ -587,7 +577,7 @@ def _oom(
 
     figures: dict[str, Any] = {}
     big = dataclasses.replace(request, width=3072, height=3072, steps=2)
-    torch = None
+    torch: Any = None
     if dry:
         failpoints.arm("denoise", "oom")
         big = request

@@ -23,8 +23,8 @@ WIDTH, HEIGHT, STEPS = 64, 32, 20
 def denoising_frames() -> list[Image.Image]:
     import textual_image
 
-    photo = Image.open(os.path.join(os.path.dirname(textual_image.__file__), "gracehopper.jpg"))
-    photo = photo.convert("RGB").resize((64, 64))
+    with Image.open(os.path.join(os.path.dirname(textual_image.__file__), "gracehopper.jpg")) as original:
+        photo = original.convert("RGB").resize((64, 64))
     rng = np.random.default_rng(0)
     frames = []
     for i in range(STEPS):

@@ -19,7 +19,9 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -51,7 +53,7 @@ def main() -> None:
     vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(config))).to(args.device, dtype).eval()
     tiny = AutoencoderTiny().decoder.to(args.device, dtype).eval()
     latent = torch.randn(1, 4, side, side, device=args.device, dtype=dtype)
-    methods = {
+    methods: dict[str, tuple[Callable[[Any], Any], int]] = {
         "latent2rgb": (LatentToRGB(family), 0),
         "taesd": (
             TaesdPreview(tiny, "taesdxl" if family == "sdxl" else "taesd"),
@@ -62,7 +64,7 @@ def main() -> None:
             sum(p.numel() for p in vae.decoder.parameters()),
         ),
     }
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, (previewer, params) in methods.items():
         previewer(latent)  # first call: allocator growth, kernel selection
         times = []

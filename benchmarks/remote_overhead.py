@@ -77,7 +77,7 @@ def main() -> None:
             preview_bytes.append(remote.preview_bytes - previews_before)
 
     for warm in (local, remote):
-        warm.generate(request)  # type: ignore[attr-defined]  # warm-up
+        warm.generate(request)  # warm-up
     for round_no in range(args.rounds):
         order = [("local", local), ("remote", remote)]
         for name, engine in order if round_no % 2 == 0 else reversed(order):

@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Literal
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -69,7 +70,9 @@ def page_in(*paths: Path) -> None:
                     pass
 
 
-DTYPE = "fp16"  # --dtype: fp16 maps the fp16 files as they are; fp32 converts, so every byte is read
+DTYPE: Literal["fp16", "fp32"] = (
+    "fp16"  # --dtype: fp16 maps the fp16 files as they are; fp32 converts, so every byte is read
+)
 
 
 def load_single(path: Path, cache: Path):

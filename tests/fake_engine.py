@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import typing
 import zlib
 from dataclasses import dataclass, field
 
@@ -34,6 +35,7 @@ from spatiora_tui.engine.api import (
 from spatiora_tui.engine.init_image import InitImage, init_for, init_notices, steps_run, strength_of
 from spatiora_tui.engine.requests import task_for
 from spatiora_tui.hw import Telemetry
+from spatiora_tui.notices import Notice, NoticeKind
 
 MODEL = ModelInfo(
     name="fake-model", source="fake", kind="demo", family="sd1", device="cpu", dtype="fp32", preview="latent2rgb"
@@ -121,7 +123,7 @@ class FakeEngine:
             task=name,
             adapters=tuple((a.name, 1.0 if a.weight is None else a.weight) for a in task.adapters),
             duration_ms=6.0,
-            warning=self.switch_warning,
+            warning=Notice(NoticeKind.MEMORY_LEAK, self.switch_warning) if self.switch_warning else None,
             model_switch=model_switch,
         )
 
@@ -191,7 +193,7 @@ class FakeEngine:
         image = None if cancelled else self._image(params)
         if image is not None and init is not None and strength is not None:
             # The more strength, the less of the init; the seed's mark strong enough to show.
-            _, green, blue = image.getpixel((0, 0))
+            _, green, blue = typing.cast(tuple[int, int, int], image.getpixel((0, 0)))
             noise = Image.new("RGB", image.size, ((seed * 37) % 256, green, blue))
             image = Image.blend(init.image, noise, strength)
         warnings = init_notices(init)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Mapping
 from pathlib import Path
 
 from spatiora_tui.library.safetensors_file import DTYPE_SIZES
@@ -16,7 +17,7 @@ from spatiora_tui.library.safetensors_file import DTYPE_SIZES
 
 def write(
     path: Path,
-    tensors: dict[str, tuple[int, ...]],
+    tensors: Mapping[str, tuple[int, ...]],
     metadata: dict[str, str] | None = None,
     dtype: str = "F16",
     values: dict[str, list[float]] | None = None,

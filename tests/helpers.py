@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,10 +16,14 @@ from spatiora_tui.config import AdapterRef, ModelSettings, Settings, TaskSetting
 from spatiora_tui.engine.api import AdapterUse, GenerationResult, MemoryPeaks, ModelInfo, ResolvedRequest, Timings
 
 REPO = Path(__file__).resolve().parents[1]
+#: Examples hypothesis draws for a fuzz test that talks to a live server in this process (each
+#: one a round trip through threads, about 10 ms). A longer soak before a release:
+#: SPATIORA_FUZZ_EXAMPLES=5000 pytest tests/unit/test_http.py tests/unit/test_remote.py
+LIVE_FUZZ_EXAMPLES = int(os.environ.get("SPATIORA_FUZZ_EXAMPLES", "250"))
 
 
 def small_tasks() -> tuple[TaskSettings, ...]:
-    common = dict(steps=4, guidance=7.0, width=64, height=64)
+    common: dict[str, Any] = dict(steps=4, guidance=7.0, width=64, height=64)
     return (
         TaskSettings(
             name="interior",
@@ -42,7 +47,7 @@ def small_tasks() -> tuple[TaskSettings, ...]:
 RANDOM_DEMO = ModelSettings(source="demo-random")
 
 
-def small_settings(base_dir: Path, **changes: object) -> Settings:
+def small_settings(base_dir: Path, **changes: Any) -> Settings:
     """Random-demo settings with tiny tasks, rooted at `base_dir` (adapters/ and outputs/ under it)."""
     settings = Settings(model=RANDOM_DEMO, tasks=small_tasks(), base_dir=base_dir)
     return dataclasses.replace(settings, **changes) if changes else settings
@@ -77,7 +82,7 @@ def make_result(**changes: Any) -> GenerationResult:
         height=48,
         adapters=(AdapterUse("interior", 0.8, "ab" * 32), AdapterUse("wood", 0.35, "cd" * 32)),
     )
-    fields = dict(
+    fields: dict[str, Any] = dict(
         params=params,
         model=ModelInfo(
             name="spatiora-demo",

@@ -63,8 +63,9 @@ def main() -> int:
     if digest != BPE_SHA256:
         sys.exit(f"the BPE file's sha256 is {digest}, not OpenAI's {BPE_SHA256}")
     lines = gzip.decompress(data).decode("utf-8").split("\n")
-    merges = [tuple(line.split()) for line in lines[1 : MERGE_COUNT + 1]]
-    assert all(len(m) == 2 for m in merges), "a merge line is not two symbols"
+    pairs = [line.split() for line in lines[1 : MERGE_COUNT + 1]]
+    assert all(len(pair) == 2 for pair in pairs), "a merge line is not two symbols"
+    merges = [(first, second) for first, second in pairs]
     text = merges_text(merges)
     checks = {"merges.txt": (text, MERGES_SHA256), "vocab.json": (vocab_text(merges), VOCAB_SHA256)}
     for name, (content, expected) in checks.items():

@@ -15,12 +15,13 @@ from spatiora_tui.hw.sampler import (
     PsutilBackend,
     TorchCudaBackend,
 )
-from spatiora_tui.hw.telemetry import STAGES, Peak, StageRecord, Telemetry
+from spatiora_tui.hw.telemetry import STAGES, HardwareFeed, Peak, StageRecord, Telemetry
 
 __all__ = [
     "STAGES",
     "CudaReading",
     "GpuReading",
+    "HardwareFeed",
     "HardwareSampler",
     "HardwareSnapshot",
     "HostReading",

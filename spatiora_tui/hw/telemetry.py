@@ -20,9 +20,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from spatiora_tui.hw.memory import cuda_torch, peak_rss_since_reset_mb, reset_peak_rss
 from spatiora_tui.hw.sampler import HardwareSampler, HardwareSnapshot
@@ -146,6 +146,27 @@ class Listeners(Generic[T]):
             listeners = list(self._items)
         for listener in listeners:
             listener(value)
+
+
+class HardwareFeed(Protocol):
+    """What a view needs of the hardware: snapshots as they are taken, the peaks, and stages to
+    mark. Telemetry samples this machine; remote/telemetry.py's RemoteTelemetry polls the engine
+    in another process (or on another machine) for its own."""
+
+    @property
+    def latest(self) -> HardwareSnapshot | None: ...
+
+    def subscribe(self, listener: Callable[[HardwareSnapshot], object]) -> Callable[[], None]: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def peaks_by_task(self) -> dict[str, Peak]: ...
+
+    def peaks_by_stage(self, task: str | None = None) -> dict[str, Peak]: ...
+
+    def stage(self, name: str, task: str | None = None) -> AbstractContextManager[None]: ...
 
 
 class Telemetry:

@@ -52,7 +52,7 @@ from spatiora_tui.jobs.sweep import Axis, checked_cells
 from spatiora_tui.outputs import OutputError, save_result
 
 if TYPE_CHECKING:
-    from spatiora_tui.hw.telemetry import Telemetry
+    from spatiora_tui.hw.telemetry import HardwareFeed
 
 #: Most images in one batch (a typo of 1000 should not queue an afternoon's work).
 MAX_BATCH = 100
@@ -71,7 +71,7 @@ class Session:
         settings: Settings,
         *,
         store: QueueStore | None = None,
-        telemetry: Telemetry | None = None,
+        telemetry: HardwareFeed | None = None,
         output_dir: Path | None = None,
         output_name: str | None = None,
     ) -> None:

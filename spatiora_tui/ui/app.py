@@ -26,7 +26,7 @@ from spatiora_tui.atomic import clean_stale_partials
 from spatiora_tui.config import Settings, TaskSettings, user_state_dir
 from spatiora_tui.engine.api import Engine, EngineError
 from spatiora_tui.engine.init_image import DEFAULT_STRENGTH
-from spatiora_tui.hw import Telemetry, process_age_s
+from spatiora_tui.hw import HardwareFeed, Telemetry, process_age_s
 from spatiora_tui.jobs.events import JobStepped as JobStep
 from spatiora_tui.jobs.events import SessionEvent
 from spatiora_tui.jobs.job import Job
@@ -142,7 +142,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         engine: Engine,
         *,
         renderer: str | None = None,
-        telemetry: Telemetry | None = None,
+        telemetry: HardwareFeed | None = None,
         exit_after_first_frame: bool = False,
     ) -> None:
         super().__init__()
@@ -151,7 +151,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self.renderer = renderer or settings.ui.renderer
         self._image_class: type[Widget] = image_widget_class(self.renderer)
         # Shared with the engine, which marks its stages on it; its thread samples the hardware.
-        self.telemetry = telemetry or Telemetry.from_settings(settings)
+        self.telemetry: HardwareFeed = telemetry or Telemetry.from_settings(settings)
         self._tasks: dict[str, TaskSettings] = {t.name: t for t in settings.tasks}
         self._model_ready = False
         # The session holds the jobs, their queue and the images waiting for "save again"; the

@@ -40,8 +40,6 @@ def test_the_default_config_draws_plans_with_floorplan_and_rooms_with_interior(c
     judge = scorer.kind_model()
     prompt = "a three-room flat: living room with oak floor and blue walls, window on the left"
     for task, kind in (("floorplan", "plan"), ("interior", "room")):
-        kinds = [
-            judge.kind(engine.generate(GenerationRequest(prompt=prompt, task=task, seed=seed)).image)
-            for seed in range(4)
-        ]
+        images = [engine.generate(GenerationRequest(prompt=prompt, task=task, seed=seed)).image for seed in range(4)]
+        kinds: list[str] = [judge.kind(image) for image in images if image is not None]
         assert kinds.count(kind) >= 3, (task, kinds)

@@ -102,7 +102,7 @@ def test_a_client_whose_link_drops_mid_image_has_it_stopped_and_reconnects_next_
     def drop(preview: StepPreview) -> None:
         elapsed.append(preview.elapsed_s)
         if preview.step == 3:
-            alice._link.close()  # type: ignore[union-attr]
+            alice._link.close()
 
     with pytest.raises(EngineError, match="next request reconnects"):
         alice.generate(ask(1, "slow", steps=400), on_step=drop)
@@ -149,7 +149,7 @@ def test_queued_generations_survive_a_dropped_link_and_run_after_the_reconnect(s
     for thread in threads[1:]:
         thread.start()
     _wait_for_queue(alice, 3)
-    alice._link.close()  # type: ignore[union-attr]
+    alice._link.close()
     for thread in threads:
         thread.join(120)
     assert "the next request reconnects" in str(outcomes[1])

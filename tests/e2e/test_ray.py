@@ -115,7 +115,7 @@ def test_a_client_that_leaves_mid_image_has_it_stopped_on_its_replica(app: str) 
     def leave(preview: StepPreview) -> None:
         elapsed.append(preview.elapsed_s)
         if preview.step == 3:
-            engine._link.close()  # type: ignore[union-attr]
+            engine._link.close()
 
     with pytest.raises(EngineError, match="next request reconnects"):
         engine.generate(ask("slow", steps=400), on_step=leave)
@@ -183,7 +183,7 @@ def serving_ray(
         env={**env, "SPATIORA_STATE_DIR": str(tmp_path / "state")},
     )
     lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(line.rstrip() for line in proc.stderr), daemon=True).start()  # type: ignore[union-attr]
+    threading.Thread(target=lambda: lines.extend(line.rstrip() for line in proc.stderr), daemon=True).start()
     deadline = time.monotonic() + 240
     while not any(line.startswith("serving on") for line in lines):
         if proc.poll() is not None or time.monotonic() > deadline:

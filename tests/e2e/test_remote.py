@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,9 +18,8 @@ from spatiora_tui.engine.api import EngineError, GenerationRequest, StepPreview
 from spatiora_tui.outputs import read_metadata
 from spatiora_tui.remote import client
 from spatiora_tui.remote.client import RemoteEngine, pipe
-from tests.e2e.terminals import REPO
 from tests.e2e.test_cli import assert_one_line_failure, spatiora
-from tests.helpers import small_settings
+from tests.helpers import REPO, small_settings
 
 pytestmark = pytest.mark.slow
 
@@ -243,7 +243,7 @@ def test_the_servers_hardware_and_peaks_reach_the_client_also_while_it_generates
     engine = RemoteEngine(pipe(server_argv(tmp_path)))
     engine.load()
     telemetry = RemoteTelemetry(engine, where="gpu-box")
-    seen = []
+    seen: list[Any] = []
     telemetry.subscribe(seen.append)
     during = []
 

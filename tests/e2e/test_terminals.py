@@ -13,6 +13,7 @@ import shlex
 import subprocess
 import sys
 import time
+import typing
 from pathlib import Path
 
 import pytest
@@ -85,7 +86,8 @@ def image_tiles(shot: Path, tile: int = 16) -> list[tuple[int, int]]:
         for left in range(0, image.width - tile, tile):
             colours = image.crop((left, top, left + tile, top + tile)).getcolors(tile * tile) or []
             hues = set()
-            for _, (r, g, b) in colours:
+            for _, colour in colours:
+                r, g, b = typing.cast(tuple[int, int, int], colour)
                 h, sat, val = colorsys.rgb_to_hsv(r / 255, g / 255, b / 255)
                 if sat > 0.25 and val > 0.2:
                     hues.add(int(h * 12) % 12)

@@ -256,7 +256,7 @@ def test_calls_waiting_on_the_engine_outlive_a_dropped_bridge_and_run_after_the_
     from concurrent.futures import ThreadPoolExecutor
 
     from spatiora_tui.engine.api import EngineError, GenerationRequest
-    from spatiora_tui.remote.client import RemoteEngine, pipe
+    from spatiora_tui.remote.client import PipeLink, RemoteEngine
 
     runtime = Path(os.environ["XDG_RUNTIME_DIR"])
     config = project / "config.toml"
@@ -265,7 +265,7 @@ def test_calls_waiting_on_the_engine_outlive_a_dropped_bridge_and_run_after_the_
     bridges: list[subprocess.Popen] = []
 
     def opener(on_frame, on_end):
-        link = pipe(argv)(on_frame, on_end)
+        link = PipeLink(argv, on_frame, on_end)
         bridges.append(link.proc)
         return link
 
@@ -295,13 +295,13 @@ def test_a_bridge_ends_as_soon_as_its_client_closes_after_an_engine_call(project
     """The engine hangs up on a client that closed its side, even while the hub still holds the
     client's last call: a bridge (what ssh:// runs) ends at once rather than being killed after
     the client's 30 s wait."""
-    from spatiora_tui.remote.client import RemoteEngine, pipe
+    from spatiora_tui.remote.client import PipeLink, RemoteEngine
 
     argv = [sys.executable, "-m", "spatiora_tui", "--config", str(project / "config.toml"), "engine", "bridge"]
     bridges: list[subprocess.Popen] = []
 
     def opener(on_frame, on_end):
-        link = pipe(argv)(on_frame, on_end)
+        link = PipeLink(argv, on_frame, on_end)
         bridges.append(link.proc)
         return link
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -236,7 +237,7 @@ def test_pickle_adapters_load_only_when_allowed(cache_dir: Path, tmp_path: Path)
     from spatiora_tui.engine.local import LocalEngine
 
     (tmp_path / "adapters").mkdir()
-    common = dict(steps=3, width=64, height=64, prompt_template="{prompt}", scheduler="euler")
+    common: dict[str, Any] = dict(steps=3, width=64, height=64, prompt_template="{prompt}", scheduler="euler")
     tasks = (
         *small_tasks(),
         TaskSettings(name="p", adapters=(AdapterRef("pickled", 0.8),), **common),

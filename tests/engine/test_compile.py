@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from spatiora_tui.notices import NoticeKind, of_kind
 from tests.helpers import small_settings, small_tasks
 from tests.lora_files import write_kohya
 
-COMMON = dict(steps=3, guidance=7.0, width=64, height=64, scheduler="euler")
+COMMON: dict[str, Any] = dict(steps=3, guidance=7.0, width=64, height=64, scheduler="euler")
 
 
 def tasks() -> tuple[TaskSettings, ...]:
@@ -53,7 +54,7 @@ def adapter_root(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return root
 
 
-def make(cache_dir: Path, root: Path, compile: bool, rank: int = 8, **adapters: object):
+def make(cache_dir: Path, root: Path, compile: bool, rank: int = 8, **adapters: Any):
     from spatiora_tui.engine.local import LocalEngine
 
     model = ModelSettings(source="demo-random", compile=compile, compile_rank=rank)

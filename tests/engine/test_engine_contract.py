@@ -11,12 +11,13 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from spatiora_tui.config import AdapterRef, TaskSettings
 from spatiora_tui.engine.api import Engine, EngineError, GenerationRequest, StepPreview
-from spatiora_tui.notices import NoticeKind, of_kind
+from spatiora_tui.notices import Notice, NoticeKind, of_kind
 from spatiora_tui.remote.client import RemoteEngine, pipe
 from tests.fake_engine import FakeEngine
 from tests.helpers import small_settings
@@ -82,7 +83,7 @@ def engine(
     stack.close()
 
 
-def ask(**changes: object) -> GenerationRequest:
+def ask(**changes: Any) -> GenerationRequest:
     return dataclasses.replace(GenerationRequest(prompt="a loft", task="base", seed=7, steps=STEPS), **changes)
 
 
@@ -231,7 +232,7 @@ def test_image_to_image_at_a_size_asked_crops_the_init_image_and_says_so(
     result = engine.generate(ask(init_image=str(sketches["plan"]), width=64, height=64))
     assert result.image is not None and result.image.size == (64, 64)
     assert result.params.strength == 0.75  # A1111's default
-    assert any("cropped" in w and w.kind is NoticeKind.INIT_IMAGE for w in result.warnings)
+    assert any("cropped" in w and isinstance(w, Notice) and w.kind is NoticeKind.INIT_IMAGE for w in result.warnings)
 
 
 def test_a_transparent_init_image_is_flattened_onto_white_and_said(engine: Engine, sketches: dict[str, Path]) -> None:

@@ -10,6 +10,7 @@ one UNet step agree to 1e-4, while the adapter itself moves them by far more.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ from spatiora_tui.engine.adapters.layouts import unet_layers
 from spatiora_tui.engine.api import EngineError
 from tests import fake_files, lora_files
 
-CASES = {
+CASES: dict[str, dict[str, Any]] = {
     "kohya": dict(components=("unet",)),
     "kohya with text encoders": dict(components=("unet", "text_encoder", "text_encoder_2")),
     "locon": dict(components=("unet",), conv=True),

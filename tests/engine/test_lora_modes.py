@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mmap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ def demo_adapter(cache_dir: Path, name: str) -> Path:
     return cache_dir / "demo-v1" / "adapters" / f"{name}.safetensors"
 
 
-def make_engine(cache_dir: Path, root: Path, tasks: tuple[TaskSettings, ...] = (), **adapter_settings: object):
+def make_engine(cache_dir: Path, root: Path, tasks: tuple[TaskSettings, ...] = (), **adapter_settings: Any):
     from spatiora_tui.engine.local import LocalEngine
 
     (root / "adapters").mkdir(parents=True, exist_ok=True)
@@ -295,7 +296,8 @@ def test_the_watchdog_counts_what_the_tiers_hold() -> None:
     dog = LeakWatchdog(tolerance_mb=10)
     dog.set_baseline(MemoryReading(rss_mb=1000.0, vram_mb=500.0))
     assert dog.check(MemoryReading(1100.0, 505.0), held_ram_mb=95.0) is None
-    assert "RAM 15 MB" in dog.check(MemoryReading(1110.0, 505.0), held_ram_mb=95.0)
+    warning = dog.check(MemoryReading(1110.0, 505.0), held_ram_mb=95.0)
+    assert warning is not None and "RAM 15 MB" in warning
     warning = dog.check(MemoryReading(1000.0, 700.0), held_vram_mb=100.0)
-    assert "VRAM 100 MB" in warning and "RAM" not in warning.split("VRAM")[0]
+    assert warning is not None and "VRAM 100 MB" in warning and "RAM" not in warning.split("VRAM")[0]
     assert dog.check(MemoryReading(1000.0, None)) is None, "no CUDA reading: only RAM is checked"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,7 +52,7 @@ def test_sdxl_needs_more_working_memory_than_sd1_at_its_size() -> None:
     assert choose_offload("auto", "cuda", free, 7_000, 5_000, "sdxl") != "none"
 
 
-def engine_with(tmp_path: Path, cache_dir: Path, **model: object) -> LocalEngine:
+def engine_with(tmp_path: Path, cache_dir: Path, **model: Any) -> LocalEngine:
     settings = small_settings(tmp_path)
     settings = dataclasses.replace(settings, model=dataclasses.replace(settings.model, **model))
     return LocalEngine(settings, cache_dir=cache_dir)

@@ -7,13 +7,14 @@ test: the architecture (and so the loading, shapes and cost) is the real one.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 from spatiora_tui.config import PathSettings, PreviewSettings
-from spatiora_tui.engine.api import GenerationRequest, StepPreview
+from spatiora_tui.engine.api import GenerationRequest, GenerationResult, StepPreview
 from spatiora_tui.engine.local import LocalEngine
 from spatiora_tui.notices import NoticeKind, of_kind
 from tests.helpers import small_settings
@@ -50,13 +51,13 @@ def write_original_decoder(model, path: Path) -> Path:
     return path
 
 
-def run(engine: LocalEngine) -> tuple[list[StepPreview], object]:
+def run(engine: LocalEngine) -> tuple[list[StepPreview], GenerationResult]:
     previews: list[StepPreview] = []
     result = engine.generate(REQUEST, on_step=previews.append)
     return previews, result
 
 
-def engine_with(cache_dir: Path, root: Path, **preview: object) -> LocalEngine:
+def engine_with(cache_dir: Path, root: Path, **preview: Any) -> LocalEngine:
     settings = small_settings(root, preview=PreviewSettings(**preview))
     engine = LocalEngine(settings, cache_dir=cache_dir)
     engine.load()

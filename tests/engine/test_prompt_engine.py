@@ -4,6 +4,7 @@ embeddings by name, and the hashes AUTOMATIC1111 writes."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -134,7 +135,7 @@ def test_chunks_hold_at_most_75_tokens_and_lose_none(text: str) -> None:
     assert plain_text(text) == "".join(pieces)
 
 
-_TOKENIZER: dict[str, object] = {}
+_TOKENIZER: dict[str, Any] = {}
 
 
 def test_a_pickle_embedding_named_in_a_prompt_is_a_warning_not_silence(rig) -> None:

@@ -32,7 +32,7 @@ def test_each_family_loads_from_one_file_with_every_tensor_intact(tiny, tmp_path
     pipe, info, _ = load_pipeline(settings, tmp_path)
     assert info.kind == "single_file" and info.family == model.family
     assert ("inpainting" in info.variant) == model.inpaint
-    assert len(info.sha256) == 64 and info.short_hash == info.sha256[:10]
+    assert info.sha256 is not None and len(info.sha256) == 64 and info.short_hash == info.sha256[:10]
     for name, module in components(model.pipe).items():
         loaded = getattr(pipe, name).state_dict()
         for tensor_name, tensor in module.state_dict().items():
@@ -93,7 +93,7 @@ def test_a_file_missing_weights_is_refused_not_half_loaded(tiny, tmp_path: Path)
 
 @pytest.mark.parametrize("variant", ["sd15", "sd15-inpaint", "sd2", "sd2-v", "sd2-inpaint", "sdxl", "sdxl-inpaint"])
 def test_the_shipped_config_folders_build_the_published_architectures(variant: str) -> None:
-    from accelerate import init_empty_weights
+    from accelerate import init_empty_weights  # type: ignore[import-untyped]
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 

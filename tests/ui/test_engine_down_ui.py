@@ -64,7 +64,11 @@ async def test_a_dead_engine_holds_the_queue_and_the_restart_key_lets_it_go_on(u
             assert len(links) == 1  # nothing started the engine behind the user's back
 
             await pilot.press("ctrl+n")
-            await wait_until(pilot, lambda: second.state is JobState.DONE, "the held job to run after the restart")
+            await wait_until(
+                pilot,
+                lambda: app.session.job(second.id).state is JobState.DONE,
+                "the held job to run after the restart",
+            )
             await settle(app, pilot)
             assert len(links) == 2 and engine.reconnects == 1
             assert not app.session.paused and not app.check_action("restart_engine", ())

@@ -45,11 +45,11 @@ def test_main_screen_during_a_generation(snap_compare, settings: Settings) -> No
         await pilot.pause(0.3)  # samples taken before the stage began are drawn by now
         # A sample taken now, in the denoise stage, drawn at once: the pane then shows the stage
         # and the task's peaks whatever the sampler's timing (later samples are identical).
-        app.frames.offer_sample(HardwareSampled(app.telemetry.sample()))
+        app.frames.offer_sample(HardwareSampled(telemetry.sample()))
         app.frames.flush()
         # The sparkline redraws at most once a second, so what it last drew depended on timing
         # (one sample or several): draw it now, from at least two samples.
-        app.frames.offer_sample(HardwareSampled(app.telemetry.sample()))
+        app.frames.offer_sample(HardwareSampled(telemetry.sample()))
         app.frames.flush()
         app.hardware_pane.redraw_sparkline()
         await pilot.pause()

@@ -154,7 +154,7 @@ def _no_hard_links(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*_args, **_kwargs):
         raise OSError(errno.EPERM, "Operation not permitted")
 
-    monkeypatch.setattr(atomic.os, "link", refuse)
+    monkeypatch.setattr("spatiora_tui.atomic.os.link", refuse)
 
 
 def test_write_new_without_hard_links_never_replaces_a_file_that_appears_meanwhile(
@@ -173,7 +173,7 @@ def test_write_new_without_hard_links_never_replaces_a_file_that_appears_meanwhi
         return seen
 
     monkeypatch.setattr(Path, "exists", lambda self, **kw: race(real_exists(self, **kw), self))
-    monkeypatch.setattr(atomic.os.path, "lexists", lambda path: race(real_lexists(path), path))
+    monkeypatch.setattr("spatiora_tui.atomic.os.path.lexists", lambda path: race(real_lexists(path), path))
     path = atomic.write_new(tmp_path, "img", ".png", b"ours")
     assert path.read_bytes() == b"ours"
     if raced or path != target:

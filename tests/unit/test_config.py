@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -173,7 +174,9 @@ def test_toml_text_is_readable_and_documented(tmp_path: Path) -> None:
     sections = {f.name: f for f in dataclasses.fields(Settings) if not f.metadata.get("internal")}
     documented_keys = 0
     for section, f in sections.items():
-        cls = typing.get_args(typing.get_type_hints(Settings)[section])[0] if section == "tasks" else f.default_factory
+        cls: Any = (
+            typing.get_args(typing.get_type_hints(Settings)[section])[0] if section == "tasks" else f.default_factory
+        )
         header = f"[[{section}]]" if section == "tasks" else f"[{section}]"
         at = lines.index(header)
         assert lines[at - 1].startswith("# "), f"{header} has no comment above it"

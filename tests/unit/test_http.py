@@ -34,7 +34,7 @@ from spatiora_tui.remote.server import PROTOCOL, Hub
 from spatiora_tui.remote.websocket import ENGINE_PATH, MAX_MESSAGE, websocket
 from tests.fake_engine import FakeEngine
 from tests.frame_fuzz import FIELDS, KINDS, no_frame, still_served, wrong_fields, wrong_lengths
-from tests.helpers import small_settings
+from tests.helpers import LIVE_FUZZ_EXAMPLES, small_settings
 
 
 @contextlib.contextmanager
@@ -134,8 +134,8 @@ def test_on_tcp_every_request_needs_the_token(folder: Path) -> None:
     probe.close()
     where = Listener(host="127.0.0.1", port=port, token_file=folder / "tcp" / "serve-token")
     with served(hub, where) as token:
-        assert token and stat.S_IMODE(where.token_file.stat().st_mode) == 0o600  # type: ignore[union-attr]
-        assert where.token_file.read_text().strip() == token  # type: ignore[union-attr]
+        assert token and stat.S_IMODE(where.token_file.stat().st_mode) == 0o600
+        assert where.token_file.read_text().strip() == token
         for wrong in (None, "guess"):
             with pytest.raises(EngineError, match=r"refused this client \(403\).*SPATIORA_TOKEN"):
                 RemoteEngine(websocket(f"127.0.0.1:{port}", wrong))
@@ -150,14 +150,14 @@ def test_on_tcp_every_request_needs_the_token(folder: Path) -> None:
         )
         assert json.load(urllib.request.urlopen(hello)) == {"version": __version__, "protocol": PROTOCOL}
         client.close()
-    assert not where.token_file.exists(), "the token goes with the server"  # type: ignore[union-attr]
+    assert not where.token_file.exists(), "the token goes with the server"
     hub.close()
 
 
 # -- frames over the websocket: what hypothesis throws at it ---------------------------------------
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=LIVE_FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=64) | wrong_lengths() | st.text(max_size=16))
 def test_bytes_that_are_no_frame_close_that_connection_with_a_reason_and_others_go_on(
     folder: Path, watcher: ClientConnection, data: bytes | str
@@ -165,7 +165,7 @@ def test_bytes_that_are_no_frame_close_that_connection_with_a_reason_and_others_
     no_frame(lambda: open_ws(folder), watcher, data)
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=LIVE_FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(KINDS, FIELDS), min_size=1, max_size=3))
 def test_wellformed_frames_with_wrong_fields_each_get_an_answer_and_others_go_on(
     folder: Path, watcher: ClientConnection, batch: list[Any]
@@ -214,7 +214,7 @@ def test_over_the_websocket_a_client_cannot_cancel_another_clients_job(hub: Hub,
     try:
         alice.send(pack({"type": "hello", "id": 1, "client": "alice"}))
         alice.send(pack({"type": "generate", "id": 2, "request": {"prompt": "x", "task": "base", "steps": 5}}))
-        frames_seen = []
+        frames_seen: list[dict[str, Any]] = []
         while not frames_seen or frames_seen[-1]["type"] != "queued":
             frames_seen.append(unpack(alice.recv(timeout=10))[0])  # type: ignore[arg-type]
         job = frames_seen[-1]["job"]

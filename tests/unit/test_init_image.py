@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -21,7 +22,7 @@ from spatiora_tui.engine.init_image import (
 )
 
 
-def saved(tmp_path: Path, image: Image.Image, name: str = "in.png", **save: object) -> Path:
+def saved(tmp_path: Path, image: Image.Image, name: str = "in.png", **save: Any) -> Path:
     path = tmp_path / name
     image.save(path, **save)
     return path

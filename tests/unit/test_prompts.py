@@ -138,4 +138,4 @@ def test_text_without_syntax_is_read_unchanged_at_weight_one(text: str) -> None:
 @given(st.text(alphabet="abc ", min_size=1, max_size=20), st.floats(0.05, 4.0))
 def test_a_weighted_group_carries_exactly_its_weight(words: str, weight: float) -> None:
     runs = parse_emphasis(f"({words}:{weight:.3f})")
-    assert runs == [(words, pytest.approx(float(f"{weight:.3f}")))]
+    assert runs == [(words, pytest.approx(float(f"{weight:.3f}")))]  # type: ignore[comparison-overlap]  # approx compares

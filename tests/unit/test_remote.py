@@ -23,7 +23,7 @@ from spatiora_tui.remote.frames import Closed, FrameError, FrameWriter, read_fra
 from spatiora_tui.remote.server import PROTOCOL, serve
 from spatiora_tui.remote.wire import WireError, decode, encode
 from tests.fake_engine import FakeEngine
-from tests.helpers import make_result, small_settings
+from tests.helpers import LIVE_FUZZ_EXAMPLES, make_result, small_settings
 
 
 def framed(message: dict[str, Any], blob: bytes = b"") -> bytes:
@@ -181,7 +181,7 @@ JSON = st.recursive(
 KINDS = st.sampled_from(["generate", "switch_task", "prefetch", "load", "state", "models", "cancel", "nope"])
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=LIVE_FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     st.lists(
         st.tuples(KINDS, st.dictionaries(st.sampled_from(["request", "name", "task", "target", "source"]), JSON)),

@@ -85,7 +85,7 @@ def test_h2_a_lora_tag_that_is_a_path_or_too_long_is_refused_at_once(tmp_path: P
     hub, engine = hub_of(tmp_path)
     client = Client(hub, "mallory")
     for field in ("prompt", "negative_prompt"):
-        reply = generate(client, **{field: f"a room <lora:{name}:1>"})
+        reply = generate(client, b"", **{field: f"a room <lora:{name}:1>"})
         assert reply["type"] == "error" and reply["kind"] == "refused", reply
     assert engine.requests == []
     hub.close()
@@ -250,7 +250,7 @@ def test_m3_a_client_past_its_limits_is_refused_and_others_are_not(tmp_path: Pat
     )
     reply = other.until(rid)
     assert reply["type"] == "error" and "MB of uploads" in reply["message"]
-    engine.gate.set()  # type: ignore[union-attr]
+    engine.gate.set()
     for rid in waiting:
         greedy.until(rid)
     hub.close()

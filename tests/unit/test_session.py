@@ -174,7 +174,7 @@ def test_a_job_for_an_unknown_task_fails_and_the_queue_goes_on(fake_engine, sett
 
 
 def test_an_unexpected_error_fails_the_job_not_the_queue(fake_engine, settings) -> None:
-    fake_engine.fail_generate = ZeroDivisionError("a defect")  # type: ignore[assignment]
+    fake_engine.fail_generate = ZeroDivisionError("a defect")
     session = Session(fake_engine, settings)
     job = session.submit(ask())
     run_all(session)
@@ -229,6 +229,7 @@ def test_a_batch_with_a_cancelled_image_gets_a_sheet_of_the_rest(fake_engine, se
     session.cancel(jobs[1].id)
     events = run_all(session)
     (done,) = [e for e in events if isinstance(e, GroupFinished)]
+    assert done.path is not None
     with Image.open(done.path) as sheet:
         assert sheet.size == (2 * 64 + 4, 64)
 
@@ -260,7 +261,7 @@ def test_the_queue_file_holds_what_waits_and_a_new_session_adopts_it(fake_engine
     assert len(orphans) == 1
     for orphan in orphans:
         orphan.release()
-    count, problems = second.adopt(second._store.orphans())  # type: ignore[union-attr]
+    count, problems = second.adopt(second._store.orphans())
     assert (count, problems) == (3, [])
     assert [j.request.prompt for j in second.waiting()] == ["kept 1", "kept batch", "kept batch"]
     assert [j.request.seed for j in second.waiting()] == [5, 9, 10]
@@ -316,7 +317,7 @@ def test_a_queue_folder_that_cannot_be_written_is_reported(fake_engine, settings
 def test_an_engine_error_on_switch_fails_the_job_with_the_reason(fake_engine, settings) -> None:
     session = Session(fake_engine, settings)
     job = session.submit(ask(task="floorplan"))
-    fake_engine.switch_task = _refuse  # type: ignore[method-assign]
+    fake_engine.switch_task = _refuse
     run_all(session)
     assert job.state is JobState.FAILED and "could not switch to task floorplan" in (job.error or "")
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import threading
 from types import SimpleNamespace
+from typing import Any
 
+from spatiora_tui.engine.api import StepPreview
 from spatiora_tui.engine.generate import STOP, CancelCheck, StepClock, StepReporter, compose
 
 
@@ -26,9 +28,12 @@ def test_hooks_run_in_order_and_stop_ends_the_chain() -> None:
 
 
 def test_a_cancelled_step_interrupts_the_pipeline_and_reports_nothing() -> None:
-    cancel, seen, previews = threading.Event(), [], []
+    cancel = threading.Event()
+    seen: list[StepPreview] = []
+    previews: list[Any] = []
     clock = StepClock(4)
-    reporter = StepReporter(seen.append, clock, Tap(), lambda latent: previews.append(latent) or latent, every_n=2)
+    tap, previewer = Tap(), lambda latent: previews.append(latent) or latent
+    reporter = StepReporter(seen.append, clock, tap, previewer, every_n=2)  # type: ignore[arg-type]  # stand-ins
     on_step_end = compose(clock, CancelCheck(cancel), reporter)
     pipe = pipeline(4)
     on_step_end(pipe, 0, None, {"latents": "z"})
@@ -42,10 +47,12 @@ def test_a_cancelled_step_interrupts_the_pipeline_and_reports_nothing() -> None:
 
 
 def test_the_last_step_always_previews_and_heun_counts_its_evaluations() -> None:
-    seen = []
+    seen: list[StepPreview] = []
     clock = StepClock(3)
     on_step_end = compose(
-        clock, CancelCheck(threading.Event()), StepReporter(seen.append, clock, Tap(), lambda latent: "img", every_n=10)
+        clock,
+        CancelCheck(threading.Event()),
+        StepReporter(seen.append, clock, Tap(), lambda latent: "img", every_n=10),  # type: ignore[arg-type]  # stand-ins
     )
     pipe = pipeline(5)  # a second-order sampler: more model evaluations than steps asked
     for index in range(5):

@@ -152,6 +152,7 @@ def test_a_failed_cell_is_a_grey_tile_saying_so(fake_engine, settings) -> None:
     session.cancel(jobs[1].id)
     events = run_all(session)
     grid = next(e.path for e in events if isinstance(e, GroupFinished))
+    assert grid is not None
     with Image.open(grid) as image:
         rgb = image.convert("RGB")
     # The middle column's tile is grey: sample its centre.
@@ -168,7 +169,9 @@ def test_the_grid_without_images_is_refused() -> None:
 def test_z_makes_one_grid_per_value_stacked() -> None:
     tile = Image.new("RGB", (64, 64), (255, 0, 0))
     axes = (("seed", ("1", "2")), ("steps", ("3", "4")), ("task", ("interior", "floorplan")))
-    cells = {(x, y, z): tile for x in range(2) for y in range(2) for z in range(2)}
+    cells: dict[tuple[int, ...], Image.Image | str] = {
+        (x, y, z): tile for x in range(2) for y in range(2) for z in range(2)
+    }
     two = sweep_grid(cells, axes)
     flat = sweep_grid({(x, y): tile for x in range(2) for y in range(2)}, axes[:2])
     assert two.height > 2 * flat.height - 64 and two.width == flat.width

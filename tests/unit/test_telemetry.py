@@ -185,7 +185,7 @@ def test_the_sampler_thread_survives_a_failing_backend_and_never_overlaps() -> N
             with lock:
                 active[0] -= 1
 
-    telemetry.sampler.host.read = slow_read
+    telemetry.sampler.host.read = slow_read  # type: ignore[method-assign]  # a reading that takes its time
     got_ten = threading.Event()
     telemetry.subscribe(lambda snap: (seen.append(snap), len(seen) >= 10 and got_ten.set()))
     host.fail_next = True  # the first read raises; the loop must carry on

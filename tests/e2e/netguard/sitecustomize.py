@@ -6,6 +6,7 @@ network and are not logged."""
 import os
 import socket
 import sys
+import types
 
 _LOG = os.environ.get("SPATIORA_SOCKET_LOG")
 _NETWORK = (socket.AF_INET, socket.AF_INET6)
@@ -23,14 +24,14 @@ def _hook(event, args):
             line = f"{event} {args[1:]!r}"
     elif event in ("socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyaddr"):
         line = f"{event} {args!r}"
-    if line is not None:
+    if line is not None and _LOG is not None:
         with open(_LOG, "a", encoding="utf-8") as fh:
             fh.write(f"{os.getpid()} {line} origin={_origin()}\n")
 
 
 def _origin():
     """The module that asked for the socket operation (the first caller outside socket.py)."""
-    frame = sys._getframe(2)
+    frame: types.FrameType | None = sys._getframe(2)
     while frame is not None and frame.f_globals.get("__name__") in ("socket", __name__):
         frame = frame.f_back
     return frame.f_globals.get("__name__") if frame is not None else "?"
