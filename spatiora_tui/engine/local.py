@@ -46,6 +46,7 @@ from spatiora_tui.hw.memory import release_memory
 from spatiora_tui.hw.telemetry import Telemetry
 from spatiora_tui.hw.watchdog import LeakWatchdog, MemoryReading, read_memory
 from spatiora_tui.library.catalog import library_folders, resolve_source, scan
+from spatiora_tui.library.families import FAMILIES
 from spatiora_tui.library.hashing import HashCache
 from spatiora_tui.notices import Notice, NoticeKind
 from spatiora_tui.prompts import PromptError, extract_lora_tags
@@ -453,7 +454,7 @@ class LocalEngine:
         small = params.width * params.height <= 128 * 128
         if small and not self._size_told and self._model.kind not in ("demo", "random"):
             self._size_told = True  # said once per model, as the other notices are
-            native = {"sd1": "512x512", "sd2": "768x768", "sdxl": "1024x1024"}.get(self._model.family, "512x512")
+            native = FAMILIES[self._model.family].native_size if self._model.family in FAMILIES else "512x512"
             self._notices.append(
                 Notice(
                     NoticeKind.SIZE,

@@ -20,6 +20,7 @@ from spatiora_tui import failpoints
 from spatiora_tui.config import ModelSettings
 from spatiora_tui.engine.api import EngineError, EngineOOM, ModelInfo, is_out_of_memory
 from spatiora_tui.hw.memory import release_memory
+from spatiora_tui.library.families import FAMILIES
 from spatiora_tui.units import MB
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -414,13 +415,6 @@ def load_pipeline(
     return pipe, info, demo_adapters
 
 
-#: What a process holds on the GPU beyond the weights while generating at the family's usual
-#: size (denoising activations, the allocator's cache, the VAE decode, the CUDA context), as NVML
-#: counts it. Measured on the H200 (docs/gpu.md): SD 1.x at 512², 5,186 MB held with 2,057 MB of
-#: weights; SDXL at 1024², 16,812 MB with 6,732 MB. SD 2.x (768²) is SD 1.x's scaled by pixels.
-WORKING_MB = {"sd1": 3_100, "sd2": 7_000, "sdxl": 10_100}
-
-
 def module_bytes(module: Any) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters()) if module is not None else 0
 
@@ -437,7 +431,7 @@ def choose_offload(
         return "none"
     if setting != "auto":
         return setting
-    working = WORKING_MB.get(family, WORKING_MB["sdxl"])
+    working = FAMILIES.get(family, FAMILIES["sdxl"]).working_mb  # an unknown family: plan for the most
     if free_mb is None or free_mb >= weights_mb + working:
         return "none"
     if free_mb >= largest_mb + working:

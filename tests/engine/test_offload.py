@@ -15,11 +15,12 @@ import pytest
 from spatiora_tui.engine import pipeline
 from spatiora_tui.engine.api import EngineError, GenerationRequest
 from spatiora_tui.engine.local import LocalEngine
-from spatiora_tui.engine.pipeline import WORKING_MB, choose_offload
+from spatiora_tui.engine.pipeline import choose_offload
+from spatiora_tui.library.families import FAMILIES
 from spatiora_tui.notices import NoticeKind, of_kind
 from tests.helpers import small_settings
 
-SD1 = WORKING_MB["sd1"]
+SD1 = FAMILIES["sd1"].working_mb
 
 
 @pytest.mark.parametrize(
@@ -47,7 +48,7 @@ def test_an_explicit_mode_is_kept_on_cuda_and_refused_off_it() -> None:
 
 
 def test_sdxl_needs_more_working_memory_than_sd1_at_its_size() -> None:
-    free = 7_000 + WORKING_MB["sd1"]
+    free = 7_000 + FAMILIES["sd1"].working_mb
     assert choose_offload("auto", "cuda", free, 7_000, 5_000, "sd1") == "none"
     assert choose_offload("auto", "cuda", free, 7_000, 5_000, "sdxl") != "none"
 

@@ -142,18 +142,20 @@ def test_a_single_file_model_generates_through_the_engine(tiny, tmp_path: Path, 
     assert list(result.image.getdata()) == list(again.image.getdata()), "same seed, same image"
 
 
-def test_a_real_model_asked_for_the_demo_size_is_told_once(tiny, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("family", "native"), [("sd1", "512x512"), ("sdxl", "1024x1024")])
+def test_a_real_model_asked_for_the_demo_size_is_told_once(tiny, tmp_path: Path, family: str, native: str) -> None:
+    """The size it is told to use is its family's native size (library/families.py)."""
     from spatiora_tui.engine.api import GenerationRequest
     from spatiora_tui.engine.local import LocalEngine
     from spatiora_tui.notices import NoticeKind, of_kind
 
-    engine = LocalEngine(tiny_settings(tiny["sd1"], tmp_path), cache_dir=tmp_path / "cache")
+    engine = LocalEngine(tiny_settings(tiny[family], tmp_path), cache_dir=tmp_path / "cache")
     engine.load()
     told = [
         of_kind(engine.generate(GenerationRequest(prompt="p", task="plain", seed=s)).warnings, NoticeKind.SIZE)
         for s in (1, 2)
     ]
-    assert len(told[0]) == 1 and "64x64 is the demo model's size" in told[0][0] and "512x512" in told[0][0]
+    assert len(told[0]) == 1 and "64x64 is the demo model's size" in told[0][0] and native in told[0][0]
     assert told[1] == [], "said once per model, not with every image"
 
 
