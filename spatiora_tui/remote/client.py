@@ -17,9 +17,11 @@ import collections
 import dataclasses
 import getpass
 import itertools
+import os
 import queue
 import socket
 import subprocess
+import sys
 import threading
 import time
 import typing
@@ -171,6 +173,18 @@ def upload(path: str) -> bytes:
     return data
 
 
+def self_label() -> str:
+    """How this process is named to the other clients of a shared engine: the command and its
+    terminal ("spatiora on /dev/pts/3"), else its pid."""
+    command = " ".join(["spatiora", *[a for a in sys.argv[1:2] if not a.startswith("-")]])
+    for stream in (sys.stdin, sys.stdout, sys.stderr):
+        try:
+            return f"{command} on {os.ttyname(stream.fileno())}"
+        except (OSError, ValueError, AttributeError):
+            continue
+    return f"{command} (pid {os.getpid()})"
+
+
 def client_name() -> str:
     """Who this client is to a shared server's round robin: user@host."""
     try:
@@ -260,18 +274,22 @@ class RemoteEngine:
         resume: bool = True,
         after_drop: str = "the next request reconnects",
         say: Callable[[str], None] | None = None,
+        label: str | None = None,
     ) -> None:
         """`image_format`: how finished images cross: "png", "raw" pixels, or "auto" (raw on a
         link timed at RAW_ABOVE or faster). `resume`: generations still queued when the link
         drops wait through a reconnect (a server that outlives its links keeps them); without it
         they fail at once with the reason (the user's engine: its link drops only when it dies,
         and its queue with it). `say`: where words about the link go (an engine being started
-        for it); a UI that takes over the terminal sets `say` to its own status line."""
+        for it); a UI that takes over the terminal sets `say` to its own status line. `label`: how the
+        server's other clients are told of this one when it changes what they share (its model)."""
         self._resume_parked = resume
         #: What the next call does about a dropped link, said after why it dropped.
         self.after_drop = after_drop
         self.say: Callable[[str], None] = say or (lambda _text: None)
         self._link_listeners: Listeners[str | None] = Listeners()
+        self._model_listeners: Listeners[tuple[ModelInfo, str]] = Listeners()
+        self.label = label or self_label()
         self._opener = opener
         self._image_format = image_format
         self._preview_side = preview_side
@@ -409,6 +427,12 @@ class RemoteEngine:
         when a new link is up; on the thread that saw it. Returns the call that stops it."""
         return self._link_listeners.subscribe(listener)
 
+    def watch_models(self, listener: Callable[[tuple[ModelInfo, str]], object]) -> Callable[[], None]:
+        """Call `listener` with (the model, who chose it) when another client of the server
+        switches the model this one shares; on the link's reader thread. Returns the call that
+        stops it."""
+        return self._model_listeners.subscribe(listener)
+
     def restart(self) -> ModelInfo | None:
         """A new link now, when the last one dropped (the user's engine started again, with the
         model it had loaded); the model it holds. EngineError when that fails."""
@@ -463,6 +487,7 @@ class RemoteEngine:
                 "version": __version__,
                 "protocol": PROTOCOL,
                 "client": self.name,
+                "label": self.label,
                 "session": self._session,
             }
         )
@@ -641,6 +666,9 @@ class RemoteEngine:
 
     def _on_frame(self, frame: dict[str, Any], payload: bytes) -> None:
         self.bytes_received += len(payload) + 8 + len(str(frame))  # about: the JSON as text
+        if frame.get("type") == "event":
+            self._on_event(frame)
+            return
         rid = frame.get("id")
         with self._lock:
             target = self._waiting.get(rid) if isinstance(rid, int) else None
@@ -651,6 +679,18 @@ class RemoteEngine:
                     self._queued.discard(rid)  # started (a step, a progress line) or answered
         if target is not None:
             target.put((frame, payload))
+
+    def _on_event(self, frame: dict[str, Any]) -> None:
+        """What another client changed for every client of the server."""
+        if frame.get("event") != "model":
+            return  # one a newer server knows: nothing this client needs
+        try:
+            model = decode_as(ModelInfo, frame["model"])
+        except (KeyError, WireError):
+            return
+        with self._lock:
+            self._model, self._active = model, frame.get("active")
+        self._model_listeners.tell((model, str(frame.get("by") or "another client")))
 
     def _on_end(self, why: str) -> None:
         message = {"type": "error", "kind": "link", "message": why}

@@ -18,6 +18,10 @@ a client that reconnects with the same session gets them back (hello's `resumed`
 ids) and they run in their turn; meanwhile the others' calls go past them. Without a session,
 or after KEEP_S, they are dropped.
 
+What changes for every client comes to the others as an `event` frame (id null): `model`, when a
+call of one client left the engine with another model (the model, the active task, and `by`: the
+label the switching client gave at hello, printable characters only).
+
 A frame that cannot be read ends that connection only; a request that cannot be decoded is
 answered with an error and the connection goes on. Every request gets exactly one answer, an `ok`
 or an `error`: whatever the engine raises becomes an error frame with a one-line reason.
@@ -150,14 +154,24 @@ class Hub:
         self.ran: collections.deque[tuple[str, int, str]] = collections.deque(maxlen=10_000)
         #: Clients connected now.
         self.clients = 0
+        self._connections: set[Connection] = set()
         self._thread = threading.Thread(target=self._work, name="spatiora-hub", daemon=True)
         self._thread.start()
 
     def connect(self, client: str, send: Send) -> Connection:
         """A new client, named `client` (clients of one name share one turn)."""
+        connection = Connection(self, client, send)
         with self._lock:
             self.clients += 1
-        return Connection(self, client, send)
+            self._connections.add(connection)
+        return connection
+
+    def tell_others(self, sender: Connection, message: dict[str, Any]) -> None:
+        """Send an `event` frame to every client but `sender` (what changed for all of them)."""
+        with self._lock:
+            others = [connection for connection in self._connections if connection is not sender]
+        for connection in others:
+            connection.answer({"type": "event", "id": None, **message})
 
     def busy(self) -> bool:
         """Whether a client is connected, or a call runs or waits (one parked for its client too)."""
@@ -311,6 +325,7 @@ class Hub:
         docstring), or forget them when it gave no session."""
         with self._lock:
             self.clients -= 1
+            self._connections.discard(connection)
             mine = [call for call in self._waiting.get(connection.client, ()) if call.connection is connection]
             if connection.session is None:
                 self._remove(mine)
@@ -348,11 +363,17 @@ class Hub:
             if self._log is not None:
                 task = f" ({what['task']})" if what["task"] else ""
                 self._log(f"job {call.job}: {what['type']}{task} for {what['client']}")
+            model = self.engine.model
             try:
                 outcome = call.connection.run(call, Path(self._uploads.name))
             finally:
                 with self._lock:
                     self._running = None
+            now = self.engine.model
+            if now is not None and (model is None or now.source != model.source):
+                # Every other window shows the model it now shares, and who chose it.
+                event = {"event": "model", "model": encode(now), "active": self.engine.active_task}
+                self.tell_others(call.connection, {**event, "by": call.connection.label})
             if self._log is not None:
                 self._log(f"job {call.job}: {outcome} in {time.monotonic() - began:.2f} s")
             del call  # hold no finished call (its upload, its client's link) while waiting for the next
@@ -365,6 +386,8 @@ class Connection:
         self.hub = hub
         self.client = client
         self.session: str | None = None  # given at hello: a client that comes back gets its calls back
+        #: How the other clients are told of this one ("the TUI on /dev/pts/3"), given at hello.
+        self.label = client
         self._send = send
         self._calls: dict[int, Call] = {}  # by request id, while waiting or running
         self._lock = threading.Lock()
@@ -430,6 +453,11 @@ class Connection:
             with self.hub._lock:
                 if self.client not in self.hub._waiting:
                     self.client = name.strip()[:100]
+        label = message.get("label")
+        if isinstance(label, str) and label.strip():
+            self.label = "".join(ch for ch in label if ch.isprintable()).strip()[:80] or self.client
+        else:
+            self.label = self.client
         session = message.get("session")
         if not isinstance(session, str) or not session.strip():
             return []

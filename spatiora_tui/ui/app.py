@@ -51,6 +51,7 @@ from spatiora_tui.ui.messages import (
     JobFinished,
     JobStarted,
     JobStepped,
+    ModelChosenElsewhere,
     ModelLoaded,
     ModelLoadFailed,
     ModelLoadProgressed,
@@ -187,7 +188,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self._engine_down: str | None = None  # why, while the link is down
         self._held_queue = False  # the queue was paused as the engine went down: resumed when it is back
         self._restarting = False
-        self._unwatch_link: Callable[[], None] | None = None
+        self._unwatch: list[Callable[[], None]] = []  # the engine's listeners, removed at exit
         #: Seconds from process start to the first frame (set when it is drawn).
         self.first_frame_age_s: float | None = None
         self.set_keymap({action: getattr(settings.keys, action) for action in KEY_ACTIONS})
@@ -223,7 +224,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self._frame_timer = self.set_interval(1.0 / self.settings.ui.preview_fps, self.frames.tick, pause=True)
         if self._exit_after_first_frame:
             return
-        self._watch_link()
+        self._watch_engine()
         self._load_model()
         self._sample_hardware()
 
@@ -357,9 +358,10 @@ class SpatioraApp(App[None], inherit_bindings=False):
 
     # -- the engine's process ------------------------------------------------------------------
 
-    def _watch_link(self) -> None:
+    def _watch_engine(self) -> None:
         """With the engine in another process: its words come to the status line (not onto the
-        terminal the UI draws on), and a dropped link holds the queue until a key restarts it."""
+        terminal the UI draws on), a dropped link holds the queue until a key restarts it, and a
+        model another window chooses is shown here, with who chose it."""
         linked = self._linked
         if linked is None:
             return
@@ -372,7 +374,10 @@ class SpatioraApp(App[None], inherit_bindings=False):
         linked.after_drop = again
         if isinstance(self.telemetry, RemoteTelemetry):
             self.telemetry.down_hint = again
-        self._unwatch_link = linked.watch_link(self._link_changed)
+        self._unwatch += [
+            linked.watch_link(self._link_changed),
+            linked.watch_models(lambda chosen: self.post_message(ModelChosenElsewhere(*chosen))),
+        ]
 
     def _link_changed(self, why: str | None) -> None:
         """On the link's thread, before the running job hears of it: a dropped link pauses the
@@ -397,6 +402,15 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self.sub_title = "engine down"
         self.say(line, error=True)
         self.notify(markup_safe(line), title="Your engine stopped", severity="error", timeout=15)
+
+    def on_model_chosen_elsewhere(self, message: ModelChosenElsewhere) -> None:
+        self._model_ready = True
+        self.refresh_bindings()
+        self._show_model(message.model)
+        self.preview_pane.model_ready(f"{message.model.name} is loaded (chosen by {message.by})")
+        line = f"{message.by} switched the shared engine to {message.model.name}: your next images use it"
+        self.say(line)
+        self.notify(markup_safe(line), title="Model switched", timeout=10)
 
     def on_engine_said(self, message: EngineSaid) -> None:
         self.say(message.text)
@@ -883,8 +897,8 @@ class SpatioraApp(App[None], inherit_bindings=False):
             self.hardware_pane.border_title = f"Hardware · {where}"
 
     def on_unmount(self) -> None:  # the app is closing
-        if self._unwatch_link is not None:
-            self._unwatch_link()
+        for unwatch in self._unwatch:
+            unwatch()
         self.session.close()  # what waits stays in the queue file, offered at the next start
         if self._unsubscribe is not None:
             self._unsubscribe()

@@ -70,6 +70,14 @@ class EngineRestarted(Message):
 
 
 @dataclass
+class ModelChosenElsewhere(Message):
+    """Another client of the shared engine (`by`) switched the model this window uses."""
+
+    model: ModelInfo
+    by: str
+
+
+@dataclass
 class EngineSaid(Message):
     """Words about the engine's process (one being started, with its log file)."""
 

@@ -236,3 +236,31 @@ def test_a_watcher_hears_the_drop_before_the_waiting_call_fails_and_the_restart_
     assert len(heard) == 2
     engine.close()
     assert engine.down is None  # closed, not down
+
+
+def test_a_model_switch_is_told_to_the_other_clients_with_the_switchers_label_only(tmp_path: Path) -> None:
+    from spatiora_tui.engine.api import ModelChoice
+
+    choice = ModelChoice("other", "/models/other.safetensors", 2048.0, "SD 1.x")
+    engine = FakeEngine(small_settings(tmp_path), choices=(choice,))
+    engine.load()
+    hub = Hub(engine)
+    told: dict[str, list[tuple[str, str]]] = {"a": [], "b": []}
+    a = RemoteEngine(opener(hub, None, []), label="window\x1b[2J a")
+    b = RemoteEngine(opener(hub, None, []), label="window b")
+    a.watch_models(lambda chosen: told["a"].append((chosen[0].name, chosen[1])))
+    b.watch_models(lambda chosen: told["b"].append((chosen[0].name, chosen[1])))
+    try:
+        a.switch_model(choice.path)
+        deadline = time.monotonic() + 5
+        while not told["b"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert told == {"a": [], "b": [("other", "window[2J a")]}  # the escape byte is dropped
+        assert b.model is not None and b.model.name == "other"
+        b.switch_task("base")  # a task switch changes no model: nobody is told
+        time.sleep(0.2)
+        assert told["a"] == []
+    finally:
+        a.close()
+        b.close()
+        hub.close()

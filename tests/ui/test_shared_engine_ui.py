@@ -1,8 +1,9 @@
-"""The engine in another process stops while the TUI runs (killed, crashed, its link dropped):
-the window stays up and says why in one line, the job that was running is marked failed with
-that reason, the queued jobs are held (not started one by one into a dead engine), and the
-restart key brings the engine back and lets the queue go on. In-process: a RemoteEngine on a Hub
-with the fake engine, through a link the test drops as an engine's death would."""
+"""The TUI on an engine in another process, shared with other clients. When the engine stops
+(killed, crashed, its link dropped) the window stays up and says why in one line, the job that
+was running is marked failed with that reason, the queued jobs are held (not started one by one
+into a dead engine), and the restart key brings the engine back and lets the queue go on. When
+another client switches the shared model, the window shows it, and who did. In-process: a
+RemoteEngine on a Hub with the fake engine, through links the test can drop."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ import threading
 from textual.widgets import Input
 
 from spatiora_tui.config import Settings
+from spatiora_tui.engine.api import ModelChoice
 from spatiora_tui.jobs.job import JobState
 from spatiora_tui.remote.client import OnEnd, OnFrame, RemoteEngine
 from spatiora_tui.remote.server import Hub
 from spatiora_tui.ui.app import SpatioraApp
 from tests.fake_engine import FakeEngine
 from tests.ui.fakes import fake_telemetry
-from tests.ui.helpers import outputs, settle
+from tests.ui.helpers import outputs, settle, status
 from tests.unit.test_link_formats import DroppableLink
 
 SIZE = (160, 48)
@@ -76,4 +78,23 @@ async def test_a_dead_engine_holds_the_queue_and_the_restart_key_lets_it_go_on(u
             assert first.state is JobState.FAILED  # kept in the queue, to retry
     finally:
         engine.close()
+        hub.close()
+
+
+async def test_a_model_another_client_switches_to_is_shown_with_who_chose_it(ui_settings: Settings) -> None:
+    choice = ModelChoice("dreamshaper_8", "/models/dreamshaper_8.safetensors", 2048.0, "SD 1.x")
+    hub = Hub(FakeEngine(ui_settings, choices=(choice,)))
+    mine = RemoteEngine(lambda on_frame, on_end: DroppableLink(hub, on_frame, on_end), label="spatiora on /dev/pts/1")
+    other = RemoteEngine(lambda on_frame, on_end: DroppableLink(hub, on_frame, on_end), label="spatiora on /dev/pts/7")
+    app = SpatioraApp(ui_settings, mine, renderer="unicode", telemetry=fake_telemetry(False))
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(app, pilot)
+            other.switch_model("/models/dreamshaper_8.safetensors")
+            await wait_until(pilot, lambda: "dreamshaper_8" in app.sub_title, "the window to show the new model")
+            assert "spatiora on /dev/pts/7 switched the shared engine to dreamshaper_8" in status(app)
+            assert mine.model is not None and mine.model.name == "dreamshaper_8" and mine.active_task is None
+    finally:
+        other.close()
+        mine.close()
         hub.close()
