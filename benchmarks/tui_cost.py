@@ -41,9 +41,10 @@ sys.path.insert(0, str(REPO))
 MODES = ("bare", "inproc", "apart")
 
 
-def config_text(size: int, steps: int) -> str:
+def config_text(size: int, steps: int, preview: str = "latent2rgb", every: int = 1) -> str:
     return (
         '[model]\nsource = "demo-random"\n\n[ui]\nrenderer = "sixel"\n\n'
+        f'[preview]\nmethod = "{preview}"\nevery_n_steps = {every}\n\n'
         f'[[tasks]]\nname = "interior"\nadapters = [{{name = "interior", weight = 0.8}}]\n'
         f'prompt_template = "interior photo of {{prompt}}"\nsteps = {steps}\nwidth = {size}\nheight = {size}\n'
     )
@@ -195,6 +196,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--preview", default="latent2rgb", help="[preview] method (none: progress only)")
+    parser.add_argument("--every", type=int, default=1, help="[preview] every_n_steps")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per mode and round")
     args = parser.parse_args()
     for tool in ("Xvfb", "xterm", "xdotool"):
@@ -203,7 +206,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="spatiora-tui-cost-"))
     project = root / "project"
     project.mkdir()
-    (project / "config.toml").write_text(config_text(args.size, args.steps), encoding="utf-8")
+    (project / "config.toml").write_text(config_text(args.size, args.steps, args.preview, args.every), encoding="utf-8")
     runtime = root / "run"
     runtime.mkdir(mode=0o700)
     env = {
