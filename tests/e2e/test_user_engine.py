@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,6 +32,22 @@ def wait_for(check, timeout: float = 60, what: str = "") -> None:
     while not check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
+
+
+def over_bridges(config: Path) -> tuple[Any, list[subprocess.Popen]]:
+    """A RemoteEngine whose every link is a `spatiora engine bridge` process, as --engine ssh://
+    runs on the far side; the bridges' processes, in the order they were opened."""
+    from spatiora_tui.remote.client import PipeLink, RemoteEngine
+
+    argv = [sys.executable, "-m", "spatiora_tui", "--config", str(config), "engine", "bridge"]
+    bridges: list[subprocess.Popen] = []
+
+    def opener(on_frame, on_end):
+        link = PipeLink(argv, on_frame, on_end)
+        bridges.append(link.proc)
+        return link
+
+    return RemoteEngine(opener), bridges
 
 
 @pytest.fixture
@@ -256,20 +273,11 @@ def test_calls_waiting_on_the_engine_outlive_a_dropped_bridge_and_run_after_the_
     from concurrent.futures import ThreadPoolExecutor
 
     from spatiora_tui.engine.api import EngineError, GenerationRequest
-    from spatiora_tui.remote.client import PipeLink, RemoteEngine
 
     runtime = Path(os.environ["XDG_RUNTIME_DIR"])
     config = project / "config.toml"
     config.write_text(SMALL_CONFIG.replace(tasks_config(steps=3, size=64), tasks_config(steps=30, size=64)))
-    argv = [sys.executable, "-m", "spatiora_tui", "--config", str(config), "engine", "bridge"]
-    bridges: list[subprocess.Popen] = []
-
-    def opener(on_frame, on_end):
-        link = PipeLink(argv, on_frame, on_end)
-        bridges.append(link.proc)
-        return link
-
-    engine = RemoteEngine(opener)
+    engine, bridges = over_bridges(config)
     try:
         engine.load()
         pid = record(runtime)["pid"]
@@ -295,17 +303,7 @@ def test_a_bridge_ends_as_soon_as_its_client_closes_after_an_engine_call(project
     """The engine hangs up on a client that closed its side, even while the hub still holds the
     client's last call: a bridge (what ssh:// runs) ends at once rather than being killed after
     the client's 30 s wait."""
-    from spatiora_tui.remote.client import PipeLink, RemoteEngine
-
-    argv = [sys.executable, "-m", "spatiora_tui", "--config", str(project / "config.toml"), "engine", "bridge"]
-    bridges: list[subprocess.Popen] = []
-
-    def opener(on_frame, on_end):
-        link = PipeLink(argv, on_frame, on_end)
-        bridges.append(link.proc)
-        return link
-
-    engine = RemoteEngine(opener)
+    engine, bridges = over_bridges(project / "config.toml")
     try:
         engine.load()
         engine.models()  # a call the hub's worker runs
