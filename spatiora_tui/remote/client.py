@@ -302,6 +302,7 @@ class RemoteEngine:
         self._active: str | None = None
         self._model: ModelInfo | None = None
         self._loaded: tuple[str | None] | None = None  # (source,) of the last load(), once one ran
+        self._chosen: str | None = None  # the model this client last switched the engine to
         self._link: Link | None = None
         self._epoch = 0  # which link is current: frames and ends of older ones are ignored
         self._dead: str | None = None  # why the current link is gone, once it is
@@ -359,7 +360,9 @@ class RemoteEngine:
     def switch_model(self, source: str, on_progress: Callable[[str], object] | None = None) -> ModelSwitch:
         reply, _ = self._call({"type": "switch_model", "source": source}, on_progress=on_progress)
         self._refresh()
-        return decode_as(ModelSwitch, reply["switch"])
+        switch = decode_as(ModelSwitch, reply["switch"])
+        self._chosen = switch.model.source
+        return switch
 
     def generate(
         self, request: GenerationRequest, on_step: StepCallback | None = None, cancel: threading.Event | None = None
@@ -542,7 +545,8 @@ class RemoteEngine:
 
     def _reconnect(self) -> None:
         """A new link after the last one dropped, with the model loaded again if the new server
-        has none (one started for this client). EngineError naming both faults if it fails."""
+        has none (one started for this client), or, on the user's engine, the model the engine
+        held when it went down. EngineError naming both faults if it fails."""
         with self._reconnecting:
             if self._dead is None:
                 return  # another thread has reconnected
@@ -551,6 +555,12 @@ class RemoteEngine:
                 self._open()
                 if self._loaded is not None and self._model is None:
                     self.load(source=self._loaded[0])
+                chosen, model = self._chosen, self._model
+                if not self._resume_parked and chosen is not None and model is not None and model.source != chosen:
+                    # A new engine (the user's, after a crash) starts on the config's model: the
+                    # one this client had switched to is loaded again. (A server that outlives its
+                    # links keeps whatever its clients chose meanwhile.)
+                    self.switch_model(chosen)
             except EngineError as exc:
                 again = str(exc)
                 raise EngineError(again if again == before else f"{before}; reconnecting failed: {again}") from None
@@ -690,6 +700,7 @@ class RemoteEngine:
             return
         with self._lock:
             self._model, self._active = model, frame.get("active")
+            self._chosen = model.source  # what the shared engine held last, whoever chose it
         self._model_listeners.tell((model, str(frame.get("by") or "another client")))
 
     def _on_end(self, why: str) -> None:

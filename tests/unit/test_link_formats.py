@@ -264,3 +264,33 @@ def test_a_model_switch_is_told_to_the_other_clients_with_the_switchers_label_on
         a.close()
         b.close()
         hub.close()
+
+
+def test_a_new_user_engine_after_a_crash_gets_back_the_model_that_was_switched_to(tmp_path: Path) -> None:
+    """resume=False is the user's engine: a dropped link means the engine died, and the new one
+    starts on the config's model. The restart switches it to the model the old one held."""
+    from spatiora_tui.engine.api import ModelChoice
+
+    choice = ModelChoice("other", "/models/other.safetensors", 2048.0, "SD 1.x")
+    hubs: list[Hub] = []
+    links: list[DroppableLink] = []
+
+    def open_link(on_frame: OnFrame, on_end: OnEnd) -> DroppableLink:
+        if not links or links[-1].dropped:  # a new engine process, on the config's model
+            engine = FakeEngine(small_settings(tmp_path), choices=(choice,))
+            engine.load()
+            hubs.append(Hub(engine))
+        links.append(DroppableLink(hubs[-1], on_frame, on_end))
+        return links[-1]
+
+    client = RemoteEngine(open_link, resume=False)
+    try:
+        client.switch_model(choice.path)
+        links[-1].drop()
+        model = client.restart()
+        assert len(hubs) == 2 and model is not None and model.name == "other"
+        assert hubs[1].engine.model is not None and hubs[1].engine.model.name == "other"
+    finally:
+        client.close()
+        for hub in hubs:
+            hub.close()
