@@ -310,6 +310,7 @@ class RemoteEngine:
         self._reconnecting = threading.RLock()  # held through a reconnect and its model load
         self._session = uuid.uuid4().hex  # the server keeps this client's waiting calls under it
         self._queued: set[int] = set()  # generations the server has queued and not yet started
+        self._started: set[int] = set()  # calls the server has sent a frame other than `queued` for
         self._parked: set[int] = set()  # those waiting through a reconnect
         #: Bytes of frames received (the link's cost: previews, images, replies)...
         self.bytes_received = 0
@@ -623,6 +624,7 @@ class RemoteEngine:
         finally:
             with self._lock:
                 self._waiting.pop(rid, None)
+                self._started.discard(rid)
             watch.done()
 
     def _ask(self, message: dict[str, Any]) -> tuple[int, _Replies]:
@@ -684,9 +686,13 @@ class RemoteEngine:
             target = self._waiting.get(rid) if isinstance(rid, int) else None
             if target is not None and isinstance(rid, int):
                 if frame["type"] == "queued" and frame.get("call") == "generate":
-                    self._queued.add(rid)
+                    # The server's worker may send a call's first step before its transport
+                    # thread sends `queued`: a call that has started is never taken as waiting.
+                    if rid not in self._started:
+                        self._queued.add(rid)
                 else:
                     self._queued.discard(rid)  # started (a step, a progress line) or answered
+                    self._started.add(rid)
         if target is not None:
             target.put((frame, payload))
 

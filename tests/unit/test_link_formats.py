@@ -294,3 +294,57 @@ def test_a_new_user_engine_after_a_crash_gets_back_the_model_that_was_switched_t
         client.close()
         for hub in hubs:
             hub.close()
+
+
+def test_a_started_call_whose_queued_frame_came_late_fails_with_its_link_and_is_not_parked(tmp_path: Path) -> None:
+    """The hub's worker may send a call's first step before the transport sends its `queued`
+    frame. A started image whose link drops must fail at once (the server stopped it), not be
+    taken for one still waiting and parked, which reconnected by itself behind the user's back."""
+    gate = threading.Event()
+    fake = FakeEngine(small_settings(tmp_path), gate=gate, gate_step=2)
+    fake.load()
+    hub = Hub(fake)
+    links: list[DroppableLink] = []
+
+    class LateQueued(DroppableLink):
+        def __init__(self, hub: Hub, on_frame: OnFrame, on_end: OnEnd) -> None:
+            held: list[tuple[dict[str, Any], bytes]] = []
+
+            def reorder(frame: dict[str, Any], blob: bytes) -> None:
+                if frame.get("type") == "queued":
+                    held.append((frame, blob))  # delivered after the first step
+                    return
+                on_frame(frame, blob)
+                while held:
+                    on_frame(*held.pop())
+
+            super().__init__(hub, reorder, on_end)
+
+    def open_link(on_frame: OnFrame, on_end: OnEnd) -> DroppableLink:
+        links.append(LateQueued(hub, on_frame, on_end))
+        return links[-1]
+
+    engine = RemoteEngine(open_link)  # resume=True: a server that outlives its links
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(engine.generate(REQUEST))
+        except EngineError as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=run)
+    caller.start()
+    try:
+        assert fake.at_gate.wait(10)  # step 1 sent (then `queued`); step 2 held
+        time.sleep(0.2)
+        links[0].drop()
+        caller.join(10)
+        assert outcome and isinstance(outcome[0], EngineError) and "the engine was killed" in str(outcome[0])
+        time.sleep(0.3)
+        assert len(links) == 1 and engine.reconnects == 0  # nothing reconnected by itself
+    finally:
+        gate.set()
+        caller.join(10)
+        engine.close()
+        hub.close()
