@@ -185,7 +185,6 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self._unsubscribe: Callable[[], None] | None = None
         # An engine in another process (the user's own, or another machine's): its link may drop.
         self._linked = engine if isinstance(engine, RemoteEngine) else None
-        self._engine_down: str | None = None  # why, while the link is down
         self._held_queue = False  # the queue was paused as the engine went down: resumed when it is back
         self._restarting = False
         self._unwatch: list[Callable[[], None]] = []  # the engine's listeners, removed at exit
@@ -388,7 +387,6 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self.post_message(EngineLinkChanged(why))
 
     def on_engine_link_changed(self, message: EngineLinkChanged) -> None:
-        self._engine_down = message.why
         self.refresh_bindings()
         if message.why is None:
             if self.engine.model is not None:
@@ -416,7 +414,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self.say(message.text)
 
     def action_restart_engine(self) -> None:
-        if self._linked is None or self._engine_down is None:
+        if self._linked is None or self._linked.down is None:
             self.say("the engine is running: nothing to restart")
             return
         if self._restarting:
@@ -465,7 +463,8 @@ class SpatioraApp(App[None], inherit_bindings=False):
         if action == "save":
             return bool(self.session.unsaved)  # in the footer only while an image waits
         if action == "restart_engine":
-            return self._engine_down is not None  # in the footer only while the engine is down
+            # In the footer only while the engine is down (the link's own state, not a copy).
+            return self._linked is not None and self._linked.down is not None
         return True
 
     def _key(self, action: str) -> str:
