@@ -152,9 +152,7 @@ class Hub:
         #: (client, job, request type) of the last calls, in the order they ran (what fairness is
         #: measured on).
         self.ran: collections.deque[tuple[str, int, str]] = collections.deque(maxlen=10_000)
-        #: Clients connected now.
-        self.clients = 0
-        self._connections: set[Connection] = set()
+        self._connections: set[Connection] = set()  # the clients connected now
         self._thread = threading.Thread(target=self._work, name="spatiora-hub", daemon=True)
         self._thread.start()
 
@@ -162,9 +160,14 @@ class Hub:
         """A new client, named `client` (clients of one name share one turn)."""
         connection = Connection(self, client, send)
         with self._lock:
-            self.clients += 1
             self._connections.add(connection)
         return connection
+
+    @property
+    def clients(self) -> int:
+        """Clients connected now."""
+        with self._lock:
+            return len(self._connections)
 
     def tell_others(self, sender: Connection, message: dict[str, Any]) -> None:
         """Send an `event` frame to every client but `sender` (what changed for all of them)."""
@@ -176,7 +179,7 @@ class Hub:
     def busy(self) -> bool:
         """Whether a client is connected, or a call runs or waits (one parked for its client too)."""
         with self._lock:
-            return bool(self.clients or self._running is not None or self._waiting)
+            return bool(self._connections or self._running is not None or self._waiting)
 
     def queue(self) -> list[dict[str, Any]]:
         """The running call and the waiting ones, in the order they will run."""
@@ -324,7 +327,6 @@ class Hub:
         """The client is gone: stop its running call; park its waiting ones (see the module
         docstring), or forget them when it gave no session."""
         with self._lock:
-            self.clients -= 1
             self._connections.discard(connection)
             mine = [call for call in self._waiting.get(connection.client, ()) if call.connection is connection]
             if connection.session is None:
