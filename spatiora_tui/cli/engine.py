@@ -87,6 +87,10 @@ def _status(where: Any) -> int:
         print(f"  memory: {rss:.0f} MB resident")
     print(f"  config: {now.get('config') or 'none (built-in defaults)'}")
     print(f"  clients connected: {now.get('clients', 0)}")
+    queued = now.get("queued") or []
+    if queued:
+        running = [view for view in queued if view.get("state") == "running"]
+        print(f"  queue: {len(running)} running, {len(queued) - len(running)} waiting (spatiora queue lists them)")
     jobs = now.get("jobs") or []
     if jobs:
         print(f"  calls: {len(jobs)}")
@@ -157,6 +161,7 @@ def _run(settings: Settings, where: Any) -> int:
     hub = Hub(engine, telemetry, Policy("any", configured_model=settings.model.source), log=say)
     try:
         say(f"spatiora engine, config {settings.source_file or 'none (built-in defaults)'}")
+        _host_queue(hub, settings, where, telemetry, say)
         why = run_engine(hub, where, settings, settings.engine.idle_exit_minutes * 60, say)
         say(why)
     except AddressError as exc:
@@ -165,6 +170,25 @@ def _run(settings: Settings, where: Any) -> int:
         hub.close()
         telemetry.stop()
     return EXIT_OK
+
+
+def _host_queue(hub: Any, settings: Settings, where: Any, telemetry: Any, say: Any) -> None:
+    """The engine keeps the user's queue (remote/hosted.py), in a queue file of its own: what an
+    engine that died left waiting is taken up again, the job it was running first."""
+    from spatiora_tui.jobs.session import Session
+    from spatiora_tui.jobs.store import QueueStore
+    from spatiora_tui.remote.userengine import last_end
+
+    session = Session(hub.engine, settings, store=QueueStore(where.queue), telemetry=telemetry)
+    orphans = session.orphans()
+    # A job the last engine was running when it died fails with how it died: it may be why.
+    why = (last_end(where) or "the engine stopped") if orphans else None
+    count, problems = session.adopt(orphans, interrupted=why, keep_ids=True)
+    for problem in problems:
+        say(f"queue: {problem}")
+    if count:
+        say(f"took up {count} job(s) the last engine left queued")
+    hub.host(session)
 
 
 def _bridge(settings: Settings, where: Any) -> int:

@@ -18,7 +18,9 @@ from spatiora_tui.cli.common import (
     EXIT_CANCELLED,
     EXIT_FAILED,
     EXIT_OK,
+    USER_ENGINE,
     UsageError,
+    engine_choice,
     engine_for,
     one_line,
     status_printer,
@@ -146,6 +148,12 @@ def _run(settings: Settings, args: argparse.Namespace, remote: Any) -> int:
 
     engine, telemetry = start_engine(settings, task, remote)
 
+    if getattr(engine, "hosts_queue", False) and engine_choice(args) == USER_ENGINE:
+        # The user's engine on this machine: the images go through its own queue and it saves
+        # them, so a closed terminal or a dropped SSH link loses none of them. (Over ssh:// the
+        # images are saved on this side, so this command makes them as calls.)
+        telemetry.stop()
+        return run_on_engine_queue(engine, request, args.count, out_dir, out_name)
     if args.count > 1:
         code = run_batch(settings, engine, telemetry, request, args.count, out_dir, out_name)
         telemetry.stop()
@@ -203,6 +211,86 @@ def run_batch(
     print(f"batch of {count}: seeds {jobs[0].request.seed} to {jobs[-1].request.seed}", file=sys.stderr)
     _, interrupted = run_session(session, BatchReport(len(jobs)))
     return group_outcome(jobs, interrupted)
+
+
+def run_on_engine_queue(engine: Any, request: Any, count: int, out_dir: Path, out_name: str | None) -> int:
+    """`count` images through the queue the user's engine keeps (cli/follow.py): made and saved
+    there, printed here as run_batch (or, for one image, _run) prints them."""
+    from spatiora_tui.cli.follow import EngineBatch, LostEngine
+    from spatiora_tui.engine.api import EngineError
+
+    batch = EngineBatch(engine, BatchReport(count) if count > 1 else OneImage())
+    folder = out_dir.expanduser().resolve()
+    try:
+        batch.submit(request, count, folder, out_name)
+    except EngineError as exc:
+        raise UsageError(str(exc)) from None
+    if count > 1:
+        print(f"batch of {count} on your engine: it saves them even if this terminal closes", file=sys.stderr)
+    try:
+        _, interrupted = run_cancellable(batch.follow)
+    except LostEngine as exc:
+        waiting = sum(1 for job in batch.ours() if job is None or not job.state.ended)
+        print(
+            f"spatiora: error: {one_line(str(exc))}; {waiting} image(s) stay queued for your engine "
+            "(spatiora queue shows them)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    jobs = batch.ours()
+    if count == 1:
+        return OneImage.outcome(jobs[0], interrupted)
+    return group_outcome([job for job in jobs if job is not None], interrupted)
+
+
+class OneImage:
+    """One image's events, printed as `spatiora generate` prints one."""
+
+    def __init__(self) -> None:
+        self._progress = ProgressLine()
+
+    def __call__(self, event: Any) -> None:
+        from spatiora_tui.jobs import events
+
+        if isinstance(event, events.JobStepped):
+            self._progress.update(event.preview)
+        elif isinstance(event, (events.JobFinished, events.JobFailed)):
+            self._progress.done()
+            if isinstance(event, events.JobFinished):
+                for warning in event.result.warnings:
+                    print(f"warning: {warning}", file=sys.stderr)
+        elif isinstance(event, events.TaskSwitchFailed):
+            print(f"could not switch to {event.task}: {one_line(event.error)}", file=sys.stderr)
+
+    @staticmethod
+    def outcome(job: Any, interrupted: bool) -> int:
+        from spatiora_tui.hw.telemetry import stage_summary
+        from spatiora_tui.jobs.job import JobState
+        from spatiora_tui.outputs import OutputError
+
+        result = job.result if job is not None else None
+        if job is not None and job.state is JobState.FAILED:
+            print(f"spatiora: error: {one_line(job.error or 'the image failed')}", file=sys.stderr)
+            return EXIT_FAILED
+        if job is None or job.state is JobState.CANCELLED or interrupted or result is None:
+            steps = result.steps_done if result is not None else 0
+            print(f"cancelled after {steps} steps; nothing saved", file=sys.stderr)
+            return EXIT_CANCELLED
+        if job.path is None:
+            return _rescue(result, OutputError(job.error or "not saved"))
+        t = result.timings
+        first = f"{t.first_preview_ms / 1000:.2f} s" if t.first_preview_ms is not None else "off"
+        mem = f"peak RSS {result.memory.peak_rss_mb:.0f} MB"
+        if result.memory.cuda_max_allocated_mb is not None:
+            mem += f", CUDA peak {result.memory.cuda_max_allocated_mb:.0f} MB"
+        print(
+            f"seed {result.params.seed} · {result.steps_done} steps · {result.params.width}x{result.params.height} · "
+            f"image in {(t.image_ms or 0) / 1000:.2f} s (first preview {first}) · {mem}",
+            file=sys.stderr,
+        )
+        print("stages: " + stage_summary(result.stages), file=sys.stderr)
+        print(job.path)
+        return EXIT_OK
 
 
 def group_outcome(jobs: list[Any], interrupted: bool) -> int:

@@ -48,6 +48,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     records = [(orphan, record) for orphan in orphans for record in orphan.records]
     try:
         if args.action == "list":
+            _engine_list(args)
             return _list(store, orphans, records)
         if args.action == "clear":
             return _clear(orphans, records, args.yes)
@@ -55,6 +56,53 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         for orphan in orphans:
             orphan.release()
+
+
+def _engine_list(args: argparse.Namespace) -> None:
+    """The queue of the user's engine, when one runs (none is started for this): what runs, what
+    waits, and what ended since it started (the newest 100), with where each image went."""
+    from spatiora_tui.cli.common import USER_ENGINE, engine_choice
+    from spatiora_tui.engine.api import EngineError
+    from spatiora_tui.remote import userengine
+
+    if engine_choice(args) != USER_ENGINE:
+        return
+    try:
+        where = userengine.place(getattr(args, "gpu", None))
+        if userengine.read_record(where) is None:
+            return
+        _, reply = userengine.ask(where, [{"type": "hello", "client": "queue"}, {"type": "session.jobs"}])
+    except EngineError as exc:
+        print(f"warning: your engine's queue could not be read: {one_line(str(exc))}", file=sys.stderr)
+        return
+    views = [view for view in reply.get("jobs") or () if isinstance(view, dict)]
+    if reply.get("type") != "ok" or not views:
+        print("your engine's queue is empty", file=sys.stderr)
+        return
+    paused = " (paused: nothing new starts)" if reply.get("paused") else ""
+    print(f"your engine's queue{paused}:")
+    for view in views:
+        print("  " + _engine_line(view))
+
+
+def _engine_line(view: dict[str, Any]) -> str:
+    """One job of the engine's queue: number, state, task, seed, prompt, and how it ended."""
+    request = view.get("request") if isinstance(view.get("request"), dict) else {}
+    assert isinstance(request, dict)
+    state = str(view.get("state", "?"))
+    if state == "running" and view.get("steps_total"):
+        state = f"running {view.get('steps_done', 0)}/{view['steps_total']}"
+    end = ""
+    if view.get("path"):
+        end = f"  -> {one_line(str(view['path']))}"
+    elif view.get("error"):
+        end = f"  [{one_line(str(view['error']))}]"
+    label = f" ({one_line(str(view['label']))})" if view.get("label") else ""
+    return (
+        f"job {view.get('id')}  {state}  {one_line(str(request.get('task', '?')))}  "
+        f"seed {one_line(str(request.get('seed', 'random')))}  {one_line(str(request.get('prompt', '')))}"
+        f"{label}{end}"
+    )
 
 
 def _list(store: QueueStore, orphans: list[Orphan], records: list[tuple[Orphan, dict[str, Any]]]) -> int:

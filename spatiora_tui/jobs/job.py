@@ -69,6 +69,11 @@ class Job:
     out_of_memory: bool = False
     #: Seconds per step it ran at (for the others' ETA).
     seconds_per_step: float | None = None
+    #: Where its image is saved, when its submitter named a place (`generate --out` through the
+    #: user's engine); None: the session's own output folder. `output_name`: a file name's stem
+    #: (numbered in a group).
+    output_dir: Path | None = None
+    output_name: str | None = None
 
     @property
     def task(self) -> str:
@@ -87,16 +92,24 @@ class Job:
         }
         if self.axes:
             record["axes"] = [[title, list(labels)] for title, labels in self.axes]
+        if self.output_dir is not None:
+            record["output_dir"] = str(self.output_dir)
+            if self.output_name is not None:
+                record["output_name"] = self.output_name
         if self.state is JobState.DONE and self.path is not None:
             record["path"] = str(self.path)  # a finished member of a group still running
         if self.state is JobState.FAILED:
             record["failed"] = self.error or "failed"
+        if self.state is JobState.RUNNING:
+            record["running"] = True  # it was being made when the file was written
         return record
 
     @classmethod
-    def from_record(cls, record: dict[str, Any], new_id: int) -> Job:
+    def from_record(cls, record: dict[str, Any], new_id: int, interrupted: str | None = None) -> Job:
         """A job read back from a queue file; ValueError (a CodecError naming the field for a
-        request that is not one), TypeError or KeyError when it is not one."""
+        request that is not one), TypeError or KeyError when it is not one. `interrupted`: why
+        the process that wrote the file ended; a job it was running then is failed, saying so
+        (else it is queued to run again)."""
         req = decode_as(GenerationRequest, record["request"])  # CodecError naming the field
         path = record.get("path")
         axes = tuple((str(title), tuple(str(v) for v in labels)) for title, labels in record.get("axes", ()))
@@ -104,6 +117,13 @@ class Job:
         if axes and (len(cell) != len(axes) or not all(0 <= i < len(a[1]) for i, a in zip(cell, axes))):
             raise ValueError(f"sweep cell {list(cell)} is not on its grid")
         failed = record.get("failed")
+        if record.get("running") and interrupted and not path:
+            failed = f"stopped while it ran: {interrupted}"
+        output_dir, output_name = record.get("output_dir"), record.get("output_name")
+        if output_dir is not None and not isinstance(output_dir, str):
+            raise TypeError(f"output_dir must be a folder's path, not {type(output_dir).__name__}")
+        if output_name is not None and not isinstance(output_name, str):
+            raise TypeError(f"output_name must be a file name, not {type(output_name).__name__}")
         return cls(
             id=new_id,
             request=req,
@@ -116,7 +136,48 @@ class Job:
             state=JobState.DONE if path else JobState.FAILED if failed else JobState.QUEUED,
             error=str(failed) if failed and not path else None,
             path=Path(path) if path else None,
+            output_dir=Path(output_dir) if output_dir else None,
+            output_name=output_name if output_dir else None,
         )
+
+    def to_view(self) -> dict[str, Any]:
+        """Everything a window that mirrors the session shows of a job (remote/hosted.py sends
+        it): the record, and where the job is in its life."""
+        return {
+            **self.to_record(),
+            "state": self.state.value,
+            "started": self.started,
+            "ended": self.ended,
+            "steps_done": self.steps_done,
+            "steps_total": self.steps_total,
+            "path": str(self.path) if self.path is not None else None,
+            "error": self.error,
+            "retried_as": self.retried_as,
+            "out_of_memory": self.out_of_memory,
+            "seconds_per_step": self.seconds_per_step,
+        }
+
+    @classmethod
+    def from_view(cls, view: dict[str, Any]) -> Job:
+        """A job as to_view() described it, under its own id (ValueError, TypeError or KeyError
+        when it is not one)."""
+        job = cls.from_record(view, int(view["id"]))
+        job.state = JobState(view["state"])
+        job.started, job.ended = _number(view.get("started")), _number(view.get("ended"))
+        job.steps_done = int(view.get("steps_done") or 0)
+        total = view.get("steps_total")
+        job.steps_total = int(total) if total is not None else None
+        job.path = Path(view["path"]) if view.get("path") else None
+        job.error = str(view["error"]) if view.get("error") is not None else None
+        retried = view.get("retried_as")
+        job.retried_as = int(retried) if retried is not None else None
+        job.out_of_memory = bool(view.get("out_of_memory"))
+        job.seconds_per_step = _number(view.get("seconds_per_step"))
+        return job
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if value is not None else None
 
 
 @dataclass

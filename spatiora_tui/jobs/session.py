@@ -17,7 +17,7 @@ import dataclasses
 import itertools
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,6 +56,8 @@ if TYPE_CHECKING:
 
 #: Most images in one batch (a typo of 1000 should not queue an afternoon's work).
 MAX_BATCH = 100
+#: Where a job's image goes when its submitter says: (folder, file stem or None).
+Output = tuple[Path, str | None] | None
 
 
 def _ignore(event: SessionEvent) -> None:
@@ -99,6 +101,9 @@ class Session:
         self._writer = _QueueWriter(store) if store is not None else None
         #: Task switches the queue made between jobs (the figure docs/performance.md reports).
         self.switches_between_jobs = 0
+        #: Told (under the session's lock: it must only take note) whenever the queue changes;
+        #: the user's engine tells every window from it (remote/hosted.py).
+        self.on_change: Callable[[], None] | None = None
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -177,17 +182,24 @@ class Session:
     # -- changing the queue -------------------------------------------------------------------
 
     def submit(
-        self, request: GenerationRequest, *, kind: JobKind = JobKind.IMAGE, group: str = "", label: str = ""
+        self,
+        request: GenerationRequest,
+        *,
+        kind: JobKind = JobKind.IMAGE,
+        group: str = "",
+        label: str = "",
+        output: Output = None,
     ) -> Job:
         """Queue one job at the end (paused when the queue is). EngineError, before anything is
-        queued, for a request no engine would run (engine/requests.py: every front end's check)."""
+        queued, for a request no engine would run (engine/requests.py: every front end's check).
+        `output`: (folder, file stem or None) to save it in, instead of the session's folder."""
         check_request(self.settings, request)
         with self._lock:
-            job = self._add(request, kind=kind, group=group, label=label)
+            job = self._add(request, kind=kind, group=group, label=label, output=output)
             self._changed()
             return job
 
-    def submit_batch(self, request: GenerationRequest, count: int) -> list[Job]:
+    def submit_batch(self, request: GenerationRequest, count: int, output: Output = None) -> list[Job]:
         """Queue `count` jobs with seeds s, s+1, ... (s: the request's seed, else a random one);
         with more than one, they form a group whose contact sheet is saved once all have ended."""
         if not 1 <= count <= MAX_BATCH:
@@ -196,7 +208,7 @@ class Session:
         low, high = SEED_RANGE
         first = request.seed if request.seed is not None else random_seed()
         if count == 1:
-            return [self.submit(dataclasses.replace(request, seed=first))]
+            return [self.submit(dataclasses.replace(request, seed=first), output=output)]
         seeds = [low + (first - low + i) % (high - low + 1) for i in range(count)]  # wrapping at the top
         return self._add_group(
             JobKind.BATCH,
@@ -204,9 +216,10 @@ class Session:
                 (dataclasses.replace(request, seed=seed), f"{i + 1}/{count} · seed {seed}", ())
                 for i, seed in enumerate(seeds)
             ],
+            output=output,
         )
 
-    def submit_sweep(self, base: GenerationRequest, axes: list[Axis]) -> list[Job]:
+    def submit_sweep(self, base: GenerationRequest, axes: list[Axis], output: Output = None) -> list[Job]:
         """Queue the cells of an X/Y/Z sweep (see jobs/sweep.py) as one group, whose labelled
         grid is saved once all have ended. Every cell is checked as the engine will check it
         before any is queued: SweepError names the first that cannot run."""
@@ -214,19 +227,24 @@ class Session:
             base = dataclasses.replace(base, seed=random_seed())
         cells = checked_cells(self.settings, base, axes)
         titles = tuple((axis.title, tuple(axis.label(i) for i in range(len(axis.values)))) for axis in axes)
-        return self._add_group(JobKind.SWEEP, [(cell.request, cell.label, cell.index) for cell in cells], titles)
+        members = [(cell.request, cell.label, cell.index) for cell in cells]
+        return self._add_group(JobKind.SWEEP, members, titles, output)
 
     def _add_group(
         self,
         kind: JobKind,
         members: list[tuple[GenerationRequest, str, tuple[int, ...]]],
         axes: tuple[tuple[str, tuple[str, ...]], ...] = (),
+        output: Output = None,
     ) -> list[Job]:
         """Queue a batch's or a sweep's jobs, (request, label, sweep cell) each, as one group."""
         with self._lock:
-            group = Group(f"{kind.value}-{next(self._groups_made)}", kind, [], axes)
+            name = f"{kind.value}-{next(self._groups_made)}"
+            while name in self._groups:  # taken by a group adopted under its own name
+                name = f"{kind.value}-{next(self._groups_made)}"
+            group = Group(name, kind, [], axes)
             jobs = [
-                self._add(request, kind=kind, group=group.id, label=label, cell=cell, axes=axes)
+                self._add(request, kind=kind, group=group.id, label=label, cell=cell, axes=axes, output=output)
                 for request, label, cell in members
             ]
             group.job_ids.extend(job.id for job in jobs)
@@ -243,9 +261,13 @@ class Session:
         label: str = "",
         cell: tuple[int, ...] = (),
         axes: tuple[tuple[str, tuple[str, ...]], ...] = (),
+        output: Output = None,
     ) -> Job:
         """A new job with the next id, queued at the end."""
-        return self._keep(Job(next(self._ids), request, kind=kind, group=group, label=label, cell=cell, axes=axes))
+        job = Job(next(self._ids), request, kind=kind, group=group, label=label, cell=cell, axes=axes)
+        if output is not None:
+            job.output_dir, job.output_name = output
+        return self._keep(job)
 
     def _keep(self, job: Job) -> Job:
         """Hold `job` (new, or adopted from a dead session); one that waits goes at the end,
@@ -305,8 +327,15 @@ class Session:
             job = self._jobs.get(job_id)
             if job is None or job.state not in (JobState.FAILED, JobState.CANCELLED):
                 return None
+            output = (job.output_dir, job.output_name) if job.output_dir is not None else None
             again = self._add(
-                job.request, kind=job.kind, group=job.group, label=job.label, cell=job.cell, axes=job.axes
+                job.request,
+                kind=job.kind,
+                group=job.group,
+                label=job.label,
+                cell=job.cell,
+                axes=job.axes,
+                output=output,
             )
             job.retried_as = again.id
             group = self._groups.get(job.group)
@@ -339,9 +368,15 @@ class Session:
         if later:
             self.engine.prefetch(task)
 
-    def adopt(self, orphans: Iterable[Orphan]) -> tuple[int, list[str]]:
+    def adopt(
+        self, orphans: Iterable[Orphan], interrupted: str | None = None, keep_ids: bool = False
+    ) -> tuple[int, list[str]]:
         """Queue the jobs that dead sessions left (see QueueStore), then remove their files once
-        this session's own file holds them. Returns (jobs queued, problems)."""
+        this session's own file holds them. Returns (jobs queued, problems). `interrupted`: why
+        the sessions ended, when known (the job each was running then fails, saying so, rather
+        than running again: it may be what ended them). `keep_ids`: a job keeps its number
+        and a group its name where no job of this session has them (the user's engine taking up
+        its own queue: the windows that follow them know them by these)."""
         count, problems = 0, []
         for orphan in orphans:
             problems += orphan.problems
@@ -350,13 +385,15 @@ class Session:
                 renamed: dict[str, str] = {}
                 for record in orphan.records:
                     try:
-                        job = Job.from_record(record, next(self._ids))
+                        job = Job.from_record(record, self._adopted_id(record, keep_ids), interrupted)
                     except (KeyError, TypeError, ValueError) as exc:
                         problems.append(f"{orphan.path.name}: a job could not be read ({exc}); it is left there")
                         unread.append(record)
                         continue
                     if job.group:
-                        job.group = renamed.setdefault(job.group, f"{job.kind.value}-{next(self._groups_made)}")
+                        fresh = keep_ids and job.group not in self._groups and job.group not in renamed.values()
+                        name = job.group if fresh else f"{job.kind.value}-{next(self._groups_made)}"
+                        job.group = renamed.setdefault(job.group, name)
                         group = self._groups.setdefault(job.group, Group(job.group, job.kind, [], job.axes))
                         group.job_ids.append(job.id)
                     self._keep(job)
@@ -372,6 +409,15 @@ class Session:
             else:
                 orphan.remove()
         return count, problems
+
+    def _adopted_id(self, record: dict[str, object], keep: bool) -> int:
+        """A number for a job read back: its own where free (with `keep`), else the next one;
+        the numbers given later start after it."""
+        old = record.get("id")
+        if keep and isinstance(old, int) and not isinstance(old, bool) and old > 0 and old not in self._jobs:
+            self._ids = itertools.count(max(old + 1, next(self._ids)))
+            return old
+        return next(self._ids)
 
     def wants_runner(self) -> bool:
         """True (once) when there is work and no runner: the caller must then call run_next
@@ -506,16 +552,22 @@ class Session:
             self._running = None
 
     def _save(self, result: GenerationResult, job: Job | None = None) -> tuple[Path | None, str | None]:
-        name = self._output_name
+        folder, name = self._output_of(job)
         if name is not None and job is not None and job.group:
             name = f"{name}-{self._groups[job.group].job_ids.index(job.id) + 1}"
         try:
             if self._telemetry is not None:
                 with self._telemetry.stage("save"):
-                    return save_result(result, self.output_dir, name), None
-            return save_result(result, self.output_dir, name), None
+                    return save_result(result, folder, name), None
+            return save_result(result, folder, name), None
         except OutputError as exc:
             return None, str(exc)
+
+    def _output_of(self, job: Job | None) -> tuple[Path, str | None]:
+        """(folder, file stem) a job's image is saved as: its submitter's, else the session's."""
+        if job is not None and job.output_dir is not None:
+            return job.output_dir, job.output_name
+        return self.output_dir, self._output_name
 
     def _finish_group(self, job: Job, emit: Emit) -> None:
         with self._lock:
@@ -529,11 +581,12 @@ class Session:
         if len(done) < 2:
             emit(GroupFinished(group.id, None, "fewer than two images came out: no sheet"))
             return
+        folder = self._output_of(members[0])[0]
         try:
             if group.kind is JobKind.SWEEP and group.axes:
-                group.sheet = save_sweep_grid(members, self.output_dir, group)
+                group.sheet = save_sweep_grid(members, folder, group)
             else:
-                group.sheet = save_contact_sheet(done, self.output_dir, group)
+                group.sheet = save_contact_sheet(done, folder, group)
         except SheetError as exc:
             emit(GroupFinished(group.id, None, str(exc)))
             return
@@ -563,12 +616,17 @@ class Session:
         """The queue changed: have the writer thread save it (called under the lock)."""
         if self._writer is not None:
             self._writer.post(self._persistent())
+        if self.on_change is not None:
+            self.on_change()
 
     def _persistent(self) -> list[Job]:
         """The jobs the queue file keeps: the running one (it starts again after a crash), the
         waiting ones, the failed ones not yet retried (with their reason: a prompt is never lost
         to a failure), and the finished members of groups still running (for their sheet)."""
         running = self._running
+        if running is not None and self._closing:
+            # Stopped by close(), not by its own doing: it runs again at the next start.
+            running = dataclasses.replace(running, state=JobState.QUEUED)
         keep = [running] if running is not None and self._cancel_asked != running.id else []
         keep += [self._jobs[i] for i in self._waiting]
         keep += [

@@ -47,6 +47,7 @@ from spatiora_tui.engine.api import (
 from spatiora_tui.hw.sampler import HardwareSnapshot
 from spatiora_tui.hw.telemetry import Listeners, Peak
 from spatiora_tui.remote.frames import MAX_BLOB, FrameError, FrameWriter, read_frame
+from spatiora_tui.remote.hosted import SessionNews, read_news
 from spatiora_tui.remote.server import PROTOCOL
 from spatiora_tui.remote.wire import WireError, decode, decode_as, encode, image_from
 from spatiora_tui.units import MB
@@ -289,6 +290,10 @@ class RemoteEngine:
         self.say: Callable[[str], None] = say or (lambda _text: None)
         self._link_listeners: Listeners[str | None] = Listeners()
         self._model_listeners: Listeners[tuple[ModelInfo, str]] = Listeners()
+        self._news_listeners: Listeners[SessionNews] = Listeners()
+        self._watching: dict[str, Any] | None = None  # what session.watch asked, sent again on a new link
+        #: Whether the server keeps a queue of its own (the user's engine): session() works.
+        self.hosts_queue = False
         self.label = label or self_label()
         self._opener = opener
         self._image_format = image_format
@@ -437,6 +442,38 @@ class RemoteEngine:
         stops it."""
         return self._model_listeners.subscribe(listener)
 
+    def session(self, kind: str, blob: bytes = b"", **fields: Any) -> dict[str, Any]:
+        """A request to the queue the user's engine keeps (remote/hosted.py: submit, cancel,
+        move, retry, pause, resume, switch, jobs); its reply. EngineError saying why not."""
+        reply, _ = self._call({"type": f"session.{kind}", **fields}, blob)
+        return reply
+
+    def watch_session(
+        self,
+        listener: Callable[[SessionNews], object],
+        preview_side: int = 0,
+        preview_format: str = PREVIEW_FORMAT,
+        images: bool = False,
+    ) -> Callable[[], None]:
+        """Call `listener` with the engine queue's news (remote/hosted.py), on the link's reader
+        thread: at once with the queue as it is, then each change, step and finished image, and
+        the queue again after a reconnect. `preview_side`: steps' previews scaled to it (0: none);
+        `images`: finished images too. Returns the call that stops it. EngineError when the
+        engine keeps no queue."""
+        stop = self._news_listeners.subscribe(listener)
+        self._watching = {"preview_side": preview_side, "preview_format": preview_format, "images": images}
+        try:
+            self._tell_news(self._call({"type": "session.watch", **self._watching}))
+        except EngineError:
+            stop()
+            raise
+        return stop
+
+    def _tell_news(self, reply: tuple[dict[str, Any], bytes]) -> None:
+        news = read_news({"what": "jobs", **reply[0]}, b"")
+        if news is not None:
+            self._news_listeners.tell(news)
+
     def restart(self) -> ModelInfo | None:
         """A new link now, when the last one dropped (the user's engine started again, with the
         model it had loaded); the model it holds. EngineError when that fails."""
@@ -496,6 +533,7 @@ class RemoteEngine:
             }
         )
         self._settle_parked(set(hello.get("resumed") or ()))
+        self.hosts_queue = bool(hello.get("queue"))
         if hello.get("protocol") != PROTOCOL or hello.get("version") != __version__:
             self.close()
             raise EngineError(
@@ -504,6 +542,8 @@ class RemoteEngine:
             )
         self.link_rate = self._time_link()
         self._refresh()
+        if self._watching is not None and self.hosts_queue:
+            self._tell_news(self._call({"type": "session.watch", **self._watching}))
 
     def _time_link(self) -> float:
         """The link's speed in bytes/s, at least: PROBE_BYTES echoed, round trip included (so a
@@ -679,7 +719,7 @@ class RemoteEngine:
     def _on_frame(self, frame: dict[str, Any], payload: bytes) -> None:
         self.bytes_received += len(payload) + 8 + len(str(frame))  # about: the JSON as text
         if frame.get("type") == "event":
-            self._on_event(frame)
+            self._on_event(frame, payload)
             return
         rid = frame.get("id")
         with self._lock:
@@ -696,8 +736,17 @@ class RemoteEngine:
         if target is not None:
             target.put((frame, payload))
 
-    def _on_event(self, frame: dict[str, Any]) -> None:
-        """What another client changed for every client of the server."""
+    def _on_event(self, frame: dict[str, Any], payload: bytes = b"") -> None:
+        """What another client changed for every client of the server, or the engine's queue's
+        news (to a watching client)."""
+        if frame.get("event") == "session":
+            try:
+                news = read_news(frame, payload)
+            except (KeyError, TypeError, ValueError, WireError, OSError):
+                return  # one frame unread; the next list of jobs brings the window up to date
+            if news is not None:
+                self._news_listeners.tell(news)
+            return
         if frame.get("event") != "model":
             return  # one a newer server knows: nothing this client needs
         try:

@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from spatiora_tui import __version__
 from spatiora_tui.engine.api import Engine, EngineError, EngineOOM, GenerationRequest, StepPreview
@@ -57,6 +57,10 @@ from spatiora_tui.prompts import extract_lora_tags
 from spatiora_tui.remote.frames import Closed, FrameError, FrameWriter, read_frame
 from spatiora_tui.remote.wire import PREVIEW_FORMATS, WireError, decode, decode_as, encode, image_bytes
 from spatiora_tui.units import MB
+
+if TYPE_CHECKING:
+    from spatiora_tui.jobs.session import Session
+    from spatiora_tui.remote.hosted import HostedSession
 
 #: Bumped when a frame's meaning changes; both sides must agree.
 PROTOCOL = 2
@@ -153,8 +157,25 @@ class Hub:
         #: measured on).
         self.ran: collections.deque[tuple[str, int, str]] = collections.deque(maxlen=10_000)
         self._connections: set[Connection] = set()  # the clients connected now
+        #: The queue the user's engine keeps (host()); None on a served engine.
+        self.hosted: HostedSession | None = None
+        self._session_turn = False  # whether the hosted session runs the next job before a call
         self._thread = threading.Thread(target=self._work, name="spatiora-hub", daemon=True)
         self._thread.start()
+
+    def host(self, session: Session) -> HostedSession:
+        """Keep `session`'s queue here, its jobs taking turns with the clients' calls on the
+        worker (remote/hosted.py). Only the user's engine does: its clients are its owner's."""
+        from spatiora_tui.remote.hosted import HostedSession
+
+        self.hosted = HostedSession(session, self.kick, self._log)
+        self.kick()
+        return self.hosted
+
+    def kick(self) -> None:
+        """Wake the worker: work may have come that is not a call (a job of the hosted session)."""
+        with self._lock:
+            self._lock.notify_all()
 
     def connect(self, client: str, send: Send) -> Connection:
         """A new client, named `client` (clients of one name share one turn)."""
@@ -177,9 +198,12 @@ class Hub:
             connection.answer({"type": "event", "id": None, **message})
 
     def busy(self) -> bool:
-        """Whether a client is connected, or a call runs or waits (one parked for its client too)."""
+        """Whether a client is connected, or a call or a job runs or waits (one parked for its
+        client too)."""
         with self._lock:
-            return bool(self._connections or self._running is not None or self._waiting)
+            if self._connections or self._running is not None or self._waiting:
+                return True
+        return self.hosted is not None and self.hosted.busy
 
     def queue(self) -> list[dict[str, Any]]:
         """The running call and the waiting ones, in the order they will run."""
@@ -200,6 +224,8 @@ class Hub:
             if self._running is not None:
                 self._running.cancel.set()
             self._lock.notify_all()
+        if self.hosted is not None:
+            self.hosted.close()  # stops the running job: it stays in the queue file, to run again
         self._thread.join(timeout=60)
         self._uploads.cleanup()
 
@@ -270,27 +296,43 @@ class Hub:
             self._lock.notify_all()
             return ahead
 
-    def _take(self) -> Call | None:
-        """The next call to run: the first connected call of the next client in turn (a client
-        whose calls all wait for it to reconnect is passed over)."""
+    def _take(self) -> Call | HostedSession | None:
+        """The next call to run, or the hosted session (its next job): they take turns. A call:
+        the first connected call of the next client in turn (a client whose calls all wait for
+        it to reconnect is passed over)."""
         with self._lock:
             while not self._closed:
                 self._expire()
-                for _ in range(len(self._turns)):
-                    client = self._turns[0]
-                    calls = self._waiting[client]
-                    call = next((c for c in calls if c.parked_at is None), None)
-                    self._turns.rotate(-1)  # its next call waits for everyone else's turn
-                    if call is None:
-                        continue
-                    calls.remove(call)
-                    if not calls:
-                        del self._waiting[client]
-                        self._turns.remove(client)
-                    self._running = call
+                hosted = self.hosted
+                if hosted is not None and (self._session_turn or not self._turns) and hosted.has_work():
+                    self._session_turn = False
+                    return hosted
+                call = self._next_call()
+                if call is not None:
+                    self._session_turn = True
                     return call
+                if hosted is not None and hosted.has_work():
+                    self._session_turn = False
+                    return hosted
                 self._lock.wait(timeout=KEEP_S / 10 if self._parked else None)
             return None
+
+    def _next_call(self) -> Call | None:
+        """The first connected call of the next client in turn, taken off the queue."""
+        for _ in range(len(self._turns)):
+            client = self._turns[0]
+            calls = self._waiting[client]
+            call = next((c for c in calls if c.parked_at is None), None)
+            self._turns.rotate(-1)  # its next call waits for everyone else's turn
+            if call is None:
+                continue
+            calls.remove(call)
+            if not calls:
+                del self._waiting[client]
+                self._turns.remove(client)
+            self._running = call
+            return call
+        return None
 
     def _expire(self) -> None:
         """Forget parked calls whose client has not come back within KEEP_S."""
@@ -359,12 +401,15 @@ class Hub:
 
     def _work(self) -> None:
         while (call := self._take()) is not None:
+            if not isinstance(call, Call):
+                self._run_job(call)
+                continue
             self.ran.append((call.connection.client, call.job, call.message["type"]))
             began = time.monotonic()
             what = call.describe(running=True)
             if self._log is not None:
                 task = f" ({what['task']})" if what["task"] else ""
-                self._log(f"job {call.job}: {what['type']}{task} for {what['client']}")
+                self._log(f"call {call.job}: {what['type']}{task} for {what['client']}")
             model = self.engine.model
             try:
                 outcome = call.connection.run(call, Path(self._uploads.name))
@@ -377,8 +422,17 @@ class Hub:
                 event = {"event": "model", "model": encode(now), "active": self.engine.active_task}
                 self.tell_others(call.connection, {**event, "by": call.connection.label})
             if self._log is not None:
-                self._log(f"job {call.job}: {outcome} in {time.monotonic() - began:.2f} s")
+                self._log(f"call {call.job}: {outcome} in {time.monotonic() - began:.2f} s")
             del call  # hold no finished call (its upload, its client's link) while waiting for the next
+
+    def _run_job(self, hosted: HostedSession) -> None:
+        """One turn of the hosted session: its next job (or task switch), to its end."""
+        self.ran.append(("session", 0, "job"))
+        try:
+            hosted.run_one()
+        except Exception as exc:  # a defect: said in the log; the session fails the job it ran
+            if self._log is not None:
+                self._log(f"the queue's runner failed: {type(exc).__name__}: {exc}")
 
 
 class Connection:
@@ -412,7 +466,13 @@ class Connection:
             return
         if kind == "hello":
             resumed = self._hello(message)
-            hello = {"version": __version__, "protocol": PROTOCOL, "resumed": resumed, "clients": self.hub.clients}
+            hello = {
+                "version": __version__,
+                "protocol": PROTOCOL,
+                "resumed": resumed,
+                "clients": self.hub.clients,
+                "queue": self.hub.hosted is not None,  # session.* requests are served
+            }
             self.answer({"type": "ok", "id": rid, **hello})
         elif kind == "hardware":
             self.answer({"type": "ok", "id": rid, **_hardware(self.hub.telemetry)})
@@ -429,6 +489,8 @@ class Connection:
             self.answer({"type": "ok", "id": rid})
         elif kind == "cancel":
             self._cancel(message)
+        elif isinstance(kind, str) and kind.startswith("session."):
+            self._session(message)
         elif kind in ENGINE_CALLS:
             call = Call(next(self.hub._jobs), self, message, blob)
             try:
@@ -444,8 +506,30 @@ class Connection:
             self.answer({"type": "error", "id": rid, "kind": "engine", "message": f"unknown request type {kind!r}"})
 
     def close(self) -> None:
-        """The link is gone: see Hub._drop."""
+        """The link is gone: see Hub._drop (the hosted session's jobs go on)."""
+        if self.hub.hosted is not None:
+            self.hub.hosted.forget(self)
         self.hub._drop(self)
+
+    def _session(self, message: dict[str, Any]) -> None:
+        """A request to the queue the user's engine keeps (remote/hosted.py)."""
+        from spatiora_tui.remote.hosted import Refusal
+
+        rid, hosted = message["id"], self.hub.hosted
+        if hosted is None:
+            refused = "this engine keeps no queue of its own: only the user's engine does (spatiora engine start)"
+            self.answer({"type": "error", "id": rid, "kind": "refused", "message": refused})
+            return
+        try:
+            reply = hosted.handle(self, message)
+        except Refusal as exc:
+            self.answer({"type": "error", "id": rid, "kind": "refused", "message": str(exc)})
+            return
+        except Exception as exc:  # keep serving: the client gets the fault, in one line
+            said = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+            self.answer({"type": "error", "id": rid, "kind": "internal", "message": said})
+            return
+        self.answer({"type": "ok", "id": rid, **reply})
 
     def _hello(self, message: dict[str, Any]) -> list[int]:
         """A client may name itself (user@host): connections of one name share one turn. With a

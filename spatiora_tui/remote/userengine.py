@@ -51,6 +51,8 @@ if TYPE_CHECKING:
     from spatiora_tui.remote.client import RemoteEngine
     from spatiora_tui.remote.server import Hub
 
+#: The states of a job of the engine's queue that has not ended (jobs/job.py's JobState).
+LIVE_STATES = ("queued", "paused", "running")
 #: Seconds a started engine has to open its socket (it imports no torch before it does).
 START_S = 120.0
 #: Seconds `stop` waits for the engine to finish its step and exit before it is killed.
@@ -93,6 +95,11 @@ class Place:
     def ended(self) -> Path:
         """How the last engine ended (the supervisor writes it)."""
         return self.state / f"{self.key}.exit.json"
+
+    @property
+    def queue(self) -> Path:
+        """The folder of the engine's queue file (jobs/store.py): what waits outlives the engine."""
+        return self.state / f"{self.key}-queue"
 
     @property
     def url(self) -> str:
@@ -344,15 +351,20 @@ def _hello() -> dict[str, Any]:
 
 
 def running(where: Place) -> dict[str, Any] | None:
-    """The running engine's record, with `clients` (others connected) and `jobs` (its queue)
-    when it answers; None when none runs."""
+    """The running engine's record, with `clients` (others connected), `jobs` (the calls it
+    runs and that wait) and `queued` (its own queue's jobs that have not ended, as Job.to_view
+    gives them) when it answers; None when none runs."""
     record = read_record(where)
     if record is None or not where.socket.exists():
         return None
     try:
-        hello, state, jobs = ask(where, [_hello(), {"type": "state"}, {"type": "queue"}])
+        hello, state, jobs, hosted = ask(
+            where, [_hello(), {"type": "state"}, {"type": "queue"}, {"type": "session.jobs"}]
+        )
     except EngineError:
         return {**record, "answering": False}
+    views = hosted.get("jobs") if hosted.get("type") == "ok" else None
+    queued = [view for view in views or () if isinstance(view, dict) and view.get("state") in LIVE_STATES]
     return {
         **record,
         "answering": True,
@@ -361,6 +373,7 @@ def running(where: Place) -> dict[str, Any] | None:
         "model": state.get("model"),
         "active": state.get("active"),
         "jobs": jobs.get("jobs") or [],
+        "queued": queued,
     }
 
 
@@ -550,7 +563,7 @@ def _replace_if_stale(settings: Settings, where: Place, say: Callable[[str], Non
     if not reasons:
         return
     now = running(where)
-    busy = now is not None and (now.get("clients") or now.get("jobs"))
+    busy = now is not None and (now.get("clients") or now.get("jobs") or now.get("queued"))
     if busy and record.get("version") == __version__:
         say(
             f"note: your engine keeps running as it is ({'; '.join(reasons)}), since it is busy; "
@@ -570,6 +583,9 @@ def quit_note(where: Place) -> str | None:
     now = running(where)
     if now is None:
         return None
+    queued = now.get("queued") or []
+    if queued:
+        return f"your engine goes on with {len(queued)} queued image(s) and saves them; `spatiora queue` shows them"
     jobs = [job for job in now.get("jobs") or () if isinstance(job, dict)]
     if jobs:
         return f"your engine keeps running {len(jobs)} queued call(s); `spatiora engine status` shows them"

@@ -88,7 +88,7 @@ def test_the_first_command_starts_the_engine_and_the_next_ones_share_it_warm(pro
     assert oct((runtime / "spatiora").stat().st_mode & 0o777) == "0o700"
 
     logs = spatiora("engine", "logs", cwd=project, env=USER)
-    assert "listening on" in logs.stdout and "generate (interior) for local" in logs.stdout
+    assert "listening on" in logs.stdout and "job 2 (interior): started" in logs.stdout
 
     # An edited config is taken up by restarting the idle engine; the new one is told why.
     config = project / "config.toml"
@@ -134,16 +134,18 @@ def test_an_engine_killed_mid_image_is_reported_and_the_next_command_starts_a_ne
             long.kill()
     errors = [line for line in said.splitlines() if line.startswith("spatiora: error:")]
     assert len(errors) == 1, said
-    assert "the engine was killed by SIGKILL" in errors[0] and "its log's last line: " in errors[0]
-    assert errors[0].endswith("the next request starts a new engine")
+    assert "stopped while it ran: the engine was killed by SIGKILL" in errors[0], said
+    assert "its log's last line: " in errors[0]
+    assert "reattaching" in said and "starting your engine" in said  # the queue lives on in a new one
     assert "Traceback" not in said
+    # The new engine took up the queue: the image shows as failed, with why, not as lost.
+    listed = spatiora("queue", cwd=project, env=USER)
+    assert "stopped while it ran: the engine was killed by SIGKILL" in listed.stdout, listed.stdout
 
-    status = spatiora("engine", "status", cwd=project, env=USER)
-    assert status.returncode == 1 and "the last one: the engine was killed by SIGKILL" in status.stdout
+    assert record(runtime)["pid"] != pid
     again = spatiora("generate", "a loft", "--steps", "2", "--out", str(project / "b"), cwd=project, env=USER)
     assert again.returncode == 0, again.stderr
-    assert "starting your engine" in again.stderr
-    assert record(runtime)["pid"] != pid
+    assert "starting your engine" not in again.stderr, "the engine the first command started again is warm"
     assert len(list((project / "b").glob("*.png"))) == 1
 
 
@@ -231,8 +233,9 @@ def test_the_tui_starts_the_engine_a_command_from_another_shell_shares_it_and_qu
 
 
 def test_a_batch_goes_on_on_a_new_engine_when_its_engine_is_killed(project: Path) -> None:
-    """Crash isolation in a batch: the image that was running fails with the engine's end in
-    words, and the next one starts a new engine and is saved; the exit code says one failed."""
+    """Crash isolation in a batch: the command reattaches, starting a new engine, which takes up
+    the queue: the image that was running fails with the engine's end in words, the next one is
+    made and saved; the exit code says one failed."""
     runtime = Path(os.environ["XDG_RUNTIME_DIR"])
     config = project / "config.toml"
     config.write_text(SMALL_CONFIG.replace(tasks_config(steps=3, size=64), tasks_config(steps=200, size=64)))
@@ -260,7 +263,8 @@ def test_a_batch_goes_on_on_a_new_engine_when_its_engine_is_killed(project: Path
             batch.kill()
     err = "".join(said) + rest
     assert batch.returncode == 1, err
-    assert "[1/2] job 1" in err and "failed: the engine was killed by SIGKILL" in err
+    assert "[1/2] job 1" in err and "failed: stopped while it ran: the engine was killed by SIGKILL" in err
+    assert "reattaching" in err and "[2/2] job 2" in err
     assert "starting your engine" in err and "1 of 2 image(s) saved" in err
     assert len(list((project / "a").glob("*-interior-*[0-9].png"))) == 1
     assert record(runtime)["pid"] != first
