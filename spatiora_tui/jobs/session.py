@@ -49,6 +49,7 @@ from spatiora_tui.jobs.job import Group, Job, JobKind, JobState
 from spatiora_tui.jobs.sheets import SheetError, save_contact_sheet, save_sweep_grid
 from spatiora_tui.jobs.store import Orphan, QueueFileError, QueueStore
 from spatiora_tui.jobs.sweep import Axis, checked_cells
+from spatiora_tui.jobs.view import Output
 from spatiora_tui.outputs import OutputError, save_result
 
 if TYPE_CHECKING:
@@ -56,8 +57,6 @@ if TYPE_CHECKING:
 
 #: Most images in one batch (a typo of 1000 should not queue an afternoon's work).
 MAX_BATCH = 100
-#: Where a job's image goes when its submitter says: (folder, file stem or None).
-Output = tuple[Path, str | None] | None
 
 
 def _ignore(event: SessionEvent) -> None:
@@ -155,29 +154,12 @@ class Session:
         """Seconds until `job_id` ends, from the steps ahead of it and the speed of the jobs run
         so far; None before any job has run (or for a job that is not waiting or running)."""
         with self._lock:
-            rate = self._seconds_per_step
-            if rate is None:
-                return None
-            running = self._running
-            steps = 0
-            if running is not None:
-                steps += max(0, (running.steps_total or self.steps_of(running)) - running.steps_done)
-                if running.id == job_id:
-                    return steps * rate
-            if job_id not in self._waiting:
-                return None
-            for waiting_id in self._waiting[: self._waiting.index(job_id) + 1]:
-                steps += self.steps_of(self._jobs[waiting_id])
-            return steps * rate
+            waiting = [self._jobs[i] for i in self._waiting]
+            return eta_s(self.settings, self._running, waiting, job_id, self._seconds_per_step)
 
     def steps_of(self, job: Job) -> int:
         """The steps `job` will run: its request's, else its task's (0 for a task that is gone)."""
-        if job.request.steps is not None:
-            return job.request.steps
-        try:
-            return self.settings.task(job.task).steps
-        except ConfigError:
-            return 0
+        return steps_of(self.settings, job)
 
     # -- changing the queue -------------------------------------------------------------------
 
@@ -658,6 +640,35 @@ class Session:
         if self._writer is not None:
             self._writer.flush(10.0)
             self._writer.stop()
+
+
+def steps_of(settings: Settings, job: Job) -> int:
+    """The steps `job` will run: its request's, else its task's (0 for a task that is gone)."""
+    if job.request.steps is not None:
+        return job.request.steps
+    try:
+        return settings.task(job.task).steps
+    except ConfigError:
+        return 0
+
+
+def eta_s(settings: Settings, running: Job | None, waiting: list[Job], job_id: int, rate: float | None) -> float | None:
+    """Seconds until `job_id` ends, from the steps ahead of it (the running job's left, and the
+    waiting ones' up to it) at `rate` seconds a step; None without a rate, or for a job that is
+    neither running nor waiting."""
+    if rate is None:
+        return None
+    steps = 0
+    if running is not None:
+        steps += max(0, (running.steps_total or steps_of(settings, running)) - running.steps_done)
+        if running.id == job_id:
+            return steps * rate
+    ids = [job.id for job in waiting]
+    if job_id not in ids:
+        return None
+    for job in waiting[: ids.index(job_id) + 1]:
+        steps += steps_of(settings, job)
+    return steps * rate
 
 
 class _QueueWriter:

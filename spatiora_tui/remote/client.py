@@ -470,8 +470,7 @@ class RemoteEngine:
         return stop
 
     def _tell_news(self, reply: tuple[dict[str, Any], bytes]) -> None:
-        news = read_news({"what": "jobs", **reply[0]}, b"")
-        if news is not None:
+        for news in read_news({"what": "jobs", **reply[0]}, b""):
             self._news_listeners.tell(news)
 
     def restart(self) -> ModelInfo | None:
@@ -741,10 +740,10 @@ class RemoteEngine:
         news (to a watching client)."""
         if frame.get("event") == "session":
             try:
-                news = read_news(frame, payload)
+                told = read_news(frame, payload)
             except (KeyError, TypeError, ValueError, WireError, OSError):
                 return  # one frame unread; the next list of jobs brings the window up to date
-            if news is not None:
+            for news in told:
                 self._news_listeners.tell(news)
             return
         if frame.get("event") != "model":

@@ -29,7 +29,7 @@ from spatiora_tui.engine.api import EngineError, GenerationRequest
 from spatiora_tui.jobs import events
 from spatiora_tui.jobs.job import Job
 from spatiora_tui.jobs.session import MAX_BATCH, Session
-from spatiora_tui.jobs.sweep import SweepError
+from spatiora_tui.jobs.sweep import Axis, SweepError
 from spatiora_tui.remote.wire import PREVIEW_FORMATS, WireError, decode_as, encode, image_bytes
 
 
@@ -127,7 +127,12 @@ class HostedSession:
         if kind == "jobs":
             return self.snapshot()
         if kind == "submit":
-            return {"jobs": [job.id for job in self._submit(message)]}
+            jobs = self._submit(message)
+            return {"jobs": [job.id for job in jobs], "views": [job.to_view() for job in jobs]}
+        if kind == "save_again":
+            saved: list[dict[str, Any]] = []
+            left = session.save_again(lambda event: saved.append(_saved_again(event)))
+            return {"saved": saved, "left": left}
         if kind in ("cancel", "move", "retry"):
             job_id = message.get("job")
             if not isinstance(job_id, int) or isinstance(job_id, bool):
@@ -177,6 +182,9 @@ class HostedSession:
         count = message.get("count", 1)
         if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_BATCH:
             raise Refusal(f"count must be a whole number from 1 to {MAX_BATCH}")
+        sweep = message.get("sweep")
+        if sweep is not None and count != 1:
+            raise Refusal("a sweep makes one image per cell: count must be 1")
         output = None
         folder, name = message.get("output_dir"), message.get("output_name")
         if folder is not None:
@@ -186,7 +194,10 @@ class HostedSession:
                 raise Refusal("output_name must be a file name")
             output = (Path(folder), name)
         try:
-            jobs = self.session.submit_batch(request, count, output)
+            if sweep is not None:
+                jobs = self.session.submit_sweep(request, read_axes(sweep), output)
+            else:
+                jobs = self.session.submit_batch(request, count, output)
         except (EngineError, SweepError) as exc:
             raise Refusal(str(exc)) from None
         self._kick()
@@ -216,6 +227,10 @@ class HostedSession:
         self._thread.join(timeout=5)
 
     # -- telling the watchers -------------------------------------------------------------------
+
+    def _view(self, job_id: int) -> dict[str, Any]:
+        """The job as it is now: a window shows it before the event it comes with."""
+        return self.session.job(job_id).to_view()
 
     def _log_event(self, event: events.SessionEvent) -> None:
         if isinstance(event, events.JobStarted):
@@ -259,7 +274,8 @@ class HostedSession:
         engine's log for each job's start and end."""
         self._log_event(event)
         if isinstance(event, events.JobStarted):
-            self._send({"what": "started", "job": event.job_id, "task": event.task, "steps": event.steps})
+            started = {"job": event.job_id, "task": event.task, "steps": event.steps, "view": self._view(event.job_id)}
+            self._send({"what": "started", **started})
         elif isinstance(event, events.JobStepped):
             preview = event.preview
             step = {"step": preview.step, "total": preview.total, "elapsed_s": preview.elapsed_s, "rate": event.rate}
@@ -281,6 +297,7 @@ class HostedSession:
                 "result": encode(dataclasses.replace(result, image=None)),
                 "path": str(event.path) if event.path is not None else None,
                 "save_error": event.save_error,
+                "view": self._view(event.job_id),
             }
 
             def image(watch: Watch) -> bytes:
@@ -292,7 +309,7 @@ class HostedSession:
             self._send(fields, image)
         elif isinstance(event, events.JobFailed):
             failed = {"job": event.job_id, "task": event.task, "error": event.error, "oom": event.out_of_memory}
-            self._send({"what": "failed", **failed})
+            self._send({"what": "failed", **failed, "view": self._view(event.job_id)})
         elif isinstance(event, events.TaskSwitched):
             self._send({"what": "switched", "switch": encode(event.switch), "job": event.job_id})
         elif isinstance(event, events.TaskSwitchFailed):
@@ -314,13 +331,28 @@ class QueueShown:
     seq: int
 
 
-#: What a watching client is told: the queue as it is, or one of the session's own events.
-SessionNews = QueueShown | events.SessionEvent
+@dataclasses.dataclass(frozen=True)
+class JobShown:
+    """One job as it is now (it comes before the event that changed it)."""
+
+    job: Job
 
 
-def read_news(frame: dict[str, Any], blob: bytes) -> SessionNews | None:
-    """A `session` event frame as what it says (None for one this client does not know, from a
-    newer engine). WireError (or KeyError, TypeError, ValueError) for one that cannot be read."""
+#: What a watching client is told: the queue as it is, one job, or one of the session's events.
+SessionNews = QueueShown | JobShown | events.SessionEvent
+
+
+def read_news(frame: dict[str, Any], blob: bytes) -> list[SessionNews]:
+    """A `session` event frame as what it says: the job it is about as it is now (JobShown),
+    then the event (nothing for one this client does not know, from a newer engine). WireError
+    (or KeyError, TypeError, ValueError) for one that cannot be read."""
+    event = _read_event(frame, blob)
+    view = frame.get("view")
+    shown: list[SessionNews] = [JobShown(Job.from_view(view))] if isinstance(view, dict) else []
+    return [*shown, event] if event is not None else shown
+
+
+def _read_event(frame: dict[str, Any], blob: bytes) -> SessionNews | None:
     from spatiora_tui.engine.api import AdapterSwitch, GenerationResult, StepPreview
     from spatiora_tui.remote.wire import image_from
 
@@ -351,3 +383,26 @@ def read_news(frame: dict[str, Any], blob: bytes) -> SessionNews | None:
         path = Path(frame["path"]) if frame.get("path") else None
         return events.GroupFinished(str(frame["group"]), path, frame.get("error"))
     return None
+
+
+def axes_wire(axes: list[Axis]) -> list[dict[str, Any]]:
+    """A sweep's axes as a submit carries them."""
+    return [{"kind": axis.kind, "values": list(axis.values), "adapter": axis.adapter} for axis in axes]
+
+
+def read_axes(wire: Any) -> list[Axis]:
+    """A submit's sweep axes (Refusal when they are not)."""
+    if not isinstance(wire, list) or not 1 <= len(wire) <= 3:
+        raise Refusal("sweep must list one to three axes")
+    axes = []
+    for item in wire:
+        values = item.get("values") if isinstance(item, dict) else None
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise Refusal("each sweep axis needs a kind and a list of values")
+        axes.append(Axis(str(item.get("kind")), tuple(values), str(item.get("adapter") or "")))
+    return axes
+
+
+def _saved_again(event: events.SessionEvent) -> dict[str, Any]:
+    assert isinstance(event, events.ImageSaved)
+    return {"path": str(event.path) if event.path is not None else None, "error": event.error}

@@ -29,13 +29,15 @@ from spatiora_tui.engine.init_image import DEFAULT_STRENGTH
 from spatiora_tui.hw import HardwareFeed, Telemetry, process_age_s
 from spatiora_tui.jobs.events import JobStepped as JobStep
 from spatiora_tui.jobs.events import SessionEvent
-from spatiora_tui.jobs.job import Job
+from spatiora_tui.jobs.job import Job, JobState
 from spatiora_tui.jobs.session import Session
 from spatiora_tui.jobs.sheets import contact_sheet, sweep_grid
 from spatiora_tui.jobs.store import Orphan, QueueStore
 from spatiora_tui.jobs.sweep import SweepError
+from spatiora_tui.jobs.view import Queue
 from spatiora_tui.outputs import OutputError, request_from_image
 from spatiora_tui.remote.client import RemoteEngine
+from spatiora_tui.remote.mirror import SessionMirror
 from spatiora_tui.remote.telemetry import RemoteTelemetry
 from spatiora_tui.ui.images import image_widget_class
 from spatiora_tui.ui.messages import (
@@ -155,11 +157,16 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self.telemetry: HardwareFeed = telemetry or Telemetry.from_settings(settings)
         self._tasks: dict[str, TaskSettings] = {t.name: t for t in settings.tasks}
         self._model_ready = False
-        # The session holds the jobs, their queue and the images waiting for "save again"; the
-        # queue file in the state folder keeps what waits across a crash or a dropped SSH session.
-        self.session = Session(
-            engine, settings, store=QueueStore(user_state_dir() / "queues"), telemetry=self.telemetry
-        )
+        # The queue: on the user's engine, a mirror of the one it keeps (every window shows the
+        # same, and it runs on when this one closes); else a Session run here, whose queue file
+        # in the state folder keeps what waits across a crash or a dropped SSH session.
+        self.session: Queue
+        if isinstance(engine, RemoteEngine) and engine.hosts_queue:
+            self.session = SessionMirror(engine, settings)
+        else:
+            self.session = Session(
+                engine, settings, store=QueueStore(user_state_dir() / "queues"), telemetry=self.telemetry
+            )
         self._chosen: str | None = None  # the task new requests are for (see chosen_task)
         self._running_job: int | None = None  # the job the preview pane shows
         #: A batch's or sweep's thumbnails so far, by sweep cell (or arrival, in a batch).
@@ -280,7 +287,10 @@ class SpatioraApp(App[None], inherit_bindings=False):
             else ""
         )
         self.preview_pane.model_ready(f"ready: type a prompt, press Enter or {self._key('generate')}")
-        self.say(f"model ready: {model.name}{note}")
+        queue = (
+            self._engine_queue_note() if isinstance(self.session, SessionMirror) and self.session.first_sight() else ""
+        )
+        self.say(f"model ready: {model.name}{note}" + (f" · {queue}" if queue else ""))
         self.refresh_bindings()
 
     def _show_model(self, model: Any) -> None:
@@ -373,6 +383,9 @@ class SpatioraApp(App[None], inherit_bindings=False):
         linked.after_drop = again
         if isinstance(self.telemetry, RemoteTelemetry):
             self.telemetry.down_hint = again
+        if isinstance(self.session, SessionMirror):
+            steps = StepThrottle(1.0 / self.settings.ui.preview_fps)
+            self._unwatch.append(self.session.watch(lambda event: self._post_event(event, steps, wait=False)))
         self._unwatch += [
             linked.watch_link(self._link_changed),
             linked.watch_models(lambda chosen: self.post_message(ModelChosenElsewhere(*chosen))),
@@ -381,8 +394,8 @@ class SpatioraApp(App[None], inherit_bindings=False):
     def _link_changed(self, why: str | None) -> None:
         """On the link's thread, before the running job hears of it: a dropped link pauses the
         queue, so that the jobs waiting do not each start an engine (or fail) in turn."""
-        if why is not None and not self.session.paused:
-            self.session.pause()
+        if why is not None and isinstance(self.session, Session) and not self.session.paused:
+            self.session.pause()  # (the engine's own queue waits in its queue file)
             self._held_queue = True
         self.post_message(EngineLinkChanged(why))
 
@@ -683,7 +696,9 @@ class SpatioraApp(App[None], inherit_bindings=False):
             self.session.release_runner()
             raise
 
-    def _post_event(self, event: SessionEvent, steps: StepThrottle) -> None:
+    def _post_event(self, event: SessionEvent, steps: StepThrottle, wait: bool = True) -> None:
+        """A session event as a message; `wait`: the runner's thread waits for a job's start to
+        be painted (the engine's queue runs elsewhere: its link's thread never waits)."""
         if isinstance(event, JobStep):
             paced = steps.offer(event)
             if paced is None:
@@ -691,7 +706,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
             event = paced
         message = message_for(event)
         self.post_message(message)
-        if isinstance(message, JobStarted):
+        if isinstance(message, JobStarted) and wait:
             # Denoising starts once the job's start is on screen: the repaint then does not
             # compete with torch for the CPU.
             message.painted.wait(PAINT_WAIT_S)
@@ -783,10 +798,25 @@ class SpatioraApp(App[None], inherit_bindings=False):
     def on_queue_changed(self, message: QueueChanged) -> None:
         if isinstance(self.screen, QueueScreen):
             self.screen.refresh_jobs()
+        if self._model_ready and isinstance(self.session, SessionMirror) and self.session.first_sight():
+            self.say(self._engine_queue_note())
         error = self.session.store_error
         if error is not None and error != self._store_error_said:
             self._store_error_said = error
             self.notify(markup_safe(f"{error}: the queue runs, but would not survive a crash"), severity="warning")
+
+    def _engine_queue_note(self) -> str:
+        """On coming to the user's engine: what its queue holds, and what ended meanwhile."""
+        jobs = self.session.jobs()
+        done = sum(job.state is JobState.DONE for job in jobs)
+        failed = sum(job.state is JobState.FAILED for job in jobs)
+        waiting = len(self.session.waiting())
+        running = self.session.running
+        parts = [f"job {running.id} running"] if running is not None else []
+        parts += [f"{waiting} waiting"] if waiting else []
+        parts += [f"{done} done"] if done else []
+        parts += [f"{failed} failed"] if failed else []
+        return f"your engine's queue: {', '.join(parts)} ({self._key('queue')} shows them)" if parts else ""
 
     def on_prompt_pane_controls_removed(self, message: PromptPane.ControlsRemoved) -> None:
         what = "negative prompt" if message.field == "negative" else "prompt"

@@ -363,3 +363,85 @@ def test_the_tui_outlives_its_engine_killed_mid_image_and_ctrl_n_starts_it_and_t
     finally:
         tmux.close()
         spatiora("engine", "stop", cwd=project, env=env)
+
+
+def _saved(folder: Path) -> list[Path]:
+    """The images of a batch in `folder` (its sheet left out)."""
+    return sorted(p for p in folder.glob("*.png") if not p.stem.endswith("-batch"))
+
+
+def test_a_batch_is_saved_whole_by_the_engine_when_its_command_is_killed(project: Path) -> None:
+    """The command is only a view of its batch: killed after the first image (a closed terminal
+    does the same), the engine makes and saves the rest and the sheet, each once; `spatiora
+    queue` lists them with their files; the engine's status says what ran meanwhile."""
+    out = project / "a"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **USER}
+    argv = [sys.executable, "-m", "spatiora_tui", "generate", "a loft", "--count", "4", "--steps", "12"]
+    command = subprocess.Popen([*argv, "--out", str(out)], cwd=project, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert command.stderr is not None
+        for line in command.stderr:
+            if line.startswith("[2/4]"):  # the first image is saved; the second has started
+                break
+        command.kill()
+        command.wait(timeout=30)
+    finally:
+        if command.poll() is None:
+            command.kill()
+    status = spatiora("engine", "status", cwd=project, env=USER)
+    assert "queue: 1 running" in status.stdout or len(_saved(out)) == 4, status.stdout
+    wait_for(lambda: len(list(out.glob("*-batch.png"))) == 1, 240, "the engine to finish the batch and its sheet")
+    saved = _saved(out)
+    seeds = [int(p.stem.rsplit("-", 1)[1]) for p in saved]
+    assert len(saved) == 4 and seeds == list(range(seeds[0], seeds[0] + 4)), "each seed once, none lost"
+    listed = spatiora("queue", cwd=project, env=USER)
+    assert listed.returncode == 0, listed.stderr
+    assert sum(f"-> {out}" in line and "  done  " in line for line in listed.stdout.splitlines()) == 4, listed.stdout
+
+
+def test_a_batch_typed_over_ssh_outlives_the_ssh_client_and_the_next_login_lists_it(
+    sshd, project: Path, cache_dir: Path
+) -> None:
+    """Part of what the user's engine is for: `spatiora generate --count 8` typed in an SSH
+    session; the ssh client dies after the second image (a laptop's lid, a dropped Wi-Fi); the
+    next login's `spatiora queue` shows the batch going on, then all 8 images saved, each once."""
+    from tests.e2e.sshd import ssh_argv
+    from tests.helpers import REPO
+
+    port, key = sshd
+    out = project / "over-ssh"
+    names = ("XDG_RUNTIME_DIR", "SPATIORA_STATE_DIR", "SPATIORA_OUTPUT_DIR", "XDG_CONFIG_HOME")
+    remote_env = " ".join(
+        [f"{name}={os.environ[name]}" for name in names]
+        + [f"SPATIORA_CACHE_DIR={cache_dir}", "HF_HUB_OFFLINE=1", "SPATIORA_ENGINE=user", f"PYTHONPATH={REPO}"]
+    )
+    spatiora_there = f"cd {project} && env {remote_env} {sys.executable} -m spatiora_tui"
+    ssh = ssh_argv(port, key)
+    login = subprocess.Popen(
+        [*ssh, f"{spatiora_there} generate 'a loft' --count 8 --steps 12 --out {out}"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert login.stderr is not None
+        said = []
+        for line in login.stderr:
+            said.append(line)
+            if line.startswith("[3/8]"):  # two images saved
+                break
+        login.kill()  # the ssh client, not anything on the far side
+        login.wait(timeout=30)
+    finally:
+        if login.poll() is None:
+            login.kill()
+    assert len(_saved(out)) >= 2, "".join(said)
+    again = subprocess.run([*ssh, f"{spatiora_there} queue"], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    mine = [line for line in again.stdout.splitlines() if "(" in line and "/8 · seed" in line]
+    assert len(mine) == 8 and sum(f"-> {out}" in line for line in mine) >= 2, again.stdout
+    wait_for(lambda: len(list(out.glob("*-batch.png"))) == 1, 300, "the engine to finish the batch and its sheet")
+    saved = _saved(out)
+    seeds = [int(p.stem.rsplit("-", 1)[1]) for p in saved]
+    assert len(saved) == 8 and seeds == list(range(seeds[0], seeds[0] + 8)), "all 8, each once"

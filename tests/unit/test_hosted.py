@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from spatiora_tui.jobs.events import JobStepped
 from spatiora_tui.jobs.job import JobState
 from spatiora_tui.jobs.session import Session
 from spatiora_tui.jobs.store import QueueStore
@@ -92,8 +93,9 @@ def test_a_batch_is_made_and_saved_by_the_engine_after_its_submitter_leaves(host
     # The window was told each step (with a preview scaled as it asked) and each image.
     steps = [(frame, blob) for frame, blob in window.news if frame["what"] == "step"]
     assert len(steps) == 4 * 3 and all(blob for _, blob in steps)
-    news = read_news(*steps[0])
-    assert news is not None and max(news.preview.image.size) <= 64
+    (news,) = read_news(*steps[0])
+    assert isinstance(news, JobStepped) and news.preview.image is not None
+    assert max(news.preview.image.size) <= 64
     finished = [frame for frame, _ in window.news if frame["what"] == "finished"]
     assert [Path(f["path"]).name for f in finished] == saved
 
@@ -113,7 +115,7 @@ def test_every_watcher_gets_the_same_queue_and_the_newest_list_wins(hosted) -> N
         return waiting == [ids[2], ids[1]]
 
     for client in (first, second):
-        shown = read_news(client.until("jobs", order), b"")
+        (shown,) = read_news(client.until("jobs", order), b"")
         assert isinstance(shown, QueueShown)
         assert [job.state for job in shown.jobs] == [JobState.RUNNING, JobState.QUEUED, JobState.QUEUED]
         assert shown.jobs[0].request.prompt == "a loft"

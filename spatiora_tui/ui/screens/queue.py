@@ -12,7 +12,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from spatiora_tui.jobs.job import Job, JobState
-from spatiora_tui.jobs.session import Session
+from spatiora_tui.jobs.view import Queue
 from spatiora_tui.ui.text import clip, markup_safe
 
 COLUMNS = ("#", "state", "task", "prompt", "progress", "ETA")
@@ -51,7 +51,7 @@ class QueueScreen(Screen[None]):
     QueueScreen #queue-status { height: auto; padding: 0 1; }
     """
 
-    def __init__(self, session: Session, kick: Callable[[], None], close_key: str) -> None:
+    def __init__(self, session: Queue, kick: Callable[[], None], close_key: str) -> None:
         super().__init__()
         self._session = session
         self._kick = kick
