@@ -118,7 +118,7 @@ class Job:
             raise ValueError(f"sweep cell {list(cell)} is not on its grid")
         failed = record.get("failed")
         if record.get("running") and interrupted and not path:
-            failed = f"stopped while it ran: {interrupted}"
+            failed = interrupted  # how the process ended: "the engine was killed by SIGKILL ..."
         output_dir, output_name = record.get("output_dir"), record.get("output_name")
         if output_dir is not None and not isinstance(output_dir, str):
             raise TypeError(f"output_dir must be a folder's path, not {type(output_dir).__name__}")
