@@ -290,7 +290,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         queue = (
             self._engine_queue_note() if isinstance(self.session, SessionMirror) and self.session.first_sight() else ""
         )
-        self.say(f"model ready: {model.name}{note}" + (f" · {queue}" if queue else ""))
+        self.say(f"model ready: {model.name}" + (f" · {queue}" if queue else "") + note)
         self.refresh_bindings()
 
     def _show_model(self, model: Any) -> None:
