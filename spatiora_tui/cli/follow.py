@@ -25,7 +25,8 @@ from spatiora_tui.cli.common import one_line
 from spatiora_tui.engine.api import EngineError, GenerationRequest
 from spatiora_tui.jobs import events
 from spatiora_tui.jobs.job import Job, JobState
-from spatiora_tui.remote.hosted import QueueShown
+from spatiora_tui.jobs.sweep import Axis
+from spatiora_tui.remote.hosted import QueueShown, axes_wire
 from spatiora_tui.remote.wire import encode
 
 #: Seconds a command waits, after its group's last image, for the engine to save the sheet.
@@ -42,9 +43,10 @@ class LostEngine(Exception):
 class EngineBatch:
     """One command's images on the engine's queue: submit(), then follow() to their end."""
 
-    def __init__(self, engine: Any, report: Callable[[Any], object]) -> None:
+    def __init__(self, engine: Any) -> None:
         self._engine = engine
-        self._report = report
+        #: Where the jobs' events go (set once they are known: a report counts them).
+        self.report: Callable[[Any], object] = lambda _event: None
         self._news: queue.Queue[Any] = queue.Queue()
         self.jobs: dict[int, Job | None] = {}  # ours, by id: the newest the engine said of each
         self._told: set[int] = set()  # jobs whose end was printed
@@ -53,18 +55,23 @@ class EngineBatch:
         #: Seconds from a dropped link to following again (each reattach).
         self.reattached_s: list[float] = []
 
-    def submit(self, request: GenerationRequest, count: int, folder: Path, name: str | None) -> list[int]:
-        """Queue `count` images (seeds s, s+1, ...) to be saved in `folder` (as `name`-N.png);
-        EngineError when the engine refuses them. Watching starts first: nothing is missed."""
+    def submit(
+        self, request: GenerationRequest, count: int, folder: Path, name: str | None, axes: list[Axis] | None = None
+    ) -> list[Job]:
+        """Queue `count` images (seeds s, s+1, ...), or the cells of a sweep over `axes`, to be
+        saved in `folder` (as `name`-N.png); the jobs as queued. EngineError when the engine
+        refuses them. Watching starts first: nothing is missed."""
         self._stops = [
             self._engine.watch_session(self._news.put),
             self._engine.watch_link(lambda why: self._news.put(("link", why))),
         ]
+        sweep = {"sweep": axes_wire(axes)} if axes else {}
         reply = self._engine.session(
-            "submit", request=encode(request), count=count, output_dir=str(folder), output_name=name
+            "submit", request=encode(request), count=count, output_dir=str(folder), output_name=name, **sweep
         )
-        self.jobs = dict.fromkeys(int(job_id) for job_id in reply["jobs"])
-        return list(self.jobs)
+        jobs = [Job.from_view(view) for view in reply["views"]]
+        self.jobs = dict.fromkeys(job.id for job in jobs)
+        return jobs
 
     def follow(self, cancel: threading.Event) -> None:
         """Print the jobs' events until all have ended (and their sheet is saved); `cancel` set:
@@ -115,7 +122,7 @@ class EngineBatch:
                         self._say_end(job)
         elif isinstance(item, events.GroupFinished):
             if any(job is not None and job.group == item.group for job in self.jobs.values()):
-                self._report(item)
+                self.report(item)
                 return True
         elif item is not None and getattr(item, "job_id", None) in self.jobs:
             if isinstance(item, (events.JobFinished, events.JobFailed)):
@@ -123,7 +130,7 @@ class EngineBatch:
                     return False
                 self._told.add(item.job_id)
                 self._ends[item.job_id] = item
-            self._report(item)
+            self.report(item)
         return False
 
     def _say_end(self, job: Job) -> None:
@@ -135,7 +142,7 @@ class EngineBatch:
             self._told.add(job.id)  # cancelled while it waited: nothing to print
         elif job.state is JobState.FAILED and job.started is None:
             self._told.add(job.id)  # failed as the engine died: the engine taking up its queue says so
-            self._report(events.JobFailed(job.id, job.task, job.error or "failed", job.out_of_memory))
+            self.report(events.JobFailed(job.id, job.task, job.error or "failed", job.out_of_memory))
 
     def _reattach(self, why: str) -> None:
         """The link dropped: make it again (the engine started again if it died) and go on."""

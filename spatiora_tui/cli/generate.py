@@ -148,10 +148,7 @@ def _run(settings: Settings, args: argparse.Namespace, remote: Any) -> int:
 
     engine, telemetry = start_engine(settings, task, remote)
 
-    if getattr(engine, "hosts_queue", False) and engine_choice(args) == USER_ENGINE:
-        # The user's engine on this machine: the images go through its own queue and it saves
-        # them, so a closed terminal or a dropped SSH link loses none of them. (Over ssh:// the
-        # images are saved on this side, so this command makes them as calls.)
+    if on_engine_queue(engine, args):
         telemetry.stop()
         return run_on_engine_queue(engine, request, args.count, out_dir, out_name)
     if args.count > 1:
@@ -213,20 +210,31 @@ def run_batch(
     return group_outcome(jobs, interrupted)
 
 
-def run_on_engine_queue(engine: Any, request: Any, count: int, out_dir: Path, out_name: str | None) -> int:
-    """`count` images through the queue the user's engine keeps (cli/follow.py): made and saved
-    there, printed here as run_batch (or, for one image, _run) prints them."""
+def run_on_engine_queue(
+    engine: Any, request: Any, count: int, out_dir: Path, out_name: str | None, axes: list[Any] | None = None
+) -> int:
+    """`count` images, or a sweep over `axes`, through the queue the user's engine keeps
+    (cli/follow.py): made and saved there, printed here as run_batch (or, for one image, _run)
+    prints them."""
     from spatiora_tui.cli.follow import EngineBatch, LostEngine
     from spatiora_tui.engine.api import EngineError
 
-    batch = EngineBatch(engine, BatchReport(count) if count > 1 else OneImage())
+    batch = EngineBatch(engine)
     folder = out_dir.expanduser().resolve()
     try:
-        batch.submit(request, count, folder, out_name)
+        jobs = batch.submit(request, count, folder, out_name, axes)
     except EngineError as exc:
         raise UsageError(str(exc)) from None
-    if count > 1:
-        print(f"batch of {count} on your engine: it saves them even if this terminal closes", file=sys.stderr)
+    keeps = "your engine saves them even if this terminal closes"
+    if axes:
+        shape = " x ".join(f"{len(a.values)} {a.title}" for a in axes)
+        print(f"sweep of {len(jobs)} images ({shape}), seed {jobs[0].request.seed}: {keeps}", file=sys.stderr)
+        batch.report = BatchReport(len(jobs), "grid", {job.id: job.label for job in jobs})
+    elif count > 1:
+        print(f"batch of {count}: {keeps}", file=sys.stderr)
+        batch.report = BatchReport(count)
+    else:
+        batch.report = OneImage()
     try:
         _, interrupted = run_cancellable(batch.follow)
     except LostEngine as exc:
@@ -237,10 +245,10 @@ def run_on_engine_queue(engine: Any, request: Any, count: int, out_dir: Path, ou
             file=sys.stderr,
         )
         return EXIT_FAILED
-    jobs = batch.ours()
-    if count == 1:
-        return OneImage.outcome(jobs[0], interrupted)
-    return group_outcome([job for job in jobs if job is not None], interrupted)
+    ended = batch.ours()
+    if len(ended) == 1:
+        return OneImage.outcome(ended[0], interrupted)
+    return group_outcome([job for job in ended if job is not None], interrupted)
 
 
 class OneImage:
@@ -291,6 +299,13 @@ class OneImage:
         print("stages: " + stage_summary(result.stages), file=sys.stderr)
         print(job.path)
         return EXIT_OK
+
+
+def on_engine_queue(engine: Any, args: argparse.Namespace) -> bool:
+    """Whether the command's images go through the queue of the user's engine on this machine:
+    it makes and saves them, so a closed terminal or a dropped SSH link loses none of them.
+    (Over ssh:// images are saved on this side, so there they are made as calls.)"""
+    return bool(getattr(engine, "hosts_queue", False)) and engine_choice(args) == USER_ENGINE
 
 
 def group_outcome(jobs: list[Any], interrupted: bool) -> int:

@@ -13,8 +13,10 @@ from spatiora_tui.cli.generate import (
     BatchReport,
     add_request_arguments,
     group_outcome,
+    on_engine_queue,
     output_target,
     request_from_args,
+    run_on_engine_queue,
     run_session,
     start_engine,
 )
@@ -68,6 +70,9 @@ def _run(settings: Settings, args: argparse.Namespace, axes: list[Any], remote: 
     out_dir, out_name = output_target(settings, args.out)
     clean_stale_partials(out_dir)
     engine, telemetry = start_engine(settings, task, remote)
+    if on_engine_queue(engine, args):
+        telemetry.stop()
+        return run_on_engine_queue(engine, request, 1, out_dir, out_name, axes)
     session = Session(engine, settings, telemetry=telemetry, output_dir=out_dir, output_name=out_name)
     try:
         jobs = session.submit_sweep(request, axes)

@@ -367,7 +367,7 @@ def test_the_tui_outlives_its_engine_killed_mid_image_and_ctrl_n_starts_it_and_t
 
 def _saved(folder: Path) -> list[Path]:
     """The images of a batch in `folder` (its sheet left out)."""
-    return sorted(p for p in folder.glob("*.png") if not p.stem.endswith("-batch"))
+    return sorted(p for p in folder.glob("*.png") if not p.stem.endswith(("-batch", "-sweep")))
 
 
 def test_a_batch_is_saved_whole_by_the_engine_when_its_command_is_killed(project: Path) -> None:
@@ -445,3 +445,14 @@ def test_a_batch_typed_over_ssh_outlives_the_ssh_client_and_the_next_login_lists
     saved = _saved(out)
     seeds = [int(p.stem.rsplit("-", 1)[1]) for p in saved]
     assert len(saved) == 8 and seeds == list(range(seeds[0], seeds[0] + 8)), "all 8, each once"
+
+
+def test_a_sweep_goes_through_the_engines_queue_and_its_grid_is_saved(project: Path) -> None:
+    out = project / "sweep"
+    proc = spatiora("sweep", "--x", "seed=1,2", "--y", "steps=2,3", "a flat", "--out", str(out), cwd=project, env=USER)
+    assert proc.returncode == 0, proc.stderr
+    assert "sweep of 4 images (2 seed x 2 steps), seed" in proc.stderr and "your engine saves them" in proc.stderr
+    assert "grid: " in proc.stderr and "4 of 4 image(s) saved" in proc.stderr
+    assert len(_saved(out)) == 4 and len(list(out.glob("*-sweep.png"))) == 1
+    logs = spatiora("engine", "logs", cwd=project, env=USER)
+    assert "job 4: saved" in logs.stdout, "the engine made them, not the command"
