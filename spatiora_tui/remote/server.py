@@ -111,6 +111,8 @@ class Call:
     parked_at: float | None = None
     #: A generate's request, decoded once when it was screened.
     request: GenerationRequest | None = None
+    #: How many calls ran before it when it was queued (its `queued` frame says so).
+    ahead: int = 0
 
     @property
     def id(self) -> int:
@@ -241,9 +243,62 @@ class Hub:
                     order.append(queues[client].pop(0))
         return order
 
-    def screen(self, message: dict[str, Any], blob: bytes) -> GenerationRequest | None:
-        """See the module function screen()."""
-        return screen(message, blob, self.policy)
+    def state(self) -> dict[str, Any]:
+        """The engine's tasks, active task and model (the `state` request)."""
+        engine = self.engine
+        return {"tasks": encode(engine.tasks), "active": engine.active_task, "model": encode(engine.model)}
+
+    def put(self, connection: Connection, message: dict[str, Any], blob: bytes) -> Call:
+        """Queue an engine call of `connection`'s, screened first (module function screen());
+        Refused when screening or the Policy's limits say no. `call.ahead` says how many run
+        before it."""
+        call = Call(next(self._jobs), connection, message, blob)
+        call.request = screen(message, blob, self.policy)
+        call.ahead = self._put(call)
+        return call
+
+    def rename(self, connection: Connection, name: str) -> None:
+        """The client's own name (user@host), unless calls already wait under the old one."""
+        with self._lock:
+            if connection.client not in self._waiting:
+                connection.client = name
+
+    def attach(self, session: str, connection: Connection) -> list[Call]:
+        """A client came back with `session`: its parked calls, which are its again."""
+        with self._lock:
+            calls = [call for call in self._parked.pop(session, []) if call.parked_at is not None]
+            kept = [call for call in calls if call in self._waiting.get(call.connection.client, ())]
+            for call in kept:
+                call.connection, call.parked_at = connection, None
+            self._lock.notify_all()
+            return kept
+
+    def drop(self, connection: Connection) -> None:
+        """The client is gone: it watches the hosted queue no more (whose jobs go on); its
+        running call stops; its waiting ones are parked (see the module docstring), or
+        forgotten when it gave no session."""
+        if self.hosted is not None:
+            self.hosted.forget(connection)
+        with self._lock:
+            self._connections.discard(connection)
+            mine = [call for call in self._waiting.get(connection.client, ()) if call.connection is connection]
+            if connection.session is None:
+                self._remove(mine)
+            else:
+                now = time.monotonic()
+                for call in mine:
+                    call.parked_at = now
+                self._parked.setdefault(connection.session, []).extend(mine)
+            if self._running is not None and self._running.connection is connection:
+                self._running.cancel.set()
+            self._lock.notify_all()
+
+    def find(self, job: int) -> Call | None:
+        """The call with job number `job`, running or waiting."""
+        with self._lock:
+            if self._running is not None and self._running.job == job:
+                return self._running
+            return next((call for calls in self._waiting.values() for call in calls if call.job == job), None)
 
     def allowed_source(self, source: str | None) -> None:
         """Refused unless `source` is the configured model or one `models` lists (by name or by the
@@ -355,48 +410,6 @@ class Hub:
                     del self._waiting[client]
                     self._turns.remove(client)
 
-    def _attach(self, session: str, connection: Connection) -> list[int]:
-        """A client came back with `session`: its parked calls are its again. Their ids."""
-        with self._lock:
-            calls = [call for call in self._parked.pop(session, []) if call.parked_at is not None]
-            kept = [call for call in calls if call in self._waiting.get(call.connection.client, ())]
-            for call in kept:
-                call.connection, call.parked_at = connection, None
-            self._lock.notify_all()
-            return [call.id for call in kept]
-
-    def _drop(self, connection: Connection) -> None:
-        """The client is gone: stop its running call; park its waiting ones (see the module
-        docstring), or forget them when it gave no session."""
-        with self._lock:
-            self._connections.discard(connection)
-            mine = [call for call in self._waiting.get(connection.client, ()) if call.connection is connection]
-            if connection.session is None:
-                self._remove(mine)
-            else:
-                now = time.monotonic()
-                for call in mine:
-                    call.parked_at = now
-                self._parked.setdefault(connection.session, []).extend(mine)
-            if self._running is not None and self._running.connection is connection:
-                self._running.cancel.set()
-            self._lock.notify_all()
-
-    def _calls_of(self, connection: Connection, ids: list[int]) -> list[Call]:
-        with self._lock:
-            return [
-                call
-                for calls in self._waiting.values()
-                for call in calls
-                if call.connection is connection and call.id in ids
-            ]
-
-    def _find(self, job: int) -> Call | None:
-        with self._lock:
-            if self._running is not None and self._running.job == job:
-                return self._running
-            return next((call for calls in self._waiting.values() for call in calls if call.job == job), None)
-
     # -- the worker -------------------------------------------------------------------------------
 
     def _work(self) -> None:
@@ -460,122 +473,117 @@ class Connection:
         self.answer({"type": "error", "id": None, "kind": "frame", "message": reason})
 
     def receive(self, message: dict[str, Any], blob: bytes = b"") -> None:
+        """One request: answered at once (ANSWERED_AT_ONCE, `session.*`) or queued for the
+        engine (ENGINE_CALLS); every request gets exactly one `ok` or `error`."""
         kind, rid = message["type"], message.get("id")
         if not isinstance(rid, int) or isinstance(rid, bool):
             self.answer({"type": "error", "id": None, "kind": "frame", "message": "a request needs an integer id"})
             return
-        if kind == "hello":
-            resumed = self._hello(message)
-            hello = {
-                "version": __version__,
-                "protocol": PROTOCOL,
-                "resumed": resumed,
-                "clients": self.hub.clients,
-                "queue": self.hub.hosted is not None,  # session.* requests are served
-            }
-            self.answer({"type": "ok", "id": rid, **hello})
-        elif kind == "hardware":
-            self.answer({"type": "ok", "id": rid, **_hardware(self.hub.telemetry)})
-        elif kind == "state":
-            engine = self.hub.engine
-            state = {"tasks": encode(engine.tasks), "active": engine.active_task, "model": encode(engine.model)}
-            self.answer({"type": "ok", "id": rid, **state})
-        elif kind == "queue":
-            self.answer({"type": "ok", "id": rid, "jobs": self.hub.queue()})
-        elif kind == "echo":  # the client times the link with it
-            self.answer({"type": "ok", "id": rid}, blob)
-        elif kind == "prefetch":
-            self.hub.engine.prefetch(str(message.get("task")))  # on the adapters' own thread
-            self.answer({"type": "ok", "id": rid})
-        elif kind == "cancel":
-            self._cancel(message)
-        elif isinstance(kind, str) and kind.startswith("session."):
-            self._session(message)
-        elif kind in ENGINE_CALLS:
-            call = Call(next(self.hub._jobs), self, message, blob)
-            try:
-                call.request = self.hub.screen(message, blob)
-                ahead = self.hub._put(call)
-            except Refused as exc:
-                self.answer({"type": "error", "id": rid, "kind": "refused", "message": str(exc)})
-                return
-            with self._lock:
-                self._calls[rid] = call
-            self.answer({"type": "queued", "id": rid, "job": call.job, "ahead": ahead, "call": kind})
-        else:
-            self.answer({"type": "error", "id": rid, "kind": "engine", "message": f"unknown request type {kind!r}"})
-
-    def close(self) -> None:
-        """The link is gone: see Hub._drop (the hosted session's jobs go on)."""
-        if self.hub.hosted is not None:
-            self.hub.hosted.forget(self)
-        self.hub._drop(self)
-
-    def _session(self, message: dict[str, Any]) -> None:
-        """A request to the queue the user's engine keeps (remote/hosted.py)."""
-        from spatiora_tui.remote.hosted import Refusal
-
-        rid, hosted = message["id"], self.hub.hosted
-        if hosted is None:
-            refused = "this engine keeps no queue of its own: only the user's engine does (spatiora engine start)"
-            self.answer({"type": "error", "id": rid, "kind": "refused", "message": refused})
-            return
         try:
-            reply = hosted.handle(self, message)
-        except Refusal as exc:
+            if kind in ENGINE_CALLS:
+                self._queue(message, blob)
+                return
+            handler = self._handler(kind)
+            if handler is None:
+                raise Refused(f"unknown request type {kind!r}")
+            reply, payload = handler(message, blob)
+        except Refused as exc:
             self.answer({"type": "error", "id": rid, "kind": "refused", "message": str(exc)})
             return
         except Exception as exc:  # keep serving: the client gets the fault, in one line
             said = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
             self.answer({"type": "error", "id": rid, "kind": "internal", "message": said})
             return
-        self.answer({"type": "ok", "id": rid, **reply})
+        self.answer({"type": "ok", "id": rid, **reply}, payload)
 
-    def _hello(self, message: dict[str, Any]) -> list[int]:
+    def _handler(self, kind: Any) -> Callable[[dict[str, Any], bytes], tuple[dict[str, Any], bytes]] | None:
+        """What answers a request of `kind` at once (the table of the protocol's requests that
+        do not wait for the engine); None for a kind the protocol does not know."""
+        if isinstance(kind, str) and kind.startswith("session."):
+            return self._session
+        table: dict[str, Callable[[dict[str, Any], bytes], tuple[dict[str, Any], bytes]]] = {
+            "hello": self._hello,
+            "hardware": lambda message, blob: (_hardware(self.hub.telemetry), b""),
+            "state": lambda message, blob: (self.hub.state(), b""),
+            "queue": lambda message, blob: ({"jobs": self.hub.queue()}, b""),
+            "echo": lambda message, blob: ({}, blob),  # the client times the link with it
+            "prefetch": self._prefetch,
+            "cancel": self._cancel,
+        }
+        return table.get(kind) if isinstance(kind, str) else None
+
+    def _queue(self, message: dict[str, Any], blob: bytes) -> None:
+        """An engine call: screened as it arrives, then queued (its `queued` frame says where)."""
+        rid = message["id"]
+        call = self.hub.put(self, message, blob)  # Refused when screening or the limits say no
+        with self._lock:
+            self._calls[rid] = call
+        self.answer({"type": "queued", "id": rid, "job": call.job, "ahead": call.ahead, "call": message["type"]})
+
+    def _prefetch(self, message: dict[str, Any], blob: bytes) -> tuple[dict[str, Any], bytes]:
+        self.hub.engine.prefetch(str(message.get("task")))  # on the adapters' own thread
+        return {}, b""
+
+    def close(self) -> None:
+        """The link is gone: see Hub.drop (the hosted session's jobs go on)."""
+        self.hub.drop(self)
+
+    def _session(self, message: dict[str, Any], blob: bytes) -> tuple[dict[str, Any], bytes]:
+        """A request to the queue the user's engine keeps (remote/hosted.py)."""
+        from spatiora_tui.remote.hosted import Refusal
+
+        hosted = self.hub.hosted
+        if hosted is None:
+            raise Refused("this engine keeps no queue of its own: only the user's engine does (spatiora engine start)")
+        try:
+            return hosted.handle(self, message), b""
+        except Refusal as exc:
+            raise Refused(str(exc)) from None
+
+    def _hello(self, message: dict[str, Any], blob: bytes) -> tuple[dict[str, Any], bytes]:
         """A client may name itself (user@host): connections of one name share one turn. With a
         session id it gets back the calls it left waiting when its link dropped (their ids)."""
         name = message.get("client")
         if isinstance(name, str) and name.strip():
-            with self.hub._lock:
-                if self.client not in self.hub._waiting:
-                    self.client = name.strip()[:100]
+            self.hub.rename(self, name.strip()[:100])
         label = message.get("label")
         if isinstance(label, str) and label.strip():
             self.label = "".join(ch for ch in label if ch.isprintable()).strip()[:80] or self.client
         else:
             self.label = self.client
+        resumed: list[int] = []
         session = message.get("session")
-        if not isinstance(session, str) or not session.strip():
-            return []
-        self.session = session.strip()[:100]
-        resumed = self.hub._attach(self.session, self)
-        with self._lock:
-            for call in self.hub._calls_of(self, resumed):
-                self._calls[call.id] = call
-        return resumed
+        if isinstance(session, str) and session.strip():
+            self.session = session.strip()[:100]
+            calls = self.hub.attach(self.session, self)
+            with self._lock:
+                for call in calls:
+                    self._calls[call.id] = call
+            resumed = [call.id for call in calls]
+        hello = {
+            "version": __version__,
+            "protocol": PROTOCOL,
+            "resumed": resumed,
+            "clients": self.hub.clients,
+            "queue": self.hub.hosted is not None,  # session.* requests are served
+        }
+        return hello, b""
 
-    def _cancel(self, message: dict[str, Any]) -> None:
-        rid, target, job = message["id"], message.get("target"), message.get("job")
+    def _cancel(self, message: dict[str, Any], blob: bytes) -> tuple[dict[str, Any], bytes]:
+        target, job = message.get("target"), message.get("job")
         call = None
         if isinstance(target, int):
             with self._lock:
                 call = self._calls.get(target)
         elif isinstance(job, int):
-            call = self.hub._find(job)
+            call = self.hub.find(job)
             if call is not None and call.connection is not self:
-                self.answer(
-                    {
-                        "type": "error",
-                        "id": rid,
-                        "kind": "refused",
-                        "message": f"job {job} is {call.connection.client}'s: only the client that asked for it "
-                        "can cancel it",
-                    }
+                raise Refused(
+                    f"job {job} is {call.connection.client}'s: only the client that asked for it can cancel it"
                 )
-                return
         if call is not None:
             call.cancel.set()
-        self.answer({"type": "ok", "id": rid, "cancelled": call is not None})
+        return {"cancelled": call is not None}, b""
 
     def run(self, call: Call, uploads: Path) -> str:
         """Run `call` on the engine (the hub's worker thread) and send its reply; what became of
@@ -626,7 +634,7 @@ def serve(
 
 def pump(hub: Hub, client: str, reader: BinaryIO, writer: BinaryIO) -> None:
     """One client of `hub` on a byte stream: its frames in until it closes the stream or sends
-    what cannot be read (said to it), the replies out; then the client is gone (Hub._drop)."""
+    what cannot be read (said to it), the replies out; then the client is gone (Hub.drop)."""
     out = FrameWriter(writer)
     connection = hub.connect(client, out.send)
     try:
