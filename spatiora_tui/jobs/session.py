@@ -580,7 +580,9 @@ class Session:
         """Save the images whose save failed (on the caller's thread); stops at the first failure,
         as the same cause would fail the rest. Returns how many are still unsaved."""
         for result in self.unsaved:
-            path, error = self._save(result)
+            with self._lock:  # saved where its job was to be (a folder its submitter named)
+                owner = next((job for job in self._jobs.values() if job.result is result), None)
+            path, error = self._save(result, owner)
             if path is not None:
                 with self._lock:
                     self._unsaved.remove(result)

@@ -216,3 +216,22 @@ def test_what_waits_when_the_engine_stops_is_in_its_queue_file_for_the_next(host
     assert (count, problems) == (3, [])
     assert [job.request.seed for job in follower.waiting()] == [7, 8, 9]
     follower.close()
+
+
+def test_an_image_the_engine_could_not_save_reaches_the_watchers_and_is_saved_again(hosted, tmp_path: Path) -> None:
+    hub, _, gate, session = hosted
+    gate.set()
+    blocked = tmp_path / "renders"
+    blocked.write_text("a file where the folder should be")
+    window = Client(hub, "tui")
+    window.ask({"type": "session.watch", "preview_side": 0})  # asks for no images...
+    window.ask({"type": "session.submit", "request": request(steps=2), "output_dir": str(blocked)})
+    finished = window.until("finished")
+    assert finished["path"] is None and "renders" in finished["save_error"]
+    blob = next(blob for frame, blob in window.news if frame["what"] == "finished")
+    assert blob[:8] == b"\x89PNG\r\n\x1a\n", "...but one the engine could not save comes to every watcher"
+    assert len(session.unsaved) == 1
+    blocked.unlink()
+    blocked.mkdir()
+    again = window.ask({"type": "session.save_again"})
+    assert again["left"] == 0 and len(again["saved"]) == 1 and Path(again["saved"][0]["path"]).parent == blocked
