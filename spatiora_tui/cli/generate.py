@@ -144,7 +144,6 @@ def _run(settings: Settings, args: argparse.Namespace, remote: Any) -> int:
     task, request = request_from_args(settings, args)
     out_dir, out_name = output_target(settings, args.out)
     clean_stale_partials(out_dir)  # temp files a killed writer left (atomic writes leave nothing else)
-    from spatiora_tui.hw.telemetry import stage_summary
 
     engine, telemetry = start_engine(settings, task, remote)
 
@@ -173,6 +172,17 @@ def _run(settings: Settings, args: argparse.Namespace, remote: Any) -> int:
         telemetry.stop()
         return _rescue(result, exc)
     telemetry.stop()
+    # A remote engine's stages were marked on its own telemetry; only the save was here.
+    stages = (*result.stages, *telemetry.records_since(0)) if remote is not None else telemetry.records_since(0)
+    say_image(result, stages, path)
+    return EXIT_OK
+
+
+def say_image(result: Any, stages: Any, path: Path) -> None:
+    """One saved image as `generate` reports it: its seed, size and times, its stages (stderr),
+    and its path (stdout)."""
+    from spatiora_tui.hw.telemetry import stage_summary
+
     t = result.timings
     first = f"{t.first_preview_ms / 1000:.2f} s" if t.first_preview_ms is not None else "off"
     mem = f"peak RSS {result.memory.peak_rss_mb:.0f} MB"
@@ -183,11 +193,8 @@ def _run(settings: Settings, args: argparse.Namespace, remote: Any) -> int:
         f"image in {(t.image_ms or 0) / 1000:.2f} s (first preview {first}) · {mem}",
         file=sys.stderr,
     )
-    # A remote engine's stages were marked on its own telemetry; only the save was here.
-    stages = (*result.stages, *telemetry.records_since(0)) if remote is not None else telemetry.records_since(0)
     print("stages: " + stage_summary(stages), file=sys.stderr)
     print(path)
-    return EXIT_OK
 
 
 def run_batch(
@@ -272,7 +279,6 @@ class OneImage:
 
     @staticmethod
     def outcome(job: Any, interrupted: bool) -> int:
-        from spatiora_tui.hw.telemetry import stage_summary
         from spatiora_tui.jobs.job import JobState
         from spatiora_tui.outputs import OutputError
 
@@ -286,18 +292,7 @@ class OneImage:
             return EXIT_CANCELLED
         if job.path is None:
             return _rescue(result, OutputError(job.error or "not saved"))
-        t = result.timings
-        first = f"{t.first_preview_ms / 1000:.2f} s" if t.first_preview_ms is not None else "off"
-        mem = f"peak RSS {result.memory.peak_rss_mb:.0f} MB"
-        if result.memory.cuda_max_allocated_mb is not None:
-            mem += f", CUDA peak {result.memory.cuda_max_allocated_mb:.0f} MB"
-        print(
-            f"seed {result.params.seed} · {result.steps_done} steps · {result.params.width}x{result.params.height} · "
-            f"image in {(t.image_ms or 0) / 1000:.2f} s (first preview {first}) · {mem}",
-            file=sys.stderr,
-        )
-        print("stages: " + stage_summary(result.stages), file=sys.stderr)
-        print(job.path)
+        say_image(result, result.stages, job.path)
         return EXIT_OK
 
 

@@ -75,11 +75,13 @@ def running_sshd(folder: Path) -> Iterator[tuple[int, Path]]:
             server.wait()
 
 
-def ssh_argv(port: int, key: Path) -> list[str]:
-    """ssh to this machine through that sshd, as the user running this, without a prompt."""
+def ssh_argv(port: int, key: Path, terminal: bool = False) -> list[str]:
+    """ssh to this machine through that sshd, as the user running this, without a prompt
+    (`terminal`: with a terminal on the far side, -tt)."""
     user = os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
     return [
         "ssh",
+        *(["-tt"] if terminal else []),
         "-i",
         str(key),
         "-p",

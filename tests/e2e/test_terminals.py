@@ -204,27 +204,9 @@ def test_xterm_sixel_preview_area_holds_an_image(xvfb: str, tmp_path: Path, cach
 
 def ssh_command(port: int, key: Path, remote: str) -> list[str]:
     """ssh with a terminal to this machine's test sshd, as the current user, running `remote`."""
-    user = os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
-    return [
-        "ssh",
-        "-tt",
-        "-p",
-        str(port),
-        "-i",
-        str(key),
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "LogLevel=ERROR",
-        f"{user}@127.0.0.1",
-        remote,
-    ]
+    from tests.e2e.sshd import ssh_argv
+
+    return [*ssh_argv(port, key, terminal=True), remote]
 
 
 def test_over_ssh_the_app_runs_in_the_remote_session_and_generates(
