@@ -37,9 +37,11 @@ def _ignore(event: events.SessionEvent) -> None:
 class SessionMirror:
     """The engine's queue as this window sees it (see the module docstring)."""
 
-    def __init__(self, engine: RemoteEngine, settings: Settings) -> None:
+    def __init__(self, engine: RemoteEngine, settings: Settings, say: Callable[[str], object] | None = None) -> None:
+        """`say`: where a request the engine could not take is told (a window's status line)."""
         self.engine = engine
         self.settings = settings
+        self._say = say or (lambda _text: None)
         self._lock = threading.Lock()
         self._jobs: dict[int, Job] = {}  # in the order the engine lists them
         self._paused = False
@@ -153,17 +155,26 @@ class SessionMirror:
                 self._jobs.setdefault(job.id, job)
         return jobs
 
+    def _ask(self, kind: str, **fields: Any) -> dict[str, Any] | None:
+        """A request to the engine's queue, its reply; None when the engine cannot take it (its
+        link is down), and `say` is told why: a key never takes the window down."""
+        try:
+            return self.engine.session(kind, **fields)
+        except EngineError as exc:
+            self._say(f"your engine did not take that ({exc})")
+            return None
+
     def cancel(self, job_id: int) -> bool:
-        return bool(self.engine.session("cancel", job=job_id).get("done"))
+        return bool((self._ask("cancel", job=job_id) or {}).get("done"))
 
     def cancel_all(self) -> int:
-        return int(self.engine.session("cancel_all").get("count", 0))
+        return int((self._ask("cancel_all") or {}).get("count", 0))
 
     def move(self, job_id: int, delta: int) -> bool:
-        return bool(self.engine.session("move", job=job_id, delta=delta).get("done"))
+        return bool((self._ask("move", job=job_id, delta=delta) or {}).get("done"))
 
     def retry(self, job_id: int) -> Job | None:
-        again = self.engine.session("retry", job=job_id).get("job")
+        again = (self._ask("retry", job=job_id) or {}).get("job")
         if again is None:
             return None
         with self._lock:
@@ -174,15 +185,14 @@ class SessionMirror:
             return self._jobs.setdefault(job.id, job)
 
     def pause(self) -> None:
-        self.engine.session("pause")
-        self._paused = True
+        if self._ask("pause") is not None:
+            self._paused = True  # (the next list says so too)
 
     def resume(self) -> None:
-        self.engine.session("resume")
-        self._paused = False
+        self._ask("resume")
 
     def request_switch(self, task: str) -> None:
-        self.engine.session("switch", task=task)
+        self._ask("switch", task=task)
 
     # -- what a local queue does that this one leaves to the engine ------------------------------------
 
@@ -205,7 +215,7 @@ class SessionMirror:
 
     def save_again(self, emit: Emit = _ignore) -> int:
         """The engine saves the images it could not save again; as Session.save_again."""
-        reply = self.engine.session("save_again")
+        reply = self._ask("save_again") or {}
         for said in reply.get("saved") or ():
             with self._lock:
                 result = self._unsaved[0] if self._unsaved else None
@@ -237,9 +247,17 @@ class SessionMirror:
                 self._jobs = {job.id: job for job in news.jobs}
                 self._paused = news.paused
                 running = next((job for job in news.jobs if job.state is JobState.RUNNING), None)
+                shown = self._jobs.get(self._shown_running) if self._shown_running is not None else None
+                lost = shown is not None and shown.state is JobState.FAILED and shown.started is None
+                if lost:
+                    self._shown_running = None
                 unseen = running is not None and running.id != self._shown_running
                 if unseen and running is not None:
                     self._shown_running = running.id
+            if lost and shown is not None:
+                # It was running when its engine died: the engine that took up the queue marked
+                # it failed (no event says so: the engine that ran it is gone).
+                self._listener(events.JobFailed(shown.id, shown.task, shown.error or "failed", False))
             if unseen and running is not None:
                 # A job that started before this window watched (it came back to its engine):
                 # shown as running, its next steps as they come.
@@ -253,7 +271,9 @@ class SessionMirror:
             return
         if isinstance(news, events.JobStarted):
             self._shown_running = news.job_id
-        elif isinstance(news, events.JobStepped):
+        elif isinstance(news, (events.JobFinished, events.JobFailed)) and news.job_id == self._shown_running:
+            self._shown_running = None
+        if isinstance(news, events.JobStepped):
             with self._lock:
                 job = self._jobs.get(news.job_id)
                 if job is not None:

@@ -162,7 +162,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         # in the state folder keeps what waits across a crash or a dropped SSH session.
         self.session: Queue
         if isinstance(engine, RemoteEngine) and engine.hosts_queue:
-            self.session = SessionMirror(engine, settings)
+            self.session = SessionMirror(engine, settings, say=lambda text: self.post_message(EngineSaid(text)))
         else:
             self.session = Session(
                 engine, settings, store=QueueStore(user_state_dir() / "queues"), telemetry=self.telemetry
