@@ -75,7 +75,8 @@ async def _in_app(
 ) -> tuple[list[float], list[float], list[float], list[int], list[int]]:
     from textual.widgets import Input
 
-    from spatiora_tui.ui.messages import JobFinished, JobStepped
+    from spatiora_tui.jobs.events import JobFinished, JobStepped
+    from spatiora_tui.ui.messages import SessionNews
 
     finished: list[JobFinished] = []
     done = asyncio.Event()
@@ -83,11 +84,12 @@ async def _in_app(
     shares: list[float] = []
 
     def hook(message: object) -> None:
-        if isinstance(message, JobStepped):
+        event = message.event if isinstance(message, SessionNews) else None
+        if isinstance(event, JobStepped):
             previews[0] += 1
-        if isinstance(message, JobFinished):
+        if isinstance(event, JobFinished):
             shares.append(app.frames.pacer.cpu_share())
-            finished.append(message)
+            finished.append(event)
             done.set()
 
     image_ms: list[float] = []

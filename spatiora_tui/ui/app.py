@@ -27,7 +27,7 @@ from spatiora_tui.config import Settings, TaskSettings, user_state_dir
 from spatiora_tui.engine.api import Engine, EngineError
 from spatiora_tui.engine.init_image import DEFAULT_STRENGTH
 from spatiora_tui.hw import HardwareFeed, Telemetry, process_age_s
-from spatiora_tui.jobs.events import JobStepped as JobStep
+from spatiora_tui.jobs import events
 from spatiora_tui.jobs.events import SessionEvent
 from spatiora_tui.jobs.job import Job, JobState
 from spatiora_tui.jobs.session import Session
@@ -41,27 +41,18 @@ from spatiora_tui.remote.mirror import SessionMirror
 from spatiora_tui.remote.telemetry import RemoteTelemetry
 from spatiora_tui.ui.images import image_widget_class
 from spatiora_tui.ui.messages import (
-    AdapterSwitched,
-    AdapterSwitchFailed,
     EngineLinkChanged,
     EngineRestarted,
     EngineSaid,
-    GroupFinished,
     HardwareSampled,
-    ImageSaved,
-    JobFailed,
-    JobFinished,
-    JobStarted,
-    JobStepped,
     ModelChosenElsewhere,
     ModelLoaded,
     ModelLoadFailed,
     ModelLoadProgressed,
     ModelSwitched,
     ModelSwitchFailed,
-    QueueChanged,
     QueueFound,
-    message_for,
+    SessionNews,
 )
 from spatiora_tui.ui.pacing import FrameClock, PreviewPacer, StepThrottle
 from spatiora_tui.ui.screens.history import HistoryScreen, Pick
@@ -267,7 +258,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         except EngineError as exc:
             self.post_message(ModelLoadFailed(str(exc)))
             return
-        self.post_message(AdapterSwitched(switch))
+        self.post_message(SessionNews(events.TaskSwitched(switch)))
         self.post_message(ModelLoaded(model))
         orphans = self.session.orphans()  # queues that sessions which ended left behind
         if orphans:
@@ -339,9 +330,9 @@ class SpatioraApp(App[None], inherit_bindings=False):
             try:  # the task's adapters again, on the new model; reported with the model's load
                 task_switch = self.engine.switch_task(task)
             except EngineError as exc:
-                self.post_message(AdapterSwitchFailed(task, str(exc)))
+                self.post_message(SessionNews(events.TaskSwitchFailed(task, str(exc))))
                 return
-            self.post_message(AdapterSwitched(dataclasses.replace(task_switch, model_switch=switch)))
+            self.post_message(SessionNews(events.TaskSwitched(dataclasses.replace(task_switch, model_switch=switch))))
 
     def on_model_switched(self, message: ModelSwitched) -> None:
         switch = message.switch
@@ -443,7 +434,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         try:
             model = self._linked.restart()
             if task is not None and self._linked.active_task != task:
-                self.post_message(AdapterSwitched(self._linked.switch_task(task)))
+                self.post_message(SessionNews(events.TaskSwitched(self._linked.switch_task(task))))
         except EngineError as exc:
             self.post_message(EngineRestarted(None, str(exc)))
             return
@@ -654,7 +645,29 @@ class SpatioraApp(App[None], inherit_bindings=False):
             self.say(f"task {name}: new requests use it; its adapters switch when the queue is done")
         self.kick()
 
-    def on_adapter_switched(self, message: AdapterSwitched) -> None:
+    def on_session_news(self, message: SessionNews) -> None:
+        """Each of the session's events, to what shows it."""
+        event = message.event
+        if isinstance(event, events.JobStarted):
+            self._job_started(event, message.painted)
+        elif isinstance(event, events.JobStepped):
+            self._job_stepped(event)
+        elif isinstance(event, events.JobFinished):
+            self._job_finished(event)
+        elif isinstance(event, events.JobFailed):
+            self._job_failed(event)
+        elif isinstance(event, events.GroupFinished):
+            self._group_finished(event)
+        elif isinstance(event, events.QueueChanged):
+            self._queue_changed()
+        elif isinstance(event, events.TaskSwitched):
+            self._task_switched(event)
+        elif isinstance(event, events.TaskSwitchFailed):
+            self._task_switch_failed(event)
+        elif isinstance(event, events.ImageSaved):
+            self._image_saved(event)
+
+    def _task_switched(self, message: events.TaskSwitched) -> None:
         switch = message.switch
         text = switch.summary()
         if switch.model_switch is not None:
@@ -676,7 +689,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
             loaded, self._switch_note = self._switch_note or "", None
             self.say(f"{loaded} · task {switch.task}: {text}" if loaded else f"task {switch.task}: {text}")
 
-    def on_adapter_switch_failed(self, message: AdapterSwitchFailed) -> None:
+    def _task_switch_failed(self, message: events.TaskSwitchFailed) -> None:
         self.task_pane.set_pending(None)
         if not message.job_id:
             self._chosen = self.task_pane.active
@@ -699,19 +712,19 @@ class SpatioraApp(App[None], inherit_bindings=False):
     def _post_event(self, event: SessionEvent, steps: StepThrottle, wait: bool = True) -> None:
         """A session event as a message; `wait`: the runner's thread waits for a job's start to
         be painted (the engine's queue runs elsewhere: its link's thread never waits)."""
-        if isinstance(event, JobStep):
+        if isinstance(event, events.JobStepped):
             paced = steps.offer(event)
             if paced is None:
                 return
             event = paced
-        message = message_for(event)
+        message = SessionNews(event)
         self.post_message(message)
-        if isinstance(message, JobStarted) and wait:
+        if isinstance(event, events.JobStarted) and wait:
             # Denoising starts once the job's start is on screen: the repaint then does not
             # compete with torch for the CPU.
             message.painted.wait(PAINT_WAIT_S)
 
-    def on_job_started(self, message: JobStarted) -> None:
+    def _job_started(self, message: events.JobStarted, painted: threading.Event) -> None:
         job = self.session.job(message.job_id)
         task = self._tasks.get(job.task)
         self._running_job = job.id
@@ -727,18 +740,18 @@ class SpatioraApp(App[None], inherit_bindings=False):
         waiting = len(self.session.waiting())
         more = f" · {waiting} waiting" if waiting else ""
         self.say(f"generating job {job.id} ({job.task}{label})…{more} · {self._key('cancel')} cancels")
-        self.call_after_refresh(self._begin_generation, message.painted)
+        self.call_after_refresh(self._begin_generation, painted)
 
-    def on_job_stepped(self, message: JobStepped) -> None:
+    def _job_stepped(self, message: events.JobStepped) -> None:
         if message.job_id == self._running_job:
             self.frames.offer_step(message)
 
-    def _draw_step(self, step: JobStepped) -> None:
+    def _draw_step(self, step: events.JobStepped) -> None:
         self.preview_pane.show_step(step.preview, step.rate)
         if isinstance(self.screen, QueueScreen):
             self.screen.show_progress(step.job_id)
 
-    def on_job_finished(self, message: JobFinished) -> None:
+    def _job_finished(self, message: events.JobFinished) -> None:
         result = message.result
         job = self.session.job(message.job_id)
         self._job_ended()
@@ -780,13 +793,13 @@ class SpatioraApp(App[None], inherit_bindings=False):
             return ""
         return f" · {waiting} waiting" + (" (queue paused)" if self.session.paused else "")
 
-    def on_job_failed(self, message: JobFailed) -> None:
+    def _job_failed(self, message: events.JobFailed) -> None:
         self._job_ended()
         self.preview_pane.failed()
         prefix = "out of memory" if message.out_of_memory else "generation failed"
         self.say(f"{prefix} (job {message.job_id}, {message.task}): {message.error}", error=True)
 
-    def on_group_finished(self, message: GroupFinished) -> None:
+    def _group_finished(self, message: events.GroupFinished) -> None:
         self._group_images.pop(message.group, None)
         if message.path is not None:
             self._sheets.add(message.path)
@@ -795,7 +808,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         else:
             self.say(f"{message.group} done: {message.error}")
 
-    def on_queue_changed(self, message: QueueChanged) -> None:
+    def _queue_changed(self) -> None:
         if isinstance(self.screen, QueueScreen):
             self.screen.refresh_jobs()
         if self._model_ready and isinstance(self.session, SessionMirror) and self.session.first_sight():
@@ -863,9 +876,9 @@ class SpatioraApp(App[None], inherit_bindings=False):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="save")
     def _save_again(self) -> None:
-        self.session.save_again(lambda event: self.post_message(message_for(event)))
+        self.session.save_again(lambda event: self.post_message(SessionNews(event)))
 
-    def on_image_saved(self, message: ImageSaved) -> None:
+    def _image_saved(self, message: events.ImageSaved) -> None:
         unsaved = len(self.session.unsaved)
         if message.path is None:
             self.say(

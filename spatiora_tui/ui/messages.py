@@ -6,14 +6,12 @@ behind only the newest one is drawn.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from textual.message import Message
 
-from spatiora_tui.engine.api import AdapterSwitch, GenerationResult, ModelInfo, ModelSwitch, StepPreview
+from spatiora_tui.engine.api import ModelInfo, ModelSwitch
 from spatiora_tui.hw import HardwareSnapshot
 from spatiora_tui.jobs import events
 from spatiora_tui.jobs.store import Orphan
@@ -85,86 +83,6 @@ class EngineSaid(Message):
 
 
 @dataclass
-class AdapterSwitched(Message):
-    """The engine's active task changed: for a job (`job_id`), as the user asked (0), or with a
-    new base model (`switch.model_switch`)."""
-
-    switch: AdapterSwitch
-    job_id: int = 0
-
-
-@dataclass
-class AdapterSwitchFailed(Message):
-    task: str
-    error: str
-    job_id: int = 0
-
-
-# -- the session's events, one message each (spatiora_tui.jobs.events says what they mean) ------
-
-
-@dataclass
-class QueueChanged(Message):
-    """Jobs were added, moved, paused, resumed, cancelled or ended."""
-
-
-@dataclass
-class JobStarted(Message):
-    job_id: int
-    task: str
-    steps: int
-    #: Set once the job's start is on screen; the runner waits for it (up to PAINT_WAIT_S)
-    #: before denoising, so the repaint does not compete with torch for the CPU.
-    painted: threading.Event = field(default_factory=threading.Event)
-
-
-@dataclass
-class JobStepped(Message):
-    job_id: int
-    preview: StepPreview
-    rate: float  # steps per second so far
-
-    def can_replace(self, message: Message) -> bool:
-        return isinstance(message, JobStepped) and message.job_id == self.job_id
-
-
-@dataclass
-class JobFinished(Message):
-    """A job ended: with an image (saved, or not when `save_error`), or cancelled."""
-
-    job_id: int
-    result: GenerationResult
-    path: Path | None
-    save_error: str | None = None
-
-
-@dataclass
-class JobFailed(Message):
-    job_id: int
-    task: str
-    error: str
-    out_of_memory: bool
-
-
-@dataclass
-class GroupFinished(Message):
-    """A batch or sweep ended; its sheet is at `path`, or `error` says why there is none."""
-
-    group: str
-    path: Path | None
-    error: str | None = None
-
-
-@dataclass
-class ImageSaved(Message):
-    """A "save again" of an image whose first save failed ended: saved at `path`, or `error`."""
-
-    result: GenerationResult
-    path: Path | None
-    error: str | None
-
-
-@dataclass
 class QueueFound(Message):
     """Sessions that ended left jobs queued (each Orphan is locked until adopted or released)."""
 
@@ -175,23 +93,25 @@ class QueueFound(Message):
         return sum(len(o.records) for o in self.orphans)
 
 
-_MESSAGES: dict[type, type[Message]] = {
-    events.QueueChanged: QueueChanged,
-    events.JobStarted: JobStarted,
-    events.JobStepped: JobStepped,
-    events.JobFinished: JobFinished,
-    events.JobFailed: JobFailed,
-    events.TaskSwitched: AdapterSwitched,
-    events.TaskSwitchFailed: AdapterSwitchFailed,
-    events.GroupFinished: GroupFinished,
-    events.ImageSaved: ImageSaved,
-}
+@dataclass
+class SessionNews(Message):
+    """One of the session's events (jobs/events.py: a job started, stepped, finished or failed, a
+    task switch, a group's sheet, a queue change, an image saved again), as the one message that
+    carries every one of them to the app."""
 
+    event: events.SessionEvent
+    #: For a job's start: set once it is on screen. A runner in this process waits for it (up
+    #: to PAINT_WAIT_S) before denoising, so the repaint does not compete with torch for the CPU.
+    painted: threading.Event = field(default_factory=threading.Event)
 
-def message_for(event: events.SessionEvent) -> Message:
-    """The Textual message that carries a session event to the app."""
-    cls = _MESSAGES[type(event)]
-    return cls(**{f.name: getattr(event, f.name) for f in dataclasses.fields(event)})
+    def can_replace(self, message: Message) -> bool:
+        """A step replaces the same job's step still waiting: only the newest is drawn."""
+        mine, theirs = self.event, getattr(message, "event", None)
+        return (
+            isinstance(mine, events.JobStepped)
+            and isinstance(theirs, events.JobStepped)
+            and theirs.job_id == mine.job_id
+        )
 
 
 class HardwareSampled(Message):

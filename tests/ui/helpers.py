@@ -17,6 +17,13 @@ def status(app: Any) -> str:
     return str(app.query_one("#status", Static).render())
 
 
+def news(seen: list[Any], kind: type) -> list[Any]:
+    """The session's events of `kind` among the messages a test's message hook saw."""
+    from spatiora_tui.ui.messages import SessionNews
+
+    return [m.event for m in seen if isinstance(m, SessionNews) and isinstance(m.event, kind)]
+
+
 def outputs() -> list[Path]:
     """The PNGs in the output folder the test environment points at."""
     folder = Path(os.environ["SPATIORA_OUTPUT_DIR"])

@@ -14,11 +14,12 @@ from textual.widgets import Input, OptionList, Static
 
 from spatiora_tui.config import KeySettings
 from spatiora_tui.engine.api import EngineError, EngineOOM
+from spatiora_tui.jobs.events import JobStepped
 from spatiora_tui.outputs import read_metadata
-from spatiora_tui.ui.messages import HardwareSampled, JobStepped
+from spatiora_tui.ui.messages import HardwareSampled, SessionNews
 from spatiora_tui.ui.screens.history import HistoryScreen
 from spatiora_tui.ui.widgets.task_pane import TaskPane
-from tests.ui.helpers import outputs, settle, status, with_ui
+from tests.ui.helpers import news, outputs, settle, status, with_ui
 
 SIZE = (160, 48)
 
@@ -56,7 +57,7 @@ async def test_ctrl_g_generates_streams_previews_and_saves(make) -> None:
         await type_prompt(pilot, "a sunlit loft")
         await pilot.press("ctrl+g")
         await settle(app, pilot)
-        previews = [m for m in seen if isinstance(m, JobStepped)]
+        previews = news(seen, JobStepped)
         assert previews and previews[-1].preview.step == 4, "the last step's preview always arrives"
         files = outputs()
         assert len(files) == 1 and f"saved {files[0]}" in status(app)
@@ -358,7 +359,7 @@ async def test_previews_are_throttled_to_the_frame_rate(make, ui_settings) -> No
         await type_prompt(pilot, "x")
         await pilot.press("ctrl+g")
         await settle(app, pilot)
-        steps = [m.preview.step for m in seen if isinstance(m, JobStepped)]
+        steps = [m.preview.step for m in news(seen, JobStepped)]
         # At 0.5 fps a fast run posts step 1 and the last step only; a newer preview may also
         # replace step 1 while it waits in the queue (can_replace), so 1 or 2 arrive.
         assert steps[-1] == 40 and len(steps) <= 2 and set(steps) <= {1, 40}
@@ -383,7 +384,8 @@ async def test_a_preview_over_the_budget_waits_for_a_later_frame(make) -> None:
         clock["wall"] += 1.0
         clock["cpu"] += 0.1  # 10% of the wall time used: far over a 1% budget
         image = Image.new("RGB", (64, 64), (200, 30, 30))
-        app.on_job_stepped(JobStepped(app._running_job, StepPreview(2, 4, image, 1.0), 2.0))
+        app.post_message(SessionNews(JobStepped(app._running_job, StepPreview(2, 4, image, 1.0), 2.0)))
+        await pilot.pause()
         app.frames.tick()
         widget = app.query_one("#preview-image")
         assert widget.image is not image, "over the budget: not drawn yet"

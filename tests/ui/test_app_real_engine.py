@@ -9,12 +9,12 @@ from pathlib import Path
 from textual.widgets import Input
 
 from spatiora_tui.config import Settings
+from spatiora_tui.jobs.events import JobStepped
 from spatiora_tui.outputs import read_metadata
 from spatiora_tui.ui.app import SpatioraApp
-from spatiora_tui.ui.messages import JobStepped
 from tests.helpers import RANDOM_DEMO, small_tasks
 from tests.ui.fakes import fake_telemetry
-from tests.ui.helpers import settle
+from tests.ui.helpers import news, settle
 
 
 async def test_generate_switch_generate_on_the_demo_model(cache_dir: Path, tmp_path: Path) -> None:
@@ -33,7 +33,7 @@ async def test_generate_switch_generate_on_the_demo_model(cache_dir: Path, tmp_p
         app.query_one("#prompt", Input).value = "an open-plan flat"
         await pilot.press("ctrl+g")
         await settle(app, pilot)
-        assert [m.preview.step for m in seen if isinstance(m, JobStepped)][-1] == 4
+        assert [m.preview.step for m in news(seen, JobStepped)][-1] == 4
 
         await pilot.press("ctrl+t")
         await settle(app, pilot)
