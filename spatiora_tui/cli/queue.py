@@ -23,18 +23,25 @@ if TYPE_CHECKING:
     from spatiora_tui.jobs.store import Orphan, QueueStore
 
 QUEUES = "queues"  # under the state folder; the TUI keeps its queue files there
+#: What `spatiora queue` does; the first five act on your engine's queue.
+ACTIONS = ("list", "watch", "cancel", "retry", "pause", "resume", "run", "clear")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     parser = sub.add_parser(
         "queue",
         parents=[common],
-        help="list, run or clear the jobs that ended sessions left queued",
-        description="Sessions that ended (a dropped SSH session, a crash, a quit with jobs waiting) leave "
-        "their queued jobs in the state folder; the TUI offers them at its next start. Queues of "
-        "Spatiora sessions still running are not touched.",
+        help="your engine's queue: list, watch, cancel, retry, pause, resume (and run or clear what "
+        "ended in-process sessions left)",
+        description="Your engine keeps the queue of every window and command: `list` shows what runs, "
+        "what waits and what ended (with its file); `watch` follows it (ctrl+c stops watching, the "
+        "queue goes on); `cancel JOB...` (or `cancel all`), `retry JOB`, `pause` and `resume` change "
+        "it. Sessions that ran in their own process (--engine inproc) and ended leave their queued jobs "
+        "in the state folder: `list` shows them too, `run` runs them, `clear` deletes them.",
+        epilog="example: spatiora queue watch · spatiora queue cancel 12 13 · spatiora queue cancel all",
     )
-    parser.add_argument("action", nargs="?", choices=("list", "run", "clear"), default="list")
+    parser.add_argument("action", nargs="?", choices=ACTIONS, default="list")
+    parser.add_argument("jobs", nargs="*", metavar="JOB", help="with cancel and retry: job numbers (cancel: or all)")
     parser.add_argument("--yes", action="store_true", help="clear without asking")
     parser.add_argument("--engine", metavar="WHERE", help="with run: " + ENGINE_HELP)
     parser.set_defaults(run=run)
@@ -42,6 +49,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     from spatiora_tui.jobs.store import QueueStore
+
+    if args.jobs and args.action not in ("cancel", "retry"):
+        raise UsageError(f"queue {args.action} takes no job numbers (cancel and retry do)")
+    if args.action in ("watch", "cancel", "retry", "pause", "resume"):
+        from spatiora_tui.cli.engine_queue import change, watch
+
+        return watch(args) if args.action == "watch" else change(args)
 
     store = QueueStore(user_state_dir() / QUEUES)
     orphans = store.orphans()

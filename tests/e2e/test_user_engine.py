@@ -456,3 +456,34 @@ def test_a_sweep_goes_through_the_engines_queue_and_its_grid_is_saved(project: P
     assert len(_saved(out)) == 4 and len(list(out.glob("*-sweep.png"))) == 1
     logs = spatiora("engine", "logs", cwd=project, env=USER)
     assert "job 4: saved" in logs.stdout, "the engine made them, not the command"
+
+
+def test_the_engines_queue_is_watched_paused_cancelled_and_resumed_from_a_shell(project: Path) -> None:
+    """Over SSH without the TUI: `spatiora queue watch` follows the batch another command queued,
+    and `pause`, `cancel JOB` and `resume` change it; nothing starts a second engine."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **USER}
+    out = project / "a"
+    argv = [sys.executable, "-m", "spatiora_tui", "generate", "a loft", "--count", "3", "--steps", "20"]
+    batch = subprocess.Popen([*argv, "--out", str(out)], cwd=project, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert batch.stderr is not None
+        for line in batch.stderr:
+            if line.startswith("[1/3]"):
+                break
+        assert spatiora("queue", "pause", cwd=project, env=USER).returncode == 0
+        listed = spatiora("queue", cwd=project, env=USER).stdout
+        assert "(paused: nothing new starts)" in listed and listed.count("  paused  ") == 2, listed
+        last = max(int(line.split()[1]) for line in listed.splitlines() if "  paused  " in line)
+        cancelled = spatiora("queue", "cancel", str(last), cwd=project, env=USER)
+        assert cancelled.returncode == 0 and f"job {last}: cancelled" in cancelled.stderr
+        assert spatiora("queue", "resume", cwd=project, env=USER).returncode == 0
+        watched = spatiora("queue", "watch", cwd=project, env=USER)
+        assert watched.returncode == 0 and "the queue is empty" in watched.stderr, watched.stderr
+        rest = batch.communicate(timeout=120)[1]
+    finally:
+        if batch.poll() is None:
+            batch.kill()
+    assert "2 of 3 image(s) saved" in rest and batch.returncode == 1
+    assert len(_saved(out)) == 2 and all(str(path) in watched.stdout for path in _saved(out)[1:])
+    bad = spatiora("queue", "cancel", "x", cwd=project, env=USER)
+    assert bad.returncode == 2 and "'x' is not a job number" in bad.stderr
