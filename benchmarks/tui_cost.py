@@ -151,7 +151,8 @@ def in_xterm(
 
         time.sleep(2)
         subprocess.run(["xdotool", "type", "--delay", "20", "a sunlit loft"], env=x, timeout=30, check=False)
-        queues = Path(env["SPATIORA_STATE_DIR"]) / "queues"
+        state = Path(env["SPATIORA_STATE_DIR"])
+        queues = [state / "queues", state / "engine-queue"]  # the TUI's own, or its engine's
         deadline = time.monotonic() + timeout
 
         def saved() -> int:
@@ -182,9 +183,10 @@ def in_xterm(
             xterm.wait(10)
 
 
-def _queued(queues: Path) -> int:
+def _queued(folders: list[Path]) -> int:
+    """Jobs waiting or running in the queue files under `folders`."""
     total = 0
-    for path in queues.glob("queue-*.json"):
+    for path in (path for folder in folders for path in folder.glob("queue-*.json")):
         with contextlib.suppress(OSError, ValueError):
             total += len(json.loads(path.read_text()).get("jobs") or [])
     return total
