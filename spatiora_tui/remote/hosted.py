@@ -108,8 +108,9 @@ class HostedSession:
 
     @property
     def busy(self) -> bool:
-        """A job runs or waits (the engine is not idle, whoever is connected)."""
-        return self.session.busy or any(job.state.value == "queued" for job in self.session.waiting())
+        """A job runs or waits, paused ones too: the queue is not empty, so the engine does not
+        exit for being idle, whoever is connected."""
+        return self.session.busy or bool(self.session.waiting())
 
     # -- requests --------------------------------------------------------------------------------
 

@@ -235,3 +235,14 @@ def test_an_image_the_engine_could_not_save_reaches_the_watchers_and_is_saved_ag
     blocked.mkdir()
     again = window.ask({"type": "session.save_again"})
     assert again["left"] == 0 and len(again["saved"]) == 1 and Path(again["saved"][0]["path"]).parent == blocked
+
+
+def test_a_paused_queue_keeps_the_engine_busy_so_it_does_not_exit_idle(hosted) -> None:
+    hub, engine, gate, session = hosted
+    client = Client(hub, "cli")
+    client.ask({"type": "session.pause"})
+    client.ask({"type": "session.submit", "request": request()})
+    client.connection.close()
+    assert hub.busy(), "a job waits (paused): the queue is not empty"
+    session.cancel_all()
+    assert not hub.busy()
