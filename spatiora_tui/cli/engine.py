@@ -51,8 +51,16 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "start":
         return _start(settings, args, where)
     if args.action == "stop":
+        now = userengine.running(where)
+        queued = len(now.get("queued") or []) if now is not None else 0
         said = userengine.stop(where)
         print(said or "no engine of yours is running", file=sys.stderr)
+        if said and queued:
+            print(
+                f"its {queued} queued image(s) stay in its queue file: the next engine takes them up "
+                "(`spatiora queue` then lists them, `spatiora queue cancel all` drops them)",
+                file=sys.stderr,
+            )
         return EXIT_OK
     if args.action == "logs":
         return _logs(where, args.lines, args.follow)

@@ -487,3 +487,35 @@ def test_the_engines_queue_is_watched_paused_cancelled_and_resumed_from_a_shell(
     assert len(_saved(out)) == 2 and all(str(path) in watched.stdout for path in _saved(out)[1:])
     bad = spatiora("queue", "cancel", "x", cwd=project, env=USER)
     assert bad.returncode == 2 and "'x' is not a job number" in bad.stderr
+
+
+def test_a_stopped_engine_keeps_its_queue_for_the_next_one(project: Path) -> None:
+    """`spatiora engine stop` with images queued says they stay; the next engine takes them up
+    and runs them, the one that was running again (stopped, not failed)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **USER}
+    argv = [sys.executable, "-m", "spatiora_tui", "generate", "a loft", "--count", "2", "--steps", "30"]
+    out = project / "a"
+    batch = subprocess.Popen([*argv, "--out", str(out)], cwd=project, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert batch.stderr is not None
+        for line in batch.stderr:
+            if "step " in line:
+                break
+        batch.kill()
+        batch.wait(timeout=30)
+    finally:
+        if batch.poll() is None:
+            batch.kill()
+    stopped = spatiora("engine", "stop", cwd=project, env=USER)
+    assert "its 2 queued image(s) stay in its queue file" in stopped.stderr, stopped.stderr
+    none = spatiora("queue", "watch", cwd=project, env=USER)
+    assert none.returncode == 1 and "no engine of yours is running" in none.stderr
+    # The next engine takes them up and runs them, before any window asks.
+    assert spatiora("engine", "start", cwd=project, env=USER).returncode == 0
+    assert "took up 2 job(s)" in spatiora("engine", "logs", cwd=project, env=USER).stdout
+    watched = spatiora("queue", "watch", cwd=project, env=USER)
+    assert watched.returncode == 0 and "the queue is empty" in watched.stderr
+    listed = spatiora("queue", cwd=project, env=USER).stdout
+    ours = [line for line in listed.splitlines() if "/2 · seed" in line]
+    assert len(ours) == 2 and all("  done  " in line for line in ours), listed
+    assert len(_saved(out)) == 2
