@@ -147,7 +147,7 @@ class HostedSession:
                 return {"done": session.move(job_id, delta)}
             again = session.retry(job_id)
             self._kick()
-            return {"job": again.id if again is not None else None}
+            return {"job": again.id, "view": again.to_view()} if again is not None else {"job": None}
         if kind == "cancel_all":
             return {"count": session.cancel_all()}
         if kind == "pause":
@@ -255,7 +255,10 @@ class HostedSession:
             if self._closed:
                 return
             self._kick()  # a job submitted or resumed elsewhere may be due
-            self._send({"what": "jobs", **self.snapshot()})
+            with self._lock:
+                watched = bool(self._watchers)
+            if watched:  # a list is built only for someone to read it
+                self._send({"what": "jobs", **self.snapshot()})
 
     def _send(self, fields: dict[str, Any], blob_for: Callable[[Watch], bytes] | None = None) -> None:
         with self._lock:

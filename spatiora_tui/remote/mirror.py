@@ -174,14 +174,11 @@ class SessionMirror:
         return bool((self._ask("move", job=job_id, delta=delta) or {}).get("done"))
 
     def retry(self, job_id: int) -> Job | None:
-        again = (self._ask("retry", job=job_id) or {}).get("job")
-        if again is None:
+        view = (self._ask("retry", job=job_id) or {}).get("view")
+        if not isinstance(view, dict):
             return None
+        job = Job.from_view(view)  # the engine's new job, as it queued it
         with self._lock:
-            old = self._jobs.get(job_id)
-            if old is None:
-                return None
-            job = Job(int(again), old.request, kind=old.kind, group=old.group, label=old.label, cell=old.cell)
             return self._jobs.setdefault(job.id, job)
 
     def pause(self) -> None:

@@ -81,3 +81,26 @@ def test_a_job_whose_engine_died_while_it_ran_is_told_as_failed(tmp_path: Path) 
     assert len(told) == 1 and told[0].error == "the engine was killed by SIGKILL"
     mirror._news(QueueShown((failed,), False, 2))
     assert len([news for news in seen if isinstance(news, events.JobFailed)]) == 1, "once"
+
+
+def test_a_retry_from_a_window_is_the_engines_new_job(tmp_path: Path) -> None:
+    settings = small_settings(tmp_path)
+    fake = FakeEngine(settings)
+    fake.load()
+    hub = Hub(fake)
+    hub.host(Session(fake, settings, store=QueueStore(tmp_path / "queue")))
+    engine = RemoteEngine(lambda on_frame, on_end: DroppableLink(hub, on_frame, on_end))
+    mirror = SessionMirror(engine, settings)
+    try:
+        mirror.watch(lambda event: None)
+        mirror.pause()
+        (job,) = mirror.submit_batch(GenerationRequest(prompt="a loft", task="base", seed=4, steps=2), 1)
+        assert mirror.cancel(job.id)
+        again = mirror.retry(job.id)
+        assert again is not None and again.id != job.id and again.request.seed == 4
+        assert again.state is JobState.PAUSED, "queued as the engine queued it: the queue is paused"
+        assert mirror.job(again.id).request.seed == 4  # the window holds it before the next list
+    finally:
+        mirror.close()
+        engine.close()
+        hub.close()
