@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from spatiora_tui.engine.api import AdapterSwitch, GenerationResult, StepPreview
+from spatiora_tui.engine.api import AdapterSwitch, GenerationResult, ModelInfo, ModelSwitch, StepPreview
 from spatiora_tui.jobs.job import Job
 
 
@@ -20,9 +20,15 @@ class QueueChanged:
 
 @dataclass(frozen=True)
 class JobStarted:
+    """A job began: `steps` at `width` x `height` (0: not known); `compiles_first`: a compiled
+    UNet meets this size for the first time and compiles for it before the first step."""
+
     job_id: int
     task: str
     steps: int
+    width: int = 0
+    height: int = 0
+    compiles_first: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,8 +91,39 @@ class ImageSaved:
     error: str | None
 
 
+@dataclass(frozen=True)
+class ModelLoading:
+    """The base model is loading, or replacing another: `text` says what happens now."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ModelReady:
+    """A base model is loaded: the first (`switch` None), or one that replaced another (`switch`
+    says how long it took, with its notes). `by`: the other client that chose it (empty: this
+    front end did)."""
+
+    model: ModelInfo
+    switch: ModelSwitch | None = None
+    by: str = ""
+
+
+@dataclass(frozen=True)
+class ModelFailed:
+    """Loading a base model failed, saying `error`: the first (`replacing` False), or one meant
+    to replace another; `model` is the one still loaded (None: none)."""
+
+    error: str
+    model: ModelInfo | None = None
+    replacing: bool = False
+
+
 SessionEvent = (
-    QueueChanged
+    ModelLoading
+    | ModelReady
+    | ModelFailed
+    | QueueChanged
     | JobStarted
     | JobStepped
     | JobFinished

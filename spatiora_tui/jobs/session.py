@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from spatiora_tui.atomic import clean_stale_partials
 from spatiora_tui.config import SEED_RANGE, ConfigError, Settings, random_seed
 from spatiora_tui.engine.api import (
     Engine,
@@ -28,6 +29,7 @@ from spatiora_tui.engine.api import (
     EngineOOM,
     GenerationRequest,
     GenerationResult,
+    ModelInfo,
     StepPreview,
 )
 from spatiora_tui.engine.requests import check_request
@@ -39,6 +41,9 @@ from spatiora_tui.jobs.events import (
     JobFinished,
     JobStarted,
     JobStepped,
+    ModelFailed,
+    ModelLoading,
+    ModelReady,
     QueueChanged,
     SessionEvent,
     StepHook,
@@ -96,6 +101,9 @@ class Session:
         self._closing = False
         self._cancel_asked: int | None = None  # the running job the user cancelled
         self._unsaved: list[GenerationResult] = []
+        self._saved_again: set[Path] = set()
+        #: With a compiled UNet: the model, and the sizes it has drawn at since it was loaded.
+        self._compiled: tuple[str, set[tuple[int, int]]] = ("", set())
         self._seconds_per_step: float | None = None
         self._writer = _QueueWriter(store) if store is not None else None
         #: Task switches the queue made between jobs (the figure docs/performance.md reports).
@@ -140,6 +148,12 @@ class Session:
         """Images whose save failed, oldest first, kept until a save_again succeeds."""
         with self._lock:
             return list(self._unsaved)
+
+    def made(self) -> set[Path]:
+        """The files this queue's jobs made: their images (saved, or saved again) and sheets."""
+        with self._lock:
+            sheets = {group.sheet for group in self._groups.values() if group.sheet is not None}
+            return sheets | self._saved_again | {job.path for job in self._jobs.values() if job.path is not None}
 
     def group(self, group_id: str) -> Group:
         with self._lock:
@@ -341,6 +355,25 @@ class Session:
                 self._jobs[job_id].state = JobState.QUEUED
             self._changed()
 
+    def hold_while_down(
+        self, watch_link: Callable[[Callable[[str | None], object]], Callable[[], None]]
+    ) -> Callable[[], None]:
+        """With the engine in another process: a dropped link pauses the queue, so that the jobs
+        waiting do not each start an engine (or fail) in turn, and the link's return resumes it
+        (a queue the user paused stays paused). `watch_link` is the engine's (RemoteEngine's);
+        the call that stops it is returned."""
+        held = threading.Event()
+
+        def changed(why: str | None) -> None:  # on the link's thread, before a running job hears
+            if why is not None and not self.paused:
+                held.set()
+                self.pause()
+            elif why is None and held.is_set():
+                held.clear()
+                self.resume()
+
+        return watch_link(changed)
+
     def request_switch(self, task: str) -> None:
         """Make `task` the active one: at once when nothing runs, else once the queue is empty
         (queued jobs switch as each one's task needs; its adapters are read into RAM now)."""
@@ -470,7 +503,10 @@ class Session:
         return True
 
     def _run(self, job: Job, emit: Emit, on_step: StepHook | None) -> None:
-        emit(JobStarted(job.id, job.task, self.steps_of(job)))
+        width, height = size_of(self.settings, job)
+        model = self.engine.model
+        compiles = model is not None and model.compiled != "" and (width, height) not in self._compiled_sizes(model)
+        emit(JobStarted(job.id, job.task, self.steps_of(job), width, height, compiles))
         if self.engine.active_task != job.task:
             with self._lock:
                 first = self.engine.active_task is None
@@ -493,6 +529,8 @@ class Session:
             self._fail(job, str(exc), isinstance(exc, EngineOOM), emit)
             return
         path = error = None
+        if result.image is not None and result.model.compiled:
+            self._compiled_sizes(result.model).add((result.params.width, result.params.height))
         if result.image is not None and not result.cancelled:
             path, error = self._save(result, job)
         with self._lock:
@@ -510,6 +548,21 @@ class Session:
         emit(JobFinished(job.id, result, path, error))
         emit(QueueChanged())
         self._finish_group(job, emit)
+
+    def _compiled_sizes(self, model: ModelInfo) -> set[tuple[int, int]]:
+        if self._compiled[0] != model.source:  # another model compiles afresh
+            self._compiled = (model.source, set())
+        return self._compiled[1]
+
+    # -- the base model ---------------------------------------------------------------------------
+
+    def load_model(self, emit: Emit = _ignore) -> bool:
+        """Load the first task's model and make the task active; see load_model below."""
+        return load_model(self.engine, self.settings, emit)
+
+    def switch_model(self, source: str, task: str | None, emit: Emit = _ignore) -> bool:
+        """Replace the base model; see switch_model below."""
+        return switch_model(self.engine, source, task, emit)
 
     def _prefetch_after(self, job: Job) -> None:
         """Read the next waiting job's adapters into RAM while this one runs."""
@@ -586,6 +639,7 @@ class Session:
             if path is not None:
                 with self._lock:
                     self._unsaved.remove(result)
+                    self._saved_again.add(path)
                     for job in self._jobs.values():
                         if job.result is result:
                             job.path, job.error = path, None
@@ -642,6 +696,54 @@ class Session:
         if self._writer is not None:
             self._writer.flush(10.0)
             self._writer.stop()
+
+
+def load_model(engine: Engine, settings: Settings, emit: Emit) -> bool:
+    """Load the first task's model and make that task active, on the caller's thread (it takes
+    a while): ModelLoading as it goes, then TaskSwitched and ModelReady, or ModelFailed. Temp
+    files a killed writer left in the output folder go first (atomic writes leave nothing else)."""
+    clean_stale_partials(settings.output_dir)
+    first = settings.tasks[0]
+    try:
+        model = engine.load(on_progress=lambda text: emit(ModelLoading(text)), source=first.model)
+        switch = engine.switch_task(first.name)
+    except EngineError as exc:
+        emit(ModelFailed(str(exc), None))
+        return False
+    emit(TaskSwitched(switch))
+    emit(ModelReady(model))
+    return True
+
+
+def switch_model(engine: Engine, source: str, task: str | None, emit: Emit) -> bool:
+    """Replace the base model with `source` (the old one is freed first), then switch to `task`'s
+    adapters again on it: ModelLoading as it goes, then ModelReady and TaskSwitched (carrying the
+    model's switch), or ModelFailed naming the model still loaded, or TaskSwitchFailed."""
+    try:
+        switch = engine.switch_model(source, on_progress=lambda text: emit(ModelLoading(text)))
+    except EngineError as exc:
+        emit(ModelFailed(str(exc), engine.model, replacing=True))
+        return False
+    emit(ModelReady(switch.model, switch))
+    if task is None:
+        return True
+    try:
+        task_switch = engine.switch_task(task)
+    except EngineError as exc:
+        emit(TaskSwitchFailed(task, str(exc)))
+        return False
+    emit(TaskSwitched(dataclasses.replace(task_switch, model_switch=switch)))
+    return True
+
+
+def size_of(settings: Settings, job: Job) -> tuple[int, int]:
+    """The size `job` draws at: its request's, else its task's (512 for a task that is gone)."""
+    try:
+        task = settings.task(job.task)
+        width, height = task.width, task.height
+    except ConfigError:
+        width = height = 512
+    return job.request.width or width, job.request.height or height
 
 
 def steps_of(settings: Settings, job: Job) -> int:

@@ -199,3 +199,28 @@ def _save_sheet(sheet: Image.Image, done: list[Job], out_dir: Path, group: Group
         return atomic.write_new(out_dir, stem, ".png", buffer.getvalue())
     except OSError as exc:
         raise SheetError(f"could not save the sheet in {out_dir}: {exc.strerror or exc}") from None
+
+
+class GroupSheets:
+    """The thumbnails of the batches and sweeps under way, and the sheet each makes so far: a
+    batch's images as a contact sheet, a sweep's as its labelled grid (cells still to come in
+    grey). A front end shows the sheet as each image arrives."""
+
+    def __init__(self, side: int = 256) -> None:
+        self._side = side
+        self._images: dict[str, dict[tuple[int, ...], Image.Image]] = {}
+
+    def add(self, job: Job, image: Image.Image) -> Image.Image | None:
+        """`job`'s image joins its group; the group's sheet so far (None for a batch's first)."""
+        images = self._images.setdefault(job.group, {})
+        thumb = image.copy()
+        thumb.thumbnail((self._side, self._side))
+        images[job.cell or (len(images),)] = thumb
+        if job.axes:
+            cells: dict[tuple[int, ...], Image.Image | str] = dict(images)
+            return sweep_grid(cells, job.axes, missing="to come")
+        return contact_sheet(list(images.values())) if len(images) > 1 else None
+
+    def drop(self, group: str) -> None:
+        """The group ended: its thumbnails go."""
+        self._images.pop(group, None)

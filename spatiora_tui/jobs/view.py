@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Protocol
 
 from spatiora_tui.config import Settings
-from spatiora_tui.engine.api import GenerationRequest, GenerationResult
+from spatiora_tui.engine.api import EngineError, GenerationRequest, GenerationResult
 from spatiora_tui.jobs.events import Emit, StepHook
-from spatiora_tui.jobs.job import Job, JobKind
+from spatiora_tui.jobs.job import Job, JobKind, JobState
 from spatiora_tui.jobs.store import Orphan
-from spatiora_tui.jobs.sweep import Axis
+from spatiora_tui.jobs.sweep import Axis, SweepError
 
 #: Where a job's image goes when its submitter says: (folder, file stem or None).
 Output = tuple[Path, str | None] | None
@@ -37,6 +37,7 @@ class Queue(Protocol):
     def unsaved(self) -> list[GenerationResult]: ...
     @property
     def store_error(self) -> str | None: ...
+    def made(self) -> set[Path]: ...
     def position(self, job_id: int) -> int: ...
     def eta_s(self, job_id: int) -> float | None: ...
     def steps_of(self, job: Job) -> int: ...
@@ -57,6 +58,8 @@ class Queue(Protocol):
     def retry(self, job_id: int) -> Job | None: ...
     def pause(self) -> None: ...
     def resume(self) -> None: ...
+    def load_model(self, emit: Emit = ...) -> bool: ...
+    def switch_model(self, source: str, task: str | None, emit: Emit = ...) -> bool: ...
     def request_switch(self, task: str) -> None: ...
     def orphans(self) -> list[Orphan]: ...
     def adopt(
@@ -67,3 +70,38 @@ class Queue(Protocol):
     def release_runner(self) -> None: ...
     def save_again(self, emit: Emit = ...) -> int: ...
     def close(self) -> None: ...
+
+
+def queue_summary(queue: Queue) -> str:
+    """What a queue holds, e.g. "job 3 running, 2 waiting, 3 done, 1 failed" ("" when empty)."""
+    jobs = queue.jobs()
+    running = queue.running
+    counts = [
+        (len(queue.waiting()), "waiting"),
+        (sum(job.state is JobState.DONE for job in jobs), "done"),
+        (sum(job.state is JobState.FAILED for job in jobs), "failed"),
+    ]
+    parts = [f"job {running.id} running"] if running is not None else []
+    return ", ".join(parts + [f"{count} {what}" for count, what in counts if count])
+
+
+def submit_form(
+    queue: Queue, request: GenerationRequest, count: int = 1, axes: list[Axis] | None = None
+) -> tuple[list[Job], str]:
+    """Queue what a front end's form asks for: one image, a batch of `count`, or a sweep over
+    `axes` (one image per cell). The jobs, and what they are in words: "job 4", "a batch of 3
+    (jobs 4-6)", "a sweep of 6 (3 seed x 2 steps; jobs 4-9)". EngineError when the request
+    fails the check every front end's request goes through (engine/requests.py), or the sweep
+    cannot be made."""
+    if axes:
+        try:
+            jobs = queue.submit_sweep(request, axes)
+        except SweepError as exc:
+            raise EngineError(f"sweep: {exc}") from exc
+        shape = " x ".join(f"{len(axis.values)} {axis.title}" for axis in axes)
+        return jobs, f"a sweep of {len(jobs)} ({shape}; jobs {jobs[0].id}-{jobs[-1].id})"
+    if count > 1:
+        jobs = queue.submit_batch(request, count)
+        return jobs, f"a batch of {count} (jobs {jobs[0].id}-{jobs[-1].id})"
+    job = queue.submit(request)
+    return [job], f"job {job.id}"

@@ -279,7 +279,8 @@ class HostedSession:
         self._log_event(event)
         if isinstance(event, events.JobStarted):
             started = {"job": event.job_id, "task": event.task, "steps": event.steps, "view": self._view(event.job_id)}
-            self._send({"what": "started", **started})
+            size = {"width": event.width, "height": event.height, "compiles_first": event.compiles_first}
+            self._send({"what": "started", **started, **size})
         elif isinstance(event, events.JobStepped):
             preview = event.preview
             step = {"step": preview.step, "total": preview.total, "elapsed_s": preview.elapsed_s, "rate": event.rate}
@@ -366,7 +367,8 @@ def _read_event(frame: dict[str, Any], blob: bytes) -> SessionNews | None:
         return QueueShown(jobs, bool(frame.get("paused")), int(frame.get("seq") or 0))
     job = int(frame.get("job") or 0)
     if what == "started":
-        return events.JobStarted(job, str(frame["task"]), int(frame["steps"]))
+        size = int(frame.get("width") or 0), int(frame.get("height") or 0)
+        return events.JobStarted(job, str(frame["task"]), int(frame["steps"]), *size, bool(frame.get("compiles_first")))
     if what == "step":
         image = image_from(blob) if blob else None
         preview = StepPreview(int(frame["step"]), int(frame["total"]), image, float(frame["elapsed_s"]))

@@ -21,7 +21,7 @@ from spatiora_tui.engine.api import EngineError, GenerationRequest, GenerationRe
 from spatiora_tui.jobs import events
 from spatiora_tui.jobs.events import Emit, StepHook
 from spatiora_tui.jobs.job import Job, JobKind, JobState
-from spatiora_tui.jobs.session import eta_s, steps_of
+from spatiora_tui.jobs.session import eta_s, load_model, size_of, steps_of, switch_model
 from spatiora_tui.jobs.store import Orphan
 from spatiora_tui.jobs.sweep import Axis, SweepError
 from spatiora_tui.jobs.view import Output
@@ -51,6 +51,7 @@ class SessionMirror:
         self._stops: list[Callable[[], None]] = []
         self._shown_running: int | None = None  # the running job the listener was told of
         self._sighted = False
+        self._made: set[Path] = set()  # sheets and images saved again, as the engine told
 
     def watch(self, listener: Emit, preview_side: int = PREVIEW_SIDE) -> Callable[[], None]:
         """Follow the engine's queue: `listener` gets the session's events (QueueChanged for each
@@ -113,6 +114,11 @@ class SessionMirror:
     def steps_of(self, job: Job) -> int:
         return steps_of(self.settings, job)
 
+    def made(self) -> set[Path]:
+        """As Session.made: the files the engine's queue made (as far as this window was told)."""
+        with self._lock:
+            return self._made | {job.path for job in self._jobs.values() if job.path is not None}
+
     def first_sight(self) -> bool:
         """True once: the first time it is asked after the engine's first list came."""
         with self._lock:
@@ -120,6 +126,16 @@ class SessionMirror:
                 return False
             self._sighted = True
             return True
+
+    # -- the base model (the engine's: every window shares it) -------------------------------------
+
+    def load_model(self, emit: Emit = _ignore) -> bool:
+        """As Session.load_model: the engine has the model (or loads it); this window is told."""
+        return load_model(self.engine, self.settings, emit)
+
+    def switch_model(self, source: str, task: str | None, emit: Emit = _ignore) -> bool:
+        """As Session.switch_model; the engine tells the other windows who switched it."""
+        return switch_model(self.engine, source, task, emit)
 
     # -- changing the queue (requests to the engine) -------------------------------------------------
 
@@ -220,6 +236,8 @@ class SessionMirror:
                     self._unsaved.pop(0)
             if result is not None:
                 path = Path(said["path"]) if said.get("path") else None
+                with self._lock:
+                    self._made |= {path} if path is not None else set()
                 emit(events.ImageSaved(result, path, said.get("error")))
         return int(reply.get("left", 0))
 
@@ -259,7 +277,7 @@ class SessionMirror:
                 # A job that started before this window watched (it came back to its engine):
                 # shown as running, its next steps as they come.
                 total = running.steps_total or self.steps_of(running)
-                self._listener(events.JobStarted(running.id, running.task, total))
+                self._listener(events.JobStarted(running.id, running.task, total, *size_of(self.settings, running)))
             self._listener(events.QueueChanged())
             return
         if isinstance(news, JobShown):
@@ -278,4 +296,7 @@ class SessionMirror:
         elif isinstance(news, events.JobFinished) and news.save_error is not None:
             with self._lock:
                 self._unsaved.append(news.result)
+        elif isinstance(news, events.GroupFinished) and news.path is not None:
+            with self._lock:
+                self._made.add(news.path)
         self._listener(news)

@@ -11,46 +11,37 @@ import dataclasses
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Header, Input
 from textual.worker import Worker, WorkerState
 
-from spatiora_tui.atomic import clean_stale_partials
-from spatiora_tui.config import Settings, TaskSettings, user_state_dir
+from spatiora_tui.config import Settings, user_state_dir
 from spatiora_tui.engine.api import Engine, EngineError
 from spatiora_tui.engine.init_image import DEFAULT_STRENGTH
 from spatiora_tui.hw import HardwareFeed, Telemetry, process_age_s
 from spatiora_tui.jobs import events
 from spatiora_tui.jobs.events import SessionEvent
-from spatiora_tui.jobs.job import Job, JobState
 from spatiora_tui.jobs.session import Session
-from spatiora_tui.jobs.sheets import contact_sheet, sweep_grid
+from spatiora_tui.jobs.sheets import GroupSheets
 from spatiora_tui.jobs.store import Orphan, QueueStore
-from spatiora_tui.jobs.sweep import SweepError
-from spatiora_tui.jobs.view import Queue
+from spatiora_tui.jobs.view import Queue, queue_summary, submit_form
 from spatiora_tui.outputs import OutputError, request_from_image
 from spatiora_tui.remote.client import RemoteEngine
 from spatiora_tui.remote.mirror import SessionMirror
 from spatiora_tui.remote.telemetry import RemoteTelemetry
 from spatiora_tui.ui.images import image_widget_class
+from spatiora_tui.ui.keys import KEY_ACTIONS, KEYS, bindings
 from spatiora_tui.ui.messages import (
     EngineLinkChanged,
     EngineRestarted,
     EngineSaid,
     HardwareSampled,
-    ModelChosenElsewhere,
-    ModelLoaded,
-    ModelLoadFailed,
-    ModelLoadProgressed,
-    ModelSwitched,
-    ModelSwitchFailed,
     QueueFound,
     SessionNews,
 )
@@ -58,26 +49,16 @@ from spatiora_tui.ui.pacing import FrameClock, PreviewPacer, StepThrottle
 from spatiora_tui.ui.screens.history import HistoryScreen, Pick
 from spatiora_tui.ui.screens.models import ModelPicker
 from spatiora_tui.ui.screens.queue import QueueScreen
-from spatiora_tui.ui.screens.resume import DISCARD, RESUME, ResumeQueue
-from spatiora_tui.ui.text import markup_safe
+from spatiora_tui.ui.screens.resume import RESUME, ResumeQueue, settle
+from spatiora_tui.ui.text import markup_safe, ordinal
 from spatiora_tui.ui.widgets.hardware_pane import HardwarePane
 from spatiora_tui.ui.widgets.preview_pane import PreviewPane
 from spatiora_tui.ui.widgets.prompt_pane import FormError, PromptPane
 from spatiora_tui.ui.widgets.readout import Readout
 from spatiora_tui.ui.widgets.task_pane import TaskPane
 
-if TYPE_CHECKING:
-    from PIL import Image
-
 #: Longest a generation waits for the screen to show that it started.
 PAINT_WAIT_S = 0.5
-
-#: Binding ids, which are also the [keys] names in config.toml.
-KEY_ACTIONS = ("generate", "cancel", "queue", "next_task", "history", "save", "models", "restart_engine", "quit")
-
-
-def _ordinal(n: int) -> str:
-    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
 class SpatioraApp(App[None], inherit_bindings=False):
@@ -85,50 +66,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
     TITLE = "Spatiora"
     # Narrow terminals get a two-column layout (app.tcss): three columns would squeeze the preview out.
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
-    BINDINGS = [
-        # Not a priority binding: the key then reaches the focused field's queue behind the
-        # characters typed before it, so a fast typist (or an SSH burst) generates with all of them.
-        Binding("ctrl+g", "generate", "Generate", id="generate", tooltip="Generate with the prompt pane's settings"),
-        Binding("escape", "cancel", "Cancel", id="cancel", tooltip="Cancel the running generation"),
-        Binding(
-            "ctrl+r",
-            "queue",
-            "Queue",
-            id="queue",
-            priority=True,
-            tooltip="See the queued jobs: move, cancel, retry, pause and resume them",
-        ),
-        Binding(
-            "ctrl+t", "next_task", "Next task", id="next_task", priority=True, tooltip="Switch to the next task mode"
-        ),
-        Binding("ctrl+o", "history", "History", id="history", priority=True, tooltip="Browse the images"),
-        Binding(
-            "ctrl+s",
-            "save",
-            "Save again",
-            id="save",
-            priority=True,
-            tooltip="Save every image whose save failed again (shown when one did)",
-        ),
-        Binding(
-            "ctrl+l",
-            "models",
-            "Model",
-            id="models",
-            priority=True,
-            tooltip="Pick the base model from the checkpoints in your folders",
-        ),
-        Binding(
-            "ctrl+n",
-            "restart_engine",
-            "Restart engine",
-            id="restart_engine",
-            priority=True,
-            tooltip="Start your engine again, or reconnect to it, after it stopped (shown while it is down)",
-        ),
-        Binding("ctrl+q", "quit", "Quit", id="quit", priority=True, tooltip="Quit Spatiora"),
-        Binding("ctrl+c", "help_quit", show=False, system=True),
-    ]
+    BINDINGS = bindings()
 
     def __init__(
         self,
@@ -146,7 +84,6 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self._image_class: type[Widget] = image_widget_class(self.renderer)
         # Shared with the engine, which marks its stages on it; its thread samples the hardware.
         self.telemetry: HardwareFeed = telemetry or Telemetry.from_settings(settings)
-        self._tasks: dict[str, TaskSettings] = {t.name: t for t in settings.tasks}
         self._model_ready = False
         # The queue: on the user's engine, a mirror of the one it keeps (every window shows the
         # same, and it runs on when this one closes); else a Session run here, whose queue file
@@ -160,16 +97,9 @@ class SpatioraApp(App[None], inherit_bindings=False):
             )
         self._chosen: str | None = None  # the task new requests are for (see chosen_task)
         self._running_job: int | None = None  # the job the preview pane shows
-        #: A batch's or sweep's thumbnails so far, by sweep cell (or arrival, in a batch).
-        self._group_images: dict[str, dict[tuple[int, ...], Image.Image]] = {}
-        self._sheets: set[Path] = set()  # contact sheets and images saved again, for the history
+        self._groups = GroupSheets()  # the batches and sweeps under way, for their sheets so far
         self._store_error_said: str | None = None
         self._switch_note: str | None = None  # said with the next task switch's line
-        self._model_switching = False
-        #: With a compiled UNet, the sizes it has drawn an image at, and the model they are for:
-        #: the first image at any other size waits for a compile before its first step.
-        self._compiled_sizes: set[tuple[int, int]] = set()
-        self._compiled_for: str | None = None
         self._peaks_task: str | None = None  # the task whose stage peaks the pane shows
         # While generating, the newest step, image and hardware sample wait for the next frame.
         self.frames = FrameClock(
@@ -180,12 +110,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         )
         self._quit_asked = False  # a first quit with unsaved images only warns
         self._exit_after_first_frame = exit_after_first_frame
-        self._unsubscribe: Callable[[], None] | None = None
-        # An engine in another process (the user's own, or another machine's): its link may drop.
-        self._linked = engine if isinstance(engine, RemoteEngine) else None
-        self._held_queue = False  # the queue was paused as the engine went down: resumed when it is back
-        self._restarting = False
-        self._unwatch: list[Callable[[], None]] = []  # the engine's listeners, removed at exit
+        self._unwatch: list[Callable[[], None]] = []  # the engine's and telemetry's listeners, removed at exit
         #: Seconds from process start to the first frame (set when it is drawn).
         self.first_frame_age_s: float | None = None
         self.set_keymap({action: getattr(settings.keys, action) for action in KEY_ACTIONS})
@@ -222,7 +147,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         if self._exit_after_first_frame:
             return
         self._watch_engine()
-        self._load_model()
+        self._model_work()
         self._sample_hardware()
 
     def _first_frame(self) -> None:
@@ -242,61 +167,20 @@ class SpatioraApp(App[None], inherit_bindings=False):
         status.set_class(error, "error")
         status.show(markup_safe(text))
 
-    # -- model loading ------------------------------------------------------------------------
+    # -- the base model -----------------------------------------------------------------------
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="load")
-    def _load_model(self) -> None:
-        # Temp files a killed writer left (atomic writes leave nothing else); off the UI thread,
-        # after the first frame, as a big output folder takes a while to list.
-        clean_stale_partials(self.settings.output_dir)
-        try:
-            model = self.engine.load(
-                on_progress=lambda text: self.post_message(ModelLoadProgressed(text)),
-                source=self.settings.tasks[0].model,
-            )
-            switch = self.engine.switch_task(self.settings.tasks[0].name)
-        except EngineError as exc:
-            self.post_message(ModelLoadFailed(str(exc)))
+    def _model_work(self, source: str | None = None, task: str | None = None) -> None:
+        """Load the first model (`source` None), or replace it with `source` and switch to `task`
+        on it: Session operations, whose events come here as messages."""
+        emit = lambda event: self.post_message(SessionNews(event))  # noqa: E731
+        if source is not None:
+            self.session.switch_model(source, task, emit)
             return
-        self.post_message(SessionNews(events.TaskSwitched(switch)))
-        self.post_message(ModelLoaded(model))
-        orphans = self.session.orphans()  # queues that sessions which ended left behind
-        if orphans:
-            self.post_message(QueueFound(orphans))
-
-    def on_model_load_progressed(self, message: ModelLoadProgressed) -> None:
-        self.preview_pane.show_loading(f"{message.text}…")
-        self.say(f"{message.text}…")
-
-    def on_model_loaded(self, message: ModelLoaded) -> None:
-        model = message.model
-        self._model_ready = True
-        self._show_model(model)
-        note = (
-            (" — images look like noise, every mechanism is real; set model.source for a real model (docs/models.md)")
-            if model.random_weights
-            else ""
-        )
-        self.preview_pane.model_ready(f"ready: type a prompt, press Enter or {self._key('generate')}")
-        queue = (
-            self._engine_queue_note() if isinstance(self.session, SessionMirror) and self.session.first_sight() else ""
-        )
-        self.say(f"model ready: {model.name}" + (f" · {queue}" if queue else "") + note)
-        self.refresh_bindings()
-
-    def _show_model(self, model: Any) -> None:
-        if model.source != self._compiled_for:
-            self._compiled_sizes.clear()
-            self._compiled_for = model.source
-        offload = f" · offload {model.offload}" if model.offload != "none" else ""
-        compiled = f" · compiled ({model.compiled})" if model.compiled else ""
-        self.sub_title = (
-            f"{model.name} · {model.variant or model.family_label} · {model.device} {model.dtype}{offload}{compiled}"
-        )
-        self.task_pane.set_model(model.name)
-        self.preview_pane.set_method(model.preview)
-
-    # -- the base model -----------------------------------------------------------------------
+        if self.session.load_model(emit):
+            orphans = self.session.orphans()  # queues that sessions which ended left behind
+            if orphans:
+                self.post_message(QueueFound(orphans))
 
     def action_models(self) -> None:
         if not self._model_ready:
@@ -311,50 +195,64 @@ class SpatioraApp(App[None], inherit_bindings=False):
         if source is None:
             return
         self._model_ready = False
-        self._model_switching = True
         self.refresh_bindings()
         self.preview_pane.show_loading(f"loading {Path(source).name}…")
         self.say(f"loading {Path(source).name} in the background (the current model is freed first)…")
-        self._switch_model(source, self.task_pane.active)
+        self._model_work(source, self.task_pane.active)
 
-    @work(thread=True, exclusive=True, exit_on_error=False, group="load")
-    def _switch_model(self, source: str, task: str | None) -> None:
-        progress = lambda text: self.post_message(ModelLoadProgressed(text))  # noqa: E731
-        try:
-            switch = self.engine.switch_model(source, on_progress=progress)
-        except EngineError as exc:
-            self.post_message(ModelSwitchFailed(str(exc), self.engine.model))
-            return
-        self.post_message(ModelSwitched(switch))
-        if task is not None:
-            try:  # the task's adapters again, on the new model; reported with the model's load
-                task_switch = self.engine.switch_task(task)
-            except EngineError as exc:
-                self.post_message(SessionNews(events.TaskSwitchFailed(task, str(exc))))
-                return
-            self.post_message(SessionNews(events.TaskSwitched(dataclasses.replace(task_switch, model_switch=switch))))
+    def _model_loading(self, event: events.ModelLoading) -> None:
+        self.preview_pane.show_loading(f"{event.text}…")
+        self.say(f"{event.text}…")
 
-    def on_model_switched(self, message: ModelSwitched) -> None:
-        switch = message.switch
+    def _model_came(self, event: events.ModelReady) -> None:
+        """A model is ready: the first, one this window chose (its task switch says the rest),
+        or one another window or command chose."""
+        model = event.model
         self._model_ready = True
-        self._model_switching = False
         self.refresh_bindings()
-        self._show_model(switch.model)
-        self.say(switch.summary())  # the task switch that follows adds its own part
+        self._show_model(model)
+        if event.by:
+            self.preview_pane.model_ready(f"{model.name} is loaded (chosen by {event.by})")
+            line = f"{event.by} switched the shared engine to {model.name}: your next images use it"
+            self.say(line)
+            self.notify(markup_safe(line), title="Model switched", timeout=10)
+        elif event.switch is not None:
+            self.say(event.switch.summary())
+        else:
+            self.preview_pane.model_ready(f"ready: type a prompt, press Enter or {self._key('generate')}")
+            first = isinstance(self.session, SessionMirror) and self.session.first_sight()
+            queue = self._engine_queue_note() if first else ""
+            noise = (
+                " — images look like noise, every mechanism is real; set model.source for a real model (docs/models.md)"
+            )
+            self.say(
+                f"model ready: {model.name}"
+                + (f" · {queue}" if queue else "")
+                + (noise if model.random_weights else "")
+            )
 
-    def on_model_switch_failed(self, message: ModelSwitchFailed) -> None:
-        self._model_switching = False
-        self._model_ready = message.model is not None
+    def _model_failed(self, event: events.ModelFailed) -> None:
+        self._model_ready = event.model is not None
         self.refresh_bindings()
-        if message.model is not None:
-            self._show_model(message.model)
-            self.preview_pane.model_ready(f"{message.model.name} is still loaded")
-        self.say(f"could not load the model: {message.error}", error=True)
+        if event.model is not None:
+            self._show_model(event.model)
+            self.preview_pane.model_ready(f"{event.model.name} is still loaded")
+        else:
+            self.sub_title = "model failed to load"
+            self.preview_pane.model_ready("the model failed to load; see the status line")
+        if event.replacing:
+            self.say(f"could not load the model: {event.error}", error=True)
+        else:
+            self.say(f"model failed to load: {event.error}. Fix config.toml and restart.", error=True)
 
-    def on_model_load_failed(self, message: ModelLoadFailed) -> None:
-        self.sub_title = "model failed to load"
-        self.preview_pane.model_ready("the model failed to load; see the status line")
-        self.say(f"model failed to load: {message.error}. Fix config.toml and restart.", error=True)
+    def _show_model(self, model: Any) -> None:
+        offload = f" · offload {model.offload}" if model.offload != "none" else ""
+        compiled = f" · compiled ({model.compiled})" if model.compiled else ""
+        self.sub_title = (
+            f"{model.name} · {model.variant or model.family_label} · {model.device} {model.dtype}{offload}{compiled}"
+        )
+        self.task_pane.set_model(model.name)
+        self.preview_pane.set_method(model.preview)
 
     # -- the engine's process ------------------------------------------------------------------
 
@@ -377,26 +275,26 @@ class SpatioraApp(App[None], inherit_bindings=False):
         if isinstance(self.session, SessionMirror):
             steps = StepThrottle(1.0 / self.settings.ui.preview_fps)
             self._unwatch.append(self.session.watch(lambda event: self._post_event(event, steps, wait=False)))
+        elif isinstance(self.session, Session):  # (the engine's own queue waits in its queue file)
+            self._unwatch.append(self.session.hold_while_down(linked.watch_link))
         self._unwatch += [
-            linked.watch_link(self._link_changed),
-            linked.watch_models(lambda chosen: self.post_message(ModelChosenElsewhere(*chosen))),
+            linked.watch_link(lambda why: self.post_message(EngineLinkChanged(why))),
+            linked.watch_models(
+                lambda chosen: self.post_message(SessionNews(events.ModelReady(chosen[0], by=chosen[1])))
+            ),
         ]
 
-    def _link_changed(self, why: str | None) -> None:
-        """On the link's thread, before the running job hears of it: a dropped link pauses the
-        queue, so that the jobs waiting do not each start an engine (or fail) in turn."""
-        if why is not None and isinstance(self.session, Session) and not self.session.paused:
-            self.session.pause()  # (the engine's own queue waits in its queue file)
-            self._held_queue = True
-        self.post_message(EngineLinkChanged(why))
+    @property
+    def _linked(self) -> RemoteEngine | None:
+        """An engine in another process (the user's own, or another machine's): its link may drop."""
+        return self.engine if isinstance(self.engine, RemoteEngine) else None
 
     def on_engine_link_changed(self, message: EngineLinkChanged) -> None:
         self.refresh_bindings()
         if message.why is None:
             if self.engine.model is not None:
                 self._show_model(self.engine.model)
-            if not self._restarting:
-                self._release_queue()
+            self.kick()  # a queue held while it was down goes on
             return
         waiting = len(self.session.waiting())
         held = f"; {waiting} queued job(s) wait for it" if waiting else ""
@@ -405,15 +303,6 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self.say(line, error=True)
         self.notify(markup_safe(line), title="Your engine stopped", severity="error", timeout=15)
 
-    def on_model_chosen_elsewhere(self, message: ModelChosenElsewhere) -> None:
-        self._model_ready = True
-        self.refresh_bindings()
-        self._show_model(message.model)
-        self.preview_pane.model_ready(f"{message.model.name} is loaded (chosen by {message.by})")
-        line = f"{message.by} switched the shared engine to {message.model.name}: your next images use it"
-        self.say(line)
-        self.notify(markup_safe(line), title="Model switched", timeout=10)
-
     def on_engine_said(self, message: EngineSaid) -> None:
         self.say(message.text)
 
@@ -421,10 +310,9 @@ class SpatioraApp(App[None], inherit_bindings=False):
         if self._linked is None or self._linked.down is None:
             self.say("the engine is running: nothing to restart")
             return
-        if self._restarting:
+        if any(worker.group == "restart" and worker.is_running for worker in self.workers):
             self.say("your engine is starting…")
             return
-        self._restarting = True
         self.say("starting your engine again…")
         self._restart_engine(self.task_pane.active)
 
@@ -441,7 +329,6 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self.post_message(EngineRestarted(model))
 
     def on_engine_restarted(self, message: EngineRestarted) -> None:
-        self._restarting = False
         if message.error is not None:
             self.say(f"{message.error} · {self._key('restart_engine')} tries again", error=True)
             return
@@ -449,13 +336,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
             self._show_model(message.model)
         waiting = len(self.session.waiting())
         self.say("your engine is running again" + (f": the queue goes on with {waiting} job(s)" if waiting else ""))
-        self._release_queue()
-
-    def _release_queue(self) -> None:
-        if self._held_queue:
-            self._held_queue = False
-            self.session.resume()
-            self.kick()
+        self.kick()
 
     # -- actions ------------------------------------------------------------------------------
 
@@ -497,25 +378,15 @@ class SpatioraApp(App[None], inherit_bindings=False):
             self.say(str(exc), error=True)
             return
         behind = self.session.running is not None or bool(self.session.waiting())
-        if axes:
-            try:
-                jobs = self.session.submit_sweep(request, axes)
-            except SweepError as exc:
-                self.say(f"sweep: {exc}", error=True)
-                return
-            shape = " x ".join(f"{len(a.values)} {a.title}" for a in axes)
-            what = f"a sweep of {len(jobs)} ({shape}; jobs {jobs[0].id}-{jobs[-1].id})"
-        else:
-            try:  # the check every front end's request goes through (engine/requests.py)
-                jobs = self.session.submit_batch(request, count) if count > 1 else [self.session.submit(request)]
-            except EngineError as exc:
-                self.say(str(exc), error=True)
-                return
-            what = f"a batch of {count} (jobs {jobs[0].id}-{jobs[-1].id})" if count > 1 else f"job {jobs[0].id}"
+        try:
+            jobs, what = submit_form(self.session, request, count, axes)
+        except EngineError as exc:
+            self.say(str(exc), error=True)
+            return
         if axes and not (behind or self.session.paused):
             self.say(f"{what}: the grid is saved when the last cell ends")
         if behind or self.session.paused:
-            where = _ordinal(self.session.position(jobs[0].id))
+            where = ordinal(self.session.position(jobs[0].id))
             paused = " — the queue is paused" if self.session.paused else ""
             self.say(f"queued {what}: {where} in the queue{paused} ({self._key('queue')} shows it)")
         self.kick()
@@ -541,15 +412,14 @@ class SpatioraApp(App[None], inherit_bindings=False):
             self.say("nothing to cancel: no generation is running")
 
     def action_next_task(self) -> None:
-        names = list(self._tasks)
+        names = [task.name for task in self.settings.tasks]
         self.request_switch(names[(names.index(self.chosen_task) + 1) % len(names)])
 
     def action_history(self) -> None:
         if isinstance(self.screen, HistoryScreen):
             self.pop_screen()
             return
-        made = {job.path for job in self.session.jobs() if job.path is not None} | self._sheets
-        self.push_screen(HistoryScreen(self.settings.output_dir, made, self._image_class), self._picked)
+        self.push_screen(HistoryScreen(self.settings.output_dir, self.session.made(), self._image_class), self._picked)
 
     def _picked(self, pick: Pick | None) -> None:
         if pick is None:
@@ -573,7 +443,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         except OutputError as exc:
             self.say(str(exc), error=True)
             return
-        if request.task not in self._tasks:
+        if request.task not in [task.name for task in self.settings.tasks]:
             notes.append(f"its task {request.task!r} is not in config.toml: it runs as {self.chosen_task}")
             request = dataclasses.replace(request, task=self.chosen_task)
         if request.task != self.chosen_task:
@@ -596,19 +466,15 @@ class SpatioraApp(App[None], inherit_bindings=False):
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        yield SystemCommand("Generate", f"Generate an image ({self._key('generate')})", self.action_generate)
-        yield SystemCommand(
-            "Cancel generation", f"Stop the running generation ({self._key('cancel')})", self.action_cancel
-        )
-        yield SystemCommand("Queue", f"See and steer the queued jobs ({self._key('queue')})", self.action_queue)
-        yield SystemCommand("Next task mode", f"Switch task ({self._key('next_task')})", self.action_next_task)
-        yield SystemCommand("History", f"Browse images ({self._key('history')})", self.action_history)
-        yield SystemCommand("Model", f"Pick the base model ({self._key('models')})", self.action_models)
-        for name in self._tasks:
+        for key in KEYS:
+            if key.command:
+                help_text = f"{key.tooltip} ({self._key(key.action)})"
+                yield SystemCommand(key.command, help_text, getattr(self, f"action_{key.action}"))
+        for task in self.settings.tasks:
             yield SystemCommand(
-                f"Task: {name}",
-                self._tasks[name].description or "switch task mode",
-                lambda name=name: self.request_switch(name),
+                f"Task: {task.name}",
+                task.description or "switch task mode",
+                lambda name=task.name: self.request_switch(name),
             )
 
     @on(Input.Submitted, "#prompt")
@@ -637,7 +503,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
             self.say(f"{name} is already the active task")
             return
         if name != self.chosen_task:
-            self.prompt_pane.fill_from_task(self._tasks[name])
+            self.prompt_pane.fill_from_task(self.settings.task(name))
         self._chosen = name
         self.session.request_switch(name)
         if self.session.busy:
@@ -650,29 +516,28 @@ class SpatioraApp(App[None], inherit_bindings=False):
         event = message.event
         if isinstance(event, events.JobStarted):
             self._job_started(event, message.painted)
-        elif isinstance(event, events.JobStepped):
-            self._job_stepped(event)
-        elif isinstance(event, events.JobFinished):
-            self._job_finished(event)
-        elif isinstance(event, events.JobFailed):
-            self._job_failed(event)
-        elif isinstance(event, events.GroupFinished):
-            self._group_finished(event)
-        elif isinstance(event, events.QueueChanged):
-            self._queue_changed()
-        elif isinstance(event, events.TaskSwitched):
-            self._task_switched(event)
-        elif isinstance(event, events.TaskSwitchFailed):
-            self._task_switch_failed(event)
-        elif isinstance(event, events.ImageSaved):
-            self._image_saved(event)
+            return
+        shows: dict[type, Callable[[Any], None]] = {
+            events.JobStepped: self._job_stepped,
+            events.JobFinished: self._job_finished,
+            events.JobFailed: self._job_failed,
+            events.GroupFinished: self._group_finished,
+            events.QueueChanged: self._queue_changed,
+            events.TaskSwitched: self._task_switched,
+            events.TaskSwitchFailed: self._task_switch_failed,
+            events.ImageSaved: self._image_saved,
+            events.ModelLoading: self._model_loading,
+            events.ModelReady: self._model_came,
+            events.ModelFailed: self._model_failed,
+        }
+        shows[type(event)](event)
 
     def _task_switched(self, message: events.TaskSwitched) -> None:
         switch = message.switch
         text = switch.summary()
         if switch.model_switch is not None:
             self._show_model(switch.model_switch.model)
-            if self._tasks[switch.task].model is not None:
+            if self.settings.task(switch.task).model is not None:
                 self.task_pane.record_load(switch.task, switch.model_switch.duration_ms)
             self.preview_pane.model_ready(
                 f"{switch.model_switch.model.name} ready: type a prompt, press Enter or {self._key('generate')}"
@@ -726,16 +591,11 @@ class SpatioraApp(App[None], inherit_bindings=False):
 
     def _job_started(self, message: events.JobStarted, painted: threading.Event) -> None:
         job = self.session.job(message.job_id)
-        task = self._tasks.get(job.task)
         self._running_job = job.id
         self._peaks_task = job.task
-        width = job.request.width or (task.width if task else 512)
-        height = job.request.height or (task.height if task else 512)
-        model = self.engine.model
-        note = ""
-        if model is not None and model.compiled and (width, height) not in self._compiled_sizes:
-            note = f"· the first image at {width}x{height} compiles the UNet first (once per size)"
-        self.preview_pane.started(message.steps, width, height, note)
+        size = f"{message.width}x{message.height}"
+        note = f"· the first image at {size} compiles the UNet first (once per size)" if message.compiles_first else ""
+        self.preview_pane.started(message.steps, message.width or 512, message.height or 512, note)
         label = f" · {job.label}" if job.label else ""
         waiting = len(self.session.waiting())
         more = f" · {waiting} waiting" if waiting else ""
@@ -769,23 +629,9 @@ class SpatioraApp(App[None], inherit_bindings=False):
         for warning in result.warnings:
             self.notify(markup_safe(warning), severity="warning", timeout=8)
         self.preview_pane.finished(result, saved)
-        if result.image is not None and result.model.compiled:
-            self._compiled_sizes.add((result.params.width, result.params.height))
-        if job.group and result.image is not None:
-            self._show_group(job, result.image)
-
-    def _show_group(self, job: Job, image: Image.Image) -> None:
-        """A batch's images so far as a grid in the preview pane, a sweep's as its labelled grid
-        (cells still to come in grey); the next job's previews take the pane back."""
-        images = self._group_images.setdefault(job.group, {})
-        thumb = image.copy()
-        thumb.thumbnail((256, 256))
-        images[job.cell or (len(images),)] = thumb
-        if job.axes:
-            cells: dict[tuple[int, ...], Image.Image | str] = dict(images)
-            self.preview_pane.show_sheet(sweep_grid(cells, job.axes, missing="to come"))
-        elif len(images) > 1:
-            self.preview_pane.show_sheet(contact_sheet(list(images.values())))
+        sheet = self._groups.add(job, result.image) if job.group and result.image is not None else None
+        if sheet is not None:  # a batch's images so far, or a sweep's grid: the next job's previews take over
+            self.preview_pane.show_sheet(sheet)
 
     def _queue_note(self) -> str:
         waiting = len(self.session.waiting())
@@ -800,15 +646,14 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self.say(f"{prefix} (job {message.job_id}, {message.task}): {message.error}", error=True)
 
     def _group_finished(self, message: events.GroupFinished) -> None:
-        self._group_images.pop(message.group, None)
+        self._groups.drop(message.group)
         if message.path is not None:
-            self._sheets.add(message.path)
             sheet = "grid" if message.group.startswith("sweep") else "contact sheet"
             self.say(f"{message.group} done: {sheet} {message.path}")
         else:
             self.say(f"{message.group} done: {message.error}")
 
-    def _queue_changed(self) -> None:
+    def _queue_changed(self, _event: events.QueueChanged) -> None:
         if isinstance(self.screen, QueueScreen):
             self.screen.refresh_jobs()
         if self._model_ready and isinstance(self.session, SessionMirror) and self.session.first_sight():
@@ -820,16 +665,8 @@ class SpatioraApp(App[None], inherit_bindings=False):
 
     def _engine_queue_note(self) -> str:
         """On coming to the user's engine: what its queue holds, and what ended meanwhile."""
-        jobs = self.session.jobs()
-        done = sum(job.state is JobState.DONE for job in jobs)
-        failed = sum(job.state is JobState.FAILED for job in jobs)
-        waiting = len(self.session.waiting())
-        running = self.session.running
-        parts = [f"job {running.id} running"] if running is not None else []
-        parts += [f"{waiting} waiting"] if waiting else []
-        parts += [f"{done} done"] if done else []
-        parts += [f"{failed} failed"] if failed else []
-        return f"your engine's queue: {', '.join(parts)} ({self._key('queue')} shows them)" if parts else ""
+        summary = queue_summary(self.session)
+        return f"your engine's queue: {summary} ({self._key('queue')} shows them)" if summary else ""
 
     def on_prompt_pane_controls_removed(self, message: PromptPane.ControlsRemoved) -> None:
         what = "negative prompt" if message.field == "negative" else "prompt"
@@ -844,25 +681,14 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self.push_screen(ResumeQueue(message.orphans), lambda choice: self._queue_choice(message.orphans, choice))
 
     def _queue_choice(self, orphans: list[Orphan], choice: str | None) -> None:
+        line, problems = settle(self.session, orphans, choice)
+        for problem in problems:
+            self.notify(markup_safe(problem), severity="warning", timeout=10)
         if choice == RESUME:
-            count, problems = self.session.adopt(orphans)
-            for problem in problems:
-                self.notify(markup_safe(problem), severity="warning", timeout=10)
-            self.say(f"resumed {count} job(s) from the earlier session ({self._key('queue')} shows them)")
+            self.say(f"{line} ({self._key('queue')} shows them)")
             self.kick()
-        elif choice == DISCARD:
-            kept = 0
-            for orphan in orphans:
-                if orphan.problems:
-                    orphan.release()  # not fully read: never deleted unseen
-                    kept += 1
-                else:
-                    orphan.remove()
-            self.say("discarded the earlier session's queue" + (f" ({kept} unreadable file(s) kept)" if kept else ""))
         else:
-            for orphan in orphans:
-                orphan.release()
-            self.say("the earlier session's queue is kept: it is offered again at the next start (or: spatiora queue)")
+            self.say(line)
 
     # -- saving again -------------------------------------------------------------------------
 
@@ -888,7 +714,6 @@ class SpatioraApp(App[None], inherit_bindings=False):
             )
             return
         self.refresh_bindings()
-        self._sheets.add(message.path)  # not a job's own path when saved again: listed all the same
         self.preview_pane.show_saved(f"saved {markup_safe(str(message.path))}")
         self.say(f"saved {message.path}" + (f" ({unsaved} still waiting)" if unsaved else ""))
 
@@ -922,9 +747,9 @@ class SpatioraApp(App[None], inherit_bindings=False):
         if event.worker.group == "session":
             self._job_ended()
             self.preview_pane.failed()
-        elif event.worker.group == "load" and self._model_switching:
-            self._model_switching = False
+        elif event.worker.group == "load":
             self._model_ready = self.engine.model is not None
+            self.refresh_bindings()
         self.say(f"unexpected error in {event.worker.group}: {text}", error=True)
 
     # -- hardware -----------------------------------------------------------------------------
@@ -932,7 +757,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
     def _sample_hardware(self) -> None:
         """The telemetry's own thread samples (fast while the engine works, slowly at rest);
         each snapshot comes here as a message."""
-        self._unsubscribe = self.telemetry.subscribe(lambda snap: self.post_message(HardwareSampled(snap)))
+        self._unwatch.append(self.telemetry.subscribe(lambda snap: self.post_message(HardwareSampled(snap))))
         self.telemetry.start()
         where = getattr(self.telemetry, "where", "")  # the engine's machine, when it is another
         if where:
@@ -942,8 +767,6 @@ class SpatioraApp(App[None], inherit_bindings=False):
         for unwatch in self._unwatch:
             unwatch()
         self.session.close()  # what waits stays in the queue file, offered at the next start
-        if self._unsubscribe is not None:
-            self._unsubscribe()
         self.telemetry.stop()
 
     def on_hardware_sampled(self, message: HardwareSampled) -> None:

@@ -11,45 +11,10 @@ from dataclasses import dataclass, field
 
 from textual.message import Message
 
-from spatiora_tui.engine.api import ModelInfo, ModelSwitch
+from spatiora_tui.engine.api import ModelInfo
 from spatiora_tui.hw import HardwareSnapshot
 from spatiora_tui.jobs import events
 from spatiora_tui.jobs.store import Orphan
-
-
-class ModelLoadProgressed(Message):
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.text = text
-
-
-class ModelLoaded(Message):
-    def __init__(self, model: ModelInfo) -> None:
-        super().__init__()
-        self.model = model
-
-
-class ModelLoadFailed(Message):
-    def __init__(self, error: str) -> None:
-        super().__init__()
-        self.error = error
-
-
-class ModelSwitched(Message):
-    """The base model was replaced (from the model picker)."""
-
-    def __init__(self, switch: ModelSwitch) -> None:
-        super().__init__()
-        self.switch = switch
-
-
-class ModelSwitchFailed(Message):
-    """Replacing the base model failed; `model` is what is loaded now (None: nothing)."""
-
-    def __init__(self, error: str, model: ModelInfo | None) -> None:
-        super().__init__()
-        self.error = error
-        self.model = model
 
 
 @dataclass
@@ -65,14 +30,6 @@ class EngineRestarted(Message):
 
     model: ModelInfo | None
     error: str | None = None
-
-
-@dataclass
-class ModelChosenElsewhere(Message):
-    """Another client of the shared engine (`by`) switched the model this window uses."""
-
-    model: ModelInfo
-    by: str
 
 
 @dataclass

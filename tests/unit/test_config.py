@@ -220,3 +220,15 @@ def test_the_shipped_config_lists_every_preview_method_beside_its_key() -> None:
     line = next(line for line in (REPO / "config.toml").read_text().splitlines() if line.startswith("method = "))
     listed = [name.strip() for name in line.split("#", 1)[1].split("|")]
     assert sorted(listed) == sorted(method_names())
+
+
+def test_the_apps_key_table_and_the_keys_section_name_the_same_actions_and_defaults() -> None:
+    import dataclasses
+
+    from spatiora_tui.config import KeySettings
+    from spatiora_tui.ui.app import SpatioraApp
+    from spatiora_tui.ui.keys import KEYS
+
+    defaults = {f.name: f.default for f in dataclasses.fields(KeySettings)}
+    assert {key.action: key.key for key in KEYS} == defaults
+    assert all(callable(getattr(SpatioraApp, f"action_{key.action}", None)) for key in KEYS)

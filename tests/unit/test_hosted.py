@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from spatiora_tui.jobs.events import JobStepped
+from spatiora_tui.jobs.events import JobStarted, JobStepped
 from spatiora_tui.jobs.job import JobState
 from spatiora_tui.jobs.session import Session
 from spatiora_tui.jobs.store import QueueStore
@@ -246,3 +246,27 @@ def test_a_paused_queue_keeps_the_engine_busy_so_it_does_not_exit_idle(hosted) -
     assert hub.busy(), "a job waits (paused): the queue is not empty"
     session.cancel_all()
     assert not hub.busy()
+
+
+def test_a_watcher_is_told_the_size_a_job_draws_at_and_that_a_compiled_unet_compiles_first(tmp_path: Path) -> None:
+    settings = small_settings(tmp_path)
+    engine = FakeEngine(settings, compiled="max-autotune-no-cudagraphs")
+    engine.load()
+    hub = Hub(engine)
+    hub.host(Session(engine, settings))
+    try:
+        window = Client(hub, "window")
+        window.ask({"type": "session.watch", "preview_side": 0})
+        for width in (64, 64, 96):
+            window.ask({"type": "session.submit", "request": {**request(), "width": width, "height": 64}})
+        starts = []
+        for _ in range(3):
+            news = read_news(window.until("started"), b"")
+            starts += [event for event in news if isinstance(event, JobStarted)]
+        assert [(e.width, e.height, e.compiles_first) for e in starts] == [
+            (64, 64, True),
+            (64, 64, False),
+            (96, 64, True),
+        ]
+    finally:
+        hub.close()

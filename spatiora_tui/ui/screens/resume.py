@@ -12,6 +12,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from spatiora_tui.jobs.store import Orphan
+from spatiora_tui.jobs.view import Queue
 from spatiora_tui.ui.text import markup_safe
 
 #: What the user chose: run them in this session, leave them in place, or delete them.
@@ -57,3 +58,24 @@ class ResumeQueue(ModalScreen[str]):
 
     def action_choose(self, choice: str) -> None:
         self.dismiss(choice)
+
+
+def settle(queue: Queue, orphans: list[Orphan], choice: str | None) -> tuple[str, list[str]]:
+    """Do what the user chose for the queues sessions that ended left behind: adopt them into
+    `queue`, delete them (a file not fully read is kept: never deleted unseen), or leave them for
+    the next start. The line that says what was done, and notes on what could not be read."""
+    if choice == RESUME:
+        count, problems = queue.adopt(orphans)
+        return f"resumed {count} job(s) from the earlier session", problems
+    if choice == DISCARD:
+        kept = 0
+        for orphan in orphans:
+            if orphan.problems:
+                orphan.release()
+                kept += 1
+            else:
+                orphan.remove()
+        return "discarded the earlier session's queue" + (f" ({kept} unreadable file(s) kept)" if kept else ""), []
+    for orphan in orphans:
+        orphan.release()
+    return "the earlier session's queue is kept: it is offered again at the next start (or: spatiora queue)", []

@@ -1,0 +1,51 @@
+"""The application's keys: one table gives each action its default key, its footer label, its
+tooltip and its entry in the command palette. config.toml's `[keys]` remaps them by the same
+names (config.py's KeySettings, whose defaults are the same keys)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.binding import Binding, BindingType
+
+
+@dataclass(frozen=True)
+class Key:
+    action: str  # also the binding's id and its [keys] name
+    key: str
+    label: str  # in the footer
+    tooltip: str
+    command: str = ""  # its title in the command palette ("" for none)
+    # A priority binding acts before the focused widget sees the key. Generate and cancel are
+    # not: their key then reaches the focused field's queue behind the characters typed before
+    # it, so a fast typist (or an SSH burst) generates with all of them.
+    priority: bool = True
+
+
+KEYS = (
+    Key("generate", "ctrl+g", "Generate", "Generate with the prompt pane's settings", "Generate", priority=False),
+    Key("cancel", "escape", "Cancel", "Cancel the running generation", "Cancel generation", priority=False),
+    Key("queue", "ctrl+r", "Queue", "See the queued jobs: move, cancel, retry, pause and resume them", "Queue"),
+    Key("next_task", "ctrl+t", "Next task", "Switch to the next task mode", "Next task mode"),
+    Key("history", "ctrl+o", "History", "Browse the images", "History"),
+    Key("save", "ctrl+s", "Save again", "Save every image whose save failed again (shown when one did)"),
+    Key("models", "ctrl+l", "Model", "Pick the base model from the checkpoints in your folders", "Model"),
+    Key(
+        "restart_engine",
+        "ctrl+n",
+        "Restart engine",
+        "Start your engine again, or reconnect to it, after it stopped (shown while it is down)",
+    ),
+    Key("quit", "ctrl+q", "Quit", "Quit Spatiora"),
+)
+
+#: Binding ids, which are also the [keys] names in config.toml.
+KEY_ACTIONS = tuple(key.action for key in KEYS)
+
+
+def bindings() -> list[BindingType]:
+    """The App's bindings, from the table (ctrl+c, Textual's own, says how to quit)."""
+    table: list[BindingType] = [
+        Binding(k.key, k.action, k.label, id=k.action, priority=k.priority, tooltip=k.tooltip) for k in KEYS
+    ]
+    return [*table, Binding("ctrl+c", "help_quit", show=False, system=True)]
