@@ -74,6 +74,9 @@ class Job:
     #: (numbered in a group).
     output_dir: Path | None = None
     output_name: str | None = None
+    #: Who queued it, when another client of the user's engine did: its label ("spatiora
+    #: generate on /dev/pts/3"); "" for the window or command that runs the session itself.
+    by: str = ""
 
     @property
     def task(self) -> str:
@@ -92,6 +95,8 @@ class Job:
         }
         if self.axes:
             record["axes"] = [[title, list(labels)] for title, labels in self.axes]
+        if self.by:
+            record["by"] = self.by
         if self.output_dir is not None:
             record["output_dir"] = str(self.output_dir)
             if self.output_name is not None:
@@ -138,6 +143,7 @@ class Job:
             path=Path(path) if path else None,
             output_dir=Path(output_dir) if output_dir else None,
             output_name=output_name if output_dir else None,
+            by=str(record.get("by") or ""),
         )
 
     def to_view(self) -> dict[str, Any]:

@@ -185,17 +185,19 @@ class Session:
         group: str = "",
         label: str = "",
         output: Output = None,
+        by: str = "",
     ) -> Job:
         """Queue one job at the end (paused when the queue is). EngineError, before anything is
         queued, for a request no engine would run (engine/requests.py: every front end's check).
-        `output`: (folder, file stem or None) to save it in, instead of the session's folder."""
+        `output`: (folder, file stem or None) to save it in, instead of the session's folder;
+        `by`: who queued it, when another client of the user's engine did (Job.by)."""
         check_request(self.settings, request)
         with self._lock:
-            job = self._add(request, kind=kind, group=group, label=label, output=output)
+            job = self._add(request, kind=kind, group=group, label=label, output=output, by=by)
             self._changed()
             return job
 
-    def submit_batch(self, request: GenerationRequest, count: int, output: Output = None) -> list[Job]:
+    def submit_batch(self, request: GenerationRequest, count: int, output: Output = None, by: str = "") -> list[Job]:
         """Queue `count` jobs with seeds s, s+1, ... (s: the request's seed, else a random one);
         with more than one, they form a group whose contact sheet is saved once all have ended."""
         if not 1 <= count <= MAX_BATCH:
@@ -204,7 +206,7 @@ class Session:
         low, high = SEED_RANGE
         first = request.seed if request.seed is not None else random_seed()
         if count == 1:
-            return [self.submit(dataclasses.replace(request, seed=first), output=output)]
+            return [self.submit(dataclasses.replace(request, seed=first), output=output, by=by)]
         seeds = [low + (first - low + i) % (high - low + 1) for i in range(count)]  # wrapping at the top
         return self._add_group(
             JobKind.BATCH,
@@ -213,9 +215,10 @@ class Session:
                 for i, seed in enumerate(seeds)
             ],
             output=output,
+            by=by,
         )
 
-    def submit_sweep(self, base: GenerationRequest, axes: list[Axis], output: Output = None) -> list[Job]:
+    def submit_sweep(self, base: GenerationRequest, axes: list[Axis], output: Output = None, by: str = "") -> list[Job]:
         """Queue the cells of an X/Y/Z sweep (see jobs/sweep.py) as one group, whose labelled
         grid is saved once all have ended. Every cell is checked as the engine will check it
         before any is queued: SweepError names the first that cannot run."""
@@ -224,7 +227,7 @@ class Session:
         cells = checked_cells(self.settings, base, axes)
         titles = tuple((axis.title, tuple(axis.label(i) for i in range(len(axis.values)))) for axis in axes)
         members = [(cell.request, cell.label, cell.index) for cell in cells]
-        return self._add_group(JobKind.SWEEP, members, titles, output)
+        return self._add_group(JobKind.SWEEP, members, titles, output, by)
 
     def _add_group(
         self,
@@ -232,6 +235,7 @@ class Session:
         members: list[tuple[GenerationRequest, str, tuple[int, ...]]],
         axes: tuple[tuple[str, tuple[str, ...]], ...] = (),
         output: Output = None,
+        by: str = "",
     ) -> list[Job]:
         """Queue a batch's or a sweep's jobs, (request, label, sweep cell) each, as one group."""
         with self._lock:
@@ -240,7 +244,7 @@ class Session:
                 name = f"{kind.value}-{next(self._groups_made)}"
             group = Group(name, kind, [], axes)
             jobs = [
-                self._add(request, kind=kind, group=group.id, label=label, cell=cell, axes=axes, output=output)
+                self._add(request, kind=kind, group=group.id, label=label, cell=cell, axes=axes, output=output, by=by)
                 for request, label, cell in members
             ]
             group.job_ids.extend(job.id for job in jobs)
@@ -258,9 +262,10 @@ class Session:
         cell: tuple[int, ...] = (),
         axes: tuple[tuple[str, tuple[str, ...]], ...] = (),
         output: Output = None,
+        by: str = "",
     ) -> Job:
         """A new job with the next id, queued at the end."""
-        job = Job(next(self._ids), request, kind=kind, group=group, label=label, cell=cell, axes=axes)
+        job = Job(next(self._ids), request, kind=kind, group=group, label=label, cell=cell, axes=axes, by=by)
         if output is not None:
             job.output_dir, job.output_name = output
         return self._keep(job)
@@ -332,6 +337,7 @@ class Session:
                 cell=job.cell,
                 axes=job.axes,
                 output=output,
+                by=job.by,
             )
             job.retried_as = again.id
             group = self._groups.get(job.group)

@@ -36,6 +36,9 @@ from spatiora_tui.remote.wire import PREVIEW_FORMATS, WireError, decode_as, enco
 class Connection(Protocol):
     """A client of the hub (remote/server.py's Connection), as far as this module needs one."""
 
+    #: How the other clients are told of it ("spatiora generate on /dev/pts/3").
+    label: str
+
     def answer(self, message: dict[str, Any], blob: bytes = b"") -> None:
         """Send a frame to the client (ignored once it is gone)."""
 
@@ -128,7 +131,7 @@ class HostedSession:
         if kind == "jobs":
             return self.snapshot()
         if kind == "submit":
-            jobs = self._submit(message)
+            jobs = self._submit(message, connection.label)
             return {"jobs": [job.id for job in jobs], "views": [job.to_view() for job in jobs]}
         if kind == "save_again":
             saved: list[dict[str, Any]] = []
@@ -175,7 +178,7 @@ class HostedSession:
         with self._lock:
             self._watchers[connection] = Watch(side, fmt, bool(message.get("images")))
 
-    def _submit(self, message: dict[str, Any]) -> list[Job]:
+    def _submit(self, message: dict[str, Any], by: str) -> list[Job]:
         try:
             request = decode_as(GenerationRequest, message.get("request"))
         except (WireError, TypeError, ValueError, RecursionError) as exc:
@@ -196,9 +199,9 @@ class HostedSession:
             output = (Path(folder), name)
         try:
             if sweep is not None:
-                jobs = self.session.submit_sweep(request, read_axes(sweep), output)
+                jobs = self.session.submit_sweep(request, read_axes(sweep), output, by)
             else:
-                jobs = self.session.submit_batch(request, count, output)
+                jobs = self.session.submit_batch(request, count, output, by)
         except (EngineError, SweepError) as exc:
             raise Refusal(str(exc)) from None
         self._kick()

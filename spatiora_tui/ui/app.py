@@ -27,6 +27,7 @@ from spatiora_tui.engine.init_image import DEFAULT_STRENGTH
 from spatiora_tui.hw import HardwareFeed, Telemetry, process_age_s
 from spatiora_tui.jobs import events
 from spatiora_tui.jobs.events import SessionEvent
+from spatiora_tui.jobs.job import Job
 from spatiora_tui.jobs.session import Session
 from spatiora_tui.jobs.sheets import GroupSheets
 from spatiora_tui.jobs.store import Orphan, QueueStore
@@ -108,7 +109,9 @@ class SpatioraApp(App[None], inherit_bindings=False):
             draw_image=lambda image: self.preview_pane.show_image(image),
             draw_sample=self._show_sample,
         )
-        self._quit_asked = False  # a first quit with unsaved images only warns
+        #: What a second press of the same key confirms: "quit" (with images not saved), or
+        #: "cancel N" (job N, which another window or command queued).
+        self._confirm: str | None = None
         self._exit_after_first_frame = exit_after_first_frame
         self._unwatch: list[Callable[[], None]] = []  # the engine's and telemetry's listeners, removed at exit
         #: Seconds from process start to the first frame (set when it is drawn).
@@ -402,8 +405,19 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self._frame_timer.resume()
         painted.set()
 
+    def _others(self, job: Job) -> str:
+        """Who queued `job`, when it was not this window: another window or command on the
+        user's engine ("" for this window's own)."""
+        return job.by if job.by and (self._linked is None or job.by != self._linked.label) else ""
+
     def action_cancel(self) -> None:
         running = self.session.running
+        others = self._others(running) if running is not None else ""
+        if running is not None and others and self._confirm != f"cancel {running.id}":
+            self._confirm = f"cancel {running.id}"  # one key does not stop another shell's work unasked
+            self.say(f"job {running.id} was queued by {others}: {self._key('cancel')} again cancels it")
+            return
+        self._confirm = None
         if running is not None and self.session.cancel(running.id):
             waiting = len(self.session.waiting())
             more = f"; {waiting} job(s) still wait ({self._key('queue')} to see them)" if waiting else ""
@@ -597,9 +611,10 @@ class SpatioraApp(App[None], inherit_bindings=False):
         note = f"· the first image at {size} compiles the UNet first (once per size)" if message.compiles_first else ""
         self.preview_pane.started(message.steps, message.width or 512, message.height or 512, note)
         label = f" · {job.label}" if job.label else ""
+        by = f" · queued by {self._others(job)}" if self._others(job) else ""
         waiting = len(self.session.waiting())
         more = f" · {waiting} waiting" if waiting else ""
-        self.say(f"generating job {job.id} ({job.task}{label})…{more} · {self._key('cancel')} cancels")
+        self.say(f"generating job {job.id} ({job.task}{label}{by})…{more} · {self._key('cancel')} cancels")
         self.call_after_refresh(self._begin_generation, painted)
 
     def _job_stepped(self, message: events.JobStepped) -> None:
@@ -721,8 +736,8 @@ class SpatioraApp(App[None], inherit_bindings=False):
         """Quit; with images that could not be saved, the first quit only says so. Queued jobs
         are kept in the queue file and offered at the next start."""
         unsaved = len(self.session.unsaved)
-        if unsaved and not self._quit_asked:
-            self._quit_asked = True
+        if unsaved and self._confirm != "quit":
+            self._confirm = "quit"
             self.say(
                 f"{unsaved} image(s) are not saved: {self._key('save')} saves them, "
                 f"{self._key('quit')} again quits and loses them",

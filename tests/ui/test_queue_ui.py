@@ -239,3 +239,29 @@ async def test_quitting_with_jobs_waiting_keeps_them_for_the_next_start(make) ->
     (path,) = queue_dir().glob("queue-*.json")
     kept = [job["request"]["prompt"] for job in json.loads(path.read_text())["jobs"]]
     assert kept == ["running", "waiting"], "the interrupted job runs again, the waiting one too"
+
+
+async def test_escape_on_a_job_another_shell_queued_asks_first_then_cancels_it(make) -> None:
+    gate = threading.Event()
+    app, engine = make(gate=gate)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        # As the user's engine records a job a command in another shell queued.
+        app.session.submit(
+            GenerationRequest(prompt="a batch from a script", task="interior"), by="spatiora generate on /dev/pts/3"
+        )
+        app.kick()
+        assert await asyncio.to_thread(engine.at_gate.wait, 5)
+        await pilot.pause()
+        assert "queued by spatiora generate on /dev/pts/3" in status(app)
+        await pilot.press("escape")
+        assert "job 1 was queued by spatiora generate on /dev/pts/3: escape again cancels it" in status(app)
+        assert app.session.job(1).state is JobState.RUNNING, "one key does not stop another shell's work"
+        await pilot.press("escape")
+        assert "cancelling" in status(app)
+        gate.set()
+        await settle(app, pilot)
+        assert app.session.job(1).state is JobState.CANCELLED
+        app.action_queue()
+        await pilot.pause()
+        assert any("spatiora generate on /dev/pts/3" in cell for row in rows(app) for cell in row)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from spatiora_tui.jobs.events import JobStarted, JobStepped
-from spatiora_tui.jobs.job import JobState
+from spatiora_tui.jobs.job import Job, JobState
 from spatiora_tui.jobs.session import Session
 from spatiora_tui.jobs.store import QueueStore
 from spatiora_tui.remote.hosted import QueueShown, read_news
@@ -270,3 +270,19 @@ def test_a_watcher_is_told_the_size_a_job_draws_at_and_that_a_compiled_unet_comp
         ]
     finally:
         hub.close()
+
+
+def test_each_job_says_who_queued_it_and_keeps_it_in_the_queue_file_and_on_retry(hosted) -> None:
+    hub, engine, gate, session = hosted
+    command = Client(hub, "spatiora generate on /dev/pts/3")
+    ids = command.ask({"type": "session.submit", "request": request(), "count": 2})["jobs"]
+    (shown,) = read_news(command.ask({"type": "session.jobs"}) | {"what": "jobs"}, b"")
+    assert isinstance(shown, QueueShown)
+    assert [job.by for job in shown.jobs if job.id in ids] == ["spatiora generate on /dev/pts/3"] * 2
+    job = session.job(ids[0])
+    assert Job.from_record(job.to_record(), 99).by == "spatiora generate on /dev/pts/3"
+    assert engine.at_gate.wait(5), "the first job runs; the second waits"
+    assert session.cancel(ids[1])
+    again = session.retry(ids[1])
+    assert again is not None and again.by == "spatiora generate on /dev/pts/3"
+    gate.set()

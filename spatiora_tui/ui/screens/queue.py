@@ -112,6 +112,8 @@ class QueueScreen(Screen[None]):
         prompt = Text(clip(job.request.prompt, PROMPT_WIDTH))
         if job.label:
             prompt.append(f" ({job.label})", style="dim")
+        if job.by:  # who queued it, on the user's engine (a window, or a command in a shell)
+            prompt.append(f" · {job.by}", style="dim italic")
         return (
             str(job.id),
             Text(job.state.value, style=_STATE_STYLE[job.state]),
