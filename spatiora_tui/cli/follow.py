@@ -139,7 +139,9 @@ class EngineBatch:
         if job.id in self._told or not job.state.ended:
             return
         if job.state is JobState.CANCELLED and job.started is None:
-            self._told.add(job.id)  # cancelled while it waited: nothing to print
+            self._told.add(job.id)  # cancelled while it waited: said only when another client did
+            if job.cancelled_by:
+                print(f"  job {job.id}: cancelled by {job.cancelled_by} before it started", file=sys.stderr)
         elif job.state is JobState.FAILED and job.started is None:
             self._told.add(job.id)  # failed as the engine died: the engine taking up its queue says so
             self.report(events.JobFailed(job.id, job.task, job.error or "failed", job.out_of_memory))

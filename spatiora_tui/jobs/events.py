@@ -47,6 +47,8 @@ class JobFinished:
     result: GenerationResult
     path: Path | None
     save_error: str | None = None
+    #: For a cancelled job: who cancelled it, when another client of the user's engine did.
+    cancelled_by: str = ""
 
 
 @dataclass(frozen=True)

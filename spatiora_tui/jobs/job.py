@@ -77,6 +77,8 @@ class Job:
     #: Who queued it, when another client of the user's engine did: its label ("spatiora
     #: generate on /dev/pts/3"); "" for the window or command that runs the session itself.
     by: str = ""
+    #: Who cancelled it, when another client of the user's engine did (its label); "" else.
+    cancelled_by: str = ""
 
     @property
     def task(self) -> str:
@@ -161,6 +163,7 @@ class Job:
             "retried_as": self.retried_as,
             "out_of_memory": self.out_of_memory,
             "seconds_per_step": self.seconds_per_step,
+            "cancelled_by": self.cancelled_by,
         }
 
     @classmethod
@@ -179,6 +182,7 @@ class Job:
         job.retried_as = int(retried) if retried is not None else None
         job.out_of_memory = bool(view.get("out_of_memory"))
         job.seconds_per_step = _number(view.get("seconds_per_step"))
+        job.cancelled_by = str(view.get("cancelled_by") or "")
         return job
 
 

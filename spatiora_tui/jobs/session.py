@@ -280,9 +280,10 @@ class Session:
             self._waiting.append(job.id)
         return job
 
-    def cancel(self, job_id: int) -> bool:
+    def cancel(self, job_id: int, by: str = "") -> bool:
         """Cancel a waiting job, or stop the running one within one step; a failed job kept for
-        a retry is let go. False when it has already ended."""
+        a retry is let go. False when it has already ended. `by`: who asked, when another client
+        of the user's engine did (Job.cancelled_by, when it is not the one who queued it)."""
         with self._lock:
             job = self._jobs.get(job_id)
             if job is not None and job.state is JobState.FAILED and job.retried_as is None and not job.dismissed:
@@ -291,6 +292,7 @@ class Session:
                 return True
             if job is None or job.state.ended:
                 return False
+            job.cancelled_by = by if by != job.by else ""
             if job.state is JobState.RUNNING:
                 self._cancel_asked = job.id  # by the user: it ends cancelled even if we close now
                 self._cancel.set()
@@ -551,7 +553,7 @@ class Session:
                 return  # stopped by close(): the queue file keeps it as it was, to run again
             self._end(job, JobState.CANCELLED if result.cancelled or result.image is None else JobState.DONE)
             self._changed()
-        emit(JobFinished(job.id, result, path, error))
+        emit(JobFinished(job.id, result, path, error, job.cancelled_by if result.cancelled else ""))
         emit(QueueChanged())
         self._finish_group(job, emit)
 

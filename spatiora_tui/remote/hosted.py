@@ -142,7 +142,7 @@ class HostedSession:
             if not isinstance(job_id, int) or isinstance(job_id, bool):
                 raise Refusal(f"session.{kind} needs a job number")
             if kind == "cancel":
-                return {"done": session.cancel(job_id)}
+                return {"done": session.cancel(job_id, by=connection.label)}
             if kind == "move":
                 delta = message.get("delta")
                 if not isinstance(delta, int) or isinstance(delta, bool):
@@ -244,7 +244,8 @@ class HostedSession:
             if event.path is not None:
                 ended = f"saved {event.path}"
             elif result.cancelled:
-                ended = f"cancelled after {result.steps_done} steps"
+                by = f" by {event.cancelled_by}" if event.cancelled_by else ""
+                ended = f"cancelled{by} after {result.steps_done} steps"
             else:
                 ended = f"not saved: {event.save_error}"
             self._log(f"job {event.job_id}: {ended}")
@@ -305,6 +306,7 @@ class HostedSession:
                 "result": encode(dataclasses.replace(result, image=None)),
                 "path": str(event.path) if event.path is not None else None,
                 "save_error": event.save_error,
+                "cancelled_by": event.cancelled_by,
                 "view": self._view(event.job_id),
             }
 
@@ -381,7 +383,7 @@ def _read_event(frame: dict[str, Any], blob: bytes) -> SessionNews | None:
         if blob:
             result = dataclasses.replace(result, image=image_from(blob))
         path = Path(frame["path"]) if frame.get("path") else None
-        return events.JobFinished(job, result, path, frame.get("save_error"))
+        return events.JobFinished(job, result, path, frame.get("save_error"), str(frame.get("cancelled_by") or ""))
     if what == "failed":
         return events.JobFailed(job, str(frame["task"]), str(frame["error"]), bool(frame.get("oom")))
     if what == "switched":

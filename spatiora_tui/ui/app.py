@@ -633,7 +633,8 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self.prompt_pane.show_last_seed(result.params.seed)
         if result.cancelled:
             saved = "cancelled: nothing saved"
-            self.say(f"job {job.id} cancelled after {result.steps_done} steps; nothing saved")
+            by = f" by {message.cancelled_by}" if message.cancelled_by else ""
+            self.say(f"job {job.id} cancelled{by} after {result.steps_done} steps; nothing saved")
         elif message.path is not None:
             saved = f"saved {markup_safe(str(message.path))}"
             self.say(f"saved {message.path}" + self._queue_note())

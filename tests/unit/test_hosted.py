@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from spatiora_tui.jobs.events import JobStarted, JobStepped
+from spatiora_tui.jobs.events import JobFinished, JobStarted, JobStepped
 from spatiora_tui.jobs.job import Job, JobState
 from spatiora_tui.jobs.session import Session
 from spatiora_tui.jobs.store import QueueStore
@@ -286,3 +286,21 @@ def test_each_job_says_who_queued_it_and_keeps_it_in_the_queue_file_and_on_retry
     again = session.retry(ids[1])
     assert again is not None and again.by == "spatiora generate on /dev/pts/3"
     gate.set()
+
+
+def test_a_job_another_client_cancels_says_who_to_the_one_that_queued_it(hosted) -> None:
+    hub, engine, gate, session = hosted
+    command, window = Client(hub, "spatiora generate on /dev/pts/3"), Client(hub, "spatiora on /dev/pts/7")
+    command.ask({"type": "session.watch", "preview_side": 0})
+    first, second, third = command.ask({"type": "session.submit", "request": request(), "count": 3})["jobs"]
+    assert engine.at_gate.wait(5)
+    assert window.ask({"type": "session.cancel", "job": second})["done"], "a waiting one"
+    assert window.ask({"type": "session.cancel", "job": first})["done"], "the running one"
+    assert command.ask({"type": "session.cancel", "job": third})["done"], "its own"
+    gate.set()
+    finished = command.until("finished", lambda frame: frame["job"] == first)
+    assert finished["cancelled_by"] == "spatiora on /dev/pts/7"
+    (_, event) = read_news(finished, b"")
+    assert isinstance(event, JobFinished) and event.cancelled_by == "spatiora on /dev/pts/7"
+    assert session.job(second).cancelled_by == "spatiora on /dev/pts/7"
+    assert session.job(third).cancelled_by == "", "a client cancelling its own job is not news"
