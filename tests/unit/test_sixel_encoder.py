@@ -1,0 +1,115 @@
+"""The numpy sixel encoder (ui/sixel_encoder.py): its output, decoded here by a plain reading of
+the sixel format, is the quantized image pixel for pixel, with its palette, for pictures of
+every kind and size (noise, gradients, one colour, sizes off the six-pixel band, transparency);
+and it quantizes as textual-image does, so the colours on screen are the same."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+from textual_image import _sixel as textual_sixel
+
+from spatiora_tui.ui.sixel_encoder import encode, quantize
+
+
+def decode(data: bytes) -> tuple[np.ndarray, dict[int, tuple[int, int, int]]]:
+    """A sixel sequence's pixels (palette indices; -1 where none is set) and its colours."""
+    assert data.startswith(b"\x1bP") and data.endswith(b"\x1b\\")
+    body = data[data.index(b"q") + 1 : -2]
+    raster = re.match(rb'"1;1;(\d+);(\d+)', body)
+    assert raster is not None, "raster attributes: 1:1 pixels, width and height"
+    width, height = int(raster[1]), int(raster[2])
+    body = body[raster.end() :]
+    palette: dict[int, tuple[int, int, int]] = {}
+    pixels = np.full((height + 6, width + 1), -1, dtype=np.int64)
+    at = x = band = 0
+    colour = -1
+    while at < len(body):
+        byte = body[at : at + 1]
+        if byte == b"#":
+            match = re.match(rb"#(\d+)(;2;(\d+);(\d+);(\d+))?", body[at:])
+            assert match is not None
+            if match[2]:
+                palette[int(match[1])] = (int(match[3]), int(match[4]), int(match[5]))
+            else:
+                colour = int(match[1])
+            at += match.end()
+            continue
+        if byte in (b"$", b"-"):
+            x, band = 0, band + (byte == b"-")
+            at += 1
+            continue
+        repeat = 1
+        if byte == b"!":
+            match = re.match(rb"!(\d+)", body[at:])
+            assert match is not None
+            repeat, at = int(match[1]), at + match.end()
+            byte = body[at : at + 1]
+        sixel = byte[0] - 0x3F
+        assert 0 <= sixel < 64 and colour in palette and x + repeat <= width
+        for bit in range(6):
+            if sixel >> bit & 1:
+                pixels[band * 6 + bit, x : x + repeat] = colour
+        x += repeat
+        at += 1
+    assert (pixels[height:] == -1).all(), "nothing drawn below the image"
+    return pixels[:height, :width], palette
+
+
+def picture(kind: str, width: int, height: int) -> Image.Image:
+    rng = np.random.default_rng(7)
+    y, x = np.mgrid[0:height, 0:width]
+    if kind == "noise":
+        return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    if kind == "gradient":
+        return Image.fromarray(
+            np.stack([x * 255 // max(width, 1), y * 255 // max(height, 1), (x + y) % 256], -1).astype(np.uint8)
+        )
+    if kind == "flat":
+        return Image.new("RGB", (width, height), (200, 40, 90))
+    # runs of one colour longer than 9, 99 and 999 columns, for the repeat counts' digits
+    stripes = np.where(x < width // 2, 0, 255).astype(np.uint8)
+    return Image.fromarray(np.stack([stripes, 255 - stripes, stripes], -1))
+
+
+@pytest.mark.parametrize(
+    "kind, width, height",
+    [
+        ("noise", 64, 48),
+        ("noise", 37, 13),  # not a whole number of bands
+        ("gradient", 256, 256),
+        ("gradient", 1, 1),
+        ("flat", 50, 7),
+        ("stripes", 2400, 6),
+    ],
+)
+def test_the_output_is_the_quantized_image_pixel_for_pixel(kind: str, width: int, height: int) -> None:
+    image = picture(kind, width, height)
+    quantized = quantize(image)
+    pixels, palette = decode(encode(image))
+    assert (pixels == np.asarray(quantized)).all()
+    rgb = quantized.getpalette() or []
+    for index, percent in palette.items():
+        assert percent == tuple((value * 100 + 127) // 255 for value in rgb[3 * index : 3 * index + 3])
+
+
+def test_it_quantizes_as_textual_image_does_so_the_colours_on_screen_are_the_same() -> None:
+    image = picture("noise", 96, 64)
+    ours = np.asarray(quantize(image).convert("RGB"))
+    theirs = textual_sixel._prepare_image(image, textual_sixel.SixelOptions(), (0, 0, 0, 1.0))
+    assert (ours == np.asarray(theirs.convert("RGB"))).all()
+
+
+def test_transparency_is_drawn_over_the_background() -> None:
+    image = Image.new("RGBA", (12, 12), (255, 0, 0, 0))
+    pixels, palette = decode(encode(image, background=(0, 0, 255)))
+    (colour,) = set(pixels.ravel().tolist())
+    assert palette[colour] == (0, 0, 100)
+
+
+def test_fewer_colours_when_asked() -> None:
+    _, palette = decode(encode(picture("noise", 64, 64), colors=16))
+    assert len(palette) <= 16
