@@ -377,8 +377,7 @@ class BatchReport:
                 print(event.path)
                 print(f"  seed {event.result.params.seed} · saved {event.path}", file=sys.stderr)
             elif event.result.cancelled:
-                by = f" by {event.cancelled_by}" if event.cancelled_by else ""
-                print(f"  cancelled{by} after {event.result.steps_done} steps; nothing saved", file=sys.stderr)
+                print(f"  {event.cancelled_words()}; nothing saved", file=sys.stderr)
             else:
                 print(f"  not saved: {event.save_error}", file=sys.stderr)
         elif isinstance(event, events.JobFailed):

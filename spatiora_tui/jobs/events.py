@@ -50,6 +50,11 @@ class JobFinished:
     #: For a cancelled job: who cancelled it, when another client of the user's engine did.
     cancelled_by: str = ""
 
+    def cancelled_words(self) -> str:
+        """How a cancelled job ended, e.g. "cancelled by spatiora on /dev/pts/7 after 43 steps"."""
+        by = f" by {self.cancelled_by}" if self.cancelled_by else ""
+        return f"cancelled{by} after {self.result.steps_done} steps"
+
 
 @dataclass(frozen=True)
 class JobFailed:

@@ -101,7 +101,6 @@ class Session:
         self._closing = False
         self._cancel_asked: int | None = None  # the running job the user cancelled
         self._unsaved: list[GenerationResult] = []
-        self._saved_again: set[Path] = set()
         #: With a compiled UNet: the model, and the sizes it has drawn at since it was loaded.
         self._compiled: tuple[str, set[tuple[int, int]]] = ("", set())
         self._seconds_per_step: float | None = None
@@ -153,7 +152,7 @@ class Session:
         """The files this queue's jobs made: their images (saved, or saved again) and sheets."""
         with self._lock:
             sheets = {group.sheet for group in self._groups.values() if group.sheet is not None}
-            return sheets | self._saved_again | {job.path for job in self._jobs.values() if job.path is not None}
+            return sheets | {job.path for job in self._jobs.values() if job.path is not None}  # saved again too
 
     def group(self, group_id: str) -> Group:
         with self._lock:
@@ -647,7 +646,6 @@ class Session:
             if path is not None:
                 with self._lock:
                     self._unsaved.remove(result)
-                    self._saved_again.add(path)
                     for job in self._jobs.values():
                         if job.result is result:
                             job.path, job.error = path, None

@@ -244,8 +244,7 @@ class HostedSession:
             if event.path is not None:
                 ended = f"saved {event.path}"
             elif result.cancelled:
-                by = f" by {event.cancelled_by}" if event.cancelled_by else ""
-                ended = f"cancelled{by} after {result.steps_done} steps"
+                ended = event.cancelled_words()
             else:
                 ended = f"not saved: {event.save_error}"
             self._log(f"job {event.job_id}: {ended}")

@@ -58,6 +58,21 @@ from spatiora_tui.ui.widgets.prompt_pane import FormError, PromptPane
 from spatiora_tui.ui.widgets.readout import Readout
 from spatiora_tui.ui.widgets.task_pane import TaskPane
 
+#: What shows each of the session's events (but JobStarted, which also carries its paint signal).
+_SHOWS: dict[type, str] = {
+    events.JobStepped: "_job_stepped",
+    events.JobFinished: "_job_finished",
+    events.JobFailed: "_job_failed",
+    events.GroupFinished: "_group_finished",
+    events.QueueChanged: "_queue_changed",
+    events.TaskSwitched: "_task_switched",
+    events.TaskSwitchFailed: "_task_switch_failed",
+    events.ImageSaved: "_image_saved",
+    events.ModelLoading: "_model_loading",
+    events.ModelReady: "_model_came",
+    events.ModelFailed: "_model_failed",
+}
+
 #: Longest a generation waits for the screen to show that it started.
 PAINT_WAIT_S = 0.5
 
@@ -531,20 +546,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         if isinstance(event, events.JobStarted):
             self._job_started(event, message.painted)
             return
-        shows: dict[type, Callable[[Any], None]] = {
-            events.JobStepped: self._job_stepped,
-            events.JobFinished: self._job_finished,
-            events.JobFailed: self._job_failed,
-            events.GroupFinished: self._group_finished,
-            events.QueueChanged: self._queue_changed,
-            events.TaskSwitched: self._task_switched,
-            events.TaskSwitchFailed: self._task_switch_failed,
-            events.ImageSaved: self._image_saved,
-            events.ModelLoading: self._model_loading,
-            events.ModelReady: self._model_came,
-            events.ModelFailed: self._model_failed,
-        }
-        shows[type(event)](event)
+        getattr(self, _SHOWS[type(event)])(event)
 
     def _task_switched(self, message: events.TaskSwitched) -> None:
         switch = message.switch
@@ -611,7 +613,8 @@ class SpatioraApp(App[None], inherit_bindings=False):
         note = f"· the first image at {size} compiles the UNet first (once per size)" if message.compiles_first else ""
         self.preview_pane.started(message.steps, message.width or 512, message.height or 512, note)
         label = f" · {job.label}" if job.label else ""
-        by = f" · queued by {self._others(job)}" if self._others(job) else ""
+        others = self._others(job)
+        by = f" · queued by {others}" if others else ""
         waiting = len(self.session.waiting())
         more = f" · {waiting} waiting" if waiting else ""
         self.say(f"generating job {job.id} ({job.task}{label}{by})…{more} · {self._key('cancel')} cancels")
@@ -633,8 +636,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self.prompt_pane.show_last_seed(result.params.seed)
         if result.cancelled:
             saved = "cancelled: nothing saved"
-            by = f" by {message.cancelled_by}" if message.cancelled_by else ""
-            self.say(f"job {job.id} cancelled{by} after {result.steps_done} steps; nothing saved")
+            self.say(f"job {job.id} {message.cancelled_words()}; nothing saved")
         elif message.path is not None:
             saved = f"saved {markup_safe(str(message.path))}"
             self.say(f"saved {message.path}" + self._queue_note())

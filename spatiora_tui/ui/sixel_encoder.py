@@ -70,8 +70,8 @@ def encode_paletted(indices: np.ndarray[Any, Any], palette: list[int]) -> bytes:
     column = padded.reshape(bands, 6, width).transpose(0, 2, 1)  # (band, x, pixel in the band)
     same = column[..., :, None] == column[..., None, :]
     bits = same.astype(np.uint8) @ (1 << np.arange(6, dtype=np.uint8))
-    first = ~(same & np.tril(np.ones((6, 6), dtype=bool), -1)).any(axis=-1)
-    band, x, pixel = np.nonzero(first & (column != count))
+    first_of_colour = ~(same & np.tril(np.ones((6, 6), dtype=bool), -1)).any(axis=-1)
+    band, x, pixel = np.nonzero(first_of_colour & (column != count))
     colour = column[band, x, pixel]
     cell_row = row_id[band, colour]
     order = np.argsort(cell_row.astype(np.uint16) if rows <= 1 << 16 else cell_row, kind="stable")
@@ -81,16 +81,16 @@ def encode_paletted(indices: np.ndarray[Any, Any], palette: list[int]) -> bytes:
     # 2. Runs of equal set sixels, each with the unset ones before it (a gap).
     starts = np.ones(values.size, dtype=bool)
     starts[1:] = (cell_row[1:] != cell_row[:-1]) | (cell_col[1:] != cell_col[:-1] + 1) | (values[1:] != values[:-1])
-    first = np.flatnonzero(starts)
-    run_len = np.diff(np.append(first, values.size))
-    run_row, run_col, run_value = cell_row[first], cell_col[first], values[first] + SIXEL_BASE
-    previous_end = np.zeros(first.size, dtype=np.int64)  # the column after the run before, in its row
+    run_start = np.flatnonzero(starts)
+    run_len = np.diff(np.append(run_start, values.size))
+    run_row, run_col, run_value = cell_row[run_start], cell_col[run_start], values[run_start] + SIXEL_BASE
+    previous_end = np.zeros(run_start.size, dtype=np.int64)  # the column after the run before, in its row
     same_row = np.append(False, run_row[1:] == run_row[:-1])
     previous_end[same_row] = (run_col + run_len)[np.flatnonzero(same_row) - 1]
     gap = run_col - previous_end
     # Each run as two pieces, its gap (dropped when empty) and itself.
     piece_len = np.column_stack((gap, run_len)).ravel()
-    piece_value = np.column_stack((np.full(first.size, SIXEL_BASE), run_value)).ravel()
+    piece_value = np.column_stack((np.full(run_start.size, SIXEL_BASE), run_value)).ravel()
     piece_row = np.repeat(run_row, 2)
     used = piece_len > 0
     lengths, values, row_of_piece = piece_len[used], piece_value[used].astype(np.uint8), piece_row[used]
@@ -103,8 +103,9 @@ def encode_paletted(indices: np.ndarray[Any, Any], palette: list[int]) -> bytes:
     end_token = select_token + per_row + 1
     tokens = lengths.size + 2 * rows
     long = lengths >= RLE_FROM
+    digits = _digits(lengths)
     size = np.empty(tokens, dtype=np.int64)
-    size[piece_token] = np.where(long, 2 + _digits(lengths), lengths)
+    size[piece_token] = np.where(long, 2 + digits, lengths)
     size[select_token] = 1 + _digits(row_colour)
     size[end_token] = 1
     offset = np.cumsum(size) - size
@@ -119,7 +120,7 @@ def encode_paletted(indices: np.ndarray[Any, Any], palette: list[int]) -> bytes:
     at = offset[piece_token[long]]
     out[at] = ord("!")
     _write_number(out, at + 1, lengths[long])
-    out[at + 1 + _digits(lengths[long])] = values[long]
+    out[at + 1 + digits[long]] = values[long]
     short = ~long
     short_at, short_len = offset[piece_token[short]], lengths[short]
     ramp = np.arange(int(short_len.sum())) - np.repeat(np.cumsum(short_len) - short_len, short_len)

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -370,24 +371,31 @@ def _saved(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.png") if not p.stem.endswith(("-batch", "-sweep")))
 
 
-def test_a_batch_is_saved_whole_by_the_engine_when_its_command_is_killed(project: Path) -> None:
-    """The command is only a view of its batch: killed after the first image (a closed terminal
-    does the same), the engine makes and saves the rest and the sheet, each once; `spatiora
-    queue` lists them with their files; the engine's status says what ran meanwhile."""
-    out = project / "a"
+def _kill_batch_at(project: Path, out: Path, count: int, steps: int, seen: Callable[[str], bool]) -> None:
+    """`spatiora generate` a batch of `count` into `out` on the user's engine, killed (as a closed
+    terminal would end it) at the first line of its output that `seen` picks."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **USER}
-    argv = [sys.executable, "-m", "spatiora_tui", "generate", "a loft", "--count", "4", "--steps", "12"]
+    argv = [sys.executable, "-m", "spatiora_tui", "generate", "a loft", "--count", str(count), "--steps", str(steps)]
     command = subprocess.Popen([*argv, "--out", str(out)], cwd=project, env=env, stderr=subprocess.PIPE, text=True)
     try:
         assert command.stderr is not None
         for line in command.stderr:
-            if line.startswith("[2/4]"):  # the first image is saved; the second has started
+            if seen(line):
                 break
         command.kill()
         command.wait(timeout=30)
     finally:
         if command.poll() is None:
             command.kill()
+
+
+def test_a_batch_is_saved_whole_by_the_engine_when_its_command_is_killed(project: Path) -> None:
+    """The command is only a view of its batch: killed after the first image (a closed terminal
+    does the same), the engine makes and saves the rest and the sheet, each once; `spatiora
+    queue` lists them with their files; the engine's status says what ran meanwhile."""
+    out = project / "a"
+    # Killed once the first image is saved and the second has started.
+    _kill_batch_at(project, out, 4, 12, lambda line: line.startswith("[2/4]"))
     status = spatiora("engine", "status", cwd=project, env=USER)
     assert "queue: 1 running" in status.stdout or len(_saved(out)) == 4, status.stdout
     wait_for(lambda: len(list(out.glob("*-batch.png"))) == 1, 240, "the engine to finish the batch and its sheet")
@@ -492,20 +500,8 @@ def test_the_engines_queue_is_watched_paused_cancelled_and_resumed_from_a_shell(
 def test_a_stopped_engine_keeps_its_queue_for_the_next_one(project: Path) -> None:
     """`spatiora engine stop` with images queued says they stay; the next engine takes them up
     and runs them, the one that was running again (stopped, not failed)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", **USER}
-    argv = [sys.executable, "-m", "spatiora_tui", "generate", "a loft", "--count", "2", "--steps", "30"]
     out = project / "a"
-    batch = subprocess.Popen([*argv, "--out", str(out)], cwd=project, env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        assert batch.stderr is not None
-        for line in batch.stderr:
-            if "step " in line:
-                break
-        batch.kill()
-        batch.wait(timeout=30)
-    finally:
-        if batch.poll() is None:
-            batch.kill()
+    _kill_batch_at(project, out, 2, 30, lambda line: "step " in line)  # the first image under way
     stopped = spatiora("engine", "stop", cwd=project, env=USER)
     assert "its 2 queued image(s) stay in its queue file" in stopped.stderr, stopped.stderr
     none = spatiora("queue", "watch", cwd=project, env=USER)

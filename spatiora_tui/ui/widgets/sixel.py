@@ -26,7 +26,7 @@ class _Drawer(_sixel._ImageSixelImpl):  # type: ignore[misc]
     """textual-image's drawing child, with our encoder."""
 
     def _image_to_sixels(self, image: Any, sixel_options: Any = None, background: Any = None) -> str:
-        colors = getattr(sixel_options, "colors", 256) if sixel_options is not None else 256
+        colors = sixel_options.colors if sixel_options is not None else 256
         under = tuple(background[:3]) if background is not None else (0, 0, 0)
         return encode(image, colors, under).decode("ascii")
 
