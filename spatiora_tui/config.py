@@ -69,7 +69,7 @@ SCHEDULERS: dict[str, Scheduler] = {
 }
 
 #: How images are drawn in the terminal (textual-image renderers; auto = detect).
-RENDERERS = ("auto", "sixel", "kitty", "halfcell", "unicode")
+RENDERERS = ("auto", "sixel", "kitty", "kitty-direct", "iterm", "halfcell", "unicode")
 
 
 class ConfigError(Exception):
@@ -400,8 +400,10 @@ class UiSettings:
     renderer: str = field(
         default="auto",
         metadata=_doc(
-            "How images are drawn: auto (detect sixel, then kitty graphics, else half-cell blocks), "
-            "sixel, kitty, halfcell or unicode. --renderer overrides it.",
+            "How images are drawn: auto (ask the terminal: kitty graphics, iTerm2 inline images, "
+            "sixel, else half-cell blocks; `spatiora doctor` says what it chose and why), sixel, kitty, "
+            "kitty-direct (kitty graphics placed directly, for kitty before 0.28), iterm, halfcell or "
+            "unicode. --renderer overrides it.",
             lambda v: None if v in RENDERERS else f"unknown renderer {v!r}; choose one of: {', '.join(RENDERERS)}",
         ),
     )

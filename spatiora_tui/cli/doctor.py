@@ -49,6 +49,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     row("config", str(settings.source_file or "built-in defaults (no config file found)"))
     row("cache", str(user_cache_dir()))
 
+    _doctor_terminal(settings, row)
     _doctor_device(settings, row, problems)
     _doctor_nvml(row)
     _doctor_paths(settings, row, problems)
@@ -63,6 +64,16 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print("\nno problems found")
     return EXIT_OK
+
+
+def _doctor_terminal(settings: Settings, row: Callable[[str, str], None]) -> None:
+    """How the TUI would draw images here, and why: the terminal is asked as the TUI asks it."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        row("images", "not a terminal here; run `spatiora doctor` in the terminal you use to see how it draws")
+        return
+    from spatiora_tui.ui.images import choose_drawing, describe
+
+    row("images", describe(choose_drawing(settings.ui.renderer)))
 
 
 def _doctor_device(settings: Settings, row: Callable[[str, str], None], problems: list[str]) -> None:

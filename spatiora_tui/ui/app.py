@@ -17,7 +17,6 @@ from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widget import Widget
 from textual.widgets import Footer, Header, Input
 from textual.worker import Worker, WorkerState
 
@@ -36,7 +35,7 @@ from spatiora_tui.outputs import OutputError, request_from_image
 from spatiora_tui.remote.client import RemoteEngine
 from spatiora_tui.remote.mirror import SessionMirror
 from spatiora_tui.remote.telemetry import RemoteTelemetry
-from spatiora_tui.ui.images import image_widget_class
+from spatiora_tui.ui.images import choose_drawing, describe, widget_class
 from spatiora_tui.ui.keys import KEY_ACTIONS, KEYS, bindings
 from spatiora_tui.ui.messages import (
     EngineLinkChanged,
@@ -97,7 +96,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self.settings = settings
         self.engine = engine
         self.renderer = renderer or settings.ui.renderer
-        self._image_class: type[Widget] = image_widget_class(self.renderer)
+        self.drawing = choose_drawing(self.renderer)  # how images are drawn here, and why
         # Shared with the engine, which marks its stages on it; its thread samples the hardware.
         self.telemetry: HardwareFeed = telemetry or Telemetry.from_settings(settings)
         self._model_ready = False
@@ -140,7 +139,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         samples = max(1, round(self.settings.ui.sparkline_minutes * 60 * self.settings.ui.hardware_hz))
         self.task_pane = TaskPane(self.settings.tasks, id="tasks")
         self.prompt_pane = PromptPane(id="prompt-pane")
-        self.preview_pane = PreviewPane(self._image_class, id="preview")
+        self.preview_pane = PreviewPane(widget_class(self.drawing), describe(self.drawing), id="preview")
         minutes = self.settings.ui.sparkline_minutes
         self.hardware_pane = HardwarePane(samples, f"{minutes:g} min", hz=self.settings.ui.hardware_hz, id="hardware")
         self.status_line = Readout("", id="status")
@@ -448,7 +447,9 @@ class SpatioraApp(App[None], inherit_bindings=False):
         if isinstance(self.screen, HistoryScreen):
             self.pop_screen()
             return
-        self.push_screen(HistoryScreen(self.settings.output_dir, self.session.made(), self._image_class), self._picked)
+        self.push_screen(
+            HistoryScreen(self.settings.output_dir, self.session.made(), widget_class(self.drawing)), self._picked
+        )
 
     def _picked(self, pick: Pick | None) -> None:
         if pick is None:

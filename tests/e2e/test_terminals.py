@@ -125,30 +125,39 @@ def xvfb(tmp_path: Path):
     server.wait(timeout=10)
 
 
-def test_xterm_sixel_preview_area_holds_an_image(xvfb: str, tmp_path: Path, cache_dir: Path) -> None:
+#: Real graphics terminals under Xvfb, each as a user would start it, 150x44 cells: the argv
+#: before the command, the environment it needs, and the method the probe should choose.
+TERMINALS = {
+    "xterm-vt340": (
+        [
+            "xterm", "-ti", "vt340", "-xrm", "XTerm*decTerminalID: vt340", "-xrm", "XTerm*numColorRegisters: 256",
+            "-geometry", "150x44", "-fa", "DejaVu Sans Mono", "-fs", "11", "-e",
+        ],
+        {},
+    ),
+    # Debian 12's kitty: kitty graphics without Unicode placeholders (placed directly).
+    "kitty-0.26": (
+        [
+            "kitty", "--config", "NONE", "-o", "remember_window_size=no", "-o", "initial_window_width=150c",
+            "-o", "initial_window_height=44c", "-e",
+        ],
+        {"LIBGL_ALWAYS_SOFTWARE": "1"},
+    ),
+    "mlterm": (["mlterm", "-geometry", "150x44", "-e"], {}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("terminal", list(TERMINALS))
+def test_real_terminal_preview_area_holds_an_image(terminal: str, xvfb: str, tmp_path: Path, cache_dir: Path) -> None:
+    """Generate in a real terminal; the screenshot's preview column holds a picture (never a grid
+    of empty boxes, as kitty 0.26 drew textual-image's placeholders)."""
+    argv, extra = TERMINALS[terminal]
+    require(argv[0])
     project = make_project(tmp_path)
-    env = {**os.environ, "DISPLAY": xvfb}
+    env = {**os.environ, "DISPLAY": xvfb, **extra}
     command = app_command(project, cache_dir)
     term = subprocess.Popen(
-        [
-            "xterm",
-            "-ti",
-            "vt340",
-            "-xrm",
-            "XTerm*decTerminalID: vt340",
-            "-xrm",
-            "XTerm*numColorRegisters: 256",
-            "-geometry",
-            "150x44",
-            "-fa",
-            "DejaVu Sans Mono",
-            "-fs",
-            "11",
-            "-e",
-            "sh",
-            "-c",
-            command,
-        ],
+        [*argv, "sh", "-c", command],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -159,10 +168,11 @@ def test_xterm_sixel_preview_area_holds_an_image(xvfb: str, tmp_path: Path, cach
             env=env,
             capture_output=True,
             text=True,
-            timeout=30,
+            timeout=60,
         ).stdout.split()[0]
+        subprocess.run(["xdotool", "windowactivate", "--sync", window], env=env, timeout=10, check=False)
         subprocess.run(["xdotool", "windowfocus", "--sync", window], env=env, timeout=10)
-        shot = tmp_path / "xterm.png"
+        shot = tmp_path / f"{terminal}.png"
         before = tmp_path / "before.png"
         time.sleep(2.0)
         subprocess.run(["import", "-window", "root", str(before)], env=env, check=True, timeout=30)

@@ -132,21 +132,22 @@ async def test_readout_skips_repeats_and_lays_out_only_when_its_height_can_chang
         assert readout.shown == "x" * 40
 
 
-@pytest.mark.parametrize(
-    ("detected", "name"), [("TGPImage", "kitty"), ("SixelImage", "sixel"), ("UnicodeImage", "unicode")]
-)
-def test_auto_picks_the_concrete_widget_so_the_title_names_the_method(
-    monkeypatch: pytest.MonkeyPatch, detected: str, name: str
-) -> None:
+@pytest.mark.parametrize("method", ["sixel", "kitty", "kitty-direct", "iterm", "halfcell", "unicode"])
+def test_each_method_has_a_widget_the_title_names(method: str) -> None:
     """In kitty, `auto` gave textual-image's AutoImage and the preview's title said "AutoImage"."""
-    from textual_image import renderable
+    from spatiora_tui.ui.images import renderer_name, widget_class
+    from spatiora_tui.ui.terminal import Choice
 
-    from spatiora_tui.ui.images import image_widget_class, renderer_name
+    assert renderer_name(widget_class(Choice(method, "asked"))) == method
 
-    monkeypatch.delenv("TMUX", raising=False)
-    monkeypatch.setattr(renderable, "Image", getattr(renderable, detected))
-    assert renderer_name(image_widget_class("auto")) == name
-    assert image_widget_class("auto") is image_widget_class(name)
+
+def test_without_a_terminal_auto_draws_text_and_says_why() -> None:
+    from spatiora_tui.ui.images import choose_drawing, describe
+
+    assert describe(choose_drawing("auto")) == "unicode: not a terminal: images are drawn as text"
+    assert choose_drawing("halfcell").method == "halfcell"
+    with pytest.raises(ValueError, match="unknown renderer 'blocks'"):
+        choose_drawing("blocks")
 
 
 def test_the_save_keys_tooltip_says_what_the_action_does() -> None:

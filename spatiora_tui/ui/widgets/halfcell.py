@@ -12,7 +12,6 @@ what a terminal preview shows) so that pairs repeat between frames.
 
 from __future__ import annotations
 
-from os import PathLike
 from typing import Any
 
 import numpy as np
@@ -26,7 +25,7 @@ from textual.geometry import Size
 from textual.strip import Strip
 from textual.widget import Widget
 
-ImageSource = PILImage.Image | str | PathLike[str]
+from spatiora_tui.ui.widgets.pixels import ImageSource, cell_pixels, open_image
 
 UPPER_HALF = "▀"
 #: Segment cache bound; beyond it the cache starts again. Pairs repeat between nearby frames, so
@@ -41,13 +40,14 @@ class HalfcellImage(Widget):
     DEFAULT_CSS = """
     HalfcellImage { width: auto; height: auto; }
     """
+    method = "halfcell"
 
     def __init__(self, image: ImageSource | None = None, *, levels: int = 64, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if levels not in (2, 4, 8, 16, 32, 64, 128, 256):
             raise ValueError(f"levels must be a power of two from 2 to 256, got {levels}")
         self._shift = 8 - (levels - 1).bit_length()
-        self._image: PILImage.Image | None = _open(image)
+        self._image: PILImage.Image | None = open_image(image)
         self._strips: list[Strip] | None = None
         self._strips_size: tuple[int, int] = (0, 0)
         self._segments: dict[int, Segment] = {}
@@ -60,7 +60,7 @@ class HalfcellImage(Widget):
     @image.setter
     def image(self, image: ImageSource | None) -> None:
         old = self._image.size if self._image is not None else None
-        self._image = _open(image)
+        self._image = open_image(image)
         self._strips = None
         # Only an auto-sized widget changes size with its image; otherwise repainting is enough.
         reshaped = (self._image.size if self._image is not None else None) != old
@@ -163,17 +163,7 @@ def truecolor(rgb: int) -> Color:
     return _tuple_new(Color, (f"#{rgb:06x}", ColorType.TRUECOLOR, None, triplet))
 
 
-def _open(image: ImageSource | None) -> PILImage.Image | None:
-    """A PIL image from an image or a path (the history screen passes paths)."""
-    if image is None or isinstance(image, PILImage.Image):
-        return image
-    with PILImage.open(image) as opened:
-        return opened.convert("RGB")
-
-
 def cell_aspect() -> float:
     """Width / height of a terminal cell in pixels (usually about 0.5)."""
-    from textual_image._terminal import get_cell_size
-
-    size = get_cell_size()
-    return size.width / size.height if size.height else 0.5
+    width, height = cell_pixels()
+    return width / height if height else 0.5

@@ -33,9 +33,12 @@ class PreviewPane(Vertical):
     PreviewPane #progress-text, PreviewPane #saved { height: auto; padding: 0 1; }
     """
 
-    def __init__(self, image_class: type[Widget], **kwargs: Any) -> None:
+    def __init__(self, image_class: type[Widget], about: str = "", **kwargs: Any) -> None:
+        """`about`: how images are drawn in this terminal and why (ui/images.describe), shown
+        under the placeholder text and as the pane's tooltip."""
         super().__init__(**kwargs)
         self._image_class = image_class
+        self._about = about
         self._first_preview_s: float | None = None
         self._aspect: float | None = None
         self._max_cells = (0, 0)
@@ -43,12 +46,13 @@ class PreviewPane(Vertical):
     def compose(self) -> ComposeResult:
         with Vertical(id="image-box"):
             yield LoadingIndicator()
-            yield Static("loading the model…", id="placeholder")
+            yield Static(self._with_about("loading the model…"), id="placeholder")
             yield self._image_class(id="preview-image")
         yield Readout("", id="progress-text")
         yield Readout("", id="saved")
 
     def on_mount(self) -> None:
+        self.tooltip = self._about or None
         self.set_method("")
         self.query_one("#preview-image").display = False
 
@@ -62,10 +66,13 @@ class PreviewPane(Vertical):
         # Removed, not hidden: a hidden indicator still animates at 16 frames a second.
         for indicator in self.query(LoadingIndicator):
             indicator.remove()
-        self.query_one("#placeholder", Static).update(text)
+        self.query_one("#placeholder", Static).update(self._with_about(text))
 
     def show_loading(self, text: str) -> None:
-        self.query_one("#placeholder", Static).update(markup_safe(text))
+        self.query_one("#placeholder", Static).update(self._with_about(markup_safe(text)))
+
+    def _with_about(self, text: str) -> str:
+        return f"{text}\n\n[dim]images: {markup_safe(self._about)}[/]" if self._about else text
 
     def started(self, total: int, width: int, height: int, note: str = "") -> None:
         """A generation of a `width` x `height` image starts: the image box takes its final shape

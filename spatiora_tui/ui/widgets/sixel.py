@@ -32,6 +32,8 @@ class _Drawer(_sixel._ImageSixelImpl):  # type: ignore[misc]
 
 
 class SixelImage(_sixel.Image, Renderable=_sixel._NoopRenderable):  # type: ignore[misc, call-arg]
+    method = "sixel"
+
     def compose(self) -> ComposeResult:
         yield _Drawer(self.image, self._sixel_options)
 
