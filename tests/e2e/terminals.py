@@ -24,8 +24,9 @@ from tests.helpers import REPO
 REQUIRE_ENV = "SPATIORA_E2E_REQUIRE"
 
 
-def tasks_config(steps: int, size: int) -> str:
-    """config.toml text with the two demo task modes at `steps` steps and size x size pixels."""
+def tasks_config(steps: int, size: int, height: int | None = None) -> str:
+    """config.toml text with the two demo task modes at `steps` steps and size x size pixels
+    (size x height when a height is given)."""
     blocks = []
     for name, weight, template in (
         ("interior", 0.8, "interior photo of {prompt}"),
@@ -33,7 +34,7 @@ def tasks_config(steps: int, size: int) -> str:
     ):
         blocks.append(
             f'[[tasks]]\nname = "{name}"\nadapters = [{{name = "{name}", weight = {weight}}}]\n'
-            f'prompt_template = "{template}"\nsteps = {steps}\nwidth = {size}\nheight = {size}\n'
+            f'prompt_template = "{template}"\nsteps = {steps}\nwidth = {size}\nheight = {height or size}\n'
         )
     return "\n".join(blocks)
 
@@ -74,10 +75,10 @@ def app_command(project: Path, cache_dir: Path, *args: str, extra_env: dict[str,
     )
 
 
-def make_project(tmp_path: Path) -> Path:
+def make_project(tmp_path: Path, config: str = E2E_CONFIG) -> Path:
     project = tmp_path / "project"
     project.mkdir()
-    (project / "config.toml").write_text(E2E_CONFIG, encoding="utf-8")
+    (project / "config.toml").write_text(config, encoding="utf-8")
     return project
 
 

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from spatiora_tui.outputs import read_metadata
-from tests.e2e.terminals import Tmux, app_command, make_project, pngs, require
+from tests.e2e.terminals import E2E_CONFIG, Tmux, app_command, make_project, pngs, require, tasks_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform != "linux", reason="Linux terminals")]
 
@@ -96,6 +96,35 @@ def image_tiles(shot: Path, tile: int = 16) -> list[tuple[int, int]]:
     return found
 
 
+def resemblance(shot: Path, png: Path, tiles: list[tuple[int, int]], tile: int = 16) -> tuple[float, list[float]]:
+    """How much the picture on screen (the tiles' box) looks like `png`: the correlation of the
+    two at 12x12, and, as controls, of the screen with `png` mirrored, flipped and turned."""
+    import numpy as np
+
+    xs, ys = [x for x, _ in tiles], [y for _, y in tiles]
+    box = (min(xs), min(ys), max(xs) + tile, max(ys) + tile)
+    small = (12, 12)
+    screen = np.asarray(Image.open(shot).convert("RGB").crop(box).resize(small, Image.Resampling.BOX), dtype=float)
+    saved = Image.open(png).convert("RGB")
+
+    def correlation(image: Image.Image) -> float:
+        a = screen - screen.mean()
+        b = np.asarray(image.resize(small, Image.Resampling.BOX), dtype=float)
+        b = b - b.mean()
+        return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+
+    turns = (Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM, Image.Transpose.ROTATE_90)
+    return correlation(saved), [correlation(saved.transpose(turn)) for turn in turns]
+
+
+def changed_fraction(a: Path, b: Path, top: int, bottom: int) -> float:
+    """The share of pixels that differ between two screenshots in rows top..bottom."""
+    import numpy as np
+
+    first, second = (np.asarray(Image.open(p).convert("RGB"), dtype=int)[max(0, top) : bottom] for p in (a, b))
+    return float((np.abs(first - second).sum(axis=2) > 24).mean())
+
+
 def queued_jobs(state: Path) -> int:
     """Jobs in the app's queue files (a job stays in its file until it is done)."""
     count = 0
@@ -153,7 +182,8 @@ def test_real_terminal_preview_area_holds_an_image(terminal: str, xvfb: str, tmp
     of empty boxes, as kitty 0.26 drew textual-image's placeholders)."""
     argv, extra = TERMINALS[terminal]
     require(argv[0])
-    project = make_project(tmp_path)
+    # A wide image: its last row on the main screen is a row of text on the history screen.
+    project = make_project(tmp_path, E2E_CONFIG.replace(tasks_config(16, 128), tasks_config(16, 256, 128)))
     env = {**os.environ, "DISPLAY": xvfb, **extra}
     command = app_command(project, cache_dir)
     term = subprocess.Popen(
@@ -202,6 +232,28 @@ def test_real_terminal_preview_area_holds_an_image(terminal: str, xvfb: str, tmp
         assert len(tiles) >= 200, f"the preview area holds no image ({len(tiles)} picture-like squares; {shot})"
         xs = [x for x, _ in tiles]
         assert max(xs) - min(xs) >= 200 and min(xs) > 200, "one picture, in the middle (preview) column"
+        [png] = pngs(project)
+        same, others = resemblance(shot, png, tiles)
+        assert same >= 0.6 and same > max(others) + 0.3, f"the picture is not the saved PNG ({same=:.2f}, {others=})"
+
+        # The history screen and back: the main screen is as it was. (In xterm the rest of the
+        # image's last screen row once landed a row lower, and the history screen's text and
+        # scrollbar stayed beside the image.)
+        bottom = max(y for _, y in tiles) + 16
+        subprocess.run(["xdotool", "key", "ctrl+o"], env=env, timeout=10)
+        time.sleep(3.0)
+        subprocess.run(["xdotool", "key", "Escape"], env=env, timeout=10)
+        back = tmp_path / f"{terminal}-back.png"
+        deadline = time.monotonic() + 30
+        while True:
+            time.sleep(1.5)
+            subprocess.run(["import", "-window", "root", str(back)], env=env, check=True, timeout=30)
+            changed = changed_fraction(shot, back, bottom - 40, bottom + 40)
+            if changed < 0.01 or time.monotonic() > deadline:
+                break
+        assert changed < 0.01, (
+            f"after the history screen {changed:.1%} of the rows around the image's end differ ({back})"
+        )
         subprocess.run(["xdotool", "key", "ctrl+q"], env=env, timeout=10)
         assert term.wait(timeout=30) == 0
     finally:

@@ -183,3 +183,6 @@ async def test_iterm_sends_a_png_over_the_cells_from_the_top_left(written: list[
         assert (keys["inline"], keys["width"], keys["height"]) == ("1", "40", "20")
         png = Image.open(io.BytesIO(base64.standard_b64decode(found.group(2))))
         assert png.size == (64, 64) and png.convert("RGB").tobytes() == preview.tobytes()
+        region = app.query_one(ItermImage).region
+        after = re.search(r"File=[^\x07]*\x07\x1b\[(\d+);(\d+)H", sent)
+        assert after and (int(after[1]), int(after[2])) == (region.bottom, region.right + 1), "at its last line's end"

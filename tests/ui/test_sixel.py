@@ -63,3 +63,28 @@ async def test_a_resized_image_is_painted_again(paints) -> None:
         widget.image = None
         await pilot.pause(0.1)
         assert len(paints) == resized, "no image: nothing sent"
+
+
+async def test_after_the_image_the_cursor_is_where_its_last_line_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Textual writes the rest of a screen row after the image's last line from where the cursor
+    is: textual-image left it one row lower, so the rest of that row was written on the next and
+    the old row stayed (after the history screen, its text and scrollbar beside the image)."""
+    import re
+
+    from textual.drivers.headless_driver import HeadlessDriver
+    from textual_image._terminal import CellSize, get_cell_size
+
+    written: list[str] = []
+    monkeypatch.setattr(HeadlessDriver, "write", lambda self, data: written.append(data))
+    monkeypatch.setattr(HeadlessDriver, "is_headless", property(lambda self: False))
+    monkeypatch.setattr(get_cell_size, "_result", CellSize(10, 20), raising=False)
+    app = OneImage()
+    async with app.run_test(size=(80, 30)) as pilot:
+        widget = app.query_one(SixelImage)
+        widget.image = Image.new("RGB", (64, 64), (200, 0, 0))
+        await pilot.pause(0.1)
+        region = widget.region
+        after = re.findall(r"\x1bP[^\x1b]*\x1b\\\x1b\[(\d+);(\d+)H", "".join(written))
+        assert after, "a sixel image was written"
+        row, column = (int(n) for n in after[-1])
+        assert (row, column) == (region.bottom, region.right + 1), "1-based: the last row, after its last cell"

@@ -75,5 +75,5 @@ class ItermImage(Widget):
         sequence = self._encoded[2]
         self.bytes_sent += len(sequence)
         text = Control.move_to(region.x, region.y).segment.text + sequence
-        text += Control.move_to(region.x + crop.x, region.y + crop.bottom - 1).segment.text
+        text += Control.move_to(region.x + crop.right, region.y + crop.bottom - 1).segment.text  # the line's end
         return [Strip([])] * (crop.height - 1) + [Strip([Segment(text, _NULL, _ZERO_WIDTH)], crop.width)]

@@ -15,15 +15,34 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.control import Control
+from rich.segment import ControlType, Segment
+from rich.style import Style
 from textual.app import ComposeResult
 from textual_image.widget import sixel as _sixel
 from textual_image.widget._base import Image as _BaseImage
 
 from spatiora_tui.ui.sixel_encoder import encode
 
+_NULL = Style()
+
 
 class _Drawer(_sixel._ImageSixelImpl):  # type: ignore[misc]
-    """textual-image's drawing child, with our encoder."""
+    """textual-image's drawing child, with our encoder, and the cursor left where Textual
+    expects it."""
+
+    def _get_sixel_segments(self, sixel_data: str) -> list[Segment]:
+        # The sixel image rides on the widget's last line, drawn from the top-left cell. After
+        # it the cursor must be where that line's cells end, as Textual goes on writing the rest
+        # of the screen row from there: textual-image moves it one row lower (to the region's
+        # bottom), so the rest of that row landed on the next one, and after the history screen
+        # its old text and scrollbar stayed beside the image.
+        visible = self.screen.find_widget(self).visible_region
+        return [
+            Segment(Control.move_to(visible.x, visible.y).segment.text, _NULL),
+            Segment(sixel_data, _NULL, ((ControlType.CURSOR_FORWARD, 0),)),
+            Segment(Control.move_to(visible.right, visible.bottom - 1).segment.text, _NULL),
+        ]
 
     def _image_to_sixels(self, image: Any, sixel_options: Any = None, background: Any = None) -> str:
         colors = sixel_options.colors if sixel_options is not None else 256
