@@ -9,11 +9,13 @@ from __future__ import annotations
 import colorsys
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
 import time
 import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -96,6 +98,25 @@ def image_tiles(shot: Path, tile: int = 16) -> list[tuple[int, int]]:
     return found
 
 
+def largest_cluster(tiles: list[tuple[int, int]], tile: int) -> list[tuple[int, int]]:
+    """The tiles of the largest group of touching ones: the picture, without the odd square of
+    coloured text elsewhere (the footer's keys above tmux's status bar)."""
+    left = set(tiles)
+    best: list[tuple[int, int]] = []
+    while left:
+        group, todo = [], [left.pop()]
+        while todo:
+            x, y = todo.pop()
+            group.append((x, y))
+            for dx in (-tile, 0, tile):
+                for dy in (-tile, 0, tile):
+                    if (x + dx, y + dy) in left:
+                        left.remove((x + dx, y + dy))
+                        todo.append((x + dx, y + dy))
+        best = max(best, group, key=len)
+    return sorted(best)
+
+
 def resemblance(shot: Path, png: Path, tiles: list[tuple[int, int]], tile: int = 16) -> tuple[float, list[float]]:
     """How much the picture on screen (the tiles' box) looks like `png`: the correlation of the
     two at 12x12, and, as controls, of the screen with `png` mirrored, flipped and turned."""
@@ -154,40 +175,73 @@ def xvfb(tmp_path: Path):
     server.wait(timeout=10)
 
 
-#: Real graphics terminals under Xvfb, each as a user would start it, 150x44 cells: the argv
-#: before the command, the environment it needs, and the method the probe should choose.
+XTERM_VT340 = [
+    "xterm", "-ti", "vt340", "-xrm", "XTerm*decTerminalID: vt340", "-xrm", "XTerm*numColorRegisters: 256",
+    "-geometry", "150x44", "-fa", "DejaVu Sans Mono", "-fs", "11", "-e",
+]  # fmt: skip
+
+
+KITTY = [
+    "kitty", "--config", "NONE", "-o", "remember_window_size=no", "-o", "initial_window_width=150c",
+    "-o", "initial_window_height=44c", "-e",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Terminal:
+    """A real terminal under Xvfb as a user would start it, 150x44 cells."""
+
+    argv: list[str]  # up to the command
+    env: dict[str, str] = field(default_factory=dict)
+    tmux: str = ""  # run inside this tmux (on the test's own socket), in the terminal
+    method: str = ""  # inside tmux: the method the preview's title must name
+    tile: int = 16  # half-cell blocks hold fewer colours per square: judged on larger ones
+
+
+def sixel_tmux() -> str:
+    """A tmux ≥ 3.4 built with sixel: SPATIORA_TMUX_SIXEL (.ci/run unpacks Debian's backport
+    there), else the tmux on PATH when it is one."""
+    if os.environ.get("SPATIORA_TMUX_SIXEL"):
+        return os.environ["SPATIORA_TMUX_SIXEL"]
+    try:
+        version = subprocess.run(["tmux", "-V"], capture_output=True, text=True, timeout=10).stdout
+    except OSError:
+        return "tmux-3.4-with-sixel"
+    numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:2])
+    return "tmux" if numbers >= (3, 4) else "tmux-3.4-with-sixel"
+
+
 TERMINALS = {
-    "xterm-vt340": (
-        [
-            "xterm", "-ti", "vt340", "-xrm", "XTerm*decTerminalID: vt340", "-xrm", "XTerm*numColorRegisters: 256",
-            "-geometry", "150x44", "-fa", "DejaVu Sans Mono", "-fs", "11", "-e",
-        ],
-        {},
-    ),
+    "xterm-vt340": Terminal(XTERM_VT340),
     # Debian 12's kitty: kitty graphics without Unicode placeholders (placed directly).
-    "kitty-0.26": (
-        [
-            "kitty", "--config", "NONE", "-o", "remember_window_size=no", "-o", "initial_window_width=150c",
-            "-o", "initial_window_height=44c", "-e",
-        ],
-        {"LIBGL_ALWAYS_SOFTWARE": "1"},
-    ),
-    "mlterm": (["mlterm", "-geometry", "150x44", "-e"], {}),
-}  # fmt: skip
+    "kitty-0.26": Terminal(KITTY, {"LIBGL_ALWAYS_SOFTWARE": "1"}),
+    "mlterm": Terminal(["mlterm", "-geometry", "150x44", "-e"]),
+    # Debian 12's tmux 3.3a in xterm: no sixel through it, half-cell blocks.
+    "tmux-3.3-xterm": Terminal(XTERM_VT340, tmux="tmux", method="halfcell", tile=32),
+    "tmux-sixel-xterm": Terminal(XTERM_VT340, tmux="SIXEL", method="sixel"),
+}
 
 
-@pytest.mark.parametrize("terminal", list(TERMINALS))
-def test_real_terminal_preview_area_holds_an_image(terminal: str, xvfb: str, tmp_path: Path, cache_dir: Path) -> None:
-    """Generate in a real terminal; the screenshot's preview column holds a picture (never a grid
-    of empty boxes, as kitty 0.26 drew textual-image's placeholders)."""
-    argv, extra = TERMINALS[terminal]
-    require(argv[0])
+@pytest.mark.parametrize("name", list(TERMINALS))
+def test_real_terminal_preview_area_holds_an_image(name: str, xvfb: str, tmp_path: Path, cache_dir: Path) -> None:
+    """Generate in a real terminal; the screenshot's preview column holds the picture (never a
+    grid of empty boxes, as kitty 0.26 drew textual-image's placeholders)."""
+    terminal = TERMINALS[name]
+    tmux = sixel_tmux() if terminal.tmux == "SIXEL" else terminal.tmux
+    require(terminal.argv[0], *([tmux] if tmux else []))
     # A wide image: its last row on the main screen is a row of text on the history screen.
     project = make_project(tmp_path, E2E_CONFIG.replace(tasks_config(16, 128), tasks_config(16, 256, 128)))
-    env = {**os.environ, "DISPLAY": xvfb, **extra}
+    env = {**os.environ, "DISPLAY": xvfb, **terminal.env}
     command = app_command(project, cache_dir)
+    socket = tmp_path / "tmux.sock"
+    if tmux:
+        if tmux == "tmux" and terminal.tmux == "tmux":
+            version = subprocess.run(["tmux", "-V"], capture_output=True, text=True, timeout=10).stdout
+            if not version.startswith("tmux 3.3"):
+                pytest.skip(f"the half-cell case is tmux 3.3's; this is {version.strip()}")
+        command = f"{shlex.quote(tmux)} -S {shlex.quote(str(socket))} -f /dev/null new-session {shlex.quote(command)}"
     term = subprocess.Popen(
-        [*argv, "sh", "-c", command],
+        [*terminal.argv, "sh", "-c", command],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -202,7 +256,7 @@ def test_real_terminal_preview_area_holds_an_image(terminal: str, xvfb: str, tmp
         ).stdout.split()[0]
         subprocess.run(["xdotool", "windowactivate", "--sync", window], env=env, timeout=10, check=False)
         subprocess.run(["xdotool", "windowfocus", "--sync", window], env=env, timeout=10)
-        shot = tmp_path / f"{terminal}.png"
+        shot = tmp_path / f"{name}.png"
         before = tmp_path / "before.png"
         time.sleep(2.0)
         subprocess.run(["import", "-window", "root", str(before)], env=env, check=True, timeout=30)
@@ -220,20 +274,21 @@ def test_real_terminal_preview_area_holds_an_image(terminal: str, xvfb: str, tmp
             assert time.monotonic() < deadline and term.poll() is None, "no image was saved"
             time.sleep(0.5)
         # The final image is drawn after the save: on a loaded machine that can take seconds, so
-        # the screen is read again until it shows or a generous deadline passes.
+        # the screen is read again until it shows or a generous deadline passes. The preview box
+        # is about 500x250 pixels here: hundreds of 16-pixel squares.
+        wanted = 200 * 16 * 16 // terminal.tile**2
         deadline = time.monotonic() + 30
         while True:
             time.sleep(1.5)
             subprocess.run(["import", "-window", "root", str(shot)], env=env, check=True, timeout=30)
-            tiles = image_tiles(shot)
-            if len(tiles) >= 200 or time.monotonic() > deadline:
+            tiles = largest_cluster(image_tiles(shot, terminal.tile), terminal.tile)
+            if len(tiles) >= wanted or time.monotonic() > deadline:
                 break
-        # The preview box is about 500 pixels square here: hundreds of 16-pixel squares.
-        assert len(tiles) >= 200, f"the preview area holds no image ({len(tiles)} picture-like squares; {shot})"
+        assert len(tiles) >= wanted, f"the preview area holds no image ({len(tiles)} picture-like squares; {shot})"
         xs = [x for x, _ in tiles]
         assert max(xs) - min(xs) >= 200 and min(xs) > 200, "one picture, in the middle (preview) column"
         [png] = pngs(project)
-        same, others = resemblance(shot, png, tiles)
+        same, others = resemblance(shot, png, tiles, terminal.tile)
         assert same >= 0.6 and same > max(others) + 0.3, f"the picture is not the saved PNG ({same=:.2f}, {others=})"
 
         # The history screen and back: the main screen is as it was. (In xterm the rest of the
@@ -243,7 +298,7 @@ def test_real_terminal_preview_area_holds_an_image(terminal: str, xvfb: str, tmp
         subprocess.run(["xdotool", "key", "ctrl+o"], env=env, timeout=10)
         time.sleep(3.0)
         subprocess.run(["xdotool", "key", "Escape"], env=env, timeout=10)
-        back = tmp_path / f"{terminal}-back.png"
+        back = tmp_path / f"{name}-back.png"
         deadline = time.monotonic() + 30
         while True:
             time.sleep(1.5)
@@ -254,11 +309,18 @@ def test_real_terminal_preview_area_holds_an_image(terminal: str, xvfb: str, tmp
         assert changed < 0.01, (
             f"after the history screen {changed:.1%} of the rows around the image's end differ ({back})"
         )
+        if tmux:  # the title names the method the probe chose inside tmux
+            pane = subprocess.run(
+                [tmux, "-S", str(socket), "capture-pane", "-p"], capture_output=True, text=True, timeout=30
+            ).stdout
+            assert f"latent2rgb · {terminal.method}" in pane, pane
         subprocess.run(["xdotool", "key", "ctrl+q"], env=env, timeout=10)
         assert term.wait(timeout=30) == 0
     finally:
         if term.poll() is None:
             term.kill()
+        if tmux:
+            subprocess.run([tmux, "-S", str(socket), "kill-server"], capture_output=True, timeout=30)
 
 
 # -- over SSH ------------------------------------------------------------------------------------
