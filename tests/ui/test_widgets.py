@@ -162,3 +162,48 @@ def test_the_save_keys_tooltip_says_what_the_action_does() -> None:
     doc = next(f for f in dataclasses.fields(KeySettings) if f.name == "save").metadata["doc"]
     assert "every image whose save failed" in doc
     assert "every image whose save failed" in binding.tooltip
+
+
+def test_the_256_colour_match_is_riches_for_every_colour_kind() -> None:
+    """In a 256-colour terminal (tmux without RGB) Rich matched every new colour of a half-cell
+    preview in Python; the widget now does it for the whole image, and must pick as Rich did."""
+    import numpy as np
+    from rich.color import Color, ColorSystem
+    from rich.color_triplet import ColorTriplet
+
+    from spatiora_tui.ui.widgets.halfcell import xterm_256
+
+    rng = np.random.default_rng(3)
+    colours = rng.integers(0, 256, (4000, 3))
+    greys = np.repeat(rng.integers(0, 256, (500, 1)), 3, axis=1) + rng.integers(-3, 4, (500, 3))
+    edges = np.array([[0, 0, 0], [255, 255, 255], [94, 95, 96], [128, 128, 128], [255, 0, 0], [1, 2, 3]])
+    every = np.clip(np.concatenate([colours, greys, edges]), 0, 255).astype(np.uint32)
+    ours = xterm_256(every[None])[0]
+    for (r, g, b), number in zip(every.tolist(), ours.tolist()):
+        rich = Color.from_triplet(ColorTriplet(r, g, b)).downgrade(ColorSystem.EIGHT_BIT)
+        assert rich.number == number, (r, g, b)
+
+
+async def test_halfcell_cells_are_256_colour_indices_in_a_256_colour_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+    from rich.color import ColorType
+    from textual.app import App
+
+    from spatiora_tui.ui.widgets.halfcell import HalfcellImage
+
+    monkeypatch.setenv("COLORTERM", "")
+    monkeypatch.setenv("TERM", "xterm-256color")
+
+    class One(App[None]):
+        def compose(self) -> ComposeResult:
+            widget = HalfcellImage(Image.new("RGB", (8, 8), (200, 40, 40)), id="img")
+            widget.styles.width, widget.styles.height = 8, 4
+            yield widget
+
+    app = One()
+    async with app.run_test(size=(20, 8)) as pilot:
+        await pilot.pause()
+        assert app.console.color_system == "256"
+        widget = app.query_one(HalfcellImage)
+        [segment] = list(widget.render_line(0))
+        assert segment.style.color.type == ColorType.EIGHT_BIT and segment.style.color.number == 160

@@ -115,8 +115,12 @@ class HalfcellImage(Widget):
             # Round to the nearest level, then back to 0-255 so the darkest and brightest survive.
             step = 1 << self._shift
             pixels = np.minimum((pixels + step // 2) >> self._shift << self._shift, 255)
-        packed = (pixels[..., 0] << 16) | (pixels[..., 1] << 8) | pixels[..., 2]
-        pairs = (packed[0::2].astype(np.uint64) << np.uint64(24)) | packed[1::2]
+        eight_bit = self.app.console.color_system == "256"
+        if eight_bit:  # 256 colours: matched here for the whole image, as Rich would cell by cell
+            packed = EIGHT_BIT_FLAG | xterm_256(pixels)
+        else:
+            packed = (pixels[..., 0] << 16) | (pixels[..., 1] << 8) | pixels[..., 2]
+        pairs = (packed[0::2].astype(np.uint64) << np.uint64(25)) | packed[1::2]
         if len(self._segments) > MAX_CACHED_PAIRS:
             self._segments.clear()
         segments, new_segment = self._segments, self._new_segment
@@ -137,14 +141,14 @@ class HalfcellImage(Widget):
         return strips
 
     def _new_segment(self, pair: int) -> Segment:
-        segment = Segment(UPPER_HALF, Style.from_color(self._color(pair >> 24), self._color(pair & 0xFFFFFF)))
+        segment = Segment(UPPER_HALF, Style.from_color(self._color(pair >> 25), self._color(pair & 0x1FFFFFF)))
         self._segments[pair] = segment
         return segment
 
     def _color(self, rgb: int) -> Color:
         color = self._colors.get(rgb)
         if color is None:
-            color = truecolor(rgb)
+            color = Color.from_ansi(rgb & 0xFF) if rgb & EIGHT_BIT_FLAG else truecolor(rgb)
             if len(self._colors) > MAX_CACHED_PAIRS:
                 self._colors.clear()
             self._colors[rgb] = color
@@ -152,6 +156,28 @@ class HalfcellImage(Widget):
 
 
 _tuple_new = tuple.__new__
+
+#: Marks a colour as an index of the 256-colour palette, not 0xRRGGBB (one bit above them).
+EIGHT_BIT_FLAG = 1 << 24
+
+
+def xterm_256(pixels: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """The 256-colour palette index of each RGB pixel, as Rich's Color.downgrade picks it for a
+    256-colour terminal (a grey below 15% saturation on the grey ramp, else the 6x6x6 cube), for
+    the whole array at once: Rich does it per colour in Python, which cost more than drawing."""
+    rgb = pixels.astype(np.float64)
+    high, low = rgb.max(axis=-1) / 255, rgb.min(axis=-1) / 255
+    lightness = (high + low) / 2
+    spread = high - low
+    with np.errstate(divide="ignore", invalid="ignore"):
+        saturation = np.where(lightness <= 0.5, spread / (high + low), spread / (2.0 - high - low))
+    saturation = np.where(spread == 0, 0.0, saturation)
+    gray = np.round(lightness * 25.0)
+    gray_index = np.where(gray == 0, 16, np.where(gray == 25, 231, 231 + gray))
+    six = np.where(rgb < 95, rgb / 95, 1 + (rgb - 95) / 40)
+    six = np.round(six)
+    cube_index = 16 + 36 * six[..., 0] + 6 * six[..., 1] + six[..., 2]
+    return np.where(saturation < 0.15, gray_index, cube_index).astype(np.uint32)
 
 
 def truecolor(rgb: int) -> Color:
