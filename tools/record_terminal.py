@@ -4,8 +4,8 @@ Run it inside the terminal to record (it needs the terminal as stdin/stdout):
 
     python -m tools.record_terminal OUT.json
 
-It writes the raw answer bytes (as a latin-1 string), the environment facts the choice uses and
-the choice made, then prints the choice.
+It writes the raw answer bytes (as a latin-1 string), the environment facts the choice uses, the
+choice made and how long the answers took, then prints the choice.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import dataclasses
 import json
 import sys
 import termios
+import time
 import tty
 from pathlib import Path
 
@@ -26,14 +27,22 @@ def main() -> int:
     fd = sys.stdin.fileno()
     saved = termios.tcgetattr(fd)
     tty.setcbreak(fd, termios.TCSANOW)
+    start = time.perf_counter()
     try:
         raw = probe(fd, sys.stdout.fileno(), place)
     finally:
+        elapsed_ms = (time.perf_counter() - start) * 1000
         termios.tcsetattr(fd, termios.TCSANOW, saved)
     choice = choose(parse(raw), place)
-    record = {"raw": raw.decode("latin-1"), "place": dataclasses.asdict(place), "choice": dataclasses.asdict(choice)}
+    record = {
+        "raw": raw.decode("latin-1"),
+        "place": dataclasses.asdict(place),
+        "choice": dataclasses.asdict(choice),
+        "probe_ms": round(elapsed_ms, 1),
+    }
     out.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     print(f"{choice.method}: {choice.reason}" + (f" ({choice.hint})" if choice.hint else ""))
+    print(f"probe answered in {elapsed_ms:.1f} ms")
     return 0
 
 

@@ -32,14 +32,21 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_every_stage_runs_with_progress_and_skips_what_is_done(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One smoke run, shared: the stage test reads it and the reproducibility test compares a
+    second run with it (a run is most of this file's time)."""
+    out = tmp_path_factory.mktemp("train") / "a"
+    return out, train(out)
+
+
+def test_every_stage_runs_with_progress_and_skips_what_is_done(trained: tuple[Path, str]) -> None:
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from safetensors.torch import load_file
     from transformers import CLIPTextModel
 
-    out = tmp_path / "train"
-    printed = train(out)
+    out, printed = trained
     for stage in ("vae step 2/2", "base step 2/2", "lora interior step 2/2", "lora floorplan step 2/2"):
         assert stage in printed
     vae = AutoencoderKL.from_pretrained(out / "vae")
@@ -56,12 +63,11 @@ def test_every_stage_runs_with_progress_and_skips_what_is_done(tmp_path: Path) -
     assert "vae: done already" in again and "base: done already" in again
 
 
-def test_the_same_command_gives_the_same_files(tmp_path: Path) -> None:
+def test_the_same_command_gives_the_same_files(trained: tuple[Path, str], tmp_path: Path) -> None:
     """Every stage is seeded, the export included: two runs write byte-identical files, so the
     command reproduces the shipped weights, not just their kind (docs/demo.md)."""
-    first, second = tmp_path / "a", tmp_path / "b"
-    for out in (first, second):
-        train(out)
+    first, second = trained[0], tmp_path / "b"
+    train(second)
     files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
     for part in ("vae", "unet", "text_encoder", "loras", "models", "adapters"):
         assert any(f.parts[0] == part and f.suffix == ".safetensors" for f in files), part
