@@ -20,9 +20,8 @@ from rich.style import Style
 from textual.dom import NoScreen
 from textual.geometry import Region
 from textual.strip import Strip
-from textual.widget import Widget
 
-from spatiora_tui.ui.widgets.pixels import ImageSource, cell_pixels, fit_pixels, open_image
+from spatiora_tui.ui.widgets.pixels import ImageSource, ScaledImage, cell_pixels, fit_pixels
 
 _NULL = Style()
 _ZERO_WIDTH = ((ControlType.CURSOR_FORWARD, 0),)
@@ -37,7 +36,7 @@ def inline_image(image: PILImage.Image, cells: tuple[int, int]) -> str:
     return f"\x1b]1337;File={keys}:{base64.standard_b64encode(data).decode('ascii')}\x07"
 
 
-class ItermImage(Widget):
+class ItermImage(ScaledImage):
     """Shows a PIL image as an iTerm2 inline image filling the widget's content area."""
 
     method = "iterm"
@@ -47,19 +46,8 @@ class ItermImage(Widget):
     """
 
     def __init__(self, image: ImageSource | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._image = open_image(image)
+        super().__init__(image, **kwargs)
         self._encoded: tuple[PILImage.Image, tuple[int, int], str] | None = None
-        self.bytes_sent = 0
-
-    @property
-    def image(self) -> PILImage.Image | None:
-        return self._image
-
-    @image.setter
-    def image(self, value: ImageSource | None) -> None:
-        self._image = open_image(value)
-        self.refresh()
 
     def render_lines(self, crop: Region) -> list[Strip]:
         cells = (self.content_size.width, self.content_size.height)
@@ -73,7 +61,6 @@ class ItermImage(Widget):
             fitted = fit_pixels(self._image, cells, cell_pixels())
             self._encoded = (self._image, cells, inline_image(fitted, cells))
         sequence = self._encoded[2]
-        self.bytes_sent += len(sequence)
         text = Control.move_to(region.x, region.y).segment.text + sequence
         text += Control.move_to(region.x + crop.right, region.y + crop.bottom - 1).segment.text  # the line's end
         return [Strip([])] * (crop.height - 1) + [Strip([Segment(text, _NULL, _ZERO_WIDTH)], crop.width)]

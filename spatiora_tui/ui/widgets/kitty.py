@@ -35,9 +35,8 @@ from textual.dom import NoScreen
 from textual.geometry import Region
 from textual.screen import Screen
 from textual.strip import Strip
-from textual.widget import Widget
 
-from spatiora_tui.ui.widgets.pixels import ImageSource, cell_pixels, fit_cells, fit_pixels, open_image
+from spatiora_tui.ui.widgets.pixels import ImageSource, ScaledImage, cell_pixels, fit_cells, fit_pixels
 
 PLACEHOLDER = "\U0010eeee"
 #: Bytes of base64 per chunk, as the protocol asks (at most 4096).
@@ -95,7 +94,7 @@ def tmux_wrap(sequence: str) -> str:
     return "\x1bPtmux;" + sequence.replace("\x1b", "\x1b\x1b") + "\x1b\\"
 
 
-class KittyImage(Widget):
+class KittyImage(ScaledImage):
     """Shows a PIL image through kitty graphics, filling the widget's content area."""
 
     DEFAULT_CSS = """
@@ -108,24 +107,15 @@ class KittyImage(Widget):
     passthrough = False
 
     def __init__(self, image: ImageSource | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._image = open_image(image)
+        super().__init__(image, **kwargs)
         self._image_id = next(_ids)
         self._sent: PILImage.Image | None = None  # the image the terminal holds under our id
         self._sent_size = (0, 0)  # its pixels
         self._placed: tuple[Region, tuple[int, int], Region] | None = None  # where, in how many cells, which part
-        self.bytes_sent = 0
 
-    @property
-    def image(self) -> PILImage.Image | None:
-        return self._image
-
-    @image.setter
-    def image(self, value: ImageSource | None) -> None:
-        self._image = open_image(value)
-        if value is None:
+    def image_changed(self) -> None:
+        if self._image is None:
             self._take_away()
-        self.refresh()
 
     def on_mount(self) -> None:
         self.app.screen_change_signal.subscribe(self, self._screen_changed)
@@ -154,9 +144,7 @@ class KittyImage(Widget):
     def _write(self, sequence: str) -> None:
         driver = getattr(self.app, "_driver", None)
         if driver is not None and sequence:
-            seq = tmux_wrap(sequence) if self.passthrough else sequence
-            self.bytes_sent += len(seq)
-            driver.write(seq)
+            driver.write(tmux_wrap(sequence) if self.passthrough else sequence)
 
     def render_lines(self, crop: Region) -> list[Strip]:
         blank = Strip.blank(crop.width, self.rich_style)
@@ -178,7 +166,6 @@ class KittyImage(Widget):
         if sequence:
             if self.passthrough:
                 sequence = tmux_wrap(sequence)
-            self.bytes_sent += len(sequence)
             if not self.placeholders:  # placed at the cursor, which the lines' writer has put here
                 at = Control.move_to(region.x + shown.x, region.y + shown.y).segment.text
                 sequence = at + sequence + at

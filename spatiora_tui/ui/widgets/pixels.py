@@ -1,10 +1,12 @@
-"""Pixel sizes for the image widgets that let the terminal scale (kitty, iTerm2)."""
+"""The image widgets that let the terminal scale (kitty, iTerm2): their base, and pixel sizes."""
 
 from __future__ import annotations
 
 from os import PathLike
+from typing import Any
 
 from PIL import Image as PILImage
+from textual.widget import Widget
 
 ImageSource = PILImage.Image | str | PathLike[str]
 
@@ -43,3 +45,25 @@ def fit_cells(size: tuple[int, int], cells: tuple[int, int], cell_px: tuple[int,
     if columns / max(1, rows) > aspect:
         return max(1, min(columns, round(rows * aspect))), rows
     return columns, max(1, min(rows, round(columns / aspect)))
+
+
+class ScaledImage(Widget):
+    """An image widget whose terminal scales the image to its cells; `image` takes a PIL image
+    or a path (the history screen's), or None."""
+
+    def __init__(self, image: ImageSource | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._image = open_image(image)
+
+    @property
+    def image(self) -> PILImage.Image | None:
+        return self._image
+
+    @image.setter
+    def image(self, value: ImageSource | None) -> None:
+        self._image = open_image(value)
+        self.image_changed()
+        self.refresh()
+
+    def image_changed(self) -> None:
+        """Called when a new image (or None) is set, before the repaint."""
