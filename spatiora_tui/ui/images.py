@@ -15,7 +15,6 @@ textual-image's UnicodeImage.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import sys
 import termios
 import tty
@@ -48,7 +47,7 @@ def choose_drawing(renderer: str) -> Choice:
         outer = place.outer if place.tmux else answers.version
         placed = "kitty" if place.tmux or unicode_placeholders(outer) else "kitty-direct"
         choice = Choice(placed, "pinned by [ui] renderer or --renderer", tmux_passthrough=place.tmux)
-    return dataclasses.replace(choice, cell=answers.cell)
+    return choice
 
 
 def widget_class(choice: Choice) -> type[Widget]:

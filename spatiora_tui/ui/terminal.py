@@ -26,7 +26,7 @@ import select
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 #: Longest wait for the terminal's answers at start-up.
 PROBE_TIMEOUT_S = 1.0
@@ -172,7 +172,6 @@ class Choice:
     reason: str
     hint: str = ""
     tmux_passthrough: bool = False  # kitty sequences wrapped for tmux's passthrough
-    cell: tuple[int, int] | None = field(default=None, compare=False)
 
 
 def _version_numbers(text: str) -> tuple[int, ...]:
@@ -205,13 +204,11 @@ def unicode_placeholders(version: str) -> bool:
 
 def choose(answers: Answers, place: Place) -> Choice:
     """The best way to draw images that this terminal, as probed, supports."""
-    cell = answers.cell
     if place.screen:
         return Choice(
             "halfcell",
             "GNU screen passes no image sequences",
             "run Spatiora outside screen, or in tmux ≥ 3.4 built with sixel",
-            cell=cell,
         )
     if place.tmux:
         return _choose_in_tmux(answers, place)
@@ -221,57 +218,50 @@ def choose(answers: Answers, place: Place) -> Choice:
             "halfcell",
             f"{name} did not answer the graphics probe within {PROBE_TIMEOUT_S:.0f} s",
             "pin a method with --renderer (sixel, kitty) if your terminal draws images",
-            cell=cell,
         )
     lowered = answers.version.lower()
     if answers.kitty_graphics and unicode_placeholders(answers.version):
-        return Choice("kitty", f"{name} draws kitty graphics with Unicode placeholders", cell=cell)
+        return Choice("kitty", f"{name} draws kitty graphics with Unicode placeholders")
     if lowered.startswith(("wezterm", "iterm2")) or place.term_program in ("iTerm.app", "WezTerm"):
-        return Choice("iterm", f"{name} draws iTerm2 inline images", cell=cell)
+        return Choice("iterm", f"{name} draws iTerm2 inline images")
     if answers.sixel:
-        return Choice("sixel", f"{name} answered that it draws sixel", cell=cell)
+        return Choice("sixel", f"{name} answered that it draws sixel")
     if answers.kitty_graphics:
         return Choice(
             "kitty-direct",
             f"{name} draws kitty graphics but has no Unicode placeholders (kitty ≥ 0.28): placed directly",
-            cell=cell,
         )
     hint = "use a terminal that draws sixel or kitty graphics (xterm -ti vt340, foot, WezTerm, kitty, Konsole)"
     if lowered.startswith("xterm"):
         hint = "start xterm with -ti vt340 (and -xrm 'XTerm*numColorRegisters: 256') for sixel"
     elif place.term_program == "vscode":
         hint = "turn on terminal.integrated.enableImages in VS Code's settings for sixel"
-    return Choice("halfcell", f"{name} answered no sixel and no kitty graphics", hint, cell=cell)
+    return Choice("halfcell", f"{name} answered no sixel and no kitty graphics", hint)
 
 
 def _choose_in_tmux(answers: Answers, place: Place) -> Choice:
     tmux = f"tmux {place.tmux_version}".strip()
     outer = place.outer
-    cell = answers.cell
+    outer_name = terminal_name(Answers(version=outer), Place())
     if answers.sixel:
-        return Choice("sixel", f"{tmux} is built with sixel and passes it on", cell=cell)
+        return Choice("sixel", f"{tmux} is built with sixel and passes it on")
     if outer and unicode_placeholders(outer):
-        outer_name = terminal_name(Answers(version=outer), Place())
         if place.passthrough in ("on", "all"):
             return Choice(
                 "kitty",
                 f"{outer_name} outside {tmux} draws kitty graphics with Unicode placeholders, passed through",
                 tmux_passthrough=True,
-                cell=cell,
             )
         return Choice(
             "halfcell",
             f"{tmux} does not pass {outer_name}'s kitty graphics on",
             "add `set -g allow-passthrough on` to ~/.tmux.conf (then `tmux source ~/.tmux.conf`) for images",
-            cell=cell,
         )
     if _version_numbers(place.tmux_version) < (3, 4):
         hint = f"sixel through tmux needs tmux ≥ 3.4 built with sixel support (this is {tmux})"
     else:
         hint = f"{tmux} was built without sixel (./configure --enable-sixel)"
-    if outer:
-        outer_name = terminal_name(Answers(version=outer), Place())
-        if outer.lower().startswith("kitty"):
-            setting = "" if place.passthrough in ("on", "all") else " with `set -g allow-passthrough on`"
-            hint += f"; kitty ≥ 0.28{setting} would draw images ({outer_name} has no Unicode placeholders)"
-    return Choice("halfcell", f"{tmux} passes no images to this terminal", hint, cell=cell)
+    if outer.lower().startswith("kitty"):
+        setting = "" if place.passthrough in ("on", "all") else " with `set -g allow-passthrough on`"
+        hint += f"; kitty ≥ 0.28{setting} would draw images ({outer_name} has no Unicode placeholders)"
+    return Choice("halfcell", f"{tmux} passes no images to this terminal", hint)
