@@ -6,10 +6,12 @@ frame of a noise-like image on a 2-core CPU, every millisecond of it taken from 
 dithering: the same pixels, so the same colour error) and then builds every band's rows at once:
 
 1. a row per (band, colour) present; in each band's column, one set cell per colour among its
-   six pixels, holding the bits of the pixels of that colour; the cells sorted row-major;
+   six pixels, holding the bits of the pixels of that colour (six whole-image comparisons); the
+   cells sorted row-major (a radix sort on 16-bit row numbers);
 2. the cells cut into runs of equal sixels, each with the gap of unset ones before it;
-3. every token (a row's colour select, its runs, its `$` or the band's `-`) written into one
-   byte buffer at offsets from a cumulative sum: no Python loop over bands, rows or runs.
+3. every token (a row's colour select, its gaps and runs, its `$` or the band's `-`) expanded by
+   one repeat of its last byte to its length, then the digits of `!N` and `#N` written over the
+   front of theirs from a table: no Python loop over bands, rows or runs.
 
 A run of 4 or more equal sixels is written `!N<sixel>`; shorter ones as they are. Colours are
 defined once, in the header (`#i;2;r;g;b`, in percent). tests/unit/test_sixel_encoder.py decodes
@@ -18,6 +20,7 @@ the output and compares it pixel for pixel with the quantized image.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -58,25 +61,26 @@ def encode_paletted(indices: np.ndarray[Any, Any], palette: list[int]) -> bytes:
 
     # 1. Rows: one per (band, colour) present, band-major. Then the set cells: in each band's
     #    column, one per colour of its six pixels, with the bits of the pixels of that colour.
-    band_of = np.arange(height) // 6
     present = np.zeros((bands, count), dtype=bool)
-    present[band_of[:, None], indices] = True
+    present[(np.arange(height) // 6)[:, None], indices] = True
     rows = int(present.sum())
-    row_id = np.zeros((bands, count), dtype=np.int64)
-    row_id[present] = np.arange(rows)
+    row_id = np.zeros(bands * count, dtype=np.int32)
+    row_id[present.ravel()] = np.arange(rows, dtype=np.int32)
     row_band, row_colour = np.nonzero(present)
-    padded = np.full((bands * 6, width), count, dtype=np.int64)  # below the image: no colour
+    padded = np.full((bands * 6, width), count, dtype=np.uint16)  # below the image: no colour
     padded[:height] = indices
-    column = padded.reshape(bands, 6, width).transpose(0, 2, 1)  # (band, x, pixel in the band)
-    same = column[..., :, None] == column[..., None, :]
-    bits = same.astype(np.uint8) @ (1 << np.arange(6, dtype=np.uint8))
-    first_of_colour = ~(same & np.tril(np.ones((6, 6), dtype=bool), -1)).any(axis=-1)
-    band, x, pixel = np.nonzero(first_of_colour & (column != count))
-    colour = column[band, x, pixel]
-    cell_row = row_id[band, colour]
+    column = padded.reshape(bands, 6, width)  # (band, pixel in the band, x)
+    bits = np.zeros(column.shape, dtype=np.uint8)  # per pixel: the pixels of its colour
+    for pixel in range(6):
+        bits |= (column == column[:, pixel : pixel + 1]).view(np.uint8) << pixel
+    first_of_colour = ((bits & _EARLIER) == 0) & (column != count)
+    cell = np.flatnonzero(first_of_colour.transpose(0, 2, 1))  # in (band, x, pixel) order
+    colour = column.transpose(0, 2, 1).ravel()[cell]
+    cell_bits = bits.transpose(0, 2, 1).ravel()
+    band_x = cell // 6
+    cell_row = row_id[(band_x // width) * count + colour]
     order = np.argsort(cell_row.astype(np.uint16) if rows <= 1 << 16 else cell_row, kind="stable")
-    cell_row, cell_col = cell_row[order], x[order]  # row-major: each row's cells in column order
-    values = bits[band, x, pixel][order]
+    cell_row, cell_col, values = cell_row[order], (band_x % width)[order], cell_bits[cell[order]]
 
     # 2. Runs of equal set sixels, each with the unset ones before it (a gap).
     starts = np.ones(values.size, dtype=bool)
@@ -84,48 +88,81 @@ def encode_paletted(indices: np.ndarray[Any, Any], palette: list[int]) -> bytes:
     run_start = np.flatnonzero(starts)
     run_len = np.diff(np.append(run_start, values.size))
     run_row, run_col, run_value = cell_row[run_start], cell_col[run_start], values[run_start] + SIXEL_BASE
-    previous_end = np.zeros(run_start.size, dtype=np.int64)  # the column after the run before, in its row
-    same_row = np.append(False, run_row[1:] == run_row[:-1])
-    previous_end[same_row] = (run_col + run_len)[np.flatnonzero(same_row) - 1]
-    gap = run_col - previous_end
-    # Each run as two pieces, its gap (dropped when empty) and itself.
-    piece_len = np.column_stack((gap, run_len)).ravel()
-    piece_value = np.column_stack((np.full(run_start.size, SIXEL_BASE), run_value)).ravel()
-    piece_row = np.repeat(run_row, 2)
-    used = piece_len > 0
-    lengths, values, row_of_piece = piece_len[used], piece_value[used].astype(np.uint8), piece_row[used]
+    run_end = run_col + run_len
+    first_run = np.ones(run_start.size, dtype=bool)
+    first_run[1:] = run_row[1:] != run_row[:-1]
+    gap = run_col - np.where(first_run, 0, np.roll(run_end, 1))
 
-    # 3. Tokens, in order: per row its colour select, its pieces, then `$` (or `-` ending a band).
-    per_row = np.bincount(row_of_piece, minlength=rows)
-    first_piece = np.cumsum(per_row) - per_row
-    piece_token = np.arange(lengths.size) + 2 * row_of_piece + 1
-    select_token = first_piece + 2 * np.arange(rows)
-    end_token = select_token + per_row + 1
-    tokens = lengths.size + 2 * rows
-    long = lengths >= RLE_FROM
-    digits = _digits(lengths)
+    # 3. Tokens, in order: per row its colour select, then per run its gap and itself, then `$`
+    #    (or `-` ending a band). Each token's bytes are first all its last byte (a sixel, `#`'s
+    #    first, `$` or `-`): one repeat over every token. Then the digits of repeats (`!N`) and
+    #    colour selects are written over the front of theirs. No Python loop over rows or runs.
+    per_row = np.bincount(run_row, minlength=rows)
+    gap_token = np.arange(run_start.size) * 2 + 2 * run_row.astype(np.int64) + 1  # the run's own is next
+    select_token = 2 * (np.cumsum(per_row) - per_row) + 2 * np.arange(rows)
+    end_token = select_token + 2 * per_row + 1
+    tokens = 2 * (run_start.size + rows)
+    last = np.empty(tokens, dtype=np.uint8)
+    number = np.zeros(tokens, dtype=np.int64)  # the N of a run's or a gap's `!N`
     size = np.empty(tokens, dtype=np.int64)
-    size[piece_token] = np.where(long, 2 + digits, lengths)
-    size[select_token] = 1 + _digits(row_colour)
-    size[end_token] = 1
+    last[gap_token], last[gap_token + 1], last[select_token] = SIXEL_BASE, run_value, ord("#")
+    last[end_token] = np.where(np.append(row_band[1:] != row_band[:-1], True), ord("-"), ord("$"))
+    repeat_size = _repeat_size(width)
+    size[gap_token], size[gap_token + 1] = repeat_size[gap], repeat_size[run_len]
+    size[select_token], size[end_token] = 1 + _digit_count(row_colour), 1
+    number[gap_token], number[gap_token + 1] = gap, run_len
+    out = np.repeat(last, size)
     offset = np.cumsum(size) - size
-    out = np.empty(int(size.sum()), dtype=np.uint8)
-
-    at = offset[select_token]
-    out[at] = ord("#")
-    _write_number(out, at + 1, row_colour)
-    band_ends = np.append(row_band[1:] != row_band[:-1], True)
-    out[offset[end_token]] = np.where(band_ends, ord("-"), ord("$"))
-
-    at = offset[piece_token[long]]
-    out[at] = ord("!")
-    _write_number(out, at + 1, lengths[long])
-    out[at + 1 + digits[long]] = values[long]
-    short = ~long
-    short_at, short_len = offset[piece_token[short]], lengths[short]
-    ramp = np.arange(int(short_len.sum())) - np.repeat(np.cumsum(short_len) - short_len, short_len)
-    out[np.repeat(short_at, short_len) + ramp] = np.repeat(values[short], short_len)
+    repeats = np.flatnonzero(number >= RLE_FROM)
+    out[offset[repeats]] = ord("!")
+    _write_digits(out, offset[repeats] + 1, number[repeats], max(width, count))
+    _write_digits(out, offset[select_token] + 1, row_colour, max(width, count))
     return DCS + b"0;1;0q" + header + out.tobytes() + ST
+
+
+#: For each pixel of a band's column, the bits of those above it (a colour's first pixel has
+#: none of its own colour there).
+_EARLIER = np.array([(1 << pixel) - 1 for pixel in range(6)], dtype=np.uint8)[:, None]
+
+
+@functools.lru_cache(maxsize=4)
+def _repeat_size(longest: int) -> np.ndarray[Any, Any]:
+    """For N up to `longest`: the bytes of N equal sixels, written out below RLE_FROM, else `!N`
+    and the sixel."""
+    n = np.arange(longest + 1)
+    size = np.where(n >= RLE_FROM, 2 + _digit_count(n), n)
+    size.flags.writeable = False
+    return size
+
+
+@functools.lru_cache(maxsize=4)
+def _decimals(largest: int) -> np.ndarray[Any, Any]:
+    """For N up to `largest`: its decimal digits in ASCII, from the left (zeros after them)."""
+    n = np.arange(largest + 1)
+    count = _digit_count(n)
+    place = np.arange(int(count.max()))
+    power = _POWERS[np.clip(count[:, None] - 1 - place, 0, None)]
+    table = np.where(place < count[:, None], ord("0") + (n[:, None] // power) % 10, 0).astype(np.uint8)
+    table.flags.writeable = False
+    return table
+
+
+def _write_digits(
+    out: np.ndarray[Any, Any], at: np.ndarray[Any, Any], numbers: np.ndarray[Any, Any], largest: int
+) -> None:
+    """Write each number (up to `largest`) in decimal into `out` from its offset in `at`."""
+    decimals = _decimals(largest)
+    places = decimals.shape[1]
+    count = np.count_nonzero(decimals, axis=1)[numbers]
+    flat = decimals.ravel()
+    index = numbers * places
+    out[at] = flat[index]
+    for place in range(1, places):
+        has = np.flatnonzero(count > place)
+        out[at[has] + place] = flat[index[has] + place]
+
+
+_POWERS = 10 ** np.arange(7)
 
 
 def _colour_definitions(palette: list[int], count: int) -> bytes:
@@ -134,18 +171,6 @@ def _colour_definitions(palette: list[int], count: int) -> bytes:
     return b"".join(b"#%d;2;%d;%d;%d" % (i, r, g, b) for i, (r, g, b) in enumerate(rgb.tolist()))
 
 
-def _digits(numbers: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+def _digit_count(numbers: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     """How many decimal digits each (non-negative) number takes."""
-    count = np.ones(numbers.shape, dtype=np.int64)
-    for power in (10, 100, 1000, 10000, 100000):
-        count += numbers >= power
-    return count
-
-
-def _write_number(out: np.ndarray[Any, Any], at: np.ndarray[Any, Any], numbers: np.ndarray[Any, Any]) -> None:
-    """Write each number in decimal into `out` from its offset in `at`."""
-    digits = _digits(numbers)
-    for place in range(int(digits.max()) if numbers.size else 0):
-        has = digits > place
-        power = 10 ** (digits[has] - 1 - place)
-        out[at[has] + place] = ord("0") + (numbers[has] // power) % 10
+    return np.searchsorted(_POWERS[1:], numbers, side="right") + 1
