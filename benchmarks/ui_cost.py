@@ -212,7 +212,7 @@ def _measure(args: argparse.Namespace, settings: Any, engine: Any) -> None:
     print(
         f"UI thread CPU as the preview pacer counts it (from the start of a generation to its end): median {statistics.median(ui_cpu):.1f}% of the wall time, "
         f"preview images drawn: median {statistics.median(frames):.0f} of {statistics.median(messages):.0f} "
-        f"step updates (budget {settings.ui.preview_cpu_budget:g}, at most {settings.ui.preview_fps:g} fps)"
+        f"step updates (budget {settings.ui.preview_cpu_budget}, at most {settings.ui.preview_fps:g} fps)"
     )
     for side, shares in (("bare", bare_by_thread), ("in the app", by_thread)):
         print(

@@ -87,6 +87,14 @@ def _between(lo: float, hi: float) -> typing.Callable[[Any], str | None]:
     return check
 
 
+def _budget(value: Any) -> str | None:
+    if value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f'must be "auto" or a number between 0.005 and 1, got {value!r}'
+    return _between(0.005, 1.0)(value)
+
+
 #: The bounds of what a request may ask, checked in config.toml, on the command line, in the
 #: prompt pane and by the engine.
 STEPS_RANGE = (1, 500)
@@ -411,13 +419,14 @@ class UiSettings:
         default=8.0,
         metadata=_doc("Most step previews drawn per second; only the newest is drawn.", _between(0.5, 60)),
     )
-    preview_cpu_budget: float = field(
-        default=0.01,
+    preview_cpu_budget: float | Literal["auto"] = field(
+        default="auto",
         metadata=_doc(
             "Most of a generation's time the UI may spend drawing (0.01 = 1%); a preview that would go "
             "over it waits (a newer one replaces it), so slow drawing lowers the preview rate, not the "
-            "generation speed.",
-            _between(0.005, 1.0),
+            'generation speed. "auto": 1% while the engine computes on this CPU or in this process, '
+            "25% when it runs in its own process on a GPU (drawing then takes nothing from it).",
+            _budget,
         ),
     )
     hardware_hz: float = field(default=4.0, metadata=_doc("Hardware pane samples per second.", _between(0.2, 20)))

@@ -50,6 +50,7 @@ class FakeEngine:
     gate: threading.Event | None = None  # when set, step `gate_step` waits on it
     gate_step: int = 2
     compiled: str = ""  # the model's torch.compile mode, as LocalEngine reports it ("" = eager)
+    device: str = "cpu"  # where the model "computes"
     at_gate: threading.Event = field(default_factory=threading.Event)
     switches: list[str] = field(default_factory=list)
     requests: list[GenerationRequest] = field(default_factory=list)
@@ -77,7 +78,7 @@ class FakeEngine:
             on_progress("loading fake-model")
         if self.fail_load:
             raise EngineError(self.fail_load)
-        self._model = dataclasses.replace(MODEL, compiled=self.compiled)
+        self._model = dataclasses.replace(MODEL, compiled=self.compiled, device=self.device)
         return self._model
 
     @property

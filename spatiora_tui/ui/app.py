@@ -45,7 +45,7 @@ from spatiora_tui.ui.messages import (
     QueueFound,
     SessionNews,
 )
-from spatiora_tui.ui.pacing import FrameClock, PreviewPacer, StepThrottle
+from spatiora_tui.ui.pacing import FrameClock, PreviewPacer, StepThrottle, auto_budget
 from spatiora_tui.ui.screens.history import HistoryScreen, Pick
 from spatiora_tui.ui.screens.models import ModelPicker
 from spatiora_tui.ui.screens.queue import QueueScreen
@@ -118,7 +118,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self._peaks_task: str | None = None  # the task whose stage peaks the pane shows
         # While generating, the newest step, image and hardware sample wait for the next frame.
         self.frames = FrameClock(
-            PreviewPacer(settings.ui.preview_fps, settings.ui.preview_cpu_budget),
+            PreviewPacer(settings.ui.preview_fps, self._budget("cpu")),
             draw_step=self._draw_step,
             draw_image=lambda image: self.preview_pane.show_image(image),
             draw_sample=self._show_sample,
@@ -262,7 +262,13 @@ class SpatioraApp(App[None], inherit_bindings=False):
         else:
             self.say(f"model failed to load: {event.error}. Fix config.toml and restart.", error=True)
 
+    def _budget(self, device: str) -> float:
+        """The preview pacer's CPU budget for an engine computing on `device`."""
+        budget = self.settings.ui.preview_cpu_budget
+        return auto_budget(self._linked is not None, device) if budget == "auto" else float(budget)
+
     def _show_model(self, model: Any) -> None:
+        self.frames.pacer.budget = self._budget(model.device)
         offload = f" · offload {model.offload}" if model.offload != "none" else ""
         compiled = f" · compiled ({model.compiled})" if model.compiled else ""
         self.sub_title = (
@@ -647,7 +653,8 @@ class SpatioraApp(App[None], inherit_bindings=False):
             self.say(f"could not save the image: {message.save_error}", error=True)
         for warning in result.warnings:
             self.notify(markup_safe(warning), severity="warning", timeout=8)
-        self.preview_pane.finished(result, saved)
+        pacer = self.frames.pacer  # (its counts stay until the next job starts)
+        self.preview_pane.finished(result, saved, (pacer.drawn, pacer.drawn_per_s()))
         sheet = self._groups.add(job, result.image) if job.group and result.image is not None else None
         if sheet is not None:  # a batch's images so far, or a sweep's grid: the next job's previews take over
             self.preview_pane.show_sheet(sheet)

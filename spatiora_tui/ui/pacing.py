@@ -24,6 +24,21 @@ from spatiora_tui.jobs.events import JobStepped
 if TYPE_CHECKING:
     from PIL import Image
 
+#: The CPU budget `[ui] preview_cpu_budget = "auto"` gives: while the engine computes on the CPU
+#: (every millisecond the UI draws comes out of denoising on a machine with few cores) or in the
+#: app's process (the UI's drawing holds the GIL its thread needs)...
+CPU_BUDGET = 0.01
+#: ...and while it runs in its own process on a GPU, where drawing takes nothing from it: enough
+#: for a sixel frame at every repaint of a one-second image.
+APART_GPU_BUDGET = 0.25
+
+
+def auto_budget(apart: bool, device: str) -> float:
+    """The CPU budget of `preview_cpu_budget = "auto"` for an engine in its own process (`apart`)
+    or in the app's, computing on `device` ("cuda", "mps", "cpu", …)."""
+    return APART_GPU_BUDGET if apart and device != "cpu" else CPU_BUDGET
+
+
 #: Longest the screen goes without a repaint while generating, budget or not (seconds).
 MIN_REPAINT_S = 1.0
 #: Longest a waiting step preview waits, budget or not (seconds). With steps seconds apart (a
@@ -44,7 +59,7 @@ class PreviewPacer:
         if max_fps <= 0 or not 0 < budget <= 1:
             raise ValueError(f"need max_fps > 0 and 0 < budget <= 1, got {max_fps}, {budget}")
         self._min_interval = 1.0 / max_fps
-        self._budget = budget
+        self.budget = budget
         self._clock, self._cpu_clock = clock, cpu_clock
         self._t0 = self._cpu0 = 0.0
         self._last_draw: float | None = None
@@ -64,7 +79,7 @@ class PreviewPacer:
         now = self._clock()
         first_image = image_waiting and self._last_draw is None
         recent = self._last_repaint is not None and now - self._last_repaint < MIN_REPAINT_S
-        if not first_image and recent and self._cpu_clock() - self._cpu0 > self._budget * (now - self._t0):
+        if not first_image and recent and self._cpu_clock() - self._cpu0 > self.budget * (now - self._t0):
             return False
         self._last_repaint = now
         return True
@@ -75,13 +90,18 @@ class PreviewPacer:
         now = self._clock()
         if self._last_draw is not None and now - self._last_draw < MIN_PREVIEW_S:
             too_soon = now - self._last_draw < self._min_interval
-            over_budget = self._cpu_clock() - self._cpu0 > self._budget * (now - self._t0)
+            over_budget = self._cpu_clock() - self._cpu0 > self.budget * (now - self._t0)
             if too_soon or over_budget:
                 self.skipped += 1
                 return False
         self._last_draw = now
         self.drawn += 1
         return True
+
+    def drawn_per_s(self) -> float:
+        """Previews drawn since start() per second of wall time (0 before any time passes)."""
+        elapsed = self._clock() - self._t0
+        return self.drawn / elapsed if elapsed > 0 else 0.0
 
     def cpu_share(self) -> float:
         """The UI thread's CPU time since start() over the wall time (0 before any time passes)."""

@@ -9,20 +9,28 @@ from __future__ import annotations
 import colorsys
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
 import time
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from spatiora_tui.outputs import read_metadata
-from tests.e2e.terminals import E2E_CONFIG, Tmux, app_command, make_project, pngs, require, tasks_config
+from tests.e2e.terminals import (
+    E2E_CONFIG,
+    TERMINALS,
+    Tmux,
+    app_command,
+    make_project,
+    pngs,
+    require,
+    sixel_tmux,
+    tasks_config,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform != "linux", reason="Linux terminals")]
 
@@ -193,53 +201,6 @@ def xvfb(tmp_path: Path):
     yield display
     server.terminate()
     server.wait(timeout=10)
-
-
-XTERM_VT340 = [
-    "xterm", "-ti", "vt340", "-xrm", "XTerm*decTerminalID: vt340", "-xrm", "XTerm*numColorRegisters: 256",
-    "-geometry", "150x44", "-fa", "DejaVu Sans Mono", "-fs", "11", "-e",
-]  # fmt: skip
-
-
-KITTY = [
-    "kitty", "--config", "NONE", "-o", "remember_window_size=no", "-o", "initial_window_width=150c",
-    "-o", "initial_window_height=44c", "-e",
-]  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Terminal:
-    """A real terminal under Xvfb as a user would start it, 150x44 cells."""
-
-    argv: list[str]  # up to the command
-    env: dict[str, str] = field(default_factory=dict)
-    tmux: str = ""  # run inside this tmux (on the test's own socket), in the terminal
-    method: str = ""  # inside tmux: the method the preview's title must name
-    tile: int = 16  # half-cell blocks hold fewer colours per square: judged on larger ones
-
-
-def sixel_tmux() -> str:
-    """A tmux ≥ 3.4 built with sixel: SPATIORA_TMUX_SIXEL (.ci/run unpacks Debian's backport
-    there), else the tmux on PATH when it is one."""
-    if os.environ.get("SPATIORA_TMUX_SIXEL"):
-        return os.environ["SPATIORA_TMUX_SIXEL"]
-    try:
-        version = subprocess.run(["tmux", "-V"], capture_output=True, text=True, timeout=10).stdout
-    except OSError:
-        return "tmux-3.4-with-sixel"
-    numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:2])
-    return "tmux" if numbers >= (3, 4) else "tmux-3.4-with-sixel"
-
-
-TERMINALS = {
-    "xterm-vt340": Terminal(XTERM_VT340),
-    # Debian 12's kitty: kitty graphics without Unicode placeholders (placed directly).
-    "kitty-0.26": Terminal(KITTY, {"LIBGL_ALWAYS_SOFTWARE": "1"}),
-    "mlterm": Terminal(["mlterm", "-geometry", "150x44", "-e"]),
-    # Debian 12's tmux 3.3a in xterm: no sixel through it, half-cell blocks.
-    "tmux-3.3-xterm": Terminal(XTERM_VT340, tmux="tmux", method="halfcell", tile=32),
-    "tmux-sixel-xterm": Terminal(XTERM_VT340, tmux="SIXEL", method="sixel"),
-}
 
 
 @pytest.mark.parametrize("name", list(TERMINALS))

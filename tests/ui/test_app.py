@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -66,6 +67,22 @@ async def test_ctrl_g_generates_streams_previews_and_saves(make) -> None:
         request = engine.requests[0]
         assert request.task == "interior" and request.steps == 4 and (request.width, request.height) == (64, 64)
         assert app.query_one("#seed", Input).placeholder == "last 1234"
+        progress = str(app.query_one("#progress-text", Static).render())
+        drawn = re.search(r"previews drawn: (\d+) of 4 steps, [\d.]+/s", progress)
+        assert drawn is not None and 0 <= int(drawn[1]) <= 4, (
+            f"the finished line says how many previews reached the screen: {progress!r}"
+        )
+
+
+async def test_the_preview_budget_is_the_configs_or_narrow_with_the_engine_in_this_process(make, ui_settings) -> None:
+    """`preview_cpu_budget = "auto"` (the default): 1% with the engine in the app's process
+    whatever its device; a number in config.toml is taken as it is."""
+    for budget, device, expected in (("auto", "cuda", 0.01), ("auto", "cpu", 0.01), (0.2, "cpu", 0.2)):
+        settings = dataclasses.replace(ui_settings, ui=dataclasses.replace(ui_settings.ui, preview_cpu_budget=budget))
+        app, _ = make(settings=settings, device=device)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(app, pilot)
+            assert app.model_ready and app.frames.pacer.budget == expected, (budget, device)
 
 
 async def test_progress_shows_with_previews_off(make) -> None:

@@ -98,3 +98,24 @@ async def test_a_model_another_client_switches_to_is_shown_with_who_chose_it(ui_
         other.close()
         mine.close()
         hub.close()
+
+
+async def test_on_an_engine_apart_on_a_gpu_previews_get_a_wide_budget(ui_settings: Settings) -> None:
+    """`preview_cpu_budget = "auto"`: an engine in its own process that computes on a GPU loses
+    nothing to the window's drawing, so previews get 25% of the UI thread, not 1%; on the CPU its
+    torch threads use every core, and the budget stays narrow."""
+    for device, expected in (("cuda", 0.25), ("cpu", 0.01)):
+        hub = Hub(FakeEngine(ui_settings, device=device))
+
+        def open_link(on_frame: OnFrame, on_end: OnEnd, hub: Hub = hub) -> DroppableLink:
+            return DroppableLink(hub, on_frame, on_end)
+
+        engine = RemoteEngine(open_link)
+        app = SpatioraApp(ui_settings, engine, renderer="unicode", telemetry=fake_telemetry(False))
+        try:
+            async with app.run_test(size=SIZE) as pilot:
+                await settle(app, pilot)
+                assert app.model_ready and app.frames.pacer.budget == expected, device
+        finally:
+            engine.close()
+            hub.close()

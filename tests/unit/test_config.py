@@ -91,12 +91,23 @@ def test_partial_file_keeps_defaults_elsewhere(tmp_path: Path) -> None:
         ('[[tasks]]\nname = "a"\n[[tasks]]\nname = "a"\n', ["unique", "a"]),
         ("tasks = []\n", ["at least one"]),
         ('model = "demo"\n', ["model", "expected a table"]),
+        ('[ui]\npreview_cpu_budget = "fast"\n', ["ui.preview_cpu_budget", '"auto" or a number', "'fast'"]),
+        ("[ui]\npreview_cpu_budget = 2\n", ["ui.preview_cpu_budget", "between 0.005 and 1"]),
+        ("[ui]\npreview_cpu_budget = true\n", ["ui.preview_cpu_budget", '"auto" or a number']),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(tmp_path: Path, text: str, fragments: list[str]) -> None:
     message = error_of(tmp_path, text)
     for fragment in fragments:
         assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+def test_the_preview_budget_is_auto_by_default_or_a_number(tmp_path: Path) -> None:
+    assert Settings().ui.preview_cpu_budget == "auto"
+    path = tmp_path / "config.toml"
+    for given, read in (("0.05", 0.05), ("1", 1.0), ('"auto"', "auto")):
+        path.write_text(f"[ui]\npreview_cpu_budget = {given}\n", encoding="utf-8")
+        assert read_settings(path).ui.preview_cpu_budget == read
 
 
 def test_toml_syntax_error_gives_line_and_column(tmp_path: Path) -> None:

@@ -147,3 +147,25 @@ def test_a_job_that_ends_drops_its_waiting_step_and_image_and_draws_the_waiting_
     clock.tick()
     clock.flush()
     assert drawn == [("sample", "last")]
+
+
+def test_the_rate_of_previews_drawn_is_counted_over_the_jobs_wall_time() -> None:
+    clocks = Clocks()
+    p = pacer(clocks, max_fps=10, budget=1.0)
+    assert p.drawn_per_s() == 0.0
+    for _ in range(20):  # 20 steps, one every 60 ms: the 10-fps cap lets every second one through
+        clocks.advance(0.06)
+        p.should_draw()
+    assert p.drawn == 10 and p.skipped == 10
+    assert p.drawn_per_s() == pytest.approx(10 / 1.2)
+    p.start()
+    assert p.drawn == 0, "a new job counts afresh"
+
+
+def test_the_auto_budget_is_wide_only_for_an_engine_apart_on_a_gpu() -> None:
+    from spatiora_tui.ui.pacing import APART_GPU_BUDGET, CPU_BUDGET, auto_budget
+
+    assert auto_budget(apart=True, device="cuda") == APART_GPU_BUDGET == 0.25
+    assert auto_budget(apart=True, device="mps") == APART_GPU_BUDGET
+    assert auto_budget(apart=True, device="cpu") == CPU_BUDGET == 0.01, "torch's threads use every core"
+    assert auto_budget(apart=False, device="cuda") == CPU_BUDGET, "in one process the drawing holds the GIL"

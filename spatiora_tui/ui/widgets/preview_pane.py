@@ -100,7 +100,9 @@ class PreviewPane(Vertical):
             + (f" · first preview {self._first_preview_s:.2f} s" if self._first_preview_s is not None else ""),
         )
 
-    def finished(self, result: GenerationResult, saved: str) -> None:
+    def finished(self, result: GenerationResult, saved: str, drawn: tuple[int, float] | None = None) -> None:
+        """The job's end: its image, its figures, and `drawn`, the step previews drawn on this
+        screen and their rate (what reached the terminal: the pacer may skip some)."""
         t = result.timings
         if result.image is not None:
             self.show_image(result.image)
@@ -110,7 +112,12 @@ class PreviewPane(Vertical):
         self._progress(
             result.steps_done if result.image is not None else 0,
             result.steps_done or 1,
-            f"{state} · {result.steps_done} steps · image in {total} · first preview {first} · seed {result.params.seed}",
+            f"{state} · {result.steps_done} steps · image in {total} · first preview {first} · seed {result.params.seed}"
+            + (
+                f"\npreviews drawn: {drawn[0]} of {result.steps_done} steps, {drawn[1]:.1f}/s"
+                if drawn and t.first_preview_ms is not None
+                else ""
+            ),
         )
         self.show_saved(saved)
 
