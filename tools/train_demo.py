@@ -12,7 +12,7 @@
 
     python tools/train_demo.py --out build/demo-train                 # every stage not yet done
     python tools/train_demo.py --out build/demo-train --stage vae --steps 1200
-    python tools/train_demo.py --out DIR --smoke                        # a few steps of each (tests)
+    python tools/train_demo.py --out DIR --smoke                        # two steps of each on 8 samples (tests)
 
 Seeded: the same command gives the same weights on the same machine and torch. Each stage writes
 its result into --out and is skipped when it is there (--again reruns it). Progress: a line
@@ -41,6 +41,9 @@ SEED = 2026
 #: Steps per stage (what the shipped weights were trained with: docs/demo.md).
 STEPS = {"vae": 1200, "base": 3000, "lora interior": 1200, "lora floorplan": 1200}
 BATCH = 32
+#: Procedural samples per stage in a --smoke run (its batches are the whole pool): what the tests
+#: check (every stage runs, skips what is done, is seeded, writes files that load) holds at any size.
+SMOKE_POOL = 8
 POOL = 6000  # procedural samples drawn once per stage (the kinds in turn)
 MODEL_NAME = "spatiora-demo"
 #: The task LoRAs and the kind each draws; each is trained with its task's prompt template and
@@ -121,13 +124,15 @@ def pool(seed: int, kinds: tuple[Kind, ...], count: int) -> tuple[Any, list[str]
 
 def batches(images: Any, captions: list[str], gen: Any) -> Iterator[tuple[Any, list[str]]]:
     """Random batches, forever: images in [-1, 1], with a random horizontal flip (left and right
-    windows swap: their words are swapped in the caption too)."""
+    windows swap: their words are swapped in the caption too). BATCH each, or the whole pool when
+    it is smaller (a --smoke run's)."""
     import torch
 
+    size = min(BATCH, len(captions))
     while True:
-        index = torch.randint(0, len(captions), (BATCH,), generator=gen)
+        index = torch.randint(0, len(captions), (size,), generator=gen)
         x = images[index].float() / 127.5 - 1.0
-        flip = torch.rand(BATCH, generator=gen) < 0.5
+        flip = torch.rand(size, generator=gen) < 0.5
         x[flip] = x[flip].flip(-1)
         text = [_flipped(captions[i]) if f else captions[i] for i, f in zip(index.tolist(), flip.tolist())]
         yield x, text
@@ -407,7 +412,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     import torch
 
-    pool_size = 64 if args.smoke else args.pool
+    pool_size = SMOKE_POOL if args.smoke else args.pool
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
