@@ -43,6 +43,7 @@ from tests.e2e.terminals import (  # noqa: E402
     pngs,
     sixel_tmux,
     tasks_config,
+    xvfb_display,
 )
 
 MODELS = {
@@ -149,34 +150,23 @@ def main() -> None:
     parser.add_argument("--budget", type=float, help="[ui] preview_cpu_budget (default: the config's, auto)")
     parser.add_argument("--only", action="append", choices=list(TERMINALS), help="this terminal only (repeatable)")
     args = parser.parse_args()
-    read_fd, write_fd = os.pipe()
-    server = subprocess.Popen(
-        ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
-        pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    os.close(write_fd)
-    with os.fdopen(read_fd) as fh:
-        display = f":{fh.readline().strip()}"
     print(
-        f"previews reached in the TUI: {args.model}, engine {args.engine}, {args.images} images per terminal, 150x44 cells"
+        f"previews reached in the TUI: {args.model}, engine {args.engine}, "
+        f"budget {args.budget if args.budget is not None else 'as configured'}, {args.images} images per terminal"
     )
     print(
         f"{'terminal':18} {'method':13} {'images':>6} {'steps':>5} {'drawn':>5} {'per s':>6} {'image s':>7} {'KB/image':>9}"
     )
-    try:
-        with tempfile.TemporaryDirectory(prefix="spatiora-terms-", dir=os.environ.get("SPATIORA_BENCH_DIR")) as tmp:
-            for name in args.only or list(TERMINALS):
-                row = run_terminal(name, display, args.model, args.engine, args.images, Path(tmp), args.budget)
-                if "error" in row:
-                    print(f"{name:18} {row['error']}")
-                    continue
-                print(
-                    f"{name:18} {row['method']:13} {row['images']:>6} {row['steps']:>5} {row['drawn']:>5} "
-                    f"{row['per_s']:>6.1f} {row['image_s']:>7.2f} {row['kb_per_image']:>9.0f}"
-                )
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    with xvfb_display() as display, tempfile.TemporaryDirectory(prefix="spatiora-terms-") as tmp:
+        for name in args.only or list(TERMINALS):
+            row = run_terminal(name, display, args.model, args.engine, args.images, Path(tmp), args.budget)
+            if "error" in row:
+                print(f"{name:18} {row['error']}")
+                continue
+            print(
+                f"{name:18} {row['method']:13} {row['images']:>6} {row['steps']:>5} {row['drawn']:>5} "
+                f"{row['per_s']:>6.1f} {row['image_s']:>7.2f} {row['kb_per_image']:>9.0f}"
+            )
 
 
 if __name__ == "__main__":

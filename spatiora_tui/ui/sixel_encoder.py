@@ -136,24 +136,25 @@ def _repeat_size(longest: int) -> np.ndarray[Any, Any]:
 
 
 @functools.lru_cache(maxsize=4)
-def _decimals(largest: int) -> np.ndarray[Any, Any]:
-    """For N up to `largest`: its decimal digits in ASCII, from the left (zeros after them)."""
+def _decimals(largest: int) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """For N up to `largest`: its decimal digits in ASCII, from the left (zeros after them), and
+    how many there are."""
     n = np.arange(largest + 1)
     count = _digit_count(n)
     place = np.arange(int(count.max()))
     power = _POWERS[np.clip(count[:, None] - 1 - place, 0, None)]
     table = np.where(place < count[:, None], ord("0") + (n[:, None] // power) % 10, 0).astype(np.uint8)
-    table.flags.writeable = False
-    return table
+    table.flags.writeable = count.flags.writeable = False
+    return table, count
 
 
 def _write_digits(
     out: np.ndarray[Any, Any], at: np.ndarray[Any, Any], numbers: np.ndarray[Any, Any], largest: int
 ) -> None:
     """Write each number (up to `largest`) in decimal into `out` from its offset in `at`."""
-    decimals = _decimals(largest)
+    decimals, counts = _decimals(largest)
     places = decimals.shape[1]
-    count = np.count_nonzero(decimals, axis=1)[numbers]
+    count = counts[numbers]
     flat = decimals.ravel()
     index = numbers * places
     out[at] = flat[index]

@@ -8,6 +8,7 @@ A missing tool skips the test on a developer's machine, and fails it where SPATI
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -174,6 +176,25 @@ class Tmux:
             except psutil.NoSuchProcess:
                 pass
         psutil.wait_procs(procs, timeout=10)
+
+
+@contextlib.contextmanager
+def xvfb_display() -> Iterator[str]:
+    """An Xvfb server on a free display, 1600x1000, for the real terminals; yields ":N"."""
+    read_fd, write_fd = os.pipe()
+    server = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
+        pass_fds=(write_fd,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(write_fd)
+    try:
+        with os.fdopen(read_fd) as fh:
+            yield f":{fh.readline().strip()}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 # -- the real terminals of the CI matrix (tests/e2e/test_terminals.py, benchmarks/terminal_previews.py)

@@ -30,6 +30,7 @@ from tests.e2e.terminals import (
     require,
     sixel_tmux,
     tasks_config,
+    xvfb_display,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform != "linux", reason="Linux terminals")]
@@ -188,19 +189,8 @@ def queued_jobs(state: Path) -> int:
 @pytest.fixture
 def xvfb(tmp_path: Path):
     require("Xvfb", "xterm", "xdotool", "import")
-    read_fd, write_fd = os.pipe()
-    server = subprocess.Popen(
-        ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
-        pass_fds=(write_fd,),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    os.close(write_fd)
-    with os.fdopen(read_fd) as fh:
-        display = f":{fh.readline().strip()}"
-    yield display
-    server.terminate()
-    server.wait(timeout=10)
+    with xvfb_display() as display:
+        yield display
 
 
 @pytest.mark.parametrize("name", list(TERMINALS))
