@@ -250,15 +250,22 @@ def test_real_terminal_preview_area_holds_an_image(name: str, xvfb: str, tmp_pat
         # Until then the last step's preview (latent2rgb, not the decoded image) may be what shows.
         wanted = 200 * 16 * 16 // terminal.tile**2
         [png] = pngs(project)
+        # The screen is taken as settled when two shots in a row agree around the picture: the
+        # history-screen check below compares against it.
         same, others = 0.0, [1.0]
+        previous = tmp_path / "previous.png"
         deadline = time.monotonic() + 30
         while True:
             time.sleep(1.5)
+            if shot.exists():
+                shot.replace(previous)
             subprocess.run(["import", "-window", "root", str(shot)], env=env, check=True, timeout=30)
             tiles = largest_cluster(image_tiles(shot, terminal.tile), terminal.tile)
             if len(tiles) >= wanted:
                 same, others = resemblance(shot, png, tiles, terminal.tile)
-                if same >= 0.6 and same > max(others) + 0.3:
+                top, bottom = min(y for _, y in tiles), max(y for _, y in tiles) + 16
+                settled = previous.exists() and changed_fraction(previous, shot, top - 40, bottom + 40) < 0.01
+                if same >= 0.6 and same > max(others) + 0.3 and settled:
                     break
             if time.monotonic() > deadline:
                 break

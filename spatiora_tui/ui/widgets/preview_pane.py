@@ -1,6 +1,10 @@
 """The preview pane: step previews as images while denoising runs, then the final image; a
 progress bar with step i/N, it/s, ETA and the time to first preview; the saved path.
 
+The lines under the image keep their height from a job's first step to its finished line (bar
+and three lines of figures, two for the path): the image box keeps its shape, and the image does
+not jump up when the job ends.
+
 The progress bar is text in one Readout: one widget to repaint per step, not four (Textual's
 ProgressBar is a bar, a percentage and an ETA widget in a container)."""
 
@@ -31,6 +35,8 @@ class PreviewPane(Vertical):
     PreviewPane #placeholder { width: 100%; height: 1fr; content-align: center middle; color: $text-muted; }
     PreviewPane LoadingIndicator { height: 3; }
     PreviewPane #progress-text, PreviewPane #saved { height: auto; padding: 0 1; }
+    PreviewPane #progress-text { min-height: 4; }
+    PreviewPane #saved { min-height: 2; }
     """
 
     def __init__(self, image_class: type[Widget], about: str = "", **kwargs: Any) -> None:
