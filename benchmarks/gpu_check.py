@@ -132,7 +132,7 @@ SECTIONS = (
             "cpu" if dry else "cuda",
             "--switches",
             "5" if dry else "50",
-            *(["--leak-switches", "20", "--fuse-cycles", "5"] if dry else []),
+            *(["--leak-switches", "20", "--fuse-cycles", "5", "--step-side", "64"] if dry else []),
             "--json",
             str(out),
         ),

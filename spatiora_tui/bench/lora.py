@@ -20,8 +20,8 @@ Measured, as medians over the switches:
   after the fuse/unfuse cycles the base weights are compared with a copy taken before;
 - memory: RSS (and CUDA allocated memory on a GPU) after the leak phase's first round and after
   its 200 switches, with two of the three adapters resident so that every tier is exercised;
-- one denoising step (UNet forward with classifier-free guidance, batch 2, 512x512) with no
-  adapter, an active unmerged adapter, and it fused.
+- one denoising step (UNet forward with classifier-free guidance, batch 2, 512x512 unless
+  `step_side` says otherwise) with no adapter, an active unmerged adapter, and it fused.
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ class LoraBenchResult:
     step_ms_no_adapter: float
     step_ms_unmerged: float
     step_ms_fused: float
+    step_side: int  # the square image side (pixels) the step costs were timed at
     #: 95th percentiles of the same switches (the slow ones a person notices).
     p95_ms: dict[str, float] = field(default_factory=dict)
 
@@ -89,6 +90,7 @@ def run_lora_bench(
     say: Callable[[str], object] = print,
     leak_switches: int = 200,
     fuse_cycles: int = 100,
+    step_side: int = 512,
 ) -> LoraBenchResult:
     from spatiora_tui.engine.pipeline import quiet_libraries
 
@@ -179,13 +181,14 @@ def run_lora_bench(
         del original
         _clear(manager)
 
-        say("per-step cost at 512x512 (UNet forward, CFG batch 2)…")
+        say(f"per-step cost at {step_side}x{step_side} (UNet forward, CFG batch 2)…")
         steps = _step_costs(
             pipe,
             manager_for(resident_max=len(ADAPTERS), resident_mb=big),
             manager_for(resident_max=len(ADAPTERS), resident_mb=big, fuse=True),
             unet,
             device,
+            step_side // 8,
         )
 
     def growth(a: float | None, b: float | None) -> float | None:
@@ -220,6 +223,7 @@ def run_lora_bench(
         step_ms_no_adapter=steps["none"],
         step_ms_unmerged=steps["unmerged"],
         step_ms_fused=steps["fused"],
+        step_side=step_side,
         p95_ms={
             "naive": p95(naive),
             "resident": p95(resident),
@@ -306,20 +310,23 @@ def _naive_ms(pipe: Any, files: list[Path], cycles: int) -> list[float]:
     return times
 
 
-def _step_costs(pipe: Any, manager: Any, fused: Any, unet: Any, device: str, reps: int = 2) -> dict[str, float]:
+def _step_costs(
+    pipe: Any, manager: Any, fused: Any, unet: Any, device: str, latent_side: int, reps: int = 2
+) -> dict[str, float]:
     import torch
 
     from spatiora_tui.config import AdapterRef
 
     cross = unet.config.cross_attention_dim
-    latents = torch.randn(2, unet.config.in_channels, 64, 64, device=device)
+    side = latent_side * 8
+    latents = torch.randn(2, unet.config.in_channels, latent_side, latent_side, device=device)
     text = torch.randn(2, 77, cross, device=device)
     timestep = torch.tensor(500, device=device)
     extra: dict[str, Any] = {}
     if unet.config.addition_embed_type == "text_time":  # SDXL: pooled text embeds and size ids
         extra["added_cond_kwargs"] = {
             "text_embeds": torch.randn(2, 1280, device=device),
-            "time_ids": torch.tensor([[512, 512, 0, 0, 512, 512]] * 2, device=device),
+            "time_ids": torch.tensor([[side, side, 0, 0, side, side]] * 2, device=device),
         }
 
     def step() -> float:
@@ -401,7 +408,7 @@ def print_lora_bench(result: LoraBenchResult) -> None:
             f"({r.vram_growth_pct:+.2f}%)"
         )
     print(
-        f"one step at 512x512 (CFG): no adapter {r.step_ms_no_adapter:.0f} ms · active unmerged "
+        f"one step at {r.step_side}x{r.step_side} (CFG): no adapter {r.step_ms_no_adapter:.0f} ms · active unmerged "
         f"{r.step_ms_unmerged:.0f} ms · fused {r.step_ms_fused:.0f} ms"
     )
 

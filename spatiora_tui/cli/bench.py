@@ -118,6 +118,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
         default=100,
         help="fuse/unfuse cycles before the base weights are compared (default 100)",
     )
+    lora.add_argument(
+        "--step-side",
+        type=int,
+        default=512,
+        metavar="PIXELS",
+        help="side of the square image the per-step cost is timed at (default 512; a multiple of 64)",
+    )
     lora.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     lora.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     lora.set_defaults(run=run_lora)
@@ -165,6 +172,8 @@ def run_lora(settings: Settings, args: argparse.Namespace) -> int:
         raise UsageError("--rank must be at least 1 and --switches at least 3")
     if args.leak_switches < 1 or args.fuse_cycles < 1:
         raise UsageError("--leak-switches and --fuse-cycles must be at least 1")
+    if args.step_side < 64 or args.step_side % 64:
+        raise UsageError(f"--step-side must be a multiple of 64 (64, 512, 1024…), not {args.step_side}")
     from spatiora_tui.bench.lora import print_lora_bench, run_lora_bench, write_json
 
     device = args.device
@@ -180,6 +189,7 @@ def run_lora(settings: Settings, args: argparse.Namespace) -> int:
         say=_say,
         leak_switches=args.leak_switches,
         fuse_cycles=args.fuse_cycles,
+        step_side=args.step_side,
     )
     print_lora_bench(result)
     if args.json:

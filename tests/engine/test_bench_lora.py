@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 KEYS = (
     "naive_ms",
@@ -43,6 +45,8 @@ def test_bench_lora_on_the_demo_unet_prints_and_writes_every_figure(cache_dir: P
             "12",
             "--fuse-cycles",
             "5",
+            "--step-side",
+            "64",
             "--device",
             "cpu",
             "--json",
@@ -70,6 +74,7 @@ def test_bench_lora_on_the_demo_unet_prints_and_writes_every_figure(cache_dir: P
     assert set(tails) == {"naive", "resident", "diffusers_set_adapters", "ram_cache", "cold", "fused"}
     assert tails["resident"] >= figures["resident_ms"] and tails["cold"] >= figures["cold_ms"]
     assert "p95 ms" in run.stdout
+    assert figures["step_side"] == 64 and "one step at 64x64 (CFG)" in run.stdout
 
 
 def test_p95_is_the_95th_percentile_or_the_largest_of_few() -> None:
@@ -80,12 +85,13 @@ def test_p95_is_the_95th_percentile_or_the_largest_of_few() -> None:
     assert p95([3.0, 1.0, 2.0]) == 3.0
 
 
-def test_bench_lora_refuses_bad_arguments_in_one_line() -> None:
+@pytest.mark.parametrize("args", [["--switches", "1"], ["--step-side", "100"]])
+def test_bench_lora_refuses_bad_arguments_in_one_line(args: list[str]) -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "spatiora_tui", "bench", "lora", "--switches", "1"],
+        [sys.executable, "-m", "spatiora_tui", "bench", "lora", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert run.returncode == 2 and "--switches" in run.stderr and "Traceback" not in run.stderr
+    assert run.returncode == 2 and args[0] in run.stderr and "Traceback" not in run.stderr
