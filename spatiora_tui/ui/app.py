@@ -3,12 +3,15 @@
 Data flows one way: a key press makes a request, a worker thread calls the engine, the engine
 calls back per step, the worker posts typed messages, the UI draws. Only cancel flows back.
 The first frame is drawn before torch is imported: the model loads in a worker.
+
+The App holds the panes, the keys and the road from a key to the Session; three views draw what
+the Session and the engine say: JobView (the running job), ModelView (the base model) and
+LinkView (an engine in another process: its link, its words, a restart).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -26,17 +29,16 @@ from spatiora_tui.engine.init_image import DEFAULT_STRENGTH
 from spatiora_tui.hw import HardwareFeed, Telemetry, process_age_s
 from spatiora_tui.jobs import events
 from spatiora_tui.jobs.events import SessionEvent
-from spatiora_tui.jobs.job import Job
 from spatiora_tui.jobs.session import Session
-from spatiora_tui.jobs.sheets import GroupSheets
 from spatiora_tui.jobs.store import Orphan, QueueStore
 from spatiora_tui.jobs.view import Queue, queue_summary, submit_form
 from spatiora_tui.outputs import OutputError, request_from_image
 from spatiora_tui.remote.client import RemoteEngine
 from spatiora_tui.remote.mirror import SessionMirror
-from spatiora_tui.remote.telemetry import RemoteTelemetry
 from spatiora_tui.ui.images import choose_drawing, describe, widget_class
+from spatiora_tui.ui.job_view import JobView
 from spatiora_tui.ui.keys import KEY_ACTIONS, KEYS, bindings
+from spatiora_tui.ui.link_view import LinkView
 from spatiora_tui.ui.messages import (
     EngineLinkChanged,
     EngineRestarted,
@@ -45,7 +47,8 @@ from spatiora_tui.ui.messages import (
     QueueFound,
     SessionNews,
 )
-from spatiora_tui.ui.pacing import FrameClock, PreviewPacer, StepThrottle, auto_budget
+from spatiora_tui.ui.model_view import ModelView
+from spatiora_tui.ui.pacing import FrameClock, PreviewPacer, StepThrottle
 from spatiora_tui.ui.screens.history import HistoryScreen, Pick
 from spatiora_tui.ui.screens.models import ModelPicker
 from spatiora_tui.ui.screens.queue import QueueScreen
@@ -57,19 +60,13 @@ from spatiora_tui.ui.widgets.prompt_pane import FormError, PromptPane
 from spatiora_tui.ui.widgets.readout import Readout
 from spatiora_tui.ui.widgets.task_pane import TaskPane
 
-#: What shows each of the session's events (but JobStarted, which also carries its paint signal).
+#: What shows each of the session's events that are not a job's or the model's (JobView and
+#: ModelView show those).
 _SHOWS: dict[type, str] = {
-    events.JobStepped: "_job_stepped",
-    events.JobFinished: "_job_finished",
-    events.JobFailed: "_job_failed",
-    events.GroupFinished: "_group_finished",
     events.QueueChanged: "_queue_changed",
     events.TaskSwitched: "_task_switched",
     events.TaskSwitchFailed: "_task_switch_failed",
     events.ImageSaved: "_image_saved",
-    events.ModelLoading: "_model_loading",
-    events.ModelReady: "_model_came",
-    events.ModelFailed: "_model_failed",
 }
 
 #: Longest a generation waits for the screen to show that it started.
@@ -95,11 +92,9 @@ class SpatioraApp(App[None], inherit_bindings=False):
         super().__init__()
         self.settings = settings
         self.engine = engine
-        self.renderer = renderer or settings.ui.renderer
-        self.drawing = choose_drawing(self.renderer)  # how images are drawn here, and why
+        self.drawing = choose_drawing(renderer or settings.ui.renderer)  # how images are drawn here, and why
         # Shared with the engine, which marks its stages on it; its thread samples the hardware.
         self.telemetry: HardwareFeed = telemetry or Telemetry.from_settings(settings)
-        self._model_ready = False
         # The queue: on the user's engine, a mirror of the one it keeps (every window shows the
         # same, and it runs on when this one closes); else a Session run here, whose queue file
         # in the state folder keeps what waits across a crash or a dropped SSH session.
@@ -111,15 +106,15 @@ class SpatioraApp(App[None], inherit_bindings=False):
                 engine, settings, store=QueueStore(user_state_dir() / "queues"), telemetry=self.telemetry
             )
         self._chosen: str | None = None  # the task new requests are for (see chosen_task)
-        self._running_job: int | None = None  # the job the preview pane shows
-        self._groups = GroupSheets()  # the batches and sweeps under way, for their sheets so far
         self._store_error_said: str | None = None
         self._switch_note: str | None = None  # said with the next task switch's line
-        self._peaks_task: str | None = None  # the task whose stage peaks the pane shows
+        self.link = LinkView(self, engine) if isinstance(engine, RemoteEngine) else None
+        self.jobs = JobView(self)
+        self.models = ModelView(self)
         # While generating, the newest step, image and hardware sample wait for the next frame.
         self.frames = FrameClock(
-            PreviewPacer(settings.ui.preview_fps, self._budget("cpu")),
-            draw_step=self._draw_step,
+            PreviewPacer(settings.ui.preview_fps, self.models.budget("cpu")),
+            draw_step=self.jobs.draw_step,
             draw_image=lambda image: self.preview_pane.show_image(image),
             draw_sample=self._show_sample,
         )
@@ -160,11 +155,12 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self.hardware_pane.show_peaks({}, None, {})
         self.say("loading the model in the background; generate is available once it is ready")
         self.call_after_refresh(self._first_frame)
-        self._frame_timer = self.set_interval(1.0 / self.settings.ui.preview_fps, self.frames.tick, pause=True)
+        self.frame_timer = self.set_interval(1.0 / self.settings.ui.preview_fps, self.frames.tick, pause=True)
         if self._exit_after_first_frame:
             return
-        self._watch_engine()
-        self._model_work()
+        if self.link is not None:
+            self._unwatch += self.link.watch()
+        self.load_model()
         self._sample_hardware()
 
     def _first_frame(self) -> None:
@@ -175,7 +171,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
     @property
     def model_ready(self) -> bool:
         """True once the base model is loaded and the first task is active."""
-        return self._model_ready
+        return self.models.ready
 
     # -- status line --------------------------------------------------------------------------
 
@@ -187,7 +183,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
     # -- the base model -----------------------------------------------------------------------
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="load")
-    def _model_work(self, source: str | None = None, task: str | None = None) -> None:
+    def load_model(self, source: str | None = None, task: str | None = None) -> None:
         """Load the first model (`source` None), or replace it with `source` and switch to `task`
         on it: Session operations, whose events come here as messages."""
         emit = lambda event: self.post_message(SessionNews(event))  # noqa: E731
@@ -200,182 +196,54 @@ class SpatioraApp(App[None], inherit_bindings=False):
                 self.post_message(QueueFound(orphans))
 
     def action_models(self) -> None:
-        if not self._model_ready:
+        if not self.model_ready:
             self.say("the model is still loading; pick another one once it is ready")
             return
         if self.session.busy or self.session.waiting():
-            self.say(f"jobs are running or waiting; pick a model when the queue is done ({self._key('queue')})")
+            self.say(f"jobs are running or waiting; pick a model when the queue is done ({self.key('queue')})")
             return
-        self.push_screen(ModelPicker(self.engine), self._model_chosen)
+        self.push_screen(ModelPicker(self.engine), self.models.chosen)
 
-    def _model_chosen(self, source: str | None) -> None:
-        if source is None:
-            return
-        self._model_ready = False
-        self.refresh_bindings()
-        self.preview_pane.show_loading(f"loading {Path(source).name}…")
-        self.say(f"loading {Path(source).name} in the background (the current model is freed first)…")
-        self._model_work(source, self.task_pane.active)
-
-    def _model_loading(self, event: events.ModelLoading) -> None:
-        self.preview_pane.show_loading(f"{event.text}…")
-        self.say(f"{event.text}…")
-
-    def _model_came(self, event: events.ModelReady) -> None:
-        """A model is ready: the first, one this window chose (its task switch says the rest),
-        or one another window or command chose."""
-        model = event.model
-        self._model_ready = True
-        self.refresh_bindings()
-        self._show_model(model)
-        if event.by:
-            self.preview_pane.model_ready(f"{model.name} is loaded (chosen by {event.by})")
-            line = f"{event.by} switched the shared engine to {model.name}: your next images use it"
-            self.say(line)
-            self.notify(markup_safe(line), title="Model switched", timeout=10)
-        elif event.switch is not None:
-            self.say(event.switch.summary())
-        else:
-            self.preview_pane.model_ready(f"ready: type a prompt, press Enter or {self._key('generate')}")
-            first = isinstance(self.session, SessionMirror) and self.session.first_sight()
-            queue = self._engine_queue_note() if first else ""
-            noise = (
-                " — images look like noise, every mechanism is real; set model.source for a real model (docs/models.md)"
-            )
-            self.say(
-                f"model ready: {model.name}"
-                + (f" · {queue}" if queue else "")
-                + (noise if model.random_weights else "")
-            )
-
-    def _model_failed(self, event: events.ModelFailed) -> None:
-        self._model_ready = event.model is not None
-        self.refresh_bindings()
-        if event.model is not None:
-            self._show_model(event.model)
-            self.preview_pane.model_ready(f"{event.model.name} is still loaded")
-        else:
-            self.sub_title = "model failed to load"
-            self.preview_pane.model_ready("the model failed to load; see the status line")
-        if event.replacing:
-            self.say(f"could not load the model: {event.error}", error=True)
-        else:
-            self.say(f"model failed to load: {event.error}. Fix config.toml and restart.", error=True)
-
-    def _budget(self, device: str) -> float:
-        """The preview pacer's CPU budget for an engine computing on `device`."""
-        budget = self.settings.ui.preview_cpu_budget
-        return auto_budget(self._linked is not None, device) if budget == "auto" else float(budget)
-
-    def _show_model(self, model: Any) -> None:
-        self.frames.pacer.budget = self._budget(model.device)
-        offload = f" · offload {model.offload}" if model.offload != "none" else ""
-        compiled = f" · compiled ({model.compiled})" if model.compiled else ""
-        self.sub_title = (
-            f"{model.name} · {model.variant or model.family_label} · {model.device} {model.dtype}{offload}{compiled}"
-        )
-        self.task_pane.set_model(model.name)
-        self.preview_pane.set_method(model.preview)
-
-    # -- the engine's process ------------------------------------------------------------------
-
-    def _watch_engine(self) -> None:
-        """With the engine in another process: its words come to the status line (not onto the
-        terminal the UI draws on), a dropped link holds the queue until a key restarts it, and a
-        model another window chooses is shown here, with who chose it."""
-        linked = self._linked
-        if linked is None:
-            return
-        again = f"{self._key('restart_engine')} starts it again"
-
-        def said(text: str) -> None:
-            self.post_message(EngineSaid(text))
-
-        linked.say = said
-        linked.after_drop = again
-        if isinstance(self.telemetry, RemoteTelemetry):
-            self.telemetry.down_hint = again
-        if isinstance(self.session, SessionMirror):
-            steps = StepThrottle(1.0 / self.settings.ui.preview_fps)
-            self._unwatch.append(self.session.watch(lambda event: self._post_event(event, steps, wait=False)))
-        elif isinstance(self.session, Session):  # (the engine's own queue waits in its queue file)
-            self._unwatch.append(self.session.hold_while_down(linked.watch_link))
-        self._unwatch += [
-            linked.watch_link(lambda why: self.post_message(EngineLinkChanged(why))),
-            linked.watch_models(
-                lambda chosen: self.post_message(SessionNews(events.ModelReady(chosen[0], by=chosen[1])))
-            ),
-        ]
+    # -- the engine's process (ui/link_view.py) -----------------------------------------------
 
     @property
-    def _linked(self) -> RemoteEngine | None:
+    def linked(self) -> RemoteEngine | None:
         """An engine in another process (the user's own, or another machine's): its link may drop."""
-        return self.engine if isinstance(self.engine, RemoteEngine) else None
+        return self.link.engine if self.link is not None else None
 
     def on_engine_link_changed(self, message: EngineLinkChanged) -> None:
-        self.refresh_bindings()
-        if message.why is None:
-            if self.engine.model is not None:
-                self._show_model(self.engine.model)
-            self.kick()  # a queue held while it was down goes on
-            return
-        waiting = len(self.session.waiting())
-        held = f"; {waiting} queued job(s) wait for it" if waiting else ""
-        line = f"{message.why} · {self._key('restart_engine')} starts it again{held}"
-        self.sub_title = "engine down"
-        self.say(line, error=True)
-        self.notify(markup_safe(line), title="Your engine stopped", severity="error", timeout=15)
+        if self.link is not None:
+            self.link.changed(message.why)
 
     def on_engine_said(self, message: EngineSaid) -> None:
         self.say(message.text)
 
     def action_restart_engine(self) -> None:
-        if self._linked is None or self._linked.down is None:
+        if self.link is None:
             self.say("the engine is running: nothing to restart")
             return
-        if any(worker.group == "restart" and worker.is_running for worker in self.workers):
-            self.say("your engine is starting…")
-            return
-        self.say("starting your engine again…")
-        self._restart_engine(self.task_pane.active)
-
-    @work(thread=True, exclusive=True, exit_on_error=False, group="restart")
-    def _restart_engine(self, task: str | None) -> None:
-        assert self._linked is not None
-        try:
-            model = self._linked.restart()
-            if task is not None and self._linked.active_task != task:
-                self.post_message(SessionNews(events.TaskSwitched(self._linked.switch_task(task))))
-        except EngineError as exc:
-            self.post_message(EngineRestarted(None, str(exc)))
-            return
-        self.post_message(EngineRestarted(model))
+        self.link.restart()
 
     def on_engine_restarted(self, message: EngineRestarted) -> None:
-        if message.error is not None:
-            self.say(f"{message.error} · {self._key('restart_engine')} tries again", error=True)
-            return
-        if message.model is not None:
-            self._show_model(message.model)
-        waiting = len(self.session.waiting())
-        self.say("your engine is running again" + (f": the queue goes on with {waiting} job(s)" if waiting else ""))
-        self.kick()
+        if self.link is not None:
+            self.link.restarted(message)
 
     # -- actions ------------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # Only the model's readiness dims a key. Dimming cancel between generations would rebuild
         # the footer as each one starts, on the UI thread, while denoising wants the CPU.
-        if action == "generate" and not self._model_ready:
+        if action == "generate" and not self.model_ready:
             return None  # shown dimmed until the model is ready
         if action == "save":
             return bool(self.session.unsaved)  # in the footer only while an image waits
         if action == "restart_engine":
             # In the footer only while the engine is down (the link's own state, not a copy).
-            return self._linked is not None and self._linked.down is not None
+            return self.linked is not None and self.linked.down is not None
         return True
 
-    def _key(self, action: str) -> str:
+    def key(self, action: str) -> str:
+        """The first key bound to `action`, as the user's keymap says."""
         return str(getattr(self.settings.keys, action)).split(",")[0]
 
     @property
@@ -387,7 +255,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
     def action_generate(self) -> None:
         if isinstance(self.screen, HistoryScreen):
             self.pop_screen()
-        if not self._model_ready:
+        if not self.model_ready:
             self.say("the model is still loading; generate is available once it is ready")
             return
         task = self.chosen_task
@@ -411,7 +279,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         if behind or self.session.paused:
             where = ordinal(self.session.position(jobs[0].id))
             paused = " — the queue is paused" if self.session.paused else ""
-            self.say(f"queued {what}: {where} in the queue{paused} ({self._key('queue')} shows it)")
+            self.say(f"queued {what}: {where} in the queue{paused} ({self.key('queue')} shows it)")
         self.kick()
 
     def kick(self) -> None:
@@ -419,28 +287,17 @@ class SpatioraApp(App[None], inherit_bindings=False):
         if self.session.wants_runner():
             self._run_session()
 
-    def _begin_generation(self, painted: threading.Event) -> None:
-        self.prompt_pane.steady_cursor(True)
-        self.frames.start()
-        self._frame_timer.resume()
-        painted.set()
-
-    def _others(self, job: Job) -> str:
-        """Who queued `job`, when it was not this window: another window or command on the
-        user's engine ("" for this window's own)."""
-        return job.by if job.by and (self._linked is None or job.by != self._linked.label) else ""
-
     def action_cancel(self) -> None:
         running = self.session.running
-        others = self._others(running) if running is not None else ""
+        others = self.jobs.others(running) if running is not None else ""
         if running is not None and others and self._confirm != f"cancel {running.id}":
             self._confirm = f"cancel {running.id}"  # one key does not stop another shell's work unasked
-            self.say(f"job {running.id} was queued by {others}: {self._key('cancel')} again cancels it")
+            self.say(f"job {running.id} was queued by {others}: {self.key('cancel')} again cancels it")
             return
         self._confirm = None
         if running is not None and self.session.cancel(running.id):
             waiting = len(self.session.waiting())
-            more = f"; {waiting} job(s) still wait ({self._key('queue')} to see them)" if waiting else ""
+            more = f"; {waiting} job(s) still wait ({self.key('queue')} to see them)" if waiting else ""
             self.say(f"cancelling… (stops within one step){more}")
         else:
             self.say("nothing to cancel: no generation is running")
@@ -465,7 +322,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
             strength = self.prompt_pane.query_one("#strength", Input).value or f"{DEFAULT_STRENGTH:g}"
             self.say(
                 f"init image {pick.path.name} at strength {strength}; the size follows its shape "
-                f"(type one to crop it): {self._key('generate')} starts from it"
+                f"(type one to crop it): {self.key('generate')} starts from it"
             )
             return
         self._use_settings(pick.path)
@@ -485,7 +342,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         if request.task != self.chosen_task:
             self.request_switch(request.task)  # fills the pane from the task first
         self.prompt_pane.fill_from_request(request)
-        loaded = f"settings of {path.name} loaded ({request.task}): {self._key('generate')} makes it again"
+        loaded = f"settings of {path.name} loaded ({request.task}): {self.key('generate')} makes it again"
         if self.session.busy or request.task != self.task_pane.active:
             self._switch_note = loaded  # said with the switch's own line, which comes later
         self.say(loaded)
@@ -498,13 +355,13 @@ class SpatioraApp(App[None], inherit_bindings=False):
             return
         if isinstance(self.screen, HistoryScreen):
             self.pop_screen()
-        self.push_screen(QueueScreen(self.session, self.kick, self._key("queue")))
+        self.push_screen(QueueScreen(self.session, self.kick, self.key("queue")))
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         for key in KEYS:
             if key.command:
-                help_text = f"{key.tooltip} ({self._key(key.action)})"
+                help_text = f"{key.tooltip} ({self.key(key.action)})"
                 yield SystemCommand(key.command, help_text, getattr(self, f"action_{key.action}"))
         for task in self.settings.tasks:
             yield SystemCommand(
@@ -523,7 +380,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
 
     @on(TaskPane.TaskHighlighted)
     def _task_highlighted(self, message: TaskPane.TaskHighlighted) -> None:
-        if self._model_ready and message.name != self.task_pane.active:
+        if self.model_ready and message.name != self.task_pane.active:
             self.engine.prefetch(message.name)  # returns at once; the reading runs in the engine
 
     # -- task switching -----------------------------------------------------------------------
@@ -532,7 +389,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         """Make `name` the task of new requests: its settings fill the prompt pane now; its
         adapters switch at once when nothing runs, else once the queue is done (queued jobs
         switch as each one needs)."""
-        if not self._model_ready:
+        if not self.model_ready:
             self.say("the model is still loading; switch tasks once it is ready")
             return
         if name == self.chosen_task and name == self.task_pane.active:
@@ -550,20 +407,18 @@ class SpatioraApp(App[None], inherit_bindings=False):
     def on_session_news(self, message: SessionNews) -> None:
         """Each of the session's events, to what shows it."""
         event = message.event
-        if isinstance(event, events.JobStarted):
-            self._job_started(event, message.painted)
-            return
-        getattr(self, _SHOWS[type(event)])(event)
+        if not (self.jobs.show(event, message.painted) or self.models.show(event)):
+            getattr(self, _SHOWS[type(event)])(event)
 
     def _task_switched(self, message: events.TaskSwitched) -> None:
         switch = message.switch
         text = switch.summary()
         if switch.model_switch is not None:
-            self._show_model(switch.model_switch.model)
+            self.models.show_model(switch.model_switch.model)
             if self.settings.task(switch.task).model is not None:
                 self.task_pane.record_load(switch.task, switch.model_switch.duration_ms)
             self.preview_pane.model_ready(
-                f"{switch.model_switch.model.name} ready: type a prompt, press Enter or {self._key('generate')}"
+                f"{switch.model_switch.model.name} ready: type a prompt, press Enter or {self.key('generate')}"
             )
             text = f"{switch.model_switch.summary()}; {text}"
             for note in switch.model_switch.notes:
@@ -573,7 +428,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
             self.task_pane.set_pending(None)
         if switch.warning:
             self.say(f"task {switch.task}: {switch.warning}", error=True)
-        elif self._model_ready and not message.job_id:
+        elif self.model_ready and not message.job_id:
             loaded, self._switch_note = self._switch_note or "", None
             self.say(f"{loaded} · task {switch.task}: {text}" if loaded else f"task {switch.task}: {text}")
 
@@ -591,13 +446,13 @@ class SpatioraApp(App[None], inherit_bindings=False):
         come to the UI as messages."""
         steps = StepThrottle(1.0 / self.settings.ui.preview_fps)
         try:
-            while self.session.run_next(lambda event: self._post_event(event, steps)):
+            while self.session.run_next(lambda event: self.post_event(event, steps)):
                 pass
         except BaseException:
             self.session.release_runner()
             raise
 
-    def _post_event(self, event: SessionEvent, steps: StepThrottle, wait: bool = True) -> None:
+    def post_event(self, event: SessionEvent, steps: StepThrottle, wait: bool = True) -> None:
         """A session event as a message; `wait`: the runner's thread waits for a job's start to
         be painted (the engine's queue runs elsewhere: its link's thread never waits)."""
         if isinstance(event, events.JobStepped):
@@ -612,87 +467,20 @@ class SpatioraApp(App[None], inherit_bindings=False):
             # compete with torch for the CPU.
             message.painted.wait(PAINT_WAIT_S)
 
-    def _job_started(self, message: events.JobStarted, painted: threading.Event) -> None:
-        job = self.session.job(message.job_id)
-        self._running_job = job.id
-        self._peaks_task = job.task
-        size = f"{message.width}x{message.height}"
-        note = f"· the first image at {size} compiles the UNet first (once per size)" if message.compiles_first else ""
-        self.preview_pane.started(message.steps, message.width or 512, message.height or 512, note)
-        label = f" · {job.label}" if job.label else ""
-        others = self._others(job)
-        by = f" · queued by {others}" if others else ""
-        waiting = len(self.session.waiting())
-        more = f" · {waiting} waiting" if waiting else ""
-        self.say(f"generating job {job.id} ({job.task}{label}{by})…{more} · {self._key('cancel')} cancels")
-        self.call_after_refresh(self._begin_generation, painted)
-
-    def _job_stepped(self, message: events.JobStepped) -> None:
-        if message.job_id == self._running_job:
-            self.frames.offer_step(message)
-
-    def _draw_step(self, step: events.JobStepped) -> None:
-        self.preview_pane.show_step(step.preview, step.rate)
-        if isinstance(self.screen, QueueScreen):
-            self.screen.show_progress(step.job_id)
-
-    def _job_finished(self, message: events.JobFinished) -> None:
-        result = message.result
-        job = self.session.job(message.job_id)
-        self._job_ended()
-        self.prompt_pane.show_last_seed(result.params.seed)
-        if result.cancelled:
-            saved = "cancelled: nothing saved"
-            self.say(f"job {job.id} {message.cancelled_words()}; nothing saved")
-        elif message.path is not None:
-            saved = f"saved {markup_safe(str(message.path))}"
-            self.say(f"saved {message.path}" + self._queue_note())
-        else:
-            self.refresh_bindings()
-            saved = f"[b]not saved[/] — the image is kept in memory: {self._key('save')} saves it again"
-            self.say(f"could not save the image: {message.save_error}", error=True)
-        for warning in result.warnings:
-            self.notify(markup_safe(warning), severity="warning", timeout=8)
-        pacer = self.frames.pacer  # (its counts stay until the next job starts)
-        self.preview_pane.finished(result, saved, (pacer.drawn, pacer.drawn_per_s()))
-        sheet = self._groups.add(job, result.image) if job.group and result.image is not None else None
-        if sheet is not None:  # a batch's images so far, or a sweep's grid: the next job's previews take over
-            self.preview_pane.show_sheet(sheet)
-
-    def _queue_note(self) -> str:
-        waiting = len(self.session.waiting())
-        if not waiting:
-            return ""
-        return f" · {waiting} waiting" + (" (queue paused)" if self.session.paused else "")
-
-    def _job_failed(self, message: events.JobFailed) -> None:
-        self._job_ended()
-        self.preview_pane.failed()
-        prefix = "out of memory" if message.out_of_memory else "generation failed"
-        self.say(f"{prefix} (job {message.job_id}, {message.task}): {message.error}", error=True)
-
-    def _group_finished(self, message: events.GroupFinished) -> None:
-        self._groups.drop(message.group)
-        if message.path is not None:
-            sheet = "grid" if message.group.startswith("sweep") else "contact sheet"
-            self.say(f"{message.group} done: {sheet} {message.path}")
-        else:
-            self.say(f"{message.group} done: {message.error}")
-
     def _queue_changed(self, _event: events.QueueChanged) -> None:
         if isinstance(self.screen, QueueScreen):
             self.screen.refresh_jobs()
-        if self._model_ready and isinstance(self.session, SessionMirror) and self.session.first_sight():
-            self.say(self._engine_queue_note())
+        if self.model_ready and isinstance(self.session, SessionMirror) and self.session.first_sight():
+            self.say(self.engine_queue_note())
         error = self.session.store_error
         if error is not None and error != self._store_error_said:
             self._store_error_said = error
             self.notify(markup_safe(f"{error}: the queue runs, but would not survive a crash"), severity="warning")
 
-    def _engine_queue_note(self) -> str:
+    def engine_queue_note(self) -> str:
         """On coming to the user's engine: what its queue holds, and what ended meanwhile."""
         summary = queue_summary(self.session)
-        return f"your engine's queue: {summary} ({self._key('queue')} shows them)" if summary else ""
+        return f"your engine's queue: {summary} ({self.key('queue')} shows them)" if summary else ""
 
     def on_prompt_pane_controls_removed(self, message: PromptPane.ControlsRemoved) -> None:
         what = "negative prompt" if message.field == "negative" else "prompt"
@@ -711,7 +499,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         for problem in problems:
             self.notify(markup_safe(problem), severity="warning", timeout=10)
         if choice == RESUME:
-            self.say(f"{line} ({self._key('queue')} shows them)")
+            self.say(f"{line} ({self.key('queue')} shows them)")
             self.kick()
         else:
             self.say(line)
@@ -734,8 +522,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         unsaved = len(self.session.unsaved)
         if message.path is None:
             self.say(
-                f"still not saved: {message.error} ({unsaved} image(s) stay in memory; "
-                f"{self._key('save')} tries again)",
+                f"still not saved: {message.error} ({unsaved} image(s) stay in memory; {self.key('save')} tries again)",
                 error=True,
             )
             return
@@ -750,18 +537,12 @@ class SpatioraApp(App[None], inherit_bindings=False):
         if unsaved and self._confirm != "quit":
             self._confirm = "quit"
             self.say(
-                f"{unsaved} image(s) are not saved: {self._key('save')} saves them, "
-                f"{self._key('quit')} again quits and loses them",
+                f"{unsaved} image(s) are not saved: {self.key('save')} saves them, "
+                f"{self.key('quit')} again quits and loses them",
                 error=True,
             )
             return
         self.exit()
-
-    def _job_ended(self) -> None:
-        self._frame_timer.pause()
-        self.frames.stop()
-        self.prompt_pane.steady_cursor(False)
-        self._running_job = None
 
     @on(Worker.StateChanged)
     def _worker_state_changed(self, event: Worker.StateChanged) -> None:
@@ -771,11 +552,10 @@ class SpatioraApp(App[None], inherit_bindings=False):
         error = event.worker.error
         text = f"{type(error).__name__}: {error}" if error is not None else "unknown error"
         if event.worker.group == "session":
-            self._job_ended()
+            self.jobs.ended()
             self.preview_pane.failed()
         elif event.worker.group == "load":
-            self._model_ready = self.engine.model is not None
-            self.refresh_bindings()
+            self.models.set_ready(self.engine.model is not None)
         self.say(f"unexpected error in {event.worker.group}: {text}", error=True)
 
     # -- hardware -----------------------------------------------------------------------------
@@ -801,7 +581,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
 
     def _show_sample(self, message: HardwareSampled) -> None:
         self.hardware_pane.show(message.snapshot)
-        task = self._peaks_task
+        task = self.jobs.task
         by_task = self.telemetry.peaks_by_task()
         if by_task:
             self.hardware_pane.show_peaks(by_task, task, self.telemetry.peaks_by_stage(task) if task else {})

@@ -401,7 +401,7 @@ async def test_a_preview_over_the_budget_waits_for_a_later_frame(make) -> None:
         clock["wall"] += 1.0
         clock["cpu"] += 0.1  # 10% of the wall time used: far over a 1% budget
         image = Image.new("RGB", (64, 64), (200, 30, 30))
-        app.post_message(SessionNews(JobStepped(app._running_job, StepPreview(2, 4, image, 1.0), 2.0)))
+        app.post_message(SessionNews(JobStepped(app.jobs.running, StepPreview(2, 4, image, 1.0), 2.0)))
         await pilot.pause()
         app.frames.tick()
         widget = app.query_one("#preview-image")

@@ -11,6 +11,7 @@ import asyncio
 import threading
 
 from textual.widgets import Input
+from textual.widgets._footer import FooterKey
 
 from spatiora_tui.config import Settings
 from spatiora_tui.engine.api import ModelChoice
@@ -32,6 +33,11 @@ async def wait_until(pilot, check, what: str, timeout: float = 20) -> None:
             return
         await pilot.pause(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def footer(app: SpatioraApp) -> str:
+    """The descriptions of the keys the footer shows now."""
+    return " · ".join(str(key.description) for key in app.screen.query(FooterKey))
 
 
 async def test_a_dead_engine_holds_the_queue_and_the_restart_key_lets_it_go_on(ui_settings: Settings) -> None:
@@ -63,6 +69,7 @@ async def test_a_dead_engine_holds_the_queue_and_the_restart_key_lets_it_go_on(u
             assert second.state is JobState.PAUSED and app.session.paused  # held, not run into a dead engine
             assert "the engine was killed" in (first.error or "") and "ctrl+n starts it again" in (first.error or "")
             assert app.check_action("restart_engine", ())  # the Footer offers the restart
+            await wait_until(pilot, lambda: "Restart engine" in footer(app), "the footer to offer the restart")
             assert len(links) == 1  # nothing started the engine behind the user's back
 
             await pilot.press("ctrl+n")
@@ -74,6 +81,8 @@ async def test_a_dead_engine_holds_the_queue_and_the_restart_key_lets_it_go_on(u
             await settle(app, pilot)
             assert len(links) == 2 and engine.reconnects == 1
             assert not app.session.paused and not app.check_action("restart_engine", ())
+            await pilot.pause(0.2)
+            assert "Restart engine" not in footer(app), "the restart key leaves the footer with the engine up"
             assert len(outputs()) == 1
             assert first.state is JobState.FAILED  # kept in the queue, to retry
     finally:
