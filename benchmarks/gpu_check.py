@@ -3,6 +3,7 @@ report (and one log) into --out.
 
     python -m benchmarks.gpu_check --out DIR               # on a CUDA machine, about 6 minutes on an H200
     python -m benchmarks.gpu_check --dry-run --out DIR     # every section on the CPU with the demo model
+    python -m benchmarks.gpu_check --dry-run --jobs 2 ...  # two sections side by side (CI's dry run)
 
 Sections, each a child process with its own time limit, in order of what they tell (a section
 that fails or runs out of time is recorded as such and the next one runs):
@@ -39,8 +40,10 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -55,6 +58,7 @@ class Section:
     what: str
     argv: Callable[[bool, Path], list[str]]  # (dry run, the section's JSON path) -> command
     limit_s: int
+    after: str = ""  # a section whose output this one reads: it starts once that one ended
 
 
 def _own_section(section: str, mode: str) -> Callable[[bool, Path], list[str]]:
@@ -204,6 +208,7 @@ SECTIONS = (
             f"[model] offload = {mode}: SDXL 1024x1024 25 steps fp16, peak VRAM, image time, an in-place swap",
             _own_section("offload", mode),
             240 if mode == "sequential" else 120,
+            after="" if mode == "none" else "offload-none",  # its images are compared with mode none's
         )
         for mode in ("none", "model", "group", "sequential")
     ),
@@ -216,6 +221,12 @@ def main() -> None:
     parser.add_argument("--dry-run", action="store_true", help="every section on the CPU with the demo model")
     parser.add_argument("--budget", type=float, default=480.0, help="seconds for all sections (default 480)")
     parser.add_argument("--only", help="comma-separated sections to run (default: all)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="sections run side by side (default 1: on a GPU each section's figures must be its own)",
+    )
     parser.add_argument("--section", help=argparse.SUPPRESS)  # a child process: run one in-process section
     parser.add_argument("--json", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)  # the offload or compile section's mode
@@ -243,44 +254,74 @@ def run_all(args: argparse.Namespace) -> None:
         "PYTHONUNBUFFERED": "1",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
+    sections = [section for section in SECTIONS if wanted is None or section.name in wanted]
+    written = threading.Lock()  # the report and the log, written as each section ends
+    ended = {section.name: threading.Event() for section in sections}
+
     with tempfile.TemporaryDirectory(prefix="spatiora-gpu-check-") as tmp, open(out / "gpu-check.log", "w") as log:
         bf16 = Path(tmp) / "bf16.toml"
         bf16.write_text('[model]\ndtype = "bf16"\n', encoding="utf-8")
-        for section in SECTIONS:
-            if wanted is not None and section.name not in wanted:
-                continue
+
+        def run(section: Section) -> None:
+            try:
+                if section.after in ended:  # (sections start in order: the one waited for has started)
+                    ended[section.after].wait()
+                run_one(section)
+            finally:
+                ended[section.name].set()
+
+        def run_one(section: Section) -> None:
             left = deadline - time.monotonic()
             entry: dict[str, Any] = {"what": section.what}
             if left < 20:
                 entry["status"] = "skipped: out of time"
+                output = ""
+            else:
+                json_path = Path(tmp) / f"{section.name}.json"
+                argv = [str(bf16) if a == "BF16_CONFIG" else a for a in section.argv(args.dry_run, json_path)]
+                limit = min(section.limit_s * (3 if args.dry_run else 1), left)
+                print(f"== {section.name}: {section.what} (limit {limit:.0f} s)", flush=True)
+                t0 = time.monotonic()
+                try:
+                    proc = subprocess.run(
+                        argv,
+                        cwd=REPO,
+                        env=env,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT,
+                        text=True,
+                        timeout=limit,
+                    )
+                    output = f"===== {section.name}: {' '.join(argv)}\n{proc.stdout}"
+                    entry["status"] = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
+                except subprocess.TimeoutExpired as exc:
+                    tail = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+                    output = f"===== {section.name}: {' '.join(argv)}\n{tail}"
+                    entry["status"] = f"stopped at its limit ({limit:.0f} s)"
+                entry["seconds"] = round(time.monotonic() - t0, 1)
+                entry["output_tail"] = output.strip().splitlines()[-40:]
+                if json_path.exists():
+                    entry["figures"] = json.loads(json_path.read_text(encoding="utf-8"))
+            with written:
+                log.write(output)
+                log.flush()
                 report["sections"][section.name] = entry
-                continue
-            json_path = Path(tmp) / f"{section.name}.json"
-            argv = [str(bf16) if a == "BF16_CONFIG" else a for a in section.argv(args.dry_run, json_path)]
-            limit = min(section.limit_s * (3 if args.dry_run else 1), left)
-            print(f"== {section.name}: {section.what} (limit {limit:.0f} s)", flush=True)
-            log.write(f"\n===== {section.name}: {' '.join(argv)}\n")
-            log.flush()
-            t0 = time.monotonic()
-            try:
-                proc = subprocess.run(
-                    argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=limit
+                # In the order of SECTIONS, whichever ended first.
+                report["sections"] = {
+                    s.name: report["sections"][s.name] for s in sections if s.name in report["sections"]
+                }
+                print(
+                    f"   {section.name}: {entry['status']}"
+                    + (f" in {entry['seconds']} s" if "seconds" in entry else ""),
+                    flush=True,
                 )
-                output, code = proc.stdout, proc.returncode
-                entry["status"] = "ok" if code == 0 else f"failed (exit {code})"
-            except subprocess.TimeoutExpired as exc:
-                output = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-                entry["status"] = f"stopped at its limit ({limit:.0f} s)"
-            entry["seconds"] = round(time.monotonic() - t0, 1)
-            log.write(output)
-            log.flush()
-            entry["output_tail"] = output.strip().splitlines()[-40:]
-            if json_path.exists():
-                entry["figures"] = json.loads(json_path.read_text(encoding="utf-8"))
-            report["sections"][section.name] = entry
-            print(f"   {entry['status']} in {entry['seconds']} s", flush=True)
-            (out / "gpu-check.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
-            (out / "gpu-check.md").write_text(markdown(report), encoding="utf-8")
+                (out / "gpu-check.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+                (out / "gpu-check.md").write_text(markdown(report), encoding="utf-8")
+
+        # One at a time on a GPU (each section's timings and memory are its own); side by side
+        # only where asked (--jobs), as the dry run in CI does.
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            list(pool.map(run, sections))
     (out / "gpu-check.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     (out / "gpu-check.md").write_text(markdown(report), encoding="utf-8")
     failed = [name for name, e in report["sections"].items() if e["status"] != "ok"]
