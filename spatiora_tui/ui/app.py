@@ -4,9 +4,9 @@ Data flows one way: a key press makes a request, a worker thread calls the engin
 calls back per step, the worker posts typed messages, the UI draws. Only cancel flows back.
 The first frame is drawn before torch is imported: the model loads in a worker.
 
-The App holds the panes, the keys and the road from a key to the Session; three views draw what
-the Session and the engine say: JobView (the running job), ModelView (the base model) and
-LinkView (an engine in another process: its link, its words, a restart).
+The App holds the panes, the keys and the road from a key to the Session; four views draw what
+the Session and the engine say: JobView (the running job), ModelView (the base model), TaskView
+(task switches) and LinkView (an engine in another process: its link, its words, a restart).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from textual.widgets import Footer, Header, Input
 from textual.worker import Worker, WorkerState
 
 from spatiora_tui.config import Settings, user_state_dir
-from spatiora_tui.engine.api import Engine, EngineError
+from spatiora_tui.engine.api import Engine, EngineError, ModelInfo
 from spatiora_tui.engine.init_image import DEFAULT_STRENGTH
 from spatiora_tui.hw import HardwareFeed, Telemetry, process_age_s
 from spatiora_tui.jobs import events
@@ -53,6 +53,7 @@ from spatiora_tui.ui.screens.history import HistoryScreen, Pick
 from spatiora_tui.ui.screens.models import ModelPicker
 from spatiora_tui.ui.screens.queue import QueueScreen
 from spatiora_tui.ui.screens.resume import RESUME, ResumeQueue, settle
+from spatiora_tui.ui.task_view import TaskView
 from spatiora_tui.ui.text import markup_safe, ordinal
 from spatiora_tui.ui.widgets.hardware_pane import HardwarePane
 from spatiora_tui.ui.widgets.preview_pane import PreviewPane
@@ -60,12 +61,10 @@ from spatiora_tui.ui.widgets.prompt_pane import FormError, PromptPane
 from spatiora_tui.ui.widgets.readout import Readout
 from spatiora_tui.ui.widgets.task_pane import TaskPane
 
-#: What shows each of the session's events that are not a job's or the model's (JobView and
-#: ModelView show those).
+#: What shows each of the session's events that are not a job's, the model's or a task switch's
+#: (JobView, ModelView and TaskView show those).
 _SHOWS: dict[type, str] = {
     events.QueueChanged: "_queue_changed",
-    events.TaskSwitched: "_task_switched",
-    events.TaskSwitchFailed: "_task_switch_failed",
     events.ImageSaved: "_image_saved",
 }
 
@@ -105,12 +104,11 @@ class SpatioraApp(App[None], inherit_bindings=False):
             self.session = Session(
                 engine, settings, store=QueueStore(user_state_dir() / "queues"), telemetry=self.telemetry
             )
-        self._chosen: str | None = None  # the task new requests are for (see chosen_task)
         self._store_error_said: str | None = None
-        self._switch_note: str | None = None  # said with the next task switch's line
         self.link = LinkView(self, engine) if isinstance(engine, RemoteEngine) else None
         self.jobs = JobView(self)
         self.models = ModelView(self)
+        self.tasks = TaskView(self)
         # While generating, the newest step, image and hardware sample wait for the next frame.
         self.frames = FrameClock(
             PreviewPacer(settings.ui.preview_fps, self.models.budget("cpu")),
@@ -224,6 +222,18 @@ class SpatioraApp(App[None], inherit_bindings=False):
             return
         self.link.restart()
 
+    @property
+    def restarting(self) -> bool:
+        return any(worker.group == "restart" and worker.is_running for worker in self.workers)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="restart")
+    def restart_engine(self, task: str | None) -> None:
+        if self.link is not None:
+            self.link.run_restart(task)
+
+    def show_model(self, model: ModelInfo) -> None:
+        self.models.show_model(model)
+
     def on_engine_restarted(self, message: EngineRestarted) -> None:
         if self.link is not None:
             self.link.restarted(message)
@@ -248,9 +258,8 @@ class SpatioraApp(App[None], inherit_bindings=False):
 
     @property
     def chosen_task(self) -> str:
-        """The task new requests are for: the one the user picked last (its switch may still
-        wait for the queue), else the active one."""
-        return self._chosen or self.task_pane.active or self.settings.tasks[0].name
+        """The task new requests are for (TaskView.current)."""
+        return self.tasks.current
 
     def action_generate(self) -> None:
         if isinstance(self.screen, HistoryScreen):
@@ -344,7 +353,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self.prompt_pane.fill_from_request(request)
         loaded = f"settings of {path.name} loaded ({request.task}): {self.key('generate')} makes it again"
         if self.session.busy or request.task != self.task_pane.active:
-            self._switch_note = loaded  # said with the switch's own line, which comes later
+            self.tasks.note = loaded  # said with the switch's own line, which comes later
         self.say(loaded)
         for note in notes:
             self.notify(markup_safe(note), severity="warning", timeout=10)
@@ -383,60 +392,17 @@ class SpatioraApp(App[None], inherit_bindings=False):
         if self.model_ready and message.name != self.task_pane.active:
             self.engine.prefetch(message.name)  # returns at once; the reading runs in the engine
 
-    # -- task switching -----------------------------------------------------------------------
+    # -- task switching (ui/task_view.py) --------------------------------------------------
 
     def request_switch(self, name: str) -> None:
-        """Make `name` the task of new requests: its settings fill the prompt pane now; its
-        adapters switch at once when nothing runs, else once the queue is done (queued jobs
-        switch as each one needs)."""
-        if not self.model_ready:
-            self.say("the model is still loading; switch tasks once it is ready")
-            return
-        if name == self.chosen_task and name == self.task_pane.active:
-            self.say(f"{name} is already the active task")
-            return
-        if name != self.chosen_task:
-            self.prompt_pane.fill_from_task(self.settings.task(name))
-        self._chosen = name
-        self.session.request_switch(name)
-        if self.session.busy:
-            self.task_pane.set_pending(name if name != self.task_pane.active else None)
-            self.say(f"task {name}: new requests use it; its adapters switch when the queue is done")
-        self.kick()
+        """Make `name` the task of new requests (TaskView.request)."""
+        self.tasks.request(name)
 
     def on_session_news(self, message: SessionNews) -> None:
         """Each of the session's events, to what shows it."""
         event = message.event
-        if not (self.jobs.show(event, message.painted) or self.models.show(event)):
+        if not (self.jobs.show(event, message.painted) or self.models.show(event) or self.tasks.show(event)):
             getattr(self, _SHOWS[type(event)])(event)
-
-    def _task_switched(self, message: events.TaskSwitched) -> None:
-        switch = message.switch
-        text = switch.summary()
-        if switch.model_switch is not None:
-            self.models.show_model(switch.model_switch.model)
-            if self.settings.task(switch.task).model is not None:
-                self.task_pane.record_load(switch.task, switch.model_switch.duration_ms)
-            self.preview_pane.model_ready(
-                f"{switch.model_switch.model.name} ready: type a prompt, press Enter or {self.key('generate')}"
-            )
-            text = f"{switch.model_switch.summary()}; {text}"
-            for note in switch.model_switch.notes:
-                self.notify(markup_safe(note), severity="warning", timeout=10)
-        self.task_pane.set_active(switch.task, text, switch.adapters, switch.warning)
-        if switch.task == self._chosen or self._chosen is None:
-            self.task_pane.set_pending(None)
-        if switch.warning:
-            self.say(f"task {switch.task}: {switch.warning}", error=True)
-        elif self.model_ready and not message.job_id:
-            loaded, self._switch_note = self._switch_note or "", None
-            self.say(f"{loaded} · task {switch.task}: {text}" if loaded else f"task {switch.task}: {text}")
-
-    def _task_switch_failed(self, message: events.TaskSwitchFailed) -> None:
-        self.task_pane.set_pending(None)
-        if not message.job_id:
-            self._chosen = self.task_pane.active
-        self.say(f"could not switch to {message.task}: {message.error}", error=True)
 
     # -- the queue's runner -------------------------------------------------------------------
 

@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from spatiora_tui.jobs import events
 from spatiora_tui.jobs.job import Job
 from spatiora_tui.jobs.sheets import GroupSheets
+from spatiora_tui.ui.host import Host
 from spatiora_tui.ui.screens.queue import QueueScreen
 from spatiora_tui.ui.text import markup_safe
 
-if TYPE_CHECKING:
-    from spatiora_tui.ui.app import SpatioraApp
-
 
 class JobView:
-    def __init__(self, app: SpatioraApp) -> None:
+    def __init__(self, app: Host) -> None:
         self._app = app
         self.running: int | None = None  # the job the preview pane shows
         self.task: str | None = None  # the last shown job's task: the hardware pane shows its stage peaks

@@ -6,7 +6,6 @@ model another window or command chose, with who chose it."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from spatiora_tui.engine.api import EngineError
 from spatiora_tui.jobs import events
@@ -14,16 +13,14 @@ from spatiora_tui.jobs.session import Session
 from spatiora_tui.remote.client import RemoteEngine
 from spatiora_tui.remote.mirror import SessionMirror
 from spatiora_tui.remote.telemetry import RemoteTelemetry
+from spatiora_tui.ui.host import Host
 from spatiora_tui.ui.messages import EngineLinkChanged, EngineRestarted, EngineSaid, SessionNews
 from spatiora_tui.ui.pacing import StepThrottle
 from spatiora_tui.ui.text import markup_safe
 
-if TYPE_CHECKING:
-    from spatiora_tui.ui.app import SpatioraApp
-
 
 class LinkView:
-    def __init__(self, app: SpatioraApp, engine: RemoteEngine) -> None:
+    def __init__(self, app: Host, engine: RemoteEngine) -> None:
         self._app = app
         self.engine = engine
 
@@ -59,7 +56,7 @@ class LinkView:
         app.refresh_bindings()
         if why is None:
             if self.engine.model is not None:
-                app.models.show_model(self.engine.model)
+                app.show_model(self.engine.model)
             app.kick()  # a queue held while it was down goes on
             return
         waiting = len(app.session.waiting())
@@ -75,14 +72,13 @@ class LinkView:
         if self.engine.down is None:
             app.say("the engine is running: nothing to restart")
             return
-        if any(worker.group == "restart" and worker.is_running for worker in app.workers):
+        if app.restarting:
             app.say("your engine is starting…")
             return
         app.say("starting your engine again…")
-        task = app.task_pane.active
-        app.run_worker(lambda: self._restart(task), thread=True, exclusive=True, exit_on_error=False, group="restart")
+        app.restart_engine(app.task_pane.active)
 
-    def _restart(self, task: str | None) -> None:
+    def run_restart(self, task: str | None) -> None:
         """(In a worker thread.) Start the engine; switch it back to this window's task."""
         try:
             model = self.engine.restart()
@@ -101,7 +97,7 @@ class LinkView:
         app.refresh_bindings()  # the restart key leaves the footer
         model = message.model or self.engine.model
         if model is not None:
-            app.models.show_model(model)
+            app.show_model(model)
         waiting = len(app.session.waiting())
         app.say("your engine is running again" + (f": the queue goes on with {waiting} job(s)" if waiting else ""))
         app.kick()

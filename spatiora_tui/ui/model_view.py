@@ -10,23 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from spatiora_tui.engine.api import ModelInfo
 from spatiora_tui.jobs import events
 from spatiora_tui.remote.mirror import SessionMirror
+from spatiora_tui.ui.host import Host
 from spatiora_tui.ui.pacing import auto_budget
 from spatiora_tui.ui.text import markup_safe
-
-if TYPE_CHECKING:
-    from spatiora_tui.ui.app import SpatioraApp
 
 #: Said once with a random-weights model ready.
 NOISE = " — images look like noise, every mechanism is real; set model.source for a real model (docs/models.md)"
 
 
 class ModelView:
-    def __init__(self, app: SpatioraApp) -> None:
+    def __init__(self, app: Host) -> None:
         self._app = app
         self.ready = False  # the base model is loaded and the first task is active
         self._shows: dict[type, Callable[[Any], None]] = {
@@ -59,7 +57,7 @@ class ModelView:
     def budget(self, device: str) -> float:
         """The preview pacer's CPU budget for an engine computing on `device`."""
         budget = self._app.settings.ui.preview_cpu_budget
-        return auto_budget(self._app.link is not None, device) if budget == "auto" else float(budget)
+        return auto_budget(self._app.linked is not None, device) if budget == "auto" else float(budget)
 
     def show_model(self, model: ModelInfo) -> None:
         """`model` in the title, the task pane and the preview pane's title."""

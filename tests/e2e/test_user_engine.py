@@ -198,7 +198,7 @@ def test_the_tui_starts_the_engine_a_command_from_another_shell_shares_it_and_qu
     """What `make run` does on a fresh clone: the TUI on the user's engine. While it is open, a
     `spatiora generate` typed in another shell runs on the same loaded model; quitting the TUI
     says that the engine keeps the model warm."""
-    from tests.e2e.terminals import Tmux, app_command, make_project
+    from tests.e2e.terminals import Tmux, app_command, make_project, pngs
 
     project = make_project(tmp_path)
     runtime = Path(os.environ["XDG_RUNTIME_DIR"])
@@ -223,7 +223,13 @@ def test_the_tui_starts_the_engine_a_command_from_another_shell_shares_it_and_qu
         assert "clients connected: 1" in status.stdout, status.stdout  # the TUI
         tmux.type("a flat")
         tmux.keys("C-g")
-        tmux.wait_for("saved ")
+        # The other shell's image is on this screen too ("saved …/other/…", the shared queue):
+        # this window's own is the one in the project's outputs.
+        deadline = time.monotonic() + 120
+        while not pngs(project):
+            assert time.monotonic() < deadline, "the TUI's image was not saved"
+            time.sleep(0.2)
+        tmux.wait_for(pngs(project)[0].name, 30)  # on the status line: the window has its news
         tmux.keys("C-q")
         shown = tmux.wait_for("__EXITED__ 0")
         assert "your engine keeps spatiora-demo (random weights) warm for 30 min" in shown.replace("\n", "")
