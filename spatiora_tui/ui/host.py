@@ -12,7 +12,7 @@ from textual.screen import Screen
 from textual.timer import Timer
 
 from spatiora_tui.config import Settings
-from spatiora_tui.engine.api import Engine, ModelInfo
+from spatiora_tui.engine.api import ModelInfo
 from spatiora_tui.hw import HardwareFeed
 from spatiora_tui.jobs.events import SessionEvent
 from spatiora_tui.jobs.view import Queue
@@ -25,7 +25,6 @@ from spatiora_tui.ui.widgets.task_pane import TaskPane
 
 class Host(Protocol):
     settings: Settings
-    engine: Engine
     session: Queue
     telemetry: HardwareFeed
     frames: FrameClock
