@@ -55,7 +55,7 @@ $(VENV)/.torch: | $(PY)
 	fi
 	@touch $@
 
-$(VENV)/.installed: pyproject.toml $(VENV)/.torch
+$(VENV)/.installed: pyproject.toml spatiora_tui/ui/_sixel.c $(VENV)/.torch
 	$(PIP) install --quiet -e .
 	@touch $@
 

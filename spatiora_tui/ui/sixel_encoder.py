@@ -1,4 +1,4 @@
-"""A sixel encoder in whole-array numpy operations, for previews at every step.
+"""A sixel encoder for previews at every step: compiled where it could be built, else numpy.
 
 textual-image's encoder walks each band's colours and runs in Python: 0.3-0.7 s for a 512x512
 frame of a noise-like image on a 2-core CPU, every millisecond of it taken from denoising
@@ -16,16 +16,33 @@ dithering: the same pixels, so the same colour error) and then builds every band
 A run of 4 or more equal sixels is written `!N<sixel>`; shorter ones as they are. Colours are
 defined once, in the header (`#i;2;r;g;b`, in percent). tests/unit/test_sixel_encoder.py decodes
 the output and compares it pixel for pixel with the quantized image.
+
+Where the install had a C compiler (setup.py), ui/_sixel.c writes the same bytes by walking each
+band once: 5x faster on a noise-like 512x512 frame (docs/terminals.md). `IMPLEMENTATION` says
+which one runs; `spatiora doctor` shows it.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+
+def _load_compiled() -> Callable[[Any, int, int, int], bytes] | None:
+    try:
+        from spatiora_tui.ui._sixel import encode_body
+    except ImportError:  # no C compiler at install (or built for another Python): numpy below
+        return None
+    return encode_body
+
+
+_compiled_body = _load_compiled()
+#: "compiled" (ui/_sixel.c) or "numpy".
+IMPLEMENTATION = "numpy" if _compiled_body is None else "compiled"
 #: Sixels are the bytes 0x3F ('?': no pixel set) to 0x7E ('~': all six).
 SIXEL_BASE = 0x3F
 #: Equal sixels in a row from which `!N<sixel>` is shorter than the sixels themselves.
@@ -57,6 +74,15 @@ def encode_paletted(indices: np.ndarray[Any, Any], palette: list[int]) -> bytes:
     header = b'"1;1;%d;%d' % (width, height) + _colour_definitions(palette, count)
     if not indices.size:
         return DCS + b"0;1;0q" + header + ST
+    if _compiled_body is not None and indices.dtype == np.uint8:
+        body = _compiled_body(np.ascontiguousarray(indices), width, height, count)
+        return DCS + b"0;1;0q" + header + body + ST
+    return DCS + b"0;1;0q" + header + _body(indices, count) + ST
+
+
+def _body(indices: np.ndarray[Any, Any], count: int) -> bytes:
+    """The bands of `indices` (palette indices below `count`) as sixel rows, in numpy."""
+    height, width = indices.shape
     bands = -(-height // 6)
 
     # 1. Rows: one per (band, colour) present, band-major. Then the set cells: in each band's
@@ -117,7 +143,7 @@ def encode_paletted(indices: np.ndarray[Any, Any], palette: list[int]) -> bytes:
     out[offset[repeats]] = ord("!")
     _write_digits(out, offset[repeats] + 1, number[repeats], max(width, count))
     _write_digits(out, offset[select_token] + 1, row_colour, max(width, count))
-    return DCS + b"0;1;0q" + header + out.tobytes() + ST
+    return out.tobytes()
 
 
 #: For each pixel of a band's column, the bits of those above it (a colour's first pixel has

@@ -1,18 +1,38 @@
-"""The numpy sixel encoder (ui/sixel_encoder.py): its output, decoded here by a plain reading of
-the sixel format, is the quantized image pixel for pixel, with its palette, for pictures of
-every kind and size (noise, gradients, one colour, sizes off the six-pixel band, transparency);
-and it quantizes as textual-image does, so the colours on screen are the same."""
+"""The sixel encoder (ui/sixel_encoder.py), both ways it runs: compiled (ui/_sixel.c) and numpy.
+Its output, decoded here by a plain reading of the sixel format, is the quantized image pixel
+for pixel, with its palette, for pictures of every kind and size (noise, gradients, one colour,
+sizes off the six-pixel band, transparency); the two write the same bytes; the compiled one is
+built wherever a C compiler is; and it quantizes as textual-image does, so the colours on screen
+are the same."""
 
 from __future__ import annotations
 
 import re
+import shlex
+import shutil
+import sysconfig
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from PIL import Image
 from textual_image import _sixel as textual_sixel
 
+from spatiora_tui.ui import sixel_encoder
 from spatiora_tui.ui.sixel_encoder import encode, quantize
+
+
+@pytest.fixture(params=["compiled", "numpy"])
+def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test below runs on both encoders; the compiled one's absence is
+    test_the_compiled_encoder_is_built_where_a_compiler_is's failure."""
+    if request.param == "compiled" and sixel_encoder._compiled_body is None:
+        pytest.skip("the compiled sixel encoder is not built here")
+    if request.param == "numpy":
+        monkeypatch.setattr(sixel_encoder, "_compiled_body", None)
+    return str(request.param)
 
 
 def decode(data: bytes) -> tuple[np.ndarray, dict[int, tuple[int, int, int]]]:
@@ -86,7 +106,9 @@ def picture(kind: str, width: int, height: int) -> Image.Image:
         ("stripes", 2400, 6),
     ],
 )
-def test_the_output_is_the_quantized_image_pixel_for_pixel(kind: str, width: int, height: int) -> None:
+def test_the_output_is_the_quantized_image_pixel_for_pixel(
+    implementation: str, kind: str, width: int, height: int
+) -> None:
     image = picture(kind, width, height)
     quantized = quantize(image)
     pixels, palette = decode(encode(image))
@@ -103,13 +125,38 @@ def test_it_quantizes_as_textual_image_does_so_the_colours_on_screen_are_the_sam
     assert (ours == np.asarray(theirs.convert("RGB"))).all()
 
 
-def test_transparency_is_drawn_over_the_background() -> None:
+def test_transparency_is_drawn_over_the_background(implementation: str) -> None:
     image = Image.new("RGBA", (12, 12), (255, 0, 0, 0))
     pixels, palette = decode(encode(image, background=(0, 0, 255)))
     (colour,) = set(pixels.ravel().tolist())
     assert palette[colour] == (0, 0, 100)
 
 
-def test_fewer_colours_when_asked() -> None:
+def test_fewer_colours_when_asked(implementation: str) -> None:
     _, palette = decode(encode(picture("noise", 64, 64), colors=16))
     assert len(palette) <= 16
+
+
+def test_the_compiled_encoder_is_built_where_a_compiler_is() -> None:
+    compiler = shlex.split(sysconfig.get_config_var("CC") or "cc")[0]
+    if shutil.which(compiler) is None:
+        pytest.skip(f"no C compiler ({compiler}) here: the numpy encoder is the one that runs")
+    assert sixel_encoder.IMPLEMENTATION == "compiled", (
+        "a C compiler is here but ui/_sixel.c is not built: `pip install -e .` (or `make setup`) builds it"
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    arrays(
+        np.uint8,
+        st.tuples(st.integers(1, 40), st.integers(1, 70)),
+        elements=st.integers(0, 255) | st.sampled_from([0, 1, 7]),
+    )
+)
+def test_both_encoders_write_the_same_bytes(indices: np.ndarray) -> None:
+    if sixel_encoder._compiled_body is None:
+        pytest.skip("the compiled sixel encoder is not built here")
+    height, width = indices.shape
+    count = int(indices.max()) + 1
+    assert sixel_encoder._compiled_body(indices, width, height, count) == sixel_encoder._body(indices, count)

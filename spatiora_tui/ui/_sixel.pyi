@@ -1,0 +1,3 @@
+from typing_extensions import Buffer
+
+def encode_body(indices: Buffer, width: int, height: int, colours: int, /) -> bytes: ...
