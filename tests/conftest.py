@@ -23,6 +23,20 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from tests.helpers import FAMILIES, Tiny, small_settings  # after the environment is set
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests on the local Ray cluster (marked `ray`) run last, together: the cluster (session-scoped, slow
+    to start) then lives only while they run, not beside the rest of the suite, whose CPU its
+    controller, proxy and agents would share."""
+    def on_ray(item: pytest.Item) -> bool:
+        return item.get_closest_marker("ray") is not None or "ray_cluster" in getattr(item, "fixturenames", ())
+
+    items.sort(key=on_ray)
+    for item in items:
+        if on_ray(item):  # with pytest-xdist's --dist loadgroup, all on one worker: one cluster
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A session-wide cache dir holding the demo build; also exported for subprocesses."""

@@ -50,3 +50,4 @@ def deployed(config: Path, replicas: int = 1) -> Iterator[str]:
         yield f"127.0.0.1:{port}"
     finally:
         serve.delete(APP_NAME)
+        serve.shutdown()  # its controller and proxy would otherwise poll on beside later tests
