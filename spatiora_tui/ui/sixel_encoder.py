@@ -17,9 +17,11 @@ A run of 4 or more equal sixels is written `!N<sixel>`; shorter ones as they are
 defined once, in the header (`#i;2;r;g;b`, in percent). tests/unit/test_sixel_encoder.py decodes
 the output and compares it pixel for pixel with the quantized image.
 
-Where the install had a C compiler (setup.py), ui/_sixel.c writes the same bytes by walking each
-band once: 5x faster on a noise-like 512x512 frame (docs/terminals.md). `IMPLEMENTATION` says
-which one runs; `spatiora doctor` shows it.
+Where the install had a C compiler (pyproject.toml's ext-modules), ui/_sixel.c writes the same
+picture by walking each band once, with each colour's spans packed into passes (the first drawn
+solid and overdrawn by the rest): on a noise-like 512x512 frame 2x faster than this numpy code
+and 20-29% fewer bytes (docs/terminals.md). `IMPLEMENTATION` says which one runs; `spatiora
+doctor` shows it.
 """
 
 from __future__ import annotations
