@@ -4,16 +4,15 @@ Data flows one way: a key press makes a request, a worker thread calls the engin
 calls back per step, the worker posts typed messages, the UI draws. Only cancel flows back.
 The first frame is drawn before torch is imported: the model loads in a worker.
 
-The App holds the panes, the keys and the road from a key to the Session; four views draw what
-the Session and the engine say: JobView (the running job), ModelView (the base model), TaskView
-(task switches) and LinkView (an engine in another process: its link, its words, a restart).
+The App holds the panes and the keys; RequestView takes the prompt form's requests to the
+Session (and an image's settings back to the form); four views draw what the Session and the
+engine say: JobView (the running job), ModelView (the base model), TaskView (task switches) and
+LinkView (an engine in another process: its link, its words, a restart).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 from textual import on, work
@@ -24,15 +23,13 @@ from textual.widgets import Footer, Header, Input
 from textual.worker import Worker, WorkerState
 
 from spatiora_tui.config import Settings, user_state_dir
-from spatiora_tui.engine.api import Engine, EngineError, ModelInfo
-from spatiora_tui.engine.init_image import DEFAULT_STRENGTH
+from spatiora_tui.engine.api import Engine, ModelInfo
 from spatiora_tui.hw import HardwareFeed, Telemetry, process_age_s
 from spatiora_tui.jobs import events
 from spatiora_tui.jobs.events import SessionEvent
 from spatiora_tui.jobs.session import Session
 from spatiora_tui.jobs.store import Orphan, QueueStore
-from spatiora_tui.jobs.view import Queue, queue_summary, submit_form
-from spatiora_tui.outputs import OutputError, request_from_image
+from spatiora_tui.jobs.view import Queue, queue_summary
 from spatiora_tui.remote.client import RemoteEngine
 from spatiora_tui.remote.mirror import SessionMirror
 from spatiora_tui.ui.images import choose_drawing, describe, widget_class
@@ -49,15 +46,16 @@ from spatiora_tui.ui.messages import (
 )
 from spatiora_tui.ui.model_view import ModelView
 from spatiora_tui.ui.pacing import FrameClock, PreviewPacer, StepThrottle
-from spatiora_tui.ui.screens.history import HistoryScreen, Pick
+from spatiora_tui.ui.request_view import RequestView
+from spatiora_tui.ui.screens.history import HistoryScreen
 from spatiora_tui.ui.screens.models import ModelPicker
 from spatiora_tui.ui.screens.queue import QueueScreen
 from spatiora_tui.ui.screens.resume import RESUME, ResumeQueue, settle
 from spatiora_tui.ui.task_view import TaskView
-from spatiora_tui.ui.text import markup_safe, ordinal
+from spatiora_tui.ui.text import markup_safe
 from spatiora_tui.ui.widgets.hardware_pane import HardwarePane
 from spatiora_tui.ui.widgets.preview_pane import PreviewPane
-from spatiora_tui.ui.widgets.prompt_pane import FormError, PromptPane
+from spatiora_tui.ui.widgets.prompt_pane import PromptPane
 from spatiora_tui.ui.widgets.readout import Readout
 from spatiora_tui.ui.widgets.task_pane import TaskPane
 
@@ -109,6 +107,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
         self.jobs = JobView(self)
         self.models = ModelView(self)
         self.tasks = TaskView(self)
+        self.requests = RequestView(self, self.tasks)
         # While generating, the newest step, image and hardware sample wait for the next frame.
         self.frames = FrameClock(
             PreviewPacer(settings.ui.preview_fps, self.models.budget("cpu")),
@@ -264,32 +263,7 @@ class SpatioraApp(App[None], inherit_bindings=False):
     def action_generate(self) -> None:
         if isinstance(self.screen, HistoryScreen):
             self.pop_screen()
-        if not self.model_ready:
-            self.say("the model is still loading; generate is available once it is ready")
-            return
-        task = self.chosen_task
-        try:
-            request = self.prompt_pane.request(task)
-            count = self.prompt_pane.count()
-            axes = self.prompt_pane.sweep()
-            if axes and count > 1:
-                raise FormError("a sweep makes one image per cell: set the batch count to 1, or empty the sweep")
-        except FormError as exc:
-            self.say(str(exc), error=True)
-            return
-        behind = self.session.running is not None or bool(self.session.waiting())
-        try:
-            jobs, what = submit_form(self.session, request, count, axes)
-        except EngineError as exc:
-            self.say(str(exc), error=True)
-            return
-        if axes and not (behind or self.session.paused):
-            self.say(f"{what}: the grid is saved when the last cell ends")
-        if behind or self.session.paused:
-            where = ordinal(self.session.position(jobs[0].id))
-            paused = " — the queue is paused" if self.session.paused else ""
-            self.say(f"queued {what}: {where} in the queue{paused} ({self.key('queue')} shows it)")
-        self.kick()
+        self.requests.generate()
 
     def kick(self) -> None:
         """Start the runner if there is work and none runs."""
@@ -320,43 +294,9 @@ class SpatioraApp(App[None], inherit_bindings=False):
             self.pop_screen()
             return
         self.push_screen(
-            HistoryScreen(self.settings.output_dir, self.session.made(), widget_class(self.drawing)), self._picked
+            HistoryScreen(self.settings.output_dir, self.session.made(), widget_class(self.drawing)),
+            self.requests.picked,
         )
-
-    def _picked(self, pick: Pick | None) -> None:
-        if pick is None:
-            return
-        if pick.use == "init":
-            self.prompt_pane.start_from(str(pick.path))
-            strength = self.prompt_pane.query_one("#strength", Input).value or f"{DEFAULT_STRENGTH:g}"
-            self.say(
-                f"init image {pick.path.name} at strength {strength}; the size follows its shape "
-                f"(type one to crop it): {self.key('generate')} starts from it"
-            )
-            return
-        self._use_settings(pick.path)
-
-    def _use_settings(self, path: Path) -> None:
-        """Fill the prompt pane with the settings an image was made with (`u` in the history):
-        its task (switched to), prompt, negative prompt, seed, steps, guidance, size, sampler,
-        init image and strength."""
-        try:
-            request, notes = request_from_image(path, self.chosen_task)
-        except OutputError as exc:
-            self.say(str(exc), error=True)
-            return
-        if request.task not in [task.name for task in self.settings.tasks]:
-            notes.append(f"its task {request.task!r} is not in config.toml: it runs as {self.chosen_task}")
-            request = dataclasses.replace(request, task=self.chosen_task)
-        if request.task != self.chosen_task:
-            self.request_switch(request.task)  # fills the pane from the task first
-        self.prompt_pane.fill_from_request(request)
-        loaded = f"settings of {path.name} loaded ({request.task}): {self.key('generate')} makes it again"
-        if self.session.busy or request.task != self.task_pane.active:
-            self.tasks.note = loaded  # said with the switch's own line, which comes later
-        self.say(loaded)
-        for note in notes:
-            self.notify(markup_safe(note), severity="warning", timeout=10)
 
     def action_queue(self) -> None:
         if isinstance(self.screen, QueueScreen):
