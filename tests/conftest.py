@@ -23,18 +23,41 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from tests.helpers import FAMILIES, Tiny, small_settings  # after the environment is set
 
 
+def _on_ray(item: pytest.Item | None) -> bool:
+    """Whether a test runs on the local Ray cluster (marked `ray`, or asks for the cluster)."""
+    if item is None:
+        return False
+    return item.get_closest_marker("ray") is not None or "ray_cluster" in getattr(item, "fixturenames", ())
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The tests on the local Ray cluster (marked `ray`) run last, together: the cluster (session-scoped, slow
-    to start) then lives only while they run, not beside the rest of the suite, whose CPU its
-    controller, proxy and agents would share."""
-    def on_ray(item: pytest.Item) -> bool:
-        return item.get_closest_marker("ray") is not None or "ray_cluster" in getattr(item, "fixturenames", ())
-
-    items.sort(key=on_ray)
+    """The tests on the local Ray cluster run together, last (and under pytest-xdist's
+    `--dist loadgroup` on one worker, as one group): the cluster lives only while they run, not
+    beside the rest of the suite, whose CPU its controller, proxy and agents would share."""
+    items.sort(key=_on_ray)
     for item in items:
-        if on_ray(item):  # with pytest-xdist's --dist loadgroup, all on one worker: one cluster
+        if _on_ray(item):
             item.add_marker(pytest.mark.xdist_group("ray"))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """After the last of the Ray tests in a row (their fixtures torn down), the cluster stops;
+    the next Ray test, if one came later, would start it again."""
+    if _RAY["running"] and _on_ray(item) and not _on_ray(nextitem):
+        _stop_ray()
+
+
+#: The local Ray cluster of this test process: whether it runs, and where its audit log is.
+_RAY: dict[str, object] = {"running": False, "log": None}
+
+
+def _stop_ray() -> None:
+    from tests.ray_app import stop_ray
+
+    _RAY["running"] = False
+    stop_ray()
 
 
 @pytest.fixture(scope="session")
@@ -104,18 +127,31 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Tiny]:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A local Ray for the Ray Serve tests (the serve extra), started once per session: its
-    workers inherit this environment (the demo cache, and the audit hook of tests/audit, which
-    logs the files they open to the path yielded). Skipped when Ray is not installed."""
+def ray_cluster(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local Ray for the Ray Serve tests (the serve extra), started by the first of them and
+    stopped after the last (pytest_runtest_teardown): its workers inherit this environment (the
+    demo cache, and the audit hook of tests/audit, which logs the files they open to the path
+    returned). Skipped when Ray is not installed."""
     pytest.importorskip("ray.serve", reason="the serve extra (ray[serve]) is not installed")
-    from tests.hostile import AUDIT_DIR
-    from tests.ray_app import start_ray, stop_ray
-
     log = tmp_path_factory.mktemp("ray-audit") / "opens.log"
+    _RAY["log"] = log
+    _start_ray()
+    return log
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if _RAY["log"] is not None and not _RAY["running"] and _on_ray(item):
+        _start_ray()  # a Ray test after the cluster was stopped: the same cluster again
+
+
+def _start_ray() -> None:
+    from tests.hostile import AUDIT_DIR
+    from tests.ray_app import start_ray
+
     saved = {name: os.environ.get(name) for name in ("PYTHONPATH", "SPATIORA_AUDIT_OPEN_LOG")}
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(AUDIT_DIR), saved["PYTHONPATH"]) if p)
-    os.environ["SPATIORA_AUDIT_OPEN_LOG"] = str(log)
+    os.environ["SPATIORA_AUDIT_OPEN_LOG"] = str(_RAY["log"])
     try:
         start_ray()
     finally:
@@ -124,5 +160,9 @@ def ray_cluster(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-    yield log
-    stop_ray()
+    _RAY["running"] = True
+
+
+def pytest_sessionfinish() -> None:
+    if _RAY["running"]:  # a run stopped part-way through the Ray tests (-x, ctrl+c)
+        _stop_ray()
