@@ -12,6 +12,9 @@ VENV ?= .venv
 TORCH_CPU_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 PYTEST_ARGS ?=
+# The suite runs in this many processes (pytest-xdist); the tests on the local Ray stay together
+# on one of them (--dist loadgroup). TEST_WORKERS=0 runs it in this process alone.
+TEST_WORKERS ?= 2
 
 LINTED := spatiora_tui tests benchmarks tools
 PY := $(VENV)/bin/python
@@ -23,7 +26,7 @@ run: $(VENV)/.installed
 	$(VENV)/bin/spatiora $(ARGS)
 
 test: check
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 check: $(VENV)/.installed-test
 	$(VENV)/bin/lint-imports

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.timeout(660)  # above the run's own 600 s: on a busy machine it nears the default 300
+@pytest.mark.timeout(660)  # above the run's own 600 s, which a busy machine can near
 def test_the_gpu_checks_dry_run_runs_every_section_and_writes_its_report(tmp_path: Path) -> None:
     out = tmp_path / "report"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
