@@ -12,8 +12,9 @@ VENV ?= .venv
 TORCH_CPU_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 PYTEST_ARGS ?=
-# The suite runs in this many processes (pytest-xdist); the tests on the local Ray stay together
-# on one of them (--dist loadgroup). TEST_WORKERS=0 runs it in this process alone.
+# The suite runs in this many processes (pytest-xdist), a test file's tests together on one of
+# them and the tests on the local Ray together on one (--dist loadgroup; tests/conftest.py).
+# TEST_WORKERS=0 runs it in this process alone.
 TEST_WORKERS ?= 2
 
 LINTED := spatiora_tui tests benchmarks tools

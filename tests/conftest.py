@@ -34,11 +34,13 @@ def _on_ray(item: pytest.Item | None) -> bool:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The tests on the local Ray cluster run together, last (and under pytest-xdist's
     `--dist loadgroup` on one worker, as one group): the cluster lives only while they run, not
-    beside the rest of the suite, whose CPU its controller, proxy and agents would share."""
+    beside the rest of the suite, whose CPU its controller, proxy and agents would share. The
+    other tests are grouped by file."""
     items.sort(key=_on_ray)
     for item in items:
-        if _on_ray(item):
-            item.add_marker(pytest.mark.xdist_group("ray"))
+        # Under xdist each file's tests stay together on one worker, in their order (module
+        # fixtures are set up once, and no test meets a fixture in a state its file never had).
+        item.add_marker(pytest.mark.xdist_group("ray" if _on_ray(item) else item.nodeid.split("::")[0]))
 
 
 @pytest.hookimpl(trylast=True)
