@@ -45,14 +45,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.hookimpl(trylast=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
-    """After the last of the Ray tests in a row (their fixtures torn down), the cluster stops;
-    the next Ray test, if one came later, would start it again."""
+    """After the last Ray test (they run in a row: above), with its fixtures torn down, the
+    cluster stops instead of idling on beside the tests after it."""
     if _RAY["running"] and _on_ray(item) and not _on_ray(nextitem):
         _stop_ray()
 
 
-#: The local Ray cluster of this test process: whether it runs, and where its audit log is.
-_RAY: dict[str, object] = {"running": False, "log": None}
+#: Whether this test process's local Ray cluster runs.
+_RAY = {"running": False}
 
 
 def _stop_ray() -> None:
@@ -129,31 +129,20 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Tiny]:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def ray_cluster(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A local Ray for the Ray Serve tests (the serve extra), started by the first of them and
-    stopped after the last (pytest_runtest_teardown): its workers inherit this environment (the
-    demo cache, and the audit hook of tests/audit, which logs the files they open to the path
-    returned). Skipped when Ray is not installed."""
+    stopped after the last (pytest_runtest_teardown; here when a run ends part-way through
+    them): its workers inherit this environment (the demo cache, and the audit hook of
+    tests/audit, which logs the files they open to the path yielded). Skipped when Ray is not
+    installed."""
     pytest.importorskip("ray.serve", reason="the serve extra (ray[serve]) is not installed")
-    log = tmp_path_factory.mktemp("ray-audit") / "opens.log"
-    _RAY["log"] = log
-    _start_ray()
-    return log
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    if _RAY["log"] is not None and not _RAY["running"] and _on_ray(item):
-        _start_ray()  # a Ray test after the cluster was stopped: the same cluster again
-
-
-def _start_ray() -> None:
     from tests.hostile import AUDIT_DIR
     from tests.ray_app import start_ray
 
+    log = tmp_path_factory.mktemp("ray-audit") / "opens.log"
     saved = {name: os.environ.get(name) for name in ("PYTHONPATH", "SPATIORA_AUDIT_OPEN_LOG")}
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(AUDIT_DIR), saved["PYTHONPATH"]) if p)
-    os.environ["SPATIORA_AUDIT_OPEN_LOG"] = str(_RAY["log"])
+    os.environ["SPATIORA_AUDIT_OPEN_LOG"] = str(log)
     try:
         start_ray()
     finally:
@@ -163,8 +152,6 @@ def _start_ray() -> None:
             else:
                 os.environ[name] = value
     _RAY["running"] = True
-
-
-def pytest_sessionfinish() -> None:
-    if _RAY["running"]:  # a run stopped part-way through the Ray tests (-x, ctrl+c)
+    yield log
+    if _RAY["running"]:
         _stop_ray()

@@ -96,11 +96,12 @@ def encode_paletted(indices: np.ndarray[Any, Any], palette: list[int]) -> bytes:
     count = int(indices.max()) + 1 if indices.size else 0
     header = b'"1;1;%d;%d' % (width, height) + _colour_definitions(palette, count)
     if not indices.size:
-        return DCS + b"0;1;0q" + header + ST
-    if _compiled_body is not None and indices.dtype == np.uint8:
+        body = b""
+    elif _compiled_body is not None and indices.dtype == np.uint8:
         body = _compiled_body(np.ascontiguousarray(indices), width, height, count)
-        return DCS + b"0;1;0q" + header + body + ST
-    return DCS + b"0;1;0q" + header + _body(indices, count) + ST
+    else:
+        body = _body(indices, count)
+    return DCS + b"0;1;0q" + header + body + ST
 
 
 def _body(indices: np.ndarray[Any, Any], count: int) -> bytes:
